@@ -1,0 +1,335 @@
+//! Transport of frames over a unix stream socket: buffered, batched reads and writes with file
+//! descriptors riding along as `SCM_RIGHTS`.
+//!
+//! Batching: the writer appends encoded frames to one buffer and sends it with as few
+//! `sendmsg` calls as possible; the reader pulls up to 256 KiB per `recvmsg` and decodes every
+//! complete frame in it. Both work on blocking sockets (the worker) and non-blocking ones (the
+//! parent's dispatcher, which polls), returning `io::ErrorKind::WouldBlock` in the latter case.
+//!
+//! Descriptors: a frame with `nfds > 0` is sent with one `sendmsg` whose data starts at the
+//! frame's first byte and whose control message holds its descriptors. Linux attaches them to
+//! that byte, and never merges it into an earlier read, so by the time the receiver has read
+//! the whole frame its descriptors are at the back of the reader's FIFO; frames take them in
+//! order. See `docs/wire-format.md`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
+
+use crate::frame::{Frame, Header, Kind, HEADER_LEN};
+
+/// Bytes requested from the kernel per read when no large frame is pending.
+const READ_CHUNK: usize = 256 * 1024;
+/// Most descriptors accepted by one `recvmsg`.
+const MAX_FDS_PER_READ: usize = 253;
+
+/// Creates a connected pair of unix stream sockets, both close-on-exec.
+pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).map_err(io::Error::from)
+}
+
+/// Sets or clears `O_NONBLOCK` on `fd`.
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    let flags = if on { flags | OFlag::O_NONBLOCK } else { flags - OFlag::O_NONBLOCK };
+    fcntl(fd, FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
+/// Accumulates bytes read from a socket and cuts them into frames.
+#[derive(Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    fds: VecDeque<OwnedFd>,
+    eof: bool,
+}
+
+impl FrameReader {
+    pub fn new() -> FrameReader {
+        FrameReader::default()
+    }
+
+    /// Returns true once the peer has closed its end and every byte has been read.
+    pub fn at_eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Returns true if at least one whole frame is buffered, so `next_frame` needs no read.
+    pub fn has_frame(&self) -> bool {
+        self.pending_header().is_some_and(|h| (self.end - self.start) as u64 >= HEADER_LEN as u64 + h.len)
+    }
+
+    fn pending_header(&self) -> Option<Header> {
+        let avail = &self.buf[self.start..self.end];
+        let h: &[u8; HEADER_LEN] = avail.get(..HEADER_LEN)?.try_into().ok()?;
+        Header::decode(h).ok()
+    }
+
+    /// Reads once from `fd` (blocking or not, as the socket is set) and returns the number of
+    /// bytes read; 0 means end of stream. Descriptors that arrive are queued for `next_frame`.
+    pub fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        // Make room: enough for the frame being assembled, at least READ_CHUNK.
+        let want = match self.pending_header() {
+            Some(h) => (HEADER_LEN as u64 + h.len) as usize,
+            None => 0,
+        }
+        .max(READ_CHUNK);
+        if self.start > 0 && (self.buf.len() - self.end < READ_CHUNK || self.start == self.end) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.start < want || self.buf.len() - self.end < 4096 {
+            let new_len = (self.start + want).max(self.end + READ_CHUNK);
+            self.buf.resize(new_len, 0);
+        }
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
+        let mut iov = [IoSliceMut::new(&mut self.buf[self.end..])];
+        let n = loop {
+            match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+                Ok(msg) => {
+                    for c in msg.cmsgs().map_err(io::Error::from)? {
+                        if let ControlMessageOwned::ScmRights(raw) = c {
+                            // SAFETY: the kernel just installed these descriptors in our table for
+                            // this message; nothing else owns them yet.
+                            self.fds.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
+                        }
+                    }
+                    break msg.bytes;
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if n == 0 {
+            self.eof = true;
+        }
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Takes the next complete frame out of the buffer, if there is one.
+    pub fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+        let avail = self.end - self.start;
+        if avail < HEADER_LEN {
+            return Ok(None);
+        }
+        let hb: &[u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("header slice");
+        let h = Header::decode(hb).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let total = HEADER_LEN + h.len as usize;
+        if avail < total {
+            return Ok(None);
+        }
+        if self.fds.len() < h.nfds as usize {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame announces more descriptors than arrived"));
+        }
+        let payload = self.buf[self.start + HEADER_LEN..self.start + total].to_vec();
+        self.start += total;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let fds = self.fds.drain(..h.nfds as usize).collect();
+        Ok(Some(Frame { kind: h.kind, id: h.id, flags: h.flags, aux: h.aux, payload, fds }))
+    }
+}
+
+/// Encodes frames into one buffer and writes it out in as few system calls as possible.
+#[derive(Default)]
+pub struct FrameWriter {
+    buf: Vec<u8>,
+    written: usize,
+    /// Descriptors to send, each with the buffer offset of the frame that owns them.
+    fds: VecDeque<(usize, Vec<OwnedFd>)>,
+}
+
+impl FrameWriter {
+    pub fn new() -> FrameWriter {
+        FrameWriter::default()
+    }
+
+    /// Returns the number of bytes queued but not yet written.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.written
+    }
+
+    /// Queues a frame; nothing is written until `flush`.
+    pub fn push(&mut self, frame: Frame) {
+        let at = self.buf.len();
+        frame.header().encode_into(&mut self.buf);
+        self.buf.extend_from_slice(&frame.payload);
+        if !frame.fds.is_empty() {
+            self.fds.push_back((at, frame.fds));
+        }
+    }
+
+    /// Queues a frame made of its parts, copying the payload from a borrowed slice.
+    pub fn push_parts(&mut self, kind: Kind, id: u64, aux: u32, payload: &[u8]) {
+        Header { len: payload.len() as u64, id, kind, flags: 0, nfds: 0, aux }.encode_into(&mut self.buf);
+        self.buf.extend_from_slice(payload);
+    }
+
+    /// Writes queued bytes until all are out (`Ok(true)`) or the socket would block (`Ok(false)`).
+    /// `EPIPE`/`ECONNRESET` come back as errors: the peer is gone.
+    pub fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
+        while self.written < self.buf.len() {
+            let next_mark = self.fds.front().map(|(at, _)| *at);
+            let (end, with_fds) = match next_mark {
+                Some(at) if at == self.written => {
+                    let end = self.fds.get(1).map_or(self.buf.len(), |(a, _)| *a);
+                    (end, true)
+                }
+                Some(at) => (at, false),
+                None => (self.buf.len(), false),
+            };
+            let iov = [IoSlice::new(&self.buf[self.written..end])];
+            let raw: Vec<RawFd> = if with_fds { self.fds[0].1.iter().map(|f| f.as_raw_fd()).collect() } else { Vec::new() };
+            let cmsgs = [ControlMessage::ScmRights(&raw)];
+            let cm: &[ControlMessage<'_>] = if with_fds { &cmsgs } else { &[] };
+            match sendmsg::<()>(fd.as_raw_fd(), &iov, cm, MsgFlags::MSG_NOSIGNAL, None) {
+                Ok(n) => {
+                    if with_fds {
+                        // The kernel took the descriptors with the first byte; ours may close.
+                        self.fds.pop_front();
+                    }
+                    self.written += n;
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.buf.clear();
+        self.written = 0;
+        Ok(true)
+    }
+}
+
+/// A blocking frame connection, as a worker uses it: reads block, writes are batched.
+pub struct Connection {
+    sock: OwnedFd,
+    pub reader: FrameReader,
+    pub writer: FrameWriter,
+}
+
+impl Connection {
+    /// Wraps a connected socket; it is switched to blocking mode.
+    pub fn new(sock: OwnedFd) -> io::Result<Connection> {
+        set_nonblocking(sock.as_fd(), false)?;
+        Ok(Connection { sock, reader: FrameReader::new(), writer: FrameWriter::new() })
+    }
+
+    /// Writes every queued frame, blocking as needed.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush(self.sock.as_fd()).map(|_| ())
+    }
+
+    /// Returns the next frame, blocking until one arrives; `None` at end of stream.
+    /// Queued output is flushed before blocking, so the peer never waits on us.
+    pub fn recv(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            if let Some(f) = self.reader.next_frame()? {
+                return Ok(Some(f));
+            }
+            if self.reader.at_eof() {
+                return Ok(None);
+            }
+            self.flush()?;
+            self.reader.fill(self.sock.as_fd())?;
+        }
+    }
+
+    /// Queues one frame and flushes it.
+    pub fn send(&mut self, frame: Frame) -> io::Result<()> {
+        self.writer.push(frame);
+        self.flush()
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, Write};
+
+    #[test]
+    fn frames_cross_in_order_with_their_descriptors() {
+        let (a, b) = pair().unwrap();
+        let mut rx = Connection::new(b).unwrap();
+        // The writer runs on its own thread: 1 MiB does not fit in a socket buffer.
+        let sender = std::thread::spawn(move || {
+            let mut tx = Connection::new(a).unwrap();
+            let mut file = tempfile_with(b"through the socket");
+            file.rewind().unwrap();
+            let mut f = Frame::new(Kind::Task, 2, b"with fd".to_vec());
+            f.fds.push(OwnedFd::from(file));
+            tx.writer.push(Frame::new(Kind::Task, 1, b"first".to_vec()));
+            tx.writer.push(f);
+            tx.writer.push(Frame::new(Kind::Task, 3, vec![7; 1 << 20]));
+            tx.flush().unwrap();
+        });
+        let f1 = rx.recv().unwrap().unwrap();
+        assert_eq!((f1.id, f1.payload.as_slice(), f1.fds.len()), (1, &b"first"[..], 0));
+        let mut f2 = rx.recv().unwrap().unwrap();
+        assert_eq!((f2.id, f2.fds.len()), (2, 1));
+        let mut got = String::new();
+        std::fs::File::from(f2.fds.pop().unwrap()).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "through the socket");
+        let f3 = rx.recv().unwrap().unwrap();
+        assert_eq!((f3.id, f3.payload.len()), (3, 1 << 20));
+        assert!(f3.payload.iter().all(|&x| x == 7));
+        sender.join().unwrap();
+        assert!(rx.recv().unwrap().is_none(), "end of stream after the last frame");
+    }
+
+    #[test]
+    fn nonblocking_writer_resumes_after_would_block() {
+        let (a, b) = pair().unwrap();
+        set_nonblocking(a.as_fd(), true).unwrap();
+        let mut w = FrameWriter::new();
+        // More than any socket buffer: the first flush must stop short.
+        w.push(Frame::new(Kind::Ok, 9, vec![1; 8 << 20]));
+        assert!(!w.flush(a.as_fd()).unwrap());
+        let reader = std::thread::spawn(move || {
+            let mut rx = Connection::new(b).unwrap();
+            rx.recv().unwrap().unwrap()
+        });
+        let mut polls = 0;
+        while !w.flush(a.as_fd()).unwrap() {
+            let mut pfd = [nix::poll::PollFd::new(a.as_fd(), nix::poll::PollFlags::POLLOUT)];
+            nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(5000u16)).unwrap();
+            polls += 1;
+            assert!(polls < 10_000, "writer made no progress");
+        }
+        let f = reader.join().unwrap();
+        assert_eq!((f.id, f.payload.len()), (9, 8 << 20));
+    }
+
+    #[test]
+    fn corrupt_header_is_an_error_not_a_hang() {
+        let (a, b) = pair().unwrap();
+        let mut raw = std::fs::File::from(a);
+        raw.write_all(&[0xff; HEADER_LEN]).unwrap();
+        drop(raw);
+        let mut rx = Connection::new(b).unwrap();
+        let err = rx.recv().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    fn tempfile_with(bytes: &[u8]) -> std::fs::File {
+        let fd = nix::sys::memfd::memfd_create(c"ferropool-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+        let mut f = std::fs::File::from(fd);
+        f.write_all(bytes).unwrap();
+        f
+    }
+}

@@ -1,0 +1,371 @@
+//! The dispatcher thread: one `poll(2)` loop that feeds tasks to workers, collects their
+//! answers and replaces workers that exit.
+//!
+//! Each turn of the loop: move queued tasks to workers with room (`assign`), write what is
+//! buffered, publish finished tasks, then sleep in `poll` on the wake eventfd, every worker's
+//! socket and every worker's pidfd. The dispatcher is the only owner of the workers, so all
+//! bookkeeping here is single-threaded; only `Shared` is touched by other threads.
+//!
+//! Scheduling: a worker runs its tasks in the order sent, so the front of its `inflight` list is
+//! the task it is running. Each worker is sent enough tasks to keep it busy for about
+//! `PREFETCH_US` while results travel back (at least one queued behind the running one), judged
+//! from the run times it reports. Short tasks are thus batched hundreds per system call while
+//! long tasks stay in the shared queue where any idle worker can take them.
+//!
+//! Failures: when a worker's pidfd fires, its socket is drained first (answers it sent before
+//! dying still count), then its running task fails with `Outcome::WorkerDied`, the tasks queued
+//! behind it go back to the front of the shared queue, and a new worker takes its slot.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::frame::{Frame, Kind};
+use crate::pool::{Done, Outcome, PoolConfig, Shared, Task};
+use crate::worker::{Exit, Phase, Worker};
+
+/// Queued work each worker should hold, in microseconds of its measured task time.
+const PREFETCH_US: f64 = 2000.0;
+/// Tasks sent to a worker before its first run time is known.
+const INITIAL_PREFETCH: usize = 4;
+/// Most tasks queued at one worker, however short they are.
+const MAX_PREFETCH: usize = 1024;
+/// Workers in a row that may die before becoming ready before the pool is declared broken.
+const MAX_STARTUP_FAILURES: u32 = 3;
+/// Longest sleep in `poll` when nothing happens.
+const TICK_MS: u16 = 1000;
+
+struct Dispatcher {
+    shared: Arc<Shared>,
+    config: PoolConfig,
+    slots: Vec<Option<Worker>>,
+    /// Finished tasks not yet published.
+    done: Vec<Done>,
+    startup_failures: u32,
+    /// Shutdown frames have been sent; no more respawning.
+    stopping: bool,
+}
+
+/// Runs the dispatcher until the pool is closed and every worker has exited.
+pub(crate) fn run(shared: Arc<Shared>, config: PoolConfig) {
+    let slots = (0..config.workers).map(|_| None).collect();
+    let mut d = Dispatcher { shared, config, slots, done: Vec::new(), startup_failures: 0, stopping: false };
+    for slot in 0..d.slots.len() {
+        d.respawn(slot);
+    }
+    d.event_loop();
+    let shared = d.shared.clone();
+    drop(d);
+    shared.done.lock().expect("done queue poisoned").finished = true;
+    shared.done_cv.notify_all();
+}
+
+impl Dispatcher {
+    fn event_loop(&mut self) {
+        loop {
+            if self.shared.abort.load(Ordering::Acquire) {
+                self.abort_all();
+                return;
+            }
+            self.assign();
+            self.begin_stop_if_done();
+            self.flush_all();
+            self.shared.publish(&mut self.done);
+            if self.stopping && self.slots.iter().all(Option::is_none) {
+                return;
+            }
+            self.wait_and_handle();
+        }
+    }
+
+    /// Moves queued tasks to workers that have room, one at a time to the emptiest worker.
+    fn assign(&mut self) {
+        let room: Vec<usize> = self.slots.iter().map(|w| w.as_ref().map_or(0, |w| self.room(w))).collect();
+        let total: usize = room.iter().sum();
+        if total == 0 {
+            return;
+        }
+        let mut q = self.shared.queue.lock().expect("queue poisoned");
+        if q.tasks.is_empty() {
+            return;
+        }
+        let mut room = room;
+        let mut taken: Vec<(usize, Task)> = Vec::new();
+        while let Some(slot) = (0..room.len()).filter(|&i| room[i] > 0).max_by_key(|&i| room[i]) {
+            let Some(task) = q.tasks.pop_front() else { break };
+            room[slot] -= 1;
+            taken.push((slot, task));
+        }
+        drop(q);
+        for (slot, task) in taken {
+            let w = self.slots[slot].as_mut().expect("room only for live workers");
+            w.send_task(task.id, task.payload);
+        }
+    }
+
+    /// How many more tasks worker `w` should be sent now.
+    fn room(&self, w: &Worker) -> usize {
+        if w.phase == Phase::Draining || w.sock_closed {
+            return 0;
+        }
+        let target = match w.task_us {
+            None => INITIAL_PREFETCH,
+            Some(us) => ((PREFETCH_US / us) as usize).clamp(1, MAX_PREFETCH) + 1,
+        };
+        let mut room = target.saturating_sub(w.inflight.len());
+        if let Some(max) = self.config.max_tasks_per_child {
+            room = room.min(max.saturating_sub(w.tasks_sent) as usize);
+        }
+        room
+    }
+
+    /// Once the pool is closed and no work is left anywhere, asks every worker to exit.
+    fn begin_stop_if_done(&mut self) {
+        let q = self.shared.queue.lock().expect("queue poisoned");
+        let closed = q.closed || q.broken.is_some();
+        let queued = !q.tasks.is_empty();
+        drop(q);
+        if !closed || queued || self.slots.iter().flatten().any(|w| !w.inflight.is_empty()) {
+            return;
+        }
+        self.stopping = true;
+        for w in self.slots.iter_mut().flatten() {
+            if w.phase != Phase::Draining {
+                w.phase = Phase::Draining;
+                w.writer.push(Frame::new(Kind::Shutdown, 0, Vec::new()));
+            }
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for w in self.slots.iter_mut().flatten() {
+            if w.writer.pending() > 0 && !w.sock_closed {
+                // A write error means the worker is gone; its pidfd will tell us how.
+                if w.flush().is_err() {
+                    w.sock_closed = true;
+                }
+            }
+        }
+    }
+
+    fn wait_and_handle(&mut self) {
+        let mut fds = vec![PollFd::new(self.shared.wake_fd.as_fd(), PollFlags::POLLIN)];
+        let mut owners = Vec::new();
+        for (slot, w) in self.slots.iter().enumerate() {
+            let Some(w) = w else { continue };
+            if !w.sock_closed {
+                let mut ev = PollFlags::POLLIN;
+                if w.writer.pending() > 0 {
+                    ev |= PollFlags::POLLOUT;
+                }
+                fds.push(PollFd::new(w.sock(), ev));
+                owners.push((slot, false));
+            }
+            fds.push(PollFd::new(w.pidfd(), PollFlags::POLLIN));
+            owners.push((slot, true));
+        }
+        match poll(&mut fds, PollTimeout::from(TICK_MS)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return,
+            Err(e) => panic!("poll failed: {e}"),
+        }
+        let ready: Vec<(usize, bool, PollFlags)> = fds[1..]
+            .iter()
+            .zip(&owners)
+            .filter_map(|(p, &(slot, is_pid))| p.revents().filter(|r| !r.is_empty()).map(|r| (slot, is_pid, r)))
+            .collect();
+        if fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+            // Clear the flag before reading the counter: a submit after this point wakes us again.
+            self.shared.wake_pending.store(false, Ordering::Release);
+            let mut buf = [0u8; 8];
+            let _ = nix::unistd::read(&self.shared.wake_fd, &mut buf);
+        }
+        drop(fds);
+        for (slot, is_pid, _) in ready.iter().filter(|r| !r.1) {
+            let _ = is_pid;
+            self.read_from(*slot);
+        }
+        for (slot, _, _) in ready.iter().filter(|r| r.1) {
+            self.on_exit(*slot);
+        }
+    }
+
+    /// Reads what worker `slot` sent and handles each frame.
+    fn read_from(&mut self, slot: usize) {
+        let Some(w) = self.slots[slot].as_mut() else { return };
+        // Bounded so that one chatty worker cannot starve the others.
+        for _ in 0..16 {
+            match w.fill() {
+                Ok(0) => {
+                    w.sock_closed = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    w.sock_closed = true;
+                    break;
+                }
+            }
+        }
+        loop {
+            let w = self.slots[slot].as_mut().expect("still here");
+            match w.reader.next_frame() {
+                Ok(Some(frame)) => self.on_frame(slot, frame),
+                Ok(None) => break,
+                Err(_) => {
+                    // A corrupt stream cannot be resynchronised: replace the worker.
+                    w.sock_closed = true;
+                    w.kill();
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, slot: usize, frame: Frame) {
+        let max_tasks = self.config.max_tasks_per_child;
+        let w = self.slots[slot].as_mut().expect("frame from a live worker");
+        match frame.kind {
+            Kind::Hello | Kind::Heartbeat => {}
+            Kind::Ready => {
+                if w.phase == Phase::Starting {
+                    w.phase = Phase::Ready;
+                }
+                self.startup_failures = 0;
+            }
+            Kind::InitFailed => self.break_pool(frame.payload),
+            Kind::Ok | Kind::Err => {
+                let expected = w.finish_task(frame.aux);
+                if expected != Some(frame.id) {
+                    // Out-of-order answers mean a broken worker; let the exit path clean up.
+                    w.sock_closed = true;
+                    w.kill();
+                    return;
+                }
+                let outcome = if frame.kind == Kind::Ok { Outcome::Returned(frame.payload) } else { Outcome::Raised(frame.payload) };
+                self.done.push(Done { id: frame.id, outcome, run_us: frame.aux });
+                if max_tasks.is_some_and(|m| w.tasks_sent >= m) && w.inflight.is_empty() && w.phase != Phase::Draining {
+                    w.phase = Phase::Draining;
+                    w.writer.push(Frame::new(Kind::Shutdown, 0, Vec::new()));
+                }
+            }
+            Kind::Init | Kind::Task | Kind::Cancel | Kind::Shutdown => {
+                // Parent-bound kinds only; a worker sending them is broken.
+                w.sock_closed = true;
+                w.kill();
+            }
+        }
+    }
+
+    /// Handles the exit of worker `slot`: drains its socket, fails its running task, requeues
+    /// the rest and starts a replacement.
+    fn on_exit(&mut self, slot: usize) {
+        if self.slots[slot].as_ref().is_some_and(|w| !w.sock_closed) {
+            // The process is gone, so everything it wrote is already in the socket buffer.
+            while self.slots[slot].as_ref().is_some_and(|w| !w.sock_closed) {
+                self.read_from(slot);
+            }
+        }
+        let Some(mut w) = self.slots[slot].take() else { return };
+        let exit = match w.try_reap() {
+            Ok(Some(exit)) => exit,
+            // The pidfd said it exited, so this cannot wait long.
+            _ => {
+                w.kill();
+                let st = loop {
+                    match w.try_reap() {
+                        Ok(Some(e)) => break e,
+                        Ok(None) => std::thread::yield_now(),
+                        Err(_) => break Exit { pid: w.pid, code: None, signal: None },
+                    }
+                };
+                st
+            }
+        };
+        let was_starting = w.phase == Phase::Starting;
+        let mut orphans = std::mem::take(&mut w.inflight);
+        drop(w);
+        if was_starting {
+            // No task had begun: the worker died before answering its Init.
+            self.startup_failures += 1;
+        } else if let Some((running, _)) = orphans.pop_front() {
+            self.done.push(Done { id: running, outcome: Outcome::WorkerDied(exit), run_us: 0 });
+        }
+        if !orphans.is_empty() {
+            // Tasks queued behind the dead one never started: give them to other workers.
+            let mut q = self.shared.queue.lock().expect("queue poisoned");
+            for (id, payload) in orphans.into_iter().rev() {
+                q.tasks.push_front(Task { id, payload });
+            }
+        }
+        if self.startup_failures >= MAX_STARTUP_FAILURES {
+            self.break_pool(format!("worker processes fail to start: {exit}").into_bytes());
+            return;
+        }
+        if !self.stopping {
+            self.respawn(slot);
+        }
+    }
+
+    fn respawn(&mut self, slot: usize) {
+        match Worker::spawn(&self.config.command, &self.config.init) {
+            Ok(w) => self.slots[slot] = Some(w),
+            Err(e) => {
+                self.startup_failures += 1;
+                self.break_pool(format!("cannot start a worker process ({:?}): {e}", self.config.command.first()).into_bytes());
+            }
+        }
+    }
+
+    /// Marks the pool broken: every queued and running task fails with `why`, and workers exit.
+    fn break_pool(&mut self, why: Vec<u8>) {
+        let mut q = self.shared.queue.lock().expect("queue poisoned");
+        if q.broken.is_none() {
+            q.broken = Some(why.clone());
+        }
+        let queued: Vec<Task> = q.tasks.drain(..).collect();
+        drop(q);
+        for t in queued {
+            self.done.push(Done { id: t.id, outcome: Outcome::Broken(why.clone()), run_us: 0 });
+        }
+        for w in self.slots.iter_mut().flatten() {
+            for (id, _) in w.inflight.drain(..) {
+                self.done.push(Done { id, outcome: Outcome::Broken(why.clone()), run_us: 0 });
+            }
+            if w.phase != Phase::Draining {
+                w.phase = Phase::Draining;
+                w.writer.push(Frame::new(Kind::Shutdown, 0, Vec::new()));
+            }
+        }
+        self.stopping = true;
+    }
+
+    /// Kills every worker now; their running tasks fail as `WorkerDied`, queued ones as `Broken`.
+    fn abort_all(&mut self) {
+        for slot in 0..self.slots.len() {
+            let Some(mut w) = self.slots[slot].take() else { continue };
+            w.kill();
+            let exit = loop {
+                match w.try_reap() {
+                    Ok(Some(e)) => break e,
+                    Ok(None) => std::thread::yield_now(),
+                    Err(_) => break Exit { pid: w.pid, code: None, signal: None },
+                }
+            };
+            if let Some((running, _)) = w.inflight.pop_front() {
+                self.done.push(Done { id: running, outcome: Outcome::WorkerDied(exit), run_us: 0 });
+            }
+            for (id, _) in w.inflight.drain(..) {
+                self.done.push(Done { id, outcome: Outcome::Broken(b"the pool was shut down before this task ran".to_vec()), run_us: 0 });
+            }
+        }
+        let queued: Vec<Task> = self.shared.queue.lock().expect("queue poisoned").tasks.drain(..).collect();
+        for t in queued {
+            self.done.push(Done { id: t.id, outcome: Outcome::Broken(b"the pool was shut down before this task ran".to_vec()), run_us: 0 });
+        }
+        self.shared.publish(&mut self.done);
+    }
+}

@@ -1,0 +1,264 @@
+//! The process pool's public face: submit opaque task payloads, receive their outcomes.
+//!
+//! A `ProcessPool` owns one dispatcher thread (see `dispatcher.rs`) that runs the workers.
+//! Callers talk to it through `Shared`: they push tasks onto `queue` and wake the dispatcher;
+//! the dispatcher pushes outcomes onto `done` and wakes whoever waits in `wait_outcomes`.
+//!
+//! ```text
+//!  submit ──► Shared.queue ──► dispatcher ──frames──► worker process
+//!                                   │  ◄──frames──
+//!  wait_outcomes ◄── Shared.done ◄──┘
+//! ```
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::worker::Exit;
+
+/// How to start and run a pool's workers.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Number of worker processes kept alive.
+    pub workers: usize,
+    /// Program and arguments that start one worker; the number of its socket descriptor is
+    /// appended as the last argument.
+    pub command: Vec<OsString>,
+    /// Payload of the `Init` frame each worker receives first (opaque to the engine).
+    pub init: Vec<u8>,
+    /// Replace a worker after it has been sent this many tasks.
+    pub max_tasks_per_child: Option<u64>,
+}
+
+/// What became of one task.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The task returned; the payload is the worker's encoding of the result.
+    Returned(Vec<u8>),
+    /// The task raised; the payload is the worker's encoding of the error.
+    Raised(Vec<u8>),
+    /// The worker running the task died before answering.
+    WorkerDied(Exit),
+    /// The pool cannot run tasks: a worker's initializer failed (payload from the worker) or
+    /// workers could not be started (payload is the message).
+    Broken(Vec<u8>),
+}
+
+/// One finished task: its id, outcome and run time in the worker (microseconds, 0 if unknown).
+#[derive(Debug)]
+pub struct Done {
+    pub id: u64,
+    pub outcome: Outcome,
+    pub run_us: u32,
+}
+
+/// Why `submit` refused a task.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// `close` was called.
+    Closed,
+    /// The pool is broken; the payload says why (see `Outcome::Broken`).
+    Broken(Vec<u8>),
+}
+
+pub(crate) struct Task {
+    pub id: u64,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Default)]
+pub(crate) struct Queue {
+    pub tasks: VecDeque<Task>,
+    pub closed: bool,
+    pub broken: Option<Vec<u8>>,
+}
+
+#[derive(Default)]
+pub(crate) struct DoneQueue {
+    pub items: Vec<Done>,
+    /// The dispatcher has exited: nothing more will arrive.
+    pub finished: bool,
+}
+
+/// State shared between callers and the dispatcher thread.
+pub(crate) struct Shared {
+    pub queue: Mutex<Queue>,
+    pub done: Mutex<DoneQueue>,
+    pub done_cv: Condvar,
+    /// An eventfd the dispatcher polls; written when there is news for it.
+    pub wake_fd: OwnedFd,
+    /// Set while a wake-up is pending, so a burst of submits costs one write.
+    pub wake_pending: AtomicBool,
+    /// Kill workers now instead of letting them finish (shutdown without waiting).
+    pub abort: AtomicBool,
+}
+
+impl Shared {
+    /// Wakes the dispatcher unless a wake-up is already on its way.
+    pub fn wake(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            let _ = nix::unistd::write(self.wake_fd.as_fd(), &1u64.to_ne_bytes());
+        }
+    }
+
+    /// Publishes finished tasks to `wait_outcomes`.
+    pub fn publish(&self, items: &mut Vec<Done>) {
+        if items.is_empty() {
+            return;
+        }
+        let mut d = self.done.lock().expect("done queue poisoned");
+        d.items.append(items);
+        drop(d);
+        self.done_cv.notify_all();
+    }
+}
+
+/// A pool of worker processes that runs opaque task payloads.
+pub struct ProcessPool {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    workers: usize,
+}
+
+impl ProcessPool {
+    /// Starts the dispatcher thread, which spawns `config.workers` workers straight away.
+    /// Errors if the configuration is unusable or the thread cannot start; a worker that
+    /// fails to spawn breaks the pool instead (every task then gets `Outcome::Broken`).
+    pub fn start(config: PoolConfig) -> io::Result<ProcessPool> {
+        if config.workers == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a pool needs at least one worker"));
+        }
+        if config.command.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty worker command"));
+        }
+        let wake_fd = nix::sys::eventfd::EventFd::from_value_and_flags(0, nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK)?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            done: Mutex::new(DoneQueue::default()),
+            done_cv: Condvar::new(),
+            wake_fd: wake_fd.into(),
+            wake_pending: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+        });
+        let workers = config.workers;
+        let s = shared.clone();
+        let thread = std::thread::Builder::new().name("ferropool-dispatcher".into()).spawn(move || crate::dispatcher::run(s, config))?;
+        Ok(ProcessPool { shared, thread: Mutex::new(Some(thread)), workers })
+    }
+
+    /// Returns the number of worker processes the pool keeps.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Queues a task. Never blocks on the workers. Fails if the pool is closed or broken.
+    pub fn submit(&self, id: u64, payload: Vec<u8>) -> Result<(), SubmitError> {
+        let mut q = self.shared.queue.lock().expect("queue poisoned");
+        if let Some(why) = &q.broken {
+            return Err(SubmitError::Broken(why.clone()));
+        }
+        if q.closed {
+            return Err(SubmitError::Closed);
+        }
+        q.tasks.push_back(Task { id, payload });
+        drop(q);
+        self.shared.wake();
+        Ok(())
+    }
+
+    /// Removes task `id` if no worker has it yet. Returns true if it was removed (it will then
+    /// never run and gets no outcome); false if it was already sent to a worker or finished.
+    pub fn cancel(&self, id: u64) -> bool {
+        let mut q = self.shared.queue.lock().expect("queue poisoned");
+        if let Some(pos) = q.tasks.iter().position(|t| t.id == id) {
+            q.tasks.remove(pos);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Returns true if task `id` is still waiting in the pool's queue (no worker has it).
+    pub fn is_queued(&self, id: u64) -> bool {
+        self.shared.queue.lock().expect("queue poisoned").tasks.iter().any(|t| t.id == id)
+    }
+
+    /// Removes every task that no worker has yet and returns their ids.
+    pub fn cancel_all(&self) -> Vec<u64> {
+        let mut q = self.shared.queue.lock().expect("queue poisoned");
+        q.tasks.drain(..).map(|t| t.id).collect()
+    }
+
+    /// Stops accepting tasks. Queued tasks still run; then the workers exit and the dispatcher
+    /// ends. With `abort`, workers are killed at once and unfinished tasks are reported as
+    /// `WorkerDied` only if they were running. Returns immediately; see `join`.
+    pub fn close(&self, abort: bool) {
+        let mut q = self.shared.queue.lock().expect("queue poisoned");
+        q.closed = true;
+        drop(q);
+        if abort {
+            self.shared.abort.store(true, Ordering::Release);
+        }
+        self.shared.wake();
+    }
+
+    /// Waits for the dispatcher to finish after `close`. Returns false on timeout.
+    pub fn join(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut d = self.shared.done.lock().expect("done queue poisoned");
+        while !d.finished {
+            d = match deadline {
+                None => self.shared.done_cv.wait(d).expect("done queue poisoned"),
+                Some(dl) => {
+                    let now = Instant::now();
+                    if now >= dl {
+                        return false;
+                    }
+                    self.shared.done_cv.wait_timeout(d, dl - now).expect("done queue poisoned").0
+                }
+            };
+        }
+        drop(d);
+        if let Some(t) = self.thread.lock().expect("thread slot poisoned").take() {
+            let _ = t.join();
+        }
+        true
+    }
+
+    /// Takes every finished task, waiting up to `timeout` (forever if `None`) for at least one.
+    /// Returns `None` once the dispatcher has ended and everything was taken.
+    pub fn wait_outcomes(&self, timeout: Option<Duration>) -> Option<Vec<Done>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut d = self.shared.done.lock().expect("done queue poisoned");
+        loop {
+            if !d.items.is_empty() {
+                return Some(std::mem::take(&mut d.items));
+            }
+            if d.finished {
+                return None;
+            }
+            d = match deadline {
+                None => self.shared.done_cv.wait(d).expect("done queue poisoned"),
+                Some(dl) => {
+                    let now = Instant::now();
+                    if now >= dl {
+                        return Some(Vec::new());
+                    }
+                    self.shared.done_cv.wait_timeout(d, dl - now).expect("done queue poisoned").0
+                }
+            };
+        }
+    }
+}
+
+impl Drop for ProcessPool {
+    /// Closes the pool without waiting: queued work still runs in the background.
+    fn drop(&mut self) {
+        self.close(false);
+    }
+}

@@ -1,0 +1,197 @@
+//! A worker process as the parent sees it: how it is started, which tasks it holds, how it ended.
+//!
+//! Workers are clean interpreters started with fork+exec (never a bare `fork` of the possibly
+//! multi-threaded parent). Each gets one end of a socket pair as an inherited descriptor whose
+//! number is appended to its command line, and `PR_SET_PDEATHSIG(SIGKILL)` so that it cannot
+//! outlive the parent. Its exit is observed through a pidfd, which the dispatcher polls
+//! beside the socket: the end of the socket alone does not prove the process is gone.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use crate::channel::{self, FrameReader, FrameWriter};
+use crate::frame::{Frame, Kind};
+
+/// Where a worker is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Spawned; its `Init` is queued but it has not answered `Ready`.
+    Starting,
+    /// Running tasks.
+    Ready,
+    /// Told to exit after its queued tasks (recycling or shutdown); gets no new tasks.
+    Draining,
+}
+
+/// How a worker process ended, as reported by `waitpid`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub pid: i32,
+    /// The exit status if it exited.
+    pub code: Option<i32>,
+    /// The signal number if a signal killed it.
+    pub signal: Option<i32>,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (_, Some(sig)) => write!(f, "worker {} was killed by signal {sig}", self.pid),
+            (Some(code), None) => write!(f, "worker {} exited with code {code}", self.pid),
+            (None, None) => write!(f, "worker {} ended", self.pid),
+        }
+    }
+}
+
+/// One live worker process and the parent's bookkeeping for it.
+pub struct Worker {
+    pub pid: i32,
+    child: Child,
+    sock: OwnedFd,
+    pidfd: OwnedFd,
+    pub reader: FrameReader,
+    pub writer: FrameWriter,
+    pub phase: Phase,
+    /// Tasks sent to this worker (id and payload), oldest first. Workers run tasks in order, so
+    /// the front is the task running now; the rest are queued behind it. Payloads are kept so
+    /// that queued tasks can be re-sent elsewhere if this worker dies.
+    pub inflight: VecDeque<(u64, Vec<u8>)>,
+    /// Tasks ever sent to this worker (for recycling after `max_tasks_per_child`).
+    pub tasks_sent: u64,
+    /// Smoothed run time of this worker's recent tasks, in microseconds; `None` before the first.
+    pub task_us: Option<f64>,
+    pub started_at: Instant,
+    /// The socket reached end of stream: stop polling it, wait for the pidfd.
+    pub sock_closed: bool,
+}
+
+impl Worker {
+    /// Starts `command` with the worker's socket descriptor number appended as its last argument
+    /// and queues `init` as its first frame.
+    pub fn spawn(command: &[OsString], init: &[u8]) -> io::Result<Worker> {
+        let (program, args) = command.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command"))?;
+        let (ours, theirs) = channel::pair()?;
+        channel::set_nonblocking(ours.as_fd(), true)?;
+        let child_fd = theirs.as_raw_fd();
+        let parent_pid = std::process::id() as libc::pid_t;
+        let mut cmd = Command::new(program);
+        cmd.args(args).arg(child_fd.to_string()).stdin(Stdio::null());
+        // SAFETY: the closure runs in the child between fork and exec, so it may only make
+        // async-signal-safe calls; fcntl, prctl, getppid and _exit are plain system calls that
+        // touch no locks or allocator state.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Let the worker's end of the socket survive exec.
+                if libc::fcntl(child_fd, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect: then nobody would kill us.
+                if libc::getppid() != parent_pid {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        drop(theirs);
+        let pid = child.id() as i32;
+        let pidfd = pidfd_open(pid)?;
+        let mut w = Worker {
+            pid,
+            child,
+            sock: ours,
+            pidfd,
+            reader: FrameReader::new(),
+            writer: FrameWriter::new(),
+            phase: Phase::Starting,
+            inflight: VecDeque::new(),
+            tasks_sent: 0,
+            task_us: None,
+            started_at: Instant::now(),
+            sock_closed: false,
+        };
+        w.writer.push(Frame::new(Kind::Init, 0, init.to_vec()));
+        Ok(w)
+    }
+
+    /// The socket to the worker (non-blocking).
+    pub fn sock(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Writes queued frames until done (`Ok(true)`) or the socket is full (`Ok(false)`).
+    pub fn flush(&mut self) -> io::Result<bool> {
+        self.writer.flush(self.sock.as_fd())
+    }
+
+    /// Reads once from the socket into the frame reader; 0 means end of stream.
+    pub fn fill(&mut self) -> io::Result<usize> {
+        self.reader.fill(self.sock.as_fd())
+    }
+
+    /// A descriptor that becomes readable when the process has exited.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// Queues task `id` for this worker.
+    pub fn send_task(&mut self, id: u64, payload: Vec<u8>) {
+        self.writer.push_parts(Kind::Task, id, 0, &payload);
+        self.inflight.push_back((id, payload));
+        self.tasks_sent += 1;
+    }
+
+    /// Records the run time of a finished task; returns the id the worker must have finished.
+    pub fn finish_task(&mut self, run_us: u32) -> Option<u64> {
+        let us = f64::from(run_us.max(1));
+        self.task_us = Some(match self.task_us {
+            Some(prev) => prev * 0.75 + us * 0.25,
+            None => us,
+        });
+        self.inflight.pop_front().map(|(id, _)| id)
+    }
+
+    /// Returns the id of the task this worker is running, if any.
+    pub fn running(&self) -> Option<u64> {
+        self.inflight.front().map(|(id, _)| *id)
+    }
+
+    /// Reaps the process if it has exited, without blocking.
+    pub fn try_reap(&mut self) -> io::Result<Option<Exit>> {
+        Ok(self.child.try_wait()?.map(|st| Exit { pid: self.pid, code: st.code(), signal: st.signal() }))
+    }
+
+    /// Sends SIGKILL (the process may already be gone; that is not an error).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    /// Sends `sig` to the process if it has not been reaped.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our unreaped child, so
+        // the number cannot have been recycled for another process yet.
+        unsafe {
+            libc::kill(self.pid, sig);
+        }
+    }
+}
+
+/// Opens a pidfd for `pid` (Linux 5.3+).
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: the syscall takes two integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it; the
+    // value fits in an i32 because descriptors are ints.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}

@@ -1,0 +1,82 @@
+//! `ProcessPoolEngine`: the parent side of a process pool, as the Python `ProcessPool` uses it.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use ferropool_engine::{Outcome, PoolConfig, ProcessPool};
+
+use crate::errors;
+
+/// Outcome codes in the tuples returned by `wait_outcomes`.
+const RETURNED: u8 = 0;
+const RAISED: u8 = 1;
+const WORKER_DIED: u8 = 2;
+const BROKEN: u8 = 3;
+
+/// Runs opaque task payloads on worker processes; see `_core.pyi`.
+#[pyclass(frozen, module = "ferropool._core")]
+pub struct ProcessPoolEngine {
+    pool: ProcessPool,
+}
+
+#[pymethods]
+impl ProcessPoolEngine {
+    #[new]
+    #[pyo3(signature = (workers, command, init, *, max_tasks_per_child=None))]
+    fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>, max_tasks_per_child: Option<u64>) -> PyResult<Self> {
+        let config = PoolConfig { workers, command, init, max_tasks_per_child };
+        Ok(ProcessPoolEngine { pool: ProcessPool::start(config).map_err(errors::io_error)? })
+    }
+
+    #[getter]
+    fn workers(&self) -> usize {
+        self.pool.workers()
+    }
+
+    fn submit(&self, py: Python<'_>, id: u64, payload: &[u8]) -> PyResult<()> {
+        self.pool.submit(id, payload.to_vec()).map_err(|e| errors::submit_error(py, e))
+    }
+
+    fn cancel(&self, id: u64) -> bool {
+        self.pool.cancel(id)
+    }
+
+    fn is_queued(&self, id: u64) -> bool {
+        self.pool.is_queued(id)
+    }
+
+    fn cancel_all(&self) -> Vec<u64> {
+        self.pool.cancel_all()
+    }
+
+    #[pyo3(signature = (*, abort=false))]
+    fn close(&self, abort: bool) {
+        self.pool.close(abort)
+    }
+
+    #[pyo3(signature = (timeout=None))]
+    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> bool {
+        let t = timeout.map(Duration::from_secs_f64);
+        py.detach(|| self.pool.join(t))
+    }
+
+    #[pyo3(signature = (timeout=None))]
+    fn wait_outcomes<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Option<Bound<'py, PyList>>> {
+        let t = timeout.map(Duration::from_secs_f64);
+        let Some(batch) = py.detach(|| self.pool.wait_outcomes(t)) else { return Ok(None) };
+        let list = PyList::empty(py);
+        for d in batch {
+            let (code, detail): (u8, Bound<'py, PyAny>) = match d.outcome {
+                Outcome::Returned(p) => (RETURNED, PyBytes::new(py, &p).into_any()),
+                Outcome::Raised(p) => (RAISED, PyBytes::new(py, &p).into_any()),
+                Outcome::WorkerDied(e) => (WORKER_DIED, PyTuple::new(py, [e.pid.into_pyobject(py)?.into_any(), e.code.into_pyobject(py)?.into_any(), e.signal.into_pyobject(py)?.into_any()])?.into_any()),
+                Outcome::Broken(p) => (BROKEN, PyBytes::new(py, &p).into_any()),
+            };
+            list.append((d.id, code, detail, d.run_us))?;
+        }
+        Ok(Some(list))
+    }
+}
