@@ -1,0 +1,20 @@
+//! The engine of ferropool: worker processes, their wire format and transport, scheduling and
+//! supervision, and the task queue behind the thread pool. It has no Python dependency; the
+//! binding crate turns it into `ferropool._core`.
+//!
+//! - `frame`: the wire format (header layout, kinds).
+//! - `channel`: buffered frame transport over unix sockets, with descriptor passing.
+//! - `worker`: one worker process as the parent sees it.
+//! - `pool`: the process pool's API (`ProcessPool`) and the state it shares with the dispatcher.
+//! - `dispatcher`: the thread that schedules tasks onto workers and supervises them.
+//! - `work_queue`: the closable MPMC queue with blocking, timed pops behind the thread pool.
+
+pub mod channel;
+mod dispatcher;
+pub mod frame;
+pub mod pool;
+pub mod work_queue;
+pub mod worker;
+
+pub use pool::{Done, Outcome, PoolConfig, ProcessPool, SubmitError};
+pub use worker::Exit;
