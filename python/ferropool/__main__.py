@@ -1,0 +1,56 @@
+"""Command-line interface: ``ferropool <command>`` or ``python -m ferropool <command>``.
+
+Commands:
+
+- ``compare``: time built-in workloads serially and with each pool, and
+  recommend one (see :mod:`ferropool._compare`).
+
+Bad arguments print one line, ``ferropool <command>: error: <what>``, to
+stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a single line (no usage dump) and exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser for every ``ferropool`` subcommand."""
+    from . import _compare
+
+    parser = _Parser(prog="ferropool", description="ferropool command-line tools")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    compare = commands.add_parser(
+        "compare",
+        help="time built-in workloads serially and with each pool, and recommend one",
+        description=(_compare.__doc__ or "").split("\n\n")[0],
+    )
+    _compare.add_arguments(compare)
+    compare.set_defaults(handler=_compare.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"ferropool {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
