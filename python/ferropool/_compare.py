@@ -7,7 +7,8 @@ For every selected workload (``cpu``: a pure-Python loop that holds the GIL;
 and repeats; the figure is the median wall time, the speedup is serial's median
 over the strategy's.  Each pool is created once, warmed up (its workers started
 with a few tiny tasks), reused for every workload and repeat, and always shut
-down, even on error or Ctrl-C.
+down, even on error or Ctrl-C.  Repeats are interleaved across strategies so
+that background load drifting during the run does not favour any of them.
 
 A strategy that cannot be built (say ferropool's core is missing) is reported
 as unavailable with the reason; the others still run.
@@ -20,6 +21,7 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from statistics import median
@@ -111,41 +113,57 @@ def _run_once(pool, wl: Workload, arg=None, n_tasks=None) -> list:
     return [f.result() for f in futures]
 
 
-def _time_strategy(strategy: str, workloads, repeats: int, workers: Optional[int], progress) -> dict:
-    """Return ``{workload name: result dict}`` for one strategy; errors become ``available: False``."""
-    try:
-        pool = _make_pool(strategy, workers)
-    except Exception as exc:  # noqa: BLE001 - any failure to build means "unavailable"
-        reason = f"cannot create {strategy}: {type(exc).__name__}: {exc}"
-        return {wl.name: {"available": False, "error": reason} for wl in workloads}
-    out = {}
-    try:
-        for wl in workloads:
-            progress(f"{wl.name}: {strategy}")
+def _time_all(workloads, repeats: int, workers: Optional[int], progress) -> dict:
+    """Return ``{strategy: {workload: result dict}}``; failures become ``available: False``.
+
+    All pools stay alive together and the repeats are interleaved (repeat 1 of
+    every strategy, then repeat 2, ...), so a change in background load during
+    the run spreads over all strategies instead of biasing the ones timed last.
+    """
+    out = {s: {} for s in STRATEGIES}
+    with ExitStack() as stack:
+        pools = {}
+        for strategy in STRATEGIES:
             try:
-                # Warm-up: start every worker and import the workload module in it.
-                _run_once(pool, wl, wl.warmup_arg, n_tasks=2 * (_max_workers(pool) or 2))
-                runs = []
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    results = _run_once(pool, wl)
-                    runs.append(time.perf_counter() - t0)
-                    if results != [wl.expect] * wl.n_tasks:
-                        raise AssertionError(f"{strategy} returned wrong results for {wl.name}")
-            except Exception as exc:  # noqa: BLE001 - report, keep timing the other strategies
-                out[wl.name] = {"available": False, "error": f"{type(exc).__name__}: {exc}"}
+                pool = _make_pool(strategy, workers)
+            except Exception as exc:  # noqa: BLE001 - any failure to build means "unavailable"
+                reason = f"cannot create {strategy}: {type(exc).__name__}: {exc}"
+                out[strategy] = {wl.name: {"available": False, "error": reason} for wl in workloads}
                 continue
-            out[wl.name] = {
-                "available": True,
-                "max_workers": _max_workers(pool),
-                "median_s": median(runs),
-                "min_s": min(runs),
-                "max_s": max(runs),
-                "runs_s": runs,
-            }
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+            pools[strategy] = pool
+        for wl in workloads:
+            live, runs = dict(pools), {s: [] for s in pools}
+            for strategy, pool in pools.items():
+                try:
+                    # Warm-up: start every worker and import the workload's module in it.
+                    _run_once(pool, wl, wl.warmup_arg, n_tasks=2 * (_max_workers(pool) or 2))
+                except Exception as exc:  # noqa: BLE001 - report it, keep timing the others
+                    out[strategy][wl.name] = {"available": False, "error": f"warm-up failed: {type(exc).__name__}: {exc}"}
+                    del live[strategy]
+            for i in range(repeats):
+                progress(f"{wl.name}: run {i + 1} of {repeats}")
+                for strategy, pool in list(live.items()):
+                    try:
+                        t0 = time.perf_counter()
+                        results = _run_once(pool, wl)
+                        runs[strategy].append(time.perf_counter() - t0)
+                        if results != [wl.expect] * wl.n_tasks:
+                            raise AssertionError(f"wrong results for {wl.name}")
+                    except Exception as exc:  # noqa: BLE001 - report it, keep timing the others
+                        out[strategy][wl.name] = {"available": False, "error": f"{type(exc).__name__}: {exc}"}
+                        del live[strategy]
+            for strategy, pool in live.items():
+                r = runs[strategy]
+                out[strategy][wl.name] = {
+                    "available": True,
+                    "max_workers": _max_workers(pool),
+                    "median_s": median(r),
+                    "min_s": min(r),
+                    "max_s": max(r),
+                    "runs_s": r,
+                }
     return out
 
 
@@ -188,7 +206,7 @@ def run_compare(names, *, repeats: int, workers: Optional[int], quick: bool, pro
     t_start = time.perf_counter()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workloads = build_workloads(names, quick=quick)
-    by_strategy = {s: _time_strategy(s, workloads, repeats, workers, progress) for s in STRATEGIES}
+    by_strategy = _time_all(workloads, repeats, workers, progress)
     report_wl = {}
     for wl in workloads:
         strategies = {s: by_strategy[s][wl.name] for s in STRATEGIES}
