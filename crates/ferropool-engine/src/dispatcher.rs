@@ -177,10 +177,14 @@ impl Dispatcher {
             .filter_map(|(p, &(slot, is_pid))| p.revents().filter(|r| !r.is_empty()).map(|r| (slot, is_pid, r)))
             .collect();
         if fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
-            // Clear the flag before reading the counter: a submit after this point wakes us again.
-            self.shared.wake_pending.store(false, Ordering::Release);
+            // Drain the counter first, then clear the flag. The other order loses wake-ups: a
+            // submit between the two would see the flag clear, write, and have its write
+            // swallowed by our read, leaving the flag set and nobody to wake us. In this order
+            // a submit that still sees the flag set pushed its task before we clear it, and
+            // `assign` runs after that.
             let mut buf = [0u8; 8];
             let _ = nix::unistd::read(&self.shared.wake_fd, &mut buf);
+            self.shared.wake_pending.store(false, Ordering::Release);
         }
         drop(fds);
         for (slot, is_pid, _) in ready.iter().filter(|r| !r.1) {
