@@ -1,0 +1,253 @@
+"""``ProcessPool``: a drop-in ``concurrent.futures.ProcessPoolExecutor`` on a Rust engine.
+
+A task's life, from ``submit`` to its result::
+
+    submit(fn, *args)                                           caller's thread
+      ├─ _serialize.dumps_call  -> bytes    (fails here, at the call, if unpicklable)
+      ├─ TaskFuture registered in _futures[id]
+      └─ engine.submit(id, bytes)  ──► dispatcher thread (Rust): queue -> worker socket
+                                                 worker process: _worker._serve runs fn
+    _collect thread (Python)      ◄── engine.wait_outcomes()  (GIL released while waiting)
+      └─ future.set_result(loads(bytes)) / set_exception(...)
+
+The engine (``ferropool._core.ProcessPoolEngine``, backed by ``crates/ferropool-engine``) owns
+the workers, the socket transport and scheduling; this module owns futures and pickling.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import os
+import sys
+import threading
+import weakref
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
+from typing import Any, Callable
+
+from . import _core
+from ._executor import PoolExecutor
+from ._serialize import dumps, dumps_call, loads, loads_exception
+from ._worker import bootstrap_command
+from .errors import BrokenPoolError, SerializationError, WorkerDiedError
+
+# Outcome codes of ProcessPoolEngine.wait_outcomes (see src/process_pool.rs).
+_RETURNED, _RAISED, _WORKER_DIED, _BROKEN = 0, 1, 2, 3
+
+_live_pools: "weakref.WeakSet[ProcessPool]" = weakref.WeakSet()
+
+
+def usable_cpu_count() -> int:
+    """Returns the number of CPUs this process may run on (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class TaskFuture(cf.Future):
+    """A ``concurrent.futures.Future`` whose ``cancel`` asks the pool's engine.
+
+    A task still in the pool's queue is removed and the future cancelled; a task already
+    handed to a worker is running (or about to) and cannot be cancelled.
+    """
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._state == FINISHED or self._state == RUNNING:
+                return False
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return True
+            engine = self._ferropool_engine
+            if engine is not None and not engine.cancel(self._ferropool_id):
+                self._state = RUNNING
+                return False
+            self._ferropool_futures.pop(self._ferropool_id, None)
+        return super().cancel()
+
+    def running(self) -> bool:
+        with self._condition:
+            if self._state != PENDING:
+                return self._state == RUNNING
+            engine = self._ferropool_engine
+            return engine is not None and not engine.is_queued(self._ferropool_id)
+
+
+class _State:
+    """What the pool and its result thread share (the thread must not keep the pool alive)."""
+
+    def __init__(self) -> None:
+        self.broken: BaseException | None = None
+
+
+class ProcessPool(PoolExecutor):
+    """Runs calls in worker processes; a drop-in for ``concurrent.futures.ProcessPoolExecutor``.
+
+    ``max_workers`` defaults to the number of usable CPUs. Workers are fresh interpreters, never
+    a ``fork`` of this process, so starting a pool is safe with threads running; ``mp_context``
+    is accepted for compatibility and ignored. Functions defined in ``__main__``, lambdas and
+    closures work without an ``if __name__ == "__main__"`` guard.
+
+    ``initializer(*initargs)`` runs once in each worker; if it raises, every task fails with
+    ``BrokenPoolError`` whose ``__cause__`` is that exception. ``max_tasks_per_child`` replaces
+    a worker after that many tasks.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple = (),
+        *,
+        max_tasks_per_child: int | None = None,
+    ) -> None:
+        if max_workers is None:
+            max_workers = usable_cpu_count()
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        self._max_workers = max_workers
+        init = dumps({"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": initializer, "initargs": tuple(initargs)}, "initializer")
+        self._engine = _core.ProcessPoolEngine(max_workers, bootstrap_command(), init, max_tasks_per_child=max_tasks_per_child)
+        self._futures: dict[int, TaskFuture] = {}
+        self._ids = itertools.count(1)
+        self._state = _State()
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._collector = threading.Thread(target=_collect, args=(self._engine, self._futures, self._state), name="ferropool-results", daemon=True)
+        self._collector.start()
+        # Dropping the pool without shutdown lets queued work finish in the background.
+        weakref.finalize(self, self._engine.close)
+        _live_pools.add(self)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+        """Schedules ``fn(*args, **kwargs)`` and returns its future. Never blocks on workers.
+
+        Raises ``SerializationError`` (a ``TypeError``) at once if the call cannot be pickled,
+        ``RuntimeError`` after ``shutdown``, ``BrokenPoolError`` if the pool is broken.
+        """
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if self._state.broken is not None:
+            raise self._broken_error()
+        payload = dumps_call(fn, args, kwargs)
+        fut = TaskFuture()
+        tid = next(self._ids)
+        fut._ferropool_engine = self._engine
+        fut._ferropool_id = tid
+        fut._ferropool_futures = self._futures
+        self._futures[tid] = fut
+        try:
+            self._engine.submit(tid, payload)
+        except RuntimeError as exc:
+            self._futures.pop(tid, None)
+            if isinstance(exc, _core.EngineBrokenError):
+                raise self._broken_error() from None
+            raise
+        return fut
+
+    def _broken_error(self) -> BrokenPoolError:
+        cause = self._state.broken
+        err = BrokenPoolError(f"the pool is broken: {cause}")
+        err.__cause__ = cause
+        return err
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stops accepting tasks; queued tasks still run unless ``cancel_futures``.
+
+        With ``wait``, returns once every task has finished and every worker has exited.
+        Safe to call more than once.
+        """
+        with self._shutdown_lock:
+            self._shutdown = True
+            if cancel_futures:
+                for tid in self._engine.cancel_all():
+                    fut = self._futures.pop(tid, None)
+                    if fut is not None:
+                        cf.Future.cancel(fut)
+            self._engine.close()
+        if wait:
+            self._engine.join()
+            if self._collector is not threading.current_thread():
+                self._collector.join()
+
+    @property
+    def max_workers(self) -> int:
+        """The number of worker processes."""
+        return self._max_workers
+
+
+def _collect(engine, futures: dict, state: _State) -> None:
+    """Result thread: turns the engine's outcomes into future results until the engine ends."""
+    while True:
+        batch = engine.wait_outcomes()
+        if batch is None:
+            break
+        for tid, code, detail, _run_us in batch:
+            fut = futures.pop(tid, None)
+            if fut is None:
+                continue
+            try:
+                if code == _RETURNED:
+                    try:
+                        fut.set_result(loads(detail))
+                    except cf.InvalidStateError:
+                        pass
+                    except BaseException as exc:
+                        _fail(fut, SerializationError(f"result: could not be unpickled: {exc}"))
+                elif code == _RAISED:
+                    _fail(fut, loads_exception(detail))
+                elif code == _WORKER_DIED:
+                    _fail(fut, _died(fut, *detail))
+                else:
+                    _fail(fut, _broken(state, detail))
+            except BaseException as exc:  # never let one bad outcome kill the result thread
+                _fail(fut, exc)
+
+
+def _fail(fut: cf.Future, exc: BaseException) -> None:
+    try:
+        fut.set_exception(exc)
+    except cf.InvalidStateError:
+        pass
+
+
+def _died(fut: cf.Future, pid: int, code: int | None, sig: int | None) -> WorkerDiedError:
+    if sig is not None:
+        import signal as _signal
+
+        try:
+            how = f"was killed by {_signal.Signals(sig).name}"
+        except ValueError:
+            how = f"was killed by signal {sig}"
+    else:
+        how = f"exited with code {code}"
+    return WorkerDiedError(f"the worker process (pid {pid}) running this task {how}", pid=pid, exitcode=code, signal=sig)
+
+
+def _broken(state: _State, detail: bytes) -> BrokenPoolError:
+    if state.broken is None:
+        # An initializer's failure comes pickled from the worker; the engine's own reasons
+        # (a worker that cannot be started) are plain text.
+        if detail[:1] == b"\x80":
+            state.broken = loads_exception(detail)
+        else:
+            state.broken = RuntimeError(detail.decode("utf-8", "replace"))
+    err = BrokenPoolError(f"the pool is broken: {type(state.broken).__name__}: {state.broken}")
+    err.__cause__ = state.broken
+    return err
+
+
+def _shutdown_all_at_exit() -> None:
+    for pool in list(_live_pools):
+        pool.shutdown(wait=True)
+
+
+threading._register_atexit(_shutdown_all_at_exit)  # type: ignore[attr-defined]

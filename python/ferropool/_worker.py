@@ -1,0 +1,85 @@
+"""The main loop of a worker process.
+
+A worker is a fresh interpreter started by the parent's dispatcher (``dispatcher.rs``) with one
+end of a unix socket inherited as a descriptor. It reads frames from that socket and answers
+each ``Task`` with ``Ok`` or ``Err`` in the order the tasks came, which is what lets the parent
+know which task a worker is running. Protocol: ``docs/wire-format.md``; life cycle:
+``docs/worker-lifecycle.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from . import _core
+from ._serialize import dumps, dumps_exception, loads
+
+_perf = time.perf_counter_ns
+
+
+def main() -> None:
+    """Runs the worker until the parent says ``Shutdown`` or goes away."""
+    fd = int(sys.argv[-1])
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = _core.WorkerConnection(fd)
+    frame = conn.recv()
+    if frame is None or frame[0] != _core.KIND_INIT:
+        return
+    if not _initialize(conn, frame[2]):
+        return
+    _serve(conn)
+
+
+def _initialize(conn, payload: bytes) -> bool:
+    try:
+        config = loads(payload)
+        sys.path[:] = config["sys_path"]
+        if config.get("cwd"):
+            os.chdir(config["cwd"])
+        initializer = config.get("initializer")
+        if initializer is not None:
+            initializer(*config.get("initargs", ()))
+    except BaseException as exc:
+        conn.send(_core.KIND_INITFAILED, 0, dumps_exception(exc))
+        conn.flush()
+        return False
+    conn.send(_core.KIND_READY, 0, b"")
+    return True
+
+
+def _serve(conn) -> None:
+    recv, send = conn.recv, conn.send
+    TASK, SHUTDOWN, OK, ERR = _core.KIND_TASK, _core.KIND_SHUTDOWN, _core.KIND_OK, _core.KIND_ERR
+    while True:
+        frame = recv()
+        if frame is None:
+            return
+        kind, task_id, payload = frame
+        if kind == TASK:
+            start = _perf()
+            try:
+                fn, args, kwargs = loads(payload)
+                out = dumps(fn(*args, **kwargs), "result")
+                kind = OK
+            except BaseException as exc:
+                out = dumps_exception(exc)
+                kind = ERR
+            send(kind, task_id, out, min((_perf() - start) // 1000, 0xFFFFFFFF))
+        elif kind == SHUTDOWN:
+            conn.flush()
+            return
+
+
+def bootstrap_command(executable: str | None = None) -> list[str]:
+    """Returns the command line that starts one worker (the socket fd is appended by Rust)."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"import sys; sys.path.append({package_parent!r}); from ferropool._worker import main; main()"
+    return [executable or sys.executable, "-c", code]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Exceptions raised by ferropool.
+
+Every class says when it is raised and what to do about it. They subclass the standard
+exceptions they refine, so ``except TypeError`` or ``except BrokenProcessPool`` clauses written
+for ``concurrent.futures`` keep working.
+"""
+
+from __future__ import annotations
+
+import pickle
+from concurrent.futures.process import BrokenProcessPool
+
+__all__ = [
+    "FerropoolError",
+    "SerializationError",
+    "BrokenPoolError",
+    "WorkerDiedError",
+    "RemoteError",
+    "RemoteTraceback",
+]
+
+
+class FerropoolError(Exception):
+    """Base class of every exception that ferropool itself raises."""
+
+
+class SerializationError(FerropoolError, pickle.PicklingError, TypeError):
+    """An argument, result or exception could not be pickled or unpickled.
+
+    Raised by ``submit``/``map`` at the call that passed the object (the task is not queued and
+    the pool is unaffected), or by ``future.result()`` when a worker's result cannot be sent
+    back. The message names the object's type and where it sits, e.g.
+    ``args[1]['conn']: cannot pickle 'socket' object``. Pass something picklable instead (a
+    path rather than an open file, a connection string rather than a connection).
+    """
+
+
+class BrokenPoolError(FerropoolError, BrokenProcessPool):
+    """The pool cannot run tasks any more.
+
+    Raised for every pending and later task when a worker's ``initializer`` raised (its
+    exception is the ``__cause__``) or when worker processes cannot be started at all. Fix the
+    initializer or the environment and create a new pool.
+    """
+
+
+class WorkerDiedError(FerropoolError):
+    """The worker process running this task died before the task finished.
+
+    Only this task fails: tasks queued behind it run on other workers, and the dead worker is
+    replaced. ``exitcode`` and ``signal`` say how it ended and ``pid`` which process it was.
+    Look for a crash in native code, ``os._exit`` or the out-of-memory killer (``SIGKILL``).
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None, exitcode: int | None = None, signal: int | None = None):
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = signal
+
+
+class RemoteError(FerropoolError):
+    """Stands in for an exception raised in a worker that could not be sent back as itself.
+
+    This happens when the exception cannot be pickled or unpickled (for example an
+    ``__init__`` with extra required arguments). ``type_name`` is the qualified name of the
+    original type, ``message`` its ``str()``; the worker's traceback is the ``__cause__``.
+    """
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self):
+        return (RemoteError, (self.type_name, self.message))
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's formatted traceback; set as ``__cause__`` of re-raised exceptions."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
