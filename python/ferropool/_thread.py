@@ -1,0 +1,178 @@
+"""ThreadPool: a drop-in ``concurrent.futures.ThreadPoolExecutor`` whose queue and worker loop live in Rust.
+
+A task's life::
+
+    submit(fn, *args) ──► (future, fn, args, kwargs) ──► ThreadWorkQueue (Rust, Mutex + Condvar)
+                                                              │  pop: under the GIL while work is
+                                                              │  queued, detached only to block
+    future.result() ◄── set_result / set_exception ◄── run_worker loop (Rust, one per thread)
+
+Threads start lazily, as in the standard library: ``submit`` starts one only when no worker thread
+is idle, up to ``max_workers``. Futures are plain ``concurrent.futures.Future`` objects. A failing
+``initializer`` breaks the pool (``concurrent.futures.thread.BrokenThreadPool``). At interpreter
+exit every pool's queue is closed and its threads are joined after they drain it, as the
+standard library does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import weakref
+from concurrent.futures import Executor, Future, _base
+from concurrent.futures.thread import BrokenThreadPool
+
+from ferropool._core import ThreadWorkQueue
+
+__all__ = ["ThreadPool"]
+
+# Worker threads of every pool, and their queues, so that interpreter exit can close and join them.
+_threads_queues: weakref.WeakKeyDictionary[threading.Thread, ThreadWorkQueue] = weakref.WeakKeyDictionary()
+_shutdown = False
+# Orders pool shutdowns and thread starts against interpreter exit (as the standard library does).
+_global_shutdown_lock = threading.Lock()
+
+
+def _python_exit() -> None:
+    global _shutdown
+    with _global_shutdown_lock:
+        _shutdown = True
+    items = list(_threads_queues.items())
+    for _, queue in items:
+        queue.close()
+    for thread, _ in items:
+        thread.join()
+
+
+# Runs before threading's own shutdown joins non-daemon threads, so workers can still finish
+# (same hook as concurrent.futures.thread).
+threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_threads_queues.clear)
+
+
+def _default_max_workers() -> int:
+    cpu_count = getattr(os, "process_cpu_count", os.cpu_count)
+    return min(32, (cpu_count() or 1) + 4)
+
+
+def _worker(queue: ThreadWorkQueue, pool_ref: weakref.ref[ThreadPool], initializer, initargs) -> None:
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException:
+            _base.LOGGER.critical("Exception in initializer:", exc_info=True)
+            pool = pool_ref()
+            if pool is not None:
+                pool._initializer_failed()
+            return
+    queue.run_worker()
+
+
+class ThreadPool(Executor):
+    """Run calls on a pool of threads; same contract as ``concurrent.futures.ThreadPoolExecutor``.
+
+    ``max_workers`` defaults to ``min(32, cpu_count + 4)``; ``max_workers <= 0`` raises
+    ``ValueError``. Worker threads are named ``f"{thread_name_prefix}_{n}"``. ``initializer``
+    runs once in each worker thread; if it raises, the pool becomes broken: queued futures fail
+    with ``BrokenThreadPool`` and ``submit`` raises it.
+    """
+
+    _counter = itertools.count().__next__
+
+    def __init__(self, max_workers: int | None = None, thread_name_prefix: str = "", initializer=None, initargs=()):
+        if max_workers is None:
+            max_workers = _default_max_workers()
+        if max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._max_workers = max_workers
+        self._queue = ThreadWorkQueue(max_workers)
+        self._put = self._queue.put
+        self._threads: set[threading.Thread] = set()
+        self._broken: str | bool = False
+        self._shutdown = False
+        self._shutdown_lock = threading.Lock()
+        self._thread_name_prefix = thread_name_prefix or f"ThreadPool-{self._counter()}"
+        self._initializer = initializer
+        self._initargs = initargs
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        """Schedule ``fn(*args, **kwargs)`` and return its ``Future``; never blocks on the task.
+
+        Raises ``RuntimeError`` after ``shutdown`` (or at interpreter exit) and
+        ``BrokenThreadPool`` once an initializer has failed.
+        """
+        if _shutdown:
+            self._raise_closed()
+        future = Future()
+        # The lock makes "queued" and "thread started" one step, so shutdown(wait=True) waits for
+        # every task whose submit returned (the standard library holds the same lock here).
+        with self._shutdown_lock:
+            try:
+                start_thread = self._put(future, fn, args, kwargs)
+            except RuntimeError:
+                self._raise_closed()
+            if start_thread:
+                self._start_thread()
+        return future
+
+    def _raise_closed(self):
+        if self._broken:
+            raise BrokenThreadPool(self._broken)
+        if _shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _start_thread(self) -> None:
+        queue = self._queue
+        with _global_shutdown_lock:
+            if _shutdown:
+                # Too late to start threads; run nothing rather than strand the task silently.
+                queue.close()
+                for future, *_ in queue.drain():
+                    future.cancel()
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            # The worker holds only a weak reference to the pool: a forgotten pool closes its
+            # queue when collected, and its threads drain it and exit.
+            pool_ref = weakref.ref(self, lambda _, q=queue: q.close())
+            t = threading.Thread(
+                name=f"{self._thread_name_prefix}_{len(self._threads)}",
+                target=_worker,
+                args=(queue, pool_ref, self._initializer, self._initargs),
+            )
+            t.start()
+            self._threads.add(t)
+            _threads_queues[t] = queue
+
+    def _initializer_failed(self) -> None:
+        with self._shutdown_lock:
+            self._broken = "A thread initializer failed, the thread pool is not usable anymore"
+            self._queue.close()
+            items = self._queue.drain()
+        for future, *_ in items:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(BrokenThreadPool(self._broken))
+
+    def map(self, fn, *iterables, timeout=None, chunksize=None):
+        return Executor.map(self, fn, *iterables, timeout=timeout)  # replaced by _executor.lazy_map
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks; with ``wait``, block until every started task has finished.
+
+        Queued tasks still run unless ``cancel_futures`` is true, in which case they are
+        cancelled. Calling it again is harmless.
+        """
+        with self._shutdown_lock:
+            self._shutdown = True
+            self._queue.close()
+            if cancel_futures:
+                for future, *_ in self._queue.drain():
+                    future.cancel()
+            threads = list(self._threads)
+        if wait:
+            for t in threads:
+                t.join()

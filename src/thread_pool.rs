@@ -1,0 +1,181 @@
+//! `ThreadWorkQueue`: the task queue of `ferropool.ThreadPool` and the loop its worker threads run.
+//!
+//! A task is a future and the call whose outcome it receives, `(future, fn, args, kwargs)`. The queue is the engine's `WorkQueue`, so
+//! waiting happens outside the GIL (and without relying on it: every field is a `Mutex` or an
+//! atomic, which keeps the class sound on free-threaded builds). A worker detaches from the
+//! interpreter only when it must block; while work is queued it pops under the GIL.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+use ferropool_engine::work_queue::{Pop, WorkQueue};
+
+/// One submitted call: `future` receives the outcome of `func(*args, **kwargs)`.
+struct Task {
+    future: Py<PyAny>,
+    func: Py<PyAny>,
+    args: Py<PyTuple>,
+    /// `None` when empty, which saves building a dict for the call.
+    kwargs: Option<Py<PyDict>>,
+}
+
+impl Task {
+    /// Runs the call the way `concurrent.futures.thread._WorkItem.run` does. An `Err` is not the
+    /// task's exception (that goes to the future) but a failure of the future itself.
+    fn run(&self, py: Python<'_>) -> PyResult<()> {
+        let future = self.future.bind(py);
+        if !future.call_method0(intern!(py, "set_running_or_notify_cancel"))?.is_truthy()? {
+            return Ok(());
+        }
+        // Like the standard library, a BaseException that is not an Exception (SystemExit,
+        // KeyboardInterrupt) also lands on the future instead of ending the thread.
+        match self.func.bind(py).call(self.args.bind(py), self.kwargs.as_ref().map(|k| k.bind(py))) {
+            Ok(result) => future.call_method1(intern!(py, "set_result"), (result,))?,
+            Err(err) => future.call_method1(intern!(py, "set_exception"), (err.into_value(py),))?,
+        };
+        Ok(())
+    }
+
+    /// Returns the task as the `(future, fn, args, kwargs)` tuple that `put` took apart.
+    fn into_tuple(self, py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+        let kwargs = match self.kwargs {
+            Some(k) => k.into_bound(py),
+            None => PyDict::new(py),
+        };
+        PyTuple::new(py, [self.future.into_bound(py), self.func.into_bound(py), self.args.into_bound(py).into_any(), kwargs.into_any()])
+    }
+}
+
+/// Queue of submitted calls shared by a pool's threads; see `_core.pyi`.
+#[pyclass(frozen, module = "ferropool._core")]
+pub struct ThreadWorkQueue {
+    queue: WorkQueue<Task>,
+    max_threads: usize,
+    /// Worker threads the Python side has been told to start.
+    threads: AtomicUsize,
+}
+
+impl ThreadWorkQueue {
+    /// Reserves a slot for one more worker thread; false when `max_threads` are already reserved.
+    fn reserve_thread(&self) -> bool {
+        self.threads
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_threads).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Pops the next task, blocking (detached from the interpreter) only when the queue is empty.
+    fn next(&self, py: Python<'_>, timeout: Option<Duration>) -> Pop<Task> {
+        match self.queue.try_pop() {
+            Some(task) => Pop::Item(task),
+            None if timeout == Some(Duration::ZERO) => {
+                if self.queue.is_closed() {
+                    Pop::Closed
+                } else {
+                    Pop::TimedOut
+                }
+            }
+            None => py.detach(|| self.queue.pop(timeout)),
+        }
+    }
+}
+
+#[pymethods]
+impl ThreadWorkQueue {
+    #[new]
+    #[pyo3(signature = (max_threads))]
+    fn new(max_threads: usize) -> PyResult<Self> {
+        if max_threads == 0 {
+            return Err(PyValueError::new_err("max_threads must be greater than 0"));
+        }
+        Ok(ThreadWorkQueue { queue: WorkQueue::new(), max_threads, threads: AtomicUsize::new(0) })
+    }
+
+    /// Queues the call `func(*args, **kwargs)` whose outcome goes to `future`, without blocking.
+    /// Returns True when the caller must start one more worker
+    /// thread: no waiting thread is free to take the item and fewer than `max_threads` have been
+    /// started (the slot is reserved by this call). Raises `RuntimeError` once closed.
+    #[pyo3(signature = (future, func, args, kwargs=None))]
+    fn put(&self, future: Py<PyAny>, func: Py<PyAny>, args: Py<PyTuple>, kwargs: Option<Bound<'_, PyDict>>) -> PyResult<bool> {
+        let kwargs = kwargs.filter(|k| !k.is_empty()).map(Bound::unbind);
+        match self.queue.push(Task { future, func, args, kwargs }) {
+            Ok(absorbed) => Ok(!absorbed && self.reserve_thread()),
+            Err(_closed) => Err(PyRuntimeError::new_err("cannot schedule new futures after shutdown")),
+        }
+    }
+
+    /// Removes and returns the oldest task as `(future, fn, args, kwargs)`, blocking without the GIL while the queue is empty.
+    /// Returns None once the queue is closed and empty; raises `TimeoutError` after `timeout`
+    /// seconds with nothing queued.
+    #[pyo3(signature = (timeout=None))]
+    fn get<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let timeout = match timeout {
+            Some(t) if !(t >= 0.0) => return Err(PyValueError::new_err("timeout must be a non-negative number")),
+            Some(t) => Some(Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX)),
+            None => None,
+        };
+        match self.next(py, timeout) {
+            Pop::Item(task) => Ok(Some(task.into_tuple(py)?)),
+            Pop::Closed => Ok(None),
+            Pop::TimedOut => Err(PyTimeoutError::new_err("no work item arrived in time")),
+        }
+    }
+
+    /// Runs tasks until the queue is closed and empty: the whole body of a worker thread.
+    /// Blocks (without the GIL) while the queue is empty. An error that is not the task's own
+    /// (say a future in an unexpected state) is reported with `sys.unraisablehook`, naming the
+    /// future, and the loop goes on.
+    fn run_worker(&self, py: Python<'_>) {
+        while let Pop::Item(task) = self.next(py, None) {
+            if let Err(err) = task.run(py) {
+                err.write_unraisable(py, Some(task.future.bind(py)));
+            }
+        }
+    }
+
+    /// Refuses further `put`s and wakes every waiting thread; queued items still run.
+    fn close(&self) {
+        self.queue.close()
+    }
+
+    /// Removes and returns every queued task as `(future, fn, args, kwargs)` without blocking,
+    /// oldest first.
+    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let tasks = self.queue.drain();
+        let list = PyList::empty(py);
+        for task in tasks {
+            list.append(task.into_tuple(py)?)?;
+        }
+        Ok(list)
+    }
+
+    /// Number of threads waiting in `get` or `run_worker` with no item set aside for them.
+    #[getter]
+    fn idle(&self) -> usize {
+        self.queue.idle()
+    }
+
+    /// Number of worker threads that `put` has asked the caller to start.
+    #[getter]
+    fn threads(&self) -> usize {
+        self.threads.load(Ordering::Acquire)
+    }
+
+    #[getter]
+    fn max_threads(&self) -> usize {
+        self.max_threads
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.queue.is_closed()
+    }
+
+    fn __len__(&self) -> usize {
+        self.queue.len()
+    }
+}
