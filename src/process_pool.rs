@@ -27,7 +27,7 @@ impl ProcessPoolEngine {
     #[new]
     #[pyo3(signature = (workers, command, init, *, max_tasks_per_child=None))]
     fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>, max_tasks_per_child: Option<u64>) -> PyResult<Self> {
-        let config = PoolConfig { workers, command, init, max_tasks_per_child };
+        let config = PoolConfig { max_tasks_per_child, ..PoolConfig::new(workers, command, init) };
         Ok(ProcessPoolEngine { pool: ProcessPool::start(config).map_err(errors::io_error)? })
     }
 

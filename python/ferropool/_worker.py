@@ -47,7 +47,10 @@ def _initialize(conn, payload: bytes) -> bool:
         conn.send(_core.KIND_INITFAILED, 0, dumps_exception(exc))
         conn.flush()
         return False
+    # Flushed before any task runs: the parent treats a death before Ready as a failure to
+    # start (tasks are requeued), and a death after it as the running task's crash.
     conn.send(_core.KIND_READY, 0, b"")
+    conn.flush()
     return True
 
 

@@ -34,8 +34,6 @@ const INITIAL_PREFETCH: usize = 4;
 const MAX_PREFETCH: usize = 1024;
 /// Workers in a row that may die before becoming ready before the pool is declared broken.
 const MAX_STARTUP_FAILURES: u32 = 3;
-/// Longest sleep in `poll` when nothing happens.
-const TICK_MS: u16 = 1000;
 
 struct Dispatcher {
     shared: Arc<Shared>,
@@ -166,7 +164,11 @@ impl Dispatcher {
             fds.push(PollFd::new(w.pidfd(), PollFlags::POLLIN));
             owners.push((slot, true));
         }
-        match poll(&mut fds, PollTimeout::from(TICK_MS)) {
+        let timeout = match self.config.idle_tick {
+            Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
+            None => PollTimeout::NONE,
+        };
+        match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => return,
             Err(e) => panic!("poll failed: {e}"),
@@ -293,7 +295,8 @@ impl Dispatcher {
         let mut orphans = std::mem::take(&mut w.inflight);
         drop(w);
         if was_starting {
-            // No task had begun: the worker died before answering its Init.
+            // No task had begun: workers flush Ready before running any task, and the socket
+            // was drained above, so a worker still Starting died before its first task.
             self.startup_failures += 1;
         } else if let Some((running, _)) = orphans.pop_front() {
             self.done.push(Done { id: running, outcome: Outcome::WorkerDied(exit), run_us: 0 });

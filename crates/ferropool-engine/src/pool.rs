@@ -33,6 +33,16 @@ pub struct PoolConfig {
     pub init: Vec<u8>,
     /// Replace a worker after it has been sent this many tasks.
     pub max_tasks_per_child: Option<u64>,
+    /// Longest the dispatcher sleeps when nothing happens. `None` sleeps until an event,
+    /// which tests use to prove that no wake-up is ever lost.
+    pub idle_tick: Option<Duration>,
+}
+
+impl PoolConfig {
+    /// A configuration for `workers` workers started by `command`, with defaults elsewhere.
+    pub fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>) -> PoolConfig {
+        PoolConfig { workers, command, init, max_tasks_per_child: None, idle_tick: Some(Duration::from_secs(1)) }
+    }
 }
 
 /// What became of one task.

@@ -1,0 +1,52 @@
+//! A worker that speaks the wire protocol without Python, for the engine's own tests.
+//!
+//! Its `Init` payload `fail` makes it answer `InitFailed`. Each task payload is a command:
+//! `echo:<text>` returns the text, `pid` returns the worker's pid, `raise:<text>` answers `Err`
+//! with the text, `exit:<code>` exits at once with that code (a crash mid-task).
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use ferropool_engine::channel::Connection;
+use ferropool_engine::frame::{Frame, Kind};
+
+fn main() {
+    let fd: i32 = std::env::args().last().and_then(|a| a.parse().ok()).expect("last argument is the socket fd");
+    // SAFETY: the parent passed this descriptor to us alone, and it is taken exactly once.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut conn = Connection::new(sock).expect("socket");
+    let Ok(Some(init)) = conn.recv() else { return };
+    if init.payload == b"fail" {
+        let _ = conn.send(Frame::new(Kind::InitFailed, 0, b"initializer failed".to_vec()));
+        std::process::exit(1);
+    }
+    // Ready must leave before any task runs: a death before the parent reads it counts as a
+    // failure to start, which requeues the tasks instead of failing the one that crashed.
+    if conn.send(Frame::new(Kind::Ready, 0, Vec::new())).is_err() {
+        return;
+    }
+    while let Ok(Some(f)) = conn.recv() {
+        match f.kind {
+            Kind::Task => {
+                let cmd = String::from_utf8_lossy(&f.payload).into_owned();
+                let (kind, out) = if let Some(t) = cmd.strip_prefix("echo:") {
+                    (Kind::Ok, t.as_bytes().to_vec())
+                } else if cmd == "pid" {
+                    (Kind::Ok, std::process::id().to_string().into_bytes())
+                } else if let Some(t) = cmd.strip_prefix("raise:") {
+                    (Kind::Err, t.as_bytes().to_vec())
+                } else if let Some(code) = cmd.strip_prefix("exit:") {
+                    std::process::exit(code.parse().unwrap_or(1));
+                } else {
+                    (Kind::Err, b"unknown command".to_vec())
+                };
+                conn.writer.push(Frame::new(kind, f.id, out));
+                if !conn.reader.has_frame() {
+                    let _ = conn.flush();
+                }
+            }
+            Kind::Shutdown => break,
+            _ => {}
+        }
+    }
+    let _ = conn.flush();
+}

@@ -1,0 +1,179 @@
+//! End-to-end tests of `ProcessPool` against `echo-worker`, a protocol-speaking test worker.
+//! Every wait is bounded; the dispatcher runs with no idle tick, so a lost wake-up hangs the
+//! pool and fails the test instead of being papered over by a periodic poll.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferropool_engine::{Outcome, PoolConfig, ProcessPool, SubmitError};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn config(workers: usize) -> PoolConfig {
+    let mut c = PoolConfig::new(workers, vec![OsString::from(env!("CARGO_BIN_EXE_echo-worker"))], b"ok".to_vec());
+    c.idle_tick = None;
+    c
+}
+
+/// Collects outcomes until `n` tasks are done; panics past `LIMIT`.
+fn collect(pool: &ProcessPool, n: usize) -> HashMap<u64, Outcome> {
+    let deadline = Instant::now() + LIMIT;
+    let mut got = HashMap::new();
+    while got.len() < n {
+        let left = deadline.checked_duration_since(Instant::now()).unwrap_or_else(|| panic!("only {} of {n} tasks finished in {LIMIT:?}", got.len()));
+        for d in pool.wait_outcomes(Some(left)).expect("pool still running") {
+            assert!(got.insert(d.id, d.outcome).is_none(), "task {} answered twice", d.id);
+        }
+    }
+    got
+}
+
+fn returned(o: &Outcome) -> String {
+    match o {
+        Outcome::Returned(p) => String::from_utf8(p.clone()).unwrap(),
+        other => panic!("expected a result, got {other:?}"),
+    }
+}
+
+#[test]
+fn many_submitters_lose_no_task_and_no_wakeup() {
+    let pool = Arc::new(ProcessPool::start(config(2)).unwrap());
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                for i in 0..2_000u64 {
+                    let id = t * 1_000_000 + i;
+                    pool.submit(id, format!("echo:{id}").into_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let got = collect(&pool, 8_000);
+    for (id, o) in &got {
+        assert_eq!(returned(o), id.to_string());
+    }
+    pool.close(false);
+    assert!(pool.join(Some(LIMIT)));
+}
+
+#[test]
+fn a_dying_worker_fails_only_its_running_task_and_is_replaced() {
+    let pool = ProcessPool::start(config(1)).unwrap();
+    // One worker: `exit:7` runs first, the echoes are queued behind it on the same worker.
+    pool.submit(1, b"exit:7".to_vec()).unwrap();
+    for id in 2..40 {
+        pool.submit(id, format!("echo:{id}").into_bytes()).unwrap();
+    }
+    let got = collect(&pool, 39);
+    match &got[&1] {
+        Outcome::WorkerDied(exit) => assert_eq!((exit.code, exit.signal), (Some(7), None)),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    for id in 2..40 {
+        assert_eq!(returned(&got[&id]), id.to_string(), "task {id} queued behind the crash must run elsewhere");
+    }
+    pool.close(false);
+    assert!(pool.join(Some(LIMIT)));
+}
+
+#[test]
+fn errors_are_answers_not_failures() {
+    let pool = ProcessPool::start(config(1)).unwrap();
+    pool.submit(1, b"raise:bad".to_vec()).unwrap();
+    pool.submit(2, b"echo:fine".to_vec()).unwrap();
+    let got = collect(&pool, 2);
+    assert_eq!(got[&1], Outcome::Raised(b"bad".to_vec()));
+    assert_eq!(returned(&got[&2]), "fine");
+    pool.close(false);
+    assert!(pool.join(Some(LIMIT)));
+}
+
+#[test]
+fn max_tasks_per_child_replaces_workers_between_tasks() {
+    let mut c = config(1);
+    c.max_tasks_per_child = Some(2);
+    let pool = ProcessPool::start(c).unwrap();
+    for id in 0..6 {
+        pool.submit(id, b"pid".to_vec()).unwrap();
+    }
+    let got = collect(&pool, 6);
+    let pids: Vec<String> = (0..6).map(|id| returned(&got[&id])).collect();
+    assert_eq!(pids[0], pids[1]);
+    assert_ne!(pids[1], pids[2], "a new worker after two tasks");
+    assert_eq!(pids[2], pids[3]);
+    assert_ne!(pids[3], pids[4]);
+    pool.close(false);
+    assert!(pool.join(Some(LIMIT)));
+}
+
+#[test]
+fn a_failing_initializer_breaks_the_pool_instead_of_respawning_forever() {
+    let mut c = config(2);
+    c.init = b"fail".to_vec();
+    let pool = ProcessPool::start(c).unwrap();
+    pool.submit(1, b"echo:x".to_vec()).unwrap();
+    let got = collect(&pool, 1);
+    assert_eq!(got[&1], Outcome::Broken(b"initializer failed".to_vec()));
+    assert!(pool.join(Some(LIMIT)), "a broken pool winds down by itself");
+    assert_eq!(pool.submit(2, b"echo:y".to_vec()), Err(SubmitError::Broken(b"initializer failed".to_vec())));
+}
+
+#[test]
+fn a_missing_worker_program_breaks_the_pool_with_a_reason() {
+    let mut c = config(1);
+    c.command = vec![OsString::from("/nonexistent/ferropool-worker")];
+    let pool = ProcessPool::start(c).unwrap();
+    assert!(pool.join(Some(LIMIT)));
+    match pool.submit(1, Vec::new()) {
+        Err(SubmitError::Broken(why)) => assert!(String::from_utf8_lossy(&why).contains("cannot start a worker process"), "{}", String::from_utf8_lossy(&why)),
+        other => panic!("expected Broken, got {other:?}"),
+    }
+}
+
+#[test]
+fn cancel_removes_only_tasks_no_worker_has() {
+    let pool = ProcessPool::start(config(1)).unwrap();
+    pool.close(false);
+    assert_eq!(pool.submit(1, b"echo:x".to_vec()), Err(SubmitError::Closed));
+    assert!(pool.join(Some(LIMIT)));
+    assert!(!pool.cancel(1), "an unknown task is not cancelled");
+}
+
+#[test]
+fn cancel_all_empties_the_queue() {
+    let pool = ProcessPool::start(config(1)).unwrap();
+    for id in 0..1000 {
+        pool.submit(id, b"echo:x".to_vec()).unwrap();
+    }
+    let cancelled = pool.cancel_all();
+    let ran = collect_until_closed(&pool);
+    assert_eq!(cancelled.len() + ran, 1000, "every task either ran or was cancelled, never both");
+}
+
+fn collect_until_closed(pool: &ProcessPool) -> usize {
+    pool.close(false);
+    let deadline = Instant::now() + LIMIT;
+    let mut n = 0;
+    while let Some(batch) = pool.wait_outcomes(Some(deadline.saturating_duration_since(Instant::now()))) {
+        assert!(Instant::now() < deadline, "pool did not wind down");
+        n += batch.len();
+    }
+    n
+}
+
+#[test]
+fn workers_exit_when_the_pool_is_closed() {
+    let pool = ProcessPool::start(config(2)).unwrap();
+    pool.submit(1, b"pid".to_vec()).unwrap();
+    let pid: i32 = returned(&collect(&pool, 1)[&1]).parse().unwrap();
+    pool.close(false);
+    assert!(pool.join(Some(LIMIT)));
+    // Reaped: the pid no longer names a child of ours.
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| !s.contains(&format!(" {} ", std::process::id()))));
+}
