@@ -22,6 +22,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 TARGET_CHUNK_S = 0.005
 GROWTH = 4
+#: Largest chunk: past a few thousand items per-chunk overhead is already negligible, and
+#: this keeps the items read ahead of the consumer bounded (at most 2 x window x MAX_CHUNK).
+MAX_CHUNK = 8192
 _PARTIAL = "_ferropool_partial_results"
 _perf = time.perf_counter_ns
 
@@ -76,6 +79,11 @@ class PoolExecutor(cf.Executor):
         return mapper.results()
 
 
+def window_for(workers: int) -> int:
+    """Chunks kept running at once by ``map`` for a pool of ``workers``."""
+    return max(4, 3 * max(1, workers))
+
+
 class _Mapper:
     def __init__(self, pool: PoolExecutor, fn, items: Iterator[tuple], deadline, chunksize, total):
         self.pool = pool
@@ -84,7 +92,7 @@ class _Mapper:
         self.deadline = deadline
         self.fixed = chunksize
         workers = max(1, pool._max_workers)
-        self.window = max(4, 3 * workers)
+        self.window = window_for(workers)
         # With a known length, never make chunks so big that a worker gets fewer than ~4.
         self.cap = max(1, total // (4 * workers)) if total else None
         self.size = chunksize or 1
@@ -109,7 +117,7 @@ class _Mapper:
             return self.fixed
         if self.per_item_ns is not None:
             wanted = max(1, int(TARGET_CHUNK_S * 1e9 / max(self.per_item_ns, 1.0)))
-            self.size = min(wanted, self.size * GROWTH)
+            self.size = min(wanted, self.size * GROWTH, MAX_CHUNK)
             if self.cap:
                 self.size = min(self.size, self.cap)
         return self.size

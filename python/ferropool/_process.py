@@ -114,7 +114,10 @@ class ProcessPool(PoolExecutor):
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
         self._max_workers = max_workers
-        init = dumps({"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": initializer, "initargs": tuple(initargs)}, "initializer")
+        # The initializer is pickled on its own: the worker can only unpickle it after it has
+        # taken our sys.path and working directory from the outer, plain part.
+        call = dumps((initializer, tuple(initargs)), "initializer") if initializer is not None else None
+        init = dumps({"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": call})
         self._engine = _core.ProcessPoolEngine(max_workers, bootstrap_command(), init, max_tasks_per_child=max_tasks_per_child)
         self._futures: dict[int, TaskFuture] = {}
         self._ids = itertools.count(1)

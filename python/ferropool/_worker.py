@@ -40,9 +40,9 @@ def _initialize(conn, payload: bytes) -> bool:
         sys.path[:] = config["sys_path"]
         if config.get("cwd"):
             os.chdir(config["cwd"])
-        initializer = config.get("initializer")
-        if initializer is not None:
-            initializer(*config.get("initargs", ()))
+        if config["initializer"] is not None:
+            initializer, initargs = loads(config["initializer"])
+            initializer(*initargs)
     except BaseException as exc:
         conn.send(_core.KIND_INITFAILED, 0, dumps_exception(exc))
         conn.flush()

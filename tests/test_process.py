@@ -1,0 +1,324 @@
+"""ProcessPool behaviour beyond the shared conformance suite: pickling paths, ``__main__``
+without a guard, lazy bounded ``map``, how workers are started, worker crashes."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+import helpers
+from ferropool import BrokenPoolError, ProcessPool, RemoteError, SerializationError, WorkerDiedError
+from ferropool import _serialize
+from ferropool._executor import MAX_CHUNK, window_for
+from ferropool._process import usable_cpu_count
+
+RESULT_TIMEOUT = 30
+
+
+@pytest.fixture
+def pool():
+    p = ProcessPool(2)
+    yield p
+    helpers.shutdown_bounded(p, wait=True, cancel_futures=True)
+
+
+def run_script(tmp_path, source: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+
+
+# ----------------------------------------------------------------- construction
+
+
+def test_max_workers_defaults_to_usable_cpus():
+    p = ProcessPool()
+    try:
+        assert p.max_workers == usable_cpu_count() == len(os.sched_getaffinity(0))
+    finally:
+        p.shutdown()
+
+
+@pytest.mark.parametrize("kwargs, exc", [
+    ({"max_workers": 0}, ValueError),
+    ({"max_workers": -1}, ValueError),
+    ({"max_tasks_per_child": 0}, ValueError),
+    ({"initializer": "not callable"}, TypeError),
+])
+def test_bad_arguments_raise_at_construction(kwargs, exc):
+    with pytest.raises(exc):
+        ProcessPool(**kwargs)
+
+
+def test_workers_are_fresh_interpreters_not_forks(pool):
+    pid = pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT)
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\0")
+    assert argv[0] == sys.executable.encode()
+    assert argv[1] == b"-c" and b"ferropool._worker" in argv[2]
+
+
+def test_starting_a_pool_while_a_thread_holds_a_lock_does_not_deadlock(tmp_path):
+    # A forked child would inherit the held logging lock and block forever on it.
+    proc = run_script(tmp_path, """
+        import logging, threading
+        from ferropool import ProcessPool
+        held, release = threading.Event(), threading.Event()
+        def hold():
+            with logging._lock:
+                held.set()
+                release.wait(30)
+        t = threading.Thread(target=hold); t.start(); held.wait(30)
+        def log_something():
+            logging.getLogger("in-worker").info("x")
+            return "ok"
+        with ProcessPool(1) as p:
+            print(p.submit(log_something).result(timeout=30))
+        release.set(); t.join()
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------- pickling
+
+
+def test_main_functions_and_lambdas_work_without_a_main_guard(tmp_path):
+    proc = run_script(tmp_path, """
+        from ferropool import ProcessPool
+        print("top-level code ran")
+        def square(x):
+            return x * x
+        class Point:
+            def __init__(self, x): self.x = x
+        pool = ProcessPool(2)
+        print(list(pool.map(square, range(5))))
+        print(pool.submit(lambda p: p.x + 1, Point(41)).result(timeout=30))
+        print(type(pool.submit(Point, 3).result(timeout=30)).__name__)
+        pool.shutdown()
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["top-level code ran", "[0, 1, 4, 9, 16]", "42", "Point"]
+
+
+def test_closures_work(pool):
+    offset = 10
+
+    def add_offset(x):
+        return x + offset
+
+    assert pool.submit(add_offset, 1).result(timeout=RESULT_TIMEOUT) == 11
+    assert list(pool.map(lambda x: x * offset, [1, 2])) == [10, 20]
+
+
+def test_importable_functions_never_touch_cloudpickle(pool, monkeypatch):
+    def forbidden():
+        raise AssertionError("cloudpickle used for an importable function")
+
+    monkeypatch.setattr(_serialize, "_cloud", forbidden)
+    assert pool.submit(helpers.mul, 6, 7).result(timeout=RESULT_TIMEOUT) == 42
+    assert list(pool.map(helpers.mul, [1, 2], [3, 4])) == [3, 8]
+
+
+def test_a_by_value_function_is_cloudpickled_once(pool, monkeypatch):
+    calls = []
+    real = _serialize._cloud()
+
+    class Counting:
+        @staticmethod
+        def dumps(obj, protocol):
+            calls.append(obj)
+            return real.dumps(obj, protocol)
+
+    monkeypatch.setattr(_serialize, "_cloud", lambda: Counting)
+    fn = lambda x: x + 1  # noqa: E731
+    futures = [pool.submit(fn, i) for i in range(50)]
+    assert [f.result(timeout=RESULT_TIMEOUT) for f in futures] == list(range(1, 51))
+    assert len(calls) == 1
+
+
+def test_unpicklable_argument_fails_the_call_with_its_path(pool):
+    sock = socket.socket()
+    try:
+        with pytest.raises(SerializationError) as info:
+            pool.submit(helpers.echo, 1, {"conn": sock})
+        assert str(info.value) == "args[1]['conn']: cannot pickle 'socket' object"
+        assert isinstance(info.value, TypeError) and isinstance(info.value, pickle.PicklingError)
+        with pytest.raises(SerializationError, match=r"^kwargs\['value'\]\.lock: cannot pickle '_thread.lock' object$"):
+            pool.submit(helpers.echo, value=Holder())
+    finally:
+        sock.close()
+    assert pool.submit(helpers.mul, 2, 3).result(timeout=RESULT_TIMEOUT) == 6, "the pool is unaffected"
+
+
+class Holder:
+    def __init__(self):
+        self.lock = threading.Lock()
+
+
+def test_unpicklable_result_fails_that_future_only(pool):
+    fut = pool.submit(make_lock_list)
+    with pytest.raises(SerializationError, match=r"^result\[1\]: cannot pickle '_thread.lock' object$"):
+        fut.result(timeout=RESULT_TIMEOUT)
+    assert pool.submit(helpers.mul, 2, 3).result(timeout=RESULT_TIMEOUT) == 6
+
+
+def make_lock_list():
+    return [1, threading.Lock()]
+
+
+class TwoArgError(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"{a}/{b}")
+
+
+def raise_two_arg_error():
+    raise TwoArgError("x", "y")
+
+
+def test_exception_that_cannot_be_rebuilt_arrives_as_remote_error(pool):
+    with pytest.raises(RemoteError) as info:
+        pool.submit(raise_two_arg_error).result(timeout=RESULT_TIMEOUT)
+    assert info.value.type_name.endswith("TwoArgError")
+    assert info.value.message == "x/y"
+    assert "raise_two_arg_error" in str(info.value.__cause__)
+    assert pool.submit(helpers.mul, 2, 3).result(timeout=RESULT_TIMEOUT) == 6
+
+
+def test_worker_exception_keeps_type_and_remote_traceback(pool):
+    with pytest.raises(helpers.TaskError) as info:
+        pool.submit(helpers.raise_task_error, 7, "boom").result(timeout=RESULT_TIMEOUT)
+    assert "raise_task_error" in str(info.value.__cause__)
+
+
+# -------------------------------------------------------------------------- map
+
+
+def test_map_is_lazy_and_bounded_on_an_endless_input(pool):
+    consumed = 0
+
+    def endless():
+        nonlocal consumed
+        while True:
+            consumed += 1
+            yield consumed
+
+    results = pool.map(helpers.echo, endless())
+    first = [next(results) for _ in range(1000)]
+    assert first == list(range(1, 1001))
+    bound = 2 * window_for(pool.max_workers) * MAX_CHUNK + 1000
+    assert consumed <= bound, f"map read {consumed} items ahead of 1000 results (bound {bound})"
+    results.close()  # cancels what has not started
+    assert pool.submit(helpers.mul, 1, 1).result(timeout=RESULT_TIMEOUT) == 1
+
+
+def test_map_keeps_memory_flat_on_a_large_generator(tmp_path):
+    # Materialising three million (x,) tuples would cost hundreds of MiB.
+    proc = run_script(tmp_path, """
+        import resource
+        from ferropool import ProcessPool
+        from ferropool._workloads import add_one
+        with ProcessPool(2) as pool:
+            total = sum(pool.map(add_one, (i for i in range(3_000_000))))
+        print(total, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    total, peak_mib = map(int, proc.stdout.split())
+    assert total == sum(range(1, 3_000_001))
+    assert peak_mib < 150, f"peak RSS {peak_mib} MiB"
+
+
+def test_map_yields_items_before_a_failing_one_then_raises(pool):
+    results = pool.map(raise_value_error_if, range(10), [5] * 10, chunksize=10)
+    assert [next(results) for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="5"):
+        next(results)
+
+
+def test_map_rejects_bad_chunksize(pool):
+    with pytest.raises(ValueError):
+        pool.map(helpers.echo, [1], chunksize=0)
+
+
+# ---------------------------------------------------------------------- faults
+
+
+def test_sigkilled_worker_fails_only_its_task_and_the_pool_heals(pool, make_gate_here, tmp_path):
+    started, release = make_gate_here(), make_gate_here()
+    pid_file = str(tmp_path / "pid")
+    fut = pool.submit(write_pid_then_wait, pid_file, started, release)
+    assert started.wait(RESULT_TIMEOUT)
+    with open(pid_file) as f:
+        victim = int(f.read())
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(WorkerDiedError) as info:
+        fut.result(timeout=RESULT_TIMEOUT)
+    assert info.value.signal == signal.SIGKILL and info.value.pid == victim
+    assert "SIGKILL" in str(info.value)
+    futures = [pool.submit(helpers.mul, i, 2) for i in range(20)]
+    assert [f.result(timeout=RESULT_TIMEOUT) for f in futures] == [i * 2 for i in range(20)]
+
+
+def write_pid_then_wait(path, started, release):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    return helpers.signal_and_wait(started, release)
+
+
+def raise_value_error_if(x, bad):
+    if x == bad:
+        raise ValueError(str(x))
+    return x
+
+
+@pytest.fixture
+def make_gate_here(tmp_path):
+    gates = []
+
+    def make():
+        gate = helpers.Gate(str(tmp_path / f"gate-{len(gates)}"))
+        gates.append(gate)
+        return gate
+
+    yield make
+    for g in gates:
+        g.close()
+
+
+def test_failing_initializer_breaks_the_pool_with_its_error():
+    p = ProcessPool(2, initializer=helpers.init_fail)
+    try:
+        with pytest.raises(BrokenPoolError) as info:
+            p.submit(helpers.mul, 1, 2).result(timeout=RESULT_TIMEOUT)
+        assert isinstance(info.value, cf.process.BrokenProcessPool)
+        assert "init_fail" in str(info.value.__cause__.__cause__), "the initializer's traceback is kept"
+        with pytest.raises(BrokenPoolError):
+            p.submit(helpers.mul, 1, 2)
+    finally:
+        helpers.shutdown_bounded(p)
+
+
+def test_cancel_pending_but_not_running(pool, make_gate_here):
+    started, release = make_gate_here(), make_gate_here()
+    running = [pool.submit(helpers.signal_and_wait, started, release, i) for i in range(2)]
+    started.wait()
+    # Both workers are busy; with prefetch a few tasks may already sit at a worker, so queue
+    # plenty and check that cancel() agrees with what later happens.
+    queued = [pool.submit(helpers.mul, i, 1) for i in range(200)]
+    cancelled = [f for f in queued if f.cancel()]
+    assert cancelled, "tasks still in the pool's queue can be cancelled"
+    assert all(f.cancelled() for f in cancelled)
+    release.set()
+    assert [f.result(timeout=RESULT_TIMEOUT) for f in running] == [0, 1]
+    for f in queued:
+        if f not in cancelled:
+            assert f.result(timeout=RESULT_TIMEOUT) == queued.index(f)
