@@ -200,6 +200,56 @@ def test_cancelled_future_is_skipped():
     assert calls == []
 
 
+def test_waiters_and_callbacks_on_a_running_future_are_notified(pool):
+    # The worker finishes a future without calling its methods only when nobody waits on it;
+    # here everyone is already waiting when it finishes.
+    started, gate = threading.Event(), threading.Event()
+
+    def block():
+        started.set()
+        gate.wait(BOUND)
+        return "done"
+
+    f = pool.submit(block)
+    assert started.wait(BOUND)
+    called = threading.Event()
+    f.add_done_callback(lambda fut: called.set())
+    waiting = threading.Event()
+    results = []
+
+    def wait_result():
+        waiting.set()
+        results.append(f.result(BOUND))
+
+    t = threading.Thread(target=wait_result)
+    t.start()
+    assert waiting.wait(BOUND)
+    gate.set()
+    done, _ = cf.wait([f], timeout=BOUND)
+    t.join(BOUND)
+    assert f in done and called.wait(BOUND) and results == ["done"]
+
+
+def test_future_subclass_goes_through_its_methods():
+    class Recording(cf.Future):
+        calls: list[str] = []
+
+        def set_running_or_notify_cancel(self):
+            self.calls.append("running")
+            return super().set_running_or_notify_cancel()
+
+        def set_result(self, result):
+            self.calls.append("result")
+            super().set_result(result)
+
+    q = ThreadWorkQueue(1)
+    f = Recording()
+    q.put(f, add_one, (1,))
+    q.close()
+    q.run_worker()
+    assert f.result(0) == 2 and Recording.calls == ["running", "result"]
+
+
 def test_many_submitters_lose_no_result():
     submitters, per = 8, 2000
     barrier = threading.Barrier(submitters, timeout=BOUND)
