@@ -1,9 +1,11 @@
 //! `ThreadWorkQueue`: the task queue of `ferropool.ThreadPool` and the loop its worker threads run.
 //!
-//! A task is a future and the call whose outcome it receives, `(future, fn, args, kwargs)`. The queue is the engine's `WorkQueue`, so
-//! waiting happens outside the GIL (and without relying on it: every field is a `Mutex` or an
-//! atomic, which keeps the class sound on free-threaded builds). A worker detaches from the
-//! interpreter only when it must block; while work is queued it pops under the GIL.
+//! A task is a future and the call whose outcome it receives, `(future, fn, args, kwargs)`. The
+//! queue is the engine's `WorkQueue`, so waiting happens outside the GIL, and nothing here relies
+//! on the GIL for safety: shared state is a `Mutex` or an atomic, and a future's state changes
+//! happen under the future's own lock, which keeps the class sound on free-threaded builds. A
+//! worker detaches from the interpreter only when it must block; while work is queued it pops
+//! and runs tasks without releasing the GIL between them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -200,9 +202,9 @@ impl ThreadWorkQueue {
     }
 
     /// Queues the call `func(*args, **kwargs)` whose outcome goes to `future`, without blocking.
-    /// Returns True when the caller must start one more worker
-    /// thread: no waiting thread is free to take the item and fewer than `max_threads` have been
-    /// started (the slot is reserved by this call). Raises `RuntimeError` once closed.
+    /// Returns True when the caller must start one more worker thread: no waiting thread is free
+    /// to take the task and fewer than `max_threads` have been started (this call reserves the
+    /// slot). Raises `RuntimeError` once closed.
     #[pyo3(signature = (future, func, args, kwargs=None))]
     fn put(&self, future: Py<PyAny>, func: Py<PyAny>, args: Py<PyTuple>, kwargs: Option<Bound<'_, PyDict>>) -> PyResult<bool> {
         let kwargs = kwargs.filter(|k| !k.is_empty()).map(Bound::unbind);
@@ -212,13 +214,13 @@ impl ThreadWorkQueue {
         }
     }
 
-    /// Removes and returns the oldest task as `(future, fn, args, kwargs)`, blocking without the GIL while the queue is empty.
-    /// Returns None once the queue is closed and empty; raises `TimeoutError` after `timeout`
-    /// seconds with nothing queued.
+    /// Removes and returns the oldest task as `(future, fn, args, kwargs)`, blocking without the
+    /// GIL while the queue is empty. Returns None once the queue is closed and empty; raises
+    /// `TimeoutError` after `timeout` seconds with nothing queued.
     #[pyo3(signature = (timeout=None))]
     fn get<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let timeout = match timeout {
-            Some(t) if !(t >= 0.0) => return Err(PyValueError::new_err("timeout must be a non-negative number")),
+            Some(t) if t.is_nan() || t < 0.0 => return Err(PyValueError::new_err("timeout must be a non-negative number")),
             Some(t) => Some(Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX)),
             None => None,
         };
@@ -231,12 +233,16 @@ impl ThreadWorkQueue {
 
     /// Runs tasks until the queue is closed and empty: the whole body of a worker thread.
     /// Blocks (without the GIL) while the queue is empty. An error that is not the task's own
-    /// (say a future in an unexpected state) is reported with `sys.unraisablehook`, naming the
-    /// future, and the loop goes on.
+    /// (say a future in an unexpected state) is set on the future if it still can be, else
+    /// reported with `sys.unraisablehook` naming the future; either way the loop goes on.
     fn run_worker(&self, py: Python<'_>) {
         while let Pop::Item(task) = self.next(py, None) {
             if let Err(err) = task.run(py) {
-                err.write_unraisable(py, Some(task.future.bind(py)));
+                let future = task.future.bind(py);
+                let exc = err.clone_ref(py).into_value(py);
+                if future.call_method1(intern!(py, "set_exception"), (exc,)).is_err() {
+                    err.write_unraisable(py, Some(future));
+                }
             }
         }
     }

@@ -107,7 +107,7 @@ class ThreadPool(Executor):
         ``BrokenThreadPool`` once an initializer has failed.
         """
         if _shutdown:
-            self._raise_closed()
+            raise self._closed_error()
         future = Future()
         # The lock makes "queued" and "thread started" one step, so shutdown(wait=True) waits for
         # every task whose submit returned (the standard library holds the same lock here).
@@ -115,17 +115,18 @@ class ThreadPool(Executor):
             try:
                 start_thread = self._put(future, fn, args, kwargs)
             except RuntimeError:
-                self._raise_closed()
+                raise self._closed_error() from None
             if start_thread:
                 self._start_thread()
         return future
 
-    def _raise_closed(self):
+    def _closed_error(self) -> Exception:
+        """Returns the error for a submit that the closed queue refused."""
         if self._broken:
-            raise BrokenThreadPool(self._broken)
+            return BrokenThreadPool(self._broken)
         if _shutdown:
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-        raise RuntimeError("cannot schedule new futures after shutdown")
+            return RuntimeError("cannot schedule new futures after interpreter shutdown")
+        return RuntimeError("cannot schedule new futures after shutdown")
 
     def _start_thread(self) -> None:
         queue = self._queue
