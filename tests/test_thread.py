@@ -138,10 +138,12 @@ def test_initializer_failure_breaks_pool():
         fs = [p.submit(add_one, i) for i in range(5)]
         gate.set()
         for f in fs:
-            with pytest.raises(BrokenThreadPool):
+            with pytest.raises(BrokenThreadPool) as info:
                 f.result(BOUND)
-        with pytest.raises(BrokenThreadPool):
+            assert isinstance(info.value.__cause__, ValueError)
+        with pytest.raises(BrokenThreadPool) as info:
             p.submit(add_one, 1)
+        assert str(info.value.__cause__) == "no"
     finally:
         p.shutdown(wait=True)
 

@@ -62,11 +62,11 @@ def _worker(queue: ThreadWorkQueue, pool_ref: weakref.ref[ThreadPool], initializ
     if initializer is not None:
         try:
             initializer(*initargs)
-        except BaseException:
+        except BaseException as exc:
             _base.LOGGER.critical("Exception in initializer:", exc_info=True)
             pool = pool_ref()
             if pool is not None:
-                pool._initializer_failed()
+                pool._initializer_failed(exc)
             return
     queue.run_worker()
 
@@ -77,7 +77,8 @@ class ThreadPool(Executor):
     ``max_workers`` defaults to ``min(32, cpu_count + 4)``; ``max_workers <= 0`` raises
     ``ValueError``. Worker threads are named ``f"{thread_name_prefix}_{n}"``. ``initializer``
     runs once in each worker thread; if it raises, the pool becomes broken: queued futures fail
-    with ``BrokenThreadPool`` and ``submit`` raises it.
+    with ``BrokenThreadPool``, ``submit`` raises it, and its ``__cause__`` is the initializer's
+    exception.
     """
 
     _counter = itertools.count().__next__
@@ -94,6 +95,7 @@ class ThreadPool(Executor):
         self._put = self._queue.put
         self._threads: set[threading.Thread] = set()
         self._broken: str | bool = False
+        self._initializer_error: BaseException | None = None
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
         self._thread_name_prefix = thread_name_prefix or f"ThreadPool-{self._counter()}"
@@ -115,7 +117,7 @@ class ThreadPool(Executor):
             try:
                 start_thread = self._put(future, fn, args, kwargs)
             except RuntimeError:
-                raise self._closed_error() from None
+                raise self._closed_error()  # noqa: B904 (the queue's own error is noise)
             if start_thread:
                 self._start_thread()
         return future
@@ -123,10 +125,15 @@ class ThreadPool(Executor):
     def _closed_error(self) -> Exception:
         """Returns the error for a submit that the closed queue refused."""
         if self._broken:
-            return BrokenThreadPool(self._broken)
+            error = self._broken_error()
+            error.__suppress_context__ = True
+            return error
         if _shutdown:
-            return RuntimeError("cannot schedule new futures after interpreter shutdown")
-        return RuntimeError("cannot schedule new futures after shutdown")
+            error = RuntimeError("cannot schedule new futures after interpreter shutdown")
+        else:
+            error = RuntimeError("cannot schedule new futures after shutdown")
+        error.__suppress_context__ = True
+        return error
 
     def _start_thread(self) -> None:
         queue = self._queue
@@ -149,14 +156,21 @@ class ThreadPool(Executor):
             self._threads.add(t)
             _threads_queues[t] = queue
 
-    def _initializer_failed(self) -> None:
+    def _broken_error(self) -> BrokenThreadPool:
+        """Returns the error for a broken pool, with the initializer's exception as its cause."""
+        error = BrokenThreadPool(self._broken)
+        error.__cause__ = self._initializer_error
+        return error
+
+    def _initializer_failed(self, exc: BaseException) -> None:
         with self._shutdown_lock:
             self._broken = "A thread initializer failed, the thread pool is not usable anymore"
+            self._initializer_error = exc
             self._queue.close()
             items = self._queue.drain()
         for future, *_ in items:
             if future.set_running_or_notify_cancel():
-                future.set_exception(BrokenThreadPool(self._broken))
+                future.set_exception(self._broken_error())
 
     def map(self, fn, *iterables, timeout=None, chunksize=None):
         return Executor.map(self, fn, *iterables, timeout=timeout)  # replaced by _executor.lazy_map
