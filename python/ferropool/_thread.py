@@ -20,10 +20,11 @@ import itertools
 import os
 import threading
 import weakref
-from concurrent.futures import Executor, Future, _base
+from concurrent.futures import Future, _base
 from concurrent.futures.thread import BrokenThreadPool
 
 from ferropool._core import ThreadWorkQueue
+from ferropool._executor import PoolExecutor
 
 __all__ = ["ThreadPool"]
 
@@ -71,7 +72,7 @@ def _worker(queue: ThreadWorkQueue, pool_ref: weakref.ref[ThreadPool], initializ
     queue.run_worker()
 
 
-class ThreadPool(Executor):
+class ThreadPool(PoolExecutor):
     """Run calls on a pool of threads; same contract as ``concurrent.futures.ThreadPoolExecutor``.
 
     ``max_workers`` defaults to ``min(32, cpu_count + 4)``; ``max_workers <= 0`` raises
@@ -171,9 +172,6 @@ class ThreadPool(Executor):
         for future, *_ in items:
             if future.set_running_or_notify_cancel():
                 future.set_exception(self._broken_error())
-
-    def map(self, fn, *iterables, timeout=None, chunksize=None):
-        return Executor.map(self, fn, *iterables, timeout=timeout)  # replaced by _executor.lazy_map
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; with ``wait``, block until every started task has finished.

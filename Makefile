@@ -1,0 +1,45 @@
+# ferropool developer commands. `make help` lists them.
+# Everything runs in a project-local virtual environment (.venv) that the targets create.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: help compare test test-rust test-python install dev bench stubtest clean
+
+help:  ## show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+install: $(PY)  ## build the wheel and install it with the test extra
+	$(PIP) install --quiet ".[test]"
+
+compare: install  ## build, install and run `ferropool compare` on the built-in workloads
+	$(VENV)/bin/ferropool compare
+
+test: install test-rust test-python  ## build, install and run every test (cargo test, then pytest)
+
+test-rust:  ## engine unit and end-to-end tests
+	cargo test --workspace --exclude ferropool-py
+
+test-python:  ## pytest against the installed package (not the source tree)
+	$(PY) -m pytest tests -p no:cacheprovider
+
+dev: $(PY)  ## editable build for development (maturin develop --release)
+	$(PIP) install --quiet maturin pytest pytest-timeout cloudpickle
+	$(VENV)/bin/maturin develop --release
+
+bench: install  ## run the benchmarks (installs loky, mpire, pebble, psutil)
+	$(PIP) install --quiet ".[bench]"
+	$(PY) benchmarks/bench_pools.py
+
+stubtest: install  ## check that _core.pyi matches the extension module
+	$(PIP) install --quiet mypy
+	$(PY) -m mypy.stubtest ferropool._core
+
+clean:  ## remove build outputs and the virtual environment
+	rm -rf target $(VENV) python/ferropool/*.so

@@ -1,0 +1,101 @@
+"""Type stubs and reference docs for ``ferropool._core``, the Rust extension module.
+
+Everything here is internal API used by ``ferropool``'s Python modules; users import from
+``ferropool`` instead. Blocking methods release the GIL while they wait.
+"""
+
+from concurrent.futures import Future
+from typing import Any, Callable, Optional
+
+__version__: str
+
+KIND_HELLO: int
+KIND_INIT: int
+KIND_READY: int
+KIND_INITFAILED: int
+KIND_TASK: int
+KIND_OK: int
+KIND_ERR: int
+KIND_CANCEL: int
+KIND_SHUTDOWN: int
+KIND_HEARTBEAT: int
+
+class EngineBrokenError(RuntimeError):
+    """Raised by ``ProcessPoolEngine.submit`` when the pool is broken; ``args[0]`` is the reason
+    (bytes: a pickled ``(exception, traceback)`` from a failed initializer, or plain text)."""
+
+class ProcessPoolEngine:
+    """The parent side of a process pool: runs opaque task payloads on worker processes.
+
+    Starts a dispatcher thread at once, which spawns ``workers`` processes by running
+    ``command`` with the worker's socket descriptor number appended, and sends each ``init``
+    as its first frame.
+    """
+
+    def __init__(self, workers: int, command: list[str], init: bytes, *, max_tasks_per_child: Optional[int] = None) -> None: ...
+    @property
+    def workers(self) -> int:
+        """The number of worker processes kept alive."""
+    def submit(self, id: int, payload: bytes) -> None:
+        """Queues task ``id``. Never blocks on workers. Raises ``RuntimeError`` after ``close``
+        and ``EngineBrokenError`` when the pool is broken."""
+    def cancel(self, id: int) -> bool:
+        """Removes task ``id`` if no worker has it yet; returns whether it was removed (it then
+        never runs and gets no outcome)."""
+    def is_queued(self, id: int) -> bool:
+        """Returns whether task ``id`` still waits in the pool's queue."""
+    def cancel_all(self) -> list[int]:
+        """Removes every task no worker has yet and returns their ids."""
+    def close(self, *, abort: bool = False) -> None:
+        """Stops accepting tasks; queued ones still run, then workers exit. With ``abort``,
+        kills the workers now. Returns immediately."""
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Waits for the dispatcher to end after ``close``; returns False on timeout."""
+    def wait_outcomes(self, timeout: Optional[float] = None) -> Optional[list[tuple[int, int, Any, int]]]:
+        """Takes every finished task, waiting up to ``timeout`` seconds for at least one (an
+        empty list on timeout). Each item is ``(id, code, detail, run_us)`` with ``code`` 0
+        (returned: detail is the payload), 1 (raised: payload), 2 (worker died: detail is
+        ``(pid, exit_code, signal)``) or 3 (broken: the reason as bytes). Returns None once the
+        dispatcher has ended and every outcome was taken."""
+
+class WorkerConnection:
+    """The worker's end of its socket to the parent."""
+
+    def __init__(self, fd: int) -> None:
+        """Takes ownership of the inherited socket descriptor ``fd``."""
+    def recv(self) -> Optional[tuple[int, int, bytes]]:
+        """Returns the next frame as ``(kind, id, payload)``, or None when the parent has gone.
+        Flushes queued frames before blocking."""
+    def send(self, kind: int, id: int, payload: bytes, aux: int = 0) -> None:
+        """Queues a frame; writes it now unless more tasks are buffered and the batch is younger
+        than 1 ms and smaller than 256 KiB. ``aux`` is the task's run time in microseconds."""
+    def flush(self) -> None:
+        """Writes every queued frame now."""
+
+class ThreadWorkQueue:
+    """The task queue and worker loop of ``ThreadPool``: ``(future, fn, args, kwargs)`` items in
+    a Rust queue; popping holds the GIL while work is queued and releases it only to block."""
+
+    def __init__(self, max_threads: int) -> None: ...
+    def put(self, future: Future[Any], func: Callable[..., Any], args: tuple[Any, ...], kwargs: Optional[dict[str, Any]] = None) -> bool:
+        """Queues a task; returns True when the caller should start another worker thread (no
+        thread is idle and fewer than ``max_threads`` exist). Raises ``RuntimeError`` if closed."""
+    def get(self, timeout: Optional[float] = None) -> Optional[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]]:
+        """Pops a task, blocking up to ``timeout`` seconds; None on timeout or when closed and empty."""
+    def run_worker(self) -> None:
+        """Runs tasks in the calling thread until the queue is closed and empty."""
+    def close(self) -> None:
+        """Refuses new tasks and wakes every waiting worker; queued tasks can still be taken."""
+    def drain(self) -> list[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]]:
+        """Removes and returns every queued task."""
+    @property
+    def idle(self) -> int:
+        """Worker threads blocked waiting for a task."""
+    @property
+    def threads(self) -> int:
+        """Worker threads reserved so far."""
+    @property
+    def max_threads(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def __len__(self) -> int: ...

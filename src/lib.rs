@@ -1,0 +1,24 @@
+//! `ferropool._core`: the one extension module, a thin binding over `ferropool-engine`.
+//!
+//! - `process_pool`: `ProcessPoolEngine`, the parent side of a process pool.
+//! - `worker_connection`: `WorkerConnection`, the worker side of the socket.
+//! - `thread_pool`: `ThreadWorkQueue`, the task queue and worker loop of `ThreadPool`.
+//! - `errors`: where engine errors become Python exceptions.
+
+use pyo3::prelude::*;
+
+mod errors;
+mod process_pool;
+mod thread_pool;
+mod worker_connection;
+
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<process_pool::ProcessPoolEngine>()?;
+    m.add_class::<worker_connection::WorkerConnection>()?;
+    m.add_class::<thread_pool::ThreadWorkQueue>()?;
+    errors::register(m)?;
+    worker_connection::register_kinds(m)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
