@@ -161,13 +161,21 @@ class _Mapper:
                             delattr(exc, _PARTIAL)
                         except Exception:
                             pass
-                        yield from partial
+                        yield from _drain(partial)
                     raise
                 self._learn(fut, n)
                 self.learned.discard(fut)
+                del fut
                 self.top_up()
-                yield from values
+                yield from _drain(values)
         finally:
             for fut, _ in self.inflight:
                 fut.cancel()
             self.inflight.clear()
+
+
+def _drain(values: list) -> Iterator[Any]:
+    """Yields and forgets each value, so a result the consumer dropped is freed at once."""
+    values.reverse()
+    while values:
+        yield values.pop()
