@@ -5,7 +5,27 @@ Everything here is internal API used by ``ferropool``'s Python modules; users im
 """
 
 from concurrent.futures import Future
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, final
+
+__all__ = [
+    "ProcessPoolEngine",
+    "WorkerConnection",
+    "ThreadWorkQueue",
+    "EngineBrokenError",
+    "KIND_HELLO",
+    "KIND_INIT",
+    "KIND_READY",
+    "KIND_INITFAILED",
+    "KIND_TASK",
+    "KIND_OK",
+    "KIND_ERR",
+    "KIND_CANCEL",
+    "KIND_SHUTDOWN",
+    "KIND_HEARTBEAT",
+    "__version__",
+]
+
+
 
 __version__: str
 
@@ -24,6 +44,7 @@ class EngineBrokenError(RuntimeError):
     """Raised by ``ProcessPoolEngine.submit`` when the pool is broken; ``args[0]`` is the reason
     (bytes: a pickled ``(exception, traceback)`` from a failed initializer, or plain text)."""
 
+@final
 class ProcessPoolEngine:
     """The parent side of a process pool: runs opaque task payloads on worker processes.
 
@@ -32,7 +53,7 @@ class ProcessPoolEngine:
     as its first frame.
     """
 
-    def __init__(self, workers: int, command: list[str], init: bytes, *, max_tasks_per_child: Optional[int] = None) -> None: ...
+    def __new__(cls, workers: int, command: list[str], init: bytes, *, max_tasks_per_child: Optional[int] = None) -> ProcessPoolEngine: ...
     @property
     def workers(self) -> int:
         """The number of worker processes kept alive."""
@@ -58,10 +79,11 @@ class ProcessPoolEngine:
         ``(pid, exit_code, signal)``) or 3 (broken: the reason as bytes). Returns None once the
         dispatcher has ended and every outcome was taken."""
 
+@final
 class WorkerConnection:
     """The worker's end of its socket to the parent."""
 
-    def __init__(self, fd: int) -> None:
+    def __new__(cls, fd: int) -> WorkerConnection:
         """Takes ownership of the inherited socket descriptor ``fd``."""
     def recv(self) -> Optional[tuple[int, int, bytes]]:
         """Returns the next frame as ``(kind, id, payload)``, or None when the parent has gone.
@@ -72,11 +94,12 @@ class WorkerConnection:
     def flush(self) -> None:
         """Writes every queued frame now."""
 
+@final
 class ThreadWorkQueue:
     """The task queue and worker loop of ``ThreadPool``: ``(future, fn, args, kwargs)`` items in
     a Rust queue; popping holds the GIL while work is queued and releases it only to block."""
 
-    def __init__(self, max_threads: int) -> None: ...
+    def __new__(cls, max_threads: int) -> ThreadWorkQueue: ...
     def put(self, future: Future[Any], func: Callable[..., Any], args: tuple[Any, ...], kwargs: Optional[dict[str, Any]] = None) -> bool:
         """Queues a task; returns True when the caller should start another worker thread (no
         thread is idle and fewer than ``max_threads`` exist). Raises ``RuntimeError`` if closed."""
