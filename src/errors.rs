@@ -1,6 +1,6 @@
 //! The one place where engine errors become Python exceptions.
 
-use pyo3::exceptions::{PyOSError, PyRuntimeError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -26,7 +26,10 @@ pub(crate) fn submit_error(py: Python<'_>, e: SubmitError) -> PyErr {
     }
 }
 
-/// Turns an I/O error into `OSError` with its errno.
+/// Turns an I/O error into `OSError` with its errno, or `ValueError` for invalid arguments.
 pub(crate) fn io_error(e: std::io::Error) -> PyErr {
+    if e.kind() == std::io::ErrorKind::InvalidInput && e.raw_os_error().is_none() {
+        return PyValueError::new_err(e.to_string());
+    }
     PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
 }

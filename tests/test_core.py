@@ -25,7 +25,7 @@ def test_frame_kinds_are_distinct_and_stable():
 
 
 def test_engine_rejects_zero_workers_and_empty_command():
-    with pytest.raises(OSError):
+    with pytest.raises(ValueError, match="at least one worker"):
         _core.ProcessPoolEngine(0, [sys.executable], b"")
-    with pytest.raises(OSError):
+    with pytest.raises(ValueError, match="empty worker command"):
         _core.ProcessPoolEngine(1, [], b"")
