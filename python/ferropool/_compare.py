@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -40,6 +41,7 @@ STRATEGIES = (
     "ProcessPoolExecutor",
 )
 WORKLOAD_NAMES = ("cpu", "sleep")
+STDLIB_START_METHOD = "forkserver"
 # A pool must beat serial by this factor to be worth recommending over serial,
 # and one pool must beat the other by SIGNIFICANT to be preferred for speed.
 WORTHWHILE = 1.2
@@ -87,7 +89,10 @@ def _make_pool(strategy: str, workers: Optional[int]):
     if strategy == "ThreadPoolExecutor":
         return ThreadPoolExecutor(workers)
     if strategy == "ProcessPoolExecutor":
-        return ProcessPoolExecutor(workers)
+        # Every pool stays alive during the run, so this process has threads; forking
+        # it (the Linux default before 3.14) can deadlock the children.  forkserver
+        # forks from a clean single-threaded server instead, and is 3.14's default.
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(STDLIB_START_METHOD))
     import ferropool  # imported here so a broken build only disables the ferropool rows
 
     cls = getattr(ferropool, strategy.split(".", 1)[1])
@@ -222,7 +227,8 @@ def run_compare(names, *, repeats: int, workers: Optional[int], quick: bool, pro
         }
     return {
         "machine": {"usable_cores": cores, "cpu_count": os.cpu_count(), "python": sys.version.split()[0]},
-        "config": {"workloads": list(names), "repeats": repeats, "workers": workers, "quick": quick},
+        "config": {"workloads": list(names), "repeats": repeats, "workers": workers, "quick": quick,
+                   "stdlib_start_method": STDLIB_START_METHOD},
         "workloads": report_wl,
         "total_s": time.perf_counter() - t_start,
     }
@@ -251,7 +257,9 @@ def format_report(report: dict) -> str:
         for strategy, error in missing:  # errors can be long: keep them out of the columns
             lines.append(f"  {strategy.ljust(widths[0])}  unavailable: {error}")
         lines.append(f"  -> {wl['recommendation']}")
-    lines += ["", f"Total time: {report['total_s']:.1f} s"]
+    lines += ["", f"ProcessPoolExecutor uses the {cfg['stdlib_start_method']} start method "
+              "(forking a process whose pools run threads can deadlock).",
+              f"Total time: {report['total_s']:.1f} s"]
     return "\n".join(lines)
 
 
