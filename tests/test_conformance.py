@@ -218,6 +218,29 @@ def test_map_consumes_generator_lazily(make_executor):
     assert ("first result seen before input ran out", True) in produced
 
 
+@pytest.mark.ferropool_only(
+    reason="stdlib Executor.map reads its whole input before returning (never ends on an endless one)"
+)
+def test_map_reads_ahead_boundedly_on_endless_input(make_executor):
+    ex = make_executor()
+    limit = 100_000
+    pulled = []
+
+    def endless():
+        for i in itertools.count():
+            if i >= limit:  # an eager map reaches this inside map() itself
+                raise AssertionError(f"map read {limit} items ahead of the consumer")
+            pulled.append(i)
+            yield i
+
+    it = ex.map(abs, endless())
+    try:
+        assert list(itertools.islice(it, 5)) == [0, 1, 2, 3, 4]
+    finally:
+        it.close()
+    assert len(pulled) < limit
+
+
 def test_map_does_not_keep_results(make_executor):
     # CPython issue 14406: the result iterator must not keep a reference to
     # results it has already yielded.
@@ -614,24 +637,43 @@ def test_shutdown_wait_false_returns_while_task_runs(make_executor, make_gate):
     assert f.result(timeout=T) == "finished anyway"
 
 
-def test_shutdown_cancel_futures(make_executor, make_gate):
+@pytest.mark.parametrize("wait", [False, True])
+def test_shutdown_cancel_futures(make_executor, make_gate, wait):
     ex = make_executor(max_workers=1)
     started, release = make_gate(), make_gate()
     blocker = ex.submit(signal_and_wait, started, release, "blocker")
+    shutter = None
     try:
         assert started.wait(T)
         queued = [ex.submit(mul, i, 1) for i in range(10)]
-        shutdown_bounded(ex, wait=False, cancel_futures=True)
+        last_done = threading.Event()
+        queued[-1].add_done_callback(lambda _: last_done.set())
+        if wait:
+            shutter = threading.Thread(
+                target=ex.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True
+            )
+            shutter.start()
+        else:
+            shutdown_bounded(ex, wait=False, cancel_futures=True)
+        # Pending calls are cancelled while the running one still blocks.
+        assert last_done.wait(T), "pending futures not cancelled while a task runs"
+        assert queued[-1].cancelled()
+        if shutter is not None:
+            assert shutter.is_alive(), "shutdown(wait=True) returned while a task was running"
     finally:
         release.set()
+    if shutter is not None:
+        shutter.join(T)
+        assert not shutter.is_alive()
     shutdown_bounded(ex, wait=True)
     assert blocker.result(timeout=T) == "blocker"
     cancelled = [f for f in queued if f.cancelled()]
     others = [f for f in queued if not f.cancelled()]
     assert len(cancelled) >= 5
-    for f in others:  # prefetched calls may still run, and must then finish cleanly
-        assert f.done()
-        assert f.exception(timeout=0) is None
+    # Prefetched calls may still run, and must then finish cleanly. (After
+    # shutdown(wait=False) the stdlib's second shutdown(wait=True) no longer waits.)
+    for f in others:
+        assert f.exception(timeout=T) is None
 
 
 def test_shutdown_after_cancel_does_not_hang(make_executor):
