@@ -393,8 +393,11 @@ def _row_time(r: dict, extra) -> list:
 def render_markdown(data: dict, raw: dict) -> str:
     cfg, out = data["config"], []
     m = data["machine"]
+    load = lambda v: "?" if v is None else "/".join(f"{x:.1f}" for x in v)  # noqa: E731
     out.append(f"Machine: {m['usable_cores']} usable cores ({m['cpu_model']}), Python {m['python']}, "
-               f"load average at start {m['loadavg_at_start']}; max_workers={cfg['workers']}, "
+               f"1/5/15-min load average {load(m['loadavg_at_start'])} at start, "
+               f"{load(data['loadavg_at_end'])} at end (load above 0 from other work skews CPU scaling); "
+               f"max_workers={cfg['workers']}, "
                f"median of {cfg['repeats']} runs. Peak RSS = VmHWM of this process + of the processes "
                f"the pool started (sampled after each run).")
     submit, mapped, cpu, startup, imports = (raw[k] for k in ("submit", "map", "cpu", "startup", "import"))
@@ -525,6 +528,7 @@ def main(argv=None) -> int:
         },
         "ratios": compute_ratios(raw["submit"], raw["map"], raw["cpu"], raw["startup"]),
         "rusage": h.rusage_peaks(),
+        "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "total_s": time.perf_counter() - t_start,
     }
     print(render_markdown(data, raw))
