@@ -89,6 +89,30 @@ def test_starting_a_pool_while_a_thread_holds_a_lock_does_not_deadlock(tmp_path)
     assert proc.stdout.strip() == "ok"
 
 
+def test_a_fork_child_neither_hangs_at_exit_nor_uses_the_inherited_pool(tmp_path):
+    proc = run_script(tmp_path, """
+        import multiprocessing, os
+        from ferropool import ProcessPool
+        pool = ProcessPool(1)
+        pool.submit(os.getpid).result(timeout=30)
+        def child(q):
+            try:
+                pool.submit(os.getpid)
+            except RuntimeError as e:
+                q.put(str(e))
+        ctx = multiprocessing.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=child, args=(q,))
+        p.start()
+        print(q.get(timeout=30))
+        p.join(30)
+        print("child exit code", p.exitcode)
+        pool.shutdown()
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["this ProcessPool was inherited through fork; create a new pool in this process", "child exit code 0"]
+
+
 # --------------------------------------------------------------------- pickling
 
 

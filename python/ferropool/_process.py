@@ -114,6 +114,7 @@ class ProcessPool(PoolExecutor):
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
         self._max_workers = max_workers
+        self._owner_pid = os.getpid()
         # The initializer is pickled on its own: the worker can only unpickle it after it has
         # taken our sys.path and working directory from the outer, plain part.
         call = dumps((initializer, tuple(initargs)), "initializer") if initializer is not None else None
@@ -124,6 +125,7 @@ class ProcessPool(PoolExecutor):
         self._state = _State()
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
+        self._shutdown_reason = "cannot schedule new futures after shutdown"
         self._collector = threading.Thread(target=_collect, args=(self._engine, self._futures, self._state), name="ferropool-results", daemon=True)
         self._collector.start()
         # Dropping the pool without shutdown lets queued work finish in the background.
@@ -137,7 +139,7 @@ class ProcessPool(PoolExecutor):
         ``RuntimeError`` after ``shutdown``, ``BrokenPoolError`` if the pool is broken.
         """
         if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+            raise RuntimeError(self._shutdown_reason)
         if self._state.broken is not None:
             raise self._broken_error()
         payload = dumps_call(fn, args, kwargs)
@@ -168,6 +170,9 @@ class ProcessPool(PoolExecutor):
         With ``wait``, returns once every task has finished and every worker has exited.
         Safe to call more than once.
         """
+        if self._owner_pid != os.getpid():
+            self._shutdown = True  # inherited through fork: its engine belongs to the parent
+            return
         with self._shutdown_lock:
             self._shutdown = True
             if cancel_futures:
@@ -253,4 +258,15 @@ def _shutdown_all_at_exit() -> None:
         pool.shutdown(wait=True)
 
 
+def _forget_pools_in_child() -> None:
+    # A fork of this process (say, a multiprocessing worker) inherits our pools but none of
+    # their threads or workers: at its exit it must not try to shut them down and wait.
+    for pool in list(_live_pools):
+        pool._owner_pid = -1
+        pool._shutdown = True
+        pool._shutdown_reason = "this ProcessPool was inherited through fork; create a new pool in this process"
+    _live_pools.clear()
+
+
 threading._register_atexit(_shutdown_all_at_exit)  # type: ignore[attr-defined]
+os.register_at_fork(after_in_child=_forget_pools_in_child)
