@@ -221,3 +221,11 @@ INIT_ERROR_TEXT = "error in initializer 5f1c"
 
 def init_fail() -> None:
     raise ValueError(INIT_ERROR_TEXT)
+
+
+def sleep_and_print(seconds: float, text: str) -> None:
+    import sys
+
+    time.sleep(seconds)  # the work itself
+    print(text)
+    sys.stdout.flush()

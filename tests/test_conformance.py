@@ -19,6 +19,9 @@ import gc
 import itertools
 import os
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 import traceback
 import weakref
@@ -701,6 +704,31 @@ def test_context_manager_shuts_down(make_executor):
     assert f.result(timeout=0) == "in context"
     with pytest.raises(RuntimeError):
         executor.submit(pow, 2, 2)
+
+
+def test_interpreter_exit_runs_submitted_work(executor_kind):
+    # CPython's test_interpreter_shutdown: a script that submits work and exits
+    # without shutdown() still runs it, and exits cleanly.
+    cls = executor_kind.cls
+    context = ", mp_context=get_context('forkserver')" if executor_kind.is_stdlib and executor_kind.is_process else ""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(os.path.abspath(helpers.__file__))!r})
+        from multiprocessing import get_context
+        from {cls.__module__} import {cls.__name__}
+        import helpers
+        if __name__ == "__main__":
+            ex = {cls.__name__}(max_workers=2{context})
+            ex.submit(helpers.sleep_and_print, 0.2, "apple")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "apple"
+    assert proc.stderr == ""
 
 
 @pytest.mark.parametrize("max_workers", [0, -1])
