@@ -10,11 +10,40 @@
 
 from __future__ import annotations
 
+import importlib
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs workers ~10 ms
+
 from . import errors
 from ._core import __version__
-from ._process import ProcessPool, TaskFuture
-from ._thread import ThreadPool
-from .errors import BrokenPoolError, FerropoolError, RemoteError, SerializationError, WorkerDiedError
+from .errors import FerropoolError, RemoteError, SerializationError, WorkerDiedError
+
+if TYPE_CHECKING:
+    from ._process import ProcessPool, TaskFuture
+    from ._thread import ThreadPool
+    from .errors import BrokenPoolError
+
+# Imported on first use, so that worker processes (which import ``ferropool._worker``, and so
+# this package) start without loading concurrent.futures and multiprocessing.
+_LAZY = {
+    "ProcessPool": "._process",
+    "TaskFuture": "._process",
+    "ThreadPool": "._thread",
+    "BrokenPoolError": ".errors",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "ProcessPool",

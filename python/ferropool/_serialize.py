@@ -22,9 +22,12 @@ import pickle
 import traceback
 import types
 import weakref
-from typing import Any
 
 from .errors import RemoteError, SerializationError
+
+TYPE_CHECKING = False  # typing is not imported at run time: workers start faster without it
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL = 5
 _MAIN = b"__main__"

@@ -3,12 +3,15 @@
 Every class says when it is raised and what to do about it. They subclass the standard
 exceptions they refine, so ``except TypeError`` or ``except BrokenProcessPool`` clauses written
 for ``concurrent.futures`` keep working.
+
+``BrokenPoolError`` is created on first use (PEP 562 ``__getattr__``): its base class lives in
+``concurrent.futures.process``, which imports all of ``multiprocessing`` (about 30 ms), and
+worker processes, which import this module, never need it.
 """
 
 from __future__ import annotations
 
 import pickle
-from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
     "FerropoolError",
@@ -32,15 +35,6 @@ class SerializationError(FerropoolError, pickle.PicklingError, TypeError):
     back. The message names the object's type and where it sits, e.g.
     ``args[1]['conn']: cannot pickle 'socket' object``. Pass something picklable instead (a
     path rather than an open file, a connection string rather than a connection).
-    """
-
-
-class BrokenPoolError(FerropoolError, BrokenProcessPool):
-    """The pool cannot run tasks any more.
-
-    Raised for every pending and later task when a worker's ``initializer`` raised (its
-    exception is the ``__cause__``) or when worker processes cannot be started at all. Fix the
-    initializer or the environment and create a new pool.
     """
 
 
@@ -85,3 +79,26 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+def _make_broken_pool_error() -> type:
+    from concurrent.futures.process import BrokenProcessPool
+
+    class BrokenPoolError(FerropoolError, BrokenProcessPool):
+        """The pool cannot run tasks any more.
+
+        Raised for every pending and later task when a worker's ``initializer`` raised (its
+        exception is the ``__cause__``) or when worker processes cannot be started at all. Fix
+        the initializer or the environment and create a new pool.
+        """
+
+    BrokenPoolError.__module__ = __name__
+    BrokenPoolError.__qualname__ = "BrokenPoolError"
+    return BrokenPoolError
+
+
+def __getattr__(name: str):
+    if name == "BrokenPoolError":
+        cls = globals()["BrokenPoolError"] = _make_broken_pool_error()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
