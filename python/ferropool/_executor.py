@@ -1,15 +1,21 @@
 """What every ferropool executor shares: the lazy, self-chunking ``map``.
 
-``map`` never materialises its input. It keeps a bounded window of chunks in flight, starts
-yielding as soon as the first chunk is back, and sizes chunks itself: the first few hold one
-item each; after that each chunk is sized so that it runs for about ``TARGET_CHUNK_S`` in a
-worker, judged from the measured run time per item (growing at most ``GROWTH``-fold per
-chunk, so one odd early item cannot produce a huge chunk). When the input has a length, chunks
-are also capped so that every worker gets several, which keeps the tail balanced.
+``map`` never materialises its input. A feeder thread reads it and submits chunks while the
+caller consumes results, keeping a bounded window of chunks running (``window_for``) and at
+most twice that unconsumed. Reading on a thread of its own means a slow or blocking input
+never holds back results that are already done, and an input that waits for the consumer's
+progress (a pipeline fed by its own results) still flows. The first item is read and submitted
+in the caller's thread, so ``map`` after ``shutdown`` or with an unpicklable first item fails at
+the call, as in the standard library.
 
-A chunk is one ordinary task running ``run_chunk(fn, items)`` in a worker. If an item raises,
-the chunk stops there and the exception carries the results before it, so ``map`` yields
-exactly the items before the failing one and then raises, as with ``chunksize=1``.
+Chunks size themselves: the first hold one item; after that each is sized to run for about
+``TARGET_CHUNK_S`` in a worker, judged from measured run time per item, growing at most
+``GROWTH``-fold per chunk and never past ``MAX_CHUNK``. When the input has a length, chunks are
+also capped so that every worker gets several, which keeps the tail balanced.
+
+A chunk is one ordinary task running ``run_chunk(fn, items)``. If an item raises, the chunk stops
+there and the exception carries the results before it, so ``map`` yields exactly the items
+before the failing one and then raises, as with ``chunksize=1``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import itertools
+import threading
 import time
+import weakref
 from typing import Any, Callable, Iterable, Iterator
 
 TARGET_CHUNK_S = 0.005
@@ -53,11 +61,7 @@ class PoolExecutor(cf.Executor):
     _max_workers: int
 
     def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
-        return self.submit(run_chunk, self._prepare_map_fn(fn), items)
-
-    def _prepare_map_fn(self, fn: Callable[..., Any]) -> Any:
-        """Hook for process pools to encode ``fn`` once per ``map`` rather than per chunk."""
-        return fn
+        return self.submit(run_chunk, fn, items)
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int | None = None) -> Iterator[Any]:
         """Returns an iterator equivalent to ``map(fn, *iterables)`` run on the pool.
@@ -75,8 +79,11 @@ class PoolExecutor(cf.Executor):
         except TypeError:
             total = None
         mapper = _Mapper(self, fn, zip(*iterables), deadline, chunksize, total)
-        mapper.top_up()  # submit the first window now, so errors raise at the call, like stdlib
-        return mapper.results()
+        mapper.start()
+        results = mapper.results()
+        # An iterator dropped unfinished (or never started) stops its feeder thread.
+        weakref.finalize(results, mapper.stop)
+        return results
 
 
 def window_for(workers: int) -> int:
@@ -85,6 +92,12 @@ def window_for(workers: int) -> int:
 
 
 class _Mapper:
+    """State shared by one ``map`` call's feeder thread and its results iterator.
+
+    Everything mutable is guarded by ``cond``, which is notified when a chunk is submitted, a
+    chunk finishes, the consumer takes a chunk, the feeder ends, or the consumer stops.
+    """
+
     def __init__(self, pool: PoolExecutor, fn, items: Iterator[tuple], deadline, chunksize, total):
         self.pool = pool
         self.fn = fn
@@ -95,22 +108,52 @@ class _Mapper:
         self.window = window_for(workers)
         # With a known length, never make chunks so big that a worker gets fewer than ~4.
         self.cap = max(1, total // (4 * workers)) if total else None
-        self.size = chunksize or 1
+        self.size = 1
         self.per_item_ns: float | None = None
+        self.cond = threading.Condition()
         self.inflight: collections.deque[tuple[cf.Future, int]] = collections.deque()
-        self.exhausted = False
-        self.learned: set[cf.Future] = set()
+        self.feeding = True
+        self.stopped = False
+        self.error: BaseException | None = None
 
-    def top_up(self) -> None:
-        """Submits chunks until ``window`` are running (and at most twice that are unconsumed)."""
-        while not self.exhausted and len(self.inflight) < 2 * self.window:
-            if sum(1 for f, _ in self.inflight if not f.done()) >= self.window:
-                break
-            chunk = list(itertools.islice(self.items, self._next_size()))
-            if not chunk:
-                self.exhausted = True
-                break
-            self.inflight.append((self.pool._submit_chunk(self.fn, chunk), len(chunk)))
+    def start(self) -> None:
+        """Submits the first item in the caller's thread, then starts the feeder."""
+        first = list(itertools.islice(self.items, 1))
+        if not first:
+            self.feeding = False
+            return
+        self._submit(first)
+        threading.Thread(target=self._feed, name="ferropool-map-feeder", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stops feeding and cancels every chunk that has not started."""
+        with self.cond:
+            self.stopped = True
+            pending = list(self.inflight)
+            self.inflight.clear()
+            self.cond.notify_all()
+        for fut, _ in pending:
+            fut.cancel()
+
+    def _submit(self, chunk: list) -> None:
+        n = len(chunk)
+        fut = self.pool._submit_chunk(self.fn, chunk)
+        with self.cond:
+            self.inflight.append((fut, n))
+            self.cond.notify_all()
+        fut.add_done_callback(lambda f: self._on_done(f, n))
+
+    def _on_done(self, fut: cf.Future, n: int) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            ns = fut.result()[1] / n
+            with self.cond:
+                self.per_item_ns = ns if self.per_item_ns is None else 0.5 * self.per_item_ns + 0.5 * ns
+        with self.cond:
+            self.cond.notify_all()
+
+    def _has_room(self) -> bool:
+        running = sum(1 for f, _ in self.inflight if not f.done())
+        return running < self.window and len(self.inflight) < 2 * self.window
 
     def _next_size(self) -> int:
         if self.fixed:
@@ -122,38 +165,51 @@ class _Mapper:
                 self.size = min(self.size, self.cap)
         return self.size
 
-    def _learn(self, fut: cf.Future, n: int) -> None:
-        if fut in self.learned:
-            return
-        self.learned.add(fut)
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        ns = fut.result()[1] / n
-        self.per_item_ns = ns if self.per_item_ns is None else 0.5 * self.per_item_ns + 0.5 * ns
+    def _feed(self) -> None:
+        try:
+            while True:
+                with self.cond:
+                    while not self.stopped and not self._has_room():
+                        self.cond.wait()
+                    if self.stopped:
+                        return
+                    size = self._next_size()
+                chunk = list(itertools.islice(self.items, size))
+                if not chunk or self.stopped:
+                    return
+                self._submit(chunk)
+        except BaseException as exc:  # the input raised, or submit refused: the consumer re-raises it in order
+            with self.cond:
+                self.error = exc
+        finally:
+            with self.cond:
+                self.feeding = False
+                self.cond.notify_all()
 
-    def _wait_head(self) -> None:
-        """Waits for the oldest chunk, refilling the window as younger chunks finish."""
-        head = self.inflight[0][0]
-        while not head.done():
-            remaining = None if self.deadline is None else self.deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError()
-            running = [f for f, _ in self.inflight if not f.done()]
-            done, _ = cf.wait(running, timeout=remaining, return_when=cf.FIRST_COMPLETED)
-            if not done:
-                raise TimeoutError()
-            for f, n in self.inflight:
-                if f in done:
-                    self._learn(f, n)
-            self.top_up()
+    def _remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise cf.TimeoutError()
+        return left
 
     def results(self) -> Iterator[Any]:
         try:
-            while self.inflight:
-                self._wait_head()
-                fut, n = self.inflight.popleft()
+            while True:
+                with self.cond:
+                    while not self.inflight and self.feeding:
+                        if not self.cond.wait(self._remaining()):
+                            raise cf.TimeoutError()
+                    if not self.inflight:
+                        if self.error is not None:
+                            raise self.error
+                        return
+                    fut = self.inflight[0][0]
                 try:
-                    values, _ = fut.result(timeout=0)
+                    values, _ = fut.result(timeout=self._remaining())
+                except cf.TimeoutError:
+                    raise
                 except BaseException as exc:
                     partial = getattr(exc, _PARTIAL, None)
                     if partial is not None:
@@ -163,15 +219,14 @@ class _Mapper:
                             pass
                         yield from _drain(partial)
                     raise
-                self._learn(fut, n)
-                self.learned.discard(fut)
-                del fut
-                self.top_up()
+                finally:
+                    del fut
+                with self.cond:
+                    self.inflight.popleft()
+                    self.cond.notify_all()
                 yield from _drain(values)
         finally:
-            for fut, _ in self.inflight:
-                fut.cancel()
-            self.inflight.clear()
+            self.stop()
 
 
 def _drain(values: list) -> Iterator[Any]:
