@@ -3,11 +3,13 @@
 //! - `process_pool`: `ProcessPoolEngine`, the parent side of a process pool.
 //! - `worker_connection`: `WorkerConnection`, the worker side of the socket.
 //! - `thread_pool`: `ThreadWorkQueue`, the task queue and worker loop of `ThreadPool`.
+//! - `future`: `FastFuture`, finishing futures without their Python methods.
 //! - `errors`: where engine errors become Python exceptions.
 
 use pyo3::prelude::*;
 
 mod errors;
+mod future;
 mod process_pool;
 mod thread_pool;
 mod worker_connection;

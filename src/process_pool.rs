@@ -3,12 +3,14 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use ferropool_engine::{Outcome, PoolConfig, ProcessPool};
 
 use crate::errors;
+use crate::future::FastFuture;
 
 /// Outcome codes in the tuples returned by `wait_outcomes`.
 const RETURNED: u8 = 0;
@@ -63,20 +65,62 @@ impl ProcessPoolEngine {
         py.detach(|| self.pool.join(t))
     }
 
+    /// Waits for the next batch of outcomes (without the GIL) and delivers it: each task's
+    /// future is popped from `futures` by id; a returned value is unpickled with `loads` and set
+    /// on the future; every other outcome, or a `loads` failure, goes to
+    /// `settle(future, code, detail, error)`. Returns False once the pool has ended.
+    fn deliver(&self, py: Python<'_>, futures: &Bound<'_, PyDict>, loads: &Bound<'_, PyAny>, settle: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let Some(batch) = py.detach(|| self.pool.wait_outcomes(None)) else { return Ok(false) };
+        for d in batch {
+            let Some(future) = futures.get_item(d.id)? else { continue };
+            futures.del_item(d.id)?;
+            let Outcome::Returned(payload) = d.outcome else {
+                let detail = outcome_detail(py, d.outcome)?;
+                settle.call1((future, detail.0, detail.1, py.None()))?;
+                continue;
+            };
+            let value = match loads.call1((PyBytes::new(py, &payload),)) {
+                Ok(v) => v,
+                Err(e) => {
+                    settle.call1((future, RETURNED, PyBytes::new(py, &payload), e.into_value(py)))?;
+                    continue;
+                }
+            };
+            let value = Ok(value);
+            if let Some(fast) = FastFuture::of(&future)? {
+                if fast.finish(&value)? {
+                    continue;
+                }
+            }
+            // Someone waits on it or it has callbacks: the real method notifies them. A future
+            // cancelled meanwhile refuses with InvalidStateError, which is not an error here.
+            if let Err(e) = future.call_method1(intern!(py, "set_result"), (value.expect("Ok above"),)) {
+                settle.call1((future, RETURNED, py.None(), e.into_value(py)))?;
+            }
+        }
+        Ok(true)
+    }
+
     #[pyo3(signature = (timeout=None))]
     fn wait_outcomes<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Option<Bound<'py, PyList>>> {
         let t = timeout.map(Duration::from_secs_f64);
         let Some(batch) = py.detach(|| self.pool.wait_outcomes(t)) else { return Ok(None) };
         let list = PyList::empty(py);
         for d in batch {
-            let (code, detail): (u8, Bound<'py, PyAny>) = match d.outcome {
-                Outcome::Returned(p) => (RETURNED, PyBytes::new(py, &p).into_any()),
-                Outcome::Raised(p) => (RAISED, PyBytes::new(py, &p).into_any()),
-                Outcome::WorkerDied(e) => (WORKER_DIED, PyTuple::new(py, [e.pid.into_pyobject(py)?.into_any(), e.code.into_pyobject(py)?.into_any(), e.signal.into_pyobject(py)?.into_any()])?.into_any()),
-                Outcome::Broken(p) => (BROKEN, PyBytes::new(py, &p).into_any()),
-            };
+            let (code, detail) = outcome_detail(py, d.outcome)?;
             list.append((d.id, code, detail, d.run_us))?;
         }
         Ok(Some(list))
     }
+}
+
+/// Returns an outcome as `(code, detail)`: the payload as bytes, or `(pid, exit_code, signal)`
+/// for a dead worker.
+fn outcome_detail(py: Python<'_>, outcome: Outcome) -> PyResult<(u8, Bound<'_, PyAny>)> {
+    Ok(match outcome {
+        Outcome::Returned(p) => (RETURNED, PyBytes::new(py, &p).into_any()),
+        Outcome::Raised(p) => (RAISED, PyBytes::new(py, &p).into_any()),
+        Outcome::WorkerDied(e) => (WORKER_DIED, PyTuple::new(py, [e.pid.into_pyobject(py)?.into_any(), e.code.into_pyobject(py)?.into_any(), e.signal.into_pyobject(py)?.into_any()])?.into_any()),
+        Outcome::Broken(p) => (BROKEN, PyBytes::new(py, &p).into_any()),
+    })
 }

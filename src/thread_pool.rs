@@ -13,10 +13,11 @@ use std::time::Duration;
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyTuple, PyType};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use ferropool_engine::work_queue::{Pop, WorkQueue};
+
+use crate::future::FastFuture;
 
 /// One submitted call: `future` receives the outcome of `func(*args, **kwargs)`.
 struct Task {
@@ -67,93 +68,6 @@ impl Task {
             None => PyDict::new(py),
         };
         PyTuple::new(py, [self.future.into_bound(py), self.func.into_bound(py), self.args.into_bound(py).into_any(), kwargs.into_any()])
-    }
-}
-
-/// The states and class of `concurrent.futures.Future`, looked up once.
-struct FutureProtocol {
-    class: Py<PyType>,
-    pending: Py<PyAny>,
-    running: Py<PyAny>,
-    finished: Py<PyAny>,
-}
-
-static FUTURE_PROTOCOL: PyOnceLock<FutureProtocol> = PyOnceLock::new();
-
-/// The state changes of a plain `concurrent.futures.Future` done without calling its Python
-/// methods, which cost several interpreted frames per task (`with self._condition`,
-/// `notify_all`, `_invoke_callbacks`). Each step holds the future's lock exactly as the method
-/// would and does the same thing; whenever the future is in any state other than the common
-/// one (someone waiting on it, callbacks attached, cancelled, unexpected), it gives up before
-/// changing anything and the caller uses the real method. The private attributes relied on
-/// (`_condition._lock`, `_state`, `_result`, `_exception`, `_waiters`, `_condition._waiters`,
-/// `_done_callbacks`) are the same in CPython 3.9 through 3.13.
-struct FastFuture<'a, 'py> {
-    future: &'a Bound<'py, PyAny>,
-    protocol: &'a FutureProtocol,
-}
-
-impl<'a, 'py> FastFuture<'a, 'py> {
-    /// Returns the fast path for `future` if it is exactly a `concurrent.futures.Future`.
-    fn of(future: &'a Bound<'py, PyAny>) -> PyResult<Option<Self>> {
-        let py = future.py();
-        let protocol = FUTURE_PROTOCOL.get_or_try_init(py, || -> PyResult<_> {
-            let base = py.import("concurrent.futures._base")?;
-            Ok(FutureProtocol {
-                class: base.getattr("Future")?.cast_into::<PyType>()?.unbind(),
-                pending: base.getattr("PENDING")?.unbind(),
-                running: base.getattr("RUNNING")?.unbind(),
-                finished: base.getattr("FINISHED")?.unbind(),
-            })
-        })?;
-        Ok(future.get_type().is(protocol.class.bind(py)).then_some(FastFuture { future, protocol }))
-    }
-
-    /// Runs `step` with the future's lock held. A Python error inside `step` is returned after
-    /// the lock is released.
-    fn locked<T>(&self, step: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<T>) -> PyResult<T> {
-        let py = self.future.py();
-        let condition = self.future.getattr(intern!(py, "_condition"))?;
-        let lock = condition.getattr(intern!(py, "_lock"))?;
-        lock.call_method0(intern!(py, "acquire"))?;
-        let result = step(&condition);
-        lock.call_method0(intern!(py, "release"))?;
-        result
-    }
-
-    /// Does `set_running_or_notify_cancel` for a pending future: returns `Some(true)` once it is
-    /// running, `None` (nothing changed) for any other state.
-    fn set_running(&self) -> PyResult<Option<bool>> {
-        let py = self.future.py();
-        self.locked(|_| {
-            if !self.future.getattr(intern!(py, "_state"))?.is(self.protocol.pending.bind(py)) {
-                return Ok(None);
-            }
-            self.future.setattr(intern!(py, "_state"), self.protocol.running.bind(py))?;
-            Ok(Some(true))
-        })
-    }
-
-    /// Does `set_result` / `set_exception` for a running future that nobody waits on and that has
-    /// no callbacks: returns true once finished, false (nothing changed) otherwise.
-    fn finish(&self, outcome: &Result<Bound<'py, PyAny>, Bound<'py, PyAny>>) -> PyResult<bool> {
-        let py = self.future.py();
-        self.locked(|condition| {
-            let f = self.future;
-            if !f.getattr(intern!(py, "_state"))?.is(self.protocol.running.bind(py))
-                || f.getattr(intern!(py, "_waiters"))?.is_truthy()?
-                || f.getattr(intern!(py, "_done_callbacks"))?.is_truthy()?
-                || condition.getattr(intern!(py, "_waiters"))?.is_truthy()?
-            {
-                return Ok(false);
-            }
-            match outcome {
-                Ok(result) => f.setattr(intern!(py, "_result"), result)?,
-                Err(exc) => f.setattr(intern!(py, "_exception"), exc)?,
-            }
-            f.setattr(intern!(py, "_state"), self.protocol.finished.bind(py))?;
-            Ok(true)
-        })
     }
 }
 

@@ -72,6 +72,12 @@ class ProcessPoolEngine:
         kills the workers now. Returns immediately."""
     def join(self, timeout: Optional[float] = None) -> bool:
         """Waits for the dispatcher to end after ``close``; returns False on timeout."""
+    def deliver(self, futures: dict[int, Future[Any]], loads: Callable[[bytes], Any], settle: Callable[[Future[Any], int, Any, Optional[BaseException]], None]) -> bool:
+        """Waits for the next batch of outcomes (without the GIL) and delivers it: each task's
+        future is popped from ``futures`` by id; a returned value is unpickled with ``loads`` and
+        set on the future (in Rust, when nobody waits on it and it has no callbacks); every other
+        outcome, or a ``loads`` failure, goes to ``settle(future, code, detail, error)`` with the
+        codes of ``wait_outcomes``. Returns False once the pool has ended."""
     def wait_outcomes(self, timeout: Optional[float] = None) -> Optional[list[tuple[int, int, Any, int]]]:
         """Takes every finished task, waiting up to ``timeout`` seconds for at least one (an
         empty list on timeout). Each item is ``(id, code, detail, run_us)`` with ``code`` 0

@@ -52,25 +52,29 @@ class TaskFuture(cf.Future):
     handed to a worker is running (or about to) and cannot be cancelled.
     """
 
+    # Set by ProcessPool.submit: (engine, task id, the pool's futures by id). One attribute,
+    # not three: submit is the hot path.
+    _ferropool: tuple
+
     def cancel(self) -> bool:
         with self._condition:
             if self._state == FINISHED or self._state == RUNNING:
                 return False
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 return True
-            engine = self._ferropool_engine
-            if engine is not None and not engine.cancel(self._ferropool_id):
+            engine, tid, futures = self._ferropool
+            if not engine.cancel(tid):
                 self._state = RUNNING
                 return False
-            self._ferropool_futures.pop(self._ferropool_id, None)
+            futures.pop(tid, None)
         return super().cancel()
 
     def running(self) -> bool:
         with self._condition:
             if self._state != PENDING:
                 return self._state == RUNNING
-            engine = self._ferropool_engine
-            return engine is not None and not engine.is_queued(self._ferropool_id)
+            engine, tid, _ = self._ferropool
+            return not engine.is_queued(tid)
 
 
 class _State:
@@ -145,9 +149,7 @@ class ProcessPool(PoolExecutor):
         payload = dumps_call(fn, args, kwargs)
         fut = TaskFuture()
         tid = next(self._ids)
-        fut._ferropool_engine = self._engine
-        fut._ferropool_id = tid
-        fut._ferropool_futures = self._futures
+        fut._ferropool = (self._engine, tid, self._futures)
         self._futures[tid] = fut
         try:
             self._engine.submit(tid, payload)
@@ -193,31 +195,29 @@ class ProcessPool(PoolExecutor):
 
 
 def _collect(engine, futures: dict, state: _State) -> None:
-    """Result thread: turns the engine's outcomes into future results until the engine ends."""
-    while True:
-        batch = engine.wait_outcomes()
-        if batch is None:
-            break
-        for tid, code, detail, _run_us in batch:
-            fut = futures.pop(tid, None)
-            if fut is None:
-                continue
-            try:
-                if code == _RETURNED:
-                    try:
-                        fut.set_result(loads(detail))
-                    except cf.InvalidStateError:
-                        pass
-                    except BaseException as exc:
-                        _fail(fut, SerializationError(f"result: could not be unpickled: {exc}"))
-                elif code == _RAISED:
-                    _fail(fut, loads_exception(detail))
-                elif code == _WORKER_DIED:
-                    _fail(fut, _died(fut, *detail))
-                else:
-                    _fail(fut, _broken(state, detail))
-            except BaseException as exc:  # never let one bad outcome kill the result thread
-                _fail(fut, exc)
+    """Result thread: delivers outcomes to futures until the engine ends.
+
+    The common case (a returned value, nobody waiting on the future yet) is handled entirely in
+    Rust by ``engine.deliver``; everything else comes back to ``settle``.
+    """
+
+    def settle(fut: cf.Future, code: int, detail: Any, error: BaseException | None) -> None:
+        try:
+            if error is not None:
+                if isinstance(error, cf.InvalidStateError):
+                    return  # cancelled or finished meanwhile
+                _fail(fut, SerializationError(f"result: could not be unpickled: {error}"))
+            elif code == _RAISED:
+                _fail(fut, loads_exception(detail))
+            elif code == _WORKER_DIED:
+                _fail(fut, _died(*detail))
+            else:
+                _fail(fut, _broken(state, detail))
+        except BaseException as exc:  # never let one bad outcome kill the result thread
+            _fail(fut, exc)
+
+    while engine.deliver(futures, loads, settle):
+        pass
 
 
 def _fail(fut: cf.Future, exc: BaseException) -> None:
@@ -227,7 +227,7 @@ def _fail(fut: cf.Future, exc: BaseException) -> None:
         pass
 
 
-def _died(fut: cf.Future, pid: int, code: int | None, sig: int | None) -> WorkerDiedError:
+def _died(pid: int, code: int | None, sig: int | None) -> WorkerDiedError:
     if sig is not None:
         import signal as _signal
 

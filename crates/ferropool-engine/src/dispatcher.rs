@@ -79,23 +79,22 @@ impl Dispatcher {
     }
 
     /// Moves queued tasks to workers that have room, one at a time to the emptiest worker.
+    ///
+    /// Also records under the queue's lock whether room is left (`Queue::wants_tasks`), which
+    /// decides whether `submit` must wake us. Both happen under one lock, so a task pushed after
+    /// we saw no room is picked up when a worker answers, and one pushed while room is left
+    /// wakes us.
     fn assign(&mut self) {
-        let room: Vec<usize> = self.slots.iter().map(|w| w.as_ref().map_or(0, |w| self.room(w))).collect();
-        let total: usize = room.iter().sum();
-        if total == 0 {
-            return;
-        }
+        let mut room: Vec<usize> = self.slots.iter().map(|w| w.as_ref().map_or(0, |w| self.room(w))).collect();
         let mut q = self.shared.queue.lock().expect("queue poisoned");
-        if q.tasks.is_empty() {
-            return;
-        }
-        let mut room = room;
         let mut taken: Vec<(usize, Task)> = Vec::new();
         while let Some(slot) = (0..room.len()).filter(|&i| room[i] > 0).max_by_key(|&i| room[i]) {
             let Some(task) = q.tasks.pop_front() else { break };
             room[slot] -= 1;
             taken.push((slot, task));
         }
+        // Starting workers count as having room: they take tasks before they are ready.
+        q.wants_tasks = room.iter().any(|&r| r > 0);
         drop(q);
         for (slot, task) in taken {
             let w = self.slots[slot].as_mut().expect("room only for live workers");

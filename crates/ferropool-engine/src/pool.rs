@@ -86,6 +86,9 @@ pub(crate) struct Queue {
     pub tasks: VecDeque<Task>,
     pub closed: bool,
     pub broken: Option<Vec<u8>>,
+    /// Some worker has room for more tasks. When none has, a new task needs no wake-up: the
+    /// dispatcher looks at the queue again when a worker answers, which frees room.
+    pub wants_tasks: bool,
 }
 
 #[derive(Default)]
@@ -148,7 +151,7 @@ impl ProcessPool {
         }
         let wake_fd = nix::sys::eventfd::EventFd::from_value_and_flags(0, nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK)?;
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue { wants_tasks: true, ..Queue::default() }),
             done: Mutex::new(DoneQueue::default()),
             done_cv: Condvar::new(),
             wake_fd: wake_fd.into(),
@@ -176,8 +179,11 @@ impl ProcessPool {
             return Err(SubmitError::Closed);
         }
         q.tasks.push_back(Task { id, payload });
+        let wake = q.wants_tasks;
         drop(q);
-        self.shared.wake();
+        if wake {
+            self.shared.wake();
+        }
         Ok(())
     }
 
