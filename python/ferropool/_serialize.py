@@ -18,8 +18,9 @@ fails, so errors read ``args[1]['conn']: cannot pickle 'socket' object``.
 from __future__ import annotations
 
 import itertools
-import pickle
-import traceback
+# The C module itself: ``pickle`` re-exports these very functions but imports re and enum,
+# which would slow every worker's start. traceback is imported when an exception is sent.
+import _pickle as pickle
 import types
 import weakref
 
@@ -167,6 +168,8 @@ def dumps_exception(exc: BaseException) -> bytes:
     If the exception would not survive the trip (it cannot be pickled, or cannot be rebuilt
     from its pickle), a ``RemoteError`` with its type name and message goes instead.
     """
+    import traceback
+
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         data = dumps((exc, tb))

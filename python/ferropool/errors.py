@@ -11,7 +11,9 @@ worker processes, which import this module, never need it.
 
 from __future__ import annotations
 
-import pickle
+# _pickle, not pickle: the same classes (pickle re-exports them) without importing re and
+# enum, which every worker would pay for at start-up.
+import _pickle
 
 __all__ = [
     "FerropoolError",
@@ -27,7 +29,7 @@ class FerropoolError(Exception):
     """Base class of every exception that ferropool itself raises."""
 
 
-class SerializationError(FerropoolError, pickle.PicklingError, TypeError):
+class SerializationError(FerropoolError, _pickle.PicklingError, TypeError):
     """An argument, result or exception could not be pickled or unpickled.
 
     Raised by ``submit``/``map`` at the call that passed the object (the task is not queued and
