@@ -263,6 +263,39 @@ def bench_cpu(executors, cfg) -> dict:
     return res
 
 
+_COLD_START = r"""
+import time, sys
+t0 = time.perf_counter()
+kind, workers = sys.argv[1], int(sys.argv[2])
+from ferropool._workloads import add_one
+def main():
+    if kind == "ferropool":
+        from ferropool import ProcessPool
+        pool = ProcessPool(workers)
+    else:
+        import concurrent.futures as cf, multiprocessing as mp
+        pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver"))
+    assert pool.submit(add_one, 1).result() == 2
+    print(time.perf_counter() - t0)
+    pool.shutdown()
+if __name__ == "__main__":
+    main()
+"""
+
+
+def bench_cold_start(cfg) -> dict:
+    """Return import + construct + first result in a fresh interpreter, ferropool ProcessPool
+    against stdlib forkserver (which then also pays for starting its server), alternating."""
+    times: dict = {FERRO_PROCESS: [], STDLIB_FORKSERVER: []}
+    for _ in range(cfg.repeats):
+        for kind, name in (("ferropool", FERRO_PROCESS), ("stdlib", STDLIB_FORKSERVER)):
+            _progress(f"cold start: {name}")
+            out = subprocess.run([sys.executable, "-c", _COLD_START, kind, str(cfg.workers)],
+                                 capture_output=True, text=True, timeout=120, check=True)
+            times[name].append(float(out.stdout.split()[0]))
+    return {name: {"stats": h.Stats.of(v)} for name, v in times.items()}
+
+
 def bench_startup(executors, cfg) -> dict:
     """Return construct / first-result / shutdown times, a fresh pool per repeat."""
     res = {}
@@ -346,7 +379,7 @@ def _median(res: dict, name: str) -> Optional[float]:
     return r["stats"].median if "stats" in r else None
 
 
-def compute_ratios(submit, mapped, cpu, startup) -> list:
+def compute_ratios(submit, mapped, cpu, startup, cold=None) -> list:
     """Return every headline ratio with its target; ``value`` is None when a side is missing."""
 
     def speed_ratio(res, fast, slow):  # throughput ratio = inverse time ratio
@@ -367,8 +400,10 @@ def compute_ratios(submit, mapped, cpu, startup) -> list:
         ("ProcessPool map (defaults) throughput / stdlib fork map", speed_ratio(mapped, FERRO_PROCESS, STDLIB_FORK), 50.0),
         ("ThreadPool submit-gather throughput / ThreadPoolExecutor", speed_ratio(submit, FERRO_THREAD, STDLIB_THREADS), 2.0),
         ("ProcessPool CPU scaling efficiency per worker", ferro_cpu.get("efficiency"), 0.9),
-        ("stdlib forkserver time-to-first-result / ProcessPool's",
+        ("stdlib forkserver time-to-first-result / ProcessPool's (forkserver already running)",
          fs_first.median / fp_first.median if fs_first and fp_first else None, 1.0),
+        ("stdlib forkserver cold start / ProcessPool's (fresh interpreter: import, construct, first result)",
+         speed_ratio(cold or {}, FERRO_PROCESS, STDLIB_FORKSERVER), 1.0),
     ]
     return [{"ratio": r, "value": v, "target": t, "met": (v >= t) if v is not None else None} for r, v, t in rows]
 
@@ -512,6 +547,7 @@ def main(argv=None) -> int:
     raw["submit"], raw["map"] = bench_tiny(executors, cfg)
     raw["cpu"] = bench_cpu(executors, cfg)
     raw["startup"] = bench_startup(executors, cfg)
+    raw["cold"] = bench_cold_start(cfg) if (not selected or "ferropool" in selected) else {}
     faulthandler.cancel_dump_traceback_later()
 
     data = {
@@ -525,8 +561,9 @@ def main(argv=None) -> int:
             "cpu_scaling": _jsonable(raw["cpu"]),
             "startup": _jsonable(raw["startup"]),
             "import_time": _jsonable(raw["import"]),
+            "cold_start": _jsonable(raw["cold"]),
         },
-        "ratios": compute_ratios(raw["submit"], raw["map"], raw["cpu"], raw["startup"]),
+        "ratios": compute_ratios(raw["submit"], raw["map"], raw["cpu"], raw["startup"], raw["cold"]),
         "rusage": h.rusage_peaks(),
         "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "total_s": time.perf_counter() - t_start,
