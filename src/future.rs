@@ -8,8 +8,8 @@
 //! attributes relied on (`_condition._lock`, `_state`, `_result`, `_exception`, `_waiters`,
 //! `_condition._waiters`, `_done_callbacks`) are the same in CPython 3.9 through 3.13.
 //!
-//! It applies to exact `concurrent.futures.Future` objects and to `ferropool.TaskFuture`, which
-//! overrides only `cancel` and `running`.
+//! It applies to exact `concurrent.futures.Future` objects. `ferropool.TaskFuture` has a
+//! cheaper protocol of its own (see `python/ferropool/_future.py` and `finish_task_future`).
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -27,35 +27,52 @@ struct FutureProtocol {
 static FUTURE_PROTOCOL: PyOnceLock<FutureProtocol> = PyOnceLock::new();
 static TASK_FUTURE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
+/// Finishes a `ferropool.TaskFuture` with `result` by its lock-free protocol (documented in
+/// `python/ferropool/_future.py`, `TaskFuture._finish_fast`, which this mirrors). Returns
+/// `Ok(None)` if `future` is not a `TaskFuture`, `Ok(Some(false))` if its condition exists (use
+/// `set_result`), `Ok(Some(true))` once finished.
+pub(crate) fn finish_task_future(future: &Bound<'_, PyAny>, result: &Bound<'_, PyAny>) -> PyResult<Option<bool>> {
+    let py = future.py();
+    let task_future = TASK_FUTURE.get_or_try_init(py, || -> PyResult<_> { Ok(py.import("ferropool._future")?.getattr("TaskFuture")?.cast_into::<PyType>()?.unbind()) })?;
+    if !future.get_type().is(task_future.bind(py)) {
+        return Ok(None);
+    }
+    let protocol = protocol(py)?;
+    let dict = future.getattr(intern!(py, "__dict__"))?;
+    let cond = intern!(py, "_lazy_condition");
+    if dict.contains(cond)? {
+        return Ok(Some(false));
+    }
+    future.setattr(intern!(py, "_result"), result)?;
+    future.setattr(intern!(py, "_state"), protocol.finished.bind(py))?;
+    if dict.contains(cond)? {
+        future.call_method0(intern!(py, "_wake_after_fast_finish"))?;
+    }
+    Ok(Some(true))
+}
+
+fn protocol(py: Python<'_>) -> PyResult<&FutureProtocol> {
+    FUTURE_PROTOCOL.get_or_try_init(py, || -> PyResult<_> {
+        let base = py.import("concurrent.futures._base")?;
+        Ok(FutureProtocol {
+            class: base.getattr("Future")?.cast_into::<PyType>()?.unbind(),
+            pending: base.getattr("PENDING")?.unbind(),
+            running: base.getattr("RUNNING")?.unbind(),
+            finished: base.getattr("FINISHED")?.unbind(),
+        })
+    })
+}
+
 pub(crate) struct FastFuture<'a, 'py> {
     future: &'a Bound<'py, PyAny>,
     protocol: &'a FutureProtocol,
 }
 
 impl<'a, 'py> FastFuture<'a, 'py> {
-    /// Returns the fast path for `future` if it is exactly a `concurrent.futures.Future` or a
-    /// `ferropool.TaskFuture`.
+    /// Returns the fast path for `future` if it is exactly a `concurrent.futures.Future`.
     pub(crate) fn of(future: &'a Bound<'py, PyAny>) -> PyResult<Option<Self>> {
-        let py = future.py();
-        let protocol = FUTURE_PROTOCOL.get_or_try_init(py, || -> PyResult<_> {
-            let base = py.import("concurrent.futures._base")?;
-            Ok(FutureProtocol {
-                class: base.getattr("Future")?.cast_into::<PyType>()?.unbind(),
-                pending: base.getattr("PENDING")?.unbind(),
-                running: base.getattr("RUNNING")?.unbind(),
-                finished: base.getattr("FINISHED")?.unbind(),
-            })
-        })?;
-        let ty = future.get_type();
-        if ty.is(protocol.class.bind(py)) {
-            return Ok(Some(FastFuture { future, protocol }));
-        }
-        // Only a type named TaskFuture can be one: avoid importing ferropool._process otherwise.
-        if ty.name()?.to_cow()? != "TaskFuture" {
-            return Ok(None);
-        }
-        let task_future = TASK_FUTURE.get_or_try_init(py, || -> PyResult<_> { Ok(py.import("ferropool._process")?.getattr("TaskFuture")?.cast_into::<PyType>()?.unbind()) })?;
-        Ok(ty.is(task_future.bind(py)).then_some(FastFuture { future, protocol }))
+        let protocol = protocol(future.py())?;
+        Ok(future.get_type().is(protocol.class.bind(future.py())).then_some(FastFuture { future, protocol }))
     }
 
     /// Runs `step` with the future's lock held. A Python error inside `step` is returned after

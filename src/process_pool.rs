@@ -10,7 +10,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use ferropool_engine::{Outcome, PoolConfig, ProcessPool};
 
 use crate::errors;
-use crate::future::FastFuture;
+use crate::future::finish_task_future;
 
 /// Outcome codes in the tuples returned by `wait_outcomes`.
 const RETURNED: u8 = 0;
@@ -86,15 +86,12 @@ impl ProcessPoolEngine {
                     continue;
                 }
             };
-            let value = Ok(value);
-            if let Some(fast) = FastFuture::of(&future)? {
-                if fast.finish(&value)? {
-                    continue;
-                }
+            if finish_task_future(&future, &value)? == Some(true) {
+                continue;
             }
             // Someone waits on it or it has callbacks: the real method notifies them. A future
             // cancelled meanwhile refuses with InvalidStateError, which is not an error here.
-            if let Err(e) = future.call_method1(intern!(py, "set_result"), (value.expect("Ok above"),)) {
+            if let Err(e) = future.call_method1(intern!(py, "set_result"), (value,)) {
                 settle.call1((future, RETURNED, py.None(), e.into_value(py)))?;
             }
         }

@@ -135,7 +135,7 @@ def test_bench_pools_quick_writes_json(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert {"schema", "machine", "config", "executors", "results", "ratios", "rusage", "total_s"} <= set(data)
-    assert set(data["results"]) == {"tiny_submit_gather", "tiny_map_default", "cpu_scaling", "startup", "import_time"}
+    assert set(data["results"]) == {"tiny_submit_gather", "tiny_map_default", "cpu_scaling", "startup", "import_time", "cold_start"}
     stdlib = "stdlib ProcessPoolExecutor(forkserver)"
     assert data["results"]["tiny_submit_gather"][stdlib]["stats"]["median_s"] > 0
     assert data["results"]["cpu_scaling"]["serial"]["speedup"] == 1.0

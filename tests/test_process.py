@@ -348,3 +348,17 @@ def test_cancel_pending_but_not_running(pool, make_gate_here):
     for f in queued:
         if f not in cancelled:
             assert f.result(timeout=RESULT_TIMEOUT) == queued.index(f)
+
+
+def test_cancelled_futures_count_as_done_for_wait_and_as_completed(pool, make_gate_here):
+    started, release = make_gate_here(), make_gate_here()
+    busy = [pool.submit(helpers.signal_and_wait, started, release, i) for i in range(2)]
+    assert started.wait(RESULT_TIMEOUT)
+    queued = [pool.submit(helpers.mul, i, 1) for i in range(300)]
+    cancelled = [f for f in queued if f.cancel()]
+    assert cancelled
+    done, not_done = cf.wait(cancelled, timeout=RESULT_TIMEOUT)
+    assert not not_done, "a cancelled future never counted as done"
+    assert set(cf.as_completed(cancelled, timeout=RESULT_TIMEOUT)) == set(cancelled)
+    release.set()
+    assert [f.result(timeout=RESULT_TIMEOUT) for f in busy] == [0, 1]

@@ -19,7 +19,8 @@ from ._core import __version__
 from .errors import FerropoolError, RemoteError, SerializationError, WorkerDiedError
 
 if TYPE_CHECKING:
-    from ._process import ProcessPool, TaskFuture
+    from ._future import TaskFuture
+    from ._process import ProcessPool
     from ._thread import ThreadPool
     from .errors import BrokenPoolError
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 # this package) start without loading concurrent.futures and multiprocessing.
 _LAZY = {
     "ProcessPool": "._process",
-    "TaskFuture": "._process",
+    "TaskFuture": "._future",
     "ThreadPool": "._thread",
     "BrokenPoolError": ".errors",
 }

@@ -22,11 +22,11 @@ import os
 import sys
 import threading
 import weakref
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any, Callable
 
 from . import _core
 from ._executor import PoolExecutor
+from ._future import TaskFuture, cancel_removed
 from ._serialize import dumps, dumps_call, loads, loads_exception
 from ._worker import bootstrap_command
 from .errors import BrokenPoolError, SerializationError, WorkerDiedError
@@ -43,38 +43,6 @@ def usable_cpu_count() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-class TaskFuture(cf.Future):
-    """A ``concurrent.futures.Future`` whose ``cancel`` asks the pool's engine.
-
-    A task still in the pool's queue is removed and the future cancelled; a task already
-    handed to a worker is running (or about to) and cannot be cancelled.
-    """
-
-    # Set by ProcessPool.submit: (engine, task id, the pool's futures by id). One attribute,
-    # not three: submit is the hot path.
-    _ferropool: tuple
-
-    def cancel(self) -> bool:
-        with self._condition:
-            if self._state == FINISHED or self._state == RUNNING:
-                return False
-            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                return True
-            engine, tid, futures = self._ferropool
-            if not engine.cancel(tid):
-                self._state = RUNNING
-                return False
-            futures.pop(tid, None)
-        return super().cancel()
-
-    def running(self) -> bool:
-        with self._condition:
-            if self._state != PENDING:
-                return self._state == RUNNING
-            engine, tid, _ = self._ferropool
-            return not engine.is_queued(tid)
 
 
 class _State:
@@ -181,7 +149,7 @@ class ProcessPool(PoolExecutor):
                 for tid in self._engine.cancel_all():
                     fut = self._futures.pop(tid, None)
                     if fut is not None:
-                        cf.Future.cancel(fut)
+                        cancel_removed(fut)
             self._engine.close()
         if wait:
             self._engine.join()

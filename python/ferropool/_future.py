@@ -1,0 +1,136 @@
+"""``TaskFuture``: the ``concurrent.futures.Future`` that ``ProcessPool.submit`` returns.
+
+Two things differ from the base class, both invisible to code that uses the public API:
+
+**Cancellation asks the engine.** ``cancel()`` removes a task that no worker has yet and
+reports False for one that a worker already holds (it is running, or about to).
+
+**The condition is created on first use.** A stdlib ``Future`` builds a ``threading.Condition``
+in ``__init__`` (about 1 µs and seven objects for the garbage collector), yet in the common
+``submit``-then-gather pattern most results arrive before anyone waits. Here ``_condition`` is
+a property that creates the condition the first time something needs it (``result`` on an
+unfinished future, ``wait``, ``as_completed``, ``add_done_callback``, ``cancel``...). The result
+thread finishes a future that has no condition yet without locking, by the protocol below; a
+future that has one is finished by the ordinary ``set_result``, which notifies.
+
+Why no wake-up is lost: the finisher writes ``_result`` then ``_state = FINISHED``, then looks
+for a condition. A waiter creates the condition (an atomic ``dict.setdefault``), then reads
+``_state`` under it. Whichever goes second sees the other's write: either the waiter finds the
+future finished and never waits, or the finisher finds the condition and notifies under it
+(``_wake_after_fast_finish``), after the waiter either checked the state or started waiting,
+since it holds the lock until ``wait`` releases it. Callbacks and ``wait()`` waiters are only
+ever registered under the condition, so they are found the same way.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
+from typing import Any
+
+_DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+_COND = "_lazy_condition"
+
+
+class TaskFuture(cf.Future):
+    """A ``concurrent.futures.Future`` for a task of a ``ProcessPool`` (see the module doc)."""
+
+    # Set by ProcessPool.submit: (engine, task id, the pool's futures by id). One attribute,
+    # not three: submit is the hot path.
+    _ferropool: tuple
+
+    def __init__(self) -> None:
+        # Everything cf.Future.__init__ sets except the condition, which is made on first use.
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list = []
+        self._done_callbacks: list = []
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        d = self.__dict__
+        cond = d.get(_COND)
+        if cond is None:
+            cond = d.setdefault(_COND, threading.Condition())
+        return cond
+
+    def _finish_fast(self, result: Any) -> bool:
+        """Sets the result if nothing has created the condition yet; returns whether it did.
+
+        Called only by the pool's result thread (``engine.deliver`` does the same in Rust).
+        """
+        d = self.__dict__
+        if _COND in d:
+            return False
+        self._result = result
+        self._state = FINISHED
+        if _COND in d:
+            self._wake_after_fast_finish()
+        return True
+
+    def _wake_after_fast_finish(self) -> None:
+        """Notifies waiters and runs callbacks registered while the result was being set."""
+        with self._condition:
+            for waiter in self._waiters:
+                waiter.add_result(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
+
+    # Reads of a finished future need no lock: FINISHED is final and is written last.
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._state == FINISHED:
+            if self._exception is not None:
+                try:
+                    raise self._exception
+                finally:
+                    self = None  # type: ignore[assignment]  # break the cycle, as cf.Future does
+            return self._result
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == FINISHED:
+            return self._exception
+        return super().exception(timeout)
+
+    def done(self) -> bool:
+        return self._state in _DONE
+
+    def cancelled(self) -> bool:
+        return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+
+    def cancel(self) -> bool:
+        # Never writes _state itself: the result thread may be finishing this future without
+        # the lock. Only a task the engine removed (which is then never delivered) is cancelled.
+        with self._condition:
+            if self._state == FINISHED or self._state == RUNNING:
+                return False
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return True
+            engine, tid, futures = self._ferropool
+            if not engine.cancel(tid):
+                return False
+            futures.pop(tid, None)
+        return cancel_removed(self)
+
+    def running(self) -> bool:
+        with self._condition:
+            if self._state != PENDING:
+                return self._state == RUNNING
+            engine, tid, _ = self._ferropool
+            return not engine.is_queued(tid)
+
+
+def cancel_removed(fut: cf.Future) -> bool:
+    """Cancels a future whose task was taken out of the queue and will never run.
+
+    ``cf.wait`` and ``as_completed`` count a future as done only once it is
+    CANCELLED_AND_NOTIFIED, a step executors take when their queue reaches the cancelled item;
+    this task never will be reached, so the step is taken now.
+    """
+    if not cf.Future.cancel(fut):
+        return False
+    fut.set_running_or_notify_cancel()
+    return True

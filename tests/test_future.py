@@ -1,0 +1,139 @@
+"""TaskFuture: the lazily created condition and its lock-free finish must never lose a wake-up,
+a callback or a result, whatever races with the result thread (see ferropool/_future.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import random
+import threading
+
+import pytest
+
+import helpers
+from ferropool import ProcessPool, TaskFuture
+
+RESULT_TIMEOUT = 30
+N = 3000
+
+
+@pytest.fixture
+def pool():
+    p = ProcessPool(2)
+    yield p
+    helpers.shutdown_bounded(p)
+
+
+def bare_future() -> TaskFuture:
+    f = TaskFuture()
+    f._ferropool = (None, 0, {})
+    return f
+
+
+def test_finish_before_anyone_waits_needs_no_condition():
+    f = bare_future()
+    assert f._finish_fast(7) is True
+    assert "_lazy_condition" not in f.__dict__
+    assert (f.done(), f.result(), f.exception()) == (True, 7, None)
+    assert "_lazy_condition" not in f.__dict__, "reading a finished future creates nothing"
+
+
+def test_a_waiter_that_came_first_is_woken_by_the_ordinary_path():
+    f = bare_future()
+    started = threading.Event()
+    got = []
+
+    def wait():
+        f._condition  # what result() does first: make the condition
+        started.set()
+        got.append(f.result(timeout=RESULT_TIMEOUT))
+
+    t = threading.Thread(target=wait)
+    t.start()
+    assert started.wait(RESULT_TIMEOUT)
+    # The waiter has made the condition: the fast path must refuse and leave it to set_result.
+    assert f._finish_fast(1) is False
+    f.set_result(1)
+    t.join(RESULT_TIMEOUT)
+    assert got == [1]
+
+
+def test_wake_after_fast_finish_notifies_waiters_and_runs_callbacks():
+    f = bare_future()
+    calls = []
+    f.add_done_callback(lambda fut: calls.append("cb"))  # creates the condition, state still PENDING
+    waiter = cf._base._AllCompletedWaiter(1, stop_on_exception=False)
+    f._waiters.append(waiter)
+    f._result, f._state = 5, cf._base.FINISHED  # as _finish_fast would, had it lost the race
+    f._wake_after_fast_finish()
+    assert calls == ["cb"]
+    assert waiter.event.is_set() and waiter.finished_futures == [f]
+
+
+def test_many_threads_waiting_while_results_arrive(pool):
+    futures = [pool.submit(helpers.mul, i, 2) for i in range(N)]
+    errors = []
+
+    def waiter(seed):
+        order = list(range(N))
+        random.Random(seed).shuffle(order)
+        try:
+            for i in order:
+                assert futures[i].result(timeout=RESULT_TIMEOUT) == 2 * i
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=waiter, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(RESULT_TIMEOUT * 2)
+    assert not any(t.is_alive() for t in threads), "a waiter was never woken"
+    assert errors == []
+
+
+def test_as_completed_and_wait_while_results_arrive(pool):
+    futures = [pool.submit(helpers.mul, i, 1) for i in range(N)]
+    seen = {f.result() for f in cf.as_completed(futures, timeout=RESULT_TIMEOUT)}
+    assert seen == set(range(N))
+    more = [pool.submit(helpers.mul, i, 1) for i in range(N)]
+    done, not_done = cf.wait(more, timeout=RESULT_TIMEOUT)
+    assert len(done) == N and not not_done
+
+
+def test_every_callback_runs_exactly_once(pool):
+    counts = [0] * N
+    lock = threading.Lock()
+
+    def bump(i):
+        def cb(_):
+            with lock:
+                counts[i] += 1
+        return cb
+
+    futures = []
+    for i in range(N):
+        f = pool.submit(helpers.mul, i, 1)
+        f.add_done_callback(bump(i))  # races with delivery: some finish before, some after
+        futures.append(f)
+    cf.wait(futures, timeout=RESULT_TIMEOUT)
+    with lock:
+        assert counts == [1] * N
+
+
+def test_cancel_racing_with_delivery_never_strands_a_future(pool):
+    futures = [pool.submit(helpers.mul, i, 1) for i in range(N)]
+    cancelled = [f for f in futures[::3] if f.cancel()]
+    done, not_done = cf.wait(futures, timeout=RESULT_TIMEOUT)
+    assert not not_done, f"{len(not_done)} futures never finished"
+    for i, f in enumerate(futures):
+        assert f.cancelled() == (f in cancelled)
+        if not f.cancelled():
+            assert f.result(timeout=0) == i
+
+
+def test_asyncio_awaits_task_futures(pool):
+    async def main():
+        return await asyncio.gather(*(asyncio.wrap_future(pool.submit(helpers.mul, i, 3)) for i in range(200)))
+
+    assert asyncio.run(main()) == [3 * i for i in range(200)]
