@@ -8,8 +8,9 @@ progress (a pipeline fed by its own results) still flows. The first item is read
 in the caller's thread, so ``map`` after ``shutdown`` or with an unpicklable first item fails at
 the call, as in the standard library.
 
-Chunks size themselves: the first hold one item; after that each is sized to run for about
-``TARGET_CHUNK_S`` in a worker, judged from measured run time per item, growing at most
+Chunks size themselves: they hold one item each until a window's worth of items has been
+measured (so a few odd early items, or a short input, never get batched behind one another);
+after that each is sized to run for about ``TARGET_CHUNK_S`` in a worker, judged from measured run time per item, growing at most
 ``GROWTH``-fold per chunk and never past ``MAX_CHUNK``. When the input has a length, chunks are
 also capped so that every worker gets several, which keeps the tail balanced.
 
@@ -110,6 +111,7 @@ class _Mapper:
         self.cap = max(1, total // (4 * workers)) if total else None
         self.size = 1
         self.per_item_ns: float | None = None
+        self.measured = 0  # items in finished chunks
         self.cond = threading.Condition()
         self.inflight: collections.deque[tuple[cf.Future, int]] = collections.deque()
         self.feeding = True
@@ -148,6 +150,7 @@ class _Mapper:
             ns = fut.result()[1] / n
             with self.cond:
                 self.per_item_ns = ns if self.per_item_ns is None else 0.5 * self.per_item_ns + 0.5 * ns
+                self.measured += n
         with self.cond:
             self.cond.notify_all()
 
@@ -158,7 +161,7 @@ class _Mapper:
     def _next_size(self) -> int:
         if self.fixed:
             return self.fixed
-        if self.per_item_ns is not None:
+        if self.per_item_ns is not None and self.measured >= self.window:
             wanted = max(1, int(TARGET_CHUNK_S * 1e9 / max(self.per_item_ns, 1.0)))
             self.size = min(wanted, self.size * GROWTH, MAX_CHUNK)
             if self.cap:
