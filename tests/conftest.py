@@ -158,13 +158,10 @@ def make_executor(executor_kind):
 
 
 @pytest.fixture
-def make_gate(tmp_path, make_executor):
-    """Return ``make()`` that creates a :class:`helpers.Gate`.
-
-    Depends on ``make_executor`` so that gates are opened and removed at
-    teardown *before* executors shut down: a task blocked on a forgotten gate
-    cannot stall the shutdown.
-    """
+def gate_factory(tmp_path):
+    """Return ``make()`` that creates a :class:`helpers.Gate`; every gate is opened and
+    removed at teardown. Request it *after* the fixture that owns the executor, so that gates
+    open (releasing any task blocked on one) before the executor shuts down."""
     counter = itertools.count()
     gates = []
 
@@ -176,6 +173,14 @@ def make_gate(tmp_path, make_executor):
     yield make
     for gate in gates:
         gate.close()
+
+
+@pytest.fixture
+def make_gate(make_executor, gate_factory):
+    """``gate_factory`` for the conformance suite: it depends on ``make_executor`` so that gates
+    are opened and removed at teardown *before* executors shut down, and a task blocked on a
+    forgotten gate cannot stall the shutdown."""
+    return gate_factory
 
 
 # ------------------------------------------------------------ leaked children

@@ -278,8 +278,8 @@ def test_map_rejects_bad_chunksize(pool):
 # ---------------------------------------------------------------------- faults
 
 
-def test_sigkilled_worker_fails_only_its_task_and_the_pool_heals(pool, make_gate_here, tmp_path):
-    started, release = make_gate_here(), make_gate_here()
+def test_sigkilled_worker_fails_only_its_task_and_the_pool_heals(pool, gate_factory, tmp_path):
+    started, release = gate_factory(), gate_factory()
     pid_file = str(tmp_path / "pid")
     fut = pool.submit(write_pid_then_wait, pid_file, started, release)
     assert started.wait(RESULT_TIMEOUT)
@@ -306,20 +306,6 @@ def raise_value_error_if(x, bad):
     return x
 
 
-@pytest.fixture
-def make_gate_here(tmp_path):
-    gates = []
-
-    def make():
-        gate = helpers.Gate(str(tmp_path / f"gate-{len(gates)}"))
-        gates.append(gate)
-        return gate
-
-    yield make
-    for g in gates:
-        g.close()
-
-
 def test_failing_initializer_breaks_the_pool_with_its_error():
     p = ProcessPool(2, initializer=helpers.init_fail)
     try:
@@ -333,8 +319,8 @@ def test_failing_initializer_breaks_the_pool_with_its_error():
         helpers.shutdown_bounded(p)
 
 
-def test_cancel_pending_but_not_running(pool, make_gate_here):
-    started, release = make_gate_here(), make_gate_here()
+def test_cancel_pending_but_not_running(pool, gate_factory):
+    started, release = gate_factory(), gate_factory()
     running = [pool.submit(helpers.signal_and_wait, started, release, i) for i in range(2)]
     started.wait()
     # Both workers are busy; with prefetch a few tasks may already sit at a worker, so queue
@@ -350,8 +336,8 @@ def test_cancel_pending_but_not_running(pool, make_gate_here):
             assert f.result(timeout=RESULT_TIMEOUT) == queued.index(f)
 
 
-def test_cancelled_futures_count_as_done_for_wait_and_as_completed(pool, make_gate_here):
-    started, release = make_gate_here(), make_gate_here()
+def test_cancelled_futures_count_as_done_for_wait_and_as_completed(pool, gate_factory):
+    started, release = gate_factory(), gate_factory()
     busy = [pool.submit(helpers.signal_and_wait, started, release, i) for i in range(2)]
     assert started.wait(RESULT_TIMEOUT)
     queued = [pool.submit(helpers.mul, i, 1) for i in range(300)]

@@ -24,7 +24,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::frame::{Frame, Kind};
 use crate::pool::{Done, Outcome, PoolConfig, Shared, Task};
-use crate::worker::{Exit, Phase, Worker};
+use crate::worker::{Phase, Worker};
 
 /// Queued work each worker should hold, in microseconds of its measured task time.
 const PREFETCH_US: f64 = 2000.0;
@@ -277,18 +277,8 @@ impl Dispatcher {
         let Some(mut w) = self.slots[slot].take() else { return };
         let exit = match w.try_reap() {
             Ok(Some(exit)) => exit,
-            // The pidfd said it exited, so this cannot wait long.
-            _ => {
-                w.kill();
-                let st = loop {
-                    match w.try_reap() {
-                        Ok(Some(e)) => break e,
-                        Ok(None) => std::thread::yield_now(),
-                        Err(_) => break Exit { pid: w.pid, code: None, signal: None },
-                    }
-                };
-                st
-            }
+            // The pidfd fired, so the process is gone or going; never leave it behind.
+            _ => w.kill_and_reap(),
         };
         let was_starting = w.phase == Phase::Starting;
         let mut orphans = std::mem::take(&mut w.inflight);
@@ -353,14 +343,7 @@ impl Dispatcher {
     fn abort_all(&mut self) {
         for slot in 0..self.slots.len() {
             let Some(mut w) = self.slots[slot].take() else { continue };
-            w.kill();
-            let exit = loop {
-                match w.try_reap() {
-                    Ok(Some(e)) => break e,
-                    Ok(None) => std::thread::yield_now(),
-                    Err(_) => break Exit { pid: w.pid, code: None, signal: None },
-                }
-            };
+            let exit = w.kill_and_reap();
             if let Some((running, _)) = w.inflight.pop_front() {
                 self.done.push(Done { id: running, outcome: Outcome::WorkerDied(exit), run_us: 0 });
             }

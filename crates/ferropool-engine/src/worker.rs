@@ -174,6 +174,16 @@ impl Worker {
         let _ = self.child.kill();
     }
 
+    /// Sends SIGKILL and waits for the exit status. SIGKILL cannot be caught or ignored, so
+    /// the wait is short (a process in uninterruptible sleep ends when its I/O does).
+    pub fn kill_and_reap(&mut self) -> Exit {
+        let _ = self.child.kill();
+        match self.child.wait() {
+            Ok(st) => Exit { pid: self.pid, code: st.code(), signal: st.signal() },
+            Err(_) => Exit { pid: self.pid, code: None, signal: None },
+        }
+    }
+
     /// Sends `sig` to the process if it has not been reaped.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our unreaped child, so
