@@ -24,7 +24,7 @@ compare: install  ## build, install and run `ferropool compare` on the built-in 
 test: install test-rust test-python  ## build, install and run every test (cargo test, then pytest)
 
 test-rust:  ## engine unit and end-to-end tests
-	cargo test --workspace --exclude ferropool-py
+	timeout 900 cargo test --workspace --exclude ferropool-py
 
 test-python:  ## pytest against the installed package (not the source tree)
 	$(PY) -m pytest tests -p no:cacheprovider

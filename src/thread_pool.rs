@@ -183,6 +183,16 @@ impl ThreadWorkQueue {
         self.queue.idle()
     }
 
+    /// Blocks (without the GIL) until at least `n` threads are idle or `timeout` seconds pass;
+    /// returns whether they are.
+    fn wait_idle(&self, py: Python<'_>, n: usize, timeout: f64) -> PyResult<bool> {
+        if timeout.is_nan() || timeout < 0.0 {
+            return Err(PyValueError::new_err("timeout must be a non-negative number"));
+        }
+        let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::MAX);
+        Ok(py.detach(|| self.queue.wait_idle(n, timeout)))
+    }
+
     /// Number of worker threads that `put` has asked the caller to start.
     #[getter]
     fn threads(&self) -> usize {

@@ -90,7 +90,7 @@ def test_threads_start_lazily_and_are_reused():
         # Sequential tasks: each submit finds the previous thread idle, so one thread serves all.
         for i in range(50):
             assert p.submit(add_one, i).result(BOUND) == i + 1
-            wait_until(lambda: p._queue.idle == 1)
+            assert p._queue.wait_idle(1, BOUND)
         assert len(p._threads) == 1
 
 
@@ -326,15 +326,6 @@ gate.set()
     assert out.stdout.split("\n")[:3] == ["task 0", "task 1", "task 2"]
 
 
-def wait_until(cond, timeout=BOUND):
-    """Polls `cond` until it holds (for states with no event to wait on); fails after `timeout`."""
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        tick.wait(0.001)
-
-
 class TestThreadWorkQueue:
     def test_put_get_close(self):
         q = ThreadWorkQueue(2)
@@ -360,7 +351,7 @@ class TestThreadWorkQueue:
         got = []
         t = threading.Thread(target=lambda: got.append(q.get(timeout=BOUND)))
         t.start()
-        wait_until(lambda: q.idle == 1)
+        assert q.wait_idle(1, BOUND)
         q.close()
         t.join(BOUND)
         assert got == [None]
@@ -369,7 +360,7 @@ class TestThreadWorkQueue:
         q = ThreadWorkQueue(4)
         t = threading.Thread(target=q.run_worker)
         t.start()
-        wait_until(lambda: q.idle == 1)
+        assert q.wait_idle(1, BOUND)
         fut = cf.Future()
         assert q.put(fut, add_one, (1,)) is False  # the idle worker takes it
         assert fut.result(BOUND) == 2

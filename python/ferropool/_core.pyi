@@ -120,6 +120,9 @@ class ThreadWorkQueue:
     @property
     def idle(self) -> int:
         """Worker threads blocked waiting for a task."""
+    def wait_idle(self, n: int, timeout: float) -> bool:
+        """Blocks until at least ``n`` worker threads are idle or ``timeout`` seconds pass;
+        returns whether they are."""
     @property
     def threads(self) -> int:
         """Worker threads reserved so far."""

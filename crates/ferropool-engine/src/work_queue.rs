@@ -38,12 +38,16 @@ struct State<T> {
     closed: bool,
     /// Consumers blocked in `pop` (counted from before they wait until they re-lock).
     waiting: usize,
+    /// Callers blocked in `wait_idle`; consumers signal `idle_changed` only when there are some.
+    watchers: usize,
 }
 
 /// A closable FIFO shared by any number of producers and consumers.
 pub struct WorkQueue<T> {
     state: Mutex<State<T>>,
     available: Condvar,
+    /// Signalled when a consumer starts waiting, for `wait_idle`.
+    idle_changed: Condvar,
 }
 
 impl<T> Default for WorkQueue<T> {
@@ -56,8 +60,9 @@ impl<T> WorkQueue<T> {
     /// Creates an empty, open queue.
     pub fn new() -> Self {
         WorkQueue {
-            state: Mutex::new(State { items: VecDeque::new(), closed: false, waiting: 0 }),
+            state: Mutex::new(State { items: VecDeque::new(), closed: false, waiting: 0, watchers: 0 }),
             available: Condvar::new(),
+            idle_changed: Condvar::new(),
         }
     }
 
@@ -109,6 +114,9 @@ impl<T> WorkQueue<T> {
                 return Pop::Closed;
             }
             s.waiting += 1;
+            if s.watchers > 0 {
+                self.idle_changed.notify_all();
+            }
             s = match deadline {
                 None => self.available.wait(s).unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
@@ -163,6 +171,28 @@ impl<T> WorkQueue<T> {
         let s = self.lock();
         s.waiting.saturating_sub(s.items.len())
     }
+
+    /// Blocks until at least `n` consumers are idle (see `idle`) or `timeout` passes; returns
+    /// whether they are. Woken each time a consumer starts waiting, so it never polls.
+    pub fn wait_idle(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut s = self.lock();
+        loop {
+            if s.waiting.saturating_sub(s.items.len()) >= n {
+                return true;
+            }
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(u32::MAX as u64),
+            };
+            if left.is_zero() {
+                return false;
+            }
+            s.watchers += 1;
+            s = self.idle_changed.wait_timeout(s, left).unwrap_or_else(PoisonError::into_inner).0;
+            s.watchers -= 1;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -177,13 +207,9 @@ mod tests {
     /// short enough that a lost wake-up fails the test instead of hanging it.
     const BOUND: Duration = Duration::from_secs(10);
 
-    /// Spins (yielding) until `cond` holds, failing after `BOUND`.
-    fn wait_until(mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + BOUND;
-        while !cond() {
-            assert!(Instant::now() < deadline, "condition not reached within {BOUND:?}");
-            thread::yield_now();
-        }
+    /// Waits until `n` consumers are idle, failing after `BOUND`.
+    fn wait_idle<T>(q: &WorkQueue<T>, n: usize) {
+        assert!(q.wait_idle(n, BOUND), "{n} idle consumers not reached within {BOUND:?}");
     }
 
     #[test]
@@ -231,7 +257,7 @@ mod tests {
             let q = Arc::clone(&q);
             thread::spawn(move || tx.send(q.pop(Some(BOUND))).unwrap())
         };
-        wait_until(|| q.idle() == 1);
+        wait_idle(&q, 1);
         assert_eq!(q.push(7), Ok(true), "the blocked consumer should absorb the item");
         assert_eq!(rx.recv_timeout(BOUND).unwrap(), Pop::Item(7));
         consumer.join().unwrap();
@@ -249,7 +275,7 @@ mod tests {
                 thread::spawn(move || tx.send(q.pop(None)).unwrap())
             })
             .collect();
-        wait_until(|| q.idle() == 4);
+        wait_idle(&q, 4);
         q.close();
         for _ in 0..4 {
             assert_eq!(rx.recv_timeout(BOUND).unwrap(), Pop::Closed);
