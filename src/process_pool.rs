@@ -111,13 +111,16 @@ impl ProcessPoolEngine {
     }
 }
 
-/// Returns an outcome as `(code, detail)`: the payload as bytes, or `(pid, exit_code, signal)`
-/// for a dead worker.
+/// Returns an outcome as `(code, detail)`: the payload as bytes, or
+/// `(pid, exit_code, signal, stderr_tail)` for a dead worker.
 fn outcome_detail(py: Python<'_>, outcome: Outcome) -> PyResult<(u8, Bound<'_, PyAny>)> {
     Ok(match outcome {
         Outcome::Returned(p) => (RETURNED, PyBytes::new(py, &p).into_any()),
         Outcome::Raised(p) => (RAISED, PyBytes::new(py, &p).into_any()),
-        Outcome::WorkerDied(e) => (WORKER_DIED, PyTuple::new(py, [e.pid.into_pyobject(py)?.into_any(), e.code.into_pyobject(py)?.into_any(), e.signal.into_pyobject(py)?.into_any()])?.into_any()),
+        Outcome::WorkerDied { exit: e, stderr_tail } => (
+            WORKER_DIED,
+            PyTuple::new(py, [e.pid.into_pyobject(py)?.into_any(), e.code.into_pyobject(py)?.into_any(), e.signal.into_pyobject(py)?.into_any(), PyBytes::new(py, &stderr_tail).into_any()])?.into_any(),
+        ),
         Outcome::Broken(p) => (BROKEN, PyBytes::new(py, &p).into_any()),
     })
 }

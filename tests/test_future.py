@@ -26,7 +26,7 @@ def pool():
 
 def bare_future() -> TaskFuture:
     f = TaskFuture()
-    f._ferropool = (None, 0, {})
+    f._ferropool = (None, 0, {}, None)
     return f
 
 

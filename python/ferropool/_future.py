@@ -36,8 +36,8 @@ _COND = "_lazy_condition"
 class TaskFuture(cf.Future):
     """A ``concurrent.futures.Future`` for a task of a ``ProcessPool`` (see the module doc)."""
 
-    # Set by ProcessPool.submit: (engine, task id, the pool's futures by id). One attribute,
-    # not three: submit is the hot path.
+    # Set by ProcessPool.submit: (engine, task id, the pool's futures by id, the function run).
+    # One attribute, not four: submit is the hot path.
     _ferropool: tuple
 
     def __init__(self) -> None:
@@ -109,7 +109,7 @@ class TaskFuture(cf.Future):
                 return False
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 return True
-            engine, tid, futures = self._ferropool
+            engine, tid, futures, _ = self._ferropool
             if not engine.cancel(tid):
                 return False
             futures.pop(tid, None)
@@ -119,7 +119,7 @@ class TaskFuture(cf.Future):
         with self._condition:
             if self._state != PENDING:
                 return self._state == RUNNING
-            engine, tid, _ = self._ferropool
+            engine, tid, _, _ = self._ferropool
             return not engine.is_queued(tid)
 
 

@@ -33,6 +33,8 @@ from .errors import BrokenPoolError, SerializationError, WorkerDiedError
 
 # Outcome codes of ProcessPoolEngine.wait_outcomes (see src/process_pool.rs).
 _RETURNED, _RAISED, _WORKER_DIED, _BROKEN = 0, 1, 2, 3
+# Lines of a dead worker's stderr quoted in its WorkerDiedError message (all are in stderr_tail).
+_TAIL_LINES = 20
 
 _live_pools: "weakref.WeakSet[ProcessPool]" = weakref.WeakSet()
 
@@ -117,7 +119,7 @@ class ProcessPool(PoolExecutor):
         payload = dumps_call(fn, args, kwargs)
         fut = TaskFuture()
         tid = next(self._ids)
-        fut._ferropool = (self._engine, tid, self._futures)
+        fut._ferropool = (self._engine, tid, self._futures, fn)
         self._futures[tid] = fut
         try:
             self._engine.submit(tid, payload)
@@ -126,6 +128,12 @@ class ProcessPool(PoolExecutor):
             if isinstance(exc, _core.EngineBrokenError):
                 raise self._broken_error() from None
             raise
+        return fut
+
+    def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
+        fut = super()._submit_chunk(fn, items)
+        # Name the user's function, not run_chunk, if a worker dies running this chunk.
+        fut._ferropool = fut._ferropool[:3] + (fn,)
         return fut
 
     def _broken_error(self) -> BrokenPoolError:
@@ -178,7 +186,7 @@ def _collect(engine, futures: dict, state: _State) -> None:
             elif code == _RAISED:
                 _fail(fut, loads_exception(detail))
             elif code == _WORKER_DIED:
-                _fail(fut, _died(*detail))
+                _fail(fut, _died(fut, *detail))
             else:
                 _fail(fut, _broken(state, detail))
         except BaseException as exc:  # never let one bad outcome kill the result thread
@@ -195,17 +203,29 @@ def _fail(fut: cf.Future, exc: BaseException) -> None:
         pass
 
 
-def _died(pid: int, code: int | None, sig: int | None) -> WorkerDiedError:
+def _died(fut: TaskFuture, pid: int, code: int | None, sig: int | None, stderr_tail: bytes) -> WorkerDiedError:
+    fn = fut._ferropool[3]
+    function = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
     if sig is not None:
         import signal as _signal
 
         try:
-            how = f"was killed by {_signal.Signals(sig).name}"
+            name = _signal.Signals(sig).name
         except ValueError:
-            how = f"was killed by signal {sig}"
+            name = f"signal {sig}"
+        how = f"was killed by {name}"
+        if sig == _signal.SIGKILL:
+            how += " (possibly out of memory: the kernel's OOM killer sends SIGKILL)"
+        elif sig in (_signal.SIGSEGV, _signal.SIGBUS, _signal.SIGILL, _signal.SIGFPE, _signal.SIGABRT):
+            how += " (a crash, most likely in native code)"
     else:
         how = f"exited with code {code}"
-    return WorkerDiedError(f"the worker process (pid {pid}) running this task {how}", pid=pid, exitcode=code, signal=sig)
+    tail = stderr_tail.decode("utf-8", "replace").rstrip()
+    message = f"the worker process (pid {pid}) running {function} {how}"
+    if tail:
+        lines = tail.splitlines()[-_TAIL_LINES:]
+        message += "; the last lines it wrote to stderr:\n" + "\n".join("    " + line for line in lines)
+    return WorkerDiedError(message, pid=pid, exitcode=code, signal=sig, function=function, stderr_tail=tail)
 
 
 def _broken(state: _State, detail: bytes) -> BrokenPoolError:

@@ -9,6 +9,7 @@ know which task a worker is running. Protocol: ``docs/wire-format.md``; life cyc
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -25,6 +26,9 @@ def main() -> None:
     fd = int(sys.argv[-1])
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A crash in native code prints the Python stack to stderr, which the parent relays and
+    # attaches to the WorkerDiedError of the task that was running.
+    faulthandler.enable()
     conn = _core.WorkerConnection(fd)
     frame = conn.recv()
     if frame is None or frame[0] != _core.KIND_INIT:

@@ -44,15 +44,28 @@ class WorkerDiedError(FerropoolError):
     """The worker process running this task died before the task finished.
 
     Only this task fails: tasks queued behind it run on other workers, and the dead worker is
-    replaced. ``exitcode`` and ``signal`` say how it ended and ``pid`` which process it was.
-    Look for a crash in native code, ``os._exit`` or the out-of-memory killer (``SIGKILL``).
+    replaced. ``exitcode`` or ``signal`` says how it ended, ``pid`` which process it was,
+    ``function`` what it was running, and ``stderr_tail`` the last lines it wrote to stderr (for a
+    crash in native code, the Python stack as dumped by faulthandler). A ``SIGKILL`` nobody sent
+    on purpose usually comes from the kernel's out-of-memory killer.
     """
 
-    def __init__(self, message: str, *, pid: int | None = None, exitcode: int | None = None, signal: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        pid: int | None = None,
+        exitcode: int | None = None,
+        signal: int | None = None,
+        function: str | None = None,
+        stderr_tail: str = "",
+    ):
         super().__init__(message)
         self.pid = pid
         self.exitcode = exitcode
         self.signal = signal
+        self.function = function
+        self.stderr_tail = stderr_tail
 
 
 class RemoteError(FerropoolError):

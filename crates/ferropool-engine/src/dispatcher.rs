@@ -162,6 +162,10 @@ impl Dispatcher {
             }
             fds.push(PollFd::new(w.pidfd(), PollFlags::POLLIN));
             owners.push((slot, true));
+            if !w.stderr.at_eof() {
+                fds.push(PollFd::new(w.stderr.fd(), PollFlags::POLLIN));
+                owners.push((slot, false));
+            }
         }
         let timeout = match self.config.idle_tick {
             Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
@@ -197,9 +201,13 @@ impl Dispatcher {
         }
     }
 
-    /// Reads what worker `slot` sent and handles each frame.
+    /// Reads what worker `slot` sent (frames and stderr) and handles each frame.
     fn read_from(&mut self, slot: usize) {
         let Some(w) = self.slots[slot].as_mut() else { return };
+        w.stderr.pump();
+        if w.sock_closed {
+            return;
+        }
         // Bounded so that one chatty worker cannot starve the others.
         for _ in 0..16 {
             match w.fill() {
@@ -275,6 +283,9 @@ impl Dispatcher {
             }
         }
         let Some(mut w) = self.slots[slot].take() else { return };
+        w.stderr.pump();
+        w.stderr.flush_partial();
+        let stderr_tail = w.stderr.tail();
         let exit = match w.try_reap() {
             Ok(Some(exit)) => exit,
             // The pidfd fired, so the process is gone or going; never leave it behind.
@@ -288,7 +299,7 @@ impl Dispatcher {
             // was drained above, so a worker still Starting died before its first task.
             self.startup_failures += 1;
         } else if let Some((running, _)) = orphans.pop_front() {
-            self.done.push(Done { id: running, outcome: Outcome::WorkerDied(exit), run_us: 0 });
+            self.done.push(Done { id: running, outcome: Outcome::WorkerDied { exit, stderr_tail }, run_us: 0 });
         }
         if !orphans.is_empty() {
             // Tasks queued behind the dead one never started: give them to other workers.
@@ -344,8 +355,9 @@ impl Dispatcher {
         for slot in 0..self.slots.len() {
             let Some(mut w) = self.slots[slot].take() else { continue };
             let exit = w.kill_and_reap();
+            w.stderr.pump();
             if let Some((running, _)) = w.inflight.pop_front() {
-                self.done.push(Done { id: running, outcome: Outcome::WorkerDied(exit), run_us: 0 });
+                self.done.push(Done { id: running, outcome: Outcome::WorkerDied { exit, stderr_tail: w.stderr.tail() }, run_us: 0 });
             }
             for (id, _) in w.inflight.drain(..) {
                 self.done.push(Done { id, outcome: Outcome::Broken(b"the pool was shut down before this task ran".to_vec()), run_us: 0 });

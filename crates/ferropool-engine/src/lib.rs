@@ -7,12 +7,14 @@
 //! - `worker`: one worker process as the parent sees it.
 //! - `pool`: the process pool's API (`ProcessPool`) and the state it shares with the dispatcher.
 //! - `dispatcher`: the thread that schedules tasks onto workers and supervises them.
+//! - `stderr`: relay of each worker's stderr, keeping its last lines for crash reports.
 //! - `work_queue`: the closable MPMC queue with blocking, timed pops behind the thread pool.
 
 pub mod channel;
 mod dispatcher;
 pub mod frame;
 pub mod pool;
+pub mod stderr;
 pub mod work_queue;
 pub mod worker;
 

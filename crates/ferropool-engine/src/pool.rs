@@ -52,8 +52,9 @@ pub enum Outcome {
     Returned(Vec<u8>),
     /// The task raised; the payload is the worker's encoding of the error.
     Raised(Vec<u8>),
-    /// The worker running the task died before answering.
-    WorkerDied(Exit),
+    /// The worker running the task died before answering: how it ended, and the last bytes it
+    /// wrote to stderr (a traceback, a faulthandler dump, an error from native code).
+    WorkerDied { exit: Exit, stderr_tail: Vec<u8> },
     /// The pool cannot run tasks: a worker's initializer failed (payload from the worker) or
     /// workers could not be started (payload is the message).
     Broken(Vec<u8>),
@@ -212,7 +213,7 @@ impl ProcessPool {
 
     /// Stops accepting tasks. Queued tasks still run; then the workers exit and the dispatcher
     /// ends. With `abort`, workers are killed at once and unfinished tasks are reported as
-    /// `WorkerDied` only if they were running. Returns immediately; see `join`.
+    /// `WorkerDied` if they were running. Returns immediately; see `join`.
     pub fn close(&self, abort: bool) {
         let mut q = self.shared.queue.lock().expect("queue poisoned");
         q.closed = true;

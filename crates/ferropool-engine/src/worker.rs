@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use crate::channel::{self, FrameReader, FrameWriter};
 use crate::frame::{Frame, Kind};
+use crate::stderr::StderrRelay;
 
 /// Where a worker is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +69,8 @@ pub struct Worker {
     pub started_at: Instant,
     /// The socket reached end of stream: stop polling it, wait for the pidfd.
     pub sock_closed: bool,
+    /// The worker's stderr, relayed line by line; its tail goes into crash reports.
+    pub stderr: StderrRelay,
 }
 
 impl Worker {
@@ -80,7 +83,7 @@ impl Worker {
         let child_fd = theirs.as_raw_fd();
         let parent_pid = std::process::id() as libc::pid_t;
         let mut cmd = Command::new(program);
-        cmd.args(args).arg(child_fd.to_string()).stdin(Stdio::null());
+        cmd.args(args).arg(child_fd.to_string()).stdin(Stdio::null()).stderr(Stdio::piped());
         // SAFETY: the closure runs in the child between fork and exec, so it may only make
         // async-signal-safe calls; fcntl, prctl, getppid and _exit are plain system calls that
         // touch no locks or allocator state.
@@ -100,8 +103,9 @@ impl Worker {
                 Ok(())
             });
         }
-        let child = cmd.spawn()?;
+        let mut child = cmd.spawn()?;
         drop(theirs);
+        let stderr = StderrRelay::new(OwnedFd::from(child.stderr.take().expect("stderr was piped")))?;
         let pid = child.id() as i32;
         let pidfd = pidfd_open(pid)?;
         let mut w = Worker {
@@ -117,6 +121,7 @@ impl Worker {
             task_us: None,
             started_at: Instant::now(),
             sock_closed: false,
+            stderr,
         };
         w.writer.push(Frame::new(Kind::Init, 0, init.to_vec()));
         Ok(w)

@@ -72,7 +72,10 @@ fn a_dying_worker_fails_only_its_running_task_and_is_replaced() {
     }
     let got = collect(&pool, 39);
     match &got[&1] {
-        Outcome::WorkerDied(exit) => assert_eq!((exit.code, exit.signal), (Some(7), None)),
+        Outcome::WorkerDied { exit, stderr_tail } => {
+            assert_eq!((exit.code, exit.signal), (Some(7), None));
+            assert_eq!(String::from_utf8_lossy(stderr_tail), "echo-worker: exiting with 7\n", "the worker's last stderr line comes with its death");
+        }
         other => panic!("expected WorkerDied, got {other:?}"),
     }
     for id in 2..40 {

@@ -2,7 +2,8 @@
 //!
 //! Its `Init` payload `fail` makes it answer `InitFailed`. Each task payload is a command:
 //! `echo:<text>` returns the text, `pid` returns the worker's pid, `raise:<text>` answers `Err`
-//! with the text, `exit:<code>` exits at once with that code (a crash mid-task).
+//! with the text, `exit:<code>` prints a line to stderr and exits at once with that code (a
+//! crash mid-task).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -35,6 +36,7 @@ fn main() {
                 } else if let Some(t) = cmd.strip_prefix("raise:") {
                     (Kind::Err, t.as_bytes().to_vec())
                 } else if let Some(code) = cmd.strip_prefix("exit:") {
+                    eprintln!("echo-worker: exiting with {code}");
                     std::process::exit(code.parse().unwrap_or(1));
                 } else {
                     (Kind::Err, b"unknown command".to_vec())

@@ -1,0 +1,107 @@
+"""The fault suite: each injected failure fails only the task that caused it, says what
+happened, and leaves the pool working (issue 3's fault matrix, items 1-6 so far)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+import pytest
+
+import helpers
+from ferropool import ProcessPool, RemoteError, SerializationError, WorkerDiedError
+
+RESULT_TIMEOUT = 30
+
+
+@pytest.fixture
+def one_worker():
+    # One worker: the tasks submitted after the crash are queued behind it on the same worker,
+    # so they can only succeed if they are re-run on its replacement.
+    p = ProcessPool(1)
+    yield p
+    helpers.shutdown_bounded(p)
+
+
+def exit_hard():
+    print("about to call os._exit", file=__import__("sys").stderr, flush=True)
+    os._exit(3)
+
+
+def segfault():
+    ctypes.string_at(0)
+
+
+def sigkill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("crash, how, stderr_has", [
+    (exit_hard, "exited with code 3", "about to call os._exit"),
+    (segfault, "was killed by SIGSEGV (a crash, most likely in native code)", "in segfault"),
+    (sigkill_self, "was killed by SIGKILL (possibly out of memory", ""),
+])
+def test_a_dying_worker_fails_only_its_task(one_worker, crash, how, stderr_has):
+    doomed = one_worker.submit(crash)
+    behind = [one_worker.submit(helpers.mul, i, 3) for i in range(20)]
+    with pytest.raises(WorkerDiedError) as info:
+        doomed.result(timeout=RESULT_TIMEOUT)
+    err = info.value
+    assert how in str(err)
+    assert err.function == f"{crash.__module__}.{crash.__qualname__}" and err.function in str(err)
+    assert err.pid and f"pid {err.pid}" in str(err)
+    assert stderr_has in err.stderr_tail
+    if crash is segfault:
+        assert "Fatal Python error: Segmentation fault" in err.stderr_tail, "faulthandler's dump is kept"
+    assert [f.result(timeout=RESULT_TIMEOUT) for f in behind] == [3 * i for i in range(20)]
+    assert one_worker.submit(os.getpid).result(timeout=RESULT_TIMEOUT) != err.pid, "the worker was replaced"
+
+
+def test_a_crash_inside_map_names_the_mapped_function(one_worker):
+    with pytest.raises(WorkerDiedError) as info:
+        list(one_worker.map(crash_on, [1, 2, 3]))
+    assert info.value.function.endswith("crash_on")
+
+
+def crash_on(x):
+    if x == 2:
+        os._exit(5)
+    return x
+
+
+def test_unpicklable_result_fails_only_its_future(one_worker):
+    with pytest.raises(SerializationError, match=r"^result: cannot pickle '_thread.lock' object$"):
+        one_worker.submit(__import__("threading").Lock).result(timeout=RESULT_TIMEOUT)
+    assert one_worker.submit(helpers.mul, 2, 2).result(timeout=RESULT_TIMEOUT) == 4
+
+
+class Unrebuildable(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"{a}+{b}")
+
+
+def raise_unrebuildable():
+    raise Unrebuildable(1, 2)
+
+
+def test_exception_that_cannot_be_unpickled_fails_only_its_future(one_worker):
+    with pytest.raises(RemoteError) as info:
+        one_worker.submit(raise_unrebuildable).result(timeout=RESULT_TIMEOUT)
+    assert info.value.type_name == f"{__name__}.Unrebuildable" and info.value.message == "1+2"
+    assert "raise_unrebuildable" in str(info.value.__cause__)
+    assert one_worker.submit(helpers.mul, 2, 2).result(timeout=RESULT_TIMEOUT) == 4
+
+
+class OnlyInTheParent:
+    """Pickles as a call that cannot be made in a worker: its module is not importable there."""
+
+    def __reduce__(self):
+        return (__import__, ("module_only_the_parent_has",))
+
+
+def test_arguments_that_cannot_be_unpickled_in_the_worker_fail_only_their_future(one_worker):
+    with pytest.raises(ImportError) as info:
+        one_worker.submit(helpers.echo, OnlyInTheParent()).result(timeout=RESULT_TIMEOUT)
+    assert "module_only_the_parent_has" in str(info.value)
+    assert one_worker.submit(helpers.mul, 2, 2).result(timeout=RESULT_TIMEOUT) == 4
