@@ -17,6 +17,7 @@ const RETURNED: u8 = 0;
 const RAISED: u8 = 1;
 const WORKER_DIED: u8 = 2;
 const BROKEN: u8 = 3;
+const CANCELLED: u8 = 4;
 
 /// Runs opaque task payloads on worker processes; see `_core.pyi`.
 #[pyclass(frozen, module = "ferropool._core")]
@@ -122,5 +123,6 @@ fn outcome_detail(py: Python<'_>, outcome: Outcome) -> PyResult<(u8, Bound<'_, P
             PyTuple::new(py, [e.pid.into_pyobject(py)?.into_any(), e.code.into_pyobject(py)?.into_any(), e.signal.into_pyobject(py)?.into_any(), PyBytes::new(py, &stderr_tail).into_any()])?.into_any(),
         ),
         Outcome::Broken(p) => (BROKEN, PyBytes::new(py, &p).into_any()),
+        Outcome::Cancelled => (CANCELLED, py.None().into_bound(py)),
     })
 }

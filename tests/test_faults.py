@@ -105,3 +105,98 @@ def test_arguments_that_cannot_be_unpickled_in_the_worker_fail_only_their_future
         one_worker.submit(helpers.echo, OnlyInTheParent()).result(timeout=RESULT_TIMEOUT)
     assert "module_only_the_parent_has" in str(info.value)
     assert one_worker.submit(helpers.mul, 2, 2).result(timeout=RESULT_TIMEOUT) == 4
+
+
+# ------------------------------------------------------------ stopping the parent
+
+WORKER_PIDS = """
+import os, sys, time
+from ferropool import ProcessPool
+sys.path.insert(0, {tests!r})
+import helpers
+pool = ProcessPool(2)
+pids = set()
+for _ in range(100):  # until both workers have answered (bounded)
+    pids.update(f.result(timeout=30) for f in [pool.submit(helpers.where) for _ in range(8)])
+    if len(pids) == 2:
+        break
+print(" ".join(str(pid) for pid, _ in pids), flush=True)
+"""
+
+
+def _worker_pids(proc) -> list[int]:
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read()
+    return sorted({int(p) for p in line.split()})
+
+
+def _gone_within(pids: list[int], seconds: float) -> bool:
+    """Waits on each pid's pidfd (an exited process's pidfd is readable; a vanished one cannot
+    be opened); returns whether all are gone within ``seconds``."""
+    import select
+    import time
+
+    deadline = time.monotonic() + seconds
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            if not poller.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+                return False
+        finally:
+            os.close(fd)
+    return True
+
+
+def test_workers_exit_within_a_second_of_their_parent_being_killed(tmp_path):
+    import subprocess
+    import sys
+
+    shm_before = set(os.listdir("/dev/shm"))
+    code = WORKER_PIDS.format(tests=os.path.dirname(__file__)) + "time.sleep(60)  # killed before this ends\n"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        pids = _worker_pids(proc)
+        assert len(pids) == 2
+        proc.kill()
+        proc.wait(RESULT_TIMEOUT)
+        assert _gone_within(pids, 1.0), "a worker outlived its parent by more than a second"
+    finally:
+        proc.kill()
+        proc.wait(RESULT_TIMEOUT)
+    assert set(os.listdir("/dev/shm")) == shm_before, "nothing is left in /dev/shm"
+    assert os.listdir(tmp_path) == [], "no files left behind"
+
+
+@pytest.mark.parametrize("where", ["map", "result"])
+def test_ctrl_c_stops_the_program_at_once(tmp_path, where):
+    import subprocess
+    import sys
+    import time
+
+    wait = {
+        "map": "list(pool.map(helpers.sleep_and_return, [30] * 8, range(8)))",
+        "result": "pool.submit(helpers.sleep_and_return, 30, 0).result()",
+    }[where]
+    code = WORKER_PIDS.format(tests=os.path.dirname(__file__)) + f"with pool:\n    {wait}\n"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, start_new_session=True)
+    try:
+        pids = _worker_pids(proc)
+        # The workers sit in 30 s sleeps by now or very soon; Ctrl-C reaches the whole group.
+        os.killpg(proc.pid, signal.SIGINT)
+        start = time.monotonic()
+        _, err = proc.communicate(timeout=RESULT_TIMEOUT)
+        elapsed = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(RESULT_TIMEOUT)
+    assert elapsed < 2.0, f"the program took {elapsed:.1f} s to exit after Ctrl-C"
+    assert proc.returncode != 0
+    assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
+    assert _gone_within(pids, 1.0), "a worker survived Ctrl-C"

@@ -32,7 +32,7 @@ from ._worker import bootstrap_command
 from .errors import BrokenPoolError, SerializationError, WorkerDiedError
 
 # Outcome codes of ProcessPoolEngine.wait_outcomes (see src/process_pool.rs).
-_RETURNED, _RAISED, _WORKER_DIED, _BROKEN = 0, 1, 2, 3
+_RETURNED, _RAISED, _WORKER_DIED, _BROKEN, _CANCELLED = 0, 1, 2, 3, 4
 # Lines of a dead worker's stderr quoted in its WorkerDiedError message (all are in stderr_tail).
 _TAIL_LINES = 20
 
@@ -164,6 +164,26 @@ class ProcessPool(PoolExecutor):
             if self._collector is not threading.current_thread():
                 self._collector.join()
 
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C: stop now rather than wait for running tasks; a second Ctrl-C is never needed.
+            self._terminate()
+        else:
+            self.shutdown(wait=True)
+        return False
+
+    def _terminate(self) -> None:
+        """Kills the workers at once; every unfinished future is cancelled. Returns when the
+        workers are reaped."""
+        if self._owner_pid != os.getpid():
+            return
+        with self._shutdown_lock:
+            self._shutdown = True
+            self._engine.close(abort=True)
+        self._engine.join()
+        if self._collector is not threading.current_thread():
+            self._collector.join()
+
     @property
     def max_workers(self) -> int:
         """The number of worker processes."""
@@ -187,6 +207,8 @@ def _collect(engine, futures: dict, state: _State) -> None:
                 _fail(fut, loads_exception(detail))
             elif code == _WORKER_DIED:
                 _fail(fut, _died(fut, *detail))
+            elif code == _CANCELLED:
+                cancel_removed(fut)
             else:
                 _fail(fut, _broken(state, detail))
         except BaseException as exc:  # never let one bad outcome kill the result thread
@@ -242,8 +264,14 @@ def _broken(state: _State, detail: bytes) -> BrokenPoolError:
 
 
 def _shutdown_all_at_exit() -> None:
+    # A program ended by Ctrl-C (CPython records the exception it printed in sys.last_type
+    # before finalising) stops its pools at once instead of waiting for their running tasks.
+    interrupted = isinstance(getattr(sys, "last_type", None), type) and issubclass(sys.last_type, KeyboardInterrupt)
     for pool in list(_live_pools):
-        pool.shutdown(wait=True)
+        if interrupted:
+            pool._terminate()
+        else:
+            pool.shutdown(wait=True)
 
 
 def _forget_pools_in_child() -> None:

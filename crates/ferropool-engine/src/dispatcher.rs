@@ -350,22 +350,20 @@ impl Dispatcher {
         self.stopping = true;
     }
 
-    /// Kills every worker now; their running tasks fail as `WorkerDied`, queued ones as `Broken`.
+    /// Kills every worker now; every unfinished task, running or queued, ends `Cancelled`.
     fn abort_all(&mut self) {
         for slot in 0..self.slots.len() {
             let Some(mut w) = self.slots[slot].take() else { continue };
-            let exit = w.kill_and_reap();
+            w.kill_and_reap();
             w.stderr.pump();
-            if let Some((running, _)) = w.inflight.pop_front() {
-                self.done.push(Done { id: running, outcome: Outcome::WorkerDied { exit, stderr_tail: w.stderr.tail() }, run_us: 0 });
-            }
+            w.stderr.flush_partial();
             for (id, _) in w.inflight.drain(..) {
-                self.done.push(Done { id, outcome: Outcome::Broken(b"the pool was shut down before this task ran".to_vec()), run_us: 0 });
+                self.done.push(Done { id, outcome: Outcome::Cancelled, run_us: 0 });
             }
         }
         let queued: Vec<Task> = self.shared.queue.lock().expect("queue poisoned").tasks.drain(..).collect();
         for t in queued {
-            self.done.push(Done { id: t.id, outcome: Outcome::Broken(b"the pool was shut down before this task ran".to_vec()), run_us: 0 });
+            self.done.push(Done { id: t.id, outcome: Outcome::Cancelled, run_us: 0 });
         }
         self.shared.publish(&mut self.done);
     }

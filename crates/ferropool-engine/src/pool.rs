@@ -55,6 +55,8 @@ pub enum Outcome {
     /// The worker running the task died before answering: how it ended, and the last bytes it
     /// wrote to stderr (a traceback, a faulthandler dump, an error from native code).
     WorkerDied { exit: Exit, stderr_tail: Vec<u8> },
+    /// The pool was closed with `abort` before the task finished: it was stopped or never ran.
+    Cancelled,
     /// The pool cannot run tasks: a worker's initializer failed (payload from the worker) or
     /// workers could not be started (payload is the message).
     Broken(Vec<u8>),
@@ -212,8 +214,8 @@ impl ProcessPool {
     }
 
     /// Stops accepting tasks. Queued tasks still run; then the workers exit and the dispatcher
-    /// ends. With `abort`, workers are killed at once and unfinished tasks are reported as
-    /// `WorkerDied` if they were running. Returns immediately; see `join`.
+    /// ends. With `abort`, workers are killed at once and every unfinished task is reported as
+    /// `Cancelled`. Returns immediately; see `join`.
     pub fn close(&self, abort: bool) {
         let mut q = self.shared.queue.lock().expect("queue poisoned");
         q.closed = true;

@@ -180,3 +180,24 @@ fn workers_exit_when_the_pool_is_closed() {
     // Reaped: the pid no longer names a child of ours.
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| !s.contains(&format!(" {} ", std::process::id()))));
 }
+
+#[test]
+fn abort_kills_workers_and_cancels_every_unfinished_task() {
+    let pool = ProcessPool::start(config(1)).unwrap();
+    pool.submit(0, b"pid".to_vec()).unwrap();
+    let pid: i32 = returned(&collect(&pool, 1)[&0]).parse().unwrap();
+    for id in 1..50 {
+        pool.submit(id, b"echo:x".to_vec()).unwrap();
+    }
+    pool.close(true);
+    assert!(pool.join(Some(LIMIT)));
+    let mut outcomes = HashMap::new();
+    while let Some(batch) = pool.wait_outcomes(Some(Duration::ZERO)) {
+        for d in batch {
+            outcomes.insert(d.id, d.outcome);
+        }
+    }
+    assert_eq!(outcomes.len(), 49, "every task answered once, finished or cancelled");
+    assert!(outcomes.values().all(|o| matches!(o, Outcome::Returned(_) | Outcome::Cancelled)));
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the worker is gone and reaped");
+}
