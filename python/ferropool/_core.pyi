@@ -69,7 +69,8 @@ class ProcessPoolEngine:
         """Removes every task no worker has yet and returns their ids."""
     def close(self, *, abort: bool = False) -> None:
         """Stops accepting tasks; queued ones still run, then workers exit. With ``abort``,
-        kills the workers now. Returns immediately."""
+        kills the workers now and reports every unfinished task as cancelled. Returns
+        immediately."""
     def join(self, timeout: Optional[float] = None) -> bool:
         """Waits for the dispatcher to end after ``close``; returns False on timeout."""
     def deliver(self, futures: dict[int, Future[Any]], loads: Callable[[bytes], Any], settle: Callable[[Future[Any], int, Any, Optional[BaseException]], None]) -> bool:
@@ -82,7 +83,8 @@ class ProcessPoolEngine:
         """Takes every finished task, waiting up to ``timeout`` seconds for at least one (an
         empty list on timeout). Each item is ``(id, code, detail, run_us)`` with ``code`` 0
         (returned: detail is the payload), 1 (raised: payload), 2 (worker died: detail is
-        ``(pid, exit_code, signal)``) or 3 (broken: the reason as bytes). Returns None once the
+        ``(pid, exit_code, signal, stderr_tail)``), 3 (broken: the reason as bytes) or 4
+        (cancelled by ``close(abort=True)``: detail is None). Returns None once the
         dispatcher has ended and every outcome was taken."""
 
 @final
