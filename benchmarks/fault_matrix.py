@@ -234,7 +234,7 @@ def _stuck_shutdown(rep: dict) -> str:
     if not rep["started"]:
         return "task never started"
     if not rep["shutdown"]["returned"]:
-        return "shutdown hangs"
+        return "shutdown blocks > 5 s"
     return "returns, worker left running" if rep["stuck_worker_alive"] else "returns"
 
 
