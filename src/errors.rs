@@ -22,6 +22,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 pub(crate) fn submit_error(py: Python<'_>, e: SubmitError) -> PyErr {
     match e {
         SubmitError::Closed => PyRuntimeError::new_err("cannot schedule new futures after shutdown"),
+        SubmitError::Full(_) => PyRuntimeError::new_err("the pool has max_pending unfinished tasks"),
         SubmitError::Broken(why) => EngineBrokenError::new_err((PyBytes::new(py, &why).unbind(),)),
     }
 }

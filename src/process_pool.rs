@@ -7,7 +7,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use ferropool_engine::{Outcome, PoolConfig, ProcessPool};
+use ferropool_engine::{Outcome, PoolConfig, ProcessPool, SubmitError};
 
 use crate::errors;
 use crate::future::finish_task_future;
@@ -19,6 +19,9 @@ const WORKER_DIED: u8 = 2;
 const BROKEN: u8 = 3;
 const CANCELLED: u8 = 4;
 
+/// How long a submit blocked by `max_pending` waits between checks for signals.
+const SUBMIT_WAIT_SLICE: Duration = Duration::from_millis(50);
+
 /// Runs opaque task payloads on worker processes; see `_core.pyi`.
 #[pyclass(frozen, module = "ferropool._core")]
 pub struct ProcessPoolEngine {
@@ -28,9 +31,9 @@ pub struct ProcessPoolEngine {
 #[pymethods]
 impl ProcessPoolEngine {
     #[new]
-    #[pyo3(signature = (workers, command, init, *, max_tasks_per_child=None))]
-    fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>, max_tasks_per_child: Option<u64>) -> PyResult<Self> {
-        let config = PoolConfig { max_tasks_per_child, ..PoolConfig::new(workers, command, init) };
+    #[pyo3(signature = (workers, command, init, *, max_tasks_per_child=None, max_pending=None))]
+    fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>, max_tasks_per_child: Option<u64>, max_pending: Option<usize>) -> PyResult<Self> {
+        let config = PoolConfig { max_tasks_per_child, max_pending, ..PoolConfig::new(workers, command, init) };
         Ok(ProcessPoolEngine { pool: ProcessPool::start(config).map_err(errors::io_error)? })
     }
 
@@ -40,7 +43,23 @@ impl ProcessPoolEngine {
     }
 
     fn submit(&self, py: Python<'_>, id: u64, payload: &[u8]) -> PyResult<()> {
-        self.pool.submit(id, payload.to_vec()).map_err(|e| errors::submit_error(py, e))
+        let mut payload = match self.pool.submit(id, payload.to_vec()) {
+            Ok(()) => return Ok(()),
+            Err(SubmitError::Full(p)) => p,
+            Err(e) => return Err(errors::submit_error(py, e)),
+        };
+        // max_pending tasks are unfinished: wait for room without the GIL, in slices, so that
+        // Ctrl-C (a signal handled by Python) still interrupts a blocked submit.
+        loop {
+            match py.detach(|| self.pool.submit_within(id, payload, SUBMIT_WAIT_SLICE)) {
+                Ok(()) => return Ok(()),
+                Err(SubmitError::Full(p)) => {
+                    payload = p;
+                    py.check_signals()?;
+                }
+                Err(e) => return Err(errors::submit_error(py, e)),
+            }
+        }
     }
 
     fn cancel(&self, id: u64) -> bool {

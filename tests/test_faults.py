@@ -200,3 +200,44 @@ def test_ctrl_c_stops_the_program_at_once(tmp_path, where):
     assert proc.returncode != 0
     assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
     assert _gone_within(pids, 1.0), "a worker survived Ctrl-C"
+
+
+# ------------------------------------------------------------------ backpressure
+
+
+def test_max_pending_blocks_submit_until_a_task_finishes(gate_factory):
+    pool = ProcessPool(1, max_pending=3)
+    started, release = gate_factory(), gate_factory()
+    try:
+        first = pool.submit(helpers.signal_and_wait, started, release, "first")
+        assert started.wait(RESULT_TIMEOUT)
+        queued = [pool.submit(helpers.mul, i, 1) for i in range(2)]  # 3 unfinished now
+        submitted = __import__("threading").Event()
+
+        def one_more():
+            queued.append(pool.submit(helpers.mul, 2, 1))
+            submitted.set()
+
+        t = __import__("threading").Thread(target=one_more)
+        t.start()
+        assert not submitted.wait(0.5), "submit returned while max_pending tasks were unfinished"
+        release.set()
+        assert submitted.wait(RESULT_TIMEOUT), "submit stayed blocked after a task finished"
+        t.join(RESULT_TIMEOUT)
+        assert first.result(timeout=RESULT_TIMEOUT) == "first"
+        assert [f.result(timeout=RESULT_TIMEOUT) for f in queued] == [0, 1, 2]
+    finally:
+        release.set()
+        helpers.shutdown_bounded(pool)
+
+
+def test_a_fast_producer_with_max_pending_gets_every_result():
+    with ProcessPool(2, max_pending=256) as pool:
+        futures = [pool.submit(helpers.mul, i, 2) for i in range(20_000)]
+        assert [f.result(timeout=RESULT_TIMEOUT) for f in futures] == [2 * i for i in range(20_000)]
+
+
+@pytest.mark.parametrize("bad, exc", [(0, ValueError), (-1, ValueError), (1.5, TypeError)])
+def test_max_pending_must_be_a_positive_integer(bad, exc):
+    with pytest.raises(exc):
+        ProcessPool(1, max_pending=bad)

@@ -53,13 +53,14 @@ class ProcessPoolEngine:
     as its first frame.
     """
 
-    def __new__(cls, workers: int, command: list[str], init: bytes, *, max_tasks_per_child: Optional[int] = None) -> ProcessPoolEngine: ...
+    def __new__(cls, workers: int, command: list[str], init: bytes, *, max_tasks_per_child: Optional[int] = None, max_pending: Optional[int] = None) -> ProcessPoolEngine: ...
     @property
     def workers(self) -> int:
         """The number of worker processes kept alive."""
     def submit(self, id: int, payload: bytes) -> None:
-        """Queues task ``id``. Never blocks on workers. Raises ``RuntimeError`` after ``close``
-        and ``EngineBrokenError`` when the pool is broken."""
+        """Queues task ``id``. Never blocks on workers; with ``max_pending``, waits (GIL released,
+        signals checked every 50 ms) while that many tasks are unfinished. Raises ``RuntimeError``
+        after ``close`` and ``EngineBrokenError`` when the pool is broken."""
     def cancel(self, id: int) -> bool:
         """Removes task ``id`` if no worker has it yet; returns whether it was removed (it then
         never runs and gets no outcome)."""

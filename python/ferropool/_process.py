@@ -64,7 +64,9 @@ class ProcessPool(PoolExecutor):
 
     ``initializer(*initargs)`` runs once in each worker; if it raises, every task fails with
     ``BrokenPoolError`` whose ``__cause__`` is that exception. ``max_tasks_per_child`` replaces
-    a worker after that many tasks.
+    a worker after that many tasks. ``max_pending`` bounds the tasks submitted and not yet
+    finished: ``submit`` blocks (interruptibly) while there are that many, so a fast producer
+    cannot grow memory without bound. ``map`` is always bounded.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class ProcessPool(PoolExecutor):
         initargs: tuple = (),
         *,
         max_tasks_per_child: int | None = None,
+        max_pending: int | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = usable_cpu_count()
@@ -87,13 +90,18 @@ class ProcessPool(PoolExecutor):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
+        if max_pending is not None:
+            if not isinstance(max_pending, int):
+                raise TypeError("max_pending must be an integer")
+            if max_pending <= 0:
+                raise ValueError("max_pending must be >= 1")
         self._max_workers = max_workers
         self._owner_pid = os.getpid()
         # The initializer is pickled on its own: the worker can only unpickle it after it has
         # taken our sys.path and working directory from the outer, plain part.
         call = dumps((initializer, tuple(initargs)), "initializer") if initializer is not None else None
         init = dumps({"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": call})
-        self._engine = _core.ProcessPoolEngine(max_workers, bootstrap_command(), init, max_tasks_per_child=max_tasks_per_child)
+        self._engine = _core.ProcessPoolEngine(max_workers, bootstrap_command(), init, max_tasks_per_child=max_tasks_per_child, max_pending=max_pending)
         self._futures: dict[int, TaskFuture] = {}
         self._ids = itertools.count(1)
         self._state = _State()
@@ -107,7 +115,8 @@ class ProcessPool(PoolExecutor):
         _live_pools.add(self)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
-        """Schedules ``fn(*args, **kwargs)`` and returns its future. Never blocks on workers.
+        """Schedules ``fn(*args, **kwargs)`` and returns its future. Blocks only with
+        ``max_pending``, while that many tasks are unfinished.
 
         Raises ``SerializationError`` (a ``TypeError``) at once if the call cannot be pickled,
         ``RuntimeError`` after ``shutdown``, ``BrokenPoolError`` if the pool is broken.
@@ -123,7 +132,7 @@ class ProcessPool(PoolExecutor):
         self._futures[tid] = fut
         try:
             self._engine.submit(tid, payload)
-        except RuntimeError as exc:
+        except BaseException as exc:  # including Ctrl-C while blocked by max_pending
             self._futures.pop(tid, None)
             if isinstance(exc, _core.EngineBrokenError):
                 raise self._broken_error() from None

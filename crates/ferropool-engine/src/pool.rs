@@ -33,6 +33,9 @@ pub struct PoolConfig {
     pub init: Vec<u8>,
     /// Replace a worker after it has been sent this many tasks.
     pub max_tasks_per_child: Option<u64>,
+    /// Most tasks submitted and not yet finished; `submit` waits while there are this many.
+    /// `None`: unbounded.
+    pub max_pending: Option<usize>,
     /// Longest the dispatcher sleeps when nothing happens. `None` sleeps until an event,
     /// which tests use to prove that no wake-up is ever lost.
     pub idle_tick: Option<Duration>,
@@ -41,7 +44,7 @@ pub struct PoolConfig {
 impl PoolConfig {
     /// A configuration for `workers` workers started by `command`, with defaults elsewhere.
     pub fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>) -> PoolConfig {
-        PoolConfig { workers, command, init, max_tasks_per_child: None, idle_tick: Some(Duration::from_secs(1)) }
+        PoolConfig { workers, command, init, max_tasks_per_child: None, max_pending: None, idle_tick: Some(Duration::from_secs(1)) }
     }
 }
 
@@ -75,6 +78,9 @@ pub struct Done {
 pub enum SubmitError {
     /// `close` was called.
     Closed,
+    /// `max_pending` tasks are unfinished and the wait for room timed out; the payload is
+    /// handed back for the next try.
+    Full(Vec<u8>),
     /// The pool is broken; the payload says why (see `Outcome::Broken`).
     Broken(Vec<u8>),
 }
@@ -92,6 +98,8 @@ pub(crate) struct Queue {
     /// Some worker has room for more tasks. When none has, a new task needs no wake-up: the
     /// dispatcher looks at the queue again when a worker answers, which frees room.
     pub wants_tasks: bool,
+    /// Tasks submitted and not yet finished or cancelled (counted only with `max_pending`).
+    pub unfinished: usize,
 }
 
 #[derive(Default)]
@@ -106,6 +114,9 @@ pub(crate) struct Shared {
     pub queue: Mutex<Queue>,
     pub done: Mutex<DoneQueue>,
     pub done_cv: Condvar,
+    /// Signalled when unfinished tasks finish, for submitters waiting under `max_pending`.
+    pub room_cv: Condvar,
+    pub max_pending: Option<usize>,
     /// An eventfd the dispatcher polls; written when there is news for it.
     pub wake_fd: OwnedFd,
     /// Set while a wake-up is pending, so a burst of submits costs one write.
@@ -122,11 +133,23 @@ impl Shared {
         }
     }
 
+    /// Counts `n` tasks as no longer pending and wakes submitters waiting for room.
+    pub fn finished(&self, n: usize) {
+        if self.max_pending.is_none() || n == 0 {
+            return;
+        }
+        let mut q = self.queue.lock().expect("queue poisoned");
+        q.unfinished = q.unfinished.saturating_sub(n);
+        drop(q);
+        self.room_cv.notify_all();
+    }
+
     /// Publishes finished tasks to `wait_outcomes`.
     pub fn publish(&self, items: &mut Vec<Done>) {
         if items.is_empty() {
             return;
         }
+        self.finished(items.len());
         let mut d = self.done.lock().expect("done queue poisoned");
         d.items.append(items);
         drop(d);
@@ -157,6 +180,8 @@ impl ProcessPool {
             queue: Mutex::new(Queue { wants_tasks: true, ..Queue::default() }),
             done: Mutex::new(DoneQueue::default()),
             done_cv: Condvar::new(),
+            room_cv: Condvar::new(),
+            max_pending: config.max_pending,
             wake_fd: wake_fd.into(),
             wake_pending: AtomicBool::new(false),
             abort: AtomicBool::new(false),
@@ -172,14 +197,32 @@ impl ProcessPool {
         self.workers
     }
 
-    /// Queues a task. Never blocks on the workers. Fails if the pool is closed or broken.
-    pub fn submit(&self, id: u64, payload: Vec<u8>) -> Result<(), SubmitError> {
+    /// Queues a task. Never blocks on the workers; with `max_pending`, waits up to `wait` for
+    /// room and then fails with `Full` (handing the payload back). Fails if the pool is closed or
+    /// broken.
+    pub fn submit_within(&self, id: u64, payload: Vec<u8>, wait: Duration) -> Result<(), SubmitError> {
+        let deadline = Instant::now() + wait;
         let mut q = self.shared.queue.lock().expect("queue poisoned");
-        if let Some(why) = &q.broken {
-            return Err(SubmitError::Broken(why.clone()));
+        loop {
+            if let Some(why) = &q.broken {
+                return Err(SubmitError::Broken(why.clone()));
+            }
+            if q.closed {
+                return Err(SubmitError::Closed);
+            }
+            match self.shared.max_pending {
+                Some(max) if q.unfinished >= max => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(SubmitError::Full(payload));
+                    }
+                    q = self.shared.room_cv.wait_timeout(q, deadline - now).expect("queue poisoned").0;
+                }
+                _ => break,
+            }
         }
-        if q.closed {
-            return Err(SubmitError::Closed);
+        if self.shared.max_pending.is_some() {
+            q.unfinished += 1;
         }
         q.tasks.push_back(Task { id, payload });
         let wake = q.wants_tasks;
@@ -190,12 +233,19 @@ impl ProcessPool {
         Ok(())
     }
 
+    /// `submit_within` with no wait: `Full` at once when `max_pending` tasks are unfinished.
+    pub fn submit(&self, id: u64, payload: Vec<u8>) -> Result<(), SubmitError> {
+        self.submit_within(id, payload, Duration::ZERO)
+    }
+
     /// Removes task `id` if no worker has it yet. Returns true if it was removed (it will then
     /// never run and gets no outcome); false if it was already sent to a worker or finished.
     pub fn cancel(&self, id: u64) -> bool {
         let mut q = self.shared.queue.lock().expect("queue poisoned");
         if let Some(pos) = q.tasks.iter().position(|t| t.id == id) {
             q.tasks.remove(pos);
+            drop(q);
+            self.shared.finished(1);
             true
         } else {
             false
@@ -210,7 +260,10 @@ impl ProcessPool {
     /// Removes every task that no worker has yet and returns their ids.
     pub fn cancel_all(&self) -> Vec<u64> {
         let mut q = self.shared.queue.lock().expect("queue poisoned");
-        q.tasks.drain(..).map(|t| t.id).collect()
+        let ids: Vec<u64> = q.tasks.drain(..).map(|t| t.id).collect();
+        drop(q);
+        self.shared.finished(ids.len());
+        ids
     }
 
     /// Stops accepting tasks. Queued tasks still run; then the workers exit and the dispatcher
@@ -223,6 +276,7 @@ impl ProcessPool {
         if abort {
             self.shared.abort.store(true, Ordering::Release);
         }
+        self.shared.room_cv.notify_all();
         self.shared.wake();
     }
 

@@ -201,3 +201,35 @@ fn abort_kills_workers_and_cancels_every_unfinished_task() {
     assert!(outcomes.values().all(|o| matches!(o, Outcome::Returned(_) | Outcome::Cancelled)));
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the worker is gone and reaped");
 }
+
+#[test]
+fn max_pending_refuses_past_the_bound_until_tasks_finish_or_are_cancelled() {
+    let mut c = config(1);
+    c.max_pending = Some(3);
+    let pool = ProcessPool::start(c).unwrap();
+    for id in 0..3 {
+        pool.submit(id, b"sleep:5000".to_vec()).unwrap();
+    }
+    match pool.submit(3, b"echo:late".to_vec()) {
+        Err(SubmitError::Full(payload)) => assert_eq!(payload, b"echo:late", "the payload comes back"),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    let cancelled = pool.cancel_all();
+    assert!(!cancelled.is_empty(), "tasks behind the first are still queued");
+    pool.submit_within(3, b"echo:late".to_vec(), LIMIT).expect("cancelling freed room");
+    pool.close(true);
+    assert!(pool.join(Some(LIMIT)));
+}
+
+#[test]
+fn a_submitter_blocked_by_max_pending_is_released_by_close() {
+    let mut c = config(1);
+    c.max_pending = Some(1);
+    let pool = Arc::new(ProcessPool::start(c).unwrap());
+    pool.submit(0, b"sleep:5000".to_vec()).unwrap();
+    let p = pool.clone();
+    let blocked = std::thread::spawn(move || p.submit_within(1, b"echo:x".to_vec(), LIMIT));
+    pool.close(true);
+    assert_eq!(blocked.join().unwrap(), Err(SubmitError::Closed));
+    assert!(pool.join(Some(LIMIT)));
+}

@@ -1,7 +1,7 @@
 //! A worker that speaks the wire protocol without Python, for the engine's own tests.
 //!
 //! Its `Init` payload `fail` makes it answer `InitFailed`. Each task payload is a command:
-//! `echo:<text>` returns the text, `pid` returns the worker's pid, `raise:<text>` answers `Err`
+//! `echo:<text>` returns the text, `sleep:<ms>` works that long, `pid` returns the worker's pid, `raise:<text>` answers `Err`
 //! with the text, `exit:<code>` prints a line to stderr and exits at once with that code (a
 //! crash mid-task).
 
@@ -31,6 +31,10 @@ fn main() {
                 let cmd = String::from_utf8_lossy(&f.payload).into_owned();
                 let (kind, out) = if let Some(t) = cmd.strip_prefix("echo:") {
                     (Kind::Ok, t.as_bytes().to_vec())
+                } else if let Some(ms) = cmd.strip_prefix("sleep:") {
+                    // The task's work: keeps this worker busy.
+                    std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+                    (Kind::Ok, Vec::new())
                 } else if cmd == "pid" {
                     (Kind::Ok, std::process::id().to_string().into_bytes())
                 } else if let Some(t) = cmd.strip_prefix("raise:") {
