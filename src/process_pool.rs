@@ -31,9 +31,9 @@ pub struct ProcessPoolEngine {
 #[pymethods]
 impl ProcessPoolEngine {
     #[new]
-    #[pyo3(signature = (workers, command, init, *, max_tasks_per_child=None, max_pending=None))]
-    fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>, max_tasks_per_child: Option<u64>, max_pending: Option<usize>) -> PyResult<Self> {
-        let config = PoolConfig { max_tasks_per_child, max_pending, ..PoolConfig::new(workers, command, init) };
+    #[pyo3(signature = (workers, command, init, *, max_tasks_per_child=None, max_memory_per_child=None, max_pending=None))]
+    fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>, max_tasks_per_child: Option<u64>, max_memory_per_child: Option<u64>, max_pending: Option<usize>) -> PyResult<Self> {
+        let config = PoolConfig { max_tasks_per_child, max_memory_per_child, max_pending, ..PoolConfig::new(workers, command, init) };
         Ok(ProcessPoolEngine { pool: ProcessPool::start(config).map_err(errors::io_error)? })
     }
 

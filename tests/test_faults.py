@@ -241,3 +241,29 @@ def test_a_fast_producer_with_max_pending_gets_every_result():
 def test_max_pending_must_be_a_positive_integer(bad, exc):
     with pytest.raises(exc):
         ProcessPool(1, max_pending=bad)
+
+
+# --------------------------------------------------------------------- recycling
+
+_hoard: list = []
+
+
+def hoard(mib: int) -> int:
+    """Keeps ``mib`` MiB alive in this worker (written, so resident), returns the pid."""
+    _hoard.append(b"x" * (mib << 20))
+    return os.getpid()
+
+
+def test_a_worker_over_max_memory_per_child_is_replaced_between_tasks():
+    with ProcessPool(1, max_memory_per_child=200 << 20) as pool:
+        small = pool.submit(hoard, 1).result(timeout=RESULT_TIMEOUT)
+        assert pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT) == small, "under the limit: kept"
+        big = pool.submit(hoard, 300).result(timeout=RESULT_TIMEOUT)
+        assert big == small, "the task that crossed the limit still succeeds"
+        assert pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT) != big, "then its worker is replaced"
+
+
+@pytest.mark.parametrize("bad, exc", [(0, ValueError), ("1GB", TypeError)])
+def test_max_memory_per_child_must_be_a_positive_integer(bad, exc):
+    with pytest.raises(exc):
+        ProcessPool(1, max_memory_per_child=bad)

@@ -53,7 +53,7 @@ class ProcessPoolEngine:
     as its first frame.
     """
 
-    def __new__(cls, workers: int, command: list[str], init: bytes, *, max_tasks_per_child: Optional[int] = None, max_pending: Optional[int] = None) -> ProcessPoolEngine: ...
+    def __new__(cls, workers: int, command: list[str], init: bytes, *, max_tasks_per_child: Optional[int] = None, max_memory_per_child: Optional[int] = None, max_pending: Optional[int] = None) -> ProcessPoolEngine: ...
     @property
     def workers(self) -> int:
         """The number of worker processes kept alive."""

@@ -64,7 +64,8 @@ class ProcessPool(PoolExecutor):
 
     ``initializer(*initargs)`` runs once in each worker; if it raises, every task fails with
     ``BrokenPoolError`` whose ``__cause__`` is that exception. ``max_tasks_per_child`` replaces
-    a worker after that many tasks. ``max_pending`` bounds the tasks submitted and not yet
+    a worker after that many tasks, ``max_memory_per_child`` (bytes) once its resident memory
+    exceeds that, checked as it answers: either way between tasks, failing none. ``max_pending`` bounds the tasks submitted and not yet
     finished: ``submit`` blocks (interruptibly) while there are that many, so a fast producer
     cannot grow memory without bound. ``map`` is always bounded.
     """
@@ -77,6 +78,7 @@ class ProcessPool(PoolExecutor):
         initargs: tuple = (),
         *,
         max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
         max_pending: int | None = None,
     ) -> None:
         if max_workers is None:
@@ -90,18 +92,20 @@ class ProcessPool(PoolExecutor):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
-        if max_pending is not None:
-            if not isinstance(max_pending, int):
-                raise TypeError("max_pending must be an integer")
-            if max_pending <= 0:
-                raise ValueError("max_pending must be >= 1")
+        for name, value in (("max_memory_per_child", max_memory_per_child), ("max_pending", max_pending)):
+            if value is not None:
+                if not isinstance(value, int):
+                    raise TypeError(f"{name} must be an integer")
+                if value <= 0:
+                    raise ValueError(f"{name} must be >= 1")
         self._max_workers = max_workers
         self._owner_pid = os.getpid()
         # The initializer is pickled on its own: the worker can only unpickle it after it has
         # taken our sys.path and working directory from the outer, plain part.
         call = dumps((initializer, tuple(initargs)), "initializer") if initializer is not None else None
         init = dumps({"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": call})
-        self._engine = _core.ProcessPoolEngine(max_workers, bootstrap_command(), init, max_tasks_per_child=max_tasks_per_child, max_pending=max_pending)
+        self._engine = _core.ProcessPoolEngine(max_workers, bootstrap_command(), init, max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child, max_pending=max_pending)
         self._futures: dict[int, TaskFuture] = {}
         self._ids = itertools.count(1)
         self._state = _State()

@@ -32,6 +32,8 @@ const PREFETCH_US: f64 = 2000.0;
 const INITIAL_PREFETCH: usize = 4;
 /// Most tasks queued at one worker, however short they are.
 const MAX_PREFETCH: usize = 1024;
+/// Least time between two reads of one worker's memory use (each costs a /proc read).
+const MEMORY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 /// Workers in a row that may die before becoming ready before the pool is declared broken.
 const MAX_STARTUP_FAILURES: u32 = 3;
 
@@ -129,8 +131,9 @@ impl Dispatcher {
         }
         self.stopping = true;
         for w in self.slots.iter_mut().flatten() {
-            if w.phase != Phase::Draining {
-                w.phase = Phase::Draining;
+            w.phase = Phase::Draining;
+            if !w.shutdown_sent {
+                w.shutdown_sent = true;
                 w.writer.push(Frame::new(Kind::Shutdown, 0, Vec::new()));
             }
         }
@@ -240,6 +243,7 @@ impl Dispatcher {
 
     fn on_frame(&mut self, slot: usize, frame: Frame) {
         let max_tasks = self.config.max_tasks_per_child;
+        let max_memory = self.config.max_memory_per_child;
         let w = self.slots[slot].as_mut().expect("frame from a live worker");
         match frame.kind {
             Kind::Hello | Kind::Heartbeat => {}
@@ -260,8 +264,14 @@ impl Dispatcher {
                 }
                 let outcome = if frame.kind == Kind::Ok { Outcome::Returned(frame.payload) } else { Outcome::Raised(frame.payload) };
                 self.done.push(Done { id: frame.id, outcome, run_us: frame.aux });
-                if max_tasks.is_some_and(|m| w.tasks_sent >= m) && w.inflight.is_empty() && w.phase != Phase::Draining {
+                let recycle = max_tasks.is_some_and(|m| w.tasks_sent >= m) || over_memory(w, max_memory);
+                if recycle && w.phase != Phase::Draining {
+                    // No new tasks; those it holds still run, then it gets Shutdown and its exit
+                    // starts a replacement. No task fails.
                     w.phase = Phase::Draining;
+                }
+                if w.phase == Phase::Draining && w.inflight.is_empty() && !w.shutdown_sent {
+                    w.shutdown_sent = true;
                     w.writer.push(Frame::new(Kind::Shutdown, 0, Vec::new()));
                 }
             }
@@ -342,8 +352,9 @@ impl Dispatcher {
             for (id, _) in w.inflight.drain(..) {
                 self.done.push(Done { id, outcome: Outcome::Broken(why.clone()), run_us: 0 });
             }
-            if w.phase != Phase::Draining {
-                w.phase = Phase::Draining;
+            w.phase = Phase::Draining;
+            if !w.shutdown_sent {
+                w.shutdown_sent = true;
                 w.writer.push(Frame::new(Kind::Shutdown, 0, Vec::new()));
             }
         }
@@ -367,4 +378,16 @@ impl Dispatcher {
         }
         self.shared.publish(&mut self.done);
     }
+}
+
+/// Whether worker `w` should be recycled for its memory use; reads it at most every
+/// `MEMORY_CHECK_EVERY`.
+fn over_memory(w: &mut Worker, limit: Option<u64>) -> bool {
+    let Some(limit) = limit else { return false };
+    let now = std::time::Instant::now();
+    if w.memory_checked_at.is_some_and(|t| now - t < MEMORY_CHECK_EVERY) {
+        return false;
+    }
+    w.memory_checked_at = Some(now);
+    w.rss_bytes().is_ok_and(|rss| rss > limit)
 }

@@ -33,6 +33,9 @@ pub struct PoolConfig {
     pub init: Vec<u8>,
     /// Replace a worker after it has been sent this many tasks.
     pub max_tasks_per_child: Option<u64>,
+    /// Replace a worker, between tasks, once its resident memory exceeds this many bytes
+    /// (checked when it answers, at most every `MEMORY_CHECK_EVERY`).
+    pub max_memory_per_child: Option<u64>,
     /// Most tasks submitted and not yet finished; `submit` waits while there are this many.
     /// `None`: unbounded.
     pub max_pending: Option<usize>,
@@ -44,7 +47,7 @@ pub struct PoolConfig {
 impl PoolConfig {
     /// A configuration for `workers` workers started by `command`, with defaults elsewhere.
     pub fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>) -> PoolConfig {
-        PoolConfig { workers, command, init, max_tasks_per_child: None, max_pending: None, idle_tick: Some(Duration::from_secs(1)) }
+        PoolConfig { workers, command, init, max_tasks_per_child: None, max_memory_per_child: None, max_pending: None, idle_tick: Some(Duration::from_secs(1)) }
     }
 }
 

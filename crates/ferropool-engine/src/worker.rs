@@ -71,6 +71,10 @@ pub struct Worker {
     pub sock_closed: bool,
     /// The worker's stderr, relayed line by line; its tail goes into crash reports.
     pub stderr: StderrRelay,
+    /// When its memory was last checked against `max_memory_per_child`.
+    pub memory_checked_at: Option<Instant>,
+    /// `Shutdown` has been queued for it.
+    pub shutdown_sent: bool,
 }
 
 impl Worker {
@@ -122,6 +126,8 @@ impl Worker {
             started_at: Instant::now(),
             sock_closed: false,
             stderr,
+            memory_checked_at: None,
+            shutdown_sent: false,
         };
         w.writer.push(Frame::new(Kind::Init, 0, init.to_vec()));
         Ok(w)
@@ -172,6 +178,15 @@ impl Worker {
     /// Reaps the process if it has exited, without blocking.
     pub fn try_reap(&mut self) -> io::Result<Option<Exit>> {
         Ok(self.child.try_wait()?.map(|st| Exit { pid: self.pid, code: st.code(), signal: st.signal() }))
+    }
+
+    /// Returns the process's resident set size in bytes, read from `/proc/<pid>/statm`.
+    pub fn rss_bytes(&self) -> io::Result<u64> {
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid))?;
+        let pages: u64 = statm.split_whitespace().nth(1).and_then(|f| f.parse().ok()).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable statm"))?;
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        Ok(pages * u64::try_from(page).unwrap_or(4096))
     }
 
     /// Sends SIGKILL (the process may already be gone; that is not an error).
