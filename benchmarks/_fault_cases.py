@@ -508,7 +508,7 @@ def case_parent_killed(ad: FutureAdapter, settle: float) -> dict:
     gc = subprocess.Popen([sys.executable, "-c", GRANDCHILD_CODE, here, ad.name], stdout=subprocess.PIPE)
     rep: dict = {}
     try:
-        line = _readline(gc.stdout, 3 * settle)
+        line = _readline(gc.stdout, 2 * settle)
         if not line:
             rep["error"] = "the program holding the pool printed no worker pids"
             return rep

@@ -18,6 +18,10 @@ Run::
     python benchmarks/fault_matrix.py                          # every case, a few minutes
     python benchmarks/fault_matrix.py --libs ferropool,stdlib --cases 1,4
     python benchmarks/fault_matrix.py --json bench-results/fault_matrix.json
+    python benchmarks/fault_matrix.py --cases 14 --repeat 5  # a cell whose outcome is racy
+
+A cell that varies between runs shows each outcome with its count (``--repeat``). Cases 10,
+12 and 13 print ``not measured`` with a footnote that says why.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ NOT_MEASURED = {
     "13": "a memory figure, not a fault outcome; see benchmarks/bench_map_memory.py",
 }
 
-DEFAULT_CASES = [c for c in CASES if c not in NOT_MEASURED]
+DEFAULT_CASES = list(CASES)
 
 
 # ---------------------------------------------------------------- running one cell
@@ -261,6 +265,14 @@ VERDICTS = {
 }
 
 
+def combine(words: list) -> str:
+    """One word if every run agreed, else each with its count, e.g. ``hang (1/3); ok (2/3)``."""
+    distinct = sorted(set(words), key=words.index)
+    if len(distinct) == 1:
+        return distinct[0]
+    return "; ".join(f"{w} ({words.count(w)}/{len(words)})" for w in distinct)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -295,6 +307,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     p.add_argument("--libs", default=",".join(LIBS), help="comma-separated, from: " + ", ".join(LIBS))
     p.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated case numbers of issue 3 (10, 12, 13 print 'not measured')")
     p.add_argument("--json", metavar="PATH", help="write every cell's observation here")
+    p.add_argument("--repeat", type=int, default=1, help="run each cell N times; differing outcomes are all shown with their counts")
     p.add_argument("--timeout", type=float, default=20.0, help="watchdog: seconds a child may run (default 20)")
     args = p.parse_args(argv)
     args.libs = [s.strip() for s in args.libs.split(",") if s.strip()]
@@ -320,8 +333,8 @@ def main(argv: Optional[list] = None) -> int:
             continue
         cells[case] = {}
         for lib in libs:
-            cell = run_cell(lib, case, args.timeout, settle)
-            cells[case][lib] = cell
+            runs = [run_cell(lib, case, args.timeout, settle) for _ in range(args.repeat)]
+            cell = cells[case][lib] = {**runs[-1], "outcome": combine([r["outcome"] for r in runs]), "runs": runs[:-1]}
             print(f"case {case:>2} {lib:<10} {cell['outcome']}  ({cell['seconds']:.1f} s)", file=sys.stderr, flush=True)
     print(table(cells, args.cases, libs))
     if args.json:
