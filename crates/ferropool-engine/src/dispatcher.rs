@@ -7,9 +7,9 @@
 //! bookkeeping here is single-threaded; only `Shared` is touched by other threads.
 //!
 //! Scheduling: a worker runs its tasks in the order sent, so the front of its `inflight` list is
-//! the task it is running. Each worker is sent enough tasks to keep it busy for about
-//! `PREFETCH_US` while results travel back (at least one queued behind the running one), judged
-//! from the run times it reports. Short tasks are thus batched hundreds per system call while
+//! the task it is running. Each worker is sent its running task plus enough queued ones to keep
+//! it busy for about `PREFETCH_US` while results travel back, judged from the run times it
+//! reports; a worker running long tasks gets its next one only when it answers. Short tasks are thus batched hundreds per system call while
 //! long tasks stay in the shared queue where any idle worker can take them.
 //!
 //! Failures: when a worker's pidfd fires, its socket is drained first (answers it sent before
@@ -29,7 +29,7 @@ use crate::worker::{Phase, Worker};
 /// Queued work each worker should hold, in microseconds of its measured task time.
 const PREFETCH_US: f64 = 2000.0;
 /// Tasks sent to a worker before its first run time is known.
-const INITIAL_PREFETCH: usize = 4;
+const INITIAL_PREFETCH: usize = 2;
 /// Most tasks queued at one worker, however short they are.
 const MAX_PREFETCH: usize = 1024;
 /// Least time between two reads of one worker's memory use (each costs a /proc read).
@@ -111,7 +111,10 @@ impl Dispatcher {
         }
         let target = match w.task_us {
             None => INITIAL_PREFETCH,
-            Some(us) => ((PREFETCH_US / us) as usize).clamp(1, MAX_PREFETCH) + 1,
+            // The running task plus about PREFETCH_US of queued ones: none for long tasks, whose
+            // next task is sent when they answer (a round trip is ~0.1 ms), so no task waits
+            // behind a long one while another worker is idle.
+            Some(us) => ((PREFETCH_US / us) as usize).min(MAX_PREFETCH) + 1,
         };
         let mut room = target.saturating_sub(w.inflight.len());
         if let Some(max) = self.config.max_tasks_per_child {
