@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use ferropool_engine::{Outcome, PoolConfig, ProcessPool, SubmitError};
 
 use crate::errors;
 use crate::future::finish_task_future;
 
-/// Outcome codes in the tuples returned by `wait_outcomes`.
+/// Outcome codes passed to `deliver`'s `settle` callback.
 const RETURNED: u8 = 0;
 const RAISED: u8 = 1;
 const WORKER_DIED: u8 = 2;
@@ -116,18 +116,6 @@ impl ProcessPoolEngine {
             }
         }
         Ok(true)
-    }
-
-    #[pyo3(signature = (timeout=None))]
-    fn wait_outcomes<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Option<Bound<'py, PyList>>> {
-        let t = timeout.map(Duration::from_secs_f64);
-        let Some(batch) = py.detach(|| self.pool.wait_outcomes(t)) else { return Ok(None) };
-        let list = PyList::empty(py);
-        for d in batch {
-            let (code, detail) = outcome_detail(py, d.outcome)?;
-            list.append((d.id, code, detail, d.run_us))?;
-        }
-        Ok(Some(list))
     }
 }
 

@@ -78,15 +78,11 @@ class ProcessPoolEngine:
         """Waits for the next batch of outcomes (without the GIL) and delivers it: each task's
         future is popped from ``futures`` by id; a returned value is unpickled with ``loads`` and
         set on the future (in Rust, when nobody waits on it and it has no callbacks); every other
-        outcome, or a ``loads`` failure, goes to ``settle(future, code, detail, error)`` with the
-        codes of ``wait_outcomes``. Returns False once the pool has ended."""
-    def wait_outcomes(self, timeout: Optional[float] = None) -> Optional[list[tuple[int, int, Any, int]]]:
-        """Takes every finished task, waiting up to ``timeout`` seconds for at least one (an
-        empty list on timeout). Each item is ``(id, code, detail, run_us)`` with ``code`` 0
-        (returned: detail is the payload), 1 (raised: payload), 2 (worker died: detail is
-        ``(pid, exit_code, signal, stderr_tail)``), 3 (broken: the reason as bytes) or 4
-        (cancelled by ``close(abort=True)``: detail is None). Returns None once the
-        dispatcher has ended and every outcome was taken."""
+        outcome, or a ``loads`` failure, goes to ``settle(future, code, detail, error)``: ``code``
+        0 (returned: detail is the payload, error the ``loads`` or ``set_result`` failure), 1
+        (raised: payload), 2 (worker died: detail is ``(pid, exit_code, signal, stderr_tail)``),
+        3 (broken: the reason as bytes) or 4 (cancelled by ``close(abort=True)``: detail is
+        None). Returns False once the pool has ended."""
 
 @final
 class WorkerConnection:

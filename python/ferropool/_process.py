@@ -7,8 +7,8 @@ A task's life, from ``submit`` to its result::
       ├─ TaskFuture registered in _futures[id]
       └─ engine.submit(id, bytes)  ──► dispatcher thread (Rust): queue -> worker socket
                                                  worker process: _worker._serve runs fn
-    _collect thread (Python)      ◄── engine.wait_outcomes()  (GIL released while waiting)
-      └─ future.set_result(loads(bytes)) / set_exception(...)
+    _collect thread               ◄── engine.deliver()  (Rust; GIL released while waiting)
+      └─ TaskFuture finished with loads(bytes); errors and deaths via settle()
 
 The engine (``ferropool._core.ProcessPoolEngine``, backed by ``crates/ferropool-engine``) owns
 the workers, the socket transport and scheduling; this module owns futures and pickling.
@@ -31,7 +31,7 @@ from ._serialize import dumps, dumps_call, loads, loads_exception
 from ._worker import bootstrap_command
 from .errors import BrokenPoolError, SerializationError, WorkerDiedError
 
-# Outcome codes of ProcessPoolEngine.wait_outcomes (see src/process_pool.rs).
+# Outcome codes passed to settle by ProcessPoolEngine.deliver (see src/process_pool.rs).
 _RETURNED, _RAISED, _WORKER_DIED, _BROKEN, _CANCELLED = 0, 1, 2, 3, 4
 # Lines of a dead worker's stderr quoted in its WorkerDiedError message (all are in stderr_tail).
 _TAIL_LINES = 20

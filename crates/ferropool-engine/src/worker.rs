@@ -66,7 +66,6 @@ pub struct Worker {
     pub tasks_sent: u64,
     /// Smoothed run time of this worker's recent tasks, in microseconds; `None` before the first.
     pub task_us: Option<f64>,
-    pub started_at: Instant,
     /// The socket reached end of stream: stop polling it, wait for the pidfd.
     pub sock_closed: bool,
     /// The worker's stderr, relayed line by line; its tail goes into crash reports.
@@ -123,7 +122,6 @@ impl Worker {
             inflight: VecDeque::new(),
             tasks_sent: 0,
             task_us: None,
-            started_at: Instant::now(),
             sock_closed: false,
             stderr,
             memory_checked_at: None,
@@ -170,11 +168,6 @@ impl Worker {
         self.inflight.pop_front().map(|(id, _)| id)
     }
 
-    /// Returns the id of the task this worker is running, if any.
-    pub fn running(&self) -> Option<u64> {
-        self.inflight.front().map(|(id, _)| *id)
-    }
-
     /// Reaps the process if it has exited, without blocking.
     pub fn try_reap(&mut self) -> io::Result<Option<Exit>> {
         Ok(self.child.try_wait()?.map(|st| Exit { pid: self.pid, code: st.code(), signal: st.signal() }))
@@ -201,15 +194,6 @@ impl Worker {
         match self.child.wait() {
             Ok(st) => Exit { pid: self.pid, code: st.code(), signal: st.signal() },
             Err(_) => Exit { pid: self.pid, code: None, signal: None },
-        }
-    }
-
-    /// Sends `sig` to the process if it has not been reaped.
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our unreaped child, so
-        // the number cannot have been recycled for another process yet.
-        unsafe {
-            libc::kill(self.pid, sig);
         }
     }
 }
