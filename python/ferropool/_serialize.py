@@ -44,18 +44,24 @@ def _cloud():
     return _cloudpickle
 
 
+def _plain(obj: Any, main_count: int = 0) -> bytes | None:
+    """Returns ``obj`` plainly pickled, or None if that fails or refers to ``__main__`` (which the
+    worker cannot import) more than the ``main_count`` times already accounted for."""
+    try:
+        data = pickle.dumps(obj, PROTOCOL)
+    except Exception:
+        return None
+    return data if data.count(_MAIN) == main_count else None
+
+
 def dumps(obj: Any, what: str = "object") -> bytes:
     """Pickles ``obj`` for another process; raises ``SerializationError`` naming the culprit.
 
     ``what`` is the name of ``obj`` used in the error's path (``args``, ``result``...).
     """
-    try:
-        data = pickle.dumps(obj, PROTOCOL)
-    except Exception:
-        pass
-    else:
-        if _MAIN not in data:
-            return data
+    data = _plain(obj)
+    if data is not None:
+        return data
     try:
         return _cloud().dumps(obj, PROTOCOL)
     except Exception as exc:
@@ -117,11 +123,11 @@ def dumps_call(fn: Any, args: tuple, kwargs: dict) -> bytes:
     """Pickles a call ``fn(*args, **kwargs)``; errors name ``fn``, ``args[i]`` or ``kwargs[k]``."""
     try:
         encoded = _function_by_value(fn)
-        data = pickle.dumps((encoded, args, kwargs), PROTOCOL)
     except Exception:
-        pass
+        pass  # cloudpickle below names the failure
     else:
-        if data.count(_MAIN) == (encoded.main_count if type(encoded) is _ByValue else 0):
+        data = _plain((encoded, args, kwargs), encoded.main_count if type(encoded) is _ByValue else 0)
+        if data is not None:
             return data
     try:
         return _cloud().dumps((fn, args, kwargs), PROTOCOL)
