@@ -183,6 +183,30 @@ def make_gate(make_executor, gate_factory):
     return gate_factory
 
 
+@pytest.fixture
+def make_pool():
+    """Return ``make(workers, **options)`` that builds a ``ferropool.ProcessPool``; every pool
+    made is shut down at teardown, bounded by ``helpers.SHUTDOWN_TIMEOUT``."""
+    from ferropool import ProcessPool
+
+    made = []
+
+    def make(workers: int = 2, **options):
+        pool = ProcessPool(workers, **options)
+        made.append(pool)
+        return pool
+
+    yield make
+    for pool in made:
+        helpers.shutdown_bounded(pool)
+
+
+@pytest.fixture
+def pool(make_pool):
+    """A two-worker ``ferropool.ProcessPool``, shut down at teardown."""
+    return make_pool(2)
+
+
 # ------------------------------------------------------------ leaked children
 
 # Long-lived helpers of the stdlib, started once per session; their own

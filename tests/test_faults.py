@@ -16,12 +16,10 @@ RESULT_TIMEOUT = 30
 
 
 @pytest.fixture
-def one_worker():
+def one_worker(make_pool):
     # One worker: the tasks submitted after the crash are queued behind it on the same worker,
     # so they can only succeed if they are re-run on its replacement.
-    p = ProcessPool(1)
-    yield p
-    helpers.shutdown_bounded(p)
+    return make_pool(1)
 
 
 def exit_hard():

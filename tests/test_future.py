@@ -11,17 +11,10 @@ import threading
 import pytest
 
 import helpers
-from ferropool import ProcessPool, TaskFuture
+from ferropool import TaskFuture
 
 RESULT_TIMEOUT = 30
 N = 3000
-
-
-@pytest.fixture
-def pool():
-    p = ProcessPool(2)
-    yield p
-    helpers.shutdown_bounded(p)
 
 
 def bare_future() -> TaskFuture:

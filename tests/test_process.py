@@ -24,13 +24,6 @@ from ferropool._process import usable_cpu_count
 RESULT_TIMEOUT = 30
 
 
-@pytest.fixture
-def pool():
-    p = ProcessPool(2)
-    yield p
-    helpers.shutdown_bounded(p, wait=True, cancel_futures=True)
-
-
 def run_script(tmp_path, source: str, timeout: float = 60) -> subprocess.CompletedProcess:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(source))

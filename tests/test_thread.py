@@ -7,7 +7,6 @@ import concurrent.futures as cf
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures.thread import BrokenThreadPool
 
 import pytest
