@@ -18,6 +18,7 @@ const RAISED: u8 = 1;
 const WORKER_DIED: u8 = 2;
 const BROKEN: u8 = 3;
 const CANCELLED: u8 = 4;
+const TIMED_OUT: u8 = 5;
 
 /// How long a submit blocked by `max_pending` waits between checks for signals.
 const SUBMIT_WAIT_SLICE: Duration = Duration::from_millis(50);
@@ -42,8 +43,10 @@ impl ProcessPoolEngine {
         self.pool.workers()
     }
 
-    fn submit(&self, py: Python<'_>, id: u64, payload: &[u8]) -> PyResult<()> {
-        let mut payload = match self.pool.submit(id, payload.to_vec()) {
+    #[pyo3(signature = (id, payload, timeout=None))]
+    fn submit(&self, py: Python<'_>, id: u64, payload: &[u8], timeout: Option<f64>) -> PyResult<()> {
+        let timeout = timeout.map(|t| Duration::try_from_secs_f64(t).map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("task timeout must be a positive number of seconds, not {t}")))).transpose()?;
+        let mut payload = match self.pool.submit_within(id, payload.to_vec(), timeout, Duration::ZERO) {
             Ok(()) => return Ok(()),
             Err(SubmitError::Full(p)) => p,
             Err(e) => return Err(errors::submit_error(py, e)),
@@ -51,7 +54,7 @@ impl ProcessPoolEngine {
         // max_pending tasks are unfinished: wait for room without the GIL, in slices, so that
         // Ctrl-C (a signal handled by Python) still interrupts a blocked submit.
         loop {
-            match py.detach(|| self.pool.submit_within(id, payload, SUBMIT_WAIT_SLICE)) {
+            match py.detach(|| self.pool.submit_within(id, payload, timeout, SUBMIT_WAIT_SLICE)) {
                 Ok(()) => return Ok(()),
                 Err(SubmitError::Full(p)) => {
                     payload = p;
@@ -92,8 +95,12 @@ impl ProcessPoolEngine {
     fn deliver(&self, py: Python<'_>, futures: &Bound<'_, PyDict>, loads: &Bound<'_, PyAny>, settle: &Bound<'_, PyAny>) -> PyResult<bool> {
         let Some(batch) = py.detach(|| self.pool.wait_outcomes(None)) else { return Ok(false) };
         for d in batch {
+            // Taking the future out of `futures` is what entitles us to finish it; a future
+            // that `cancel()` took first is cancelled, and its outcome is dropped here.
             let Some(future) = futures.get_item(d.id)? else { continue };
-            futures.del_item(d.id)?;
+            if futures.del_item(d.id).is_err() {
+                continue;
+            }
             let Outcome::Returned(payload) = d.outcome else {
                 let detail = outcome_detail(py, d.outcome)?;
                 settle.call1((future, detail.0, detail.1, py.None()))?;
@@ -119,8 +126,8 @@ impl ProcessPoolEngine {
     }
 }
 
-/// Returns an outcome as `(code, detail)`: the payload as bytes, or
-/// `(pid, exit_code, signal, stderr_tail)` for a dead worker.
+/// Returns an outcome as `(code, detail)`: the payload as bytes,
+/// `(pid, exit_code, signal, stderr_tail)` for a dead worker, `(pid, seconds)` for a timeout.
 fn outcome_detail(py: Python<'_>, outcome: Outcome) -> PyResult<(u8, Bound<'_, PyAny>)> {
     Ok(match outcome {
         Outcome::Returned(p) => (RETURNED, PyBytes::new(py, &p).into_any()),
@@ -131,5 +138,6 @@ fn outcome_detail(py: Python<'_>, outcome: Outcome) -> PyResult<(u8, Bound<'_, P
         ),
         Outcome::Broken(p) => (BROKEN, PyBytes::new(py, &p).into_any()),
         Outcome::Cancelled => (CANCELLED, py.None().into_bound(py)),
+        Outcome::TimedOut { pid, after } => (TIMED_OUT, (pid, after.as_secs_f64()).into_pyobject(py)?.into_any()),
     })
 }

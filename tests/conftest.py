@@ -64,6 +64,12 @@ class ExecutorKind:
     def is_stdlib(self) -> bool:
         return self.target == "stdlib"
 
+    @property
+    def stops_running_tasks(self) -> bool:
+        """``cancel()`` and ``shutdown(cancel_futures=True)`` stop running tasks (ferropool's
+        ``ProcessPool``); elsewhere a running task cannot be cancelled and runs to its end."""
+        return self.is_process and not self.is_stdlib
+
     def create(self, **kwargs):
         """Build an executor; the caller owns its shutdown."""
         if self.is_stdlib and self.is_process:

@@ -229,3 +229,29 @@ def sleep_and_print(seconds: float, text: str) -> None:
     time.sleep(seconds)  # the work itself
     print(text)
     sys.stdout.flush()
+
+
+def started_then_sleep(started: Gate, seconds: float) -> None:
+    """Open ``started``, then sleep (a task that runs until it is stopped)."""
+    started.set()
+    time.sleep(seconds)
+
+
+def ignore_sigterm_then_sleep(started: Gate | None, seconds: float) -> None:
+    """Ignore SIGTERM, open ``started``, then sleep in C: only SIGKILL stops this task."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if started is not None:
+        started.set()
+    time.sleep(seconds)
+
+
+def leave_a_stuck_thread() -> int:
+    """Ignore SIGTERM and start a non-daemon thread sleeping in C, so that this worker process
+    cannot exit by itself after its last task; return its pid."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=time.sleep, args=(3600,), name="stuck", daemon=False).start()
+    return os.getpid()

@@ -511,7 +511,7 @@ def test_thread_traceback_includes_task_frame(make_executor):
 # --------------------------------------------------- future state and callbacks
 
 
-def test_running_and_done(make_executor, make_gate):
+def test_running_and_done(make_executor, make_gate, executor_kind):
     ex = make_executor()
     started, release = make_gate(), make_gate()
     f = ex.submit(signal_and_wait, started, release, 7)
@@ -519,6 +519,13 @@ def test_running_and_done(make_executor, make_gate):
         assert started.wait(T)
         assert f.running()
         assert not f.done()
+        if executor_kind.stops_running_tasks:
+            assert f.cancel(), "ProcessPool stops a running task on cancel()"
+            assert f.cancelled() and f.done() and not f.running()
+            with pytest.raises(cf.CancelledError):
+                f.result(timeout=0)
+            assert ex.submit(mul, 2, 3).result(timeout=T) == 6, "the stopped worker was replaced"
+            return
         assert not f.cancel(), "a running future cannot be cancelled"
     finally:
         release.set()
@@ -543,7 +550,6 @@ def test_cancel_pending_future(make_executor, make_gate):
         assert not queued[-1].running()
         with pytest.raises(cf.CancelledError):
             queued[-1].result(timeout=0)
-        assert not blocker.cancel()
     finally:
         release.set()
     assert blocker.result(timeout=T) == "blocker"
@@ -641,7 +647,9 @@ def test_shutdown_wait_false_returns_while_task_runs(make_executor, make_gate):
 
 
 @pytest.mark.parametrize("wait", [False, True])
-def test_shutdown_cancel_futures(make_executor, make_gate, wait):
+def test_shutdown_cancel_futures(make_executor, make_gate, wait, executor_kind):
+    if executor_kind.stops_running_tasks:
+        pytest.skip("ProcessPool also stops the running task: test_process.py covers it")
     ex = make_executor(max_workers=1)
     started, release = make_gate(), make_gate()
     blocker = ex.submit(signal_and_wait, started, release, "blocker")

@@ -1,16 +1,22 @@
 """The fault suite: each injected failure fails only the task that caused it, says what
-happened, and leaves the pool working (issue 3's fault matrix, items 1-6 so far)."""
+happened, and leaves the pool working (issue 3's fault matrix, items 1-14)."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures as cf
 import ctypes
 import os
 import signal
+import subprocess
+import sys
+import time
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
 import helpers
-from ferropool import ProcessPool, RemoteError, SerializationError, WorkerDiedError
+from ferropool import ProcessPool, RemoteError, SerializationError, TaskTimeoutError, WorkerDiedError
 
 RESULT_TIMEOUT = 30
 
@@ -46,6 +52,7 @@ def test_a_dying_worker_fails_only_its_task(one_worker, crash, how, stderr_has):
     with pytest.raises(WorkerDiedError) as info:
         doomed.result(timeout=RESULT_TIMEOUT)
     err = info.value
+    assert not isinstance(err, BrokenProcessPool), "the pool is not broken: see WorkerDiedError's docstring"
     assert how in str(err)
     assert err.function == f"{crash.__module__}.{crash.__qualname__}" and err.function in str(err)
     assert err.pid and f"pid {err.pid}" in str(err)
@@ -265,3 +272,150 @@ def test_a_worker_over_max_memory_per_child_is_replaced_between_tasks():
 def test_max_memory_per_child_must_be_a_positive_integer(bad, exc):
     with pytest.raises(exc):
         ProcessPool(1, max_memory_per_child=bad)
+
+
+# ------------------------------------------------------- per-task timeouts (item 7)
+
+
+def test_a_task_past_the_pools_task_timeout_raises_timeout_error_and_its_worker_is_replaced(make_pool):
+    pool = make_pool(1, task_timeout=0.5)
+    pid = pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT)
+    slow = pool.submit(time.sleep, 3600)
+    behind = [pool.submit(helpers.mul, i, 2) for i in range(5)]
+    with pytest.raises(TimeoutError) as info:
+        slow.result(timeout=RESULT_TIMEOUT)
+    err = info.value
+    assert isinstance(err, TaskTimeoutError) and isinstance(err, cf.TimeoutError)
+    assert (err.timeout, err.pid, err.function) == (0.5, pid, "time.sleep")
+    assert str(err) == f"time.sleep ran longer than its task_timeout of 0.5 s; its worker (pid {pid}) was stopped and replaced"
+    assert [f.result(timeout=RESULT_TIMEOUT) for f in behind] == [0, 2, 4, 6, 8], "tasks queued behind it ran elsewhere"
+    assert _gone_within([pid], 5.0)
+    assert pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT) != pid
+
+
+def test_options_sets_a_timeout_per_call_and_submit_keeps_the_standard_signature(make_pool):
+    pool = make_pool(2)
+    slow = pool.options(task_timeout=0.5).submit(time.sleep, 3600)
+    unlimited = pool.submit(helpers.sleep_and_return, 1.0, "no limit")
+    with pytest.raises(TaskTimeoutError):
+        slow.result(timeout=RESULT_TIMEOUT)
+    assert unlimited.result(timeout=RESULT_TIMEOUT) == "no limit"
+    # Every keyword of submit goes to the function, as in concurrent.futures.
+    assert pool.submit(helpers.capture, 1, task_timeout=3).result(timeout=RESULT_TIMEOUT) == ((1,), {"task_timeout": 3})
+
+
+def test_map_with_a_task_timeout_fails_at_the_item_that_overran(make_pool):
+    pool = make_pool(2)
+    results = pool.options(task_timeout=1.0).map(helpers.sleep_and_return, [0, 0, 3600, 0], range(4))
+    assert next(results) == 0 and next(results) == 1
+    with pytest.raises(TaskTimeoutError):
+        next(results)
+
+
+def test_a_timed_out_task_that_ignores_sigterm_is_killed_after_the_grace_period(make_pool, gate_factory):
+    pool = make_pool(1)
+    pid = pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT)
+    started = gate_factory()
+    fut = pool.options(task_timeout=1.0).submit(helpers.ignore_sigterm_then_sleep, started, 3600)
+    assert started.wait(RESULT_TIMEOUT)
+    with pytest.raises(TaskTimeoutError):
+        fut.result(timeout=RESULT_TIMEOUT)
+    assert _gone_within([pid], 5.0), "SIGKILL did not follow the ignored SIGTERM"
+    assert pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT) != pid
+
+
+@pytest.mark.parametrize("bad, exc", [(0, ValueError), (-1, ValueError), (float("nan"), ValueError),
+                                      (float("inf"), ValueError), ("1", TypeError), (True, TypeError)])
+def test_task_timeout_must_be_a_positive_number_of_seconds(make_pool, bad, exc):
+    with pytest.raises(exc, match="task_timeout"):
+        ProcessPool(1, task_timeout=bad)
+    with pytest.raises(exc, match="task_timeout"):
+        make_pool(1).options(task_timeout=bad)
+
+
+# ---------------------------------------------- cancelling running tasks (item 8)
+
+
+def test_cancel_stops_a_running_task_and_replaces_its_worker(make_pool, gate_factory):
+    pool = make_pool(1)
+    pid = pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT)
+    started = gate_factory()
+    fut = pool.submit(helpers.started_then_sleep, started, 3600)
+    behind = pool.submit(helpers.mul, 6, 7)
+    assert started.wait(RESULT_TIMEOUT)
+    assert fut.running()
+    assert fut.cancel()
+    assert fut.cancelled() and fut.done()
+    with pytest.raises(cf.CancelledError):
+        fut.result(timeout=0)
+    assert _gone_within([pid], 5.0), "the worker running the cancelled task was not stopped"
+    assert behind.result(timeout=RESULT_TIMEOUT) == 42
+    assert not behind.cancel(), "a finished task cannot be cancelled"
+
+
+def test_cancelling_an_asyncio_task_that_awaits_a_future_stops_the_work(make_pool, gate_factory):
+    pool = make_pool(1)
+    pid = pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT)
+    started = gate_factory()
+
+    async def main():
+        fut = pool.submit(helpers.started_then_sleep, started, 3600)
+        waiter = asyncio.ensure_future(asyncio.wrap_future(fut))
+        assert await asyncio.get_running_loop().run_in_executor(None, started.wait, RESULT_TIMEOUT)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        return fut
+
+    fut = asyncio.run(main())
+    assert fut.cancelled()
+    assert _gone_within([pid], 5.0), "cancelling the asyncio task did not stop the worker"
+    assert pool.submit(helpers.mul, 2, 3).result(timeout=RESULT_TIMEOUT) == 6
+
+
+# ------------------------------------------------------ shutdown never hangs (item 11)
+
+
+def test_shutdown_does_not_wait_for_a_worker_stuck_at_exit(make_pool):
+    pool = make_pool(1)
+    pid = pool.submit(helpers.leave_a_stuck_thread).result(timeout=RESULT_TIMEOUT)
+    start = time.monotonic()
+    helpers.shutdown_bounded(pool, wait=True)
+    assert time.monotonic() - start < 10, "shutdown waited for the stuck worker"
+    assert _gone_within([pid], 1.0)
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_shutdown_with_cancel_futures_stops_running_tasks(make_pool, gate_factory, wait):
+    pool = make_pool(1)
+    pid = pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT)
+    started = gate_factory()
+    running = pool.submit(helpers.ignore_sigterm_then_sleep, started, 3600)
+    queued = [pool.submit(helpers.mul, i, 1) for i in range(10)]
+    assert started.wait(RESULT_TIMEOUT)
+    helpers.shutdown_bounded(pool, wait=wait, cancel_futures=True)
+    assert running.cancelled() and all(f.cancelled() for f in queued)
+    assert _gone_within([pid], 5.0), "the running task's worker survived shutdown(cancel_futures=True)"
+
+
+def test_interpreter_exit_does_not_hang_on_a_stuck_task(tmp_path):
+    code = f"""
+import os, sys
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+import helpers
+from ferropool import ProcessPool
+pool = ProcessPool(1, exit_timeout=1.0)
+print(pool.submit(os.getpid).result(timeout=30), flush=True)
+pool.submit(helpers.ignore_sigterm_then_sleep, None, 3600)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        pids = _worker_pids(proc)
+        _, err = proc.communicate(timeout=RESULT_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(RESULT_TIMEOUT)
+    assert proc.returncode == 0, err
+    assert "ferropool: stopping 1 task(s) of a ProcessPool still running 1 s after the program ended" in err
+    assert _gone_within(pids, 1.0)

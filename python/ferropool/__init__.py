@@ -16,7 +16,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs worker
 
 from . import errors
 from ._core import __version__
-from .errors import FerropoolError, RemoteError, SerializationError, WorkerDiedError
+from .errors import FerropoolError, RemoteError, SerializationError, TaskTimeoutError, WorkerDiedError
 
 if TYPE_CHECKING:
     from ._future import TaskFuture
@@ -54,6 +54,7 @@ __all__ = [
     "SerializationError",
     "BrokenPoolError",
     "WorkerDiedError",
+    "TaskTimeoutError",
     "RemoteError",
     "errors",
     "__version__",

@@ -57,13 +57,18 @@ class ProcessPoolEngine:
     @property
     def workers(self) -> int:
         """The number of worker processes kept alive."""
-    def submit(self, id: int, payload: bytes) -> None:
-        """Queues task ``id``. Never blocks on workers; with ``max_pending``, waits (GIL released,
-        signals checked every 50 ms) while that many tasks are unfinished. Raises ``RuntimeError``
-        after ``close`` and ``EngineBrokenError`` when the pool is broken."""
+    def submit(self, id: int, payload: bytes, timeout: Optional[float] = None) -> None:
+        """Queues task ``id``, to be stopped (its worker sent SIGTERM, then SIGKILL a second
+        later, and replaced) if it runs longer than ``timeout`` seconds. Never blocks on
+        workers; with ``max_pending``, waits (GIL released, signals checked every 50 ms) while
+        that many tasks are unfinished. Raises ``ValueError`` for a negative or non-finite
+        timeout, ``RuntimeError`` after ``close`` and ``EngineBrokenError`` when the pool is
+        broken."""
     def cancel(self, id: int) -> bool:
-        """Removes task ``id`` if no worker has it yet; returns whether it was removed (it then
-        never runs and gets no outcome)."""
+        """Cancels task ``id``. Returns True if no worker had it yet: it was removed, never runs
+        and gets no outcome. Otherwise returns False and has it stopped in the background: the
+        worker skips it if it has not begun it, or is stopped and replaced if it is running; the
+        task then ends with outcome 4 (cancelled), unless it finished first."""
     def is_queued(self, id: int) -> bool:
         """Returns whether task ``id`` still waits in the pool's queue."""
     def cancel_all(self) -> list[int]:
@@ -81,8 +86,9 @@ class ProcessPoolEngine:
         outcome, or a ``loads`` failure, goes to ``settle(future, code, detail, error)``: ``code``
         0 (returned: detail is the payload, error the ``loads`` or ``set_result`` failure), 1
         (raised: payload), 2 (worker died: detail is ``(pid, exit_code, signal, stderr_tail)``),
-        3 (broken: the reason as bytes) or 4 (cancelled by ``close(abort=True)``: detail is
-        None). Returns False once the pool has ended."""
+        3 (broken: the reason as bytes), 4 (cancelled, or stopped by ``close(abort=True)``:
+        detail is None) or 5 (timed out: detail is ``(pid, timeout_seconds)``). Returns False
+        once the pool has ended."""
 
 @final
 class WorkerConnection:

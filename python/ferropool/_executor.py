@@ -60,6 +60,8 @@ class PoolExecutor(cf.Executor):
     """Base of ferropool's executors: subclasses provide ``submit`` and ``_max_workers``."""
 
     _max_workers: int
+    #: Seconds each task may run (process pools); with one, ``map`` sends an item per task.
+    _task_timeout: float | None = None
 
     def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
         return self.submit(run_chunk, fn, items)
@@ -70,10 +72,17 @@ class PoolExecutor(cf.Executor):
         Lazy on its input and bounded in memory; chunks are sized automatically unless
         ``chunksize`` is given. ``timeout`` (seconds, from this call) bounds the wait for each
         result: past it, ``next()`` raises ``TimeoutError``. An exception raised by ``fn`` is
-        raised when its item is reached. Breaking out of the loop cancels what has not started.
+        raised when its item is reached. Breaking out of the loop cancels the rest (on a process
+        pool, chunks that are running are stopped).
+
+        With a task timeout (``ProcessPool(task_timeout=...)`` or ``pool.options``), each item
+        is a task of its own, so the limit applies per item, unless ``chunksize`` is given: then
+        it applies to each chunk as a whole.
         """
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        if chunksize is None and self._task_timeout is not None:
+            chunksize = 1
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             total = min(len(it) for it in iterables) if iterables else 0  # type: ignore[arg-type]

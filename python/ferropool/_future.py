@@ -2,8 +2,14 @@
 
 Two things differ from the base class, both invisible to code that uses the public API:
 
-**Cancellation asks the engine.** ``cancel()`` removes a task that no worker has yet and
-reports False for one that a worker already holds (it is running, or about to).
+**Cancellation stops the work.** ``cancel()`` succeeds on any unfinished task: a task no worker
+has yet is removed from the queue, one waiting at a worker is skipped there, and a running one
+has its worker stopped and replaced (see ``docs/worker-lifecycle.md``). This is where a
+``ProcessPool`` deliberately differs from ``ProcessPoolExecutor``, whose ``cancel()`` returns
+False once a task runs: here ``asyncio`` cancellation of an awaited ``wrap_future``, or
+``shutdown(cancel_futures=True)``, really stops the task. Who finishes a future is decided by
+one atomic step, popping it from the pool's ``futures`` dict: the result thread pops before it
+delivers, ``cancel()`` pops before it cancels, and whoever comes second leaves the future alone.
 
 **The condition is created on first use.** A stdlib ``Future`` builds a ``threading.Condition``
 in ``__init__`` (about 1 µs and seven objects for the garbage collector), yet in the common
@@ -102,17 +108,19 @@ class TaskFuture(cf.Future):
         return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
 
     def cancel(self) -> bool:
-        # Never writes _state itself: the result thread may be finishing this future without
-        # the lock. Only a task the engine removed (which is then never delivered) is cancelled.
+        """Cancels the task, stopping it if it runs; returns False only if it has finished (or
+        its result is being delivered at this moment)."""
         with self._condition:
-            if self._state == FINISHED or self._state == RUNNING:
+            if self._state == FINISHED:
                 return False
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 return True
             engine, tid, futures, _ = self._ferropool
-            if not engine.cancel(tid):
+            # Popped: the result thread will find no future and drop the outcome. Not there:
+            # the result thread popped it first and is finishing it; leave it to that.
+            if futures.pop(tid, None) is None:
                 return False
-            futures.pop(tid, None)
+            engine.cancel(tid)
         return cancel_removed(self)
 
     def running(self) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
+import math
 import os
 import sys
 import threading
@@ -25,14 +26,16 @@ import weakref
 from typing import Any, Callable
 
 from . import _core
-from ._executor import PoolExecutor
+from ._executor import PoolExecutor, run_chunk
 from ._future import TaskFuture, cancel_removed
 from ._serialize import dumps, dumps_call, loads, loads_exception
 from ._worker import bootstrap_command
-from .errors import BrokenPoolError, SerializationError, WorkerDiedError
+from .errors import BrokenPoolError, SerializationError, TaskTimeoutError, WorkerDiedError
 
 # Outcome codes passed to settle by ProcessPoolEngine.deliver (see src/process_pool.rs).
-_RETURNED, _RAISED, _WORKER_DIED, _BROKEN, _CANCELLED = 0, 1, 2, 3, 4
+_RETURNED, _RAISED, _WORKER_DIED, _BROKEN, _CANCELLED, _TIMED_OUT = 0, 1, 2, 3, 4, 5
+#: Seconds a pool left running at interpreter exit gets to finish its tasks by default.
+DEFAULT_EXIT_TIMEOUT = 5.0
 # Lines of a dead worker's stderr quoted in its WorkerDiedError message (all are in stderr_tail).
 _TAIL_LINES = 20
 
@@ -65,9 +68,20 @@ class ProcessPool(PoolExecutor):
     ``initializer(*initargs)`` runs once in each worker; if it raises, every task fails with
     ``BrokenPoolError`` whose ``__cause__`` is that exception. ``max_tasks_per_child`` replaces
     a worker after that many tasks, ``max_memory_per_child`` (bytes) once its resident memory
-    exceeds that, checked as it answers: either way between tasks, failing none. ``max_pending`` bounds the tasks submitted and not yet
-    finished: ``submit`` blocks (interruptibly) while there are that many, so a fast producer
-    cannot grow memory without bound. ``map`` is always bounded.
+    exceeds that, checked as it answers: either way between tasks, failing none.
+    ``max_pending`` bounds the tasks submitted and not yet finished: ``submit`` blocks
+    (interruptibly) while there are that many, so a fast producer cannot grow memory without
+    bound. ``map`` is always bounded.
+
+    ``task_timeout`` (seconds) limits how long each task may run: past it, the task's future
+    raises ``TaskTimeoutError`` (a ``TimeoutError``) and its worker is stopped (SIGTERM, then
+    SIGKILL a second later) and replaced. ``pool.options(task_timeout=...)`` sets it for some
+    calls only. ``future.cancel()`` stops a running task the same way.
+
+    A pool still running at interpreter exit (never shut down, or shut down without waiting)
+    finishes its tasks first, as the standard library's does, but for at most ``exit_timeout``
+    seconds (``None``: no limit); then it stops them and says so on stderr, so that a stuck
+    task cannot hang the program's exit.
     """
 
     def __init__(
@@ -80,6 +94,8 @@ class ProcessPool(PoolExecutor):
         max_tasks_per_child: int | None = None,
         max_memory_per_child: int | None = None,
         max_pending: int | None = None,
+        task_timeout: float | None = None,
+        exit_timeout: float | None = DEFAULT_EXIT_TIMEOUT,
     ) -> None:
         if max_workers is None:
             max_workers = usable_cpu_count()
@@ -98,6 +114,8 @@ class ProcessPool(PoolExecutor):
                     raise TypeError(f"{name} must be an integer")
                 if value <= 0:
                     raise ValueError(f"{name} must be >= 1")
+        self._task_timeout = _check_seconds("task_timeout", task_timeout)
+        self._exit_timeout = _check_seconds("exit_timeout", exit_timeout)
         self._max_workers = max_workers
         self._owner_pid = os.getpid()
         # The initializer is pickled on its own: the worker can only unpickle it after it has
@@ -125,6 +143,14 @@ class ProcessPool(PoolExecutor):
         Raises ``SerializationError`` (a ``TypeError``) at once if the call cannot be pickled,
         ``RuntimeError`` after ``shutdown``, ``BrokenPoolError`` if the pool is broken.
         """
+        return self._submit(fn, args, kwargs, self._task_timeout, fn)
+
+    def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
+        return self._submit(run_chunk, (fn, items), {}, self._task_timeout, fn)
+
+    def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, task_timeout: float | None, shown: Callable[..., Any]) -> cf.Future:
+        """Queues ``fn(*args, **kwargs)``; ``shown`` is the function that errors name (the
+        user's, where ``fn`` is ``run_chunk``)."""
         if self._shutdown:
             raise RuntimeError(self._shutdown_reason)
         if self._state.broken is not None:
@@ -132,10 +158,10 @@ class ProcessPool(PoolExecutor):
         payload = dumps_call(fn, args, kwargs)
         fut = TaskFuture()
         tid = next(self._ids)
-        fut._ferropool = (self._engine, tid, self._futures, fn)
+        fut._ferropool = (self._engine, tid, self._futures, shown)
         self._futures[tid] = fut
         try:
-            self._engine.submit(tid, payload)
+            self._engine.submit(tid, payload, task_timeout)
         except BaseException as exc:  # including Ctrl-C while blocked by max_pending
             self._futures.pop(tid, None)
             if isinstance(exc, _core.EngineBrokenError):
@@ -143,11 +169,16 @@ class ProcessPool(PoolExecutor):
             raise
         return fut
 
-    def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
-        fut = super()._submit_chunk(fn, items)
-        # Name the user's function, not run_chunk, if a worker dies running this chunk.
-        fut._ferropool = fut._ferropool[:3] + (fn,)
-        return fut
+    def options(self, *, task_timeout: float | None) -> "TaskOptions":
+        """Returns a view of this pool whose ``submit`` and ``map`` apply ``task_timeout``
+        (seconds; ``None`` for no limit) instead of the pool's own.
+
+        ``pool.options(task_timeout=2).submit(fn, x)``: ``fn(x)`` may run for two seconds;
+        then its future raises ``TaskTimeoutError`` and its worker is replaced. The view shares
+        the pool's workers and queue; ``submit(fn, *args, **kwargs)`` keeps the standard
+        signature. Raises ``ValueError`` for a timeout that is not a positive number.
+        """
+        return TaskOptions(self, _check_seconds("task_timeout", task_timeout))
 
     def _broken_error(self) -> BrokenPoolError:
         cause = self._state.broken
@@ -156,10 +187,14 @@ class ProcessPool(PoolExecutor):
         return err
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stops accepting tasks; queued tasks still run unless ``cancel_futures``.
+        """Stops accepting tasks; queued and running tasks still finish, unless
+        ``cancel_futures``, which cancels every unfinished future and stops the running tasks
+        (their workers are killed) instead of waiting for them.
 
-        With ``wait``, returns once every task has finished and every worker has exited.
-        Safe to call more than once.
+        With ``wait``, returns once every task has finished and every worker has exited; a
+        worker that does not exit after its last task (a thread stuck in native code, SIGTERM
+        ignored) is killed after a few seconds rather than waited for. Safe to call more than
+        once.
         """
         if self._owner_pid != os.getpid():
             self._shutdown = True  # inherited through fork: its engine belongs to the parent
@@ -167,15 +202,24 @@ class ProcessPool(PoolExecutor):
         with self._shutdown_lock:
             self._shutdown = True
             if cancel_futures:
-                for tid in self._engine.cancel_all():
-                    fut = self._futures.pop(tid, None)
-                    if fut is not None:
-                        cancel_removed(fut)
-            self._engine.close()
+                self._cancel_all_futures()
+            self._engine.close(abort=cancel_futures)
         if wait:
-            self._engine.join()
-            if self._collector is not threading.current_thread():
-                self._collector.join()
+            self._join()
+
+    def _cancel_all_futures(self) -> None:
+        for tid in list(self._futures):
+            fut = self._futures.pop(tid, None)
+            if fut is not None:  # else the result thread took it first and finishes it
+                cancel_removed(fut)
+
+    def _join(self, timeout: float | None = None) -> bool:
+        """Waits for the workers to exit and every outcome to be delivered."""
+        if not self._engine.join(timeout):
+            return False
+        if self._collector is not threading.current_thread():
+            self._collector.join()
+        return True
 
     def __exit__(self, exc_type, exc_val, exc_tb):
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
@@ -193,9 +237,17 @@ class ProcessPool(PoolExecutor):
         with self._shutdown_lock:
             self._shutdown = True
             self._engine.close(abort=True)
-        self._engine.join()
-        if self._collector is not threading.current_thread():
-            self._collector.join()
+        self._join()
+
+    def _finish_at_exit(self) -> None:
+        """Lets unfinished tasks run for up to ``exit_timeout`` seconds, then stops them."""
+        self.shutdown(wait=False)
+        if self._join(self._exit_timeout):
+            return
+        left = len(self._futures)
+        print(f"ferropool: stopping {left} task(s) of a ProcessPool still running {self._exit_timeout:g} s after the "
+              "program ended (ProcessPool(exit_timeout=...) sets this limit)", file=sys.stderr, flush=True)
+        self._terminate()
 
     @property
     def max_workers(self) -> int:
@@ -222,6 +274,8 @@ def _collect(engine, futures: dict, state: _State) -> None:
                 _fail(fut, _died(fut, *detail))
             elif code == _CANCELLED:
                 cancel_removed(fut)
+            elif code == _TIMED_OUT:
+                _fail(fut, _timed_out(fut, *detail))
             else:
                 _fail(fut, _broken(state, detail))
         except BaseException as exc:  # never let one bad outcome kill the result thread
@@ -239,8 +293,7 @@ def _fail(fut: cf.Future, exc: BaseException) -> None:
 
 
 def _died(fut: TaskFuture, pid: int, code: int | None, sig: int | None, stderr_tail: bytes) -> WorkerDiedError:
-    fn = fut._ferropool[3]
-    function = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+    function = _function_name(fut)
     if sig is not None:
         import signal as _signal
 
@@ -261,6 +314,17 @@ def _died(fut: TaskFuture, pid: int, code: int | None, sig: int | None, stderr_t
         lines = tail.splitlines()[-_TAIL_LINES:]
         message += "; the last lines it wrote to stderr:\n" + "\n".join("    " + line for line in lines)
     return WorkerDiedError(message, pid=pid, exitcode=code, signal=sig, function=function, stderr_tail=tail)
+
+
+def _function_name(fut: TaskFuture) -> str:
+    fn = fut._ferropool[3]
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _timed_out(fut: TaskFuture, pid: int, seconds: float) -> TaskTimeoutError:
+    function = _function_name(fut)
+    return TaskTimeoutError(f"{function} ran longer than its task_timeout of {seconds:g} s; its worker (pid {pid}) was "
+                            "stopped and replaced", timeout=seconds, pid=pid, function=function)
 
 
 def _broken(state: _State, detail: bytes) -> BrokenPoolError:
@@ -284,7 +348,44 @@ def _shutdown_all_at_exit() -> None:
         if interrupted:
             pool._terminate()
         else:
-            pool.shutdown(wait=True)
+            pool._finish_at_exit()
+
+
+def _check_seconds(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
+    return float(value)
+
+
+class TaskOptions(PoolExecutor):
+    """A ``ProcessPool`` seen with other per-task options; made by ``ProcessPool.options``.
+
+    ``submit`` and ``map`` queue onto the pool's own workers with these options; everything else
+    (``shutdown``, the context manager) acts on the pool itself.
+    """
+
+    def __init__(self, pool: ProcessPool, task_timeout: float | None):
+        self._pool = pool
+        self._task_timeout = task_timeout
+        self._max_workers = pool._max_workers
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+        """Like ``ProcessPool.submit``, with this view's options."""
+        return self._pool._submit(fn, args, kwargs, self._task_timeout, fn)
+
+    def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
+        return self._pool._submit(run_chunk, (fn, items), {}, self._task_timeout, fn)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Shuts the pool down (see ``ProcessPool.shutdown``)."""
+        self._pool.shutdown(wait, cancel_futures=cancel_futures)
+
+    def __repr__(self) -> str:
+        return f"<TaskOptions task_timeout={self._task_timeout!r} of {self._pool!r}>"
 
 
 def _forget_pools_in_child() -> None:

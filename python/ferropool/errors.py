@@ -14,12 +14,14 @@ from __future__ import annotations
 # _pickle, not pickle: the same classes (pickle re-exports them) without importing re and
 # enum, which every worker would pay for at start-up.
 import _pickle
+import sys
 
 __all__ = [
     "FerropoolError",
     "SerializationError",
     "BrokenPoolError",
     "WorkerDiedError",
+    "TaskTimeoutError",
     "RemoteError",
     "RemoteTraceback",
 ]
@@ -48,6 +50,13 @@ class WorkerDiedError(FerropoolError):
     ``function`` what it was running, and ``stderr_tail`` the last lines it wrote to stderr (for a
     crash in native code, the Python stack as dumped by faulthandler). A ``SIGKILL`` nobody sent
     on purpose usually comes from the kernel's out-of-memory killer.
+
+    It is deliberately *not* a ``concurrent.futures.process.BrokenProcessPool``: that exception
+    means "the pool is unusable, every pending task failed, make a new pool", and code that
+    catches it typically rebuilds the executor. Here nothing is broken — the pool has already
+    healed and the other tasks run on — so such a handler would throw away a working pool. Catch
+    ``WorkerDiedError`` (or ``FerropoolError``) to retry one task; ``BrokenPoolError``, which
+    *is* a ``BrokenProcessPool``, is kept for a pool that really cannot run tasks.
     """
 
     def __init__(
@@ -66,6 +75,33 @@ class WorkerDiedError(FerropoolError):
         self.signal = signal
         self.function = function
         self.stderr_tail = stderr_tail
+
+
+if sys.version_info >= (3, 11):
+    _TimeoutBases: tuple = (TimeoutError,)
+else:  # concurrent.futures.TimeoutError became the builtin one in 3.11
+    from concurrent.futures import TimeoutError as _FuturesTimeoutError
+
+    _TimeoutBases = (TimeoutError, _FuturesTimeoutError)
+
+
+class TaskTimeoutError(FerropoolError, *_TimeoutBases):  # type: ignore[misc]
+    """The task ran longer than its timeout and was stopped.
+
+    Raised by ``future.result()`` for a task submitted with a ``task_timeout`` (pool-wide, or per
+    call through ``pool.options(task_timeout=...)``) that was still running when it expired. The
+    worker running it was stopped (SIGTERM, then SIGKILL after a second) and replaced; other
+    tasks are unaffected. ``timeout`` is the limit in seconds, ``pid`` the stopped worker,
+    ``function`` the task's function. It is a ``TimeoutError`` (which
+    ``concurrent.futures.TimeoutError`` is, from Python 3.11), so ``except TimeoutError``
+    catches it. Raise the limit, or make the task do less per call.
+    """
+
+    def __init__(self, message: str, *, timeout: float | None = None, pid: int | None = None, function: str | None = None):
+        super().__init__(message)
+        self.timeout = timeout
+        self.pid = pid
+        self.function = function
 
 
 class RemoteError(FerropoolError):

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
 
@@ -73,6 +73,15 @@ impl FrameReader {
     /// Reads once from `fd` (blocking or not, as the socket is set) and returns the number of
     /// bytes read; 0 means end of stream. Descriptors that arrive are queued for `next_frame`.
     pub fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.fill_with(fd, MsgFlags::empty())
+    }
+
+    /// `fill` that never blocks, whatever the socket's mode: `WouldBlock` when nothing is there.
+    pub fn fill_nonblocking(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.fill_with(fd, MsgFlags::MSG_DONTWAIT)
+    }
+
+    fn fill_with(&mut self, fd: BorrowedFd<'_>, flags: MsgFlags) -> io::Result<usize> {
         // Make room: enough for the frame being assembled, at least READ_CHUNK.
         let want = match self.pending_header() {
             Some(h) => (HEADER_LEN as u64 + h.len) as usize,
@@ -91,7 +100,7 @@ impl FrameReader {
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
         let mut iov = [IoSliceMut::new(&mut self.buf[self.end..])];
         let n = loop {
-            match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC | flags) {
                 Ok(msg) => {
                     for c in msg.cmsgs().map_err(io::Error::from)? {
                         if let ControlMessageOwned::ScmRights(raw) = c {
@@ -210,57 +219,12 @@ impl FrameWriter {
     }
 }
 
-/// A blocking frame connection, as a worker uses it: reads block, writes are batched.
-pub struct Connection {
-    sock: OwnedFd,
-    pub reader: FrameReader,
-    pub writer: FrameWriter,
-}
-
-impl Connection {
-    /// Wraps a connected socket; it is switched to blocking mode.
-    pub fn new(sock: OwnedFd) -> io::Result<Connection> {
-        set_nonblocking(sock.as_fd(), false)?;
-        Ok(Connection { sock, reader: FrameReader::new(), writer: FrameWriter::new() })
-    }
-
-    /// Writes every queued frame, blocking as needed.
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.writer.flush(self.sock.as_fd()).map(|_| ())
-    }
-
-    /// Returns the next frame, blocking until one arrives; `None` at end of stream.
-    /// Queued output is flushed before blocking, so the peer never waits on us.
-    pub fn recv(&mut self) -> io::Result<Option<Frame>> {
-        loop {
-            if let Some(f) = self.reader.next_frame()? {
-                return Ok(Some(f));
-            }
-            if self.reader.at_eof() {
-                return Ok(None);
-            }
-            self.flush()?;
-            self.reader.fill(self.sock.as_fd())?;
-        }
-    }
-
-    /// Queues one frame and flushes it.
-    pub fn send(&mut self, frame: Frame) -> io::Result<()> {
-        self.writer.push(frame);
-        self.flush()
-    }
-}
-
-impl AsFd for Connection {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::Connection;
     use std::io::{Read, Seek, Write};
+    use std::os::fd::AsFd;
 
     #[test]
     fn frames_cross_in_order_with_their_descriptors() {
@@ -268,15 +232,15 @@ mod tests {
         let mut rx = Connection::new(b).unwrap();
         // The writer runs on its own thread: 1 MiB does not fit in a socket buffer.
         let sender = std::thread::spawn(move || {
-            let mut tx = Connection::new(a).unwrap();
+            let mut tx = FrameWriter::new();
             let mut file = tempfile_with(b"through the socket");
             file.rewind().unwrap();
             let mut f = Frame::new(Kind::Task, 2, b"with fd".to_vec());
             f.fds.push(OwnedFd::from(file));
-            tx.writer.push(Frame::new(Kind::Task, 1, b"first".to_vec()));
-            tx.writer.push(f);
-            tx.writer.push(Frame::new(Kind::Task, 3, vec![7; 1 << 20]));
-            tx.flush().unwrap();
+            tx.push(Frame::new(Kind::Task, 1, b"first".to_vec()));
+            tx.push(f);
+            tx.push(Frame::new(Kind::Task, 3, vec![7; 1 << 20]));
+            assert!(tx.flush(a.as_fd()).unwrap(), "a blocking socket takes everything");
         });
         let f1 = rx.recv().unwrap().unwrap();
         assert_eq!((f1.id, f1.payload.as_slice(), f1.fds.len()), (1, &b"first"[..], 0));

@@ -15,16 +15,25 @@
 //! Failures: when a worker's pidfd fires, its socket is drained first (answers it sent before
 //! dying still count), then its running task fails with `Outcome::WorkerDied`, the tasks queued
 //! behind it go back to the front of the shared queue, and a new worker takes its slot.
+//!
+//! Stopping a task: a running task that overruns its timeout, or that a caller cancels, is
+//! reported at once (`TimedOut` / `Cancelled`) and its worker is stopped: SIGTERM now, SIGKILL
+//! after `stop_grace`, so a worker that ignores SIGTERM cannot hold anything up. Its exit then
+//! takes the failure path above, except that no task is blamed: everything still queued at it
+//! goes back to the shared queue. A task cancelled while queued at a worker is reported at once
+//! and the worker is sent `Cancel`; it skips the task (answering `Cancel`) if it has not begun
+//! it, and any answer for it is dropped.
 
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::frame::{Frame, Kind};
 use crate::pool::{Done, Outcome, PoolConfig, Shared, Task};
-use crate::worker::{Phase, Worker};
+use crate::worker::{Phase, Stop, Worker};
 
 /// Queued work each worker should hold, in microseconds of its measured task time.
 const PREFETCH_US: f64 = 2000.0;
@@ -34,6 +43,9 @@ const INITIAL_PREFETCH: usize = 2;
 const MAX_PREFETCH: usize = 1024;
 /// Least time between two reads of one worker's memory use (each costs a /proc read).
 const MEMORY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long a worker may take to exit after `Shutdown` (interpreter teardown, atexit handlers)
+/// before it is stopped: a thread stuck in native code must not hang the pool's shutdown.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Workers in a row that may die before becoming ready before the pool is declared broken.
 const MAX_STARTUP_FAILURES: u32 = 3;
 
@@ -69,15 +81,92 @@ impl Dispatcher {
                 self.abort_all();
                 return;
             }
+            self.handle_cancels();
             self.assign();
             self.begin_stop_if_done();
+            // After those two, so that the deadlines they set (tasks sent, Shutdown sent) count.
+            let next_timer = self.check_timers();
             self.flush_all();
             self.shared.publish(&mut self.done);
             if self.stopping && self.slots.iter().all(Option::is_none) {
                 return;
             }
-            self.wait_and_handle();
+            self.wait_and_handle(next_timer);
         }
+    }
+
+    /// Acts on `ProcessPool::cancel` for tasks that are already at workers.
+    fn handle_cancels(&mut self) {
+        let ids = std::mem::take(&mut self.shared.queue.lock().expect("queue poisoned").cancels);
+        for id in ids {
+            // Not found: it finished (or was cancelled) before we got here; nothing to do.
+            let Some((slot, pos)) = self.slots.iter().enumerate().find_map(|(slot, w)| {
+                let pos = w.as_ref()?.inflight.iter().position(|s| s.id == id && !s.cancelled)?;
+                Some((slot, pos))
+            }) else {
+                continue;
+            };
+            let w = self.slots[slot].as_mut().expect("found above");
+            if pos == 0 && w.phase != Phase::Starting && w.stop.is_none() {
+                self.stop_worker(slot, false);
+                continue;
+            }
+            // Waiting behind another task (or for the worker to start): skip it there.
+            w.inflight[pos].cancelled = true;
+            w.writer.push(Frame::new(Kind::Cancel, id, Vec::new()));
+            self.done.push(Done { id, outcome: Outcome::Cancelled, run_us: 0 });
+        }
+    }
+
+    /// Stops the tasks that overran their timeout and SIGKILLs stopped workers whose grace has
+    /// run out. Returns the next moment this needs doing again.
+    fn check_timers(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        for slot in 0..self.slots.len() {
+            let Some(w) = self.slots[slot].as_mut() else { continue };
+            if let Some(stop) = &mut w.stop {
+                if !stop.killed && now >= stop.kill_at {
+                    stop.killed = true;
+                    w.kill();
+                } else if !stop.killed {
+                    earliest(stop.kill_at);
+                }
+                continue;
+            }
+            if let Some(exit_by) = w.exit_by {
+                if now >= exit_by {
+                    w.stop = Some(Stop { task: None, kill_at: now + self.config.stop_grace, killed: false });
+                    w.terminate();
+                    earliest(now + self.config.stop_grace);
+                } else {
+                    earliest(exit_by);
+                }
+                continue;
+            }
+            match w.deadline() {
+                Some(deadline) if now >= deadline => {
+                    self.stop_worker(slot, true);
+                    earliest(now + self.config.stop_grace);
+                }
+                Some(deadline) => earliest(deadline),
+                None => {}
+            }
+        }
+        next
+    }
+
+    /// Reports worker `slot`'s running task as timed out or cancelled, and stops the worker.
+    fn stop_worker(&mut self, slot: usize, timed_out: bool) {
+        let w = self.slots[slot].as_mut().expect("stopping a live worker");
+        let Some(head) = w.inflight.pop_front() else { return };
+        let outcome = if timed_out { Outcome::TimedOut { pid: w.pid, after: head.timeout.unwrap_or_default() } } else { Outcome::Cancelled };
+        self.done.push(Done { id: head.id, outcome, run_us: 0 });
+        w.phase = Phase::Draining;
+        w.head_started = None;
+        w.stop = Some(Stop { task: Some(head.id), kill_at: Instant::now() + self.config.stop_grace, killed: false });
+        w.terminate();
     }
 
     /// Moves queued tasks to workers that have room, one at a time to the emptiest worker.
@@ -100,7 +189,7 @@ impl Dispatcher {
         drop(q);
         for (slot, task) in taken {
             let w = self.slots[slot].as_mut().expect("room only for live workers");
-            w.send_task(task.id, task.payload);
+            w.send_task(task.id, task.payload, task.timeout);
         }
     }
 
@@ -135,10 +224,7 @@ impl Dispatcher {
         self.stopping = true;
         for w in self.slots.iter_mut().flatten() {
             w.phase = Phase::Draining;
-            if !w.shutdown_sent {
-                w.shutdown_sent = true;
-                w.writer.push(Frame::new(Kind::Shutdown, 0, Vec::new()));
-            }
+            w.send_shutdown(EXIT_GRACE);
         }
     }
 
@@ -153,7 +239,8 @@ impl Dispatcher {
         }
     }
 
-    fn wait_and_handle(&mut self) {
+    /// Sleeps until a worker or a caller has news, or until `next_timer`.
+    fn wait_and_handle(&mut self, next_timer: Option<Instant>) {
         let mut fds = vec![PollFd::new(self.shared.wake_fd.as_fd(), PollFlags::POLLIN)];
         let mut owners = Vec::new();
         for (slot, w) in self.slots.iter().enumerate() {
@@ -173,9 +260,14 @@ impl Dispatcher {
                 owners.push((slot, false));
             }
         }
-        let timeout = match self.config.idle_tick {
-            Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
-            None => PollTimeout::NONE,
+        let until_timer = next_timer.map(|t| {
+            // Rounded up: waking a millisecond early would only spin.
+            let left = t.saturating_duration_since(Instant::now());
+            left + Duration::from_micros(999)
+        });
+        let timeout = match (self.config.idle_tick, until_timer) {
+            (None, None) => PollTimeout::NONE,
+            (a, b) => PollTimeout::try_from(a.into_iter().chain(b).min().expect("one is set")).unwrap_or(PollTimeout::MAX),
         };
         match poll(&mut fds, timeout) {
             Ok(_) => {}
@@ -253,32 +345,48 @@ impl Dispatcher {
             Kind::Ready => {
                 if w.phase == Phase::Starting {
                     w.phase = Phase::Ready;
+                    if !w.inflight.is_empty() {
+                        w.head_started = Some(Instant::now());
+                    }
                 }
                 self.startup_failures = 0;
             }
             Kind::InitFailed => self.break_pool(frame.payload),
+            Kind::Cancel => {
+                // The worker skipped a task cancelled while queued there (reported already).
+                if let Some(pos) = w.inflight.iter().position(|s| s.id == frame.id && s.cancelled) {
+                    w.inflight.remove(pos);
+                    if pos == 0 && !w.inflight.is_empty() {
+                        w.head_started = Some(Instant::now());
+                    }
+                }
+            }
             Kind::Ok | Kind::Err => {
-                let expected = w.finish_task(frame.aux);
-                if expected != Some(frame.id) {
+                if w.stop.as_ref().is_some_and(|s| s.task == Some(frame.id)) {
+                    return; // finished just as it was stopped; reported already
+                }
+                let sent = w.finish_task(frame.aux);
+                if sent.as_ref().map(|s| s.id) != Some(frame.id) {
                     // Out-of-order answers mean a broken worker; let the exit path clean up.
                     w.sock_closed = true;
                     w.kill();
                     return;
                 }
-                let outcome = if frame.kind == Kind::Ok { Outcome::Returned(frame.payload) } else { Outcome::Raised(frame.payload) };
-                self.done.push(Done { id: frame.id, outcome, run_us: frame.aux });
+                if !sent.is_some_and(|s| s.cancelled) {
+                    let outcome = if frame.kind == Kind::Ok { Outcome::Returned(frame.payload) } else { Outcome::Raised(frame.payload) };
+                    self.done.push(Done { id: frame.id, outcome, run_us: frame.aux });
+                }
                 let recycle = max_tasks.is_some_and(|m| w.tasks_sent >= m) || over_memory(w, max_memory);
                 if recycle && w.phase != Phase::Draining {
                     // No new tasks; those it holds still run, then it gets Shutdown and its exit
                     // starts a replacement. No task fails.
                     w.phase = Phase::Draining;
                 }
-                if w.phase == Phase::Draining && w.inflight.is_empty() && !w.shutdown_sent {
-                    w.shutdown_sent = true;
-                    w.writer.push(Frame::new(Kind::Shutdown, 0, Vec::new()));
+                if w.phase == Phase::Draining && w.inflight.is_empty() && w.stop.is_none() {
+                    w.send_shutdown(EXIT_GRACE);
                 }
             }
-            Kind::Init | Kind::Task | Kind::Cancel | Kind::Shutdown => {
+            Kind::Init | Kind::Task | Kind::Shutdown => {
                 // Parent-bound kinds only; a worker sending them is broken.
                 w.sock_closed = true;
                 w.kill();
@@ -305,20 +413,27 @@ impl Dispatcher {
             _ => w.kill_and_reap(),
         };
         let was_starting = w.phase == Phase::Starting;
+        let was_stopped = w.stop.is_some();
         let mut orphans = std::mem::take(&mut w.inflight);
         drop(w);
         if was_starting {
             // No task had begun: workers flush Ready before running any task, and the socket
             // was drained above, so a worker still Starting died before its first task.
             self.startup_failures += 1;
-        } else if let Some((running, _)) = orphans.pop_front() {
-            self.done.push(Done { id: running, outcome: Outcome::WorkerDied { exit, stderr_tail }, run_us: 0 });
+        } else if was_stopped {
+            // We killed it for a task reported already; nothing it held is to blame.
+        } else if let Some(running) = orphans.pop_front() {
+            if !running.cancelled {
+                self.done.push(Done { id: running.id, outcome: Outcome::WorkerDied { exit, stderr_tail }, run_us: 0 });
+            }
         }
+        // Cancelled tasks were reported when cancelled.
+        orphans.retain(|s| !s.cancelled);
         if !orphans.is_empty() {
             // Tasks queued behind the dead one never started: give them to other workers.
             let mut q = self.shared.queue.lock().expect("queue poisoned");
-            for (id, payload) in orphans.into_iter().rev() {
-                q.tasks.push_front(Task { id, payload });
+            for s in orphans.into_iter().rev() {
+                q.tasks.push_front(Task { id: s.id, payload: s.payload, timeout: s.timeout });
             }
         }
         if self.startup_failures >= MAX_STARTUP_FAILURES {
@@ -352,14 +467,11 @@ impl Dispatcher {
             self.done.push(Done { id: t.id, outcome: Outcome::Broken(why.clone()), run_us: 0 });
         }
         for w in self.slots.iter_mut().flatten() {
-            for (id, _) in w.inflight.drain(..) {
-                self.done.push(Done { id, outcome: Outcome::Broken(why.clone()), run_us: 0 });
+            for s in w.inflight.drain(..).filter(|s| !s.cancelled) {
+                self.done.push(Done { id: s.id, outcome: Outcome::Broken(why.clone()), run_us: 0 });
             }
             w.phase = Phase::Draining;
-            if !w.shutdown_sent {
-                w.shutdown_sent = true;
-                w.writer.push(Frame::new(Kind::Shutdown, 0, Vec::new()));
-            }
+            w.send_shutdown(EXIT_GRACE);
         }
         self.stopping = true;
     }
@@ -371,8 +483,8 @@ impl Dispatcher {
             w.kill_and_reap();
             w.stderr.pump();
             w.stderr.flush_partial();
-            for (id, _) in w.inflight.drain(..) {
-                self.done.push(Done { id, outcome: Outcome::Cancelled, run_us: 0 });
+            for s in w.inflight.drain(..).filter(|s| !s.cancelled) {
+                self.done.push(Done { id: s.id, outcome: Outcome::Cancelled, run_us: 0 });
             }
         }
         let queued: Vec<Task> = self.shared.queue.lock().expect("queue poisoned").tasks.drain(..).collect();

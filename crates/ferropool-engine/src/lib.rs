@@ -4,6 +4,7 @@
 //!
 //! - `frame`: the wire format (header layout, kinds).
 //! - `channel`: buffered frame transport over unix sockets, with descriptor passing.
+//! - `connection`: the worker's end of its socket (cancelled tasks skipped, answers batched).
 //! - `worker`: one worker process as the parent sees it.
 //! - `pool`: the process pool's API (`ProcessPool`) and the state it shares with the dispatcher.
 //! - `dispatcher`: the thread that schedules tasks onto workers and supervises them.
@@ -11,6 +12,7 @@
 //! - `work_queue`: the closable MPMC queue with blocking, timed pops behind the thread pool.
 
 pub mod channel;
+pub mod connection;
 mod dispatcher;
 pub mod frame;
 pub mod pool;

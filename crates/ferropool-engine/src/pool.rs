@@ -42,12 +42,15 @@ pub struct PoolConfig {
     /// Longest the dispatcher sleeps when nothing happens. `None` sleeps until an event,
     /// which tests use to prove that no wake-up is ever lost.
     pub idle_tick: Option<Duration>,
+    /// How long a worker stopped with SIGTERM (its task timed out or was cancelled) may take to
+    /// exit before it gets SIGKILL.
+    pub stop_grace: Duration,
 }
 
 impl PoolConfig {
     /// A configuration for `workers` workers started by `command`, with defaults elsewhere.
     pub fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>) -> PoolConfig {
-        PoolConfig { workers, command, init, max_tasks_per_child: None, max_memory_per_child: None, max_pending: None, idle_tick: Some(Duration::from_secs(1)) }
+        PoolConfig { workers, command, init, max_tasks_per_child: None, max_memory_per_child: None, max_pending: None, idle_tick: Some(Duration::from_secs(1)), stop_grace: Duration::from_secs(1) }
     }
 }
 
@@ -61,8 +64,11 @@ pub enum Outcome {
     /// The worker running the task died before answering: how it ended, and the last bytes it
     /// wrote to stderr (a traceback, a faulthandler dump, an error from native code).
     WorkerDied { exit: Exit, stderr_tail: Vec<u8> },
-    /// The pool was closed with `abort` before the task finished: it was stopped or never ran.
+    /// The task was cancelled (`ProcessPool::cancel` while it ran or waited at a worker), or
+    /// the pool was closed with `abort` before it finished: it was stopped or never ran.
     Cancelled,
+    /// The task ran longer than its timeout (`after`); worker `pid` was stopped and replaced.
+    TimedOut { pid: i32, after: Duration },
     /// The pool cannot run tasks: a worker's initializer failed (payload from the worker) or
     /// workers could not be started (payload is the message).
     Broken(Vec<u8>),
@@ -91,6 +97,7 @@ pub enum SubmitError {
 pub(crate) struct Task {
     pub id: u64,
     pub payload: Vec<u8>,
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -103,6 +110,8 @@ pub(crate) struct Queue {
     pub wants_tasks: bool,
     /// Tasks submitted and not yet finished or cancelled (counted only with `max_pending`).
     pub unfinished: usize,
+    /// Tasks already at workers that callers asked to cancel, for the dispatcher to act on.
+    pub cancels: Vec<u64>,
 }
 
 #[derive(Default)]
@@ -200,10 +209,11 @@ impl ProcessPool {
         self.workers
     }
 
-    /// Queues a task. Never blocks on the workers; with `max_pending`, waits up to `wait` for
-    /// room and then fails with `Full` (handing the payload back). Fails if the pool is closed or
-    /// broken.
-    pub fn submit_within(&self, id: u64, payload: Vec<u8>, wait: Duration) -> Result<(), SubmitError> {
+    /// Queues a task that may run for at most `timeout` once started (then its worker is
+    /// stopped and it ends `TimedOut`). Never blocks on the workers; with `max_pending`, waits
+    /// up to `wait` for room and then fails with `Full` (handing the payload back). Fails if the
+    /// pool is closed or broken.
+    pub fn submit_within(&self, id: u64, payload: Vec<u8>, timeout: Option<Duration>, wait: Duration) -> Result<(), SubmitError> {
         let deadline = Instant::now() + wait;
         let mut q = self.shared.queue.lock().expect("queue poisoned");
         loop {
@@ -227,7 +237,7 @@ impl ProcessPool {
         if self.shared.max_pending.is_some() {
             q.unfinished += 1;
         }
-        q.tasks.push_back(Task { id, payload });
+        q.tasks.push_back(Task { id, payload, timeout });
         let wake = q.wants_tasks;
         drop(q);
         if wake {
@@ -236,13 +246,17 @@ impl ProcessPool {
         Ok(())
     }
 
-    /// `submit_within` with no wait: `Full` at once when `max_pending` tasks are unfinished.
+    /// `submit_within` with no timeout and no wait: `Full` at once when `max_pending` tasks
+    /// are unfinished.
     pub fn submit(&self, id: u64, payload: Vec<u8>) -> Result<(), SubmitError> {
-        self.submit_within(id, payload, Duration::ZERO)
+        self.submit_within(id, payload, None, Duration::ZERO)
     }
 
-    /// Removes task `id` if no worker has it yet. Returns true if it was removed (it will then
-    /// never run and gets no outcome); false if it was already sent to a worker or finished.
+    /// Cancels task `id`. If no worker has it yet it is removed and true is returned: it never
+    /// runs and gets no outcome. Otherwise false is returned and the dispatcher is asked to stop
+    /// it: a task waiting at a worker is skipped there, a running one has its worker stopped
+    /// (SIGTERM, SIGKILL after `stop_grace`) and replaced; either way it ends `Cancelled`,
+    /// unless it finished first. Does not block on the workers.
     pub fn cancel(&self, id: u64) -> bool {
         let mut q = self.shared.queue.lock().expect("queue poisoned");
         if let Some(pos) = q.tasks.iter().position(|t| t.id == id) {
@@ -251,6 +265,9 @@ impl ProcessPool {
             self.shared.finished(1);
             true
         } else {
+            q.cancels.push(id);
+            drop(q);
+            self.shared.wake();
             false
         }
     }

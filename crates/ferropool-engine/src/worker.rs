@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::channel::{self, FrameReader, FrameWriter};
 use crate::frame::{Frame, Kind};
@@ -49,6 +49,28 @@ impl std::fmt::Display for Exit {
     }
 }
 
+/// A task sent to a worker and not yet answered.
+pub struct Sent {
+    pub id: u64,
+    /// Kept so that the task can be re-sent elsewhere if this worker dies before starting it.
+    pub payload: Vec<u8>,
+    /// Longest the task may run once started.
+    pub timeout: Option<Duration>,
+    /// Cancelled while queued at the worker: its outcome was already reported, and whatever the
+    /// worker answers for it (a result, or a `Cancel` saying it skipped the task) is dropped.
+    pub cancelled: bool,
+}
+
+/// A worker being stopped, because its running task timed out or was cancelled, or because it
+/// did not exit after `Shutdown`: it was sent SIGTERM and gets SIGKILL at `kill_at` if it is
+/// still alive.
+pub struct Stop {
+    /// The task it was stopped for (already reported), whose late answer is dropped.
+    pub task: Option<u64>,
+    pub kill_at: Instant,
+    pub killed: bool,
+}
+
 /// One live worker process and the parent's bookkeeping for it.
 pub struct Worker {
     pub pid: i32,
@@ -58,10 +80,15 @@ pub struct Worker {
     pub reader: FrameReader,
     pub writer: FrameWriter,
     pub phase: Phase,
-    /// Tasks sent to this worker (id and payload), oldest first. Workers run tasks in order, so
-    /// the front is the task running now; the rest are queued behind it. Payloads are kept so
-    /// that queued tasks can be re-sent elsewhere if this worker dies.
-    pub inflight: VecDeque<(u64, Vec<u8>)>,
+    /// Tasks sent to this worker, oldest first. Workers run tasks in order, so the front is the
+    /// task running now (once the worker is ready); the rest are queued behind it.
+    pub inflight: VecDeque<Sent>,
+    /// When the front task of `inflight` started, as far as the parent can tell: when it was
+    /// sent to an idle ready worker, when the task before it was answered, or when the worker
+    /// said `Ready`. Task timeouts count from here.
+    pub head_started: Option<Instant>,
+    /// Set once the worker is being stopped (see `Stop`).
+    pub stop: Option<Stop>,
     /// Tasks ever sent to this worker (for recycling after `max_tasks_per_child`).
     pub tasks_sent: u64,
     /// Smoothed run time of this worker's recent tasks, in microseconds; `None` before the first.
@@ -74,6 +101,8 @@ pub struct Worker {
     pub memory_checked_at: Option<Instant>,
     /// `Shutdown` has been queued for it.
     pub shutdown_sent: bool,
+    /// Once `Shutdown` is sent: when it will be stopped if it has not exited by itself.
+    pub exit_by: Option<Instant>,
 }
 
 impl Worker {
@@ -120,12 +149,15 @@ impl Worker {
             writer: FrameWriter::new(),
             phase: Phase::Starting,
             inflight: VecDeque::new(),
+            head_started: None,
+            stop: None,
             tasks_sent: 0,
             task_us: None,
             sock_closed: false,
             stderr,
             memory_checked_at: None,
             shutdown_sent: false,
+            exit_by: None,
         };
         w.writer.push(Frame::new(Kind::Init, 0, init.to_vec()));
         Ok(w)
@@ -152,20 +184,56 @@ impl Worker {
     }
 
     /// Queues task `id` for this worker.
-    pub fn send_task(&mut self, id: u64, payload: Vec<u8>) {
+    pub fn send_task(&mut self, id: u64, payload: Vec<u8>, timeout: Option<Duration>) {
         self.writer.push_parts(Kind::Task, id, 0, &payload);
-        self.inflight.push_back((id, payload));
+        if self.inflight.is_empty() && self.phase != Phase::Starting {
+            self.head_started = Some(Instant::now());
+        }
+        self.inflight.push_back(Sent { id, payload, timeout, cancelled: false });
         self.tasks_sent += 1;
     }
 
-    /// Records the run time of a finished task; returns the id the worker must have finished.
-    pub fn finish_task(&mut self, run_us: u32) -> Option<u64> {
+    /// Takes the answered front task off `inflight` and records its run time; the next task
+    /// starts now.
+    pub fn finish_task(&mut self, run_us: u32) -> Option<Sent> {
         let us = f64::from(run_us.max(1));
         self.task_us = Some(match self.task_us {
             Some(prev) => prev * 0.75 + us * 0.25,
             None => us,
         });
-        self.inflight.pop_front().map(|(id, _)| id)
+        let sent = self.inflight.pop_front();
+        self.head_started = (!self.inflight.is_empty()).then(Instant::now);
+        sent
+    }
+
+    /// When the running task overruns its timeout, if it has one and is running.
+    pub fn deadline(&self) -> Option<Instant> {
+        if self.stop.is_some() || self.phase == Phase::Starting {
+            return None;
+        }
+        let head = self.inflight.front()?;
+        if head.cancelled {
+            return None;
+        }
+        Some(self.head_started? + head.timeout?)
+    }
+
+    /// Queues `Shutdown` (once): the worker exits after the tasks it holds, and is stopped if it
+    /// is still alive `grace` after the last of them.
+    pub fn send_shutdown(&mut self, grace: Duration) {
+        if !self.shutdown_sent {
+            self.shutdown_sent = true;
+            self.writer.push(Frame::new(Kind::Shutdown, 0, Vec::new()));
+        }
+        if self.exit_by.is_none() && self.inflight.is_empty() {
+            self.exit_by = Some(Instant::now() + grace);
+        }
+    }
+
+    /// Sends SIGTERM, asking the worker to exit; `kill` follows if it does not.
+    pub fn terminate(&mut self) {
+        // `pid` is our unreaped child, so the number cannot belong to another process yet.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGTERM);
     }
 
     /// Reaps the process if it has exited, without blocking.

@@ -216,7 +216,7 @@ fn max_pending_refuses_past_the_bound_until_tasks_finish_or_are_cancelled() {
     }
     let cancelled = pool.cancel_all();
     assert!(!cancelled.is_empty(), "tasks behind the first are still queued");
-    pool.submit_within(3, b"echo:late".to_vec(), LIMIT).expect("cancelling freed room");
+    pool.submit_within(3, b"echo:late".to_vec(), None, LIMIT).expect("cancelling freed room");
     pool.close(true);
     assert!(pool.join(Some(LIMIT)));
 }
@@ -228,8 +228,117 @@ fn a_submitter_blocked_by_max_pending_is_released_by_close() {
     let pool = Arc::new(ProcessPool::start(c).unwrap());
     pool.submit(0, b"sleep:5000".to_vec()).unwrap();
     let p = pool.clone();
-    let blocked = std::thread::spawn(move || p.submit_within(1, b"echo:x".to_vec(), LIMIT));
+    let blocked = std::thread::spawn(move || p.submit_within(1, b"echo:x".to_vec(), None, LIMIT));
     pool.close(true);
     assert_eq!(blocked.join().unwrap(), Err(SubmitError::Closed));
+    assert!(pool.join(Some(LIMIT)));
+}
+
+/// The pid of the worker that runs the next task (the pool must have one worker).
+fn worker_pid(pool: &ProcessPool, id: u64) -> String {
+    pool.submit(id, b"pid".to_vec()).unwrap();
+    returned(&collect(pool, 1)[&id])
+}
+
+#[test]
+fn a_task_past_its_timeout_ends_timed_out_and_its_worker_is_replaced() {
+    let pool = ProcessPool::start(config(1)).unwrap();
+    let before = worker_pid(&pool, 0);
+    let started = Instant::now();
+    pool.submit_within(1, b"sleep:20000".to_vec(), Some(Duration::from_millis(200)), Duration::ZERO).unwrap();
+    // Sent to the same worker, queued behind the overrunning task: it must run elsewhere.
+    pool.submit(2, b"echo:behind".to_vec()).unwrap();
+    let got = collect(&pool, 2);
+    assert!(started.elapsed() < Duration::from_secs(10), "the timeout did not stop the task");
+    assert_eq!(got[&1], Outcome::TimedOut { pid: before.parse().unwrap(), after: Duration::from_millis(200) });
+    assert_eq!(returned(&got[&2]), "behind");
+    assert_ne!(worker_pid(&pool, 3), before, "the stopped worker was replaced");
+    pool.close(false);
+    assert!(pool.join(Some(LIMIT)));
+}
+
+#[test]
+fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let mut c = config(1);
+    c.stop_grace = Duration::from_millis(300);
+    let pool = ProcessPool::start(c).unwrap();
+    let before = worker_pid(&pool, 0);
+    pool.submit_within(1, b"stubborn:60000".to_vec(), Some(Duration::from_millis(100)), Duration::ZERO).unwrap();
+    assert!(matches!(collect(&pool, 1)[&1], Outcome::TimedOut { .. }));
+    assert_ne!(worker_pid(&pool, 2), before, "SIGKILL followed the ignored SIGTERM");
+    pool.close(false);
+    assert!(pool.join(Some(LIMIT)), "close does not wait for the stubborn task");
+    assert!(!std::path::Path::new(&format!("/proc/{before}")).exists(), "the stubborn worker is gone and reaped");
+}
+
+#[test]
+fn cancelling_a_running_task_stops_its_worker() {
+    let pool = ProcessPool::start(config(1)).unwrap();
+    let before = worker_pid(&pool, 0);
+    pool.submit(1, b"sleep:20000".to_vec()).unwrap();
+    pool.submit(2, b"echo:behind".to_vec()).unwrap();
+    assert!(!pool.cancel(1), "a task at a worker is not simply removed");
+    let got = collect(&pool, 2);
+    assert_eq!(got[&1], Outcome::Cancelled);
+    assert_eq!(returned(&got[&2]), "behind", "the task queued behind it runs elsewhere");
+    assert_ne!(worker_pid(&pool, 3), before);
+    pool.close(false);
+    assert!(pool.join(Some(LIMIT)));
+}
+
+#[test]
+fn a_task_cancelled_while_queued_at_a_worker_is_skipped_there() {
+    let pool = ProcessPool::start(config(1)).unwrap();
+    let before = worker_pid(&pool, 0);
+    // The worker's tasks are short, so it is sent several at once; had it run task 2 it
+    // would have exited.
+    pool.submit(1, b"sleep:300".to_vec()).unwrap();
+    pool.submit(2, b"exit:3".to_vec()).unwrap();
+    pool.submit(3, b"echo:after".to_vec()).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while pool.is_queued(2) {
+        assert!(Instant::now() < deadline, "task 2 never left the queue");
+        std::thread::yield_now();
+    }
+    assert!(!pool.cancel(2), "task 2 was already sent to the worker");
+    let got = collect(&pool, 3);
+    assert_eq!(got[&2], Outcome::Cancelled);
+    assert_eq!(returned(&got[&1]), "");
+    assert_eq!(returned(&got[&3]), "after");
+    assert_eq!(worker_pid(&pool, 4), before, "the worker skipped the cancelled task and lives on");
+    pool.close(false);
+    assert!(pool.join(Some(LIMIT)));
+}
+
+#[test]
+fn close_does_not_wait_for_a_worker_stuck_at_exit_that_ignores_sigterm() {
+    let mut c = config(1);
+    c.stop_grace = Duration::from_millis(200);
+    let pool = ProcessPool::start(c).unwrap();
+    let pid = worker_pid(&pool, 0);
+    pool.submit(1, b"linger:60000".to_vec()).unwrap();
+    collect(&pool, 1);
+    let started = Instant::now();
+    pool.close(false);
+    assert!(pool.join(Some(LIMIT)));
+    assert!(started.elapsed() < Duration::from_secs(10), "close waited for the stuck worker");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the stuck worker is gone and reaped");
+}
+
+#[test]
+fn a_short_tasks_answer_does_not_wait_for_the_long_task_behind_it() {
+    let pool = ProcessPool::start(config(1)).unwrap();
+    worker_pid(&pool, 0); // measured as short: the next tasks are sent together
+    pool.submit(1, b"echo:quick".to_vec()).unwrap();
+    pool.submit(2, b"sleep:60000".to_vec()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let first = loop {
+        let left = deadline.checked_duration_since(Instant::now()).expect("the short task's answer was held behind the long task");
+        if let Some(d) = pool.wait_outcomes(Some(left)).expect("pool running").into_iter().next() {
+            break d;
+        }
+    };
+    assert_eq!((first.id, returned(&first.outcome)), (1, "quick".to_string()));
+    pool.close(true);
     assert!(pool.join(Some(LIMIT)));
 }

@@ -1,17 +1,19 @@
 //! A worker that speaks the wire protocol without Python, for the engine's own tests.
 //!
 //! Its `Init` payload `fail` makes it answer `InitFailed`. Each task payload is a command:
-//! `echo:<text>` returns the text, `sleep:<ms>` works that long, `pid` returns the worker's pid, `raise:<text>` answers `Err`
-//! with the text, `exit:<code>` prints a line to stderr and exits at once with that code (a
-//! crash mid-task).
+//! `echo:<text>` returns the text, `sleep:<ms>` works that long, `stubborn:<ms>` ignores SIGTERM
+//! and then works that long, `linger:<ms>` ignores SIGTERM and makes the worker wait that long
+//! before it exits after `Shutdown` (a process stuck at exit), `pid` returns the worker's pid, `raise:<text>` answers `Err` with
+//! the text, `exit:<code>` prints a line to stderr and exits at once with that code (a crash
+//! mid-task).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use ferropool_engine::channel::Connection;
+use ferropool_engine::connection::Connection;
 use ferropool_engine::frame::{Frame, Kind};
 
 fn main() {
-    let fd: i32 = std::env::args().last().and_then(|a| a.parse().ok()).expect("last argument is the socket fd");
+    let fd: i32 = std::env::args().next_back().and_then(|a| a.parse().ok()).expect("last argument is the socket fd");
     // SAFETY: the parent passed this descriptor to us alone, and it is taken exactly once.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut conn = Connection::new(sock).expect("socket");
@@ -25,6 +27,7 @@ fn main() {
     if conn.send(Frame::new(Kind::Ready, 0, Vec::new())).is_err() {
         return;
     }
+    let mut linger = std::time::Duration::ZERO;
     while let Ok(Some(f)) = conn.recv() {
         match f.kind {
             Kind::Task => {
@@ -34,6 +37,14 @@ fn main() {
                 } else if let Some(ms) = cmd.strip_prefix("sleep:") {
                     // The task's work: keeps this worker busy.
                     std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+                    (Kind::Ok, Vec::new())
+                } else if let Some(ms) = cmd.strip_prefix("stubborn:") {
+                    ignore_sigterm();
+                    std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+                    (Kind::Ok, Vec::new())
+                } else if let Some(ms) = cmd.strip_prefix("linger:") {
+                    ignore_sigterm();
+                    linger = std::time::Duration::from_millis(ms.parse().unwrap_or(0));
                     (Kind::Ok, Vec::new())
                 } else if cmd == "pid" {
                     (Kind::Ok, std::process::id().to_string().into_bytes())
@@ -45,9 +56,8 @@ fn main() {
                 } else {
                     (Kind::Err, b"unknown command".to_vec())
                 };
-                conn.writer.push(Frame::new(kind, f.id, out));
-                if !conn.reader.has_frame() {
-                    let _ = conn.flush();
+                if conn.answer(kind, f.id, 0, &out).is_err() {
+                    break;
                 }
             }
             Kind::Shutdown => break,
@@ -55,4 +65,13 @@ fn main() {
         }
     }
     let _ = conn.flush();
+    std::thread::sleep(linger);
+}
+
+fn ignore_sigterm() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler, so nothing can
+    // run in signal context; this process has no other thread that could race on it.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
 }

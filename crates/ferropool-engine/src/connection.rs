@@ -1,0 +1,278 @@
+//! The worker's end of its socket: blocking reads that skip cancelled tasks, and answers that
+//! are batched but never held back for long.
+//!
+//! Batching: writing each answer costs a system call, which dominates when tasks take a
+//! microsecond. So `answer` holds an answer back while another task is already buffered, and
+//! it leaves with the next ones. But the next task may be long: an answer held while it runs
+//! would wait for all of it (a 1 µs task queued before a one-hour task would answer after an
+//! hour and, with a timeout, be blamed for it). So a flusher thread writes out any answer that
+//! has been held for `MAX_HOLD`, whatever the main thread is doing — running Python code or
+//! stuck in native code. The writer is shared with it under a mutex; the flusher is woken once
+//! per batch, when the first answer is held.
+//!
+//! Cancellation: a `Cancel` frame for a task still buffered here removes that task and answers
+//! `Cancel` for it in its place, so `recv` never hands out a task the parent has cancelled, as
+//! far as the parent's frames have arrived. Before starting a task it has not read the socket
+//! for `CANCEL_CHECK_AGE`, the worker reads what has arrived, so a cancel sent while the
+//! previous task ran is seen.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::channel::{set_nonblocking, FrameReader, FrameWriter};
+use crate::frame::{Frame, Kind};
+
+/// Longest an answer is held back before the flusher writes it.
+pub const MAX_HOLD: Duration = Duration::from_millis(1);
+/// Most bytes of answers held back; past this they are written at once.
+const MAX_HELD_BYTES: usize = 256 * 1024;
+/// How stale the worker's view of its socket may be when it starts a task.
+const CANCEL_CHECK_AGE: Duration = Duration::from_millis(1);
+
+/// A blocking frame connection, as a worker uses it (see the module docs).
+pub struct Connection {
+    sock: Arc<OwnedFd>,
+    pub reader: FrameReader,
+    out: Arc<Outbox>,
+    /// Frames read and decoded but not yet handed out.
+    ahead: VecDeque<Frame>,
+    last_read: Instant,
+}
+
+/// The writing half, shared with the flusher thread.
+struct Outbox {
+    state: Mutex<OutState>,
+    /// Signalled when an answer is first held, and when the connection is dropped.
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct OutState {
+    writer: FrameWriter,
+    /// When the oldest answer now held back was queued.
+    held_since: Option<Instant>,
+    flusher_started: bool,
+    closed: bool,
+}
+
+impl Connection {
+    /// Wraps a connected socket; it is switched to blocking mode.
+    pub fn new(sock: OwnedFd) -> io::Result<Connection> {
+        set_nonblocking(sock.as_fd(), false)?;
+        let out = Arc::new(Outbox { state: Mutex::new(OutState::default()), wake: Condvar::new() });
+        Ok(Connection { sock: Arc::new(sock), reader: FrameReader::new(), out, ahead: VecDeque::new(), last_read: Instant::now() })
+    }
+
+    /// Queues one frame and writes everything queued, blocking as needed.
+    pub fn send(&mut self, frame: Frame) -> io::Result<()> {
+        let mut st = self.out.lock();
+        st.writer.push(frame);
+        write_all(&mut st, &self.sock)
+    }
+
+    /// Queues a task's answer. It is written now unless another task is already buffered (its
+    /// answer will likely follow soon); then it is held, for at most `MAX_HOLD`.
+    pub fn answer(&mut self, kind: Kind, id: u64, aux: u32, payload: &[u8]) -> io::Result<()> {
+        let more = self.has_frame();
+        let mut st = self.out.lock();
+        st.writer.push_parts(kind, id, aux, payload);
+        if more && st.writer.pending() < MAX_HELD_BYTES {
+            self.hold(st);
+            Ok(())
+        } else {
+            write_all(&mut st, &self.sock)
+        }
+    }
+
+    /// Writes every queued frame now, blocking as needed.
+    pub fn flush(&mut self) -> io::Result<()> {
+        write_all(&mut self.out.lock(), &self.sock)
+    }
+
+    /// Returns true if a frame is buffered, so `recv` will not block.
+    pub fn has_frame(&self) -> bool {
+        !self.ahead.is_empty() || self.reader.has_frame()
+    }
+
+    /// Returns the next frame if one is buffered, without blocking (see `recv`).
+    pub fn try_recv(&mut self) -> io::Result<Option<Frame>> {
+        self.decode()?;
+        if self.ahead.front().is_some_and(|f| f.kind == Kind::Task) && self.last_read.elapsed() >= CANCEL_CHECK_AGE {
+            loop {
+                match self.reader.fill_nonblocking(self.sock.as_fd()) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            self.last_read = Instant::now();
+            self.decode()?;
+        }
+        Ok(self.ahead.pop_front())
+    }
+
+    /// Returns the next frame, blocking until one arrives; `None` at end of stream.
+    /// Everything queued is written before blocking, so the peer never waits on us.
+    pub fn recv(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            if let Some(f) = self.try_recv()? {
+                return Ok(Some(f));
+            }
+            if self.reader.at_eof() {
+                return Ok(None);
+            }
+            self.flush()?;
+            self.reader.fill(self.sock.as_fd())?;
+            self.last_read = Instant::now();
+        }
+    }
+
+    /// Moves every complete frame from the reader to `ahead`, carrying out `Cancel` frames.
+    fn decode(&mut self) -> io::Result<()> {
+        while let Some(f) = self.reader.next_frame()? {
+            if f.kind != Kind::Cancel {
+                self.ahead.push_back(f);
+                continue;
+            }
+            // Not found: the task has begun or finished, and its worker is being stopped.
+            if let Some(pos) = self.ahead.iter().position(|t| t.kind == Kind::Task && t.id == f.id) {
+                self.ahead.remove(pos);
+                let mut st = self.out.lock();
+                st.writer.push(Frame::new(Kind::Cancel, f.id, Vec::new()));
+                self.hold(st);
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves what is queued for the flusher to write within `MAX_HOLD`.
+    fn hold(&self, mut st: MutexGuard<'_, OutState>) {
+        if st.held_since.is_some() {
+            return;
+        }
+        st.held_since = Some(Instant::now());
+        if !st.flusher_started {
+            let (out, sock) = (self.out.clone(), self.sock.clone());
+            let spawned = std::thread::Builder::new().name("ferropool-flusher".into()).spawn(move || out.run_flusher(&sock));
+            if spawned.is_err() {
+                // No thread, no holding back.
+                let _ = write_all(&mut st, &self.sock);
+                return;
+            }
+            st.flusher_started = true;
+        }
+        drop(st);
+        self.out.wake.notify_one();
+    }
+}
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, OutState> {
+        // A panic while holding this lock leaves a consistent writer (it only appends or
+        // writes); carry on with it.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The flusher thread: writes out answers held for `MAX_HOLD` until the connection drops.
+    fn run_flusher(&self, sock: &OwnedFd) {
+        let mut st = self.lock();
+        while !st.closed {
+            st = match st.held_since {
+                None => self.wake.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(since) => {
+                    let due = since + MAX_HOLD;
+                    let now = Instant::now();
+                    if now >= due {
+                        // An error means the parent is gone; the main thread finds out itself.
+                        let _ = write_all(&mut st, sock);
+                        continue;
+                    }
+                    self.wake.wait_timeout(st, due - now).unwrap_or_else(|p| p.into_inner()).0
+                }
+            };
+        }
+    }
+}
+
+/// Writes everything queued (blocking) and clears the hold.
+fn write_all(st: &mut OutState, sock: &OwnedFd) -> io::Result<()> {
+    st.held_since = None;
+    st.writer.flush(sock.as_fd()).map(|_| ())
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.out.lock().closed = true;
+        self.out.wake.notify_all();
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::pair;
+
+    fn read_frame_within(reader: &mut FrameReader, sock: &OwnedFd, limit: Duration) -> Option<Frame> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(f) = reader.next_frame().unwrap() {
+                return Some(f);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let mut pfd = [nix::poll::PollFd::new(sock.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            if nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(ms)).unwrap() == 0 {
+                return None;
+            }
+            assert!(reader.fill(sock.as_fd()).unwrap() > 0, "worker side closed");
+        }
+    }
+
+    #[test]
+    fn a_held_answer_leaves_while_the_next_task_runs() {
+        let (parent, child) = pair().unwrap();
+        let mut w = FrameWriter::new();
+        w.push(Frame::new(Kind::Task, 1, b"short".to_vec()));
+        w.push(Frame::new(Kind::Task, 2, b"long".to_vec()));
+        w.flush(parent.as_fd()).unwrap();
+        let mut conn = Connection::new(child).unwrap();
+        assert_eq!(conn.recv().unwrap().unwrap().id, 1);
+        conn.answer(Kind::Ok, 1, 0, b"done").unwrap();
+        assert_eq!(conn.recv().unwrap().unwrap().id, 2);
+        // Task 2 "runs" from here on: nothing on this side touches the connection again.
+        let mut reader = FrameReader::new();
+        let answer = read_frame_within(&mut reader, &parent, Duration::from_secs(5)).expect("the held answer was never written");
+        assert_eq!((answer.kind, answer.id, answer.payload.as_slice()), (Kind::Ok, 1, &b"done"[..]));
+        drop(conn);
+    }
+
+    #[test]
+    fn a_cancelled_task_is_skipped_and_answered_with_cancel() {
+        let (parent, child) = pair().unwrap();
+        let mut w = FrameWriter::new();
+        for id in 1..=3 {
+            w.push(Frame::new(Kind::Task, id, Vec::new()));
+        }
+        w.push(Frame::new(Kind::Cancel, 2, Vec::new()));
+        w.push(Frame::new(Kind::Cancel, 9, Vec::new())); // unknown: ignored
+        w.flush(parent.as_fd()).unwrap();
+        drop(w);
+        let mut conn = Connection::new(child).unwrap();
+        assert_eq!(conn.recv().unwrap().unwrap().id, 1);
+        assert_eq!(conn.recv().unwrap().unwrap().id, 3);
+        conn.flush().unwrap();
+        let mut reader = FrameReader::new();
+        let ack = read_frame_within(&mut reader, &parent, Duration::from_secs(5)).expect("no answer for the skipped task");
+        assert_eq!((ack.kind, ack.id), (Kind::Cancel, 2));
+    }
+}
