@@ -118,6 +118,15 @@ def stuck_in_sleep(path: str, seconds: float) -> str:
     return "finished"
 
 
+def leave_stuck_thread(path: str, seconds: float) -> str:
+    """Ignores SIGTERM, writes its pid, starts a non-daemon thread blocked in one C call for
+    ``seconds`` and returns: the worker cannot exit by itself until that thread ends."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _write(path + ".pid", str(os.getpid()))
+    threading.Thread(target=time.sleep, args=(seconds,), daemon=False).start()
+    return "returned"
+
+
 def failing_initializer() -> None:
     raise ValueError(INIT_MESSAGE)
 
@@ -231,6 +240,10 @@ class FutureAdapter:
     def shutdown(self, pool: Pool) -> None:
         pool.raw.shutdown(wait=True)
 
+    def stop(self, pool: Pool) -> None:
+        """The library's way to shut down now, stopping running tasks if it can."""
+        pool.raw.shutdown(wait=True, cancel_futures=True)
+
 
 class Ferropool(FutureAdapter):
     name = "ferropool"
@@ -264,6 +277,9 @@ class Loky(FutureAdapter):
 
         return loky.ProcessPoolExecutor(workers, initializer=initializer)
 
+    def stop(self, pool):
+        pool.raw.shutdown(wait=True, kill_workers=True)
+
 
 class Pebble(FutureAdapter):
     name = "pebble"
@@ -279,6 +295,10 @@ class Pebble(FutureAdapter):
 
     def shutdown(self, pool):
         pool.raw.close()
+        pool.raw.join()
+
+    def stop(self, pool):
+        pool.raw.stop()
         pool.raw.join()
 
 
@@ -310,6 +330,10 @@ class MpPool(FutureAdapter):
         pool.raw.close()
         pool.raw.join()
 
+    def stop(self, pool):
+        pool.raw.terminate()
+        pool.raw.join()
+
 
 class Mpire(MpPool):
     """mpire ``WorkerPool`` (default start method fork); ``apply_async`` takes ``task_timeout``."""
@@ -330,6 +354,9 @@ class Mpire(MpPool):
 
     def shutdown(self, pool):
         pool.raw.stop_and_join()
+
+    def stop(self, pool):
+        pool.raw.terminate()
 
 
 ADAPTERS = {"ferropool": Ferropool, "stdlib": Stdlib, "mp.Pool": MpPool, "loky": Loky, "pebble": Pebble, "mpire": Mpire}
@@ -538,8 +565,27 @@ def _readline(stream, timeout: float) -> Optional[bytes]:
     return box[0] if box else None
 
 
-def case_stuck_shutdown(ad: FutureAdapter, settle: float) -> dict:
-    """Case 11: ``shutdown(wait=True)`` while a task sleeps 60 s in C, ignoring SIGTERM."""
+def case_stuck_at_exit(ad: FutureAdapter, settle: float) -> dict:
+    """Case 11a: ``shutdown(wait=True)`` after a task returned but left its worker unable to
+    exit (a non-daemon thread stuck in C, SIGTERM ignored)."""
+    pool = ad.open()
+    rep: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "stuck")
+        rep["task"] = submit_and_wait(ad, pool, settle, leave_stuck_thread, path, 60.0)
+        pid = int(read(path + ".pid") or 0)
+    rep["started"] = bool(pid)
+    close(ad, pool, rep, 8.0)
+    rep["stuck_worker_alive"] = bool(pid) and alive(pid)
+    if rep["stuck_worker_alive"]:
+        rep["abandoned"] = True
+    return rep
+
+
+def case_stop_stuck_task(ad: FutureAdapter, settle: float) -> dict:
+    """Case 11b: stop the pool now (ferropool and stdlib ``shutdown(cancel_futures=True)``, loky
+    ``kill_workers=True``, pebble ``stop()``, ``terminate()`` elsewhere) while a task sleeps 60 s
+    in C, ignoring SIGTERM."""
     pool = ad.open()
     rep: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -547,10 +593,47 @@ def case_stuck_shutdown(ad: FutureAdapter, settle: float) -> dict:
         ad.submit(pool, stuck_in_sleep, path, 60.0)
         rep["started"] = wait_for_file(path + ".pid", settle)
         pid = int(read(path + ".pid") or 0)
-    close(ad, pool, rep, 5.0)
+    rep["shutdown"] = bounded(lambda: ad.stop(pool), 8.0)
     rep["stuck_worker_alive"] = bool(pid) and alive(pid)
-    if rep["stuck_worker_alive"]:
+    if not rep["shutdown"]["returned"] or rep["stuck_worker_alive"]:
         rep["abandoned"] = True
+    return rep
+
+
+EXIT_CODE = "import sys; sys.path.insert(0, sys.argv[1]); import _fault_cases; _fault_cases.exit_with_stuck_task(sys.argv[2], sys.argv[3])"
+
+
+def exit_with_stuck_task(lib: str, path: str) -> None:
+    """Case 11c's program: opens a pool, starts a task stuck in C (ignoring SIGTERM), then ends
+    without shutting the pool down."""
+    ad = ADAPTERS[lib]()
+    pool = ad.open()
+    ad.submit(pool, stuck_in_sleep, path, 60.0)
+    wait_for_file(path + ".pid", 30)
+    print("started", flush=True)
+
+
+def case_exit_with_stuck_task(ad: FutureAdapter, settle: float) -> dict:
+    """Case 11c: a program ends while its pool runs a task stuck in C, ignoring SIGTERM. Does
+    the program exit (within 12 s), and is the stuck worker gone?"""
+    here = os.path.dirname(os.path.abspath(__file__))
+    rep: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "stuck")
+        prog = subprocess.Popen([sys.executable, "-c", EXIT_CODE, here, ad.name, path], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        rep["started"] = _readline(prog.stdout, 2 * settle) == b"started\n"
+        t0 = time.monotonic()
+        try:
+            prog.wait(12.0)
+            rep["exited_after_s"] = round(time.monotonic() - t0, 2)
+        except subprocess.TimeoutExpired:
+            rep["exited_after_s"] = None
+        pid = int(read(path + ".pid") or 0)
+        others = descendants(prog.pid)
+        prog.kill()
+        prog.wait()
+    rep["stuck_worker_alive"] = bool(pid) and alive(pid)
+    kill_all(([pid] if rep["stuck_worker_alive"] else []) + others)
     return rep
 
 
@@ -589,7 +672,9 @@ CASES: dict = {
     "7": case_timeout,
     "8": case_cancel,
     "9": case_parent_killed,
-    "11": case_stuck_shutdown,
+    "11a": case_stuck_at_exit,
+    "11b": case_stop_stuck_task,
+    "11c": case_exit_with_stuck_task,
     "14": case_initializer,
 }
 

@@ -65,7 +65,9 @@ CASES = {
     "8": "8. `future.cancel()` on a running task",
     "9": "9. parent SIGKILLed: workers gone within 1 s",
     "10": "10. Ctrl-C during `map`",
-    "11": "11. `shutdown(wait=True)`, task stuck in C ignoring SIGTERM",
+    "11a": "11a. `shutdown(wait=True)`, a worker that cannot exit (thread stuck in C, SIGTERM ignored)",
+    "11b": "11b. stop now (`shutdown(cancel_futures=True)` or the like), task stuck in C ignoring SIGTERM",
+    "11c": "11c. program ends without shutdown, task stuck in C ignoring SIGTERM",
     "12": "12. recycling (`max_tasks_per_child`, memory limit)",
     "13": "13. backpressure (`max_pending`)",
     "14": "14. initializer raises",
@@ -168,9 +170,9 @@ def verdict(case: str, cell: dict) -> str:
     else:
         word = VERDICTS[case](rep)
         shutdown = rep.get("shutdown")
-        if case != "11" and shutdown is not None and not shutdown["returned"]:
+        if not case.startswith("11") and shutdown is not None and not shutdown["returned"]:
             word += ", shutdown hangs"
-        elif case != "11" and shutdown is not None and "error" in shutdown:
+        elif not case.startswith("11") and shutdown is not None and "error" in shutdown:
             word += ", shutdown raises"
         if rep is not None and cell["watchdog_killed"]:
             word += ", exit hangs"
@@ -235,11 +237,23 @@ def _parent_killed(rep: dict) -> str:
 
 
 def _stuck_shutdown(rep: dict) -> str:
+    """Cases 11a and 11b: does shutdown return within 8 s, and is the stuck worker gone?"""
     if not rep["started"]:
         return "task never started"
     if not rep["shutdown"]["returned"]:
-        return "shutdown blocks > 5 s"
-    return "returns, worker left running" if rep["stuck_worker_alive"] else "returns"
+        return "shutdown blocks > 8 s"
+    if "error" in rep["shutdown"]:
+        return "shutdown raises"
+    return "returns, worker left running" if rep["stuck_worker_alive"] else "returns, worker gone"
+
+
+def _exit_with_stuck_task(rep: dict) -> str:
+    if not rep["started"]:
+        return "task never started"
+    if rep["exited_after_s"] is None:
+        return "exit hangs > 12 s"
+    word = f"exits after {rep['exited_after_s']:.0f} s"
+    return word + ", worker left running" if rep["stuck_worker_alive"] else word
 
 
 def _initializer(rep: dict) -> str:
@@ -260,7 +274,9 @@ VERDICTS = {
     "7": _timeout,
     "8": _cancel,
     "9": _parent_killed,
-    "11": _stuck_shutdown,
+    "11a": _stuck_shutdown,
+    "11b": _stuck_shutdown,
+    "11c": _exit_with_stuck_task,
     "14": _initializer,
 }
 

@@ -649,7 +649,7 @@ def test_shutdown_wait_false_returns_while_task_runs(make_executor, make_gate):
 @pytest.mark.parametrize("wait", [False, True])
 def test_shutdown_cancel_futures(make_executor, make_gate, wait, executor_kind):
     if executor_kind.stops_running_tasks:
-        pytest.skip("ProcessPool also stops the running task: test_process.py covers it")
+        pytest.skip("ProcessPool also stops the running task: test_faults.py covers it")
     ex = make_executor(max_workers=1)
     started, release = make_gate(), make_gate()
     blocker = ex.submit(signal_and_wait, started, release, "blocker")

@@ -398,24 +398,32 @@ def test_shutdown_with_cancel_futures_stops_running_tasks(make_pool, gate_factor
     assert _gone_within([pid], 5.0), "the running task's worker survived shutdown(cancel_futures=True)"
 
 
-def test_interpreter_exit_does_not_hang_on_a_stuck_task(tmp_path):
+@pytest.mark.parametrize("dropped", [False, True], ids=["pool-alive", "pool-dropped"])
+def test_interpreter_exit_does_not_hang_on_a_stuck_task(tmp_path, dropped):
     code = f"""
 import os, sys
 sys.path.insert(0, {os.path.dirname(__file__)!r})
 import helpers
 from ferropool import ProcessPool
-pool = ProcessPool(1, exit_timeout=1.0)
-print(pool.submit(os.getpid).result(timeout=30), flush=True)
-pool.submit(helpers.ignore_sigterm_then_sleep, None, 3600)
+def start():
+    pool = ProcessPool(1, exit_timeout=1.0)
+    print(pool.submit(os.getpid).result(timeout=30), flush=True)
+    pool.submit(helpers.sleep_and_print, 0.2, "finished first")
+    pool.submit(helpers.ignore_sigterm_then_sleep, None, 3600)
+    return pool
+pool = start()
+if {dropped!r}:
+    del pool  # a pool dropped without shutdown still gets exit_timeout to finish its work
 """
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         pids = _worker_pids(proc)
-        _, err = proc.communicate(timeout=RESULT_TIMEOUT)
+        out, err = proc.communicate(timeout=RESULT_TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(RESULT_TIMEOUT)
     assert proc.returncode == 0, err
+    assert "finished first" in out, "work queued before exit still runs"
     assert "ferropool: stopping 1 task(s) of a ProcessPool still running 1 s after the program ended" in err
     assert _gone_within(pids, 1.0)

@@ -40,6 +40,9 @@ DEFAULT_EXIT_TIMEOUT = 5.0
 _TAIL_LINES = 20
 
 _live_pools: "weakref.WeakSet[ProcessPool]" = weakref.WeakSet()
+#: Engines whose work is not finished, kept alive even when their ProcessPool object is dropped,
+#: so that interpreter exit still finishes (or, past exit_timeout, stops) their tasks.
+_unfinished: "set[_Running]" = set()
 
 
 def usable_cpu_count() -> int:
@@ -130,7 +133,11 @@ class ProcessPool(PoolExecutor):
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._shutdown_reason = "cannot schedule new futures after shutdown"
-        self._collector = threading.Thread(target=_collect, args=(self._engine, self._futures, self._state), name="ferropool-results", daemon=True)
+        self._running = _Running(self._engine, self._futures, self._exit_timeout)
+        self._collector = threading.Thread(target=_collect, args=(self._engine, self._futures, self._state, self._running),
+                                           name="ferropool-results", daemon=True)
+        self._running.collector = self._collector
+        _unfinished.add(self._running)
         self._collector.start()
         # Dropping the pool without shutdown lets queued work finish in the background.
         weakref.finalize(self, self._engine.close)
@@ -214,12 +221,7 @@ class ProcessPool(PoolExecutor):
                 cancel_removed(fut)
 
     def _join(self, timeout: float | None = None) -> bool:
-        """Waits for the workers to exit and every outcome to be delivered."""
-        if not self._engine.join(timeout):
-            return False
-        if self._collector is not threading.current_thread():
-            self._collector.join()
-        return True
+        return self._running.join(timeout)
 
     def __exit__(self, exc_type, exc_val, exc_tb):
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
@@ -236,18 +238,7 @@ class ProcessPool(PoolExecutor):
             return
         with self._shutdown_lock:
             self._shutdown = True
-            self._engine.close(abort=True)
-        self._join()
-
-    def _finish_at_exit(self) -> None:
-        """Lets unfinished tasks run for up to ``exit_timeout`` seconds, then stops them."""
-        self.shutdown(wait=False)
-        if self._join(self._exit_timeout):
-            return
-        left = len(self._futures)
-        print(f"ferropool: stopping {left} task(s) of a ProcessPool still running {self._exit_timeout:g} s after the "
-              "program ended (ProcessPool(exit_timeout=...) sets this limit)", file=sys.stderr, flush=True)
-        self._terminate()
+            self._running.terminate()
 
     @property
     def max_workers(self) -> int:
@@ -255,7 +246,41 @@ class ProcessPool(PoolExecutor):
         return self._max_workers
 
 
-def _collect(engine, futures: dict, state: _State) -> None:
+class _Running:
+    """What of a pool must live until its work is done, even if the ``ProcessPool`` object is
+    dropped first: the engine, the result thread and the futures. Kept in ``_unfinished`` until
+    the engine ends, so that interpreter exit still finishes (or stops) the pool's tasks."""
+
+    def __init__(self, engine, futures: dict, exit_timeout: float | None):
+        self.engine = engine
+        self.futures = futures
+        self.exit_timeout = exit_timeout
+        self.collector: threading.Thread | None = None
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Waits for the workers to exit and every outcome to be delivered; False on timeout."""
+        if not self.engine.join(timeout):
+            return False
+        if self.collector is not None and self.collector is not threading.current_thread():
+            self.collector.join()
+        return True
+
+    def terminate(self) -> None:
+        """Kills the workers at once; every unfinished future is cancelled."""
+        self.engine.close(abort=True)
+        self.join()
+
+    def finish_at_exit(self) -> None:
+        """Lets unfinished tasks run for up to ``exit_timeout`` seconds, then stops them."""
+        self.engine.close()
+        if self.join(self.exit_timeout):
+            return
+        print(f"ferropool: stopping {len(self.futures)} task(s) of a ProcessPool still running {self.exit_timeout:g} s "
+              "after the program ended (ProcessPool(exit_timeout=...) sets this limit)", file=sys.stderr, flush=True)
+        self.terminate()
+
+
+def _collect(engine, futures: dict, state: _State, running: _Running) -> None:
     """Result thread: delivers outcomes to futures until the engine ends.
 
     The common case (a returned value, nobody waiting on the future yet) is handled entirely in
@@ -283,6 +308,7 @@ def _collect(engine, futures: dict, state: _State) -> None:
 
     while engine.deliver(futures, loads, settle):
         pass
+    _unfinished.discard(running)
 
 
 def _fail(fut: cf.Future, exc: BaseException) -> None:
@@ -345,10 +371,13 @@ def _shutdown_all_at_exit() -> None:
     # before finalising) stops its pools at once instead of waiting for their running tasks.
     interrupted = isinstance(getattr(sys, "last_type", None), type) and issubclass(sys.last_type, KeyboardInterrupt)
     for pool in list(_live_pools):
+        with pool._shutdown_lock:
+            pool._shutdown = True
+    for running in list(_unfinished):
         if interrupted:
-            pool._terminate()
+            running.terminate()
         else:
-            pool._finish_at_exit()
+            running.finish_at_exit()
 
 
 def _check_seconds(name: str, value: float | None) -> float | None:
@@ -396,6 +425,7 @@ def _forget_pools_in_child() -> None:
         pool._shutdown = True
         pool._shutdown_reason = "this ProcessPool was inherited through fork; create a new pool in this process"
     _live_pools.clear()
+    _unfinished.clear()
 
 
 threading._register_atexit(_shutdown_all_at_exit)  # type: ignore[attr-defined]
