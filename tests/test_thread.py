@@ -383,3 +383,71 @@ class TestThreadWorkQueue:
             sys.unraisablehook = old
         assert good.result(0) == 2
         assert len(seen) == 1 and isinstance(seen[0].exc_value, RuntimeError)
+
+
+# ------------------------------------------------------------------ backpressure
+
+
+def test_max_pending_blocks_submit_until_a_task_finishes():
+    release = threading.Event()
+    p = ThreadPool(1, max_pending=3)
+    submitted = []
+    producer_blocked = threading.Event()
+
+    def produce():
+        for i in range(10):
+            if len(submitted) == 3:
+                producer_blocked.set()  # the next submit must block
+            submitted.append(p.submit(lambda i=i: release.wait(BOUND) and i))
+
+    t = threading.Thread(target=produce)
+    try:
+        t.start()
+        assert producer_blocked.wait(BOUND)
+        t.join(0.2)
+        assert t.is_alive() and len(submitted) == 3, "submit went past max_pending unfinished tasks"
+        release.set()
+        t.join(BOUND)
+        assert [f.result(BOUND) for f in submitted] == list(range(10))
+    finally:
+        release.set()
+        p.shutdown(wait=True)
+
+
+def test_shutdown_releases_a_submit_blocked_by_max_pending():
+    release = threading.Event()
+    p = ThreadPool(1, max_pending=1)
+    first = p.submit(release.wait, BOUND)
+    errors = []
+
+    def blocked():
+        try:
+            p.submit(add_one, 1)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=blocked)
+    t.start()
+    p.shutdown(wait=False)
+    t.join(BOUND)
+    assert not t.is_alive() and len(errors) == 1 and "shutdown" in str(errors[0])
+    release.set()
+    assert first.result(BOUND) is True
+    p.shutdown(wait=True)
+
+
+def test_cancelled_tasks_give_their_place_back():
+    release = threading.Event()
+    with ThreadPool(1, max_pending=2) as p:
+        running = p.submit(release.wait, BOUND)
+        queued = p.submit(add_one, 1)
+        assert queued.cancel()
+        more = p.submit(add_one, 2)  # would block forever had the cancelled task kept its place
+        release.set()
+        assert running.result(BOUND) is True and more.result(BOUND) == 3
+
+
+@pytest.mark.parametrize("bad, exc", [(0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_max_pending_must_be_a_positive_integer(bad, exc):
+    with pytest.raises(exc, match="max_pending"):
+        ThreadPool(1, max_pending=bad)

@@ -107,13 +107,13 @@ class ProcessPool(PoolExecutor):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if max_tasks_per_child is not None:
-            if not isinstance(max_tasks_per_child, int):
+            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
         for name, value in (("max_memory_per_child", max_memory_per_child), ("max_pending", max_pending)):
             if value is not None:
-                if not isinstance(value, int):
+                if isinstance(value, bool) or not isinstance(value, int):
                     raise TypeError(f"{name} must be an integer")
                 if value <= 0:
                     raise ValueError(f"{name} must be >= 1")

@@ -72,6 +72,37 @@ def _worker(queue: ThreadWorkQueue, pool_ref: weakref.ref[ThreadPool], initializ
     queue.run_worker()
 
 
+class _Room:
+    """Bounds the tasks submitted and not yet finished (``max_pending``): ``take`` blocks while
+    there are ``limit`` of them; a finished (or cancelled) future gives its place back."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.unfinished = 0
+        self.closed = False
+        self.cond = threading.Condition()
+
+    def take(self) -> bool:
+        """Waits for room (interruptibly); returns False if the pool shut down meanwhile."""
+        with self.cond:
+            while self.unfinished >= self.limit and not self.closed:
+                self.cond.wait()
+            if self.closed:
+                return False
+            self.unfinished += 1
+            return True
+
+    def give(self, _future: object = None) -> None:
+        with self.cond:
+            self.unfinished -= 1
+            self.cond.notify()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+
 class ThreadPool(PoolExecutor):
     """Run calls on a pool of threads; same contract as ``concurrent.futures.ThreadPoolExecutor``.
 
@@ -79,18 +110,28 @@ class ThreadPool(PoolExecutor):
     ``ValueError``. Worker threads are named ``f"{thread_name_prefix}_{n}"``. ``initializer``
     runs once in each worker thread; if it raises, the pool becomes broken: queued futures fail
     with ``BrokenThreadPool``, ``submit`` raises it, and its ``__cause__`` is the initializer's
-    exception.
+    exception. ``max_pending`` bounds the tasks submitted and not yet finished: ``submit``
+    blocks (interruptibly) while there are that many, so a fast producer cannot grow memory
+    without bound; ``shutdown`` releases a blocked ``submit`` with ``RuntimeError``. ``map`` is
+    always bounded.
     """
 
     _counter = itertools.count().__next__
 
-    def __init__(self, max_workers: int | None = None, thread_name_prefix: str = "", initializer=None, initargs=()):
+    def __init__(self, max_workers: int | None = None, thread_name_prefix: str = "", initializer=None, initargs=(), *,
+                 max_pending: int | None = None):
         if max_workers is None:
             max_workers = _default_max_workers()
         if max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        if max_pending is not None:
+            if isinstance(max_pending, bool) or not isinstance(max_pending, int):
+                raise TypeError("max_pending must be an integer")
+            if max_pending <= 0:
+                raise ValueError("max_pending must be >= 1")
+        self._room = _Room(max_pending) if max_pending is not None else None
         self._max_workers = max_workers
         self._queue = ThreadWorkQueue(max_workers)
         self._put = self._queue.put
@@ -104,20 +145,28 @@ class ThreadPool(PoolExecutor):
         self._initargs = initargs
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
-        """Schedule ``fn(*args, **kwargs)`` and return its ``Future``; never blocks on the task.
+        """Schedule ``fn(*args, **kwargs)`` and return its ``Future``. Blocks only with
+        ``max_pending``, while that many tasks are unfinished.
 
         Raises ``RuntimeError`` after ``shutdown`` (or at interpreter exit) and
         ``BrokenThreadPool`` once an initializer has failed.
         """
         if _shutdown:
             raise self._closed_error()
+        room = self._room
+        if room is not None and not room.take():
+            raise self._closed_error()
         future = Future()
+        if room is not None:
+            future.add_done_callback(room.give)
         # The lock makes "queued" and "thread started" one step, so shutdown(wait=True) waits for
         # every task whose submit returned (the standard library holds the same lock here).
         with self._shutdown_lock:
             try:
                 start_thread = self._put(future, fn, args, kwargs)
             except RuntimeError:
+                if room is not None:
+                    room.give()
                 raise self._closed_error()  # noqa: B904 (the queue's own error is noise)
             if start_thread:
                 self._start_thread()
@@ -182,6 +231,8 @@ class ThreadPool(PoolExecutor):
         with self._shutdown_lock:
             self._shutdown = True
             self._queue.close()
+            if self._room is not None:
+                self._room.close()
             if cancel_futures:
                 for future, *_ in self._queue.drain():
                     future.cancel()
