@@ -188,15 +188,35 @@ impl Queue {
     /// Appends `item`, blocking up to `timeout` (`None`: forever; zero: not at all) while the
     /// queue is full. Fails with `TooLarge` (at once) if the item could never fit.
     pub fn put(&self, item: &[u8], timeout: Option<Duration>) -> Result<(), QueueError> {
+        self.check_size(item)?;
+        let deadline = deadline(timeout);
+        lock::lock(&self.state().producers.0.lock, timeout)?;
+        self.put_locked(item, deadline)
+    }
+
+    /// Appends `item` only if that needs no waiting and no system call: `TimedOut` when another
+    /// producer holds the lock or the queue is full (then call `put`).
+    pub fn try_put(&self, item: &[u8]) -> Result<(), QueueError> {
+        self.check_size(item)?;
+        if !lock::try_lock_fast(&self.state().producers.0.lock) {
+            return Err(QueueError::TimedOut);
+        }
+        self.put_locked(item, Some(std::time::Instant::now()))
+    }
+
+    fn check_size(&self, item: &[u8]) -> Result<(), QueueError> {
+        if (LEN + item.len()) as u64 > self.capacity() || u32::try_from(item.len()).is_err() {
+            return Err(QueueError::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// `put` once `put_lock` is held; releases it.
+    fn put_locked(&self, item: &[u8], deadline: super::Deadline) -> Result<(), QueueError> {
         let s = self.state();
         let (p, c, cfg) = (&s.producers.0, &s.consumers.0, &s.config.0);
         let cap = self.capacity();
         let need = (LEN + item.len()) as u64;
-        if need > cap || u32::try_from(item.len()).is_err() {
-            return Err(QueueError::TooLarge);
-        }
-        let deadline = deadline(timeout);
-        lock::lock(&p.lock, timeout)?;
         let max = cfg.maxsize.load(Ordering::Relaxed);
         let head = p.head.load(Ordering::Relaxed);
         let has_room = || {
@@ -237,11 +257,25 @@ impl Queue {
     /// Removes the oldest item, blocking up to `timeout` (`None`: forever; zero: not at all)
     /// while the queue is empty; `into` receives its bytes (cleared first).
     pub fn get(&self, into: &mut Vec<u8>, timeout: Option<Duration>) -> Result<(), QueueError> {
+        let deadline = deadline(timeout);
+        lock::lock(&self.state().consumers.0.lock, timeout)?;
+        self.get_locked(into, deadline)
+    }
+
+    /// Removes the oldest item only if that needs no waiting and no system call: `TimedOut`
+    /// when another consumer holds the lock or the queue is empty (then call `get`).
+    pub fn try_get(&self, into: &mut Vec<u8>) -> Result<(), QueueError> {
+        if !lock::try_lock_fast(&self.state().consumers.0.lock) {
+            return Err(QueueError::TimedOut);
+        }
+        self.get_locked(into, Some(std::time::Instant::now()))
+    }
+
+    /// `get` once `get_lock` is held; releases it.
+    fn get_locked(&self, into: &mut Vec<u8>, deadline: super::Deadline) -> Result<(), QueueError> {
         let s = self.state();
         let (p, c, cfg) = (&s.producers.0, &s.consumers.0, &s.config.0);
         let cap = self.capacity();
-        let deadline = deadline(timeout);
-        lock::lock(&c.lock, timeout)?;
         let tail = c.tail.load(Ordering::Relaxed);
         let has_item = || p.head.load(Ordering::SeqCst) != tail;
         while !has_item() {
@@ -322,6 +356,9 @@ mod tests {
         assert_eq!(q.put(&[7; 1], Some(Duration::ZERO)), Err(QueueError::TimedOut));
         q.put(&[], Some(Duration::ZERO)).unwrap();
         assert_eq!(q.len(), 4);
+        assert_eq!(q.try_get(&mut out), Ok(()));
+        assert_eq!(q.try_put(&[1; 16]), Ok(()));
+        assert_eq!(q.try_put(&[1; 16]), Err(QueueError::TimedOut));
     }
 
     #[test]

@@ -196,6 +196,19 @@ impl Segment {
     }
 }
 
+/// Takes ownership of descriptor `fd` after checking that it is open (`EBADF` otherwise).
+///
+/// # Safety
+/// The caller must own `fd`: nothing else may use or close it afterwards.
+pub unsafe fn adopt_fd(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `fd` is open (checked) and the caller passes its ownership.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 impl Drop for Segment {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `create`/`open`; no reference into it
