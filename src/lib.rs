@@ -5,12 +5,18 @@
 //! - `thread_pool`: `ThreadWorkQueue`, the task queue and worker loop of `ThreadPool`.
 //! - `future`: `FastFuture`, finishing futures without their Python methods.
 //! - `errors`: where engine errors become Python exceptions.
+//! - `shared`, `shared_sync`, `shared_queue`, `shared_value`: locks, events, semaphores,
+//!   barriers, a queue, numbers and raw memory shared between processes (`ferropool.shared`).
 
 use pyo3::prelude::*;
 
 mod errors;
 mod future;
 mod process_pool;
+mod shared;
+mod shared_queue;
+mod shared_sync;
+mod shared_value;
 mod thread_pool;
 mod worker_connection;
 
@@ -20,6 +26,15 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<worker_connection::WorkerConnection>()?;
     m.add_class::<thread_pool::ThreadWorkQueue>()?;
     errors::register(m)?;
+    m.add_class::<shared_sync::SharedLock>()?;
+    m.add_class::<shared_sync::SharedRLock>()?;
+    m.add_class::<shared_sync::SharedEvent>()?;
+    m.add_class::<shared_sync::SharedSemaphore>()?;
+    m.add_class::<shared_sync::SharedBarrier>()?;
+    m.add_class::<shared_queue::SharedQueue>()?;
+    m.add_class::<shared_value::SharedValue>()?;
+    m.add_class::<shared_value::SharedMemory>()?;
+    shared::register(m)?;
     worker_connection::register_kinds(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -10,12 +10,15 @@
 //! - `dispatcher`: the thread that schedules tasks onto workers and supervises them.
 //! - `stderr`: relay of each worker's stderr, keeping its last lines for crash reports.
 //! - `work_queue`: the closable MPMC queue with blocking, timed pops behind the thread pool.
+//! - `shared`: locks, events, semaphores, barriers, a queue and numbers in shared memory
+//!   (`memfd_create` segments), usable from every thread of every process that maps them.
 
 pub mod channel;
 pub mod connection;
 mod dispatcher;
 pub mod frame;
 pub mod pool;
+pub mod shared;
 pub mod stderr;
 pub mod work_queue;
 pub mod worker;

@@ -1,0 +1,430 @@
+//! A bounded multi-producer multi-consumer queue of byte strings in one segment: a byte ring
+//! with one robust lock for producers and one for consumers.
+//!
+//! Layout: the `State` below (each hot group on its own cache line), then `capacity` bytes of
+//! ring. An item is a record `[len: u32 little-endian][len bytes]`, written at `head % capacity`
+//! and split in two where it wraps. `head` and `tail` count bytes ever written and consumed, so
+//! `head - tail` is the bytes in use.
+//!
+//! Producers take `put_lock`, so the ring has one writer at a time; consumers take `get_lock`, so
+//! one reader. Inside, it is a single-producer single-consumer ring: the producer copies the
+//! record, then publishes it with a release store of `head`; the consumer reads `head` with
+//! acquire, copies the record out, then frees it with a release store of `tail`.
+//!
+//! Waiting: a producer that finds no room (`capacity` bytes, or `maxsize` items) sleeps on
+//! `rseq`, which every `get` bumps; a consumer that finds the ring empty sleeps on `wseq`, which
+//! every `put` bumps. A sleeper first registers in `put_sleepers`/`get_sleepers`, then reads the
+//! sequence word, then re-checks its condition, then sleeps while the word is unchanged; the other
+//! side updates `head`/`tail`/`items`, bumps the sequence word, then wakes if the sleeper count is
+//! non-zero. With sequentially consistent operations, either the waker sees the registration or
+//! the sleeper's re-check (or the kernel's compare) sees the update: no lost wake-up. Only the
+//! holder of the side's lock ever sleeps on its sequence word, so waking one is enough.
+//!
+//! A process that dies holding a lock is taken over by the next caller (see `lock`); because an
+//! item becomes visible only with the store of `head` (or gone only with the store of `tail`), a
+//! half-written or half-read record is never seen: the queue stays consistent. The one loss: an
+//! item whose consumer dies after taking it.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::lock;
+use super::segment::{Kind, Segment};
+use super::{deadline, futex, remaining, TimedOut};
+
+/// Aligns its content to a cache line, so producers and consumers do not share one.
+#[repr(C, align(64))]
+struct Line<T>(T);
+
+#[repr(C)]
+struct Producers {
+    lock: AtomicU32,
+    /// Bumped by every put; consumers sleep on it.
+    wseq: AtomicU32,
+    get_sleepers: AtomicU32,
+    head: AtomicU64,
+}
+
+#[repr(C)]
+struct Consumers {
+    lock: AtomicU32,
+    /// Bumped by every get; producers sleep on it.
+    rseq: AtomicU32,
+    put_sleepers: AtomicU32,
+    tail: AtomicU64,
+}
+
+#[repr(C)]
+struct Config {
+    capacity: AtomicU64,
+    /// Most items queued at once; 0 for no limit but the bytes.
+    maxsize: AtomicU32,
+    items: AtomicU32,
+}
+
+#[repr(C)]
+struct State {
+    producers: Line<Producers>,
+    consumers: Line<Consumers>,
+    config: Line<Config>,
+}
+
+const RING: usize = std::mem::size_of::<State>();
+const LEN: usize = 4;
+
+/// Why `put` or `get` gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueError {
+    /// The timeout passed first (`put`: still full; `get`: still empty).
+    TimedOut,
+    /// `put`: the item is larger than the ring could ever hold.
+    TooLarge,
+    /// The ring's indices are impossible: memory was overwritten by someone else.
+    Corrupt,
+}
+
+impl From<TimedOut> for QueueError {
+    fn from(_: TimedOut) -> Self {
+        QueueError::TimedOut
+    }
+}
+
+/// A bounded MPMC queue of byte strings in its own segment.
+#[derive(Debug)]
+pub struct Queue {
+    seg: Segment,
+}
+
+impl Queue {
+    /// Creates an empty queue with a ring of `capacity` bytes (each item takes its length plus 4)
+    /// holding at most `maxsize` items (0: no limit but the bytes).
+    pub fn create(capacity: usize, maxsize: u32) -> std::io::Result<Queue> {
+        if capacity < 2 * LEN {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "queue capacity too small"));
+        }
+        let q = Queue { seg: Segment::create(c"ferropool-queue", Kind::Queue, RING + capacity)? };
+        let c = &q.state().config.0;
+        c.capacity.store(capacity as u64, Ordering::Relaxed);
+        c.maxsize.store(maxsize, Ordering::Relaxed);
+        Ok(q)
+    }
+
+    /// Maps an existing queue's segment (see `Segment::open`).
+    pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<Queue> {
+        let q = Queue { seg: Segment::open(fd, Kind::Queue, id)? };
+        if q.seg.payload_len() < RING || q.capacity() as usize > q.seg.payload_len() - RING {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "queue capacity larger than its segment"));
+        }
+        Ok(q)
+    }
+
+    fn state(&self) -> &State {
+        // SAFETY: a Kind::Queue segment's payload starts with a `State` of atomics (`create`
+        // sized it so, `open` checked the size).
+        unsafe { self.seg.state::<State>() }
+    }
+
+    /// The ring's size in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.state().config.0.capacity.load(Ordering::Relaxed)
+    }
+
+    /// The most items queued at once (0: no limit but the bytes).
+    pub fn maxsize(&self) -> u32 {
+        self.state().config.0.maxsize.load(Ordering::Relaxed)
+    }
+
+    /// The number of items queued now (a snapshot).
+    pub fn len(&self) -> usize {
+        self.state().config.0.items.load(Ordering::Relaxed) as usize
+    }
+
+    /// Returns whether no item is queued now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Returns whether `maxsize` items are queued now.
+    pub fn is_full(&self) -> bool {
+        let max = self.maxsize();
+        max > 0 && self.len() >= max as usize
+    }
+
+    /// Copies `src` into the ring at byte position `at` (wrapping).
+    ///
+    /// # Safety
+    /// The caller holds `put_lock` and the `src.len()` bytes from `at` are free (`at` is at or
+    /// after `head`, and `at + len - tail <= capacity`), so no reader touches them.
+    unsafe fn write_at(&self, at: u64, src: &[u8]) {
+        let cap = self.capacity();
+        let ring = self.seg.payload().wrapping_add(RING);
+        let start = (at % cap) as usize;
+        let first = src.len().min(cap as usize - start);
+        // SAFETY: `start + first <= capacity` and `src.len() - first <= capacity`, both inside
+        // the ring (checked at open); the caller guarantees nobody reads these bytes now.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), ring.add(start), first);
+            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), ring, src.len() - first);
+        }
+    }
+
+    /// Copies ring bytes from position `at` (wrapping) into `dst`.
+    ///
+    /// # Safety
+    /// The caller holds `get_lock` and the bytes are published (`at + dst.len() <= head`, read
+    /// with acquire), so no writer touches them.
+    unsafe fn read_at(&self, at: u64, dst: &mut [u8]) {
+        let cap = self.capacity();
+        let ring = self.seg.payload().wrapping_add(RING);
+        let start = (at % cap) as usize;
+        let first = dst.len().min(cap as usize - start);
+        // SAFETY: as in `write_at`, both ranges lie inside the ring; nobody writes them now.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ring.add(start), dst.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(ring, dst.as_mut_ptr().add(first), dst.len() - first);
+        }
+    }
+
+    /// Appends `item`, blocking up to `timeout` (`None`: forever; zero: not at all) while the
+    /// queue is full. Fails with `TooLarge` (at once) if the item could never fit.
+    pub fn put(&self, item: &[u8], timeout: Option<Duration>) -> Result<(), QueueError> {
+        self.check_size(item)?;
+        let deadline = deadline(timeout);
+        lock::lock(&self.state().producers.0.lock, timeout)?;
+        self.put_locked(item, deadline)
+    }
+
+    /// Appends `item` only if that needs no waiting and no system call: `TimedOut` when another
+    /// producer holds the lock or the queue is full (then call `put`).
+    pub fn try_put(&self, item: &[u8]) -> Result<(), QueueError> {
+        self.check_size(item)?;
+        if !lock::try_lock_fast(&self.state().producers.0.lock) {
+            return Err(QueueError::TimedOut);
+        }
+        self.put_locked(item, Some(std::time::Instant::now()))
+    }
+
+    fn check_size(&self, item: &[u8]) -> Result<(), QueueError> {
+        if (LEN + item.len()) as u64 > self.capacity() || u32::try_from(item.len()).is_err() {
+            return Err(QueueError::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// `put` once `put_lock` is held; releases it.
+    fn put_locked(&self, item: &[u8], deadline: super::Deadline) -> Result<(), QueueError> {
+        let s = self.state();
+        let (p, c, cfg) = (&s.producers.0, &s.consumers.0, &s.config.0);
+        let cap = self.capacity();
+        let need = (LEN + item.len()) as u64;
+        let max = cfg.maxsize.load(Ordering::Relaxed);
+        let head = p.head.load(Ordering::Relaxed);
+        let has_room = || {
+            let used = head.wrapping_sub(c.tail.load(Ordering::SeqCst));
+            used <= cap && cap - used >= need && (max == 0 || cfg.items.load(Ordering::SeqCst) < max)
+        };
+        while !has_room() {
+            let Ok(left) = remaining(deadline) else {
+                let _ = lock::unlock(&p.lock);
+                return Err(QueueError::TimedOut);
+            };
+            c.put_sleepers.fetch_add(1, Ordering::SeqCst);
+            let seq = c.rseq.load(Ordering::SeqCst);
+            if !has_room() {
+                futex::wait(&c.rseq, seq, left);
+            }
+            c.put_sleepers.fetch_sub(1, Ordering::SeqCst);
+            if head.wrapping_sub(c.tail.load(Ordering::SeqCst)) > cap {
+                let _ = lock::unlock(&p.lock);
+                return Err(QueueError::Corrupt);
+            }
+        }
+        // SAFETY: we hold put_lock and `has_room` proved `need` free bytes from `head`.
+        unsafe {
+            self.write_at(head, &(item.len() as u32).to_le_bytes());
+            self.write_at(head + LEN as u64, item);
+        }
+        p.head.store(head + need, Ordering::SeqCst);
+        cfg.items.fetch_add(1, Ordering::SeqCst);
+        p.wseq.fetch_add(1, Ordering::SeqCst);
+        if p.get_sleepers.load(Ordering::SeqCst) > 0 {
+            futex::wake(&p.wseq, 1);
+        }
+        let _ = lock::unlock(&p.lock);
+        Ok(())
+    }
+
+    /// Removes the oldest item, blocking up to `timeout` (`None`: forever; zero: not at all)
+    /// while the queue is empty; `into` receives its bytes (cleared first).
+    pub fn get(&self, into: &mut Vec<u8>, timeout: Option<Duration>) -> Result<(), QueueError> {
+        let deadline = deadline(timeout);
+        lock::lock(&self.state().consumers.0.lock, timeout)?;
+        self.get_locked(into, deadline)
+    }
+
+    /// Removes the oldest item only if that needs no waiting and no system call: `TimedOut`
+    /// when another consumer holds the lock or the queue is empty (then call `get`).
+    pub fn try_get(&self, into: &mut Vec<u8>) -> Result<(), QueueError> {
+        if !lock::try_lock_fast(&self.state().consumers.0.lock) {
+            return Err(QueueError::TimedOut);
+        }
+        self.get_locked(into, Some(std::time::Instant::now()))
+    }
+
+    /// `get` once `get_lock` is held; releases it.
+    fn get_locked(&self, into: &mut Vec<u8>, deadline: super::Deadline) -> Result<(), QueueError> {
+        let s = self.state();
+        let (p, c, cfg) = (&s.producers.0, &s.consumers.0, &s.config.0);
+        let cap = self.capacity();
+        let tail = c.tail.load(Ordering::Relaxed);
+        let has_item = || p.head.load(Ordering::SeqCst) != tail;
+        while !has_item() {
+            let Ok(left) = remaining(deadline) else {
+                let _ = lock::unlock(&c.lock);
+                return Err(QueueError::TimedOut);
+            };
+            p.get_sleepers.fetch_add(1, Ordering::SeqCst);
+            let seq = p.wseq.load(Ordering::SeqCst);
+            if !has_item() {
+                futex::wait(&p.wseq, seq, left);
+            }
+            p.get_sleepers.fetch_sub(1, Ordering::SeqCst);
+        }
+        let used = p.head.load(Ordering::SeqCst).wrapping_sub(tail);
+        let mut len = [0u8; LEN];
+        let corrupt = used > cap || used < LEN as u64 || {
+            // SAFETY: we hold get_lock and `used >= LEN` published bytes start at `tail`.
+            unsafe { self.read_at(tail, &mut len) };
+            u64::from(u32::from_le_bytes(len)) > used - LEN as u64
+        };
+        if corrupt {
+            let _ = lock::unlock(&c.lock);
+            return Err(QueueError::Corrupt);
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        into.clear();
+        into.resize(len, 0);
+        // SAFETY: as above; the record's `len` bytes are published (checked against `used`).
+        unsafe { self.read_at(tail + LEN as u64, into) };
+        c.tail.store(tail + (LEN + len) as u64, Ordering::SeqCst);
+        cfg.items.fetch_sub(1, Ordering::SeqCst);
+        c.rseq.fetch_add(1, Ordering::SeqCst);
+        if c.put_sleepers.load(Ordering::SeqCst) > 0 {
+            futex::wake(&c.rseq, 1);
+        }
+        let _ = lock::unlock(&c.lock);
+        Ok(())
+    }
+
+    /// The segment holding the queue.
+    pub fn segment(&self) -> &Segment {
+        &self.seg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::lock::tests::{fork_child, reap, BOUND};
+    use crate::shared::segment::reopen;
+    use std::collections::HashSet;
+
+    #[test]
+    fn fifo_wraparound_and_limits() {
+        let q = Queue::create(64, 3).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(q.get(&mut out, Some(Duration::ZERO)), Err(QueueError::TimedOut));
+        assert_eq!(q.put(&[0; 61], None), Err(QueueError::TooLarge));
+        for round in 0..50u8 {
+            // Items of 13 bytes + 4 wrap at varying offsets of the 64-byte ring.
+            for i in 0..3u8 {
+                q.put(&[round ^ i; 13], Some(Duration::ZERO)).unwrap();
+            }
+            assert!(q.is_full());
+            assert_eq!(q.put(b"x", Some(Duration::from_millis(5))), Err(QueueError::TimedOut));
+            for i in 0..3u8 {
+                q.get(&mut out, Some(Duration::ZERO)).unwrap();
+                assert_eq!(out, vec![round ^ i; 13]);
+            }
+            assert!(q.is_empty());
+        }
+        // Byte-bounded: with no item limit, 60 bytes of records fill a 64-byte ring.
+        let q = Queue::create(64, 0).unwrap();
+        for _ in 0..3 {
+            q.put(&[7; 16], Some(Duration::ZERO)).unwrap();
+        }
+        assert_eq!(q.put(&[7; 1], Some(Duration::ZERO)), Err(QueueError::TimedOut));
+        q.put(&[], Some(Duration::ZERO)).unwrap();
+        assert_eq!(q.len(), 4);
+        assert_eq!(q.try_get(&mut out), Ok(()));
+        assert_eq!(q.try_put(&[1; 16]), Ok(()));
+        assert_eq!(q.try_put(&[1; 16]), Err(QueueError::TimedOut));
+    }
+
+    #[test]
+    fn processes_and_threads_lose_and_duplicate_nothing() {
+        const PRODUCERS: u32 = 3;
+        const CONSUMERS: u32 = 3;
+        const PER: u32 = 5_000;
+        let q = Queue::create(4096, 64).unwrap();
+        let results = Queue::create(1 << 20, 0).unwrap();
+        // Producers in child processes, consumers in child processes that report what they got.
+        let mut children = Vec::new();
+        for p in 0..PRODUCERS {
+            let q = Queue { seg: reopen(q.segment(), Kind::Queue).unwrap() };
+            children.push(fork_child(move || {
+                for i in 0..PER {
+                    let item = (p * PER + i).to_le_bytes();
+                    // Vary the size so records wrap at every offset.
+                    let len = 4 + (i % 9) as usize;
+                    let mut rec = item.to_vec();
+                    rec.resize(len, 0xAB);
+                    if q.put(&rec, Some(BOUND)).is_err() {
+                        return 1;
+                    }
+                }
+                0
+            }));
+        }
+        for _ in 0..CONSUMERS {
+            children.push(fork_child(|| {
+                let mut got = Vec::new();
+                let mut item = Vec::new();
+                loop {
+                    if q.get(&mut item, Some(BOUND)).is_err() {
+                        return 1;
+                    }
+                    if item.is_empty() {
+                        break; // the end marker
+                    }
+                    got.extend_from_slice(&item[..4]);
+                }
+                for chunk in got.chunks(4000) {
+                    if results.put(chunk, Some(BOUND)).is_err() {
+                        return 2;
+                    }
+                }
+                0
+            }));
+        }
+        for c in children.drain(..PRODUCERS as usize).collect::<Vec<_>>() {
+            assert_eq!(reap(c), 0);
+        }
+        for _ in 0..CONSUMERS {
+            q.put(&[], Some(BOUND)).unwrap();
+        }
+        for c in children {
+            assert_eq!(reap(c), 0);
+        }
+        let mut seen = HashSet::new();
+        let mut chunk = Vec::new();
+        while results.get(&mut chunk, Some(Duration::ZERO)).is_ok() {
+            for n in chunk.chunks(4) {
+                let n = u32::from_le_bytes(n.try_into().unwrap());
+                assert!(seen.insert(n), "item {n} received twice");
+            }
+        }
+        assert_eq!(seen.len(), (PRODUCERS * PER) as usize, "items lost");
+        assert!(q.is_empty());
+    }
+}

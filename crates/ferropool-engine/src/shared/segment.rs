@@ -1,0 +1,265 @@
+//! A shared-memory segment: an anonymous memory file (`memfd_create`) mapped `MAP_SHARED`.
+//!
+//! The file has no name in any filesystem, so nothing is left under `/dev/shm` or `/tmp` when a
+//! process dies: the memory is freed by the kernel once the last descriptor is closed and the last
+//! mapping is gone. Another process reaches the same memory through a descriptor of the same
+//! file (opened via `/proc/<pid>/fd/<n>`, or passed over a unix socket) and `Segment::open`.
+//!
+//! Layout: a 64-byte header, then the object's state at `PAYLOAD` (a cache line, so the state's
+//! atomics never share one with the header):
+//!
+//! | offset | field         | meaning                                                |
+//! |--------|---------------|--------------------------------------------------------|
+//! | 0      | magic `u32`   | `MAGIC`: this is a ferropool segment                   |
+//! | 4      | kind `u32`    | which object lives here (`Kind`)                       |
+//! | 8      | id `u64`      | random, set once: tells a reopened segment from another |
+//! | 16     | payload `u64` | bytes of state after the header                        |
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+/// Bytes before the object's state.
+pub const PAYLOAD: usize = 64;
+const MAGIC: u32 = 0x4650_5348; // "FPSH"
+
+/// The object a segment holds, recorded in its header so that a reopened segment is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Kind {
+    Lock = 1,
+    RLock = 2,
+    Event = 3,
+    Semaphore = 4,
+    Barrier = 5,
+    Queue = 6,
+    Value = 7,
+    Array = 8,
+}
+
+#[repr(C)]
+struct Header {
+    magic: u32,
+    kind: u32,
+    id: u64,
+    payload: u64,
+}
+
+/// One mapping of a memory file; unmapped and its descriptor closed on drop.
+pub struct Segment {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory that lives as long as the `Segment`; every access to
+// it from safe code goes through atomics or through byte copies whose exclusivity the owning
+// object's protocol guarantees (documented at each use).
+unsafe impl Send for Segment {}
+// SAFETY: as above.
+unsafe impl Sync for Segment {}
+
+fn map(fd: &OwnedFd, len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: a fresh shared read-write mapping of `len` bytes of our own descriptor; the kernel
+    // chooses the address, so no existing memory is affected.
+    let ptr = unsafe {
+        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+fn random_id() -> u64 {
+    let mut id = 0u64;
+    // SAFETY: getrandom writes at most 8 bytes into `id`.
+    let n = unsafe { libc::getrandom((&mut id as *mut u64).cast(), 8, 0) };
+    if n != 8 || id == 0 {
+        // Not secret, only distinct: the pid and the clock are enough without getrandom.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        id = t ^ (u64::from(std::process::id()) << 40) | 1;
+    }
+    id
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("not the expected ferropool shared segment: {what}"))
+}
+
+impl Segment {
+    /// Creates a zero-filled segment for a `kind` object with `payload` bytes of state. The file's
+    /// name (seen only in `/proc/*/maps` and `/proc/*/fd`) is `name`. The descriptor is
+    /// close-on-exec. Fails with the errno of `memfd_create`, `ftruncate` or `mmap`.
+    pub fn create(name: &CStr, kind: Kind, payload: usize) -> io::Result<Segment> {
+        let len = PAYLOAD.checked_add(payload).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+        // SAFETY: `name` is a valid C string; the flags are constants.
+        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a descriptor we just opened and nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let size = libc::off_t::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+        // SAFETY: plain syscall on our descriptor.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = map(&fd, len)?;
+        let seg = Segment { fd, ptr, len };
+        let header = Header { magic: MAGIC, kind: kind as u32, id: random_id(), payload: payload as u64 };
+        // SAFETY: the mapping is at least PAYLOAD (64) bytes, page-aligned, and not yet visible to
+        // any other thread or process, so this plain write races with nothing.
+        unsafe { seg.ptr.as_ptr().cast::<Header>().write(header) };
+        Ok(seg)
+    }
+
+    /// Maps the memory file `fd` (taking ownership of it) and checks that it holds a `kind` object
+    /// whose id is `id`. Fails with `InvalidData` when it does not (say the descriptor number was
+    /// reused for another file), or with the errno of `fstat` or `mmap`.
+    pub fn open(fd: OwnedFd, kind: Kind, id: u64) -> io::Result<Segment> {
+        // SAFETY: stat is plain data, all zeroes is valid; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid out-pointer and `fd` is open.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let len = usize::try_from(st.st_size).map_err(|_| invalid("negative size"))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || len < PAYLOAD {
+            return Err(invalid("not a memory file with a header"));
+        }
+        let ptr = map(&fd, len)?;
+        let seg = Segment { fd, ptr, len };
+        // SAFETY: the mapping is at least PAYLOAD bytes; the header is written once by the
+        // creator before the descriptor was shared and never changes afterwards.
+        let h = unsafe { seg.ptr.as_ptr().cast::<Header>().read() };
+        if h.magic != MAGIC {
+            return Err(invalid("bad magic"));
+        }
+        if h.kind != kind as u32 {
+            return Err(invalid("it holds another kind of object"));
+        }
+        if h.id != id {
+            return Err(invalid("its id differs (the descriptor now names another segment)"));
+        }
+        if h.payload > (len - PAYLOAD) as u64 {
+            return Err(invalid("payload larger than the file"));
+        }
+        Ok(seg)
+    }
+
+    /// The segment's random id, as given to `open`.
+    pub fn id(&self) -> u64 {
+        // SAFETY: see `open`: the header is immutable after creation.
+        unsafe { (*self.ptr.as_ptr().cast::<Header>()).id }
+    }
+
+    /// The descriptor of the memory file.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The size of the mapping in bytes, header included.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a segment holds at least its header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Bytes of state after the header.
+    pub fn payload_len(&self) -> usize {
+        self.len - PAYLOAD
+    }
+
+    /// A pointer to the first byte of state (`PAYLOAD` bytes into the mapping, 64-byte aligned).
+    pub fn payload(&self) -> *mut u8 {
+        // SAFETY: the mapping is at least PAYLOAD bytes long, so the offset stays inside it.
+        unsafe { self.ptr.as_ptr().add(PAYLOAD) }
+    }
+
+    /// Returns the state at the start of the payload as a `T`.
+    ///
+    /// # Safety
+    /// `T` must be `repr(C)`, at most `payload_len()` bytes, aligned to at most 64, and valid for
+    /// any bit pattern another process may write (in practice: made only of atomics), and every
+    /// access to it must be atomic.
+    pub(crate) unsafe fn state<T>(&self) -> &T {
+        debug_assert!(std::mem::size_of::<T>() <= self.payload_len());
+        debug_assert!(std::mem::align_of::<T>() <= PAYLOAD);
+        // SAFETY: the caller promises the size, alignment and validity; the reference lives no
+        // longer than `self`, which keeps the mapping.
+        unsafe { &*self.payload().cast::<T>() }
+    }
+}
+
+/// Takes ownership of descriptor `fd` after checking that it is open (`EBADF` otherwise).
+///
+/// # Safety
+/// The caller must own `fd`: nothing else may use or close it afterwards.
+pub unsafe fn adopt_fd(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `fd` is open (checked) and the caller passes its ownership.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `create`/`open`; no reference into it
+        // outlives `self` (they all borrow it). The descriptor is closed by `OwnedFd`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment").field("fd", &self.fd.as_raw_fd()).field("len", &self.len).field("id", &self.id()).finish()
+    }
+}
+
+/// Creates, in tests, a segment whose state is `T` (zero-filled).
+#[cfg(test)]
+pub(crate) fn test_segment(kind: Kind, payload: usize) -> Segment {
+    Segment::create(c"ferropool-test", kind, payload).unwrap()
+}
+
+/// Reopens `seg` the way another process would: through `/proc/self/fd/<n>`.
+#[cfg(test)]
+pub(crate) fn reopen(seg: &Segment, kind: Kind) -> io::Result<Segment> {
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/self/fd/{}", seg.fd().as_raw_fd()))?;
+    Segment::open(OwnedFd::from(file), kind, seg.id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[test]
+    fn a_reopened_segment_shares_memory_and_checks_its_header() {
+        let a = test_segment(Kind::Value, 8);
+        let b = reopen(&a, Kind::Value).unwrap();
+        assert_eq!(a.id(), b.id());
+        assert_eq!(a.payload_len(), b.payload_len());
+        // SAFETY: one AtomicU64 fits in the 8-byte payload.
+        let (x, y) = unsafe { (a.state::<AtomicU64>(), b.state::<AtomicU64>()) };
+        x.store(42, Ordering::SeqCst);
+        assert_eq!(y.load(Ordering::SeqCst), 42);
+        assert_eq!(reopen(&a, Kind::Lock).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/self/fd/{}", a.fd().as_raw_fd())).unwrap();
+        assert_eq!(Segment::open(OwnedFd::from(file), Kind::Value, a.id() ^ 1).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_segment_is_no_file_in_dev_shm() {
+        let a = test_segment(Kind::Value, 8);
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", a.fd().as_raw_fd())).unwrap();
+        assert!(link.to_string_lossy().starts_with("/memfd:ferropool-test"), "{link:?}");
+    }
+}
