@@ -14,7 +14,6 @@ from __future__ import annotations
 # _pickle, not pickle: the same classes (pickle re-exports them) without importing re and
 # enum, which every worker would pay for at start-up.
 import _pickle
-import sys
 
 __all__ = [
     "FerropoolError",
@@ -77,15 +76,7 @@ class WorkerDiedError(FerropoolError):
         self.stderr_tail = stderr_tail
 
 
-if sys.version_info >= (3, 11):
-    _TimeoutBases: tuple = (TimeoutError,)
-else:  # concurrent.futures.TimeoutError became the builtin one in 3.11
-    from concurrent.futures import TimeoutError as _FuturesTimeoutError
-
-    _TimeoutBases = (TimeoutError, _FuturesTimeoutError)
-
-
-class TaskTimeoutError(FerropoolError, *_TimeoutBases):  # type: ignore[misc]
+class TaskTimeoutError(FerropoolError, TimeoutError):
     """The task ran longer than its timeout and was stopped.
 
     Raised by ``future.result()`` for a task submitted with a ``task_timeout`` (pool-wide, or per

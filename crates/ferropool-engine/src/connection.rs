@@ -73,12 +73,13 @@ impl Connection {
         write_all(&mut st, &self.sock)
     }
 
-    /// Queues a task's answer. It is written now unless another task is already buffered (its
-    /// answer will likely follow soon); then it is held, for at most `MAX_HOLD`.
-    pub fn answer(&mut self, kind: Kind, id: u64, aux: u32, payload: &[u8]) -> io::Result<()> {
+    /// Queues a task's answer, with the descriptors of its out-of-band buffers. It is written
+    /// now unless another task is already buffered (its answer will likely follow soon); then it
+    /// is held, for at most `MAX_HOLD`.
+    pub fn answer(&mut self, kind: Kind, id: u64, aux: u32, payload: &[u8], fds: Vec<OwnedFd>) -> io::Result<()> {
         let more = self.has_frame();
         let mut st = self.out.lock();
-        st.writer.push_parts(kind, id, aux, payload);
+        st.writer.push_parts_with_fds(kind, id, aux, payload, fds);
         if more && st.writer.pending() < MAX_HELD_BYTES {
             self.hold(st);
             Ok(())
@@ -247,7 +248,7 @@ mod tests {
         w.flush(parent.as_fd()).unwrap();
         let mut conn = Connection::new(child).unwrap();
         assert_eq!(conn.recv().unwrap().unwrap().id, 1);
-        conn.answer(Kind::Ok, 1, 0, b"done").unwrap();
+        conn.answer(Kind::Ok, 1, 0, b"done", Vec::new()).unwrap();
         assert_eq!(conn.recv().unwrap().unwrap().id, 2);
         // Task 2 "runs" from here on: nothing on this side touches the connection again.
         let mut reader = FrameReader::new();

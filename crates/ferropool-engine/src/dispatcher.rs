@@ -114,7 +114,7 @@ impl Dispatcher {
             // Waiting behind another task (or for the worker to start): skip it there.
             w.inflight[pos].cancelled = true;
             w.writer.push(Frame::new(Kind::Cancel, id, Vec::new()));
-            self.done.push(Done { id, outcome: Outcome::Cancelled, run_us: 0 });
+            self.done.push(Done::new(id, Outcome::Cancelled));
         }
     }
 
@@ -162,7 +162,7 @@ impl Dispatcher {
         let w = self.slots[slot].as_mut().expect("stopping a live worker");
         let Some(head) = w.inflight.pop_front() else { return };
         let outcome = if timed_out { Outcome::TimedOut { pid: w.pid, after: head.timeout.unwrap_or_default() } } else { Outcome::Cancelled };
-        self.done.push(Done { id: head.id, outcome, run_us: 0 });
+        self.done.push(Done::new(head.id, outcome));
         w.phase = Phase::Draining;
         w.head_started = None;
         w.stop = Some(Stop { task: Some(head.id), kill_at: Instant::now() + self.config.stop_grace, killed: false });
@@ -374,7 +374,7 @@ impl Dispatcher {
                 }
                 if !sent.is_some_and(|s| s.cancelled) {
                     let outcome = if frame.kind == Kind::Ok { Outcome::Returned(frame.payload) } else { Outcome::Raised(frame.payload) };
-                    self.done.push(Done { id: frame.id, outcome, run_us: frame.aux });
+                    self.done.push(Done { id: frame.id, outcome, run_us: frame.aux, fds: frame.fds });
                 }
                 let recycle = max_tasks.is_some_and(|m| w.tasks_sent >= m) || over_memory(w, max_memory);
                 if recycle && w.phase != Phase::Draining {
@@ -424,7 +424,7 @@ impl Dispatcher {
             // We killed it for a task reported already; nothing it held is to blame.
         } else if let Some(running) = orphans.pop_front() {
             if !running.cancelled {
-                self.done.push(Done { id: running.id, outcome: Outcome::WorkerDied { exit, stderr_tail }, run_us: 0 });
+                self.done.push(Done::new(running.id, Outcome::WorkerDied { exit, stderr_tail }));
             }
         }
         // Cancelled tasks were reported when cancelled.
@@ -464,11 +464,11 @@ impl Dispatcher {
         let queued: Vec<Task> = q.tasks.drain(..).collect();
         drop(q);
         for t in queued {
-            self.done.push(Done { id: t.id, outcome: Outcome::Broken(why.clone()), run_us: 0 });
+            self.done.push(Done::new(t.id, Outcome::Broken(why.clone())));
         }
         for w in self.slots.iter_mut().flatten() {
             for s in w.inflight.drain(..).filter(|s| !s.cancelled) {
-                self.done.push(Done { id: s.id, outcome: Outcome::Broken(why.clone()), run_us: 0 });
+                self.done.push(Done::new(s.id, Outcome::Broken(why.clone())));
             }
             w.phase = Phase::Draining;
             w.send_shutdown(EXIT_GRACE);
@@ -484,12 +484,12 @@ impl Dispatcher {
             w.stderr.pump();
             w.stderr.flush_partial();
             for s in w.inflight.drain(..).filter(|s| !s.cancelled) {
-                self.done.push(Done { id: s.id, outcome: Outcome::Cancelled, run_us: 0 });
+                self.done.push(Done::new(s.id, Outcome::Cancelled));
             }
         }
         let queued: Vec<Task> = self.shared.queue.lock().expect("queue poisoned").tasks.drain(..).collect();
         for t in queued {
-            self.done.push(Done { id: t.id, outcome: Outcome::Cancelled, run_us: 0 });
+            self.done.push(Done::new(t.id, Outcome::Cancelled));
         }
         self.shared.publish(&mut self.done);
     }

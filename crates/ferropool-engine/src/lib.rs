@@ -3,6 +3,7 @@
 //! binding crate turns it into `ferropool._core`.
 //!
 //! - `frame`: the wire format (header layout, kinds).
+//! - `buffer`: out-of-band buffers of arguments and results, in memory files.
 //! - `channel`: buffered frame transport over unix sockets, with descriptor passing.
 //! - `connection`: the worker's end of its socket (cancelled tasks skipped, answers batched).
 //! - `worker`: one worker process as the parent sees it.
@@ -13,6 +14,7 @@
 //! - `shared`: locks, events, semaphores, barriers, a queue and numbers in shared memory
 //!   (`memfd_create` segments), usable from every thread of every process that maps them.
 
+pub mod buffer;
 pub mod channel;
 pub mod connection;
 mod dispatcher;
@@ -23,5 +25,5 @@ pub mod stderr;
 pub mod work_queue;
 pub mod worker;
 
-pub use pool::{Done, Outcome, PoolConfig, ProcessPool, SubmitError};
+pub use pool::{Done, Outcome, Payload, PoolConfig, ProcessPool, SubmitError};
 pub use worker::Exit;

@@ -19,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::buffer::MemFile;
 use crate::worker::Exit;
 
 /// How to start and run a pool's workers.
@@ -74,12 +75,49 @@ pub enum Outcome {
     Broken(Vec<u8>),
 }
 
-/// One finished task: its id, outcome and run time in the worker (microseconds, 0 if unknown).
+/// One finished task: its id, outcome and run time in the worker (microseconds, 0 if unknown),
+/// and the descriptors of the out-of-band buffers of its result, in order.
 #[derive(Debug)]
 pub struct Done {
     pub id: u64,
     pub outcome: Outcome,
     pub run_us: u32,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Done {
+    pub(crate) fn new(id: u64, outcome: Outcome) -> Done {
+        Done { id, outcome, run_us: 0, fds: Vec::new() }
+    }
+}
+
+/// What a task carries to its worker: the encoded call, and its out-of-band buffers (memory
+/// files, see `buffer.rs`), whose descriptors travel with it as `SCM_RIGHTS`.
+#[derive(Default)]
+pub struct Payload {
+    pub bytes: Vec<u8>,
+    pub buffers: Vec<Arc<MemFile>>,
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Payload({} bytes, {} buffers)", self.bytes.len(), self.buffers.len())
+    }
+}
+
+/// Equal when the bytes are and the same number of buffers ride along (for tests).
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.bytes == other.bytes && self.buffers.len() == other.buffers.len()
+    }
+}
+
+impl Eq for Payload {}
+
+impl From<Vec<u8>> for Payload {
+    fn from(bytes: Vec<u8>) -> Payload {
+        Payload { bytes, buffers: Vec::new() }
+    }
 }
 
 /// Why `submit` refused a task.
@@ -89,14 +127,14 @@ pub enum SubmitError {
     Closed,
     /// `max_pending` tasks are unfinished and the wait for room timed out; the payload is
     /// handed back for the next try.
-    Full(Vec<u8>),
+    Full(Payload),
     /// The pool is broken; the payload says why (see `Outcome::Broken`).
     Broken(Vec<u8>),
 }
 
 pub(crate) struct Task {
     pub id: u64,
-    pub payload: Vec<u8>,
+    pub payload: Payload,
     pub timeout: Option<Duration>,
 }
 
@@ -213,7 +251,7 @@ impl ProcessPool {
     /// stopped and it ends `TimedOut`). Never blocks on the workers; with `max_pending`, waits
     /// up to `wait` for room and then fails with `Full` (handing the payload back). Fails if the
     /// pool is closed or broken.
-    pub fn submit_within(&self, id: u64, payload: Vec<u8>, timeout: Option<Duration>, wait: Duration) -> Result<(), SubmitError> {
+    pub fn submit_within(&self, id: u64, payload: Payload, timeout: Option<Duration>, wait: Duration) -> Result<(), SubmitError> {
         let deadline = Instant::now() + wait;
         let mut q = self.shared.queue.lock().expect("queue poisoned");
         loop {
@@ -249,7 +287,7 @@ impl ProcessPool {
     /// `submit_within` with no timeout and no wait: `Full` at once when `max_pending` tasks
     /// are unfinished.
     pub fn submit(&self, id: u64, payload: Vec<u8>) -> Result<(), SubmitError> {
-        self.submit_within(id, payload, None, Duration::ZERO)
+        self.submit_within(id, payload.into(), None, Duration::ZERO)
     }
 
     /// Cancels task `id`. If no worker has it yet it is removed and true is returned: it never

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::channel::{self, FrameReader, FrameWriter};
 use crate::frame::{Frame, Kind};
+use crate::pool::Payload;
 use crate::stderr::StderrRelay;
 
 /// Where a worker is in its life.
@@ -53,7 +54,7 @@ impl std::fmt::Display for Exit {
 pub struct Sent {
     pub id: u64,
     /// Kept so that the task can be re-sent elsewhere if this worker dies before starting it.
-    pub payload: Vec<u8>,
+    pub payload: Payload,
     /// Longest the task may run once started.
     pub timeout: Option<Duration>,
     /// Cancelled while queued at the worker: its outcome was already reported, and whatever the
@@ -184,8 +185,15 @@ impl Worker {
     }
 
     /// Queues task `id` for this worker.
-    pub fn send_task(&mut self, id: u64, payload: Vec<u8>, timeout: Option<Duration>) {
-        self.writer.push_parts(Kind::Task, id, 0, &payload);
+    pub fn send_task(&mut self, id: u64, payload: Payload, timeout: Option<Duration>) {
+        // The frame gets duplicates of the buffers' descriptors: ours are kept for a re-send.
+        let fds = payload.buffers.iter().filter_map(|b| b.fd().try_clone_to_owned().ok()).collect::<Vec<_>>();
+        if fds.len() == payload.buffers.len() {
+            self.writer.push_parts_with_fds(Kind::Task, id, 0, &payload.bytes, fds);
+        } else {
+            // Out of descriptors: the worker finds the frame short of buffers and fails the task.
+            self.writer.push_parts(Kind::Task, id, 0, &payload.bytes);
+        }
         if self.inflight.is_empty() && self.phase != Phase::Starting {
             self.head_started = Some(Instant::now());
         }

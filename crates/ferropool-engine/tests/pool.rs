@@ -211,12 +211,12 @@ fn max_pending_refuses_past_the_bound_until_tasks_finish_or_are_cancelled() {
         pool.submit(id, b"sleep:5000".to_vec()).unwrap();
     }
     match pool.submit(3, b"echo:late".to_vec()) {
-        Err(SubmitError::Full(payload)) => assert_eq!(payload, b"echo:late", "the payload comes back"),
+        Err(SubmitError::Full(payload)) => assert_eq!(payload.bytes, b"echo:late", "the payload comes back"),
         other => panic!("expected Full, got {other:?}"),
     }
     let cancelled = pool.cancel_all();
     assert!(!cancelled.is_empty(), "tasks behind the first are still queued");
-    pool.submit_within(3, b"echo:late".to_vec(), None, LIMIT).expect("cancelling freed room");
+    pool.submit_within(3, b"echo:late".to_vec().into(), None, LIMIT).expect("cancelling freed room");
     pool.close(true);
     assert!(pool.join(Some(LIMIT)));
 }
@@ -228,7 +228,7 @@ fn a_submitter_blocked_by_max_pending_is_released_by_close() {
     let pool = Arc::new(ProcessPool::start(c).unwrap());
     pool.submit(0, b"sleep:5000".to_vec()).unwrap();
     let p = pool.clone();
-    let blocked = std::thread::spawn(move || p.submit_within(1, b"echo:x".to_vec(), None, LIMIT));
+    let blocked = std::thread::spawn(move || p.submit_within(1, b"echo:x".to_vec().into(), None, LIMIT));
     pool.close(true);
     assert_eq!(blocked.join().unwrap(), Err(SubmitError::Closed));
     assert!(pool.join(Some(LIMIT)));
@@ -240,12 +240,21 @@ fn worker_pid(pool: &ProcessPool, id: u64) -> String {
     returned(&collect(pool, 1)[&id])
 }
 
+/// Waits (bounded) until task `id` has left the shared queue for a worker.
+fn wait_until_sent(pool: &ProcessPool, id: u64) {
+    let deadline = Instant::now() + LIMIT;
+    while pool.is_queued(id) {
+        assert!(Instant::now() < deadline, "task {id} never left the queue");
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 fn a_task_past_its_timeout_ends_timed_out_and_its_worker_is_replaced() {
     let pool = ProcessPool::start(config(1)).unwrap();
     let before = worker_pid(&pool, 0);
     let started = Instant::now();
-    pool.submit_within(1, b"sleep:20000".to_vec(), Some(Duration::from_millis(200)), Duration::ZERO).unwrap();
+    pool.submit_within(1, b"sleep:20000".to_vec().into(), Some(Duration::from_millis(200)), Duration::ZERO).unwrap();
     // Sent to the same worker, queued behind the overrunning task: it must run elsewhere.
     pool.submit(2, b"echo:behind".to_vec()).unwrap();
     let got = collect(&pool, 2);
@@ -263,7 +272,7 @@ fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
     c.stop_grace = Duration::from_millis(300);
     let pool = ProcessPool::start(c).unwrap();
     let before = worker_pid(&pool, 0);
-    pool.submit_within(1, b"stubborn:60000".to_vec(), Some(Duration::from_millis(100)), Duration::ZERO).unwrap();
+    pool.submit_within(1, b"stubborn:60000".to_vec().into(), Some(Duration::from_millis(100)), Duration::ZERO).unwrap();
     assert!(matches!(collect(&pool, 1)[&1], Outcome::TimedOut { .. }));
     assert_ne!(worker_pid(&pool, 2), before, "SIGKILL followed the ignored SIGTERM");
     pool.close(false);
@@ -277,6 +286,7 @@ fn cancelling_a_running_task_stops_its_worker() {
     let before = worker_pid(&pool, 0);
     pool.submit(1, b"sleep:20000".to_vec()).unwrap();
     pool.submit(2, b"echo:behind".to_vec()).unwrap();
+    wait_until_sent(&pool, 1);
     assert!(!pool.cancel(1), "a task at a worker is not simply removed");
     let got = collect(&pool, 2);
     assert_eq!(got[&1], Outcome::Cancelled);
@@ -295,11 +305,7 @@ fn a_task_cancelled_while_queued_at_a_worker_is_skipped_there() {
     pool.submit(1, b"sleep:300".to_vec()).unwrap();
     pool.submit(2, b"exit:3".to_vec()).unwrap();
     pool.submit(3, b"echo:after".to_vec()).unwrap();
-    let deadline = Instant::now() + LIMIT;
-    while pool.is_queued(2) {
-        assert!(Instant::now() < deadline, "task 2 never left the queue");
-        std::thread::yield_now();
-    }
+    wait_until_sent(&pool, 2);
     assert!(!pool.cancel(2), "task 2 was already sent to the worker");
     let got = collect(&pool, 3);
     assert_eq!(got[&2], Outcome::Cancelled);

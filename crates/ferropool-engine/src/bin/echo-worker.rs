@@ -56,7 +56,7 @@ fn main() {
                 } else {
                     (Kind::Err, b"unknown command".to_vec())
                 };
-                if conn.answer(kind, f.id, 0, &out).is_err() {
+                if conn.answer(kind, f.id, 0, &out, Vec::new()).is_err() {
                     break;
                 }
             }
