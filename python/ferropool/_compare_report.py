@@ -57,6 +57,20 @@ def _family_best(strategies: dict) -> dict:
     return best
 
 
+def _x(speedup: float) -> str:
+    return f"{speedup:.1f}x" if speedup >= 0.1 else f"{speedup:.2g}x"
+
+
+def _overhead(wl: dict, row: dict) -> str:
+    """Return ', ~N us per task against M us of work' when the work per task is tiny, else ''."""
+    serial = _best_row(wl["strategies"].get(SERIAL, {}))
+    tasks = wl.get("tasks")
+    if not serial or not tasks or "median_s" not in serial or row["speedup"] >= 0.5:
+        return ""
+    work, cost = serial["median_s"] / tasks, row["median_s"] / tasks
+    return f": {cost * 1e6:.1f} us per task against {work * 1e6:.2g} us of work"
+
+
 def _use(name: str, row: dict) -> str:
     """Return how to write the recommended strategy in code."""
     if name == "asyncio":
@@ -81,8 +95,8 @@ def recommend(wl_name: str, wl: dict, cores: int) -> str:
 
     if top < WORTHWHILE:
         speedup, name, row = max(best.values(), key=lambda b: b[0])
-        return (f"{wl_name}: the pools' overhead eats the gain (best: {name} {speedup:.1f}x with "
-                f"{_workers(row)}) -> stay serial, or give each task more work")
+        return (f"{wl_name}: the pools' overhead eats the gain (best: {name} {_x(speedup)} with "
+                f"{_workers(row)}{_overhead(wl, row)}) -> stay serial, or give each task more work")
     order = ["threads", "processes", "processes x threads", "auto", "asyncio"]
     if wl.get("is_async"):
         order.remove("asyncio")

@@ -89,7 +89,7 @@ def build_workloads(names, *, quick: bool, cores: int, server=None) -> list:
             out.append(_same(name, f"{cpu_tasks} pure-Python loops of ~{task_s * 1e3:.0f} ms (hold the GIL)",
                              w.spin, n, cpu_tasks, 1_000))
         elif name == "hash":
-            mib = 1 if quick else 8
+            mib = 1 if quick else 32
             out.append(_same(name, f"{cpu_tasks} SHA-256 of {mib} MiB (hashlib: native, releases the GIL)",
                              w.hash_task, mib, cpu_tasks, 1))
         elif name == "sleep":
@@ -123,7 +123,7 @@ def _same(name: str, description: str, fn: Callable, arg, n: int, warmup_arg) ->
 
 
 def _array_workload(name: str, n_tasks: int, length: int):
-    description = f"{n_tasks} x sqrt-sum of a {length * 8 / 2 ** 20:g} MiB float64 array passed as argument"
+    description = f"{n_tasks} x sin-sum of a {length * 8 / 2 ** 20:g} MiB float64 array passed as argument"
     try:
         import numpy as np
     except ImportError:

@@ -15,7 +15,7 @@ them, so that a worker pays for them only if it runs such a task.
   for blocking I/O.
 - :func:`http_get`: a blocking HTTP request (``urllib``); :func:`http_get_async`
   the same request with an ``aiohttp`` client, a coroutine.
-- :func:`array_task`: a reduction over a large numpy array passed as argument,
+- :func:`array_task`: numpy work over a large array passed as argument,
   so a process pool pays for copying it to the worker.
 - :func:`run_async`: runs a coroutine function to completion in a new event
   loop; how thread and process pools run ``async def`` tasks.
@@ -138,10 +138,10 @@ async def close_loop_sessions() -> None:
 
 
 def array_task(array) -> float:
-    """Return the sum of ``sqrt(array)``: numpy work over an argument that is large to copy."""
+    """Return the sum of ``sin(array)``: numpy work (GIL released) over an argument that is large to copy."""
     import numpy as np
 
-    return float(np.sqrt(array).sum())
+    return float(np.sin(array).sum())
 
 
 def run_async(afn, arg):
