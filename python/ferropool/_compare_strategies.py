@@ -163,41 +163,46 @@ def _ferropool_class(name: str):
     return cls
 
 
-# ---------------------------------------------------------------- factories: (workers, cores) -> Runner
+# ------------------------------------------------- factories: (workers, cores) -> Runner; None workers: one per core
 
 
 def _serial(workers: Optional[int], cores: int) -> Runner:
     return SerialRunner()
 
 
-def _stdlib_threads(workers: int, cores: int) -> Runner:
+def _stdlib_threads(workers: Optional[int], cores: int) -> Runner:
+    workers = workers or cores
     return ExecutorRunner(ThreadPoolExecutor(workers), workers)
 
 
-def _stdlib_processes(workers: int, cores: int) -> Runner:
+def _stdlib_processes(workers: Optional[int], cores: int) -> Runner:
+    workers = workers or cores
     ctx = multiprocessing.get_context(STDLIB_START_METHOD)
     return ExecutorRunner(ProcessPoolExecutor(workers, mp_context=ctx), workers)
 
 
-def _ferropool_threads(workers: int, cores: int) -> Runner:
+def _ferropool_threads(workers: Optional[int], cores: int) -> Runner:
+    workers = workers or cores
     return ExecutorRunner(_ferropool_class("ThreadPool")(max_workers=workers), workers)
 
 
-def _ferropool_processes(workers: int, cores: int) -> Runner:
+def _ferropool_processes(workers: Optional[int], cores: int) -> Runner:
+    workers = workers or cores
     return ExecutorRunner(_ferropool_class("ProcessPool")(max_workers=workers), workers)
 
 
-def _ferropool_hybrid(workers: int, cores: int) -> Runner:
+def _ferropool_hybrid(workers: Optional[int], cores: int) -> Runner:
     """One process per core (at most ``workers``), and enough threads in each to reach ``workers``."""
     cls = _ferropool_class("HybridPool")
+    workers = workers or cores
     processes = max(1, min(workers, cores))
     threads = math.ceil(workers / processes)
     return ExecutorRunner(cls(processes=processes, threads_per_process=threads), processes * threads,
                           f"{processes}x{threads}")
 
 
-def _asyncio(workers: int, cores: int) -> Runner:
-    return AsyncioRunner(workers)
+def _asyncio(workers: Optional[int], cores: int) -> Runner:
+    return AsyncioRunner(workers or cores)
 
 
 def _ferropool_auto(workers: Optional[int], cores: int) -> Runner:

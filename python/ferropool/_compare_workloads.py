@@ -81,7 +81,7 @@ def build_workloads(names, *, quick: bool, cores: int, server=None) -> list:
     cpu_tasks = 4 if quick else max(8, 4 * cores)
     io_tasks = 8 if quick else max(12, 4 * cores)
     io_ms = 2 if quick else HTTP_DELAY_MS
-    out = []
+    out: list = []
     for name in names:
         if name == "cpu":
             task_s = 0.005 if quick else 0.2 / cpu_tasks
