@@ -169,6 +169,7 @@ def run_compare(workloads: Sequence, *, strategies: Sequence[Strategy] = STRATEG
     """
     t_start = time.perf_counter()
     cores = usable_cores()
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     progress = progress or Progress(quiet=True)
     prepare(strategies)
     unavailable: dict = {}
@@ -196,7 +197,8 @@ def run_compare(workloads: Sequence, *, strategies: Sequence[Strategy] = STRATEG
     return {
         "schema": SCHEMA,
         "machine": {"usable_cores": cores, "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-                    "platform": sys.platform, "per_worker_usage": usage.HAVE_PROC},
+                    "platform": sys.platform, "per_worker_usage": usage.HAVE_PROC,
+                    "load_average_at_start": load_at_start},
         "config": {"workloads": [wl.name for wl in workloads], "strategies": [s.name for s in strategies],
                    "repeats": repeats, "workers": list(workers) if workers else None, "quick": quick,
                    "stdlib_start_method": STDLIB_START_METHOD},
