@@ -345,8 +345,8 @@ def test_missing_strategy_is_unavailable_and_the_run_goes_on(monkeypatch):
                                                   "error": f"unavailable: ferropool {ferropool.__version__} has no HybridPool"}
     assert strategies["ThreadPoolExecutor"]["available"]
     assert "ferropool.HybridPool: unavailable" in _compare_report.format_report(report)
-    report["machine"]["load_average_at_start"] = 3.0  # another program was busy: the table says so
-    assert "Warning: the load average was 3.0" in _compare_report.format_report(report)
+    report["machine"]["busy_cores_at_start"] = 1.5  # another program was busy: the table says so
+    assert "Warning: other programs kept 1.5 cores busy" in _compare_report.format_report(report)
 
 
 def test_local_server_answers_blocking_and_async_clients():

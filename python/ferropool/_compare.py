@@ -169,7 +169,7 @@ def run_compare(workloads: Sequence, *, strategies: Sequence[Strategy] = STRATEG
     """
     t_start = time.perf_counter()
     cores = usable_cores()
-    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    busy_at_start = usage.busy_cores()
     progress = progress or Progress(quiet=True)
     prepare(strategies)
     unavailable: dict = {}
@@ -198,7 +198,7 @@ def run_compare(workloads: Sequence, *, strategies: Sequence[Strategy] = STRATEG
         "schema": SCHEMA,
         "machine": {"usable_cores": cores, "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
                     "platform": sys.platform, "per_worker_usage": usage.HAVE_PROC,
-                    "load_average_at_start": load_at_start},
+                    "busy_cores_at_start": busy_at_start},
         "config": {"workloads": [wl.name for wl in workloads], "strategies": [s.name for s in strategies],
                    "repeats": repeats, "workers": list(workers) if workers else None, "quick": quick,
                    "stdlib_start_method": STDLIB_START_METHOD},

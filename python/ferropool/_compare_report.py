@@ -24,8 +24,8 @@ __all__ = ["recommend", "format_report", "Progress", "WORTHWHILE", "SIGNIFICANT"
 WORTHWHILE = 1.2
 SIGNIFICANT = 1.15
 NEAR_BEST = 1.05
-# A 1-minute load average above this when the run starts means other programs use the cores.
-BUSY_LOAD = 0.5
+# Other programs keeping this many cores busy when the run starts distort CPU-bound figures.
+BUSY_CORES = 0.3
 FAMILY = {s.name: s.family for s in STRATEGIES}
 
 
@@ -189,10 +189,10 @@ def format_report(report: dict) -> str:
               f"ProcessPoolExecutor uses the {cfg['stdlib_start_method']} start method (forking a process whose "
               "pools run threads can deadlock).",
               f"Total time: {report['total_s']:.1f} s"]
-    load = m.get("load_average_at_start")
-    if load is not None and load >= BUSY_LOAD:
-        lines.append(f"Warning: the load average was {load:.1f} when the run started: other programs were using "
-                     "the cores, so the figures for CPU-bound work understate what pools can do here.")
+    busy = m.get("busy_cores_at_start")
+    if busy is not None and busy >= BUSY_CORES:
+        lines.append(f"Warning: other programs kept {busy:.1f} cores busy when the run started, so the figures "
+                     "for CPU-bound work may understate what pools can do here.")
     return "\n".join(lines)
 
 

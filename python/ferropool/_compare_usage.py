@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import time
 from typing import Iterable, Optional
 
-__all__ = ["descendants", "self_cpu_s", "cpu_s", "peak_rss_bytes", "self_peak_rss_bytes", "HAVE_PROC"]
+__all__ = ["descendants", "self_cpu_s", "cpu_s", "peak_rss_bytes", "self_peak_rss_bytes", "busy_cores",
+           "HAVE_PROC"]
 
 HAVE_PROC = os.path.isdir("/proc/self/task")
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
@@ -89,3 +91,29 @@ def self_peak_rss_bytes() -> int:
     """Return this process's peak resident set since it started (``ru_maxrss``)."""
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB elsewhere
+
+
+def _machine_ticks() -> tuple:
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])  # busy, total (without guest time, counted in user)
+
+
+def busy_cores(sample_s: float = 0.25) -> Optional[float]:
+    """Return how many cores other programs kept busy over the next ``sample_s`` seconds (blocks).
+
+    Call it while this process is idle: its own CPU time is subtracted, but nothing else is.
+    None without /proc.  Unlike the load average, which trails by a minute, this sees now.
+    """
+    if not HAVE_PROC:
+        return None
+    busy0, total0 = _machine_ticks()
+    mine0, t0 = self_cpu_s(), time.perf_counter()
+    time.sleep(sample_s)  # the sample itself: nothing to wait for
+    busy1, total1 = _machine_ticks()
+    mine, wall = self_cpu_s() - mine0, time.perf_counter() - t0
+    if total1 <= total0:
+        return None
+    cores_seen = (total1 - total0) * _TICK_S / wall
+    return max(0.0, (busy1 - busy0) / (total1 - total0) * cores_seen - mine / wall)
