@@ -76,18 +76,23 @@ def test_json_figures_are_consistent(quick_report):
     for name, wl in quick_report["workloads"].items():
         if not wl["available"]:
             continue
+        repeats = quick_report["config"]["repeats"]
         serial = _rows(wl["strategies"]["serial"])
+        # serial is timed again at every worker count: its row pools those runs
         assert len(serial) == 1 and serial[0]["speedup"] == 1.0
+        assert len(serial[0]["runs_s"]) == repeats * len(wl["sweep"])
         for strategy, entry in wl["strategies"].items():
             if strategy in MAY_BE_MISSING and not entry["available"]:
                 assert entry["error"].startswith("unavailable: "), (name, strategy)
                 continue
             assert entry["available"], (name, strategy, entry.get("error"))
-            for r in entry["by_workers"]:
+            for r in entry["by_workers"] if strategy != "serial" else []:
                 assert r["available"], (name, strategy, r)
                 assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"], (name, strategy)
-                assert len(r["runs_s"]) == quick_report["config"]["repeats"]
-                assert math.isclose(r["speedup"], serial[0]["median_s"] / r["median_s"], rel_tol=1e-9)
+                assert len(r["runs_s"]) == repeats
+                if repeats % 2:  # the baseline is serial's median at the same worker count: one of its runs
+                    assert r["baseline_s"] in serial[0]["runs_s"], (name, strategy)
+                assert math.isclose(r["speedup"], r["baseline_s"] / r["median_s"], rel_tol=1e-9)
                 assert math.isclose(r["efficiency"], r["speedup"] / min(r["workers"] or cores, cores), rel_tol=1e-9)
                 assert r["cpu_utilisation"] is None or r["cpu_utilisation"] >= 0
 

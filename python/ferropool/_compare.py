@@ -4,10 +4,10 @@ For each workload (built-in, see ``_compare_workloads.BUILTIN``, or the user's
 ``module:function``) and each worker count of its sweep (1, 2, the usable cores,
 and twice the cores for I/O), every strategy of ``_compare_strategies`` is
 built fresh, started, warmed up on the workload, and timed for ``repeats``
-batches; the repeats are interleaved across the strategies of one worker count,
-so that background load drifting during the run does not favour any of them.
-Each figure is the median wall time, with the min-max spread, the speedup over
-serial, the efficiency per core (speedup / min(workers, cores)), the CPU
+batches, together with serial: the repeats are interleaved across the strategies
+of one worker count, so that background load drifting during the run does not
+favour any of them.  Each figure is the median wall time, with the min-max
+spread, the speedup over serial's median at the same worker count, the efficiency per core (speedup / min(workers, cores)), the CPU
 utilisation (CPU seconds of this process and the strategy's worker processes
 over wall seconds, as a share of the usable cores) and the workers' peak RSS.
 Every runner is closed after its worker count, even on error or Ctrl-C.
@@ -93,48 +93,69 @@ def _error(workers, exc: BaseException, when: str = "") -> dict:
             "error": f"{when}{type(exc).__name__}: {exc}"}
 
 
+def _start(s: Strategy, n: Optional[int], wl: Workload, cores: int, stack: ExitStack, rows: dict,
+           unavailable: dict) -> Optional[_Timed]:
+    """Build, start and warm up ``s`` with ``n`` workers (closed by ``stack``); None if it could not.
+
+    Its worker processes are the descendants that appeared meanwhile.
+    """
+    before = usage.descendants()
+    try:
+        runner = s.make(n, cores)
+    except Unavailable as exc:
+        unavailable[s.name] = str(exc)
+        return None
+    except Exception as exc:  # noqa: BLE001 - report it, time the others
+        rows[s.name].append(_error(n, exc, "cannot create: "))
+        return None
+    stack.callback(runner.close)
+    try:
+        runner.start()
+        warm = wl.warmup_items or wl.items
+        k = 2 * (runner.workers or cores)
+        runner.run(wl.fn, wl.afn, (warm * k)[:k])  # warm-up: imports, connections, caches
+    except Exception as exc:  # noqa: BLE001
+        rows[s.name].append(_error(runner.workers or n, exc, "warm-up failed: "))
+        return None
+    return _Timed(s, runner, usage.descendants() - before)
+
+
 def _measure(wl: Workload, strategies: Sequence[Strategy], sweep: Sequence[int], *, repeats: int, cores: int,
              unavailable: dict, progress: Progress) -> dict:
     """Time ``wl`` with every strategy at every worker count of ``sweep``; return ``{strategy: entry}``.
 
+    Serial is timed again at every worker count, interleaved with the pools, and each row's
+    ``baseline_s`` is serial's median from the same worker count: a neighbour that starts
+    competing for the cores halfway through the sweep then slows the baseline too, instead of
+    making later pools look slow (or, had it stopped, fast).  Serial's own row pools all its runs.
     Strategies that raise Unavailable are added to ``unavailable`` (name -> reason) and not built again.
     """
     rows: dict = {s.name: [] for s in strategies}
-    for phase, workers in enumerate(sweep):
-        members = [s for s in strategies if s.name not in unavailable and (s.sweeps or phase == 0)]
-        with ExitStack() as stack:
-            live = []
-            for s in members:
-                n = workers if s.sweeps else None
-                before = usage.descendants()
-                try:
-                    runner = s.make(n, cores)
-                except Unavailable as exc:
-                    unavailable[s.name] = str(exc)
-                    continue
-                except Exception as exc:  # noqa: BLE001 - report it, time the others
-                    rows[s.name].append(_error(n, exc, "cannot create: "))
-                    continue
-                stack.callback(runner.close)
-                try:
-                    runner.start()
-                    warm = wl.warmup_items or wl.items
-                    k = 2 * (runner.workers or cores)
-                    runner.run(wl.fn, wl.afn, (warm * k)[:k])  # warm-up: imports, connections, caches
-                except Exception as exc:  # noqa: BLE001
-                    rows[s.name].append(_error(runner.workers or n, exc, "warm-up failed: "))
-                    continue
-                live.append(_Timed(s, runner, usage.descendants() - before))
-            for i in range(repeats):
-                progress.step(f"{wl.name}: {workers} worker{'s' if workers > 1 else ''}, run {i + 1} of {repeats}")
-                for t in list(live):
-                    try:
-                        t.time_once(wl)
-                    except Exception as exc:  # noqa: BLE001
-                        rows[t.strategy.name].append(_error(t.runner.workers, exc))
-                        live.remove(t)
-            for t in live:
-                rows[t.strategy.name].append(t.summary(cores))
+    with ExitStack() as outer:
+        serial = next((_start(s, None, wl, cores, outer, rows, unavailable) for s in strategies if s.name == SERIAL),
+                      None)
+        for phase, workers in enumerate(sweep):
+            members = [s for s in strategies
+                       if s.name != SERIAL and s.name not in unavailable and (s.sweeps or phase == 0)]
+            with ExitStack() as stack:
+                live = [t for t in (_start(s, workers if s.sweeps else None, wl, cores, stack, rows, unavailable)
+                                    for s in members) if t is not None]
+                timed = ([serial] if serial else []) + live
+                for i in range(repeats):
+                    progress.step(f"{wl.name}: {workers} worker{'s' if workers > 1 else ''}, run {i + 1} of {repeats}")
+                    for t in list(timed):
+                        try:
+                            t.time_once(wl)
+                        except Exception as exc:  # noqa: BLE001 - report it, keep timing the others
+                            rows[t.strategy.name].append(_error(t.runner.workers, exc))
+                            timed.remove(t)
+                            serial = None if t is serial else serial
+                baseline = median(serial.wall[-repeats:]) if serial else None
+                for t in timed:
+                    if t is not serial:
+                        rows[t.strategy.name].append({**t.summary(cores), "baseline_s": baseline})
+        if serial:
+            rows[SERIAL].append({**serial.summary(cores), "baseline_s": median(serial.wall)})
     out = {}
     for s in strategies:
         if s.name in unavailable:
@@ -148,15 +169,11 @@ def _measure(wl: Workload, strategies: Sequence[Strategy], sweep: Sequence[int],
 
 
 def _add_ratios(strategies: dict, cores: int) -> None:
-    """Add speedup over serial and efficiency per core to every timed entry (in place)."""
-    serial = strategies.get(SERIAL, {})
-    base = next((r["median_s"] for r in serial.get("by_workers", []) if r["available"]), None)
-    if base is None:
-        return
+    """Add speedup over serial (at the same worker count) and efficiency per core to every timed row (in place)."""
     for entry in strategies.values():
         for r in entry.get("by_workers", []):
-            if r["available"]:
-                r["speedup"] = base / r["median_s"]
+            if r["available"] and r.get("baseline_s"):
+                r["speedup"] = r["baseline_s"] / r["median_s"]
                 r["efficiency"] = r["speedup"] / min(r["workers"] or cores, cores)
 
 
