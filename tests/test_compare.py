@@ -287,6 +287,16 @@ def test_recommendation_follows_the_measurements(wl, expected):
     assert expected in rec and "\n" not in rec, rec
 
 
+def test_recommendation_cautions_when_serial_did_not_get_a_whole_core():
+    wl = {**_wl(1.0, 1.9), "kind": "cpu"}
+    wl["strategies"]["serial"]["by_workers"][0]["cpu_utilisation"] = 0.3  # 0.6 of a core on 2 cores
+    rec = _compare.recommend("w", wl, cores=2)
+    assert rec.endswith("(caution: serial got 0.60 of a core, other programs competed for the CPU: "
+                        "these figures understate what pools can do)"), rec
+    wl["strategies"]["serial"]["by_workers"][0]["cpu_utilisation"] = 0.49
+    assert "caution" not in _compare.recommend("w", wl, cores=2)
+
+
 def test_recommendation_names_stdlib_only_when_clearly_faster():
     wl = _wl(1.0, 1.9)
     assert "ferropool.ProcessPool" in _compare.recommend("cpu", wl, cores=2)

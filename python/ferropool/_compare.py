@@ -211,11 +211,12 @@ def run_compare(workloads: Sequence, *, strategies: Sequence[Strategy] = STRATEG
         }
         report_wl[wl.name]["recommendation"] = recommend(wl.name, report_wl[wl.name], cores)
     progress.done()
+    busy_at_end = usage.busy_cores()  # every pool is closed by now: what remains is other programs
     return {
         "schema": SCHEMA,
         "machine": {"usable_cores": cores, "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
                     "platform": sys.platform, "per_worker_usage": usage.HAVE_PROC,
-                    "busy_cores_at_start": busy_at_start},
+                    "busy_cores_at_start": busy_at_start, "busy_cores_at_end": busy_at_end},
         "config": {"workloads": [wl.name for wl in workloads], "strategies": [s.name for s in strategies],
                    "repeats": repeats, "workers": list(workers) if workers else None, "quick": quick,
                    "stdlib_start_method": STDLIB_START_METHOD},

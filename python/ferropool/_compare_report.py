@@ -24,8 +24,10 @@ __all__ = ["recommend", "format_report", "Progress", "WORTHWHILE", "SIGNIFICANT"
 WORTHWHILE = 1.2
 SIGNIFICANT = 1.15
 NEAR_BEST = 1.05
-# Other programs keeping this many cores busy when the run starts distort CPU-bound figures.
+# Other programs keeping this many cores busy when the run starts or ends distort CPU-bound figures.
 BUSY_CORES = 0.3
+# Serial CPU-bound work that gets less than this share of a core was kept waiting by other programs.
+FULL_CORE = 0.85
 FAMILY = {s.name: s.family for s in STRATEGIES}
 
 
@@ -87,6 +89,10 @@ def _use(name: str, row: dict) -> str:
 
 def recommend(wl_name: str, wl: dict, cores: int) -> str:
     """Return a one-line recommendation for a workload's report, with the measured reason."""
+    return _recommend(wl_name, wl, cores) + _contention(wl, cores)
+
+
+def _recommend(wl_name: str, wl: dict, cores: int) -> str:
     best = _family_best(wl["strategies"])
     if not best:
         return f"{wl_name}: nothing could be measured against serial -> see the errors above"
@@ -121,6 +127,16 @@ def recommend(wl_name: str, wl: dict, cores: int) -> str:
         why = (f"{name} gives {speedup:.1f}x with {workers}; threads {fig('threads')}, "
                f"processes {fig('processes')}")
     return f"{wl_name}: {why} -> use {_use(name, row)}"
+
+
+def _contention(wl: dict, cores: int) -> str:
+    """Return a caution to append when serial CPU-bound work did not get a whole core, else ''."""
+    serial = _best_row(wl["strategies"].get(SERIAL, {}))
+    util = serial.get("cpu_utilisation") if serial else None
+    if wl.get("kind") != "cpu" or util is None or util * cores >= FULL_CORE:
+        return ""
+    return (f" (caution: serial got {util * cores:.2f} of a core, other programs competed for the CPU: "
+            "these figures understate what pools can do)")
 
 
 # ---------------------------------------------------------------- the table
@@ -189,10 +205,11 @@ def format_report(report: dict) -> str:
               f"ProcessPoolExecutor uses the {cfg['stdlib_start_method']} start method (forking a process whose "
               "pools run threads can deadlock).",
               f"Total time: {report['total_s']:.1f} s"]
-    busy = m.get("busy_cores_at_start")
-    if busy is not None and busy >= BUSY_CORES:
-        lines.append(f"Warning: other programs kept {busy:.1f} cores busy when the run started, so the figures "
-                     "for CPU-bound work may understate what pools can do here.")
+    for when in ("start", "end"):
+        busy = m.get(f"busy_cores_at_{when}")
+        if busy is not None and busy >= BUSY_CORES:
+            lines.append(f"Warning: other programs kept {busy:.1f} cores busy when the run {when}ed, so the figures "
+                         "for CPU-bound work may understate what pools can do here.")
     return "\n".join(lines)
 
 
