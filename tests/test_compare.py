@@ -1,91 +1,174 @@
-"""Tests for ``ferropool compare`` (``_compare.py``, ``__main__.py``) and the benchmark smoke run.
+"""Tests for ``ferropool compare`` (``_compare*.py``, ``__main__.py``) and the benchmark smoke run.
 
-The command runs in a subprocess, as a user would run it, with a bounded timeout.
+The command runs in a subprocess, as a user would run it, with a bounded timeout;
+the pieces it is made of (recommendation, runners, factories, server, progress)
+are also tested in-process.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
 import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from ferropool import _compare
+from ferropool import _compare, _compare_report, _compare_strategies, _workloads
+from ferropool._compare_workloads import BUILTIN, Workload
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks" / "bench_pools.py"
-FERROPOOL_STRATEGIES = ("ferropool.ThreadPool", "ferropool.ProcessPool")
+# Strategies that must run wherever ferropool's core is built; the others may be "unavailable: ...".
+MUST_RUN = ("serial", "ThreadPoolExecutor", "ProcessPoolExecutor", "ferropool.ThreadPool",
+            "ferropool.ProcessPool", "asyncio")
+MAY_BE_MISSING = ("ferropool.HybridPool", "ferropool.Pool(auto)")
+# A quick run of every workload takes ~8 s on 2 idle cores; the margin is for loaded CI machines.
+QUICK_TIMEOUT_S = 100
 
 
-def _ferropool_pools_importable() -> bool:
+def _importable(name: str) -> bool:
     try:
-        import ferropool
-
-        return hasattr(ferropool, "ProcessPool") and hasattr(ferropool, "ThreadPool")
-    except Exception:  # noqa: BLE001
+        __import__(name)
+        return True
+    except ImportError:
         return False
 
 
-def _cli(*args: str, timeout: float = 50) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: float = 50, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ferropool", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, cwd=cwd)
+
+
+def _rows(entry: dict) -> list:
+    return [r for r in entry.get("by_workers", []) if r["available"]]
 
 
 @pytest.fixture(scope="module")
 def quick_report() -> dict:
-    proc = _cli("compare", "--quick", "--json")
+    proc = _cli("compare", "--quick", "--json", timeout=QUICK_TIMEOUT_S - 5)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
-def test_json_has_every_workload_and_strategy(quick_report):
-    assert set(quick_report["workloads"]) == {"cpu", "sleep"}
-    for wl in quick_report["workloads"].values():
-        assert set(wl["strategies"]) == set(_compare.STRATEGIES)
-        assert wl["tasks"] > 0 and wl["description"]
+@pytest.mark.timeout(QUICK_TIMEOUT_S)
+def test_every_builtin_workload_is_timed_or_skipped_with_reason(quick_report):
+    workloads = quick_report["workloads"]
+    assert set(workloads) == set(BUILTIN)
+    for name, wl in workloads.items():
+        assert wl["description"]
+        if not wl["available"]:
+            assert "not installed" in wl["skipped"], (name, wl)
+            continue
+        assert set(wl["strategies"]) == set(_compare.STRATEGY_NAMES)
+        assert wl["tasks"] > 0
+    for name, module in (("http", "aiohttp"), ("async_http", "aiohttp"), ("array", "numpy")):
+        assert workloads[name]["available"] == _importable(module), name
 
 
-def test_json_medians_and_speedups_are_consistent(quick_report):
-    must_run = set(_compare.STRATEGIES)
-    if not _ferropool_pools_importable():
-        must_run -= set(FERROPOOL_STRATEGIES)
+@pytest.mark.timeout(QUICK_TIMEOUT_S)
+def test_json_figures_are_consistent(quick_report):
+    cores = quick_report["machine"]["usable_cores"]
     for name, wl in quick_report["workloads"].items():
-        serial = wl["strategies"]["serial"]["median_s"]
-        for strategy, e in wl["strategies"].items():
-            if strategy not in must_run and not e["available"]:
-                assert e["error"], (name, strategy)
+        if not wl["available"]:
+            continue
+        repeats = quick_report["config"]["repeats"]
+        serial = _rows(wl["strategies"]["serial"])
+        # serial is timed again at every worker count: its row pools those runs
+        assert len(serial) == 1 and serial[0]["speedup"] == 1.0
+        assert len(serial[0]["runs_s"]) == repeats * len(wl["sweep"])
+        for strategy, entry in wl["strategies"].items():
+            if strategy in MAY_BE_MISSING and not entry["available"]:
+                assert entry["error"].startswith("unavailable: "), (name, strategy)
                 continue
-            assert e["available"], (name, strategy, e.get("error"))
-            assert 0 < e["min_s"] <= e["median_s"] <= e["max_s"], (name, strategy)
-            assert len(e["runs_s"]) == quick_report["config"]["repeats"]
-            assert math.isclose(e["speedup"], serial / e["median_s"], rel_tol=1e-9), (name, strategy)
-        assert wl["strategies"]["serial"]["speedup"] == 1.0
+            assert entry["available"], (name, strategy, entry.get("error"))
+            for r in entry["by_workers"] if strategy != "serial" else []:
+                assert r["available"], (name, strategy, r)
+                assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"], (name, strategy)
+                assert len(r["runs_s"]) == repeats
+                if repeats % 2:  # the baseline is serial's median at the same worker count: one of its runs
+                    assert r["baseline_s"] in serial[0]["runs_s"], (name, strategy)
+                assert math.isclose(r["speedup"], r["baseline_s"] / r["median_s"], rel_tol=1e-9)
+                assert math.isclose(r["efficiency"], r["speedup"] / min(r["workers"] or cores, cores), rel_tol=1e-9)
+                assert r["cpu_utilisation"] is None or r["cpu_utilisation"] >= 0
 
 
+@pytest.mark.timeout(QUICK_TIMEOUT_S)
+def test_worker_counts_are_swept(quick_report):
+    cores = quick_report["machine"]["usable_cores"]
+    for name, wl in quick_report["workloads"].items():
+        if not wl["available"]:
+            continue
+        expected = sorted({1, 2, cores} | ({2 * cores} if wl["kind"] == "io" else set()))
+        assert wl["sweep"] == expected, name
+        for strategy in ("ThreadPoolExecutor", "ferropool.ProcessPool", "asyncio"):
+            assert [r["workers"] for r in wl["strategies"][strategy]["by_workers"]] == expected, (name, strategy)
+
+
+@pytest.mark.timeout(QUICK_TIMEOUT_S)
+def test_process_pools_report_their_workers_memory(quick_report):
+    if not quick_report["machine"]["per_worker_usage"]:
+        pytest.skip("no /proc: worker processes cannot be measured here")
+    wl = quick_report["workloads"]["cpu"]
+    for strategy in ("ProcessPoolExecutor", "ferropool.ProcessPool"):
+        for r in wl["strategies"][strategy]["by_workers"]:
+            assert r["worker_processes"] == r["workers"], (strategy, r)
+            assert r["workers_peak_rss_bytes"] > 1 << 20, (strategy, r)
+    for r in wl["strategies"]["ferropool.ThreadPool"]["by_workers"]:
+        assert r["worker_processes"] == 0 and r["workers_peak_rss_bytes"] is None
+
+
+@pytest.mark.timeout(QUICK_TIMEOUT_S)
 def test_json_has_one_recommendation_per_workload(quick_report):
     for name, wl in quick_report["workloads"].items():
-        rec = wl["recommendation"]
-        assert rec.startswith(f"{name}: ") and "->" in rec and "\n" not in rec
+        if wl["available"]:
+            rec = wl["recommendation"]
+            assert rec.startswith(f"{name}: ") and "->" in rec and "\n" not in rec
 
 
-def test_table_prints():
+def test_table_and_progress_print():
     proc = _cli("compare", "--quick", "--workload", "sleep", "--repeats", "1")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "sleep: " in out and "cpu: " not in out
-    for strategy in _compare.STRATEGIES:
+    for strategy in MUST_RUN:
         assert strategy in out
     assert "-> sleep: " in out and "Total time:" in out
+    assert "[1/1] sleep" in proc.stderr  # stderr is not a terminal: a plain line per workload
+
+
+def test_quiet_prints_no_progress():
+    proc = _cli("compare", "--quick", "--workload", "tiny", "--repeats", "1", "--strategy", "asyncio", "--quiet")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_plot_html_writes_a_chart(tmp_path):
+    out = tmp_path / "x.html"
+    proc = _cli("compare", "--quick", "--workload", "sleep", "--repeats", "1", "--quiet", "--plot", str(out))
+    assert proc.returncode == 0, proc.stderr
+    page = out.read_text()
+    assert "<svg" in page and "<polyline" in page and "ferropool.ThreadPool" in page
+
+
+def test_plot_png_when_matplotlib_is_installed(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "x.png"
+    proc = _cli("compare", "--quick", "--workload", "sleep", "--repeats", "1", "--quiet", "--plot", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
         (("compare", "--workload", "cpu,nope"), "unknown workload 'nope'"),
+        (("compare", "--strategy", "fibers"), "unknown strategy 'fibers'"),
         (("compare", "--repeats", "0"), "--repeats"),
+        (("compare", "--workers", "2,0"), "--workers"),
         (("frobnicate",), "invalid choice"),
     ],
 )
@@ -97,32 +180,211 @@ def test_bad_arguments_exit_2_with_one_line(args, needle):
     assert len(lines) == 1 and needle in lines[0] and "error:" in lines[0], proc.stderr
 
 
-def _strategies(thread: float, process: float) -> dict:
-    def entry(speedup, workers):
-        return {"available": True, "speedup": speedup, "max_workers": workers}
+# ---------------------------------------------------------------- user targets
 
-    return {
-        "serial": entry(1.0, 1),
-        "ferropool.ThreadPool": entry(thread, 6),
-        "ferropool.ProcessPool": entry(process, 2),
-        "ThreadPoolExecutor": entry(thread, 6),
-        "ProcessPoolExecutor": entry(process, 2),
-    }
+TARGET_MODULE = '''
+import asyncio
+
+VALUE = 3
+
+
+def square(i):
+    return i * i
+
+
+async def asquare(i):
+    await asyncio.sleep(0.001)
+    return i * i
+
+
+def boom(i):
+    if i == 2:
+        raise ValueError("no twos here")
+    return i
+'''
+
+
+@pytest.fixture
+def target_dir(tmp_path) -> Path:
+    """A folder holding ``compare_target.py``; the CLI runs there, as a user would beside their module."""
+    (tmp_path / "compare_target.py").write_text(textwrap.dedent(TARGET_MODULE))
+    return tmp_path
+
+
+def _user_report(target_dir: Path, target: str) -> dict:
+    proc = _cli("compare", target, "--items", "6", "--quick", "--json", "--workers", "1,2",
+                "--strategy", "ThreadPoolExecutor,ProcessPoolExecutor,ferropool.ProcessPool,asyncio",
+                cwd=target_dir)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert list(report["workloads"]) == [target]
+    return report["workloads"][target]
+
+
+@pytest.mark.parametrize(("target", "is_async"), [("compare_target:square", False), ("compare_target:asquare", True)])
+def test_user_target_is_timed_with_every_strategy(target_dir, target, is_async):
+    wl = _user_report(target_dir, target)
+    assert wl["tasks"] == 6 and wl["is_async"] is is_async and wl["sweep"] == [1, 2]
+    for strategy in ("serial", "ThreadPoolExecutor", "ProcessPoolExecutor", "ferropool.ProcessPool", "asyncio"):
+        assert wl["strategies"][strategy]["available"], (strategy, wl["strategies"][strategy])
+    assert wl["recommendation"].startswith(f"{target}: ")
 
 
 @pytest.mark.parametrize(
-    ("thread", "process", "verdict"),
-    [(1.0, 1.9, "use ProcessPool"), (5.8, 1.9, "use ThreadPool"), (0.9, 1.1, "stay serial")],
+    ("target", "expected"),
+    [
+        ("nosuch_module_5f1c:func",
+         "ferropool compare: cannot import 'nosuch_module_5f1c:func': No module named 'nosuch_module_5f1c'"),
+        ("compare_target:missing",
+         "ferropool compare: cannot import 'compare_target:missing': module 'compare_target' has no attribute 'missing'"),
+        ("compare_target:VALUE", "ferropool compare: 'compare_target:VALUE' is not callable: it is a int"),
+        ("compare_target:boom",
+         "ferropool compare: 'compare_target:boom' raised ValueError: no twos here (in the call boom(2))"),
+        ("no_colon", "ferropool compare: expected MODULE:FUNCTION, got 'no_colon'"),
+    ],
 )
-def test_recommendation_follows_the_measurements(thread, process, verdict):
-    rec = _compare.recommend("w", _strategies(thread, process), cores=2)
-    assert verdict in rec and f"{thread:.1f}x" in rec and f"{process:.1f}x" in rec
+def test_bad_target_exits_2_with_one_line(target_dir, target, expected):
+    proc = _cli("compare", target, "--items", "4", "--quick", cwd=target_dir, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [expected]
 
 
-def test_recommendation_falls_back_to_stdlib_names():
-    strategies = _strategies(1.0, 1.9)
-    strategies["ferropool.ProcessPool"] = {"available": False, "error": "missing"}
-    assert "use ProcessPoolExecutor" in _compare.recommend("cpu", strategies, cores=2)
+# ---------------------------------------------------------------- the pieces, in-process
+
+
+def _entry(*speedups_by_workers) -> dict:
+    return {"available": True, "by_workers": [
+        {"available": True, "workers": w, "shape": str(w), "speedup": s} for w, s in speedups_by_workers]}
+
+
+def _wl(thread: float, process: float, asyncio_: float = 0.5, is_async: bool = False) -> dict:
+    return {"is_async": is_async, "strategies": {
+        "serial": _entry((1, 1.0)),
+        "ThreadPoolExecutor": _entry((1, 1.0), (2, thread * 0.9), (4, thread * 0.95)),
+        "ferropool.ThreadPool": _entry((1, 1.0), (2, thread), (4, thread)),
+        "ProcessPoolExecutor": _entry((1, 1.0), (2, process)),
+        "ferropool.ProcessPool": _entry((1, 1.0), (2, process)),
+        "asyncio": _entry((1, 1.0), (4, asyncio_)),
+        "ferropool.HybridPool": {"available": False, "error": "unavailable: no HybridPool"},
+    }}
+
+
+@pytest.mark.parametrize(
+    ("wl", "expected"),
+    [
+        (_wl(1.0, 1.9), "w: the GIL serialises threads (1.0x); processes give 1.9x on 2 cores "
+                        "-> use ferropool.ProcessPool(max_workers=2)"),
+        (_wl(3.8, 1.9), "use ferropool.ThreadPool(max_workers=2)"),  # fewest workers within 5% of the best
+        (_wl(0.9, 1.1), "stay serial"),
+        (_wl(1.5, 3.0), "processes scale further: 3.0x with 2 workers, threads 1.5x"),
+        (_wl(1.9, 1.9, asyncio_=3.5, is_async=True), "-> use asyncio (gather under an asyncio.Semaphore(4))"),
+        (_wl(3.5, 1.9, asyncio_=3.5), "-> use ferropool.ThreadPool"),  # sync work: threads before asyncio
+    ],
+)
+def test_recommendation_follows_the_measurements(wl, expected):
+    rec = _compare.recommend("w", wl, cores=2)
+    assert expected in rec and "\n" not in rec, rec
+
+
+def test_recommendation_cautions_when_serial_did_not_get_a_whole_core():
+    wl = {**_wl(1.0, 1.9), "kind": "cpu"}
+    wl["strategies"]["serial"]["by_workers"][0]["cpu_utilisation"] = 0.3  # 0.6 of a core on 2 cores
+    rec = _compare.recommend("w", wl, cores=2)
+    assert rec.endswith("(caution: serial got 0.60 of a core, other programs competed for the CPU: "
+                        "these figures understate what pools can do)"), rec
+    wl["strategies"]["serial"]["by_workers"][0]["cpu_utilisation"] = 0.49
+    assert "caution" not in _compare.recommend("w", wl, cores=2)
+
+
+def test_recommendation_names_stdlib_only_when_clearly_faster():
+    wl = _wl(1.0, 1.9)
+    assert "ferropool.ProcessPool" in _compare.recommend("cpu", wl, cores=2)
+    wl["strategies"]["ProcessPoolExecutor"] = _entry((2, 1.9 * 1.2))
+    assert "use ProcessPoolExecutor(max_workers=2)" in _compare.recommend("cpu", wl, cores=2)
+    wl["strategies"]["ferropool.ProcessPool"] = {"available": False, "error": "cannot create"}
+    assert "use ProcessPoolExecutor" in _compare.recommend("cpu", wl, cores=2)
+
+
+async def _async_double(x):
+    return 2 * x
+
+
+@pytest.mark.parametrize("make", [lambda: _compare_strategies.SerialRunner(),
+                                  lambda: _compare_strategies.AsyncioRunner(3),
+                                  lambda: _compare_strategies.ExecutorRunner(ThreadPoolExecutor(2), 2)])
+def test_runners_run_sync_and_async_tasks_in_order(make):
+    runner = make()
+    try:
+        assert runner.run(_workloads.add_one, None, range(10)) == list(range(1, 11))
+        assert runner.run(None, _async_double, range(10)) == list(range(0, 20, 2))
+    finally:
+        runner.close()
+
+
+def test_hybrid_and_auto_light_up_when_ferropool_has_them(monkeypatch):
+    import ferropool
+
+    class FakeHybridPool(ThreadPoolExecutor):
+        def __init__(self, processes, threads_per_process):
+            super().__init__(processes * threads_per_process)
+
+    class FakePool(ThreadPoolExecutor):
+        def __init__(self, *, strategy):
+            assert strategy == "auto"
+            super().__init__(3)
+            self.max_workers = 3
+
+    monkeypatch.setattr(ferropool, "HybridPool", FakeHybridPool, raising=False)
+    monkeypatch.setattr(ferropool, "Pool", FakePool, raising=False)
+    wl = Workload("tiny", "tiny", "io", _workloads.add_one, None, tuple(range(8)), [i + 1 for i in range(8)], (0,))
+    wanted = [s for s in _compare.STRATEGIES if s.name in ("serial", "ferropool.HybridPool", "ferropool.Pool(auto)")]
+    report = _compare.run_compare([wl], strategies=wanted, repeats=1, workers=[1, 4])
+    strategies = report["workloads"]["tiny"]["strategies"]
+    cores = report["machine"]["usable_cores"]
+    hybrid = strategies["ferropool.HybridPool"]["by_workers"]
+    assert [r["shape"] for r in hybrid] == ["1x1", f"{min(4, cores)}x{math.ceil(4 / min(4, cores))}"]
+    assert all(r["available"] for r in hybrid)
+    assert [r["shape"] for r in strategies["ferropool.Pool(auto)"]["by_workers"]] == ["auto (3)"]
+
+
+def test_missing_strategy_is_unavailable_and_the_run_goes_on(monkeypatch):
+    import ferropool
+
+    monkeypatch.delattr(ferropool, "HybridPool", raising=False)
+    wl = Workload("tiny", "tiny", "cpu", _workloads.add_one, None, (1, 2), [2, 3], (0,))
+    wanted = [s for s in _compare.STRATEGIES if s.name in ("serial", "ferropool.HybridPool", "ThreadPoolExecutor")]
+    report = _compare.run_compare([wl], strategies=wanted, repeats=1, workers=[2])
+    strategies = report["workloads"]["tiny"]["strategies"]
+    assert strategies["ferropool.HybridPool"] == {"available": False,
+                                                  "error": f"unavailable: ferropool {ferropool.__version__} has no HybridPool"}
+    assert strategies["ThreadPoolExecutor"]["available"]
+    assert "ferropool.HybridPool: unavailable" in _compare_report.format_report(report)
+    report["machine"]["busy_cores_at_start"] = 1.5  # another program was busy: the table says so
+    assert "Warning: other programs kept 1.5 cores busy" in _compare_report.format_report(report)
+
+
+def test_local_server_answers_blocking_and_async_clients():
+    pytest.importorskip("aiohttp")
+    from ferropool._compare_server import BODY, DelayServer
+
+    with DelayServer() as server:
+        assert _workloads.http_get(server.url(1)) == len(BODY)
+        assert _workloads.run_async(_workloads.http_get_async, server.url(1)) == len(BODY)
+
+
+def test_progress_is_a_line_per_workload_off_a_terminal():
+    stream = io.StringIO()
+    progress = _compare_report.Progress(stream=stream)
+    progress.workload("cpu", 0, 2)
+    progress.step("cpu: 2 workers, run 1 of 5")
+    progress.workload("sleep", 1, 2)
+    progress.done()
+    assert [line.split(" (")[0] for line in stream.getvalue().splitlines()] == [
+        "ferropool compare: [1/2] cpu", "ferropool compare: [2/2] sleep"]
+    quiet = io.StringIO()
+    _compare_report.Progress(quiet=True, stream=quiet).workload("cpu", 0, 1)
+    assert quiet.getvalue() == ""
 
 
 @pytest.mark.timeout(150)
@@ -140,7 +402,8 @@ def test_bench_pools_quick_writes_json(tmp_path):
     assert data["results"]["tiny_submit_gather"][stdlib]["stats"]["median_s"] > 0
     assert data["results"]["cpu_scaling"]["serial"]["speedup"] == 1.0
     assert data["results"]["startup"][stdlib]["time_to_first_result"]["median_s"] > 0
-    if _ferropool_pools_importable():
+    ferropool_ok = _importable("ferropool._core")
+    if ferropool_ok:
         for name in ("ferropool ProcessPool", "ferropool ThreadPool"):
             assert "error" not in data["results"]["tiny_submit_gather"][name], data["results"]["tiny_submit_gather"][name]
     for ratio in data["ratios"]:

@@ -2,11 +2,14 @@
 
 Commands:
 
-- ``compare``: time built-in workloads serially and with each pool, and
-  recommend one (see :mod:`ferropool._compare`).
+- ``compare``: time built-in workloads, or ``module:function``, serially and
+  with threads, processes and asyncio at several worker counts, and recommend
+  one (see :mod:`ferropool._compare`).
 
 Bad arguments print one line, ``ferropool <command>: error: <what>``, to
-stderr and exit with status 2.
+stderr and exit with status 2; so does bad input the command finds itself (a
+target that cannot be imported, is not callable, or raises), as
+``ferropool <command>: <what>``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     compare = commands.add_parser(
         "compare",
-        help="time built-in workloads serially and with each pool, and recommend one",
+        help="time workloads (or MODULE:FUNCTION) with threads, processes and asyncio, and recommend one",
         description=(_compare.__doc__ or "").split("\n\n")[0],
     )
     _compare.add_arguments(compare)

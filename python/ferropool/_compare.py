@@ -1,283 +1,245 @@
-"""``ferropool compare``: time built-in workloads serially and with each pool, then recommend one.
+"""``ferropool compare``: time workloads serially and with each strategy at several worker counts, then recommend one.
 
-For every selected workload (``cpu``: a pure-Python loop that holds the GIL;
-``sleep``: blocking I/O that releases it) and every strategy (serial, ferropool
-``ThreadPool`` and ``ProcessPool``, stdlib ``ThreadPoolExecutor`` and
-``ProcessPoolExecutor``), it submits the workload's tasks, gathers the results,
-and repeats; the figure is the median wall time, the speedup is serial's median
-over the strategy's.  Each pool is created once, warmed up (its workers started
-with a few tiny tasks), reused for every workload and repeat, and always shut
-down, even on error or Ctrl-C.  Repeats are interleaved across strategies so
-that background load drifting during the run does not favour any of them.
+For each workload (built-in, see ``_compare_workloads.BUILTIN``, or the user's
+``module:function``) and each worker count of its sweep (1, 2, the usable cores,
+and twice the cores for I/O), every strategy of ``_compare_strategies`` is
+built fresh, started, warmed up on the workload, and timed for ``repeats``
+batches, together with serial: the repeats are interleaved across the strategies
+of one worker count, so that background load drifting during the run does not
+favour any of them.  Each figure is the median wall time, with the min-max
+spread, the speedup over serial's median at the same worker count, the efficiency per core (speedup / min(workers, cores)), the CPU
+utilisation (CPU seconds of this process and the strategy's worker processes
+over wall seconds, as a share of the usable cores) and the workers' peak RSS.
+Every runner is closed after its worker count, even on error or Ctrl-C.
 
-A strategy that cannot be built (say ferropool's core is missing) is reported
-as unavailable with the reason; the others still run.
+Flow: ``run`` (command line) -> ``run_compare`` -> ``_measure`` per workload
+-> ``_compare_report`` (recommendation, table) and ``_compare_plot``.
+
+A strategy that cannot exist here (a ferropool class this version lacks) is
+reported as unavailable with the reason; one that fails is reported with its
+error; the others still run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
 import time
 from contextlib import ExitStack
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
 from statistics import median
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
-from ._workloads import calibrate_spin, sleep_task, spin
+from . import _compare_usage as usage
+from ._compare_report import Progress, format_report, recommend
+from ._compare_strategies import SERIAL, STDLIB_START_METHOD, STRATEGIES, Strategy, Unavailable, prepare
+from ._compare_workloads import BUILTIN, Skipped, TargetError, Workload, build_workloads, check_target, load_target
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "run_compare", "STRATEGIES", "recommend"]
 
-SERIAL = "serial"
-STRATEGIES = (
-    SERIAL,
-    "ferropool.ThreadPool",
-    "ferropool.ProcessPool",
-    "ThreadPoolExecutor",
-    "ProcessPoolExecutor",
-)
-WORKLOAD_NAMES = ("cpu", "sleep")
-STDLIB_START_METHOD = "forkserver"
-# A pool must beat serial by this factor to be worth recommending over serial,
-# and one pool must beat the other by SIGNIFICANT to be preferred for speed.
-WORTHWHILE = 1.2
-SIGNIFICANT = 1.15
+WORKLOAD_NAMES = tuple(BUILTIN)
+STRATEGY_NAMES = tuple(s.name for s in STRATEGIES)
+SCHEMA = 2
+MIN_CPU_WALL_S = 0.2
 
 
-@dataclass(frozen=True)
-class Workload:
-    """One built-in workload: ``n_tasks`` calls of ``fn(arg)``, each expected to return ``expect``."""
-
-    name: str
-    description: str
-    fn: Callable
-    arg: object
-    n_tasks: int
-    expect: object
-    warmup_arg: object
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def build_workloads(names, *, quick: bool) -> list:
-    """Return the selected workloads, sized so the default run takes about half a minute on 2 cores.
+def worker_sweep(kind: str, cores: int) -> tuple:
+    """Return the worker counts to time: 1, 2 and ``cores``; for I/O and user code also ``2 * cores``."""
+    counts = {1, 2, cores} | ({2 * cores} if kind != "cpu" else set())
+    return tuple(sorted(counts))
 
-    Calibrates the CPU loop here (blocks ~0.1-0.4 s) so every strategy runs the same loop count.
+
+class _Timed:
+    """One runner being timed on one workload: its wall and CPU seconds per batch."""
+
+    def __init__(self, strategy: Strategy, runner, pids: set) -> None:
+        self.strategy, self.runner, self.pids = strategy, runner, pids
+        self.wall: list = []
+        self.cpu: list = []
+
+    def time_once(self, wl: Workload) -> None:
+        cpu0 = usage.self_cpu_s() + (usage.cpu_s(self.pids) or 0.0)
+        t0 = time.perf_counter()
+        results = self.runner.run(wl.fn, wl.afn, wl.items)
+        wall = time.perf_counter() - t0
+        self.cpu.append(usage.self_cpu_s() + (usage.cpu_s(self.pids) or 0.0) - cpu0)
+        self.wall.append(wall)
+        if wl.expect is not None and list(results) != wl.expect:
+            raise AssertionError(f"wrong results from {wl.name}")
+
+    def summary(self, cores: int) -> dict:
+        return {
+            "workers": self.runner.workers,
+            "shape": self.runner.shape,
+            "available": True,
+            "median_s": median(self.wall),
+            "min_s": min(self.wall),
+            "max_s": max(self.wall),
+            "runs_s": self.wall,
+            # /proc counts CPU time in clock ticks (10 ms): too coarse for short batches
+            "cpu_utilisation": sum(self.cpu) / sum(self.wall) / cores if sum(self.wall) >= MIN_CPU_WALL_S else None,
+            "worker_processes": len(self.pids),
+            "workers_peak_rss_bytes": usage.peak_rss_bytes(self.pids) if self.pids else None,
+        }
+
+
+def _error(workers, exc: BaseException, when: str = "") -> dict:
+    return {"workers": workers, "shape": str(workers or "-"), "available": False,
+            "error": f"{when}{type(exc).__name__}: {exc}"}
+
+
+def _start(s: Strategy, n: Optional[int], wl: Workload, cores: int, stack: ExitStack, rows: dict,
+           unavailable: dict) -> Optional[_Timed]:
+    """Build, start and warm up ``s`` with ``n`` workers (closed by ``stack``); None if it could not.
+
+    Its worker processes are the descendants that appeared meanwhile.
     """
-    out = []
-    for name in names:
-        if name == "cpu":
-            n_tasks, task_s = (4, 0.01) if quick else (16, 0.1)
-            n = calibrate_spin(task_s)
-            out.append(Workload("cpu", f"{n_tasks} pure-Python loops of ~{task_s * 1e3:.0f} ms (hold the GIL)",
-                                spin, n, n_tasks, spin(n), 1_000))
-        elif name == "sleep":
-            n_tasks, task_s = (8, 0.005) if quick else (24, 0.05)
-            out.append(Workload("sleep", f"{n_tasks} blocking sleeps of {task_s * 1e3:.0f} ms (release the GIL)",
-                                sleep_task, task_s, n_tasks, task_s, 0.0))
-        else:  # argparse validated the names; this guards direct callers
-            raise ValueError(f"unknown workload {name!r}")
-    return out
-
-
-def _make_pool(strategy: str, workers: Optional[int]):
-    """Return a new executor for ``strategy`` (None for serial); raise if it cannot be built."""
-    if strategy == SERIAL:
+    before = usage.descendants()
+    try:
+        runner = s.make(n, cores)
+    except Unavailable as exc:
+        unavailable[s.name] = str(exc)
         return None
-    if strategy == "ThreadPoolExecutor":
-        return ThreadPoolExecutor(workers)
-    if strategy == "ProcessPoolExecutor":
-        # Every pool stays alive during the run, so this process has threads; forking
-        # it (the Linux default before 3.14) can deadlock the children.  forkserver
-        # forks from a clean single-threaded server instead, and is 3.14's default.
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(STDLIB_START_METHOD))
-    import ferropool  # imported here so a broken build only disables the ferropool rows
-
-    cls = getattr(ferropool, strategy.split(".", 1)[1])
-    return cls(max_workers=workers)
-
-
-def _max_workers(pool) -> Optional[int]:
-    if pool is None:
-        return 1
-    for attr in ("max_workers", "_max_workers"):
-        value = getattr(pool, attr, None)
-        if isinstance(value, int):
-            return value
-    return None
+    except Exception as exc:  # noqa: BLE001 - report it, time the others
+        rows[s.name].append(_error(n, exc, "cannot create: "))
+        return None
+    stack.callback(runner.close)
+    try:
+        runner.start()
+        warm = wl.warmup_items or wl.items
+        k = 2 * (runner.workers or cores)
+        runner.run(wl.fn, wl.afn, (warm * k)[:k])  # warm-up: imports, connections, caches
+    except Exception as exc:  # noqa: BLE001
+        rows[s.name].append(_error(runner.workers or n, exc, "warm-up failed: "))
+        return None
+    return _Timed(s, runner, usage.descendants() - before)
 
 
-def _run_once(pool, wl: Workload, arg=None, n_tasks=None) -> list:
-    arg = wl.arg if arg is None else arg
-    n_tasks = wl.n_tasks if n_tasks is None else n_tasks
-    if pool is None:
-        return [wl.fn(arg) for _ in range(n_tasks)]
-    futures = [pool.submit(wl.fn, arg) for _ in range(n_tasks)]
-    return [f.result() for f in futures]
+def _measure(wl: Workload, strategies: Sequence[Strategy], sweep: Sequence[int], *, repeats: int, cores: int,
+             unavailable: dict, progress: Progress) -> dict:
+    """Time ``wl`` with every strategy at every worker count of ``sweep``; return ``{strategy: entry}``.
 
-
-def _time_all(workloads, repeats: int, workers: Optional[int], progress) -> dict:
-    """Return ``{strategy: {workload: result dict}}``; failures become ``available: False``.
-
-    All pools stay alive together and the repeats are interleaved (repeat 1 of
-    every strategy, then repeat 2, ...), so a change in background load during
-    the run spreads over all strategies instead of biasing the ones timed last.
+    Serial is timed again at every worker count, interleaved with the pools, and each row's
+    ``baseline_s`` is serial's median from the same worker count: a neighbour that starts
+    competing for the cores halfway through the sweep then slows the baseline too, instead of
+    making later pools look slow (or, had it stopped, fast).  Serial's own row pools all its runs.
+    Strategies that raise Unavailable are added to ``unavailable`` (name -> reason) and not built again.
     """
-    out = {s: {} for s in STRATEGIES}
-    with ExitStack() as stack:
-        pools = {}
-        for strategy in STRATEGIES:
-            try:
-                pool = _make_pool(strategy, workers)
-            except Exception as exc:  # noqa: BLE001 - any failure to build means "unavailable"
-                reason = f"cannot create {strategy}: {type(exc).__name__}: {exc}"
-                out[strategy] = {wl.name: {"available": False, "error": reason} for wl in workloads}
-                continue
-            if pool is not None:
-                stack.callback(pool.shutdown, wait=True, cancel_futures=True)
-            pools[strategy] = pool
-        for wl in workloads:
-            live, runs = dict(pools), {s: [] for s in pools}
-            for strategy, pool in pools.items():
-                try:
-                    # Warm-up: start every worker and import the workload's module in it.
-                    _run_once(pool, wl, wl.warmup_arg, n_tasks=2 * (_max_workers(pool) or 2))
-                except Exception as exc:  # noqa: BLE001 - report it, keep timing the others
-                    out[strategy][wl.name] = {"available": False, "error": f"warm-up failed: {type(exc).__name__}: {exc}"}
-                    del live[strategy]
-            for i in range(repeats):
-                progress(f"{wl.name}: run {i + 1} of {repeats}")
-                for strategy, pool in list(live.items()):
-                    try:
-                        t0 = time.perf_counter()
-                        results = _run_once(pool, wl)
-                        runs[strategy].append(time.perf_counter() - t0)
-                        if results != [wl.expect] * wl.n_tasks:
-                            raise AssertionError(f"wrong results for {wl.name}")
-                    except Exception as exc:  # noqa: BLE001 - report it, keep timing the others
-                        out[strategy][wl.name] = {"available": False, "error": f"{type(exc).__name__}: {exc}"}
-                        del live[strategy]
-            for strategy, pool in live.items():
-                r = runs[strategy]
-                out[strategy][wl.name] = {
-                    "available": True,
-                    "max_workers": _max_workers(pool),
-                    "median_s": median(r),
-                    "min_s": min(r),
-                    "max_s": max(r),
-                    "runs_s": r,
-                }
+    rows: dict = {s.name: [] for s in strategies}
+    with ExitStack() as outer:
+        serial = next((_start(s, None, wl, cores, outer, rows, unavailable) for s in strategies if s.name == SERIAL),
+                      None)
+        for phase, workers in enumerate(sweep):
+            members = [s for s in strategies
+                       if s.name != SERIAL and s.name not in unavailable and (s.sweeps or phase == 0)]
+            with ExitStack() as stack:
+                live = [t for t in (_start(s, workers if s.sweeps else None, wl, cores, stack, rows, unavailable)
+                                    for s in members) if t is not None]
+                timed = ([serial] if serial else []) + live
+                for i in range(repeats):
+                    progress.step(f"{wl.name}: {workers} worker{'s' if workers > 1 else ''}, run {i + 1} of {repeats}")
+                    for t in list(timed):
+                        try:
+                            t.time_once(wl)
+                        except Exception as exc:  # noqa: BLE001 - report it, keep timing the others
+                            rows[t.strategy.name].append(_error(t.runner.workers, exc))
+                            timed.remove(t)
+                            serial = None if t is serial else serial
+                baseline = median(serial.wall[-repeats:]) if serial else None
+                for t in timed:
+                    if t is not serial:
+                        rows[t.strategy.name].append({**t.summary(cores), "baseline_s": baseline})
+        if serial:
+            rows[SERIAL].append({**serial.summary(cores), "baseline_s": median(serial.wall)})
+    out = {}
+    for s in strategies:
+        if s.name in unavailable:
+            out[s.name] = {"available": False, "error": f"unavailable: {unavailable[s.name]}"}
+            continue
+        ok = [r for r in rows[s.name] if r["available"]]
+        out[s.name] = {"available": bool(ok), "by_workers": rows[s.name]}
+        if not ok:
+            out[s.name]["error"] = rows[s.name][0]["error"] if rows[s.name] else "not run"
     return out
 
 
-def _speedup(entry: dict) -> Optional[float]:
-    return entry.get("speedup") if entry.get("available") else None
+def _add_ratios(strategies: dict, cores: int) -> None:
+    """Add speedup over serial (at the same worker count) and efficiency per core to every timed row (in place)."""
+    for entry in strategies.values():
+        for r in entry.get("by_workers", []):
+            if r["available"] and r.get("baseline_s"):
+                r["speedup"] = r["baseline_s"] / r["median_s"]
+                r["efficiency"] = r["speedup"] / min(r["workers"] or cores, cores)
 
 
-def recommend(wl_name: str, strategies: dict, cores: int) -> str:
-    """Return a one-line recommendation for a workload, with the measured reason."""
+def run_compare(workloads: Sequence, *, strategies: Sequence[Strategy] = STRATEGIES, repeats: int,
+                workers: Optional[Sequence[int]] = None, quick: bool = False,
+                progress: Optional[Progress] = None) -> dict:
+    """Time ``workloads`` (Workload or Skipped) and return the JSON-ready report (see ``--json``).
 
-    def pick(ferro: str, stdlib: str):
-        for name in (ferro, stdlib):
-            s = _speedup(strategies.get(name, {}))
-            if s is not None:
-                return name.split(".")[-1], s, strategies[name].get("max_workers")
-        return None, None, None
-
-    t_name, ts, t_workers = pick("ferropool.ThreadPool", "ThreadPoolExecutor")
-    p_name, ps, p_workers = pick("ferropool.ProcessPool", "ProcessPoolExecutor")
-    if ts is None and ps is None:
-        return f"{wl_name}: no pool could be measured -> see the errors above"
-    ts_txt = "threads could not be measured" if ts is None else f"threads give {ts:.1f}x"
-    ps_txt = "processes could not be measured" if ps is None else f"processes give {ps:.1f}x"
-    workers_txt = f" with {p_workers} workers" if p_workers else ""
-    best = max(s for s in (ts, ps) if s is not None)
-    if best < WORTHWHILE:
-        return (f"{wl_name}: {ts_txt}, {ps_txt}; the pool overhead eats the gain -> "
-                "stay serial, or give each task more work")
-    if ps is not None and (ts is None or ps >= ts * SIGNIFICANT):
-        why = "work holds the GIL" if ts is not None and ts < WORTHWHILE else "processes scale further"
-        return f"{wl_name}: {why}, {ts_txt}; {ps_txt}{workers_txt} on {cores} cores -> use {p_name}"
-    why = "work releases the GIL" if ts is not None and ts >= WORTHWHILE else "threads are as fast"
-    t_workers_txt = f" with {t_workers} workers" if t_workers else ""
-    return (f"{wl_name}: {why}, {ts_txt}{t_workers_txt}; {ps_txt}{workers_txt} -> use {t_name} "
-            "(no pickling, no extra processes)")
-
-
-def run_compare(names, *, repeats: int, workers: Optional[int], quick: bool, progress=lambda msg: None) -> dict:
-    """Run the comparison and return its JSON-ready report (see ``ferropool compare --json``)."""
+    ``workers`` overrides each workload's sweep.  Blocks for the whole run.
+    """
     t_start = time.perf_counter()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workloads = build_workloads(names, quick=quick)
-    by_strategy = _time_all(workloads, repeats, workers, progress)
+    cores = usable_cores()
+    busy_at_start = usage.busy_cores()
+    progress = progress or Progress(quiet=True)
+    prepare(strategies)
+    unavailable: dict = {}
     report_wl = {}
-    for wl in workloads:
-        strategies = {s: by_strategy[s][wl.name] for s in STRATEGIES}
-        serial = strategies[SERIAL]
-        for entry in strategies.values():
-            if entry.get("available") and serial.get("available"):
-                entry["speedup"] = serial["median_s"] / entry["median_s"]
+    for index, wl in enumerate(workloads):
+        progress.workload(wl.name, index, len(workloads))
+        if isinstance(wl, Skipped):
+            report_wl[wl.name] = {"description": wl.description, "available": False, "skipped": wl.reason}
+            continue
+        sweep = tuple(workers) if workers else worker_sweep(wl.kind, cores)
+        by_strategy = _measure(wl, strategies, sweep, repeats=repeats, cores=cores, unavailable=unavailable,
+                               progress=progress)
+        _add_ratios(by_strategy, cores)
         report_wl[wl.name] = {
             "description": wl.description,
-            "tasks": wl.n_tasks,
-            "strategies": strategies,
-            "recommendation": recommend(wl.name, strategies, cores),
+            "available": True,
+            "kind": wl.kind,
+            "tasks": len(wl.items),
+            "is_async": wl.afn is not None,
+            "sweep": list(sweep),
+            "strategies": by_strategy,
         }
+        report_wl[wl.name]["recommendation"] = recommend(wl.name, report_wl[wl.name], cores)
+    progress.done()
+    busy_at_end = usage.busy_cores()  # every pool is closed by now: what remains is other programs
     return {
-        "machine": {"usable_cores": cores, "cpu_count": os.cpu_count(), "python": sys.version.split()[0]},
-        "config": {"workloads": list(names), "repeats": repeats, "workers": workers, "quick": quick,
+        "schema": SCHEMA,
+        "machine": {"usable_cores": cores, "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+                    "platform": sys.platform, "per_worker_usage": usage.HAVE_PROC,
+                    "busy_cores_at_start": busy_at_start, "busy_cores_at_end": busy_at_end},
+        "config": {"workloads": [wl.name for wl in workloads], "strategies": [s.name for s in strategies],
+                   "repeats": repeats, "workers": list(workers) if workers else None, "quick": quick,
                    "stdlib_start_method": STDLIB_START_METHOD},
         "workloads": report_wl,
+        "parent_peak_rss_bytes": usage.self_peak_rss_bytes(),
         "total_s": time.perf_counter() - t_start,
     }
-
-
-def format_report(report: dict) -> str:
-    """Return the human-readable table of a report from :func:`run_compare`."""
-    m, cfg = report["machine"], report["config"]
-    lines = [f"ferropool compare: {m['usable_cores']} usable cores, Python {m['python']}, "
-             f"median of {cfg['repeats']} runs after a warm-up"]
-    headers = ("strategy", "workers", "median", "min - max", "speedup")
-    for name, wl in report["workloads"].items():
-        rows, missing = [], []
-        for strategy, e in wl["strategies"].items():
-            if not e.get("available"):
-                missing.append((strategy, e.get("error", "?")))
-                continue
-            rows.append((strategy, str(e.get("max_workers") or "default"), _fmt_s(e["median_s"]),
-                         f"{_fmt_s(e['min_s'])} - {_fmt_s(e['max_s'])}",
-                         f"{e['speedup']:.2f}x" if "speedup" in e else "-"))
-        widths = [max([len(h)] + [len(r[i]) for r in rows] + ([len(n) for n, _ in missing] if i == 0 else []))
-                  for i, h in enumerate(headers)]
-        lines += ["", f"{name}: {wl['description']}"]
-        for r in [headers, *rows]:
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        for strategy, error in missing:  # errors can be long: keep them out of the columns
-            lines.append(f"  {strategy.ljust(widths[0])}  unavailable: {error}")
-        lines.append(f"  -> {wl['recommendation']}")
-    lines += ["", f"ProcessPoolExecutor uses the {cfg['stdlib_start_method']} start method "
-              "(forking a process whose pools run threads can deadlock).",
-              f"Total time: {report['total_s']:.1f} s"]
-    return "\n".join(lines)
-
-
-def _fmt_s(s: float) -> str:
-    return f"{s:.2f} s" if s >= 1 else f"{s * 1e3:.1f} ms"
 
 
 # ---------------------------------------------------------------- command line
 
 
-def _workload_list(text: str) -> list:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"no workload given (choose from {', '.join(WORKLOAD_NAMES)})")
-    for n in names:
-        if n not in WORKLOAD_NAMES:
-            raise argparse.ArgumentTypeError(f"unknown workload {n!r} (choose from {', '.join(WORKLOAD_NAMES)})")
-    return list(dict.fromkeys(names))  # drop duplicates, keep order
+def _name_list(choices: Sequence[str], what: str) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if not names:
+            raise argparse.ArgumentTypeError(f"no {what} given (choose from {', '.join(choices)})")
+        for n in names:
+            if n not in choices:
+                raise argparse.ArgumentTypeError(f"unknown {what} {n!r} (choose from {', '.join(choices)})")
+        return list(dict.fromkeys(names))  # drop duplicates, keep order
+
+    return parse
 
 
 def _positive_int(text: str) -> int:
@@ -290,26 +252,87 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _int_list(text: str) -> list:
+    parts = [part for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return sorted({_positive_int(part) for part in parts})
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``compare`` subcommand's options to ``parser``."""
-    parser.add_argument("--workload", type=_workload_list, default=list(WORKLOAD_NAMES), metavar="LIST",
-                        help=f"comma-separated workloads to run (default: {','.join(WORKLOAD_NAMES)})")
+    parser.add_argument("target", nargs="?", metavar="MODULE:FUNCTION",
+                        help="time your own function instead: calls FUNCTION(i) for i in range(--items); "
+                             "an async def function is awaited")
+    parser.add_argument("--items", type=_positive_int, default=None,
+                        help="how many calls of the target per batch (default 20)")
+    parser.add_argument("--workload", type=_name_list(WORKLOAD_NAMES, "workload"), default=None, metavar="LIST",
+                        help=f"comma-separated built-in workloads (default: all of {','.join(WORKLOAD_NAMES)})")
+    parser.add_argument("--strategy", type=_name_list(STRATEGY_NAMES, "strategy"), default=None, metavar="LIST",
+                        help=f"comma-separated strategies (default: all; serial is always timed): "
+                             f"{','.join(STRATEGY_NAMES)}")
+    parser.add_argument("--workers", type=_int_list, default=None, metavar="LIST",
+                        help="worker counts to sweep, e.g. 1,4,16 (default: 1, 2, cores; and 2x cores for I/O)")
     parser.add_argument("--repeats", type=_positive_int, default=None,
-                        help="timed runs per strategy and workload (default 3; 2 with --quick)")
-    parser.add_argument("--workers", type=_positive_int, default=None,
-                        help="max_workers for every pool (default: each pool's own default)")
+                        help="timed runs per strategy and worker count (default 5; 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny workloads: a smoke run of a few seconds")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    parser.add_argument("--plot", metavar="FILE", default=None,
+                        help="write a chart of time against workers per strategy: .html (always) or .png "
+                             "(needs matplotlib)")
+    parser.add_argument("--quiet", action="store_true", help="no progress display on stderr")
+
+
+def _fail(message: str) -> int:
+    print(f"ferropool compare: {message}", file=sys.stderr)
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``ferropool compare`` with parsed ``args``; print the report; return the exit status."""
-    repeats = args.repeats or (2 if args.quick else 3)
-    progress = (lambda msg: print(f"  .. {msg}", file=sys.stderr, flush=True)) if sys.stderr.isatty() else (
-        lambda msg: None)
-    report = run_compare(args.workload, repeats=repeats, workers=args.workers, quick=args.quick, progress=progress)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_report(report))
+    """Run ``ferropool compare`` with parsed ``args``; print the report; return the exit status.
+
+    Bad input (an unusable target, a plot file that cannot be written) prints one line on
+    stderr and returns 2 before anything is timed.
+    """
+    from . import _compare_plot
+
+    if args.target and args.workload:
+        return _fail("give either a MODULE:FUNCTION target or --workload, not both")
+    if args.items and not args.target:
+        return _fail("--items applies to a MODULE:FUNCTION target only")
+    if args.plot:
+        problem = _compare_plot.check_path(args.plot)
+        if problem:
+            return _fail(problem)
+    strategies = [s for s in STRATEGIES if s.name == SERIAL or not args.strategy or s.name in args.strategy]
+    repeats = args.repeats or (3 if args.quick else 5)
+    with ExitStack() as stack:
+        if args.target:
+            try:
+                workloads = [load_target(args.target, items=args.items or 20)]
+                check_target(workloads[0])  # the serial warm-up: a raising target stops here
+            except TargetError as exc:
+                return _fail(str(exc))
+        else:
+            names = args.workload or list(WORKLOAD_NAMES)
+            server = None
+            if {"http", "async_http"} & set(names):
+                server = _start_server(stack)
+            workloads = build_workloads(names, quick=args.quick, cores=usable_cores(), server=server)
+        progress = Progress(quiet=args.quiet)
+        report = run_compare(workloads, strategies=strategies, repeats=repeats, workers=args.workers,
+                             quick=args.quick, progress=progress)
+    if args.plot:
+        _compare_plot.write(report, args.plot)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
+
+
+def _start_server(stack: ExitStack):
+    """Start the local HTTP server (stopped by ``stack``); None if aiohttp is missing."""
+    from ._compare_server import DelayServer
+
+    try:
+        return stack.enter_context(DelayServer())
+    except ImportError:
+        return None

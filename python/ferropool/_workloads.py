@@ -1,22 +1,33 @@
-"""Built-in workloads for ``ferropool compare`` and the benchmark suite.
+"""Task functions for ``ferropool compare`` and the benchmark suite.
 
-Every workload is a module-level function so that process pools can send it
-to workers by reference (pickle stores ``ferropool._workloads.<name>``; the
-worker imports this module).  Nothing here depends on ferropool's pools, so the
-module also works while the Rust core is missing.
+Every task is a module-level function so that process pools can send it to
+workers by reference (pickle stores ``ferropool._workloads.<name>``; the worker
+imports this module).  Nothing here depends on ferropool's pools, so the module
+also works while the Rust core is missing, and optional libraries (numpy,
+aiohttp, and also asyncio and urllib) are imported inside the tasks that need
+them, so that a worker pays for them only if it runs such a task.
 
 - :func:`add_one`: a tiny task; measures per-task overhead of a pool.
 - :func:`spin`: a pure-Python loop that holds the GIL; measures CPU scaling.
   :func:`calibrate_spin` finds the loop count for a wanted duration.
+- :func:`hash_task`: SHA-256 of a buffer, native code that releases the GIL.
 - :func:`sleep_task`: blocks in ``time.sleep`` with the GIL released; stands in
   for blocking I/O.
+- :func:`http_get`: a blocking HTTP request (``urllib``); :func:`http_get_async`
+  the same request with an ``aiohttp`` client, a coroutine.
+- :func:`array_task`: numpy work over a large array passed as argument,
+  so a process pool pays for copying it to the worker.
+- :func:`run_async`: runs a coroutine function to completion in a new event
+  loop; how thread and process pools run ``async def`` tasks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 
-__all__ = ["add_one", "spin", "calibrate_spin", "sleep_task"]
+__all__ = ["add_one", "spin", "calibrate_spin", "sleep_task", "hash_task", "http_get", "http_get_async",
+           "array_task", "run_async", "close_loop_sessions"]
 
 
 def add_one(x: int) -> int:
@@ -68,3 +79,83 @@ def sleep_task(seconds: float) -> float:
     """Block for ``seconds`` in ``time.sleep`` (GIL released) and return ``seconds``."""
     time.sleep(seconds)
     return seconds
+
+
+_HASH_BLOCK = bytes(range(256)) * 4096  # 1 MiB, built once per process
+
+
+def hash_task(mib: int) -> str:
+    """Return the SHA-256 hex digest of ``mib`` MiB of a fixed pattern.
+
+    hashlib releases the GIL while it hashes buffers over 2 KiB, so threads run
+    this in parallel.  The buffer is built in the worker: only an int travels.
+    """
+    h = hashlib.sha256()
+    for _ in range(mib):
+        h.update(_HASH_BLOCK)
+    return h.hexdigest()
+
+
+def http_get(url: str) -> int:
+    """Fetch ``url`` with blocking ``urllib`` and return the body's length; raise on HTTP errors."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return len(response.read())
+
+
+# One aiohttp session per event loop, closed by close_loop_sessions(): a session per request
+# would charge connection set-up to every call, which is not how asyncio clients are written.
+_sessions: dict = {}
+
+
+async def http_get_async(url: str) -> int:
+    """Fetch ``url`` with an ``aiohttp`` client and return the body's length; raise on HTTP errors.
+
+    Reuses one ``ClientSession`` per running event loop; call
+    :func:`close_loop_sessions` before the loop ends.
+    """
+    import asyncio
+
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    session = _sessions.get(loop)
+    if session is None:
+        session = _sessions[loop] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    async with session.get(url) as response:
+        response.raise_for_status()
+        return len(await response.read())
+
+
+async def close_loop_sessions() -> None:
+    """Close the aiohttp session that :func:`http_get_async` opened on the running loop, if any."""
+    import asyncio
+
+    session = _sessions.pop(asyncio.get_running_loop(), None)
+    if session is not None:
+        await session.close()
+
+
+def array_task(array) -> float:
+    """Return the sum of ``sin(array)``: numpy work (GIL released) over an argument that is large to copy."""
+    import numpy as np
+
+    return float(np.sin(array).sum())
+
+
+def run_async(afn, arg):
+    """Run ``afn(arg)`` to completion in a new event loop and return its result.
+
+    How a thread or process pool runs a coroutine function: each call pays for
+    starting and closing a loop, which is part of what ``compare`` measures.
+    """
+    import asyncio
+
+    async def call():
+        try:
+            return await afn(arg)
+        finally:
+            await close_loop_sessions()
+
+    return asyncio.run(call())
