@@ -4,12 +4,14 @@
 //! - `worker_connection`: `WorkerConnection`, the worker side of the socket.
 //! - `thread_pool`: `ThreadWorkQueue`, the task queue and worker loop of `ThreadPool`.
 //! - `future`: `FastFuture`, finishing futures without their Python methods.
+//! - `buffer`: `SharedBuffer`, out-of-band buffers of arguments and results in shared memory.
 //! - `errors`: where engine errors become Python exceptions.
 //! - `shared`, `shared_sync`, `shared_queue`, `shared_value`: locks, events, semaphores,
 //!   barriers, a queue, numbers and raw memory shared between processes (`ferropool.shared`).
 
 use pyo3::prelude::*;
 
+mod buffer;
 mod errors;
 mod future;
 mod process_pool;
@@ -25,6 +27,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<process_pool::ProcessPoolEngine>()?;
     m.add_class::<worker_connection::WorkerConnection>()?;
     m.add_class::<thread_pool::ThreadWorkQueue>()?;
+    m.add_class::<buffer::SharedBuffer>()?;
     errors::register(m)?;
     m.add_class::<shared_sync::SharedLock>()?;
     m.add_class::<shared_sync::SharedRLock>()?;

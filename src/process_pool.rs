@@ -7,8 +7,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use ferropool_engine::{Outcome, PoolConfig, ProcessPool, SubmitError};
+use ferropool_engine::{Outcome, Payload, PoolConfig, ProcessPool, SubmitError};
 
+use crate::buffer;
 use crate::errors;
 use crate::future::finish_task_future;
 
@@ -43,10 +44,15 @@ impl ProcessPoolEngine {
         self.pool.workers()
     }
 
-    #[pyo3(signature = (id, payload, timeout=None))]
-    fn submit(&self, py: Python<'_>, id: u64, payload: &[u8], timeout: Option<f64>) -> PyResult<()> {
+    #[pyo3(signature = (id, payload, timeout=None, buffers=None))]
+    fn submit(&self, py: Python<'_>, id: u64, payload: &[u8], timeout: Option<f64>, buffers: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let timeout = timeout.map(|t| Duration::try_from_secs_f64(t).map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("task timeout must be a positive number of seconds, not {t}")))).transpose()?;
-        let mut payload = match self.pool.submit_within(id, payload.to_vec(), timeout, Duration::ZERO) {
+        let buffers = match buffers {
+            Some(b) => buffer::write_all(py, b, true)?,
+            None => Vec::new(),
+        };
+        let payload = Payload { bytes: payload.to_vec(), buffers };
+        let mut payload = match self.pool.submit_within(id, payload, timeout, Duration::ZERO) {
             Ok(()) => return Ok(()),
             Err(SubmitError::Full(p)) => p,
             Err(e) => return Err(errors::submit_error(py, e)),
@@ -106,7 +112,16 @@ impl ProcessPoolEngine {
                 settle.call1((future, detail.0, detail.1, py.None()))?;
                 continue;
             };
-            let value = match loads.call1((PyBytes::new(py, &payload),)) {
+            let loaded = if d.fds.is_empty() {
+                loads.call1((PyBytes::new(py, &payload),))
+            } else {
+                buffer::map_all(py, d.fds, true).and_then(|buffers| {
+                    let kwargs = PyDict::new(py);
+                    kwargs.set_item(intern!(py, "buffers"), buffers)?;
+                    loads.call((PyBytes::new(py, &payload),), Some(&kwargs))
+                })
+            };
+            let value = match loaded {
                 Ok(v) => v,
                 Err(e) => {
                     settle.call1((future, RETURNED, PyBytes::new(py, &payload), e.into_value(py)))?;

@@ -5,11 +5,12 @@
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList};
 
 use ferropool_engine::connection::Connection;
 use ferropool_engine::frame::{Frame, Kind};
 
+use crate::buffer;
 use crate::errors;
 
 /// The worker's end of its socket to the parent; see `_core.pyi`.
@@ -29,10 +30,12 @@ impl WorkerConnection {
         Ok(WorkerConnection { conn: Connection::new(sock).map_err(errors::io_error)? })
     }
 
-    /// Returns the next frame as `(kind, id, payload)`, or None when the parent has gone.
+    /// Returns the next frame as `(kind, id, payload, buffers)` (`buffers` is None, or the
+    /// task's out-of-band buffers mapped copy-on-write), or None when the parent has gone.
     /// Blocks without holding the GIL; writes queued answers first. Tasks the parent has
     /// cancelled before they began are skipped.
-    fn recv<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(u8, u64, Bound<'py, PyBytes>)>> {
+    #[allow(clippy::type_complexity)]
+    fn recv<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(u8, u64, Bound<'py, PyBytes>, Option<Bound<'py, PyList>>)>> {
         let frame = match self.conn.try_recv().map_err(errors::io_error)? {
             Some(f) => Some(f),
             None => {
@@ -40,20 +43,27 @@ impl WorkerConnection {
                 py.detach(|| conn.recv()).map_err(errors::io_error)?
             }
         };
-        Ok(frame.map(|f| (f.kind as u8, f.id, PyBytes::new(py, &f.payload))))
+        let Some(f) = frame else { return Ok(None) };
+        let buffers = if f.fds.is_empty() { None } else { Some(buffer::map_all(py, f.fds, false)?) };
+        Ok(Some((f.kind as u8, f.id, PyBytes::new(py, &f.payload), buffers)))
     }
 
     /// Sends a frame to the parent. A task's answer (`Ok`/`Err`) is held back while more tasks
     /// are buffered, for at most a millisecond; other frames are written at once. `aux` is the
-    /// task's run time in microseconds.
-    #[pyo3(signature = (kind, id, payload, aux=0))]
-    fn send(&mut self, py: Python<'_>, kind: u8, id: u64, payload: &[u8], aux: u32) -> PyResult<()> {
+    /// task's run time in microseconds; `buffers`, the answer's out-of-band buffers
+    /// (contiguous bytes), each written to a memory file that travels with it.
+    #[pyo3(signature = (kind, id, payload, aux=0, buffers=None))]
+    fn send(&mut self, py: Python<'_>, kind: u8, id: u64, payload: &[u8], aux: u32, buffers: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let kind = Kind::from_u8(kind).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("unknown frame kind {kind}")))?;
+        let fds = match buffers {
+            Some(b) => buffer::write_all(py, b, false)?.iter().map(|f| f.fd().try_clone_to_owned()).collect::<std::io::Result<Vec<_>>>().map_err(errors::io_error)?,
+            None => Vec::new(),
+        };
         let conn = &mut self.conn;
         let result = match kind {
             // Held (no system call) when more tasks are buffered: not worth releasing the GIL.
-            Kind::Ok | Kind::Err if conn.has_frame() => conn.answer(kind, id, aux, payload),
-            Kind::Ok | Kind::Err => py.detach(|| conn.answer(kind, id, aux, payload)),
+            Kind::Ok | Kind::Err if conn.has_frame() => conn.answer(kind, id, aux, payload, fds),
+            Kind::Ok | Kind::Err => py.detach(|| conn.answer(kind, id, aux, payload, fds)),
             _ => py.detach(|| conn.send(Frame { kind, id, flags: 0, aux, payload: payload.to_vec(), fds: Vec::new() })),
         };
         result.map_err(errors::io_error)

@@ -11,6 +11,7 @@ from typing_extensions import Self, disjoint_base
 
 __all__ = [
     "ProcessPoolEngine",
+    "SharedBuffer",
     "WorkerConnection",
     "ThreadWorkQueue",
     "EngineBrokenError",
@@ -68,8 +69,10 @@ class ProcessPoolEngine:
     @property
     def workers(self) -> int:
         """The number of worker processes kept alive."""
-    def submit(self, id: int, payload: bytes, timeout: Optional[float] = None) -> None:
-        """Queues task ``id``, to be stopped (its worker sent SIGTERM, then SIGKILL a second
+    def submit(self, id: int, payload: bytes, timeout: Optional[float] = None, buffers: Optional[list[Any]] = None) -> None:
+        """Queues task ``id`` with its out-of-band ``buffers`` (contiguous byte buffers, e.g.
+        ``PickleBuffer.raw()``; each is written to a memory file that travels with the task, or
+        the file of an identical buffer still held by a task is reused), to be stopped (its worker sent SIGTERM, then SIGKILL a second
         later, and replaced) if it runs longer than ``timeout`` seconds. Never blocks on
         workers; with ``max_pending``, waits (GIL released, signals checked every 50 ms) while
         that many tasks are unfinished. Raises ``ValueError`` for a negative or non-finite
@@ -92,7 +95,8 @@ class ProcessPoolEngine:
         """Waits for the dispatcher to end after ``close``; returns False on timeout."""
     def deliver(self, futures: dict[int, Future[Any]], loads: Callable[[bytes], Any], settle: Callable[[Future[Any], int, Any, Optional[BaseException]], None]) -> bool:
         """Waits for the next batch of outcomes (without the GIL) and delivers it: each task's
-        future is popped from ``futures`` by id; a returned value is unpickled with ``loads`` and
+        future is popped from ``futures`` by id; a returned value is unpickled with ``loads`` (with
+        ``buffers=`` the result's out-of-band buffers as ``SharedBuffer`` objects, if any) and
         set on the future (in Rust, when nobody waits on it and it has no callbacks); every other
         outcome, or a ``loads`` failure, goes to ``settle(future, code, detail, error)``: ``code``
         0 (returned: detail is the payload, error the ``loads`` or ``set_result`` failure), 1
@@ -107,10 +111,11 @@ class WorkerConnection:
 
     def __new__(cls, fd: int) -> WorkerConnection:
         """Takes ownership of the inherited socket descriptor ``fd``."""
-    def recv(self) -> Optional[tuple[int, int, bytes]]:
-        """Returns the next frame as ``(kind, id, payload)``, or None when the parent has gone.
-        Flushes queued frames before blocking."""
-    def send(self, kind: int, id: int, payload: bytes, aux: int = 0) -> None:
+    def recv(self) -> Optional[tuple[int, int, bytes, Optional[list[SharedBuffer]]]]:
+        """Returns the next frame as ``(kind, id, payload, buffers)``, or None when the parent has
+        gone. ``buffers`` is None or the task's out-of-band buffers, mapped copy-on-write.
+        Flushes queued frames before blocking; skips tasks the parent cancelled."""
+    def send(self, kind: int, id: int, payload: bytes, aux: int = 0, buffers: Optional[list[Any]] = None) -> None:
         """Queues a frame; writes it now unless more tasks are buffered and the batch is younger
         than 1 ms and smaller than 256 KiB. ``aux`` is the task's run time in microseconds."""
     def flush(self) -> None:
@@ -310,3 +315,11 @@ class SharedMemory:
     def _fd(self) -> int: ...
     @property
     def _id(self) -> int: ...
+
+@final
+class SharedBuffer:
+    """A buffer received from another process: a memory file mapped into this one. Exports its
+    bytes, writable, through the buffer protocol (``memoryview(buf)``, ``numpy.frombuffer``); the
+    mapping is released when the last object using it goes."""
+
+    def __len__(self) -> int: ...

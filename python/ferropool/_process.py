@@ -28,7 +28,7 @@ from typing import Any, Callable
 from . import _core
 from ._executor import PoolExecutor, run_chunk
 from ._future import TaskFuture, cancel_removed
-from ._serialize import dumps, dumps_call, loads, loads_exception
+from ._serialize import DEFAULT_ZERO_COPY_THRESHOLD, dumps, dumps_call, loads, loads_exception
 from ._worker import bootstrap_command
 from .errors import BrokenPoolError, SerializationError, TaskTimeoutError, WorkerDiedError
 
@@ -81,6 +81,14 @@ class ProcessPool(PoolExecutor):
     SIGKILL a second later) and replaced. ``pool.options(task_timeout=...)`` sets it for some
     calls only. ``future.cancel()`` stops a running task the same way.
 
+    Large buffers — numpy arrays, ``bytes``, ``bytearray``, ``memoryview`` and anything that
+    pickles with protocol-5 out-of-band buffers — of at least ``zero_copy_threshold`` bytes
+    (default 64 KiB; ``None``: never) travel through shared memory in both directions instead of
+    being copied through the pickle: each goes into an anonymous memory file whose descriptor
+    crosses the socket. The receiver gets an ordinary writable numpy array or memoryview mapped
+    on it (copy-on-write in the worker), freed when its last reference goes; ``bytes`` and
+    ``bytearray`` arrive as themselves, at the cost of one copy out of the mapping.
+
     A pool still running at interpreter exit (never shut down, or shut down without waiting)
     finishes its tasks first, as the standard library's does, but for at most ``exit_timeout``
     seconds (``None``: no limit); then it stops them and says so on stderr, so that a stuck
@@ -99,6 +107,7 @@ class ProcessPool(PoolExecutor):
         max_pending: int | None = None,
         task_timeout: float | None = None,
         exit_timeout: float | None = DEFAULT_EXIT_TIMEOUT,
+        zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
     ) -> None:
         if max_workers is None:
             max_workers = usable_cpu_count()
@@ -117,6 +126,12 @@ class ProcessPool(PoolExecutor):
                     raise TypeError(f"{name} must be an integer")
                 if value <= 0:
                     raise ValueError(f"{name} must be >= 1")
+        if zero_copy_threshold is not None:
+            if isinstance(zero_copy_threshold, bool) or not isinstance(zero_copy_threshold, int):
+                raise TypeError("zero_copy_threshold must be a number of bytes or None")
+            if zero_copy_threshold < 0:
+                raise ValueError("zero_copy_threshold must be >= 0")
+        self._zero_copy_threshold = zero_copy_threshold
         self._task_timeout = _check_seconds("task_timeout", task_timeout)
         self._exit_timeout = _check_seconds("exit_timeout", exit_timeout)
         self._max_workers = max_workers
@@ -124,7 +139,7 @@ class ProcessPool(PoolExecutor):
         # The initializer is pickled on its own: the worker can only unpickle it after it has
         # taken our sys.path and working directory from the outer, plain part.
         call = dumps((initializer, tuple(initargs)), "initializer") if initializer is not None else None
-        init = dumps({"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": call})
+        init = dumps({"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": call, "zero_copy_threshold": zero_copy_threshold})
         self._engine = _core.ProcessPoolEngine(max_workers, bootstrap_command(), init, max_tasks_per_child=max_tasks_per_child,
             max_memory_per_child=max_memory_per_child, max_pending=max_pending)
         self._futures: dict[int, TaskFuture] = {}
@@ -162,13 +177,13 @@ class ProcessPool(PoolExecutor):
             raise RuntimeError(self._shutdown_reason)
         if self._state.broken is not None:
             raise self._broken_error()
-        payload = dumps_call(fn, args, kwargs)
+        payload, buffers = dumps_call(fn, args, kwargs, self._zero_copy_threshold)
         fut = TaskFuture()
         tid = next(self._ids)
         fut._ferropool = (self._engine, tid, self._futures, shown)
         self._futures[tid] = fut
         try:
-            self._engine.submit(tid, payload, task_timeout)
+            self._engine.submit(tid, payload, task_timeout, buffers)
         except BaseException as exc:  # including Ctrl-C while blocked by max_pending
             self._futures.pop(tid, None)
             if isinstance(exc, _core.EngineBrokenError):

@@ -13,6 +13,14 @@ reuse it, so the per-task cost stays that of plain pickle.
 
 When pickling fails, ``describe_failure`` walks the object to name the innermost part that
 fails, so errors read ``args[1]['conn']: cannot pickle 'socket' object``.
+
+Large buffers travel out of band (pickle protocol 5): numpy arrays and anything else that pickles
+with ``PickleBuffer`` hand their buffers to ``buffer_callback``, and ``bytes``, ``bytearray`` and
+``memoryview`` objects of at least the threshold, found among the arguments or in the result
+(up to three levels of small tuples and lists deep), are wrapped so that they do too. Buffers
+below the threshold stay in the pickle. The rest is the engine's job: each out-of-band buffer
+goes into a memory file whose descriptor travels with the frame, and the receiver maps it and
+rebuilds the objects on the mapping (``docs/shared-memory.md``, "Buffers").
 """
 
 from __future__ import annotations
@@ -34,6 +42,87 @@ PROTOCOL = 5
 _MAIN = b"__main__"
 _cloudpickle = None
 
+#: Buffers of at least this many bytes travel out of band, through shared memory, by default.
+#: Below it, copying them inside the pickle is cheaper than a memory file (see
+#: ``benchmarks/bench_zero_copy.py --sweep``).
+DEFAULT_ZERO_COPY_THRESHOLD = 64 * 1024
+#: The threshold this process uses for what it sends (a worker's is set by its pool).
+zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD
+_RAW_TYPES = (bytes, bytearray, memoryview)
+#: Containers longer than this are not searched for large bytes (a long list of small items is
+#: the common case, and scanning it would cost more than it could save).
+_SCAN_MAX_ITEMS = 64
+
+
+class _Buffers(list):
+    """``buffer_callback`` that keeps buffers of at least ``threshold`` bytes out of band."""
+
+    __slots__ = ("threshold",)
+
+    def __init__(self, threshold: int):
+        super().__init__()
+        self.threshold = threshold
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: leave it in the pickle
+            return True
+        if raw.nbytes < self.threshold:
+            return True
+        self.append(raw)
+        return False
+
+
+class _Raw:
+    """A large ``bytes``, ``bytearray`` or ``memoryview``, pickled with an out-of-band buffer."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol: int):
+        obj = self.obj
+        if type(obj) is memoryview:
+            if not obj.contiguous:
+                return (bytes, (obj.tobytes(),))
+            return (_rebuild_memoryview, (pickle.PickleBuffer(obj), obj.format, obj.shape))
+        return (_rebuild_bytes if type(obj) is bytes else bytearray, (pickle.PickleBuffer(obj),))
+
+
+def _rebuild_bytes(buffer: Any) -> bytes:
+    # A bytes object owns its memory: this is the one copy, out of the mapping.
+    return bytes(buffer)
+
+
+def _rebuild_memoryview(buffer: Any, fmt: str, shape: tuple) -> memoryview:
+    view = memoryview(buffer)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view if fmt == "B" and len(shape) == 1 else view.cast(fmt, shape)
+
+
+def _wrap_raw(obj: Any, threshold: int, depth: int = 3) -> Any:
+    """Returns ``obj`` with large bytes-like objects wrapped in ``_Raw`` (the same object when
+    there are none), looking into small tuples, lists and dict values ``depth`` levels deep."""
+    kind = type(obj)
+    if kind in _RAW_TYPES:
+        return _Raw(obj) if (obj.nbytes if kind is memoryview else len(obj)) >= threshold else obj
+    if depth == 0:
+        return obj
+    if kind is tuple or kind is list:
+        if len(obj) > _SCAN_MAX_ITEMS:
+            return obj
+        items = [_wrap_raw(x, threshold, depth - 1) for x in obj]
+        if all(a is b for a, b in zip(items, obj)):
+            return obj
+        return tuple(items) if kind is tuple else items
+    if kind is dict and len(obj) <= _SCAN_MAX_ITEMS:
+        values = {k: _wrap_raw(v, threshold, depth - 1) for k, v in obj.items()}
+        return obj if all(values[k] is v for k, v in obj.items()) else values
+    return obj
+
 
 def _cloud():
     global _cloudpickle
@@ -44,14 +133,21 @@ def _cloud():
     return _cloudpickle
 
 
-def _plain(obj: Any, main_count: int = 0) -> bytes | None:
+def _plain(obj: Any, main_count: int = 0, buffers: _Buffers | None = None) -> bytes | None:
     """Returns ``obj`` plainly pickled, or None if that fails or refers to ``__main__`` (which the
-    worker cannot import) more than the ``main_count`` times already accounted for."""
+    worker cannot import) more than the ``main_count`` times already accounted for. Large
+    out-of-band buffers go to ``buffers`` (if given)."""
     try:
-        data = pickle.dumps(obj, PROTOCOL)
+        data = pickle.dumps(obj, PROTOCOL, buffer_callback=buffers)
     except Exception:
+        if buffers:
+            buffers.clear()
         return None
-    return data if data.count(_MAIN) == main_count else None
+    if data.count(_MAIN) != main_count:
+        if buffers:
+            buffers.clear()
+        return None
+    return data
 
 
 def dumps(obj: Any, what: str = "object") -> bytes:
@@ -119,18 +215,28 @@ def _function_by_value(fn: Any) -> Any:
     return wrapped
 
 
-def dumps_call(fn: Any, args: tuple, kwargs: dict) -> bytes:
-    """Pickles a call ``fn(*args, **kwargs)``; errors name ``fn``, ``args[i]`` or ``kwargs[k]``."""
+def dumps_call(fn: Any, args: tuple, kwargs: dict, threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD) -> tuple[bytes, list | None]:
+    """Pickles a call ``fn(*args, **kwargs)``; errors name ``fn``, ``args[i]`` or ``kwargs[k]``.
+
+    Returns the pickle and its out-of-band buffers (None if there are none): buffers of at least
+    ``threshold`` bytes (None: no buffer goes out of band).
+    """
+    buffers = None
+    if threshold is not None:
+        buffers = _Buffers(threshold)
+        args = _wrap_raw(args, threshold)
+        if kwargs:
+            kwargs = _wrap_raw(kwargs, threshold, 2)
     try:
         encoded = _function_by_value(fn)
     except Exception:
         pass  # cloudpickle below names the failure
     else:
-        data = _plain((encoded, args, kwargs), encoded.main_count if type(encoded) is _ByValue else 0)
+        data = _plain((encoded, args, kwargs), encoded.main_count if type(encoded) is _ByValue else 0, buffers)
         if data is not None:
-            return data
+            return data, buffers or None
     try:
-        return _cloud().dumps((fn, args, kwargs), PROTOCOL)
+        return _cloud().dumps((fn, args, kwargs), PROTOCOL, buffer_callback=buffers), buffers or None
     except Exception as exc:
         for part, name in ((fn, "fn"), (args, "args"), (kwargs, "kwargs")):
             if _fails(part):
@@ -139,6 +245,22 @@ def dumps_call(fn: Any, args: tuple, kwargs: dict) -> bytes:
 
 
 loads = pickle.loads
+
+
+def dumps_result(result: Any) -> tuple[bytes, list | None]:
+    """Pickles a task's result for the parent, large buffers out of band (see the module doc)."""
+    threshold = zero_copy_threshold
+    if threshold is None:
+        return dumps(result, "result"), None
+    buffers = _Buffers(threshold)
+    result = _wrap_raw(result, threshold)
+    data = _plain(result, 0, buffers)
+    if data is not None:
+        return data, buffers or None
+    try:
+        return _cloud().dumps(result, PROTOCOL, buffer_callback=buffers), buffers or None
+    except Exception as exc:
+        raise SerializationError(describe_failure(result, "result", exc)) from exc
 
 
 def _fails(obj: Any) -> BaseException | None:

@@ -15,8 +15,8 @@ import signal
 import sys
 import time
 
-from . import _core
-from ._serialize import dumps, dumps_exception, loads
+from . import _core, _serialize
+from ._serialize import dumps_exception, dumps_result, loads
 
 _perf = time.perf_counter_ns
 
@@ -44,6 +44,7 @@ def _initialize(conn, payload: bytes) -> bool:
         sys.path[:] = config["sys_path"]
         if config.get("cwd"):
             os.chdir(config["cwd"])
+        _serialize.zero_copy_threshold = config.get("zero_copy_threshold", _serialize.DEFAULT_ZERO_COPY_THRESHOLD)
         if config["initializer"] is not None:
             initializer, initargs = loads(config["initializer"])
             initializer(*initargs)
@@ -65,17 +66,19 @@ def _serve(conn) -> None:
         frame = recv()
         if frame is None:
             return
-        kind, task_id, payload = frame
+        kind, task_id, payload, buffers = frame
         if kind == TASK:
             start = _perf()
             try:
-                fn, args, kwargs = loads(payload)
-                out = dumps(fn(*args, **kwargs), "result")
+                fn, args, kwargs = loads(payload, buffers=buffers)
+                out, out_buffers = dumps_result(fn(*args, **kwargs))
                 kind = OK
             except BaseException as exc:
-                out = dumps_exception(exc)
+                out, out_buffers = dumps_exception(exc), None
                 kind = ERR
-            send(kind, task_id, out, min((_perf() - start) // 1000, 0xFFFFFFFF))
+            # Drop our references first: a received buffer is unmapped as soon as nothing uses it.
+            fn = args = kwargs = buffers = None
+            send(kind, task_id, out, min((_perf() - start) // 1000, 0xFFFFFFFF), out_buffers)
         elif kind == SHUTDOWN:
             conn.flush()
             return

@@ -1,0 +1,197 @@
+"""Large arguments and results travel through shared memory (``_serialize.py`` out-of-band
+buffers, ``src/buffer.rs``, ``crates/ferropool-engine/src/buffer.rs``): what arrives, who owns
+it, and that nothing is left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import helpers
+
+np = pytest.importorskip("numpy")
+
+RESULT_TIMEOUT = 30
+MIB = 1 << 20
+
+
+def buffer_maps() -> list[str]:
+    """This process's mappings of out-of-band buffers."""
+    with open("/proc/self/maps") as f:
+        return [line for line in f if "ferropool-buffer" in line]
+
+
+def buffer_fds() -> list[str]:
+    """This process's open descriptors of out-of-band buffers."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if "ferropool-buffer" in target:
+            out.append(target)
+    return out
+
+
+# ---------------------------------------------------------------- task functions
+
+
+def total(a):
+    return float(a.sum())
+
+
+def full(n, value):
+    return np.full(n, value)
+
+
+def add_inplace(a, x):
+    a += x  # writes to what the worker received
+    return a
+
+
+def buffer_inode(a) -> int:
+    """The inode of the memory file this worker's copy of ``a`` is mapped from."""
+    address = a.__array_interface__["data"][0]
+    with open("/proc/self/maps") as f:
+        for line in f:
+            span, _, _, _, inode, *_ = line.split()
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            if lo <= address < hi and "ferropool-buffer" in line:
+                return int(inode)
+    return 0
+
+
+def sum_after(gate: helpers.Gate, a):
+    gate.wait()
+    return float(a.sum())
+
+
+# ---------------------------------------------------------------- what arrives
+
+
+def test_arrays_cross_both_ways_as_ordinary_writable_arrays(pool):
+    a = np.arange(4 * MIB // 8, dtype=np.float64)
+    assert pool.submit(total, a).result(timeout=RESULT_TIMEOUT) == float(a.sum())
+    b = pool.submit(full, 2 * MIB // 8, 1.5).result(timeout=RESULT_TIMEOUT)
+    assert type(b) is np.ndarray and b.dtype == np.float64 and b.shape == (2 * MIB // 8,)
+    assert b.flags.writeable and b.flags.c_contiguous
+    b[0] = 9.0
+    assert b[0] == 9.0 and b[1] == 1.5
+    assert buffer_maps(), "the result should be mapped from shared memory, not copied"
+
+
+def test_a_worker_writing_its_argument_leaves_the_callers_array_alone(pool):
+    a = np.zeros(MIB // 8)
+    out = pool.submit(add_inplace, a, 1.0).result(timeout=RESULT_TIMEOUT)
+    assert out.sum() == a.size and a.sum() == 0.0
+
+
+def test_the_array_is_copied_at_submit_so_later_changes_do_not_reach_the_task(pool, gate_factory):
+    a = np.ones(MIB // 8)
+    gate = gate_factory()
+    fut = pool.submit(sum_after, gate, a)
+    a[:] = 5.0  # after submit returned, before the task reads its argument
+    gate.set()
+    assert fut.result(timeout=RESULT_TIMEOUT) == float(MIB // 8)
+
+
+def test_one_array_sent_to_two_workers_is_written_once_unless_it_changed(make_pool, gate_factory):
+    pool = make_pool(2)
+    a = np.ones(MIB)
+    gate = gate_factory()
+    holder = pool.submit(sum_after, gate, a)  # keeps the first memory file in use
+    try:
+        first = pool.submit(buffer_inode, a).result(timeout=RESULT_TIMEOUT)
+        second = pool.submit(buffer_inode, a).result(timeout=RESULT_TIMEOUT)
+        assert first and first == second, "the same unchanged array was written twice"
+        a[7] = 2.0
+        changed = pool.submit(buffer_inode, a).result(timeout=RESULT_TIMEOUT)
+        assert changed and changed != first, "a changed array must not reuse the old bytes"
+    finally:
+        gate.set()
+    assert holder.result(timeout=RESULT_TIMEOUT) == float(MIB)
+
+
+@pytest.mark.parametrize("value", [b"b" * 300_000, bytearray(b"a" * 300_000), memoryview(bytearray(range(256)) * 1000)])
+def test_bytes_like_objects_arrive_as_themselves(pool, value):
+    out = pool.submit(helpers.echo, value).result(timeout=RESULT_TIMEOUT)
+    assert type(out) is type(value)
+    assert bytes(out) == bytes(value)
+
+
+def test_a_multidimensional_memoryview_keeps_its_format_and_shape(pool):
+    view = memoryview(np.arange(120_000, dtype=np.int32).reshape(300, 400))
+    out = pool.submit(helpers.echo, view).result(timeout=RESULT_TIMEOUT)
+    assert (out.format, out.shape) == ("i", (300, 400)) and out.tobytes() == view.tobytes()
+    assert not out.readonly
+
+
+def test_large_buffers_inside_containers_and_map_results_travel_too(pool):
+    arrays = [np.full(MIB // 8, float(i)) for i in range(4)]
+    assert list(pool.map(total, arrays)) == [float(i * (MIB // 8)) for i in range(4)]
+    out = pool.submit(helpers.echo, {"a": arrays[1], "b": [b"x" * 200_000]}).result(timeout=RESULT_TIMEOUT)
+    assert out["a"][0] == 1.0 and out["b"][0] == b"x" * 200_000
+
+
+def test_small_buffers_stay_in_the_pickle(make_pool):
+    pool = make_pool(1, zero_copy_threshold=1 * MIB)
+    out = pool.submit(helpers.echo, np.ones(1000)).result(timeout=RESULT_TIMEOUT)
+    assert out.sum() == 1000.0 and not buffer_maps()
+
+
+def test_zero_copy_can_be_turned_off(make_pool):
+    pool = make_pool(1, zero_copy_threshold=None)
+    out = pool.submit(helpers.echo, np.ones(MIB)).result(timeout=RESULT_TIMEOUT)
+    assert out.sum() == MIB and not buffer_maps()
+
+
+@pytest.mark.parametrize("bad, exc", [(-1, ValueError), (1.5, TypeError), ("64k", TypeError)])
+def test_zero_copy_threshold_must_be_a_byte_count(bad, exc):
+    from ferropool import ProcessPool
+
+    with pytest.raises(exc, match="zero_copy_threshold"):
+        ProcessPool(1, zero_copy_threshold=bad)
+
+
+# ---------------------------------------------------------------- nothing left behind
+
+
+def test_memory_is_unmapped_when_the_last_reference_goes(pool):
+    results = [pool.submit(full, MIB // 8, float(i)).result(timeout=RESULT_TIMEOUT) for i in range(3)]
+    views = [r[10:20] for r in results]  # a view keeps its base's mapping alive
+    del results
+    assert len(buffer_maps()) == 3
+    del views
+    assert buffer_maps() == [] and buffer_fds() == []
+
+
+def test_a_worker_that_dies_holding_buffers_leaves_nothing(pool):
+    from ferropool import WorkerDiedError
+
+    shm_before = set(os.listdir("/dev/shm"))
+    with pytest.raises(WorkerDiedError):
+        pool.submit(helpers.die_holding, np.ones(MIB)).result(timeout=RESULT_TIMEOUT)
+    assert pool.submit(total, np.ones(MIB)).result(timeout=RESULT_TIMEOUT) == float(MIB)
+    assert buffer_maps() == [] and buffer_fds() == []
+    assert set(os.listdir("/dev/shm")) == shm_before
+
+
+def test_without_numpy_bytes_and_memoryviews_still_travel_out_of_band(tmp_path):
+    code = f"""
+import sys
+sys.modules["numpy"] = None  # numpy cannot be imported, here or in the workers' pickles
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+import helpers
+from ferropool import ProcessPool
+with ProcessPool(1) as pool:
+    out = pool.submit(helpers.echo, memoryview(bytearray(b"q" * 500_000))).result(timeout=30)
+    maps = [line for line in open("/proc/self/maps") if "ferropool-buffer" in line]
+    print(type(out).__name__, len(out), bool(maps))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["memoryview", "500000", "True"]
