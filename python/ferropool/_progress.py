@@ -42,15 +42,17 @@ def progress(futures: Iterable[Any], /, *, total: int | None = None, desc: str |
     * A collection of futures (a list, set or tuple of ``concurrent.futures.Future``): yields
       each future once it is done, in completion order, like ``as_completed``; the bar counts
       completions as they happen (done callbacks), so it moves even while the loop body is busy.
-      Iterating never blocks past the last completion; ``result()`` of a yielded future never
-      blocks. The bar also closes by itself when the last future completes, so
-      ``progress(fs)`` followed by ``concurrent.futures.wait(fs)`` shows a bar too.
+      ``result()`` of a yielded future never blocks. The bar follows the futures rather than
+      the loop: it closes when the last one completes (or is cancelled), even if the iterator
+      was dropped, so ``progress(fs)`` followed by ``concurrent.futures.wait(fs)`` shows a bar
+      too; ``close()`` or a ``with`` block closes it earlier.
     * Any iterator, such as ``as_completed(fs)`` or a generator: yields its items unchanged
       (tqdm's semantics) and counts one per item yielded. Give ``total`` (for example
       ``len(fs)``) to get a percentage and an ETA; without it the bar shows a count and a rate.
 
     The bar is drawn on ``file`` (default ``sys.stderr``; in Jupyter, a widget unless ``file``
-    is given) and closes when the iteration ends, raises, or the iterator is closed or dropped.
+    is given). Over an iterator it closes when the iteration ends or raises, or the returned
+    iterator is closed (``close()``, the end of a ``with`` block) or dropped.
     ``options`` go to ``tqdm`` (``unit``, ``leave``, ``mininterval`` ...). Without tqdm
     installed (``pip install ferropool[progress]``) a plain text bar is drawn instead and
     ``options`` are ignored.
@@ -250,10 +252,21 @@ class _Completions(_Items):
                 bar.close()
 
         super().__init__(_take(done, len(futures)), bar)
+        # The bar follows the futures, not this iterator: dropping the iterator leaves it
+        # counting (``progress(fs)`` then ``wait(fs)``); the last completion closes it.
+        self._close.detach()
+        self._close = bar.close
         if not futures:
             bar.close()
         for fut in futures:  # runs on_done at once for futures already done
             fut.add_done_callback(on_done)
+
+    def __next__(self) -> cf.Future:
+        try:
+            return next(self._items)  # counted when it completed, not here
+        except BaseException:
+            self._close()
+            raise
 
 
 def _take(done: queue.SimpleQueue, count: int) -> Iterator[cf.Future]:
