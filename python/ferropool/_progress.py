@@ -5,15 +5,16 @@ Where counts come from and where they go::
     ProcessPool / ThreadPool future done ─► done callback ─┐   (map: one call per chunk, + its size;
     progress(iterator) yields an item ──────────────────────┤    progress(futures): one per future)
                                                             ▼
-                                   _Bar.add(n): n += k under a lock; at most every INTERVAL s
+        _Bar.add(k) (n += k under a lock) or _Bar.tick(); redraw at most every INTERVAL s
                                                             ▼
                           tqdm (``tqdm.auto``: a widget in Jupyter, text on stderr elsewhere)
                           or, without tqdm installed, _TextBar (one line on stderr)
 
-Every count goes through ``_Bar.add``, which costs an addition, a lock and a clock read; the
-bar itself is redrawn at most every ``INTERVAL`` seconds, and ``map`` counts per chunk, never
-per item, so a bar costs tiny tasks almost nothing. tqdm is an optional dependency (the
-``progress`` extra); without it the same calls draw a plain text bar.
+Every count goes through ``_Bar``: ``add`` costs an addition, a lock and a clock read, and
+``tick`` (an iterator's items, counted by its one consumer) skips the lock. The bar itself is
+redrawn at most every ``INTERVAL`` seconds, and ``map`` counts per chunk, never per item, so a
+bar costs tiny tasks almost nothing. tqdm is an optional dependency (the ``progress`` extra);
+without it the same calls draw a plain text bar.
 """
 
 from __future__ import annotations
@@ -115,6 +116,13 @@ class _Bar:
             self.next_draw = now + self.interval
             self.view.update(self.n - self.shown)
             self.shown = self.n
+
+    def tick(self) -> None:
+        """Counts one, without the lock: only for a bar that a single thread counts (an
+        iterator's consumer); ``close`` from elsewhere at worst misses the last tick."""
+        self.n += 1
+        if _monotonic() >= self.next_draw:
+            self.add(0)
 
     def close(self, at_least: int = 0) -> None:
         """Draws the final count (at least ``at_least``) and closes the bar; idempotent."""
@@ -220,7 +228,7 @@ class _Items:
         except BaseException:  # the end, or the wrapped iterator raised: either way the bar is done
             self._close()
             raise
-        self._bar.add(1)
+        self._bar.tick()
         return item
 
     def close(self) -> None:
