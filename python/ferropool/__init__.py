@@ -21,6 +21,7 @@ from .errors import FerropoolError, RemoteError, SerializationError, TaskTimeout
 if TYPE_CHECKING:
     from ._future import TaskFuture
     from ._process import ProcessPool
+    from ._progress import progress
     from ._thread import ThreadPool
     from .errors import BrokenPoolError
 
@@ -31,6 +32,7 @@ _LAZY = {
     "TaskFuture": "._future",
     "ThreadPool": "._thread",
     "BrokenPoolError": ".errors",
+    "progress": "._progress",
 }
 
 
@@ -50,6 +52,7 @@ __all__ = [
     "ProcessPool",
     "ThreadPool",
     "TaskFuture",
+    "progress",
     "FerropoolError",
     "SerializationError",
     "BrokenPoolError",

@@ -66,7 +66,8 @@ class PoolExecutor(cf.Executor):
     def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
         return self.submit(run_chunk, fn, items)
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int | None = None) -> Iterator[Any]:
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int | None = None,
+            progress: bool | str | dict | None = None) -> Iterator[Any]:
         """Returns an iterator equivalent to ``map(fn, *iterables)`` run on the pool.
 
         Lazy on its input and bounded in memory; chunks are sized automatically unless
@@ -78,6 +79,10 @@ class PoolExecutor(cf.Executor):
         With a task timeout (``ProcessPool(task_timeout=...)`` or ``pool.options``), each item
         is a task of its own, so the limit applies per item, unless ``chunksize`` is given: then
         it applies to each chunk as a whole.
+
+        ``progress=True`` (or a description, or a dict of ``ferropool.progress`` keywords) shows
+        a bar on stderr that counts items as their chunks finish; it closes when the iterator
+        ends, raises or is dropped.
         """
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
@@ -88,8 +93,17 @@ class PoolExecutor(cf.Executor):
             total = min(len(it) for it in iterables) if iterables else 0  # type: ignore[arg-type]
         except TypeError:
             total = None
-        mapper = _Mapper(self, fn, zip(*iterables), deadline, chunksize, total)
-        mapper.start()
+        bar = None
+        if progress:
+            from ._progress import map_bar
+
+            bar = map_bar(progress, total)
+        mapper = _Mapper(self, fn, zip(*iterables), deadline, chunksize, total, bar)
+        try:
+            mapper.start()
+        except BaseException:
+            mapper.stop()  # closes the bar
+            raise
         results = mapper.results()
         # An iterator dropped unfinished (or never started) stops its feeder thread.
         weakref.finalize(results, mapper.stop)
@@ -108,7 +122,7 @@ class _Mapper:
     chunk finishes, the consumer takes a chunk, the feeder ends, or the consumer stops.
     """
 
-    def __init__(self, pool: PoolExecutor, fn, items: Iterator[tuple], deadline, chunksize, total):
+    def __init__(self, pool: PoolExecutor, fn, items: Iterator[tuple], deadline, chunksize, total, bar=None):
         self.pool = pool
         self.fn = fn
         self.items = items
@@ -126,6 +140,8 @@ class _Mapper:
         self.feeding = True
         self.stopped = False
         self.error: BaseException | None = None
+        self.bar = bar  # a ferropool._progress._Bar: counts items per finished chunk
+        self.consumed = 0  # items in chunks the consumer has taken
 
     def start(self) -> None:
         """Submits the first item in the caller's thread, then starts the feeder."""
@@ -145,6 +161,9 @@ class _Mapper:
             self.cond.notify_all()
         for fut, _ in pending:
             fut.cancel()
+        if self.bar is not None:
+            # A chunk's done callback may still be on its way when the consumer has its values.
+            self.bar.close(at_least=self.consumed)
 
     def _submit(self, chunk: list) -> None:
         n = len(chunk)
@@ -160,6 +179,8 @@ class _Mapper:
             with self.cond:
                 self.per_item_ns = ns if self.per_item_ns is None else 0.5 * self.per_item_ns + 0.5 * ns
                 self.measured += n
+            if self.bar is not None:
+                self.bar.add(n)
         with self.cond:
             self.cond.notify_all()
 
@@ -235,6 +256,7 @@ class _Mapper:
                     del fut
                 with self.cond:
                     self.inflight.popleft()
+                    self.consumed += len(values)
                     self.cond.notify_all()
                 yield from _drain(values)
         finally:
