@@ -357,32 +357,40 @@ class _AsyncMap:
                     await self.room_changed.wait()
                 with self.sizer.cond:
                     size = self.sizer._next_size()
-                chunk = await read(size)
+                chunk: list = []
+                failed = None
+                try:
+                    await read(chunk, size)
+                except Exception as exc:  # the items read before it still run, and come first
+                    failed = exc
+                if chunk and not self.closed:
+                    fut = await _submit(self.pool, functools.partial(self.pool._submit_chunk, self.fn, chunk))
+                    self._track(fut, len(chunk))
+                if failed is not None:
+                    raise failed
                 if not chunk or self.closed:
                     return
-                fut = await _submit(self.pool, functools.partial(self.pool._submit_chunk, self.fn, chunk))
-                self._track(fut, len(chunk))
         except Exception as exc:  # the input raised, or submit refused: the consumer raises it in order
             self.input_error = exc
         finally:
             self.feeding = False
             self.results_changed.set()
 
-    def _reader(self) -> Callable[[int], Any]:
-        """Returns ``async read(n)``: the next up to ``n`` argument tuples (fewer only at the end)."""
+    def _reader(self) -> Callable[[list, int], Any]:
+        """Returns ``async read(chunk, n)``, which appends the next up to ``n`` argument tuples
+        to ``chunk`` (fewer only at the end); if the input raises, what it read is in ``chunk``."""
         if not any(hasattr(it, "__aiter__") for it in self.iterables):
             items = zip(*self.iterables)
 
-            async def read_sync(n: int) -> list:
-                return list(itertools.islice(items, n))
+            async def read_sync(chunk: list, n: int) -> None:
+                chunk.extend(itertools.islice(items, n))  # keeps what came before an error
 
             return read_sync
         iterators = [it.__aiter__() if hasattr(it, "__aiter__") else iter(it) for it in self.iterables]
         exhausted = not iterators
 
-        async def read_async(n: int) -> list:
+        async def read_async(chunk: list, n: int) -> None:
             nonlocal exhausted
-            chunk = []
             while len(chunk) < n and not exhausted:
                 args = []
                 for it in iterators:
@@ -393,7 +401,6 @@ class _AsyncMap:
                         break
                 else:
                     chunk.append(tuple(args))
-            return chunk
 
         return read_async
 
