@@ -29,6 +29,8 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
+from ._asyncio import AsyncMixin
+
 TARGET_CHUNK_S = 0.005
 GROWTH = 4
 #: Largest chunk: past a few thousand items per-chunk overhead is already negligible, and
@@ -56,8 +58,9 @@ def run_chunk(fn: Callable[..., Any], items: list) -> tuple[list, int]:
     return out, _perf() - start
 
 
-class PoolExecutor(cf.Executor):
-    """Base of ferropool's executors: subclasses provide ``submit`` and ``_max_workers``."""
+class PoolExecutor(AsyncMixin, cf.Executor):
+    """Base of ferropool's executors: subclasses provide ``submit`` and ``_max_workers``;
+    ``AsyncMixin`` adds ``run``, ``map_async`` and ``map_unordered_async`` for asyncio."""
 
     _max_workers: int
     #: Seconds each task may run (process pools); with one, ``map`` sends an item per task.
