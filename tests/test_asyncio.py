@@ -109,9 +109,6 @@ def test_run_does_not_block_the_event_loop(make_executor, make_gate):
 def test_run_does_not_block_the_loop_when_submit_waits_for_max_pending(make_executor, executor_kind, make_gate):
     # max_pending=1: the second submit waits for the first task to finish, which waits for a
     # gate only a coroutine opens; so that submit must not run on the loop.
-    if executor_kind.is_process:
-        # Run, it would block the loop until the gate's own timeout.
-        pytest.xfail("ProcessPool keeps max_pending in its engine only: _asyncio._submit_may_block cannot see it")
     pool = make_executor(max_workers=1, max_pending=1)
     started, release = make_gate(), make_gate()
 

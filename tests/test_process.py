@@ -341,3 +341,15 @@ def test_cancelled_futures_count_as_done_for_wait_and_as_completed(pool, gate_fa
     assert set(cf.as_completed(cancelled, timeout=RESULT_TIMEOUT)) == set(cancelled)
     release.set()
     assert [f.result(timeout=RESULT_TIMEOUT) for f in busy] == [0, 1]
+
+
+def test_map_yields_every_item_read_before_the_input_raised(pool):
+    def items():
+        yield from range(30)
+        raise KeyError("input broke")
+
+    results = []
+    with pytest.raises(KeyError, match="input broke"):
+        for r in pool.map(abs, items()):
+            results.append(r)
+    assert results == list(range(30))

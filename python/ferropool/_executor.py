@@ -210,7 +210,14 @@ class _Mapper:
                     if self.stopped:
                         return
                     size = self._next_size()
-                chunk = list(itertools.islice(self.items, size))
+                chunk: list = []
+                try:
+                    chunk.extend(itertools.islice(self.items, size))
+                except BaseException:
+                    # The input raised mid-chunk: the items read before it still run.
+                    if chunk and not self.stopped:
+                        self._submit(chunk)
+                    raise
                 if not chunk or self.stopped:
                     return
                 self._submit(chunk)

@@ -132,6 +132,7 @@ class ProcessPool(PoolExecutor):
             if zero_copy_threshold < 0:
                 raise ValueError("zero_copy_threshold must be >= 0")
         self._zero_copy_threshold = zero_copy_threshold
+        self._max_pending = max_pending  # submit may block: the asyncio API submits off the loop
         self._task_timeout = _check_seconds("task_timeout", task_timeout)
         self._exit_timeout = _check_seconds("exit_timeout", exit_timeout)
         self._max_workers = max_workers
