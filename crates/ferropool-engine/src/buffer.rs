@@ -158,6 +158,13 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        if !shared {
+            // Map every page for reading now, in one call, rather than fault by fault as the
+            // task reads them (MAP_POPULATE would copy every page of a private writable
+            // mapping). Best effort: before Linux 5.14 the pages are simply faulted in later.
+            // SAFETY: the range is exactly the mapping just made; the advice changes no data.
+            unsafe { libc::madvise(ptr, len, libc::MADV_POPULATE_READ) };
+        }
         Ok(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap never returns NULL on success"), len })
     }
 
