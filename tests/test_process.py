@@ -353,3 +353,47 @@ def test_map_yields_every_item_read_before_the_input_raised(pool):
         for r in pool.map(abs, items()):
             results.append(r)
     assert results == list(range(30))
+
+
+def native_thread_settings():
+    import os
+
+    return {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def blas_threads():
+    import numpy  # noqa: F401  - loads OpenBLAS, which reads its variable now
+    from threadpoolctl import threadpool_info
+
+    return sorted({info["num_threads"] for info in threadpool_info()})
+
+
+def test_native_thread_pools_are_limited_so_workers_do_not_oversubscribe(make_pool):
+    from ferropool._process import usable_cpu_count
+
+    pool = make_pool(2)
+    expected = str(max(1, usable_cpu_count() // 2))
+    assert pool.submit(native_thread_settings).result(timeout=30) == dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), expected)
+    assert make_pool(1, native_threads=3).submit(native_thread_settings).result(timeout=30)["OMP_NUM_THREADS"] == "3"
+
+
+def test_the_native_thread_limit_is_in_effect_in_numpy():
+    pytest.importorskip("numpy")
+    pytest.importorskip("threadpoolctl")
+    from ferropool import ProcessPool
+
+    with ProcessPool(1, native_threads=1) as pool:
+        assert pool.submit(blas_threads).result(timeout=30) in ([], [1])
+
+
+def test_an_explicit_environment_setting_wins(monkeypatch, make_pool):
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert make_pool(1).submit(native_thread_settings).result(timeout=30)["OMP_NUM_THREADS"] == "7"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_native_threads_must_be_a_positive_integer(bad):
+    from ferropool import ProcessPool
+
+    with pytest.raises(ValueError, match="native_threads"):
+        ProcessPool(1, native_threads=bad)

@@ -53,6 +53,12 @@ def usable_cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def native_threads_per_worker(workers: int, threads_per_worker: int = 1) -> int:
+    """Native threads (OpenMP, BLAS...) each task thread may use so that ``workers`` processes of
+    ``threads_per_worker`` threads never run more threads than there are usable CPUs."""
+    return max(1, usable_cpu_count() // max(1, workers * threads_per_worker))
+
+
 class _State:
     """What the pool and its result thread share (the thread must not keep the pool alive)."""
 
@@ -89,6 +95,13 @@ class ProcessPool(PoolExecutor):
     on it (copy-on-write in the worker), freed when its last reference goes; ``bytes`` and
     ``bytearray`` arrive as themselves, at the cost of one copy out of the mapping.
 
+    Native thread pools in workers (OpenMP, OpenBLAS, MKL, BLIS, numexpr) are limited to
+    ``native_threads`` threads each — by default the usable CPUs divided by ``max_workers``, at
+    least 1 — so that workers running numpy code do not oversubscribe the cores: the worker
+    sets ``OMP_NUM_THREADS`` and the like before anything is imported (unless this process's
+    environment sets them already), and limits libraries its initializer loaded with
+    threadpoolctl when that is installed.
+
     A pool still running at interpreter exit (never shut down, or shut down without waiting)
     finishes its tasks first, as the standard library's does, but for at most ``exit_timeout``
     seconds (``None``: no limit); then it stops them and says so on stderr, so that a stuck
@@ -108,6 +121,7 @@ class ProcessPool(PoolExecutor):
         task_timeout: float | None = None,
         exit_timeout: float | None = DEFAULT_EXIT_TIMEOUT,
         zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
+        native_threads: int | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = usable_cpu_count()
@@ -133,6 +147,11 @@ class ProcessPool(PoolExecutor):
                 raise ValueError("zero_copy_threshold must be >= 0")
         self._zero_copy_threshold = zero_copy_threshold
         self._max_pending = max_pending  # submit may block: the asyncio API submits off the loop
+        if native_threads is None:
+            native_threads = native_threads_per_worker(max_workers)
+        elif isinstance(native_threads, bool) or not isinstance(native_threads, int) or native_threads < 1:
+            raise ValueError(f"native_threads must be a positive integer or None, not {native_threads!r}")
+        self._native_threads = native_threads
         self._task_timeout = _check_seconds("task_timeout", task_timeout)
         self._exit_timeout = _check_seconds("exit_timeout", exit_timeout)
         self._max_workers = max_workers
@@ -140,8 +159,9 @@ class ProcessPool(PoolExecutor):
         # The initializer is pickled on its own: the worker can only unpickle it after it has
         # taken our sys.path and working directory from the outer, plain part.
         call = dumps((initializer, tuple(initargs)), "initializer") if initializer is not None else None
-        init = dumps({"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": call, "zero_copy_threshold": zero_copy_threshold})
-        self._engine = _core.ProcessPoolEngine(max_workers, bootstrap_command(), init, max_tasks_per_child=max_tasks_per_child,
+        init = dumps({"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": call, "zero_copy_threshold": zero_copy_threshold,
+                      "native_threads": native_threads})
+        self._engine = _core.ProcessPoolEngine(max_workers, bootstrap_command(native_threads=native_threads), init, max_tasks_per_child=max_tasks_per_child,
             max_memory_per_child=max_memory_per_child, max_pending=max_pending)
         self._futures: dict[int, TaskFuture] = {}
         self._ids = itertools.count(1)

@@ -48,6 +48,8 @@ def _initialize(conn, payload: bytes) -> bool:
         if config["initializer"] is not None:
             initializer, initargs = loads(config["initializer"])
             initializer(*initargs)
+        if config.get("native_threads") and "threadpoolctl" not in sys.modules and _any_native_loaded():
+            _limit_loaded_native_threads(config["native_threads"])
     except BaseException as exc:
         conn.send(_core.KIND_INITFAILED, 0, dumps_exception(exc))
         conn.flush()
@@ -57,6 +59,11 @@ def _initialize(conn, payload: bytes) -> bool:
     conn.send(_core.KIND_READY, 0, b"")
     conn.flush()
     return True
+
+
+def _any_native_loaded() -> bool:
+    # threadpoolctl costs ~30 ms to import: only worth it if the initializer loaded numpy & co.
+    return any(name in sys.modules for name in ("numpy", "scipy", "torch", "numexpr", "sklearn"))
 
 
 def _serve(conn) -> None:
@@ -84,11 +91,39 @@ def _serve(conn) -> None:
             return
 
 
-def bootstrap_command(executable: str | None = None) -> list[str]:
-    """Returns the command line that starts one worker (the socket fd is appended by Rust)."""
+#: Environment variables that size the thread pools of native libraries (OpenMP, OpenBLAS, MKL,
+#: Apple Accelerate, BLIS, numexpr); each is read once, when its library loads.
+NATIVE_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                           "BLIS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def bootstrap_command(executable: str | None = None, native_threads: int | None = None) -> list[str]:
+    """Returns the command line that starts one worker (the socket fd is appended by Rust).
+
+    With ``native_threads``, the worker sets ``NATIVE_THREAD_VARIABLES`` to it before importing
+    anything, unless the parent's environment already sets them (an explicit choice wins).
+    """
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = f"import sys; sys.path.append({package_parent!r}); from ferropool._worker import main; main()"
+    limit = ""
+    if native_threads is not None:
+        limit = f"import os; [os.environ.setdefault(v, {str(native_threads)!r}) for v in {NATIVE_THREAD_VARIABLES!r}]; "
+    code = f"{limit}import sys; sys.path.append({package_parent!r}); from ferropool._worker import main; main()"
     return [executable or sys.executable, "-c", code]
+
+
+def _limit_loaded_native_threads(n: int) -> None:
+    """Limits native thread pools already loaded (by the initializer, say) to ``n`` threads,
+    with threadpoolctl if it is installed; libraries loaded later read the environment."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    # Kept alive for the worker's life: the limit holds until the object is collected.
+    global _native_limit
+    _native_limit = threadpool_limits(limits=n)
+
+
+_native_limit = None
 
 
 if __name__ == "__main__":
