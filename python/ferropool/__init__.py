@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from ._future import TaskFuture
     from ._process import ProcessPool
     from ._thread import ThreadPool
+    from ._dask import DaskPool
+    from ._ray import RayPool
     from .errors import BrokenPoolError
 
 # Imported on first use, so that worker processes (which import ``ferropool._worker``, and so
@@ -31,6 +33,9 @@ _LAZY = {
     "TaskFuture": "._future",
     "ThreadPool": "._thread",
     "BrokenPoolError": ".errors",
+    # Need the extras ferropool[dask] / ferropool[ray]; the ImportError says so.
+    "DaskPool": "._dask",
+    "RayPool": "._ray",
 }
 
 
@@ -49,6 +54,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "ProcessPool",
     "ThreadPool",
+    "DaskPool",
+    "RayPool",
     "TaskFuture",
     "FerropoolError",
     "SerializationError",
