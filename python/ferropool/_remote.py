@@ -103,6 +103,12 @@ def run_task(payload: bytes, token: str, *shared: Any) -> tuple[bool, bytes, int
                 _async_raise(entry[0], None)
 
 
+def running_tasks() -> int:
+    """Returns how many ferropool tasks run in this worker process (for tests and debugging)."""
+    with _running_lock:
+        return len(_running)
+
+
 def _async_raise(ident: int, exc_type: type | None) -> None:
     import ctypes
 
