@@ -110,6 +110,8 @@ class FerropoolBackend(AutoBatchingMixin, ParallelBackendBase):
             future.add_done_callback(callback)
         return future
 
+    apply_async = submit  # the name joblib before 1.5 calls
+
     def retrieve_result_callback(self, future):
         """Returns the batch's results, or raises its exception."""
         return future.result()
