@@ -5,7 +5,7 @@ APIs, every ratio measured within this one run (medians of ``--repeats``).
    (a) per-task overhead, ``add_one`` x N: ``client.gather(client.map(...))`` against
        ``DaskPool`` submit-then-gather and ``DaskPool.map`` (chunked by ferropool);
    (b) CPU scaling, 40 pure-Python tasks of ~25 ms: ``client.map`` against ``DaskPool.map``,
-       as efficiency per worker (serial time / (workers x wall time)).
+       as efficiency per worker (serial time, measured just before, / (workers x wall time)).
 2. Ray, on one ``ray.init(num_cpus=2)``: the same, native ``ray.get([f.remote(x)...])``
    against ``RayPool``.
 3. joblib: ``Parallel(n_jobs=2)`` on backend ``"ferropool"`` against joblib's default
@@ -45,7 +45,7 @@ def cpu_serial(spin_n: int, repeats: int) -> float:
     return measure(lambda: [spin(spin_n) for _ in range(CPU_TASKS)], repeats=repeats).median
 
 
-def bench_dask(n: int, spin_n: int, serial: float, repeats: int) -> dict:
+def bench_dask(n: int, spin_n: int, repeats: int) -> dict:
     import distributed
 
     import ferropool
@@ -70,6 +70,7 @@ def bench_dask(n: int, spin_n: int, serial: float, repeats: int) -> dict:
     out["native"] = row("client.map + gather", measure(native_tiny, repeats=repeats, warmup=native_tiny, check=check), n)
     out["submit"] = row("DaskPool submit, then gather", measure(pool_submit, repeats=repeats, warmup=pool_submit, check=check), n)
     out["map"] = row("DaskPool.map", measure(lambda: list(pool.map(add_one, range(n))), repeats=repeats, check=check), n)
+    serial = cpu_serial(spin_n, repeats)  # here, so that it sees the same machine load
     cpu_native = row("CPU: client.map + gather", measure(lambda: client.gather(client.map(spin, [spin_n] * CPU_TASKS, pure=False)), repeats=repeats))
     cpu_pool = row("CPU: DaskPool.map", measure(lambda: list(pool.map(spin, [spin_n] * CPU_TASKS)), repeats=repeats))
     out["eff_native"] = serial / (workers * cpu_native)
@@ -80,7 +81,7 @@ def bench_dask(n: int, spin_n: int, serial: float, repeats: int) -> dict:
     return out
 
 
-def bench_ray(n: int, spin_n: int, serial: float, repeats: int) -> dict:
+def bench_ray(n: int, spin_n: int, repeats: int) -> dict:
     import ray
 
     import ferropool
@@ -106,6 +107,7 @@ def bench_ray(n: int, spin_n: int, serial: float, repeats: int) -> dict:
     out["native"] = row("ray.get([f.remote(x) ...])", measure(native_tiny, repeats=repeats, warmup=native_tiny, check=check), n)
     out["submit"] = row("RayPool submit, then gather", measure(pool_submit, repeats=repeats, warmup=pool_submit, check=check), n)
     out["map"] = row("RayPool.map", measure(lambda: list(pool.map(add_one, range(n))), repeats=repeats, check=check), n)
+    serial = cpu_serial(spin_n, repeats)  # here, so that it sees the same machine load
     cpu_native = row("CPU: ray.get([spin.remote() ...])", measure(lambda: ray.get([remote_spin.remote(spin_n) for _ in range(CPU_TASKS)]), repeats=repeats))
     cpu_pool = row("CPU: RayPool.map", measure(lambda: list(pool.map(spin, [spin_n] * CPU_TASKS)), repeats=repeats))
     out["eff_native"] = serial / (workers * cpu_native)
@@ -149,16 +151,14 @@ def main() -> None:
     n = 200 if args.quick else 2000
     only = set(args.only.split(","))
     spin_n = calibrate_spin(CPU_TASK_S)
-    serial = cpu_serial(spin_n, repeats)
-    print(f"serial CPU reference: {CPU_TASKS} x {CPU_TASK_S * 1e3:.0f} ms = {serial:.3f} s")
     summary = []
     if "dask" in only:
-        d = bench_dask(n, spin_n, serial, repeats)
+        d = bench_dask(n, spin_n, repeats)
         summary += [("DaskPool submit-then-gather vs client.map + gather (time ratio, <1 is faster)", d["submit"] / d["native"]),
                     ("DaskPool.map vs client.map + gather", d["map"] / d["native"]),
                     ("CPU efficiency per worker: DaskPool.map / client.map", f"{d['eff_pool']:.2f} / {d['eff_native']:.2f}")]
     if "ray" in only:
-        r = bench_ray(n, spin_n, serial, repeats)
+        r = bench_ray(n, spin_n, repeats)
         summary += [("RayPool submit-then-gather vs native ray tasks (time ratio)", r["submit"] / r["native"]),
                     ("RayPool.map vs native ray tasks", r["map"] / r["native"]),
                     ("CPU efficiency per worker: RayPool.map / native", f"{r['eff_pool']:.2f} / {r['eff_native']:.2f}")]
