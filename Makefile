@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: help compare test test-rust test-python install dev bench stubtest clean
+.PHONY: help compare test test-rust test-python install dev bench bench-scaleout stubtest clean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ dev: $(PY)  ## editable build for development (maturin develop --release)
 bench: install  ## run the benchmarks (installs loky, mpire, pebble, psutil)
 	$(PIP) install --quiet ".[bench]"
 	$(PY) benchmarks/bench_pools.py
+
+bench-scaleout: install  ## DaskPool, RayPool and the joblib backend beside the engines' own APIs and loky
+	$(PY) benchmarks/bench_scaleout.py
 
 stubtest: install  ## check that _core.pyi matches the extension module
 	$(PIP) install --quiet mypy

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from ._process import ProcessPool
     from ._progress import progress
     from ._thread import ThreadPool
+    from ._dask import DaskPool
+    from ._ray import RayPool
     from .errors import BrokenPoolError
 
 # Imported on first use, so that worker processes (which import ``ferropool._worker``, and so
@@ -33,6 +35,9 @@ _LAZY = {
     "ThreadPool": "._thread",
     "BrokenPoolError": ".errors",
     "progress": "._progress",
+    # Need the extras ferropool[dask] / ferropool[ray]; the ImportError says so.
+    "DaskPool": "._dask",
+    "RayPool": "._ray",
 }
 
 
@@ -51,6 +56,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "ProcessPool",
     "ThreadPool",
+    "DaskPool",
+    "RayPool",
     "TaskFuture",
     "progress",
     "FerropoolError",

@@ -1,0 +1,153 @@
+"""The joblib backends ``"ferropool"`` and ``"ferropool-threads"`` (``ferropool.joblib``)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+joblib = pytest.importorskip("joblib", reason="needs joblib: pip install 'ferropool[joblib]'")
+
+import helpers  # noqa: E402
+from joblib import Parallel, delayed, parallel_config  # noqa: E402
+
+import ferropool.joblib  # noqa: E402,F401  (registers the backends)
+from ferropool.errors import RemoteTraceback, WorkerDiedError  # noqa: E402
+
+WAIT = 30
+
+
+def square(x):
+    return x * x
+
+
+def pid_of(_):
+    return os.getpid()
+
+
+def exit_worker(code):
+    os._exit(code)
+
+
+@pytest.fixture(autouse=True)
+def fresh_pools():
+    """The backend keeps its pools between Parallel calls; each test ends with none left, so
+    that the conftest's check for leaked child processes holds."""
+    yield
+    ferropool.joblib._shutdown_pools()
+
+
+@pytest.fixture(params=["ferropool", "ferropool-threads"])
+def backend(request):
+    with parallel_config(backend=request.param):
+        yield request.param
+
+
+def test_importing_ferropool_does_not_import_joblib():
+    code = "import sys, ferropool; print('joblib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_results_in_order(backend):
+    assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(100)) == [i * i for i in range(100)]
+
+
+def test_runs_in_ferropool_workers():
+    with parallel_config(backend="ferropool"):
+        pids = set(Parallel(n_jobs=2)(delayed(pid_of)(i) for i in range(20)))
+    assert os.getpid() not in pids
+    pool = ferropool.joblib._pools[("process", 2)]
+    assert isinstance(pool, ferropool.ProcessPool)
+
+
+def test_pool_is_kept_between_calls():
+    with parallel_config(backend="ferropool"):
+        Parallel(n_jobs=2)(delayed(square)(i) for i in range(4))
+        first = ferropool.joblib._pools[("process", 2)]
+        Parallel(n_jobs=2)(delayed(square)(i) for i in range(4))
+    assert ferropool.joblib._pools[("process", 2)] is first
+
+
+def test_joblib_batches_tiny_tasks(backend, monkeypatch):
+    submitted = []
+    submit = ferropool.joblib.FerropoolBackend.submit
+
+    def counting_submit(self, func, callback=None):
+        submitted.append(len(func))  # a BatchedCalls: its length is the batch size
+        return submit(self, func, callback)
+
+    monkeypatch.setattr(ferropool.joblib.FerropoolBackend, "submit", counting_submit)
+    assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(20000)) == [i * i for i in range(20000)]
+    assert sum(submitted) == 20000
+    assert max(submitted) > 1  # joblib's auto-batching grew the batches
+
+
+def test_return_as_generator_is_lazy(backend, gate_factory):
+    release = gate_factory()
+    gen = Parallel(n_jobs=2, return_as="generator")(delayed(helpers.block_on)(v, release) for v in [1, 2, helpers.BLOCK])
+    assert next(gen) == 1  # before the last task can finish
+    assert next(gen) == 2
+    release.set()
+    assert list(gen) == [helpers.BLOCK]
+
+
+def test_return_as_generator_unordered(backend):
+    gen = Parallel(n_jobs=2, return_as="generator_unordered")(delayed(square)(i) for i in range(10))
+    assert sorted(gen) == [i * i for i in range(10)]
+
+
+def test_timeout_raises_and_stops_running_batches():
+    with parallel_config(backend="ferropool"):
+        start = time.monotonic()
+        with pytest.raises(multiprocessing.TimeoutError):  # what joblib raises on every backend
+            Parallel(n_jobs=2, timeout=0.5)(delayed(time.sleep)(s) for s in [0.01, 60, 60])
+        assert time.monotonic() - start < 10
+        # The sleeping batches were stopped: both workers take new work at once.
+        assert Parallel(n_jobs=2, timeout=WAIT)(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+
+
+def test_exception_keeps_type_and_remote_traceback():
+    with parallel_config(backend="ferropool"):
+        with pytest.raises(helpers.TaskError) as info:
+            Parallel(n_jobs=2)(delayed(helpers.raise_task_error)(i, "bad") for i in range(3))
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+
+
+def test_exception_in_threads(backend):
+    with pytest.raises(KeyError):
+        Parallel(n_jobs=2)(delayed(helpers.raise_key_error)(i) for i in range(3))
+
+
+def test_worker_death_raises_worker_died_error():
+    with parallel_config(backend="ferropool"):
+        with pytest.raises(WorkerDiedError):
+            Parallel(n_jobs=2)(delayed(exit_worker)(1) for _ in range(2))
+        assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(3)) == [0, 1, 4]
+
+
+def test_n_jobs_negative_and_none():
+    with parallel_config(backend="ferropool"):
+        backend = ferropool.joblib.FerropoolBackend()
+        assert backend.effective_n_jobs(None) == 1
+        assert backend.effective_n_jobs(-1) >= 1
+        with pytest.raises(ValueError):
+            backend.effective_n_jobs(0)
+
+
+def test_grid_search_cv():
+    pytest.importorskip("sklearn", reason="needs scikit-learn")
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    X, y = load_iris(return_X_y=True)
+    with parallel_config(backend="ferropool"):
+        search = GridSearchCV(SVC(), {"C": [0.1, 1, 10]}, n_jobs=2, cv=3).fit(X, y)
+    assert search.best_params_ in ({"C": 1}, {"C": 10})
+    assert search.best_score_ > 0.9
+    assert ("process", 2) in ferropool.joblib._pools
