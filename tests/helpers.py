@@ -260,3 +260,9 @@ def leave_a_stuck_thread() -> int:
 def die_holding(value) -> None:
     """Exit at once while holding ``value`` (a received buffer, say)."""
     os._exit(9)
+
+
+def dev_shm_files() -> set:
+    """Files in /dev/shm, less POSIX semaphores (``sem.*``): other programs on the machine using
+    multiprocessing or loky create and remove those at any time, and ferropool never does."""
+    return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.")}

@@ -161,7 +161,7 @@ def test_workers_exit_within_a_second_of_their_parent_being_killed(tmp_path):
     import subprocess
     import sys
 
-    shm_before = set(os.listdir("/dev/shm"))
+    shm_before = helpers.dev_shm_files()
     code = WORKER_PIDS.format(tests=os.path.dirname(__file__)) + "time.sleep(60)  # killed before this ends\n"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
@@ -173,7 +173,7 @@ def test_workers_exit_within_a_second_of_their_parent_being_killed(tmp_path):
     finally:
         proc.kill()
         proc.wait(RESULT_TIMEOUT)
-    assert set(os.listdir("/dev/shm")) == shm_before, "nothing is left in /dev/shm"
+    assert helpers.dev_shm_files() == shm_before, "nothing is left in /dev/shm"
     assert os.listdir(tmp_path) == [], "no files left behind"
 
 

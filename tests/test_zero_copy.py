@@ -172,12 +172,12 @@ def test_memory_is_unmapped_when_the_last_reference_goes(pool):
 def test_a_worker_that_dies_holding_buffers_leaves_nothing(pool):
     from ferropool import WorkerDiedError
 
-    shm_before = set(os.listdir("/dev/shm"))
+    shm_before = helpers.dev_shm_files()
     with pytest.raises(WorkerDiedError):
         pool.submit(helpers.die_holding, np.ones(MIB)).result(timeout=RESULT_TIMEOUT)
     assert pool.submit(total, np.ones(MIB)).result(timeout=RESULT_TIMEOUT) == float(MIB)
     assert buffer_maps() == [] and buffer_fds() == []
-    assert set(os.listdir("/dev/shm")) == shm_before
+    assert helpers.dev_shm_files() == shm_before
 
 
 def test_without_numpy_bytes_and_memoryviews_still_travel_out_of_band(tmp_path):
