@@ -368,8 +368,11 @@ def blas_threads():
     return sorted({info["num_threads"] for info in threadpool_info()})
 
 
-def test_native_thread_pools_are_limited_so_workers_do_not_oversubscribe(make_pool):
+def test_native_thread_pools_are_limited_so_workers_do_not_oversubscribe(make_pool, monkeypatch):
     from ferropool._process import usable_cpu_count
+
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)  # an earlier test's library may have set them
 
     pool = make_pool(2)
     expected = str(max(1, usable_cpu_count() // 2))

@@ -521,15 +521,15 @@ def test_killed_parent_and_crashed_worker_leave_nothing(tmp_path):
         import os, sys
         from ferropool import ProcessPool, shared
 
-        def hold(lock, q, ready):
+        def hold(lock, q, ready, never):
             lock.acquire()
             q.put(os.getpid())
             ready.set()
-            ready.wait(1000)  # until killed with the parent
+            never.wait(1000)  # holds the objects until killed with the parent
 
-        lock, q, ready = shared.Lock(), shared.Queue(), shared.Event()
+        lock, q, ready, never = shared.Lock(), shared.Queue(), shared.Event(), shared.Event()
         pool = ProcessPool(2)
-        pool.submit(hold, lock, q, ready)
+        pool.submit(hold, lock, q, ready, never)
         assert ready.wait(20)
         print(q.get(timeout=20), flush=True)
         sys.stdin.read()
