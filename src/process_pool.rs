@@ -33,9 +33,10 @@ pub struct ProcessPoolEngine {
 #[pymethods]
 impl ProcessPoolEngine {
     #[new]
-    #[pyo3(signature = (workers, command, init, *, max_tasks_per_child=None, max_memory_per_child=None, max_pending=None))]
-    fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>, max_tasks_per_child: Option<u64>, max_memory_per_child: Option<u64>, max_pending: Option<usize>) -> PyResult<Self> {
-        let config = PoolConfig { max_tasks_per_child, max_memory_per_child, max_pending, ..PoolConfig::new(workers, command, init) };
+    #[pyo3(signature = (workers, command, init, *, max_tasks_per_child=None, max_memory_per_child=None, max_pending=None, threads_per_worker=1))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>, max_tasks_per_child: Option<u64>, max_memory_per_child: Option<u64>, max_pending: Option<usize>, threads_per_worker: usize) -> PyResult<Self> {
+        let config = PoolConfig { max_tasks_per_child, max_memory_per_child, max_pending, threads_per_worker, ..PoolConfig::new(workers, command, init) };
         Ok(ProcessPoolEngine { pool: ProcessPool::start(config).map_err(errors::io_error)? })
     }
 
@@ -44,14 +45,14 @@ impl ProcessPoolEngine {
         self.pool.workers()
     }
 
-    #[pyo3(signature = (id, payload, timeout=None, buffers=None))]
-    fn submit(&self, py: Python<'_>, id: u64, payload: &[u8], timeout: Option<f64>, buffers: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    #[pyo3(signature = (id, payload, timeout=None, buffers=None, is_async=false))]
+    fn submit(&self, py: Python<'_>, id: u64, payload: &[u8], timeout: Option<f64>, buffers: Option<&Bound<'_, PyAny>>, is_async: bool) -> PyResult<()> {
         let timeout = timeout.map(|t| Duration::try_from_secs_f64(t).map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("task timeout must be a positive number of seconds, not {t}")))).transpose()?;
         let buffers = match buffers {
             Some(b) => buffer::write_all(py, b, true)?,
             None => Vec::new(),
         };
-        let payload = Payload { bytes: payload.to_vec(), buffers };
+        let payload = Payload { bytes: payload.to_vec(), buffers, is_async };
         let mut payload = match self.pool.submit_within(id, payload, timeout, Duration::ZERO) {
             Ok(()) => return Ok(()),
             Err(SubmitError::Full(p)) => p,

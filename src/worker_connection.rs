@@ -7,7 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
-use ferropool_engine::connection::Connection;
+use ferropool_engine::connection::{Connection, Sender};
 use ferropool_engine::frame::{Frame, Kind};
 
 use crate::buffer;
@@ -30,12 +30,12 @@ impl WorkerConnection {
         Ok(WorkerConnection { conn: Connection::new(sock).map_err(errors::io_error)? })
     }
 
-    /// Returns the next frame as `(kind, id, payload, buffers)` (`buffers` is None, or the
-    /// task's out-of-band buffers mapped copy-on-write), or None when the parent has gone.
+    /// Returns the next frame as `(kind, id, payload, buffers, flags)` (`buffers` is None, or
+    /// the task's out-of-band buffers mapped copy-on-write), or None when the parent has gone.
     /// Blocks without holding the GIL; writes queued answers first. Tasks the parent has
     /// cancelled before they began are skipped.
     #[allow(clippy::type_complexity)]
-    fn recv<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(u8, u64, Bound<'py, PyBytes>, Option<Bound<'py, PyList>>)>> {
+    fn recv<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(u8, u64, Bound<'py, PyBytes>, Option<Bound<'py, PyList>>, u8)>> {
         let frame = match self.conn.try_recv().map_err(errors::io_error)? {
             Some(f) => Some(f),
             None => {
@@ -45,7 +45,12 @@ impl WorkerConnection {
         };
         let Some(f) = frame else { return Ok(None) };
         let buffers = if f.fds.is_empty() { None } else { Some(buffer::map_all(py, f.fds, false)?) };
-        Ok(Some((f.kind as u8, f.id, PyBytes::new(py, &f.payload), buffers)))
+        Ok(Some((f.kind as u8, f.id, PyBytes::new(py, &f.payload), buffers, f.flags)))
+    }
+
+    /// Returns a sender that other threads use to answer tasks they run (see `WorkerSender`).
+    fn sender(&self) -> WorkerSender {
+        WorkerSender { sender: self.conn.sender() }
     }
 
     /// Sends a frame to the parent. A task's answer (`Ok`/`Err`) is held back while more tasks
@@ -76,10 +81,33 @@ impl WorkerConnection {
     }
 }
 
+/// Sends frames on the worker's connection from any thread; see `_core.pyi`.
+#[pyclass(frozen, module = "ferropool._core")]
+pub struct WorkerSender {
+    sender: Sender,
+}
+
+#[pymethods]
+impl WorkerSender {
+    /// Sends a frame (with its out-of-band buffers); `hold` lets it wait up to 1 ms for company.
+    #[pyo3(signature = (kind, id, payload, aux=0, buffers=None, hold=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn send(&self, py: Python<'_>, kind: u8, id: u64, payload: &[u8], aux: u32, buffers: Option<&Bound<'_, PyAny>>, hold: bool) -> PyResult<()> {
+        let kind = Kind::from_u8(kind).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("unknown frame kind {kind}")))?;
+        let fds = match buffers {
+            Some(b) => buffer::write_all(py, b, false)?.iter().map(|f| f.fd().try_clone_to_owned()).collect::<std::io::Result<Vec<_>>>().map_err(errors::io_error)?,
+            None => Vec::new(),
+        };
+        let sender = &self.sender;
+        py.detach(|| sender.send(kind, id, aux, payload, fds, hold)).map_err(errors::io_error)
+    }
+}
+
 /// Exposes the frame kinds the Python worker needs, so their numbers live in one place.
 pub(crate) fn register_kinds(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    for k in [Kind::Hello, Kind::Init, Kind::Ready, Kind::InitFailed, Kind::Task, Kind::Ok, Kind::Err, Kind::Cancel, Kind::Shutdown, Kind::Heartbeat] {
+    for k in [Kind::Hello, Kind::Init, Kind::Ready, Kind::InitFailed, Kind::Task, Kind::Ok, Kind::Err, Kind::Cancel, Kind::Shutdown, Kind::Heartbeat, Kind::Start] {
         m.add(format!("KIND_{}", format!("{k:?}").to_uppercase()), k as u8)?;
     }
+    m.add("FLAG_ASYNC", ferropool_engine::frame::FLAG_ASYNC)?;
     Ok(())
 }

@@ -266,3 +266,12 @@ def dev_shm_files() -> set:
     """Files in /dev/shm, less POSIX semaphores (``sem.*``): other programs on the machine using
     multiprocessing or loky create and remove those at any time, and ferropool never does."""
     return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.")}
+
+
+async def fetch_text(url: str, x: str) -> str:
+    """GETs ``url?x=<x>`` with aiohttp and returns the body (a coroutine task)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, params={"x": x}) as response:
+            return await response.text()

@@ -20,6 +20,7 @@ from .errors import FerropoolError, RemoteError, SerializationError, TaskTimeout
 
 if TYPE_CHECKING:
     from ._future import TaskFuture
+    from ._hybrid import HybridPool
     from ._process import ProcessPool
     from ._progress import progress
     from ._thread import ThreadPool
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 # this package) start without loading concurrent.futures and multiprocessing.
 _LAZY = {
     "ProcessPool": "._process",
+    "HybridPool": "._hybrid",
     "TaskFuture": "._future",
     "ThreadPool": "._thread",
     "BrokenPoolError": ".errors",
@@ -55,6 +57,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ProcessPool",
+    "HybridPool",
     "ThreadPool",
     "DaskPool",
     "RayPool",

@@ -12,6 +12,7 @@ from typing_extensions import Self, disjoint_base
 __all__ = [
     "ProcessPoolEngine",
     "SharedBuffer",
+    "WorkerSender",
     "WorkerConnection",
     "ThreadWorkQueue",
     "EngineBrokenError",
@@ -34,6 +35,8 @@ __all__ = [
     "KIND_CANCEL",
     "KIND_SHUTDOWN",
     "KIND_HEARTBEAT",
+    "KIND_START",
+    "FLAG_ASYNC",
     "__version__",
 ]
 
@@ -51,6 +54,8 @@ KIND_ERR: int
 KIND_CANCEL: int
 KIND_SHUTDOWN: int
 KIND_HEARTBEAT: int
+KIND_START: int
+FLAG_ASYNC: int
 
 class EngineBrokenError(RuntimeError):
     """Raised by ``ProcessPoolEngine.submit`` when the pool is broken; ``args[0]`` is the reason
@@ -65,14 +70,16 @@ class ProcessPoolEngine:
     as its first frame.
     """
 
-    def __new__(cls, workers: int, command: list[str], init: bytes, *, max_tasks_per_child: Optional[int] = None, max_memory_per_child: Optional[int] = None, max_pending: Optional[int] = None) -> ProcessPoolEngine: ...
+    def __new__(cls, workers: int, command: list[str], init: bytes, *, max_tasks_per_child: Optional[int] = None, max_memory_per_child: Optional[int] = None, max_pending: Optional[int] = None, threads_per_worker: int = 1) -> ProcessPoolEngine:
+        """``threads_per_worker``: tasks each worker runs at once (a ``HybridPool``)."""
     @property
     def workers(self) -> int:
         """The number of worker processes kept alive."""
-    def submit(self, id: int, payload: bytes, timeout: Optional[float] = None, buffers: Optional[list[Any]] = None) -> None:
+    def submit(self, id: int, payload: bytes, timeout: Optional[float] = None, buffers: Optional[list[Any]] = None, is_async: bool = False) -> None:
         """Queues task ``id`` with its out-of-band ``buffers`` (contiguous byte buffers, e.g.
         ``PickleBuffer.raw()``; each is written to a memory file that travels with the task, or
-        the file of an identical buffer still held by a task is reused), to be stopped (its worker sent SIGTERM, then SIGKILL a second
+        the file of an identical buffer still held by a task is reused; ``is_async``: the call is
+        a coroutine function, run on the worker's event loop), to be stopped (its worker sent SIGTERM, then SIGKILL a second
         later, and replaced) if it runs longer than ``timeout`` seconds. Never blocks on
         workers; with ``max_pending``, waits (GIL released, signals checked every 50 ms) while
         that many tasks are unfinished. Raises ``ValueError`` for a negative or non-finite
@@ -111,10 +118,13 @@ class WorkerConnection:
 
     def __new__(cls, fd: int) -> WorkerConnection:
         """Takes ownership of the inherited socket descriptor ``fd``."""
-    def recv(self) -> Optional[tuple[int, int, bytes, Optional[list[SharedBuffer]]]]:
-        """Returns the next frame as ``(kind, id, payload, buffers)``, or None when the parent has
-        gone. ``buffers`` is None or the task's out-of-band buffers, mapped copy-on-write.
-        Flushes queued frames before blocking; skips tasks the parent cancelled."""
+    def recv(self) -> Optional[tuple[int, int, bytes, Optional[list[SharedBuffer]], int]]:
+        """Returns the next frame as ``(kind, id, payload, buffers, flags)``, or None when the
+        parent has gone. ``buffers`` is None or the task's out-of-band buffers, mapped
+        copy-on-write. Flushes queued frames before blocking; skips tasks the parent cancelled
+        (a ``Cancel`` for a task already handed out is returned, for the worker to act on)."""
+    def sender(self) -> WorkerSender:
+        """Returns a handle through which other threads send frames on this connection."""
     def send(self, kind: int, id: int, payload: bytes, aux: int = 0, buffers: Optional[list[Any]] = None) -> None:
         """Queues a frame; writes it now unless more tasks are buffered and the batch is younger
         than 1 ms and smaller than 256 KiB. ``aux`` is the task's run time in microseconds."""
@@ -323,3 +333,11 @@ class SharedBuffer:
     mapping is released when the last object using it goes."""
 
     def __len__(self) -> int: ...
+
+@final
+class WorkerSender:
+    """Sends frames on a worker's connection from any thread (tasks run concurrently)."""
+
+    def send(self, kind: int, id: int, payload: bytes, aux: int = 0, buffers: Optional[list[Any]] = None, hold: bool = False) -> None:
+        """Sends a frame with its out-of-band buffers; with ``hold`` it may wait up to 1 ms to
+        share a write with the frames that follow. Releases the GIL while writing."""

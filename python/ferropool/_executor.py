@@ -37,6 +37,8 @@ GROWTH = 4
 #: this keeps the items read ahead of the consumer bounded (at most 2 x window x MAX_CHUNK).
 MAX_CHUNK = 8192
 _PARTIAL = "_ferropool_partial_results"
+#: Chunks of a coroutine function ``map`` keeps in flight per worker process.
+COROUTINES_IN_FLIGHT_PER_WORKER = 256
 _perf = time.perf_counter_ns
 
 
@@ -56,6 +58,31 @@ def run_chunk(fn: Callable[..., Any], items: list) -> tuple[list, int]:
             pass
         raise
     return out, _perf() - start
+
+
+async def run_chunk_async(fn: Callable[..., Any], items: list) -> tuple[list, int]:
+    """``run_chunk`` for a coroutine function: awaits the chunk's calls concurrently. On an
+    exception, the results before the first failing item are attached to it, as in
+    ``run_chunk``."""
+    import asyncio
+
+    start = _perf()
+    outcomes = await asyncio.gather(*(fn(*args) for args in items), return_exceptions=True)
+    for i, out in enumerate(outcomes):
+        if isinstance(out, BaseException):
+            try:
+                setattr(out, _PARTIAL, outcomes[:i])
+            except Exception:
+                pass
+            raise out
+    return outcomes, _perf() - start
+
+
+def chunk_runner(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The function that runs a chunk of calls of ``fn`` in a worker process (whose event loop
+    runs coroutine functions; a thread pool just calls them, as the standard library does)."""
+    code = getattr(fn, "__code__", None)
+    return run_chunk_async if code is not None and code.co_flags & 0x80 else run_chunk  # CO_COROUTINE
 
 
 class PoolExecutor(AsyncMixin, cf.Executor):
@@ -133,6 +160,9 @@ class _Mapper:
         self.fixed = chunksize
         workers = max(1, pool._max_workers)
         self.window = window_for(workers)
+        if getattr(pool, "_runs_coroutines", False) and chunk_runner(fn) is run_chunk_async:
+            # Coroutines wait concurrently on each worker's event loop: keep many in flight.
+            self.window = max(self.window, COROUTINES_IN_FLIGHT_PER_WORKER * workers)
         # With a known length, never make chunks so big that a worker gets fewer than ~4.
         self.cap = max(1, total // (4 * workers)) if total else None
         self.size = 1

@@ -26,7 +26,7 @@ import weakref
 from typing import Any, Callable
 
 from . import _core
-from ._executor import PoolExecutor, run_chunk
+from ._executor import PoolExecutor, chunk_runner
 from ._future import TaskFuture, cancel_removed
 from ._serialize import DEFAULT_ZERO_COPY_THRESHOLD, dumps, dumps_call, loads, loads_exception
 from ._worker import bootstrap_command
@@ -122,6 +122,7 @@ class ProcessPool(PoolExecutor):
         exit_timeout: float | None = DEFAULT_EXIT_TIMEOUT,
         zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
         native_threads: int | None = None,
+        _threads_per_worker: int = 1,
     ) -> None:
         if max_workers is None:
             max_workers = usable_cpu_count()
@@ -148,7 +149,7 @@ class ProcessPool(PoolExecutor):
         self._zero_copy_threshold = zero_copy_threshold
         self._max_pending = max_pending  # submit may block: the asyncio API submits off the loop
         if native_threads is None:
-            native_threads = native_threads_per_worker(max_workers)
+            native_threads = native_threads_per_worker(max_workers, _threads_per_worker)
         elif isinstance(native_threads, bool) or not isinstance(native_threads, int) or native_threads < 1:
             raise ValueError(f"native_threads must be a positive integer or None, not {native_threads!r}")
         self._native_threads = native_threads
@@ -160,9 +161,9 @@ class ProcessPool(PoolExecutor):
         # taken our sys.path and working directory from the outer, plain part.
         call = dumps((initializer, tuple(initargs)), "initializer") if initializer is not None else None
         init = dumps({"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": call, "zero_copy_threshold": zero_copy_threshold,
-                      "native_threads": native_threads})
+                      "native_threads": native_threads, "threads": _threads_per_worker})
         self._engine = _core.ProcessPoolEngine(max_workers, bootstrap_command(native_threads=native_threads), init, max_tasks_per_child=max_tasks_per_child,
-            max_memory_per_child=max_memory_per_child, max_pending=max_pending)
+            max_memory_per_child=max_memory_per_child, max_pending=max_pending, threads_per_worker=_threads_per_worker)
         self._futures: dict[int, TaskFuture] = {}
         self._ids = itertools.count(1)
         self._state = _State()
@@ -179,6 +180,9 @@ class ProcessPool(PoolExecutor):
         weakref.finalize(self, self._engine.close)
         _live_pools.add(self)
 
+    #: Workers run coroutine functions on their event loops (``map`` keeps more of them in flight).
+    _runs_coroutines = True
+
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
         """Schedules ``fn(*args, **kwargs)`` and returns its future. Blocks only with
         ``max_pending``, while that many tasks are unfinished.
@@ -189,7 +193,7 @@ class ProcessPool(PoolExecutor):
         return self._submit(fn, args, kwargs, self._task_timeout, fn)
 
     def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
-        return self._submit(run_chunk, (fn, items), {}, self._task_timeout, fn)
+        return self._submit(chunk_runner(fn), (fn, items), {}, self._task_timeout, fn)
 
     def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, task_timeout: float | None, shown: Callable[..., Any]) -> cf.Future:
         """Queues ``fn(*args, **kwargs)``; ``shown`` is the function that errors name (the
@@ -204,7 +208,7 @@ class ProcessPool(PoolExecutor):
         fut._ferropool = (self._engine, tid, self._futures, shown)
         self._futures[tid] = fut
         try:
-            self._engine.submit(tid, payload, task_timeout, buffers)
+            self._engine.submit(tid, payload, task_timeout, buffers, _is_coroutine_function(fn))
         except BaseException as exc:  # including Ctrl-C while blocked by max_pending
             self._futures.pop(tid, None)
             if isinstance(exc, _core.EngineBrokenError):
@@ -416,6 +420,17 @@ def _shutdown_all_at_exit() -> None:
             running.finish_at_exit()
 
 
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect on the hot path
+
+
+def _is_coroutine_function(fn: Any) -> bool:
+    """True for ``async def`` functions (and bound methods of them): the worker runs them on its
+    event loop. Cheaper than ``inspect.iscoroutinefunction``; a callable that only returns a
+    coroutine is still run, on the thread that called it."""
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    return code is not None and bool(code.co_flags & _CO_COROUTINE)
+
+
 def _check_seconds(name: str, value: float | None) -> float | None:
     if value is None:
         return None
@@ -433,6 +448,8 @@ class TaskOptions(PoolExecutor):
     (``shutdown``, the context manager) acts on the pool itself.
     """
 
+    _runs_coroutines = True
+
     def __init__(self, pool: ProcessPool, task_timeout: float | None):
         self._pool = pool
         self._task_timeout = task_timeout
@@ -443,7 +460,7 @@ class TaskOptions(PoolExecutor):
         return self._pool._submit(fn, args, kwargs, self._task_timeout, fn)
 
     def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
-        return self._pool._submit(run_chunk, (fn, items), {}, self._task_timeout, fn)
+        return self._pool._submit(chunk_runner(fn), (fn, items), {}, self._task_timeout, fn)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Shuts the pool down (see ``ProcessPool.shutdown``)."""

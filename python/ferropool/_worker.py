@@ -21,6 +21,22 @@ from ._serialize import dumps_exception, dumps_result, loads
 _perf = time.perf_counter_ns
 
 
+async def _probe() -> None:
+    pass
+
+
+_probe_coroutine = _probe()
+_Coroutine = type(_probe_coroutine)
+_probe_coroutine.close()
+
+
+def _run_here(coroutine):
+    """Runs a coroutine a plain task returned to completion, on this thread."""
+    import asyncio
+
+    return asyncio.run(coroutine)
+
+
 def main() -> None:
     """Runs the worker until the parent says ``Shutdown`` or goes away."""
     fd = int(sys.argv[-1])
@@ -33,12 +49,14 @@ def main() -> None:
     frame = conn.recv()
     if frame is None or frame[0] != _core.KIND_INIT:
         return
-    if not _initialize(conn, frame[2]):
-        return
-    _serve(conn)
+    threads = _initialize(conn, frame[2])
+    if threads:
+        _serve(conn, threads)
 
 
-def _initialize(conn, payload: bytes) -> bool:
+def _initialize(conn, payload: bytes) -> int:
+    """Applies the pool's configuration and runs the initializer; returns the number of task
+    threads (0 if the worker must exit)."""
     try:
         config = loads(payload)
         sys.path[:] = config["sys_path"]
@@ -53,12 +71,12 @@ def _initialize(conn, payload: bytes) -> bool:
     except BaseException as exc:
         conn.send(_core.KIND_INITFAILED, 0, dumps_exception(exc))
         conn.flush()
-        return False
+        return 0
     # Flushed before any task runs: the parent treats a death before Ready as a failure to
     # start (tasks are requeued), and a death after it as the running task's crash.
     conn.send(_core.KIND_READY, 0, b"")
     conn.flush()
-    return True
+    return max(1, int(config.get("threads", 1)))
 
 
 def _any_native_loaded() -> bool:
@@ -66,19 +84,40 @@ def _any_native_loaded() -> bool:
     return any(name in sys.modules for name in ("numpy", "scipy", "torch", "numexpr", "sklearn"))
 
 
-def _serve(conn) -> None:
+def _serve(conn, threads: int) -> None:
+    """Runs tasks until ``Shutdown``: plain ones on this thread, one at a time, unless the pool
+    gives each worker several threads; coroutines (and, then, plain tasks) through a ``Runner``
+    (``_concurrent_worker.py``), created on first need."""
     recv, send = conn.recv, conn.send
     TASK, SHUTDOWN, OK, ERR = _core.KIND_TASK, _core.KIND_SHUTDOWN, _core.KIND_OK, _core.KIND_ERR
+    CANCEL, ASYNC = _core.KIND_CANCEL, _core.FLAG_ASYNC
+    runner = None
     while True:
         frame = recv()
         if frame is None:
             return
-        kind, task_id, payload, buffers = frame
+        kind, task_id, payload, buffers, flags = frame
         if kind == TASK:
+            if flags & ASYNC or threads > 1:
+                if runner is None:
+                    from ._concurrent_worker import Runner
+
+                    runner = Runner(conn, threads)
+                if flags & ASYNC:
+                    runner.submit_coroutine(task_id, payload, buffers)
+                else:
+                    runner.submit_plain(task_id, payload, buffers)
+                continue
+            if runner is not None and runner.busy():
+                runner.announce_start(task_id)  # it runs beside coroutines still unanswered
             start = _perf()
             try:
                 fn, args, kwargs = loads(payload, buffers=buffers)
-                out, out_buffers = dumps_result(fn(*args, **kwargs))
+                result = fn(*args, **kwargs)
+                if type(result) is _Coroutine:  # from a callable not flagged async (a partial...)
+                    result = _run_here(result)
+                out, out_buffers = dumps_result(result)
+                result = None
                 kind = OK
             except BaseException as exc:
                 out, out_buffers = dumps_exception(exc), None
@@ -86,7 +125,12 @@ def _serve(conn) -> None:
             # Drop our references first: a received buffer is unmapped as soon as nothing uses it.
             fn = args = kwargs = buffers = None
             send(kind, task_id, out, min((_perf() - start) // 1000, 0xFFFFFFFF), out_buffers)
+        elif kind == CANCEL:
+            if runner is not None:
+                runner.cancel(task_id)
         elif kind == SHUTDOWN:
+            if runner is not None:
+                runner.wait_idle()
             conn.flush()
             return
 

@@ -12,7 +12,11 @@
 //!
 //! Cancellation: a `Cancel` frame for a task still buffered here removes that task and answers
 //! `Cancel` for it in its place, so `recv` never hands out a task the parent has cancelled, as
-//! far as the parent's frames have arrived. Before starting a task it has not read the socket
+//! far as the parent's frames have arrived. A `Cancel` for a task already handed out is passed
+//! on by `recv`: a worker running tasks concurrently may still stop it (a coroutine) or skip it.
+//!
+//! Threads: `recv` belongs to one thread; a `Sender` (see `sender`) lets other threads of a
+//! worker that runs tasks concurrently send answers through the same writer. Before starting a task it has not read the socket
 //! for `CANCEL_CHECK_AGE`, the worker reads what has arrived, so a cancel sent while the
 //! previous task ran is seen.
 
@@ -79,13 +83,18 @@ impl Connection {
     pub fn answer(&mut self, kind: Kind, id: u64, aux: u32, payload: &[u8], fds: Vec<OwnedFd>) -> io::Result<()> {
         let more = self.has_frame();
         let mut st = self.out.lock();
-        st.writer.push_parts_with_fds(kind, id, aux, payload, fds);
+        st.writer.push_parts_with_fds(kind, id, 0, aux, payload, fds);
         if more && st.writer.pending() < MAX_HELD_BYTES {
-            self.hold(st);
+            hold(&self.out, &self.sock, st);
             Ok(())
         } else {
             write_all(&mut st, &self.sock)
         }
+    }
+
+    /// Returns a handle through which other threads send frames on this connection.
+    pub fn sender(&self) -> Sender {
+        Sender { out: self.out.clone(), sock: self.sock.clone() }
     }
 
     /// Writes every queued frame now, blocking as needed.
@@ -139,35 +148,66 @@ impl Connection {
                 self.ahead.push_back(f);
                 continue;
             }
-            // Not found: the task has begun or finished, and its worker is being stopped.
             if let Some(pos) = self.ahead.iter().position(|t| t.kind == Kind::Task && t.id == f.id) {
                 self.ahead.remove(pos);
                 let mut st = self.out.lock();
                 st.writer.push(Frame::new(Kind::Cancel, f.id, Vec::new()));
-                self.hold(st);
+                hold(&self.out, &self.sock, st);
+            } else {
+                // Already handed out: the worker decides (a sequential one ignores it: it has
+                // answered the task, or the parent stops the whole worker).
+                self.ahead.push_back(f);
             }
         }
         Ok(())
     }
 
-    /// Leaves what is queued for the flusher to write within `MAX_HOLD`.
-    fn hold(&self, mut st: MutexGuard<'_, OutState>) {
-        if st.held_since.is_some() {
+}
+
+/// Leaves what is queued for the flusher to write within `MAX_HOLD`.
+fn hold(out: &Arc<Outbox>, sock: &Arc<OwnedFd>, mut st: MutexGuard<'_, OutState>) {
+    if st.held_since.is_some() {
+        return;
+    }
+    st.held_since = Some(Instant::now());
+    if !st.flusher_started {
+        let (flusher_out, flusher_sock) = (out.clone(), sock.clone());
+        let spawned = std::thread::Builder::new().name("ferropool-flusher".into()).spawn(move || flusher_out.run_flusher(&flusher_sock));
+        if spawned.is_err() {
+            // No thread, no holding back.
+            let _ = write_all(&mut st, sock);
             return;
         }
-        st.held_since = Some(Instant::now());
-        if !st.flusher_started {
-            let (out, sock) = (self.out.clone(), self.sock.clone());
-            let spawned = std::thread::Builder::new().name("ferropool-flusher".into()).spawn(move || out.run_flusher(&sock));
-            if spawned.is_err() {
-                // No thread, no holding back.
-                let _ = write_all(&mut st, &self.sock);
-                return;
-            }
-            st.flusher_started = true;
+        st.flusher_started = true;
+    }
+    drop(st);
+    out.wake.notify_one();
+}
+
+/// Sends frames on a worker's connection from any thread (answers of tasks run concurrently).
+#[derive(Clone)]
+pub struct Sender {
+    out: Arc<Outbox>,
+    sock: Arc<OwnedFd>,
+}
+
+impl Sender {
+    /// Queues a frame with descriptors; `hold` leaves it for the flusher (written within
+    /// `MAX_HOLD`, with whatever else is queued by then), otherwise it is written now.
+    pub fn send(&self, kind: Kind, id: u64, aux: u32, payload: &[u8], fds: Vec<OwnedFd>, hold_it: bool) -> io::Result<()> {
+        let mut st = self.out.lock();
+        st.writer.push_parts_with_fds(kind, id, 0, aux, payload, fds);
+        if hold_it && st.writer.pending() < MAX_HELD_BYTES {
+            hold(&self.out, &self.sock, st);
+            Ok(())
+        } else {
+            write_all(&mut st, &self.sock)
         }
-        drop(st);
-        self.out.wake.notify_one();
+    }
+
+    /// Writes everything queued now.
+    pub fn flush(&self) -> io::Result<()> {
+        write_all(&mut self.out.lock(), &self.sock)
     }
 }
 

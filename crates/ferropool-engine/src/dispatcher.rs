@@ -41,6 +41,8 @@ const PREFETCH_US: f64 = 2000.0;
 const INITIAL_PREFETCH: usize = 2;
 /// Most tasks queued at one worker, however short they are.
 const MAX_PREFETCH: usize = 1024;
+/// Most coroutine tasks at one worker at once: they wait on I/O concurrently on its event loop.
+const MAX_COROUTINES_PER_WORKER: usize = 1024;
 /// Least time between two reads of one worker's memory use (each costs a /proc read).
 const MEMORY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 /// How long a worker may take to exit after `Shutdown` (interpreter teardown, atexit handlers)
@@ -107,14 +109,41 @@ impl Dispatcher {
                 continue;
             };
             let w = self.slots[slot].as_mut().expect("found above");
-            if pos == 0 && w.phase != Phase::Starting && w.stop.is_none() {
-                self.stop_worker(slot, false);
+            if w.inflight[pos].started.is_some() && w.stop.is_none() {
+                self.stop_task(slot, id, false);
                 continue;
             }
             // Waiting behind another task (or for the worker to start): skip it there.
             w.inflight[pos].cancelled = true;
             w.writer.push(Frame::new(Kind::Cancel, id, Vec::new()));
             self.done.push(Done::new(id, Outcome::Cancelled));
+        }
+    }
+
+    /// Stops running task `id` of worker `slot`, which overran its timeout or was cancelled,
+    /// and reports it so at once. A plain task alone on its worker is stopped with the worker
+    /// (the way that stops any code); a coroutine, or a task running beside others (threads,
+    /// coroutines), is asked to stop (a coroutine does; a thread cannot), and its worker is
+    /// stopped only if it is still there `stop_grace` later.
+    fn stop_task(&mut self, slot: usize, id: u64, timed_out: bool) {
+        let grace = self.config.stop_grace;
+        let w = self.slots[slot].as_mut().expect("stopping a task of a live worker");
+        let Some(pos) = w.inflight.iter().position(|s| s.id == id) else { return };
+        let sent = &w.inflight[pos];
+        let outcome = if timed_out { Outcome::TimedOut { pid: w.pid, after: sent.timeout.unwrap_or_default() } } else { Outcome::Cancelled };
+        self.done.push(Done::new(id, outcome));
+        // A coroutine stops when cancelled, so asking is enough; a thread's task alone on its
+        // worker is stopped with the worker at once.
+        if w.running() <= 1 && !sent.payload.is_async {
+            w.inflight.remove(pos);
+            w.phase = Phase::Draining;
+            w.stop = Some(Stop { task: Some(id), kill_at: Instant::now() + grace, killed: false });
+            w.terminate();
+        } else {
+            let sent = &mut w.inflight[pos];
+            sent.cancelled = true;
+            sent.stop_asked = Some(Instant::now());
+            w.writer.push(Frame::new(Kind::Cancel, id, Vec::new()));
         }
     }
 
@@ -145,28 +174,35 @@ impl Dispatcher {
                 }
                 continue;
             }
-            match w.deadline() {
-                Some(deadline) if now >= deadline => {
-                    self.stop_worker(slot, true);
-                    earliest(now + self.config.stop_grace);
+            // A task asked to stop beside others that is still there after the grace period:
+            // stop the whole worker (the tasks running beside it are re-run elsewhere).
+            let grace = self.config.stop_grace;
+            if let Some(asked) = w.inflight.iter().filter_map(|s| s.stop_asked).min() {
+                if now >= asked + grace {
+                    w.phase = Phase::Draining;
+                    w.stop = Some(Stop { task: None, kill_at: now + grace, killed: false });
+                    w.terminate();
+                    earliest(now + grace);
+                    continue;
                 }
-                Some(deadline) => earliest(deadline),
-                None => {}
+                earliest(asked + grace);
+            }
+            if let Some(deadline) = w.deadline() {
+                if now >= deadline {
+                    let overdue: Vec<u64> = w.inflight.iter().filter(|s| !s.cancelled && s.started.zip(s.timeout).is_some_and(|(t, d)| now >= t + d)).map(|s| s.id).collect();
+                    for id in overdue {
+                        self.stop_task(slot, id, true);
+                    }
+                    earliest(now + grace);
+                    if let Some(next_deadline) = self.slots[slot].as_ref().and_then(Worker::deadline) {
+                        earliest(next_deadline);
+                    }
+                } else {
+                    earliest(deadline);
+                }
             }
         }
         next
-    }
-
-    /// Reports worker `slot`'s running task as timed out or cancelled, and stops the worker.
-    fn stop_worker(&mut self, slot: usize, timed_out: bool) {
-        let w = self.slots[slot].as_mut().expect("stopping a live worker");
-        let Some(head) = w.inflight.pop_front() else { return };
-        let outcome = if timed_out { Outcome::TimedOut { pid: w.pid, after: head.timeout.unwrap_or_default() } } else { Outcome::Cancelled };
-        self.done.push(Done::new(head.id, outcome));
-        w.phase = Phase::Draining;
-        w.head_started = None;
-        w.stop = Some(Stop { task: Some(head.id), kill_at: Instant::now() + self.config.stop_grace, killed: false });
-        w.terminate();
     }
 
     /// Moves queued tasks to workers that have room, one at a time to the emptiest worker.
@@ -176,16 +212,23 @@ impl Dispatcher {
     /// we saw no room is picked up when a worker answers, and one pushed while room is left
     /// wakes us.
     fn assign(&mut self) {
-        let mut room: Vec<usize> = self.slots.iter().map(|w| w.as_ref().map_or(0, |w| self.room(w))).collect();
+        // Room for (thread tasks, coroutine tasks) per worker.
+        let mut room: Vec<(usize, usize)> = self.slots.iter().map(|w| w.as_ref().map_or((0, 0), |w| self.room(w))).collect();
         let mut q = self.shared.queue.lock().expect("queue poisoned");
         let mut taken: Vec<(usize, Task)> = Vec::new();
-        while let Some(slot) = (0..room.len()).filter(|&i| room[i] > 0).max_by_key(|&i| room[i]) {
-            let Some(task) = q.tasks.pop_front() else { break };
-            room[slot] -= 1;
+        while let Some(front) = q.tasks.front() {
+            let kind = |r: &(usize, usize)| if front.payload.is_async { r.1 } else { r.0 };
+            let Some(slot) = (0..room.len()).filter(|&i| kind(&room[i]) > 0).max_by_key(|&i| kind(&room[i])) else { break };
+            let task = q.tasks.pop_front().expect("front exists");
+            if task.payload.is_async {
+                room[slot].1 -= 1;
+            } else {
+                room[slot].0 -= 1;
+            }
             taken.push((slot, task));
         }
         // Starting workers count as having room: they take tasks before they are ready.
-        q.wants_tasks = room.iter().any(|&r| r > 0);
+        q.wants_tasks = room.iter().any(|&(sync, coroutines)| sync > 0 || coroutines > 0);
         drop(q);
         for (slot, task) in taken {
             let w = self.slots[slot].as_mut().expect("room only for live workers");
@@ -193,21 +236,30 @@ impl Dispatcher {
         }
     }
 
-    /// How many more tasks worker `w` should be sent now.
-    fn room(&self, w: &Worker) -> usize {
+    /// How many more thread tasks and coroutine tasks worker `w` should be sent now.
+    fn room(&self, w: &Worker) -> (usize, usize) {
         if w.phase == Phase::Draining || w.sock_closed {
-            return 0;
+            return (0, 0);
         }
-        let target = match w.task_us {
+        let per_thread = match w.task_us {
             None => INITIAL_PREFETCH,
             // The running task plus about PREFETCH_US of queued ones: none for long tasks, whose
             // next task is sent when they answer (a round trip is ~0.1 ms), so no task waits
             // behind a long one while another worker is idle.
             Some(us) => ((PREFETCH_US / us) as usize).min(MAX_PREFETCH) + 1,
         };
-        let mut room = target.saturating_sub(w.inflight.len());
+        let (mut sync, mut coroutines) = (0, 0);
+        for s in &w.inflight {
+            if s.payload.is_async {
+                coroutines += 1;
+            } else {
+                sync += 1;
+            }
+        }
+        let mut room = ((per_thread * w.threads).saturating_sub(sync), MAX_COROUTINES_PER_WORKER.saturating_sub(coroutines));
         if let Some(max) = self.config.max_tasks_per_child {
-            room = room.min(max.saturating_sub(w.tasks_sent) as usize);
+            let left = max.saturating_sub(w.tasks_sent) as usize;
+            room = (room.0.min(left), room.1.min(left));
         }
         room
     }
@@ -345,34 +397,34 @@ impl Dispatcher {
             Kind::Ready => {
                 if w.phase == Phase::Starting {
                     w.phase = Phase::Ready;
-                    if !w.inflight.is_empty() {
-                        w.head_started = Some(Instant::now());
-                    }
+                    w.front_started();
                 }
                 self.startup_failures = 0;
             }
             Kind::InitFailed => self.break_pool(frame.payload),
+            Kind::Start => {
+                if let Some(s) = w.inflight.iter_mut().find(|s| s.id == frame.id) {
+                    s.started.get_or_insert_with(Instant::now);
+                }
+            }
             Kind::Cancel => {
-                // The worker skipped a task cancelled while queued there (reported already).
-                if let Some(pos) = w.inflight.iter().position(|s| s.id == frame.id && s.cancelled) {
-                    w.inflight.remove(pos);
-                    if pos == 0 && !w.inflight.is_empty() {
-                        w.head_started = Some(Instant::now());
-                    }
+                // The worker skipped (or stopped) a task cancelled there, reported already.
+                if w.inflight.iter().any(|s| s.id == frame.id && s.cancelled) {
+                    w.finish_task(frame.id, None);
                 }
             }
             Kind::Ok | Kind::Err => {
                 if w.stop.as_ref().is_some_and(|s| s.task == Some(frame.id)) {
                     return; // finished just as it was stopped; reported already
                 }
-                let sent = w.finish_task(frame.aux);
-                if sent.as_ref().map(|s| s.id) != Some(frame.id) {
-                    // Out-of-order answers mean a broken worker; let the exit path clean up.
+                let Some(sent) = w.finish_task(frame.id, Some(frame.aux)) else {
+                    // An answer for a task it does not hold means a broken worker; let the
+                    // exit path clean up.
                     w.sock_closed = true;
                     w.kill();
                     return;
-                }
-                if !sent.is_some_and(|s| s.cancelled) {
+                };
+                if !sent.cancelled {
                     let outcome = if frame.kind == Kind::Ok { Outcome::Returned(frame.payload) } else { Outcome::Raised(frame.payload) };
                     self.done.push(Done { id: frame.id, outcome, run_us: frame.aux, fds: frame.fds });
                 }
@@ -414,25 +466,30 @@ impl Dispatcher {
         };
         let was_starting = w.phase == Phase::Starting;
         let was_stopped = w.stop.is_some();
-        let mut orphans = std::mem::take(&mut w.inflight);
+        let orphans = std::mem::take(&mut w.inflight);
         drop(w);
         if was_starting {
             // No task had begun: workers flush Ready before running any task, and the socket
             // was drained above, so a worker still Starting died before its first task.
             self.startup_failures += 1;
-        } else if was_stopped {
-            // We killed it for a task reported already; nothing it held is to blame.
-        } else if let Some(running) = orphans.pop_front() {
-            if !running.cancelled {
-                self.done.push(Done::new(running.id, Outcome::WorkerDied { exit, stderr_tail }));
+        }
+        let mut requeue = Vec::new();
+        for s in orphans {
+            if s.cancelled {
+                continue; // reported when cancelled
+            }
+            if s.started.is_some() && !was_stopped {
+                // It was running when the worker died: the likely culprit.
+                self.done.push(Done::new(s.id, Outcome::WorkerDied { exit, stderr_tail: stderr_tail.clone() }));
+            } else {
+                // Never started (or running beside a task we stopped the worker for): run it
+                // elsewhere.
+                requeue.push(s);
             }
         }
-        // Cancelled tasks were reported when cancelled.
-        orphans.retain(|s| !s.cancelled);
-        if !orphans.is_empty() {
-            // Tasks queued behind the dead one never started: give them to other workers.
+        if !requeue.is_empty() {
             let mut q = self.shared.queue.lock().expect("queue poisoned");
-            for s in orphans.into_iter().rev() {
+            for s in requeue.into_iter().rev() {
                 q.tasks.push_front(Task { id: s.id, payload: s.payload, timeout: s.timeout });
             }
         }
@@ -447,7 +504,10 @@ impl Dispatcher {
 
     fn respawn(&mut self, slot: usize) {
         match Worker::spawn(&self.config.command, &self.config.init) {
-            Ok(w) => self.slots[slot] = Some(w),
+            Ok(mut w) => {
+                w.threads = self.config.threads_per_worker.max(1);
+                self.slots[slot] = Some(w);
+            }
             Err(e) => {
                 self.startup_failures += 1;
                 self.break_pool(format!("cannot start a worker process ({:?}): {e}", self.config.command.first()).into_bytes());

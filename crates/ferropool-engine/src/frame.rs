@@ -41,13 +41,21 @@ pub enum Kind {
     Ok = 6,
     /// worker -> parent: task `id` raised; payload describes the exception.
     Err = 7,
-    /// parent -> worker: stop task `id` (control message; reserved for cancellation).
+    /// parent -> worker: skip task `id` if it has not begun, stop it if it can (a coroutine);
+    /// worker -> parent: task `id` was skipped or stopped (in place of its answer).
     Cancel = 8,
     /// parent -> worker: finish the queued tasks, then exit.
     Shutdown = 9,
     /// either way: liveness probe and its answer (control message).
     Heartbeat = 10,
+    /// worker -> parent: task `id` has started while another task of this worker is unanswered
+    /// (a worker running tasks one at a time never sends it; see `docs/wire-format.md`).
+    Start = 12,
 }
+
+/// `Task` flag: the call is a coroutine function, run on the worker's event loop; it takes no
+/// thread of the worker while it awaits.
+pub const FLAG_ASYNC: u8 = 1;
 
 impl Kind {
     /// Decodes a kind byte; `None` for a byte no version of the protocol uses.
@@ -64,6 +72,7 @@ impl Kind {
             8 => Cancel,
             9 => Shutdown,
             10 => Heartbeat,
+            12 => Start,
             _ => return None,
         })
     }

@@ -44,14 +44,17 @@ pub struct PoolConfig {
     /// which tests use to prove that no wake-up is ever lost.
     pub idle_tick: Option<Duration>,
     /// How long a worker stopped with SIGTERM (its task timed out or was cancelled) may take to
-    /// exit before it gets SIGKILL.
+    /// exit before it gets SIGKILL; also how long a task running beside others has to stop
+    /// when asked before its whole worker is stopped.
     pub stop_grace: Duration,
+    /// Threads that run tasks in each worker (a `HybridPool`); 1 runs tasks one at a time.
+    pub threads_per_worker: usize,
 }
 
 impl PoolConfig {
     /// A configuration for `workers` workers started by `command`, with defaults elsewhere.
     pub fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>) -> PoolConfig {
-        PoolConfig { workers, command, init, max_tasks_per_child: None, max_memory_per_child: None, max_pending: None, idle_tick: Some(Duration::from_secs(1)), stop_grace: Duration::from_secs(1) }
+        PoolConfig { workers, command, init, max_tasks_per_child: None, max_memory_per_child: None, max_pending: None, idle_tick: Some(Duration::from_secs(1)), stop_grace: Duration::from_secs(1), threads_per_worker: 1 }
     }
 }
 
@@ -97,6 +100,9 @@ impl Done {
 pub struct Payload {
     pub bytes: Vec<u8>,
     pub buffers: Vec<Arc<MemFile>>,
+    /// The call is a coroutine function: the worker runs it on its event loop, where it takes
+    /// none of the worker's threads (see `FLAG_ASYNC`).
+    pub is_async: bool,
 }
 
 impl std::fmt::Debug for Payload {
@@ -116,7 +122,7 @@ impl Eq for Payload {}
 
 impl From<Vec<u8>> for Payload {
     fn from(bytes: Vec<u8>) -> Payload {
-        Payload { bytes, buffers: Vec::new() }
+        Payload { bytes, buffers: Vec::new(), is_async: false }
     }
 }
 

@@ -57,9 +57,16 @@ pub struct Sent {
     pub payload: Payload,
     /// Longest the task may run once started.
     pub timeout: Option<Duration>,
-    /// Cancelled while queued at the worker: its outcome was already reported, and whatever the
-    /// worker answers for it (a result, or a `Cancel` saying it skipped the task) is dropped.
+    /// When it started, as far as the parent can tell (see `Worker::inflight`); None while it
+    /// waits at the worker.
+    pub started: Option<Instant>,
+    /// Cancelled (or timed out) at the worker: its outcome was already reported, and whatever the
+    /// worker answers for it (a result, or a `Cancel` saying it skipped or stopped the task) is
+    /// dropped.
     pub cancelled: bool,
+    /// When it was asked to stop while running beside other tasks (a `Cancel` frame was sent
+    /// instead of stopping the whole worker); past the grace period the worker is stopped.
+    pub stop_asked: Option<Instant>,
 }
 
 /// A worker being stopped, because its running task timed out or was cancelled, or because it
@@ -81,13 +88,15 @@ pub struct Worker {
     pub reader: FrameReader,
     pub writer: FrameWriter,
     pub phase: Phase,
-    /// Tasks sent to this worker, oldest first. Workers run tasks in order, so the front is the
-    /// task running now (once the worker is ready); the rest are queued behind it.
+    /// Tasks sent to this worker and not answered, oldest first. A worker starts tasks in the
+    /// order sent. The front one has started once the worker is ready (when it was sent to an
+    /// idle ready worker, when the task before it was answered, or when the worker said
+    /// `Ready`); any other has started when the worker says `Start` for it, which it does for a
+    /// task begun while another is unanswered (threads of a `HybridPool` worker, coroutines).
+    /// Task timeouts count from `Sent::started`.
     pub inflight: VecDeque<Sent>,
-    /// When the front task of `inflight` started, as far as the parent can tell: when it was
-    /// sent to an idle ready worker, when the task before it was answered, or when the worker
-    /// said `Ready`. Task timeouts count from here.
-    pub head_started: Option<Instant>,
+    /// Threads that run tasks in this worker (`PoolConfig::threads_per_worker`).
+    pub threads: usize,
     /// Set once the worker is being stopped (see `Stop`).
     pub stop: Option<Stop>,
     /// Tasks ever sent to this worker (for recycling after `max_tasks_per_child`).
@@ -150,7 +159,7 @@ impl Worker {
             writer: FrameWriter::new(),
             phase: Phase::Starting,
             inflight: VecDeque::new(),
-            head_started: None,
+            threads: 1,
             stop: None,
             tasks_sent: 0,
             task_us: None,
@@ -188,42 +197,56 @@ impl Worker {
     pub fn send_task(&mut self, id: u64, payload: Payload, timeout: Option<Duration>) {
         // The frame gets duplicates of the buffers' descriptors: ours are kept for a re-send.
         let fds = payload.buffers.iter().filter_map(|b| b.fd().try_clone_to_owned().ok()).collect::<Vec<_>>();
+        let flags = if payload.is_async { crate::frame::FLAG_ASYNC } else { 0 };
         if fds.len() == payload.buffers.len() {
-            self.writer.push_parts_with_fds(Kind::Task, id, 0, &payload.bytes, fds);
+            self.writer.push_parts_with_fds(Kind::Task, id, flags, 0, &payload.bytes, fds);
         } else {
             // Out of descriptors: the worker finds the frame short of buffers and fails the task.
-            self.writer.push_parts(Kind::Task, id, 0, &payload.bytes);
+            self.writer.push_parts_with_fds(Kind::Task, id, flags, 0, &payload.bytes, Vec::new());
         }
-        if self.inflight.is_empty() && self.phase != Phase::Starting {
-            self.head_started = Some(Instant::now());
-        }
-        self.inflight.push_back(Sent { id, payload, timeout, cancelled: false });
+        self.inflight.push_back(Sent { id, payload, timeout, started: None, cancelled: false, stop_asked: None });
         self.tasks_sent += 1;
+        self.front_started();
     }
 
-    /// Takes the answered front task off `inflight` and records its run time; the next task
-    /// starts now.
-    pub fn finish_task(&mut self, run_us: u32) -> Option<Sent> {
-        let us = f64::from(run_us.max(1));
-        self.task_us = Some(match self.task_us {
-            Some(prev) => prev * 0.75 + us * 0.25,
-            None => us,
-        });
-        let sent = self.inflight.pop_front();
-        self.head_started = (!self.inflight.is_empty()).then(Instant::now);
+    /// Dates the front task's start (now) if the worker is ready and it was not dated yet.
+    pub fn front_started(&mut self) {
+        if self.phase == Phase::Starting {
+            return;
+        }
+        if let Some(front) = self.inflight.front_mut() {
+            front.started.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Takes task `id` off `inflight` as answered (recording its run time, `run_us`, if it ran).
+    /// None if the worker holds no such task.
+    pub fn finish_task(&mut self, id: u64, run_us: Option<u32>) -> Option<Sent> {
+        if let Some(us) = run_us {
+            let us = f64::from(us.max(1));
+            self.task_us = Some(match self.task_us {
+                Some(prev) => prev * 0.75 + us * 0.25,
+                None => us,
+            });
+        }
+        // The front one in the common case (answers come in order from one thread).
+        let pos = self.inflight.iter().position(|s| s.id == id)?;
+        let sent = self.inflight.remove(pos);
+        self.front_started();
         sent
     }
 
-    /// When the running task overruns its timeout, if it has one and is running.
+    /// Tasks that have started and are not cancelled: the ones running now.
+    pub fn running(&self) -> usize {
+        self.inflight.iter().filter(|s| s.started.is_some() && !s.cancelled).count()
+    }
+
+    /// The earliest moment a running task overruns its timeout.
     pub fn deadline(&self) -> Option<Instant> {
-        if self.stop.is_some() || self.phase == Phase::Starting {
+        if self.stop.is_some() {
             return None;
         }
-        let head = self.inflight.front()?;
-        if head.cancelled {
-            return None;
-        }
-        Some(self.head_started? + head.timeout?)
+        self.inflight.iter().filter(|s| !s.cancelled).filter_map(|s| Some(s.started? + s.timeout?)).min()
     }
 
     /// Queues `Shutdown` (once): the worker exits after the tasks it holds, and is stopped if it

@@ -1,0 +1,179 @@
+"""How a worker runs tasks concurrently: on several threads (``HybridPool``) and as coroutines.
+
+``_worker._serve`` reads frames on the main thread. A worker of a ``ProcessPool`` runs plain
+tasks right there, one at a time. Everything else goes through a ``Runner``:
+
+* **coroutine tasks** (the parent flags them ``FLAG_ASYNC``: the function is ``async def``) run
+  on event loops, one per task thread, each in a thread of its own: thousands can wait on I/O at
+  once in one process. Cancelling one (a ``Cancel`` frame) cancels its ``asyncio.Task``.
+* **plain tasks of a ``HybridPool`` worker** go to a queue that ``threads`` task threads take
+  from, so a task runs as soon as a thread is free.
+
+Answers leave through a ``WorkerSender``, which writes on the worker's socket from any thread.
+The parent dates a task's start by the order it sent tasks, unless the worker tells it otherwise:
+a task started while another task of this worker is still unanswered is announced with a
+``Start`` frame (``docs/wire-format.md``), so timeouts count from the real start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+
+from . import _core
+from ._serialize import dumps_exception, dumps_result, loads
+
+_perf = time.perf_counter_ns
+OK, ERR, CANCEL, START = _core.KIND_OK, _core.KIND_ERR, _core.KIND_CANCEL, _core.KIND_START
+
+
+def _run_us(start: int) -> int:
+    return min((_perf() - start) // 1000, 0xFFFFFFFF)
+
+
+class Runner:
+    """Runs the tasks that do not run on the main thread (see the module doc)."""
+
+    def __init__(self, conn, threads: int):
+        self.sender = conn.sender()
+        self.threads = max(1, threads)
+        self.cond = threading.Condition()
+        self.unanswered = 0  # tasks handed to this runner and not answered
+        self.skip: set[int] = set()  # queued plain tasks cancelled before they began
+        self.loops: list[asyncio.AbstractEventLoop] = []
+        self.next_loop = 0
+        self.coroutines: dict[int, asyncio.Task] = {}  # running coroutine tasks, by id
+        self.plain: queue.SimpleQueue | None = None
+        self.pool_threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _begin(self) -> bool:
+        """Counts one more unanswered task; returns whether another one is unanswered."""
+        with self.cond:
+            self.unanswered += 1
+            return self.unanswered > 1
+
+    def _answer(self, kind: int, task_id: int, out: bytes, run_us: int, buffers) -> None:
+        with self.cond:
+            self.unanswered -= 1
+            more = self.unanswered > 0
+            if not more:
+                self.cond.notify_all()
+        # More tasks running: let the answer wait (at most 1 ms) to share a write with theirs.
+        self.sender.send(kind, task_id, out, run_us, buffers, more)
+
+    def busy(self) -> bool:
+        with self.cond:
+            return self.unanswered > 0
+
+    def announce_start(self, task_id: int) -> None:
+        """Tells the parent a task the main thread starts now runs beside this runner's."""
+        self.sender.send(START, task_id, b"", 0, None, True)
+
+    def wait_idle(self) -> None:
+        """Blocks until every task handed to this runner is answered."""
+        with self.cond:
+            while self.unanswered:
+                self.cond.wait()
+
+    # ------------------------------------------------------------------ plain tasks on threads
+
+    def submit_plain(self, task_id: int, payload: bytes, buffers) -> None:
+        if self.plain is None:
+            self.plain = queue.SimpleQueue()
+            for n in range(self.threads):
+                t = threading.Thread(target=self._plain_thread, name=f"ferropool-task-{n}", daemon=True)
+                t.start()
+                self.pool_threads.append(t)
+        with self.cond:
+            self.unanswered += 1
+        self.plain.put((task_id, payload, buffers))
+
+    def _plain_thread(self) -> None:
+        assert self.plain is not None
+        while True:
+            task_id, payload, buffers = self.plain.get()
+            with self.cond:
+                if task_id in self.skip:
+                    self.skip.discard(task_id)
+                    skipped = True
+                else:
+                    skipped = False
+                    others = self.unanswered > 1
+            if skipped:
+                self._answer(CANCEL, task_id, b"", 0, None)
+                continue
+            if others:
+                self.announce_start(task_id)
+            start = _perf()
+            try:
+                fn, args, kwargs = loads(payload, buffers=buffers)
+                out, out_buffers, kind = *dumps_result(fn(*args, **kwargs)), OK
+            except BaseException as exc:
+                out, out_buffers, kind = dumps_exception(exc), None, ERR
+            fn = args = kwargs = buffers = None  # a received buffer is unmapped when unused
+            self._answer(kind, task_id, out, _run_us(start), out_buffers)
+
+    # ------------------------------------------------------------------ coroutines on loops
+
+    def submit_coroutine(self, task_id: int, payload: bytes, buffers) -> None:
+        if self._begin():
+            self.announce_start(task_id)
+        loop = self._loop()
+        loop.call_soon_threadsafe(self._create, task_id, payload, buffers)
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        if len(self.loops) < self.threads:
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            threading.Thread(target=run, name=f"ferropool-loop-{len(self.loops)}", daemon=True).start()
+            ready.wait()
+            self.loops.append(loop)
+            return loop
+        loop = self.loops[self.next_loop % len(self.loops)]
+        self.next_loop += 1
+        return loop
+
+    def _create(self, task_id: int, payload: bytes, buffers) -> None:
+        self.coroutines[task_id] = asyncio.get_running_loop().create_task(self._run(task_id, payload, buffers))
+
+    async def _run(self, task_id: int, payload: bytes, buffers) -> None:
+        start = _perf()
+        try:
+            fn, args, kwargs = loads(payload, buffers=buffers)
+            result = await fn(*args, **kwargs)
+            out, out_buffers, kind = *dumps_result(result), OK
+        except asyncio.CancelledError:
+            out, out_buffers, kind = b"", None, CANCEL  # stopped at the parent's request
+        except BaseException as exc:
+            out, out_buffers, kind = dumps_exception(exc), None, ERR
+        finally:
+            self.coroutines.pop(task_id, None)
+        fn = args = kwargs = buffers = result = None
+        self._answer(kind, task_id, out, _run_us(start), out_buffers)
+
+    # ------------------------------------------------------------------ cancellation
+
+    def cancel(self, task_id: int) -> None:
+        """Acts on a ``Cancel`` frame for a task already handed out: skips it if it waits,
+        cancels it if it is a coroutine; a running plain task cannot be stopped here (the
+        parent stops the whole worker if it does not end)."""
+        for loop in self.loops:
+            loop.call_soon_threadsafe(self._cancel_coroutine, task_id)
+        with self.cond:
+            self.skip.add(task_id)
+        # A stale entry (the task ran already) is harmless: ids are never reused.
+
+    def _cancel_coroutine(self, task_id: int) -> None:
+        task = self.coroutines.get(task_id)
+        if task is not None:
+            task.cancel()
