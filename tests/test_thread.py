@@ -451,3 +451,53 @@ def test_cancelled_tasks_give_their_place_back():
 def test_max_pending_must_be_a_positive_integer(bad, exc):
     with pytest.raises(exc, match="max_pending"):
         ThreadPool(1, max_pending=bad)
+
+
+# ------------------------------------------------------------------ coroutine functions
+
+
+async def meet_at(barrier, x):
+    await asyncio.wait_for(barrier.wait(), BOUND)  # passes only if all parties run at once
+    return x
+
+
+async def wait_for_event(event):
+    await event.wait()
+    return "set"
+
+
+async def fail_async(text):
+    await asyncio.sleep(0)
+    raise KeyError(text)
+
+
+def test_coroutine_functions_are_awaited_on_the_pools_event_loop():
+    with ThreadPool(2) as p:
+        barrier = asyncio.Barrier(50)  # more parties than threads: only an event loop runs them at once
+        futures = [p.submit(meet_at, barrier, i) for i in range(50)]
+        assert all(type(f) is cf.Future for f in futures)
+        assert [f.result(BOUND) for f in futures] == list(range(50))
+        with pytest.raises(KeyError, match="async failure"):
+            p.submit(fail_async, "async failure").result(BOUND)
+
+
+def test_cancelling_a_coroutine_future_cancels_the_coroutine_and_shutdown_waits_for_the_rest():
+    p = ThreadPool(1)
+    event = asyncio.Event()
+    blocked = p.submit(wait_for_event, event)
+    assert blocked.cancel()
+    with pytest.raises(cf.CancelledError):
+        blocked.result(BOUND)
+    other = p.submit(wait_for_event, event)
+    p._loop.loop.call_soon_threadsafe(event.set)
+    p.shutdown(wait=True)
+    assert other.result(0) == "set"
+    with pytest.raises(RuntimeError):
+        p.submit(wait_for_event, event)
+
+
+def test_shutdown_with_cancel_futures_cancels_waiting_coroutines():
+    p = ThreadPool(1)
+    f = p.submit(wait_for_event, asyncio.Event())
+    p.shutdown(wait=True, cancel_futures=True)
+    assert f.cancelled()

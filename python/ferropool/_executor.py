@@ -78,11 +78,20 @@ async def run_chunk_async(fn: Callable[..., Any], items: list) -> tuple[list, in
     return outcomes, _perf() - start
 
 
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect on the hot path
+
+
+def is_coroutine_function(fn: Any) -> bool:
+    """True for ``async def`` functions (and bound methods of them), which pools run on an
+    event loop. Cheaper than ``inspect.iscoroutinefunction``; a callable that merely returns a
+    coroutine (a ``functools.partial``...) is awaited where it was called instead."""
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    return code is not None and bool(code.co_flags & _CO_COROUTINE)
+
+
 def chunk_runner(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The function that runs a chunk of calls of ``fn`` in a worker process (whose event loop
-    runs coroutine functions; a thread pool just calls them, as the standard library does)."""
-    code = getattr(fn, "__code__", None)
-    return run_chunk_async if code is not None and code.co_flags & 0x80 else run_chunk  # CO_COROUTINE
+    """The function that runs a chunk of calls of ``fn`` in a worker process."""
+    return run_chunk_async if is_coroutine_function(fn) else run_chunk
 
 
 class PoolExecutor(AsyncMixin, cf.Executor):

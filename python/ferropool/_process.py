@@ -26,7 +26,7 @@ import weakref
 from typing import Any, Callable
 
 from . import _core
-from ._executor import PoolExecutor, chunk_runner
+from ._executor import PoolExecutor, chunk_runner, is_coroutine_function
 from ._future import TaskFuture, cancel_removed
 from ._serialize import DEFAULT_ZERO_COPY_THRESHOLD, dumps, dumps_call, loads, loads_exception
 from ._worker import bootstrap_command
@@ -208,7 +208,7 @@ class ProcessPool(PoolExecutor):
         fut._ferropool = (self._engine, tid, self._futures, shown)
         self._futures[tid] = fut
         try:
-            self._engine.submit(tid, payload, task_timeout, buffers, _is_coroutine_function(fn))
+            self._engine.submit(tid, payload, task_timeout, buffers, is_coroutine_function(fn))
         except BaseException as exc:  # including Ctrl-C while blocked by max_pending
             self._futures.pop(tid, None)
             if isinstance(exc, _core.EngineBrokenError):
@@ -418,17 +418,6 @@ def _shutdown_all_at_exit() -> None:
             running.terminate()
         else:
             running.finish_at_exit()
-
-
-_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect on the hot path
-
-
-def _is_coroutine_function(fn: Any) -> bool:
-    """True for ``async def`` functions (and bound methods of them): the worker runs them on its
-    event loop. Cheaper than ``inspect.iscoroutinefunction``; a callable that only returns a
-    coroutine is still run, on the thread that called it."""
-    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
-    return code is not None and bool(code.co_flags & _CO_COROUTINE)
 
 
 def _check_seconds(name: str, value: float | None) -> float | None:

@@ -24,7 +24,7 @@ from concurrent.futures import Future, _base
 from concurrent.futures.thread import BrokenThreadPool
 
 from ferropool._core import ThreadWorkQueue
-from ferropool._executor import PoolExecutor
+from ferropool._executor import PoolExecutor, is_coroutine_function
 
 __all__ = ["ThreadPool"]
 
@@ -103,6 +103,55 @@ class _Room:
             self.cond.notify_all()
 
 
+class _EventLoopThread:
+    """An event loop in a daemon thread of its own: where a ``ThreadPool`` runs coroutine
+    functions, so that any number of them can wait at once without taking a worker thread."""
+
+    def __init__(self, name: str):
+        import asyncio
+
+        self._asyncio = asyncio
+        self.loop = asyncio.new_event_loop()
+        self.pending: set[Future] = set()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.call_soon(ready.set)
+            self.loop.run_forever()
+            self.loop.close()
+
+        self.thread = threading.Thread(target=run, name=name, daemon=True)
+        self.thread.start()
+        ready.wait()
+
+    def submit(self, coroutine) -> Future:
+        future = self._asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        self.pending.add(future)
+        future.add_done_callback(self.pending.discard)
+        future.add_done_callback(lambda f, c=coroutine: f.cancelled() and _close_if_never_started(c))
+        return future
+
+    def close(self, wait: bool, cancel: bool) -> None:
+        """Stops the loop once its coroutines are done (or cancelled, with ``cancel``)."""
+        if cancel:
+            for future in list(self.pending):
+                future.cancel()
+        if wait:
+            _base.wait(list(self.pending))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if wait:
+            self.thread.join()
+
+
+def _close_if_never_started(coroutine) -> None:
+    # Cancelled before the loop took it: close it, or it warns that it was never awaited.
+    import inspect
+
+    if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
+        coroutine.close()
+
+
 class ThreadPool(PoolExecutor):
     """Run calls on a pool of threads; same contract as ``concurrent.futures.ThreadPoolExecutor``.
 
@@ -114,6 +163,11 @@ class ThreadPool(PoolExecutor):
     blocks (interruptibly) while there are that many, so a fast producer cannot grow memory
     without bound; ``shutdown`` releases a blocked ``submit`` with ``RuntimeError``. ``map`` is
     always bounded.
+
+    ``async def`` functions are awaited on an event loop in a thread of the pool's own (started
+    on first use), so any number of them wait at once without taking a worker thread; their
+    futures are ordinary ``concurrent.futures.Future`` objects, and ``cancel()`` cancels the
+    coroutine. (The standard library's executor would return the un-awaited coroutine instead.)
     """
 
     _counter = itertools.count().__next__
@@ -132,6 +186,7 @@ class ThreadPool(PoolExecutor):
             if max_pending <= 0:
                 raise ValueError("max_pending must be >= 1")
         self._room = _Room(max_pending) if max_pending is not None else None
+        self._loop: _EventLoopThread | None = None
         self._max_workers = max_workers
         self._queue = ThreadWorkQueue(max_workers)
         self._put = self._queue.put
@@ -153,6 +208,8 @@ class ThreadPool(PoolExecutor):
         """
         if _shutdown:
             raise self._closed_error()
+        if is_coroutine_function(fn):
+            return self._submit_coroutine(fn, args, kwargs)
         room = self._room
         if room is not None and not room.take():
             raise self._closed_error()
@@ -171,6 +228,14 @@ class ThreadPool(PoolExecutor):
             if start_thread:
                 self._start_thread()
         return future
+
+    def _submit_coroutine(self, fn, args, kwargs) -> Future:
+        with self._shutdown_lock:
+            if self._shutdown or self._broken:
+                raise self._closed_error()
+            if self._loop is None:
+                self._loop = _EventLoopThread(f"{self._thread_name_prefix}_loop")
+            return self._loop.submit(fn(*args, **kwargs))
 
     def _closed_error(self) -> Exception:
         """Returns the error for a submit that the closed queue refused."""
@@ -237,6 +302,9 @@ class ThreadPool(PoolExecutor):
                 for future, *_ in self._queue.drain():
                     future.cancel()
             threads = list(self._threads)
+            loop, self._loop = self._loop, None
         if wait:
             for t in threads:
                 t.join()
+        if loop is not None:
+            loop.close(wait, cancel_futures)
