@@ -206,3 +206,19 @@ def test_shutdown_cancel_futures(make_rpool, gate_factory):
     pool.shutdown(wait=True, cancel_futures=True)
     assert running.cancelled()
     assert all(f.done() for f in queued)
+
+
+def test_the_asyncio_api_and_progress_bars_work_as_on_one_machine(rpool):
+    import io
+
+    async def main():
+        first = await rpool.run(square, 6)
+        ordered = [x async for x in rpool.map_async(square, range(20))]
+        unordered = sorted([x async for x in rpool.map_unordered_async(square, range(20))])
+        return first, ordered, unordered
+
+    first, ordered, unordered = asyncio.run(asyncio.wait_for(main(), WAIT))
+    assert first == 36 and ordered == unordered == [x * x for x in range(20)]
+    bar = io.StringIO()
+    assert list(rpool.map(square, range(50), progress={"file": bar})) == [x * x for x in range(50)]
+    assert "50/50" in bar.getvalue()

@@ -380,7 +380,9 @@ def test_native_thread_pools_are_limited_so_workers_do_not_oversubscribe(make_po
     assert make_pool(1, native_threads=3).submit(native_thread_settings).result(timeout=30)["OMP_NUM_THREADS"] == "3"
 
 
-def test_the_native_thread_limit_is_in_effect_in_numpy():
+def test_the_native_thread_limit_is_in_effect_in_numpy(monkeypatch):
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)  # an earlier test's library may have set them
     pytest.importorskip("numpy")
     pytest.importorskip("threadpoolctl")
     from ferropool import ProcessPool
