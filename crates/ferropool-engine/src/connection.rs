@@ -10,6 +10,12 @@
 //! stuck in native code. The writer is shared with it under a mutex; the flusher is woken once
 //! per batch, when the first answer is held.
 //!
+//! Log records (`Kind::Log`) may come from any thread of the worker, through a `Sender`: they
+//! are held like answers, so a burst of them costs one system call, and leave within
+//! `MAX_HOLD`. Past `MAX_HELD_BYTES` the sending thread writes them itself, blocking while the
+//! socket is full: a worker that logs faster than the parent reads is slowed down instead of
+//! growing its memory.
+//!
 //! Cancellation: a `Cancel` frame for a task still buffered here removes that task and answers
 //! `Cancel` for it in its place, so `recv` never hands out a task the parent has cancelled, as
 //! far as the parent's frames have arrived. Before starting a task it has not read the socket
@@ -73,15 +79,16 @@ impl Connection {
         write_all(&mut st, &self.sock)
     }
 
-    /// Queues a task's answer, with the descriptors of its out-of-band buffers. It is written
-    /// now unless another task is already buffered (its answer will likely follow soon); then it
-    /// is held, for at most `MAX_HOLD`.
-    pub fn answer(&mut self, kind: Kind, id: u64, aux: u32, payload: &[u8], fds: Vec<OwnedFd>) -> io::Result<()> {
+    /// Queues a task's answer, with the descriptors of its out-of-band buffers; `aux` is its
+    /// run time in microseconds and `flags` the share of it spent pickling, in 255ths. It is
+    /// written now unless another task is already buffered (its answer will likely follow soon);
+    /// then it is held, for at most `MAX_HOLD`.
+    pub fn answer(&mut self, kind: Kind, id: u64, flags: u8, aux: u32, payload: &[u8], fds: Vec<OwnedFd>) -> io::Result<()> {
         let more = self.has_frame();
         let mut st = self.out.lock();
-        st.writer.push_parts_with_fds(kind, id, aux, payload, fds);
+        st.writer.push_parts_flagged(kind, id, flags, aux, payload, fds);
         if more && st.writer.pending() < MAX_HELD_BYTES {
-            self.hold(st);
+            hold(&self.out, &self.sock, st);
             Ok(())
         } else {
             write_all(&mut st, &self.sock)
@@ -144,31 +151,59 @@ impl Connection {
                 self.ahead.remove(pos);
                 let mut st = self.out.lock();
                 st.writer.push(Frame::new(Kind::Cancel, f.id, Vec::new()));
-                self.hold(st);
+                hold(&self.out, &self.sock, st);
             }
         }
         Ok(())
     }
 
-    /// Leaves what is queued for the flusher to write within `MAX_HOLD`.
-    fn hold(&self, mut st: MutexGuard<'_, OutState>) {
-        if st.held_since.is_some() {
+    /// Returns a handle that queues frames on this connection from any thread.
+    pub fn sender(&self) -> Sender {
+        Sender { sock: self.sock.clone(), out: self.out.clone() }
+    }
+}
+
+/// Queues frames on a worker's connection from any thread (log records); see the module docs.
+#[derive(Clone)]
+pub struct Sender {
+    sock: Arc<OwnedFd>,
+    out: Arc<Outbox>,
+}
+
+impl Sender {
+    /// Queues `frame` to leave within `MAX_HOLD`, with the next answer or by the flusher. When
+    /// more than `MAX_HELD_BYTES` are queued, or the connection was dropped, writes everything
+    /// now instead, blocking while the socket is full. Errors when the parent has gone.
+    pub fn send_soon(&self, frame: Frame) -> io::Result<()> {
+        let mut st = self.out.lock();
+        st.writer.push(frame);
+        if st.closed || st.writer.pending() >= MAX_HELD_BYTES {
+            return write_all(&mut st, &self.sock);
+        }
+        hold(&self.out, &self.sock, st);
+        Ok(())
+    }
+}
+
+/// Leaves what is queued for the flusher to write within `MAX_HOLD`, starting the flusher on
+/// first use.
+fn hold(out: &Arc<Outbox>, sock: &Arc<OwnedFd>, mut st: MutexGuard<'_, OutState>) {
+    if st.held_since.is_some() {
+        return;
+    }
+    st.held_since = Some(Instant::now());
+    if !st.flusher_started {
+        let (flusher_out, flusher_sock) = (out.clone(), sock.clone());
+        let spawned = std::thread::Builder::new().name("ferropool-flusher".into()).spawn(move || flusher_out.run_flusher(&flusher_sock));
+        if spawned.is_err() {
+            // No thread, no holding back.
+            let _ = write_all(&mut st, sock);
             return;
         }
-        st.held_since = Some(Instant::now());
-        if !st.flusher_started {
-            let (out, sock) = (self.out.clone(), self.sock.clone());
-            let spawned = std::thread::Builder::new().name("ferropool-flusher".into()).spawn(move || out.run_flusher(&sock));
-            if spawned.is_err() {
-                // No thread, no holding back.
-                let _ = write_all(&mut st, &self.sock);
-                return;
-            }
-            st.flusher_started = true;
-        }
-        drop(st);
-        self.out.wake.notify_one();
+        st.flusher_started = true;
     }
+    drop(st);
+    out.wake.notify_one();
 }
 
 impl Outbox {
@@ -248,13 +283,36 @@ mod tests {
         w.flush(parent.as_fd()).unwrap();
         let mut conn = Connection::new(child).unwrap();
         assert_eq!(conn.recv().unwrap().unwrap().id, 1);
-        conn.answer(Kind::Ok, 1, 0, b"done", Vec::new()).unwrap();
+        conn.answer(Kind::Ok, 1, 0, 0, b"done", Vec::new()).unwrap();
         assert_eq!(conn.recv().unwrap().unwrap().id, 2);
         // Task 2 "runs" from here on: nothing on this side touches the connection again.
         let mut reader = FrameReader::new();
         let answer = read_frame_within(&mut reader, &parent, Duration::from_secs(5)).expect("the held answer was never written");
         assert_eq!((answer.kind, answer.id, answer.payload.as_slice()), (Kind::Ok, 1, &b"done"[..]));
         drop(conn);
+    }
+
+    #[test]
+    fn a_log_record_from_another_thread_leaves_while_the_main_thread_is_busy() {
+        let (parent, child) = pair().unwrap();
+        let conn = Connection::new(child).unwrap();
+        let sender = conn.sender();
+        std::thread::spawn(move || sender.send_soon(Frame::new(Kind::Log, 0, b"record".to_vec())).unwrap()).join().unwrap();
+        // The main thread never touches the connection: the flusher must write the record.
+        let mut reader = FrameReader::new();
+        let f = read_frame_within(&mut reader, &parent, Duration::from_secs(5)).expect("the held record was never written");
+        assert_eq!((f.kind, f.payload.as_slice()), (Kind::Log, &b"record"[..]));
+        drop(conn);
+    }
+
+    #[test]
+    fn answers_carry_their_flags() {
+        let (parent, child) = pair().unwrap();
+        let mut conn = Connection::new(child).unwrap();
+        conn.answer(Kind::Ok, 4, 17, 99, b"r", Vec::new()).unwrap();
+        let mut reader = FrameReader::new();
+        let f = read_frame_within(&mut reader, &parent, Duration::from_secs(5)).unwrap();
+        assert_eq!((f.kind, f.id, f.flags, f.aux), (Kind::Ok, 4, 17, 99));
     }
 
     #[test]

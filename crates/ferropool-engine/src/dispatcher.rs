@@ -23,6 +23,10 @@
 //! goes back to the shared queue. A task cancelled while queued at a worker is reported at once
 //! and the worker is sent `Cancel`; it skips the task (answering `Cancel`) if it has not begun
 //! it, and any answer for it is dropped.
+//!
+//! Statistics (`stats.rs`) are counted here, at the points above, in `SlotStats` that only this
+//! thread touches, and copied to `Shared::stats` when a caller asks. Log records workers send
+//! are passed on with the finished tasks, before them.
 
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
@@ -32,7 +36,8 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::frame::{Frame, Kind};
-use crate::pool::{Done, Outcome, PoolConfig, Shared, Task};
+use crate::pool::{Done, Outcome, PoolConfig, Shared, Task, WorkerLog};
+use crate::stats::{RestartCause, SlotStats};
 use crate::worker::{Phase, Stop, Worker};
 
 /// Queued work each worker should hold, in microseconds of its measured task time.
@@ -58,16 +63,23 @@ struct Dispatcher {
     startup_failures: u32,
     /// Shutdown frames have been sent; no more respawning.
     stopping: bool,
+    /// Statistics of each worker slot.
+    stats: Vec<SlotStats>,
+    /// Log records received and not yet published.
+    logs: Vec<WorkerLog>,
 }
 
 /// Runs the dispatcher until the pool is closed and every worker has exited.
 pub(crate) fn run(shared: Arc<Shared>, config: PoolConfig) {
     let slots = (0..config.workers).map(|_| None).collect();
-    let mut d = Dispatcher { shared, config, slots, done: Vec::new(), startup_failures: 0, stopping: false };
+    let stats = (0..config.workers).map(|_| SlotStats::default()).collect();
+    let mut d = Dispatcher { shared, config, slots, done: Vec::new(), startup_failures: 0, stopping: false, stats, logs: Vec::new() };
     for slot in 0..d.slots.len() {
         d.respawn(slot);
     }
     d.event_loop();
+    d.shared.publish_logs(&mut d.logs);
+    d.publish_stats(true);
     let shared = d.shared.clone();
     drop(d);
     shared.done.lock().expect("done queue poisoned").finished = true;
@@ -87,7 +99,11 @@ impl Dispatcher {
             // After those two, so that the deadlines they set (tasks sent, Shutdown sent) count.
             let next_timer = self.check_timers();
             self.flush_all();
+            self.shared.publish_logs(&mut self.logs);
             self.shared.publish(&mut self.done);
+            if self.shared.stats.wanted.load(Ordering::Relaxed) && self.shared.stats.wanted.swap(false, Ordering::AcqRel) {
+                self.publish_stats(false);
+            }
             if self.stopping && self.slots.iter().all(Option::is_none) {
                 return;
             }
@@ -161,6 +177,7 @@ impl Dispatcher {
     fn stop_worker(&mut self, slot: usize, timed_out: bool) {
         let w = self.slots[slot].as_mut().expect("stopping a live worker");
         let Some(head) = w.inflight.pop_front() else { return };
+        self.stats[slot].leaving(if timed_out { RestartCause::TimedOut } else { RestartCause::Cancelled });
         let outcome = if timed_out { Outcome::TimedOut { pid: w.pid, after: head.timeout.unwrap_or_default() } } else { Outcome::Cancelled };
         self.done.push(Done::new(head.id, outcome));
         w.phase = Phase::Draining;
@@ -189,7 +206,9 @@ impl Dispatcher {
         drop(q);
         for (slot, task) in taken {
             let w = self.slots[slot].as_mut().expect("room only for live workers");
+            let was_idle = w.inflight.is_empty();
             w.send_task(task.id, task.payload, task.timeout);
+            self.stats[slot].sent(was_idle);
         }
     }
 
@@ -255,8 +274,8 @@ impl Dispatcher {
             }
             fds.push(PollFd::new(w.pidfd(), PollFlags::POLLIN));
             owners.push((slot, true));
-            if !w.stderr.at_eof() {
-                fds.push(PollFd::new(w.stderr.fd(), PollFlags::POLLIN));
+            for fd in w.output_fds() {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 owners.push((slot, false));
             }
         }
@@ -299,10 +318,10 @@ impl Dispatcher {
         }
     }
 
-    /// Reads what worker `slot` sent (frames and stderr) and handles each frame.
+    /// Reads what worker `slot` sent (frames, stdout and stderr) and handles each frame.
     fn read_from(&mut self, slot: usize) {
         let Some(w) = self.slots[slot].as_mut() else { return };
-        w.stderr.pump();
+        w.pump_output(false);
         if w.sock_closed {
             return;
         }
@@ -344,6 +363,7 @@ impl Dispatcher {
             Kind::Hello | Kind::Heartbeat => {}
             Kind::Ready => {
                 if w.phase == Phase::Starting {
+                    self.stats[slot].ready(!w.inflight.is_empty());
                     w.phase = Phase::Ready;
                     if !w.inflight.is_empty() {
                         w.head_started = Some(Instant::now());
@@ -372,12 +392,18 @@ impl Dispatcher {
                     w.kill();
                     return;
                 }
+                self.stats[slot].answered(frame.aux, frame.flags, frame.kind == Kind::Err, !w.inflight.is_empty());
                 if !sent.is_some_and(|s| s.cancelled) {
                     let outcome = if frame.kind == Kind::Ok { Outcome::Returned(frame.payload) } else { Outcome::Raised(frame.payload) };
                     self.done.push(Done { id: frame.id, outcome, run_us: frame.aux, fds: frame.fds });
                 }
-                let recycle = max_tasks.is_some_and(|m| w.tasks_sent >= m) || over_memory(w, max_memory);
-                if recycle && w.phase != Phase::Draining {
+                let recycle = if max_tasks.is_some_and(|m| w.tasks_sent >= m) {
+                    Some(RestartCause::MaxTasks)
+                } else {
+                    over_memory(w, max_memory).then_some(RestartCause::MaxMemory)
+                };
+                if let Some(cause) = recycle.filter(|_| w.phase != Phase::Draining) {
+                    self.stats[slot].leaving(cause);
                     // No new tasks; those it holds still run, then it gets Shutdown and its exit
                     // starts a replacement. No task fails.
                     w.phase = Phase::Draining;
@@ -385,6 +411,10 @@ impl Dispatcher {
                 if w.phase == Phase::Draining && w.inflight.is_empty() && w.stop.is_none() {
                     w.send_shutdown(EXIT_GRACE);
                 }
+            }
+            Kind::Log => {
+                let pid = w.pid;
+                self.logs.push(WorkerLog { worker: slot, pid, payload: frame.payload });
             }
             Kind::Init | Kind::Task | Kind::Shutdown => {
                 // Parent-bound kinds only; a worker sending them is broken.
@@ -404,8 +434,7 @@ impl Dispatcher {
             }
         }
         let Some(mut w) = self.slots[slot].take() else { return };
-        w.stderr.pump();
-        w.stderr.flush_partial();
+        w.pump_output(true);
         let stderr_tail = w.stderr.tail();
         let exit = match w.try_reap() {
             Ok(Some(exit)) => exit,
@@ -436,6 +465,8 @@ impl Dispatcher {
                 q.tasks.push_front(Task { id: s.id, payload: s.payload, timeout: s.timeout });
             }
         }
+        let replaced = !self.stopping && self.startup_failures < MAX_STARTUP_FAILURES;
+        self.stats[slot].exited(exit, was_starting, replaced);
         if self.startup_failures >= MAX_STARTUP_FAILURES {
             self.break_pool(format!("worker processes fail to start: {exit}").into_bytes());
             return;
@@ -447,7 +478,10 @@ impl Dispatcher {
 
     fn respawn(&mut self, slot: usize) {
         match Worker::spawn(&self.config.command, &self.config.init) {
-            Ok(w) => self.slots[slot] = Some(w),
+            Ok(w) => {
+                self.stats[slot].spawned(w.pid);
+                self.slots[slot] = Some(w);
+            }
             Err(e) => {
                 self.startup_failures += 1;
                 self.break_pool(format!("cannot start a worker process ({:?}): {e}", self.config.command.first()).into_bytes());
@@ -476,13 +510,18 @@ impl Dispatcher {
         self.stopping = true;
     }
 
+    /// Copies every slot's statistics to `Shared::stats`; `last` when the dispatcher ends.
+    fn publish_stats(&self, last: bool) {
+        self.shared.stats.publish(self.stats.iter().map(SlotStats::snapshot).collect(), last);
+    }
+
     /// Kills every worker now; every unfinished task, running or queued, ends `Cancelled`.
     fn abort_all(&mut self) {
         for slot in 0..self.slots.len() {
             let Some(mut w) = self.slots[slot].take() else { continue };
-            w.kill_and_reap();
-            w.stderr.pump();
-            w.stderr.flush_partial();
+            let exit = w.kill_and_reap();
+            self.stats[slot].exited(exit, false, false);
+            w.pump_output(true);
             for s in w.inflight.drain(..).filter(|s| !s.cancelled) {
                 self.done.push(Done::new(s.id, Outcome::Cancelled));
             }
