@@ -26,6 +26,7 @@ mod worker_connection;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<process_pool::ProcessPoolEngine>()?;
     m.add_class::<worker_connection::WorkerConnection>()?;
+    m.add_class::<worker_connection::LogSender>()?;
     m.add_class::<thread_pool::ThreadWorkQueue>()?;
     m.add_class::<buffer::SharedBuffer>()?;
     errors::register(m)?;
