@@ -27,6 +27,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<process_pool::ProcessPoolEngine>()?;
     m.add_class::<worker_connection::WorkerConnection>()?;
     m.add_class::<worker_connection::WorkerSender>()?;
+    m.add_class::<worker_connection::LogSender>()?;
     m.add_class::<thread_pool::ThreadWorkQueue>()?;
     m.add_class::<buffer::SharedBuffer>()?;
     errors::register(m)?;

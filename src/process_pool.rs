@@ -1,13 +1,14 @@
 //! `ProcessPoolEngine`: the parent side of a process pool, as the Python `ProcessPool` uses it.
 
 use std::ffi::OsString;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use ferropool_engine::{Outcome, Payload, PoolConfig, ProcessPool, SubmitError};
+use ferropool_engine::{Outcome, Payload, PoolConfig, ProcessPool, SubmitError, WorkerStats};
 
 use crate::buffer;
 use crate::errors;
@@ -21,6 +22,10 @@ const BROKEN: u8 = 3;
 const CANCELLED: u8 = 4;
 const TIMED_OUT: u8 = 5;
 
+/// Results whose unpickling is timed: task ids that are multiples of this (the Python side
+/// samples pickling on the same ids).
+const SERIALIZE_SAMPLE_EVERY: u64 = 64;
+
 /// How long a submit blocked by `max_pending` waits between checks for signals.
 const SUBMIT_WAIT_SLICE: Duration = Duration::from_millis(50);
 
@@ -28,6 +33,9 @@ const SUBMIT_WAIT_SLICE: Duration = Duration::from_millis(50);
 #[pyclass(frozen, module = "ferropool._core")]
 pub struct ProcessPoolEngine {
     pool: ProcessPool,
+    /// Nanoseconds spent unpickling the results of sampled tasks (ids that are multiples of
+    /// `SERIALIZE_SAMPLE_EVERY`).
+    sampled_loads_ns: AtomicU64,
 }
 
 #[pymethods]
@@ -37,7 +45,7 @@ impl ProcessPoolEngine {
     #[allow(clippy::too_many_arguments)]
     fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>, max_tasks_per_child: Option<u64>, max_memory_per_child: Option<u64>, max_pending: Option<usize>, threads_per_worker: usize) -> PyResult<Self> {
         let config = PoolConfig { max_tasks_per_child, max_memory_per_child, max_pending, threads_per_worker, ..PoolConfig::new(workers, command, init) };
-        Ok(ProcessPoolEngine { pool: ProcessPool::start(config).map_err(errors::io_error)? })
+        Ok(ProcessPoolEngine { pool: ProcessPool::start(config).map_err(errors::io_error)?, sampled_loads_ns: AtomicU64::new(0) })
     }
 
     #[getter]
@@ -95,13 +103,45 @@ impl ProcessPoolEngine {
         py.detach(|| self.pool.join(t))
     }
 
+    /// Returns one dict per worker slot (see `_core.pyi`), asking the dispatcher for a fresh
+    /// snapshot and waiting up to `timeout` seconds (without the GIL) for it.
+    #[pyo3(signature = (timeout=1.0))]
+    fn stats<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyList>> {
+        let timeout = Duration::try_from_secs_f64(timeout).map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("timeout must be a non-negative number of seconds, not {timeout}")))?;
+        let workers = py.detach(|| self.pool.stats(timeout));
+        let list = PyList::empty(py);
+        for (slot, w) in workers.iter().enumerate() {
+            list.append(worker_stats_dict(py, slot, w)?)?;
+        }
+        Ok(list)
+    }
+
+    /// Nanoseconds spent unpickling results of the sampled tasks (ids divisible by 64).
+    #[getter]
+    fn sampled_loads_ns(&self) -> u64 {
+        self.sampled_loads_ns.load(Ordering::Relaxed)
+    }
+
     /// Waits for the next batch of outcomes (without the GIL) and delivers it: each task's
     /// future is popped from `futures` by id; a returned value is unpickled with `loads` and set
     /// on the future; every other outcome, or a `loads` failure, goes to
-    /// `settle(future, code, detail, error)`. Returns False once the pool has ended.
-    fn deliver(&self, py: Python<'_>, futures: &Bound<'_, PyDict>, loads: &Bound<'_, PyAny>, settle: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let Some(batch) = py.detach(|| self.pool.wait_outcomes(None)) else { return Ok(false) };
-        for d in batch {
+    /// `settle(future, code, detail, error)`. Log records that workers sent come first, to
+    /// `logs(records, dropped)` as `[(worker, pid, payload), ...]` and the number dropped
+    /// because too many were waiting. Returns False once the pool has ended.
+    #[pyo3(signature = (futures, loads, settle, logs=None))]
+    fn deliver(&self, py: Python<'_>, futures: &Bound<'_, PyDict>, loads: &Bound<'_, PyAny>, settle: &Bound<'_, PyAny>, logs: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        let Some(news) = py.detach(|| self.pool.wait_news(None)) else { return Ok(false) };
+        if let Some(logs) = logs.filter(|_| !news.logs.is_empty() || news.dropped_logs > 0) {
+            let records = PyList::empty(py);
+            for r in news.logs {
+                records.append((r.worker, r.pid, PyBytes::new(py, &r.payload)))?;
+            }
+            // A failing handler must not stop results from being delivered.
+            if let Err(e) = logs.call1((records, news.dropped_logs)) {
+                e.write_unraisable(py, Some(logs));
+            }
+        }
+        for d in news.outcomes {
             // Taking the future out of `futures` is what entitles us to finish it; a future
             // that `cancel()` took first is cancelled, and its outcome is dropped here.
             let Some(future) = futures.get_item(d.id)? else { continue };
@@ -113,7 +153,12 @@ impl ProcessPoolEngine {
                 settle.call1((future, detail.0, detail.1, py.None()))?;
                 continue;
             };
-            let loaded = if d.fds.is_empty() {
+            let loaded = if d.fds.is_empty() && d.id % SERIALIZE_SAMPLE_EVERY == 0 {
+                let started = Instant::now();
+                let loaded = loads.call1((PyBytes::new(py, &payload),));
+                self.sampled_loads_ns.fetch_add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                loaded
+            } else if d.fds.is_empty() {
                 loads.call1((PyBytes::new(py, &payload),))
             } else {
                 buffer::map_all(py, d.fds, true).and_then(|buffers| {
@@ -140,6 +185,32 @@ impl ProcessPoolEngine {
         }
         Ok(true)
     }
+}
+
+/// Returns one worker slot's statistics as the dict `_stats.py` reads.
+fn worker_stats_dict<'py>(py: Python<'py>, slot: usize, w: &WorkerStats) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("worker", slot)?;
+    d.set_item("pid", w.pid)?;
+    d.set_item("tasks", w.tasks)?;
+    d.set_item("failed", w.failed)?;
+    d.set_item("alive_us", w.alive_us)?;
+    d.set_item("busy_us", w.busy_us)?;
+    d.set_item("max_task_us", w.max_task_us)?;
+    d.set_item("serialize_us", w.serialize_us)?;
+    d.set_item("transport_us", w.transport_us)?;
+    d.set_item("restarts", w.restarts)?;
+    let recent = PyList::empty(py);
+    for r in &w.recent_restarts {
+        let rd = PyDict::new(py);
+        rd.set_item("cause", r.cause.name())?;
+        rd.set_item("pid", r.exit.pid)?;
+        rd.set_item("exitcode", r.exit.code)?;
+        rd.set_item("signal", r.exit.signal)?;
+        recent.append(rd)?;
+    }
+    d.set_item("recent_restarts", recent)?;
+    Ok(d)
 }
 
 /// Returns an outcome as `(code, detail)`: the payload as bytes,

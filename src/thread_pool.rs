@@ -6,9 +6,14 @@
 //! happen under the future's own lock, which keeps the class sound on free-threaded builds. A
 //! worker detaches from the interpreter only when it must block; while work is queued it pops
 //! and runs tasks without releasing the GIL between them.
+//!
+//! Each worker thread counts its tasks and their run time in counters of its own (written by
+//! that thread alone, read by `stats`), so counting needs no lock and shares no cache line
+//! between threads that write.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::intern;
@@ -78,6 +83,27 @@ pub struct ThreadWorkQueue {
     max_threads: usize,
     /// Worker threads the Python side has been told to start.
     threads: AtomicUsize,
+    /// The counters of each thread that has run `run_worker`, in start order.
+    counters: Mutex<Vec<Arc<ThreadCounters>>>,
+}
+
+/// What one worker thread has run; written only by that thread.
+#[derive(Default)]
+struct ThreadCounters {
+    tasks: AtomicU64,
+    busy_ns: AtomicU64,
+    max_ns: AtomicU64,
+}
+
+impl ThreadCounters {
+    fn add(&self, ns: u64) {
+        // Only the owning thread writes, so load-then-store loses nothing and costs no lock.
+        self.tasks.store(self.tasks.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.busy_ns.store(self.busy_ns.load(Ordering::Relaxed).saturating_add(ns), Ordering::Relaxed);
+        if ns > self.max_ns.load(Ordering::Relaxed) {
+            self.max_ns.store(ns, Ordering::Relaxed);
+        }
+    }
 }
 
 impl ThreadWorkQueue {
@@ -112,7 +138,7 @@ impl ThreadWorkQueue {
         if max_threads == 0 {
             return Err(PyValueError::new_err("max_threads must be greater than 0"));
         }
-        Ok(ThreadWorkQueue { queue: WorkQueue::new(), max_threads, threads: AtomicUsize::new(0) })
+        Ok(ThreadWorkQueue { queue: WorkQueue::new(), max_threads, threads: AtomicUsize::new(0), counters: Mutex::new(Vec::new()) })
     }
 
     /// Queues the call `func(*args, **kwargs)` whose outcome goes to `future`, without blocking.
@@ -150,8 +176,13 @@ impl ThreadWorkQueue {
     /// (say a future in an unexpected state) is set on the future if it still can be, else
     /// reported with `sys.unraisablehook` naming the future; either way the loop goes on.
     fn run_worker(&self, py: Python<'_>) {
+        let counters = Arc::new(ThreadCounters::default());
+        self.counters.lock().unwrap_or_else(|p| p.into_inner()).push(counters.clone());
         while let Pop::Item(task) = self.next(py, None) {
-            if let Err(err) = task.run(py) {
+            let started = Instant::now();
+            let ran = task.run(py);
+            counters.add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            if let Err(err) = ran {
                 let future = task.future.bind(py);
                 let exc = err.clone_ref(py).into_value(py);
                 if future.call_method1(intern!(py, "set_exception"), (exc,)).is_err() {
@@ -159,6 +190,13 @@ impl ThreadWorkQueue {
                 }
             }
         }
+    }
+
+    /// Returns one `(tasks, busy_ns, max_task_ns)` tuple per thread that has run
+    /// `run_worker`, in start order; never blocks on the workers.
+    fn stats(&self) -> Vec<(u64, u64, u64)> {
+        let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        counters.iter().map(|c| (c.tasks.load(Ordering::Relaxed), c.busy_ns.load(Ordering::Relaxed), c.max_ns.load(Ordering::Relaxed))).collect()
     }
 
     /// Refuses further `put`s and wakes every waiting thread; queued items still run.

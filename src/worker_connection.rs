@@ -55,10 +55,12 @@ impl WorkerConnection {
 
     /// Sends a frame to the parent. A task's answer (`Ok`/`Err`) is held back while more tasks
     /// are buffered, for at most a millisecond; other frames are written at once. `aux` is the
-    /// task's run time in microseconds; `buffers`, the answer's out-of-band buffers
-    /// (contiguous bytes), each written to a memory file that travels with it.
-    #[pyo3(signature = (kind, id, payload, aux=0, buffers=None))]
-    fn send(&mut self, py: Python<'_>, kind: u8, id: u64, payload: &[u8], aux: u32, buffers: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    /// task's run time in microseconds and `flags` the share of it spent pickling, in 255ths;
+    /// `buffers`, the answer's out-of-band buffers (contiguous bytes), each written to a memory
+    /// file that travels with it.
+    #[pyo3(signature = (kind, id, payload, aux=0, buffers=None, flags=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn send(&mut self, py: Python<'_>, kind: u8, id: u64, payload: &[u8], aux: u32, buffers: Option<&Bound<'_, PyAny>>, flags: u8) -> PyResult<()> {
         let kind = Kind::from_u8(kind).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("unknown frame kind {kind}")))?;
         let fds = match buffers {
             Some(b) => buffer::write_all(py, b, false)?.iter().map(|f| f.fd().try_clone_to_owned()).collect::<std::io::Result<Vec<_>>>().map_err(errors::io_error)?,
@@ -67,9 +69,9 @@ impl WorkerConnection {
         let conn = &mut self.conn;
         let result = match kind {
             // Held (no system call) when more tasks are buffered: not worth releasing the GIL.
-            Kind::Ok | Kind::Err if conn.has_frame() => conn.answer(kind, id, aux, payload, fds),
-            Kind::Ok | Kind::Err => py.detach(|| conn.answer(kind, id, aux, payload, fds)),
-            _ => py.detach(|| conn.send(Frame { kind, id, flags: 0, aux, payload: payload.to_vec(), fds: Vec::new() })),
+            Kind::Ok | Kind::Err if conn.has_frame() => conn.answer(kind, id, flags, aux, payload, fds),
+            Kind::Ok | Kind::Err => py.detach(|| conn.answer(kind, id, flags, aux, payload, fds)),
+            _ => py.detach(|| conn.send(Frame { kind, id, flags, aux, payload: payload.to_vec(), fds: Vec::new() })),
         };
         result.map_err(errors::io_error)
     }
@@ -78,6 +80,28 @@ impl WorkerConnection {
     fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
         let conn = &mut self.conn;
         py.detach(|| conn.flush()).map_err(errors::io_error)
+    }
+
+    /// Returns a `LogSender` for this connection, usable from any thread.
+    fn log_sender(&self) -> LogSender {
+        LogSender { sender: self.conn.sender() }
+    }
+}
+
+/// Sends log records to the parent from any thread of the worker; see `_core.pyi`.
+#[pyclass(frozen, module = "ferropool._core")]
+pub struct LogSender {
+    sender: Sender,
+}
+
+#[pymethods]
+impl LogSender {
+    /// Queues a `Log` frame with `payload`; it leaves within a millisecond. Blocks (without the
+    /// GIL) only while 256 KiB are already queued and the socket is full. Raises `OSError` once
+    /// the parent has gone.
+    fn send(&self, py: Python<'_>, payload: &[u8]) -> PyResult<()> {
+        let frame = Frame::new(Kind::Log, 0, payload.to_vec());
+        py.detach(|| self.sender.send_soon(frame)).map_err(errors::io_error)
     }
 }
 
@@ -105,7 +129,7 @@ impl WorkerSender {
 
 /// Exposes the frame kinds the Python worker needs, so their numbers live in one place.
 pub(crate) fn register_kinds(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    for k in [Kind::Hello, Kind::Init, Kind::Ready, Kind::InitFailed, Kind::Task, Kind::Ok, Kind::Err, Kind::Cancel, Kind::Shutdown, Kind::Heartbeat, Kind::Start] {
+    for k in [Kind::Hello, Kind::Init, Kind::Ready, Kind::InitFailed, Kind::Task, Kind::Ok, Kind::Err, Kind::Cancel, Kind::Shutdown, Kind::Heartbeat, Kind::Log, Kind::Start] {
         m.add(format!("KIND_{}", format!("{k:?}").to_uppercase()), k as u8)?;
     }
     m.add("FLAG_ASYNC", ferropool_engine::frame::FLAG_ASYNC)?;

@@ -57,7 +57,7 @@ def test_submit_returns_a_concurrent_future(rpool):
 def test_map_chunks_and_keeps_order(rpool):
     assert list(rpool.map(square, range(2000), timeout=WAIT)) == [x * x for x in range(2000)]
     # Chunked: far fewer tasks than items.
-    assert rpool.stats()["submitted"] < 2000
+    assert rpool.stats().as_dict()["submitted"] < 2000
 
 
 def test_wait_as_completed_and_asyncio(rpool):
@@ -92,7 +92,7 @@ def test_map_raises_at_the_failing_item(rpool):
 def test_unpicklable_argument_fails_at_submit(rpool):
     with pytest.raises(SerializationError, match=r"args\[0\]"):
         rpool.submit(helpers.echo, threading.Lock())
-    assert rpool.stats()["submitted"] == 0
+    assert rpool.stats().as_dict()["submitted"] == 0
 
 
 def test_unpicklable_result_names_result(rpool):
@@ -107,7 +107,7 @@ def test_task_timeout_stops_pure_python_task(rpool):
         fut.result(timeout=WAIT)
     assert info.value.timeout == 0.5
     assert time.monotonic() - start < 10
-    assert rpool.stats()["timed_out"] == 1
+    assert rpool.stats().as_dict()["timed_out"] == 1
     # The cluster's capacity is back: every worker can take a task.
     assert list(rpool.map(spin, [0.01] * rpool.max_workers, timeout=WAIT))
 
@@ -139,7 +139,7 @@ def test_cancel_stops_running_task(rpool, gate_factory):
     assert done == {fut}
     # Both workers (one replaced, if it had to be killed) take new tasks.
     assert list(rpool.map(square, range(rpool.max_workers), chunksize=1, timeout=WAIT))
-    assert rpool.stats()["cancelled"] == 1
+    assert rpool.stats().as_dict()["cancelled"] == 1
 
 
 def test_cancel_queued_task(make_rpool, gate_factory):
@@ -182,7 +182,7 @@ def test_stats(rpool):
     [f.result(timeout=WAIT) for f in [rpool.submit(square, i) for i in range(3)]]
     with pytest.raises(ValueError):
         rpool.submit(helpers.raise_value_error, "x").result(timeout=WAIT)
-    stats = rpool.stats()
+    stats = rpool.stats().as_dict()
     assert {k: stats[k] for k in ("submitted", "done", "failed", "cancelled", "timed_out", "running")} == {
         "submitted": 4, "done": 3, "failed": 1, "cancelled": 0, "timed_out": 0, "running": 0}
     assert stats["mean_task_s"] >= 0

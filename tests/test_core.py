@@ -19,9 +19,9 @@ def test_stubs_match_the_extension_module():
 
 def test_frame_kinds_are_distinct_and_stable():
     kinds = {name: getattr(_core, name) for name in _core.__all__ if name.startswith("KIND_")}
-    assert len(set(kinds.values())) == len(kinds) == 11
+    assert len(set(kinds.values())) == len(kinds) == 12
     # Numbers are part of the wire format (docs/wire-format.md): changing one breaks old workers.
-    assert (kinds["KIND_TASK"], kinds["KIND_OK"], kinds["KIND_ERR"], kinds["KIND_SHUTDOWN"], kinds["KIND_START"]) == (5, 6, 7, 9, 12)
+    assert (kinds["KIND_TASK"], kinds["KIND_OK"], kinds["KIND_ERR"], kinds["KIND_SHUTDOWN"], kinds["KIND_LOG"], kinds["KIND_START"]) == (5, 6, 7, 9, 11, 12)
 
 
 def test_engine_rejects_zero_workers_and_empty_command():

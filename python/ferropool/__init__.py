@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._hybrid import HybridPool
     from ._process import ProcessPool
     from ._progress import progress
+    from ._stats import PoolStats, Restart, WorkerStats
     from ._thread import ThreadPool
     from ._dask import DaskPool
     from ._ray import RayPool
@@ -37,6 +38,9 @@ _LAZY = {
     "ThreadPool": "._thread",
     "BrokenPoolError": ".errors",
     "progress": "._progress",
+    "PoolStats": "._stats",
+    "WorkerStats": "._stats",
+    "Restart": "._stats",
     # Need the extras ferropool[dask] / ferropool[ray]; the ImportError says so.
     "DaskPool": "._dask",
     "RayPool": "._ray",
@@ -63,6 +67,9 @@ __all__ = [
     "RayPool",
     "TaskFuture",
     "progress",
+    "PoolStats",
+    "WorkerStats",
+    "Restart",
     "FerropoolError",
     "SerializationError",
     "BrokenPoolError",

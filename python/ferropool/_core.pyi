@@ -14,6 +14,7 @@ __all__ = [
     "SharedBuffer",
     "WorkerSender",
     "WorkerConnection",
+    "LogSender",
     "ThreadWorkQueue",
     "EngineBrokenError",
     "SharedLock",
@@ -37,6 +38,7 @@ __all__ = [
     "KIND_HEARTBEAT",
     "KIND_START",
     "FLAG_ASYNC",
+    "KIND_LOG",
     "__version__",
 ]
 
@@ -56,6 +58,7 @@ KIND_SHUTDOWN: int
 KIND_HEARTBEAT: int
 KIND_START: int
 FLAG_ASYNC: int
+KIND_LOG: int
 
 class EngineBrokenError(RuntimeError):
     """Raised by ``ProcessPoolEngine.submit`` when the pool is broken; ``args[0]`` is the reason
@@ -100,7 +103,18 @@ class ProcessPoolEngine:
         immediately."""
     def join(self, timeout: Optional[float] = None) -> bool:
         """Waits for the dispatcher to end after ``close``; returns False on timeout."""
-    def deliver(self, futures: dict[int, Future[Any]], loads: Callable[[bytes], Any], settle: Callable[[Future[Any], int, Any, Optional[BaseException]], None]) -> bool:
+    def stats(self, timeout: float = 1.0) -> list[dict[str, Any]]:
+        """Returns one dict per worker slot: ``worker`` (slot number), ``pid`` (None between
+        processes), ``tasks``, ``failed`` (of those, raised), ``alive_us`` (time ready),
+        ``busy_us`` (sum of run times measured in the worker), ``max_task_us``,
+        ``serialize_us`` (part of busy spent pickling in the worker), ``transport_us`` (time
+        the worker held work beyond its run time), ``restarts`` and ``recent_restarts`` (the last
+        16 as dicts of ``cause``, ``pid``, ``exitcode``, ``signal``). Waits up to ``timeout``
+        seconds for the dispatcher's fresh snapshot, then returns the latest one."""
+    @property
+    def sampled_loads_ns(self) -> int:
+        """Nanoseconds spent unpickling the results of tasks whose id is a multiple of 64."""
+    def deliver(self, futures: dict[int, Future[Any]], loads: Callable[[bytes], Any], settle: Callable[[Future[Any], int, Any, Optional[BaseException]], None], logs: Optional[Callable[[list[tuple[int, int, bytes]], int], None]] = None) -> bool:
         """Waits for the next batch of outcomes (without the GIL) and delivers it: each task's
         future is popped from ``futures`` by id; a returned value is unpickled with ``loads`` (with
         ``buffers=`` the result's out-of-band buffers as ``SharedBuffer`` objects, if any) and
@@ -109,8 +123,9 @@ class ProcessPoolEngine:
         0 (returned: detail is the payload, error the ``loads`` or ``set_result`` failure), 1
         (raised: payload), 2 (worker died: detail is ``(pid, exit_code, signal, stderr_tail)``),
         3 (broken: the reason as bytes), 4 (cancelled, or stopped by ``close(abort=True)``:
-        detail is None) or 5 (timed out: detail is ``(pid, timeout_seconds)``). Returns False
-        once the pool has ended."""
+        detail is None) or 5 (timed out: detail is ``(pid, timeout_seconds)``). Log records the
+        workers sent come first, to ``logs(records, dropped)``: ``[(worker, pid, payload)]`` and
+        how many were dropped because too many waited. Returns False once the pool has ended."""
 
 @final
 class WorkerConnection:
@@ -125,11 +140,22 @@ class WorkerConnection:
         (a ``Cancel`` for a task already handed out is returned, for the worker to act on)."""
     def sender(self) -> WorkerSender:
         """Returns a handle through which other threads send frames on this connection."""
-    def send(self, kind: int, id: int, payload: bytes, aux: int = 0, buffers: Optional[list[Any]] = None) -> None:
+    def send(self, kind: int, id: int, payload: bytes, aux: int = 0, buffers: Optional[list[Any]] = None, flags: int = 0) -> None:
         """Queues a frame; writes it now unless more tasks are buffered and the batch is younger
-        than 1 ms and smaller than 256 KiB. ``aux`` is the task's run time in microseconds."""
+        than 1 ms and smaller than 256 KiB. ``aux`` is the task's run time in microseconds,
+        ``flags`` the share of it spent pickling, in 255ths."""
     def flush(self) -> None:
         """Writes every queued frame now."""
+    def log_sender(self) -> LogSender:
+        """Returns a ``LogSender`` on this connection, usable from any thread."""
+
+@final
+class LogSender:
+    """Sends log records to the parent from any thread of a worker."""
+
+    def send(self, payload: bytes) -> None:
+        """Queues a ``Log`` frame; it leaves within a millisecond. Blocks only while 256 KiB are
+        queued and the socket is full; raises ``OSError`` once the parent has gone."""
 
 @final
 class ThreadWorkQueue:
@@ -144,6 +170,8 @@ class ThreadWorkQueue:
         """Pops a task, blocking up to ``timeout`` seconds; None on timeout or when closed and empty."""
     def run_worker(self) -> None:
         """Runs tasks in the calling thread until the queue is closed and empty."""
+    def stats(self) -> list[tuple[int, int, int]]:
+        """Returns ``(tasks, busy_ns, max_task_ns)`` per thread that has run ``run_worker``."""
     def close(self) -> None:
         """Refuses new tasks and wakes every waiting worker; queued tasks can still be taken."""
     def drain(self) -> list[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]]:

@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
+import logging
 import math
 import os
 import sys
 import threading
+import time
 import weakref
 from typing import Any, Callable
 
 from . import _core
 from ._executor import PoolExecutor, chunk_runner, is_coroutine_function
 from ._future import TaskFuture, cancel_removed
+from ._logs import RecordCounter
 from ._serialize import DEFAULT_ZERO_COPY_THRESHOLD, dumps, dumps_call, loads, loads_exception
+from ._stats import PoolStats, WorkerStats
 from ._worker import bootstrap_command
 from .errors import BrokenPoolError, SerializationError, TaskTimeoutError, WorkerDiedError
 
@@ -38,6 +42,10 @@ _RETURNED, _RAISED, _WORKER_DIED, _BROKEN, _CANCELLED, _TIMED_OUT = 0, 1, 2, 3, 
 DEFAULT_EXIT_TIMEOUT = 5.0
 # Lines of a dead worker's stderr quoted in its WorkerDiedError message (all are in stderr_tail).
 _TAIL_LINES = 20
+# Pickling in this process is timed for one task in this many (ids divisible by it); the
+# engine times unpickling results for the same ids (SERIALIZE_SAMPLE_EVERY in process_pool.rs).
+_SAMPLE_EVERY = 64
+_perf = time.perf_counter_ns
 
 _live_pools: "weakref.WeakSet[ProcessPool]" = weakref.WeakSet()
 #: Engines whose work is not finished, kept alive even when their ProcessPool object is dropped,
@@ -64,6 +72,9 @@ class _State:
 
     def __init__(self) -> None:
         self.broken: BaseException | None = None
+        #: Nanoseconds spent pickling the calls of sampled tasks (see _SAMPLE_EVERY).
+        self.sampled_dumps_ns = 0
+        self.logs = RecordCounter()
 
 
 class ProcessPool(PoolExecutor):
@@ -106,6 +117,10 @@ class ProcessPool(PoolExecutor):
     finishes its tasks first, as the standard library's does, but for at most ``exit_timeout``
     seconds (``None``: no limit); then it stops them and says so on stderr, so that a stuck
     task cannot hang the program's exit.
+
+    Workers' output reaches this process whole lines at a time: what they print goes to its
+    stdout and stderr without lines of two workers ever mixing, and their ``logging`` records
+    go to this process's loggers (see ``stats`` for the figures of each worker).
     """
 
     def __init__(
@@ -161,7 +176,8 @@ class ProcessPool(PoolExecutor):
         # taken our sys.path and working directory from the outer, plain part.
         call = dumps((initializer, tuple(initargs)), "initializer") if initializer is not None else None
         init = dumps({"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": call, "zero_copy_threshold": zero_copy_threshold,
-                      "native_threads": native_threads, "threads": _threads_per_worker})
+                      "native_threads": native_threads, "threads": _threads_per_worker,
+                      "log_level": logging.getLogger().getEffectiveLevel()})
         self._engine = _core.ProcessPoolEngine(max_workers, bootstrap_command(native_threads=native_threads), init, max_tasks_per_child=max_tasks_per_child,
             max_memory_per_child=max_memory_per_child, max_pending=max_pending, threads_per_worker=_threads_per_worker)
         self._futures: dict[int, TaskFuture] = {}
@@ -202,9 +218,14 @@ class ProcessPool(PoolExecutor):
             raise RuntimeError(self._shutdown_reason)
         if self._state.broken is not None:
             raise self._broken_error()
-        payload, buffers = dumps_call(fn, args, kwargs, self._zero_copy_threshold)
-        fut = TaskFuture()
         tid = next(self._ids)
+        if tid % _SAMPLE_EVERY:
+            payload, buffers = dumps_call(fn, args, kwargs, self._zero_copy_threshold)
+        else:
+            started = _perf()
+            payload, buffers = dumps_call(fn, args, kwargs, self._zero_copy_threshold)
+            self._state.sampled_dumps_ns += _perf() - started
+        fut = TaskFuture()
         fut._ferropool = (self._engine, tid, self._futures, shown)
         self._futures[tid] = fut
         try:
@@ -226,6 +247,20 @@ class ProcessPool(PoolExecutor):
         signature. Raises ``ValueError`` for a timeout that is not a positive number.
         """
         return TaskOptions(self, _check_seconds("task_timeout", task_timeout))
+
+    def stats(self, timeout: float = 1.0) -> PoolStats:
+        """Returns a snapshot of what each worker has done: tasks, busy and idle time, mean and
+        slowest task, time spent pickling (in the worker) and in transport, restarts and their
+        causes; ``print(pool.stats())`` shows a table, ``.as_dict()`` gives plain data.
+
+        Waits up to ``timeout`` seconds for the dispatcher's fresh figures (it answers within a
+        turn of its loop), then returns the latest it had. Works after ``shutdown`` too (the
+        figures at the end). See ``ferropool.PoolStats``.
+        """
+        workers = tuple(WorkerStats.from_engine(w) for w in self._engine.stats(timeout))
+        sampled = self._state.sampled_dumps_ns + self._engine.sampled_loads_ns
+        return PoolStats.of_workers("ProcessPool", workers, parent_serialize_s=sampled * _SAMPLE_EVERY / 1e9,
+                                    log_records=self._state.logs.handled, dropped_log_records=self._state.logs.dropped)
 
     def _broken_error(self) -> BrokenPoolError:
         cause = self._state.broken
@@ -346,7 +381,8 @@ def _collect(engine, futures: dict, state: _State, running: _Running) -> None:
         except BaseException as exc:  # never let one bad outcome kill the result thread
             _fail(fut, exc)
 
-    while engine.deliver(futures, loads, settle):
+    handle_records = state.logs.handle_records
+    while engine.deliver(futures, loads, settle, handle_records):
         pass
     _unfinished.discard(running)
 
@@ -450,6 +486,10 @@ class TaskOptions(PoolExecutor):
 
     def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
         return self._pool._submit(chunk_runner(fn), (fn, items), {}, self._task_timeout, fn)
+
+    def stats(self, timeout: float = 1.0) -> PoolStats:
+        """The pool's statistics (see ``ProcessPool.stats``)."""
+        return self._pool.stats(timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Shuts the pool down (see ``ProcessPool.shutdown``)."""

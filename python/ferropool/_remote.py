@@ -34,11 +34,13 @@ import os
 import sys
 import threading
 import time
+import types
 import uuid
 from typing import Any, Callable
 
 from ._executor import PoolExecutor, run_chunk
 from ._process import _check_seconds
+from ._stats import PoolStats
 from ._serialize import PROTOCOL, _cloud, _fails, _plain, describe_failure, dumps, dumps_exception, loads, loads_exception
 from .errors import SerializationError, TaskTimeoutError, WorkerDiedError
 
@@ -423,16 +425,20 @@ class RemotePool(PoolExecutor):
         with self._futures_lock:
             self._stats[key] += 1
 
-    def stats(self) -> dict:
-        """Returns a snapshot: tasks ``submitted``, ``done`` (returned), ``failed`` (raised, or
-        their worker died), ``cancelled``, ``timed_out``, ``running`` (sent and unfinished, or
-        queued here) and ``mean_task_s``, the mean run time in the workers (None before any
-        task ended). ``map`` counts each chunk as one task."""
+    def stats(self) -> PoolStats:
+        """Returns a snapshot (``ferropool.PoolStats``) with pool totals only: the cluster
+        schedules tasks, so there are no per-worker figures. ``extra`` (and ``as_dict()``)
+        has tasks ``submitted``, ``done`` (returned), ``failed`` (raised, or their worker
+        died), ``cancelled``, ``timed_out``, ``running`` (sent and unfinished, or queued here)
+        and ``mean_task_s``, the mean run time in the workers (None before any task ended).
+        ``map`` counts each chunk as one task."""
         with self._futures_lock:
             snap = dict(self._stats)
             snap["running"] = len(self._futures)
             snap["mean_task_s"] = self._run_ns / self._timed_runs / 1e9 if self._timed_runs else None
-        return snap
+            busy_s = self._run_ns / 1e9
+        return PoolStats(kind=type(self).__name__, tasks=snap["done"] + snap["failed"], failed=snap["failed"], busy_s=busy_s,
+                         max_task_s=None, restarts=0, extra=types.MappingProxyType(snap))
 
     def _share_arrays(self, args: tuple, kwargs: dict, shared: list) -> tuple[tuple, dict]:
         np = sys.modules.get("numpy")

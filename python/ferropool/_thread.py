@@ -26,6 +26,10 @@ from concurrent.futures.thread import BrokenThreadPool
 from ferropool._core import ThreadWorkQueue
 from ferropool._executor import PoolExecutor, is_coroutine_function
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ferropool._stats import PoolStats
+
 __all__ = ["ThreadPool"]
 
 # Worker threads of every pool, and their queues, so that interpreter exit can close and join them.
@@ -270,6 +274,16 @@ class ThreadPool(PoolExecutor):
             t.start()
             self._threads.add(t)
             _threads_queues[t] = queue
+
+    def stats(self) -> "PoolStats":
+        """Returns a snapshot of what each worker thread has done: tasks and busy time (each
+        task's run time, measured in the Rust worker loop), mean and slowest task. Threads do
+        not restart; ``failed`` is not counted (0). ``print(pool.stats())`` shows a table."""
+        from ._stats import PoolStats, WorkerStats
+
+        workers = tuple(WorkerStats(worker=i, pid=None, tasks=tasks, failed=0, busy_s=busy / 1e9, max_task_s=longest / 1e9)
+                        for i, (tasks, busy, longest) in enumerate(self._queue.stats()))
+        return PoolStats.of_workers("ThreadPool", workers)
 
     def _broken_error(self) -> BrokenThreadPool:
         """Returns the error for a broken pool, with the initializer's exception as its cause."""

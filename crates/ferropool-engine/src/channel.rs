@@ -183,11 +183,13 @@ impl FrameWriter {
         self.buf.extend_from_slice(payload);
     }
 
-    /// `push_parts` for a frame that carries flags and descriptors (at most `u16::MAX`).
-    pub fn push_parts_with_fds(&mut self, kind: Kind, id: u64, flags: u8, aux: u32, payload: &[u8], fds: Vec<OwnedFd>) {
-        if fds.is_empty() && flags == 0 {
-            return self.push_parts(kind, id, aux, payload);
-        }
+    /// `push_parts` for a frame that carries descriptors (at most `u16::MAX`).
+    pub fn push_parts_with_fds(&mut self, kind: Kind, id: u64, aux: u32, payload: &[u8], fds: Vec<OwnedFd>) {
+        self.push_parts_flagged(kind, id, 0, aux, payload, fds);
+    }
+
+    /// `push_parts_with_fds` with the header's `flags` byte set.
+    pub fn push_parts_flagged(&mut self, kind: Kind, id: u64, flags: u8, aux: u32, payload: &[u8], fds: Vec<OwnedFd>) {
         let at = self.buf.len();
         let nfds = u16::try_from(fds.len()).expect("at most 65535 descriptors per frame");
         Header { len: payload.len() as u64, id, kind, flags, nfds, aux }.encode_into(&mut self.buf);

@@ -10,6 +10,12 @@
 //! stuck in native code. The writer is shared with it under a mutex; the flusher is woken once
 //! per batch, when the first answer is held.
 //!
+//! Log records (`Kind::Log`) may come from any thread of the worker, through a `Sender`: they
+//! are held like answers, so a burst of them costs one system call, and leave within
+//! `MAX_HOLD`. Past `MAX_HELD_BYTES` the sending thread writes them itself, blocking while the
+//! socket is full: a worker that logs faster than the parent reads is slowed down instead of
+//! growing its memory.
+//!
 //! Cancellation: a `Cancel` frame for a task still buffered here removes that task and answers
 //! `Cancel` for it in its place, so `recv` never hands out a task the parent has cancelled, as
 //! far as the parent's frames have arrived. A `Cancel` for a task already handed out is passed
@@ -77,13 +83,14 @@ impl Connection {
         write_all(&mut st, &self.sock)
     }
 
-    /// Queues a task's answer, with the descriptors of its out-of-band buffers. It is written
-    /// now unless another task is already buffered (its answer will likely follow soon); then it
-    /// is held, for at most `MAX_HOLD`.
-    pub fn answer(&mut self, kind: Kind, id: u64, aux: u32, payload: &[u8], fds: Vec<OwnedFd>) -> io::Result<()> {
+    /// Queues a task's answer, with the descriptors of its out-of-band buffers; `aux` is its
+    /// run time in microseconds and `flags` the share of it spent pickling, in 255ths. It is
+    /// written now unless another task is already buffered (its answer will likely follow soon);
+    /// then it is held, for at most `MAX_HOLD`.
+    pub fn answer(&mut self, kind: Kind, id: u64, flags: u8, aux: u32, payload: &[u8], fds: Vec<OwnedFd>) -> io::Result<()> {
         let more = self.has_frame();
         let mut st = self.out.lock();
-        st.writer.push_parts_with_fds(kind, id, 0, aux, payload, fds);
+        st.writer.push_parts_flagged(kind, id, flags, aux, payload, fds);
         if more && st.writer.pending() < MAX_HELD_BYTES {
             hold(&self.out, &self.sock, st);
             Ok(())
@@ -164,7 +171,49 @@ impl Connection {
 
 }
 
-/// Leaves what is queued for the flusher to write within `MAX_HOLD`.
+/// Sends frames on a worker's connection from any thread: answers of tasks that run
+/// concurrently, and log records (see the module docs).
+#[derive(Clone)]
+pub struct Sender {
+    sock: Arc<OwnedFd>,
+    out: Arc<Outbox>,
+}
+
+impl Sender {
+    /// Queues `frame` to leave within `MAX_HOLD`, with the next answer or by the flusher. When
+    /// more than `MAX_HELD_BYTES` are queued, or the connection was dropped, writes everything
+    /// now instead, blocking while the socket is full. Errors when the parent has gone.
+    pub fn send_soon(&self, frame: Frame) -> io::Result<()> {
+        let mut st = self.out.lock();
+        st.writer.push(frame);
+        if st.closed || st.writer.pending() >= MAX_HELD_BYTES {
+            return write_all(&mut st, &self.sock);
+        }
+        hold(&self.out, &self.sock, st);
+        Ok(())
+    }
+
+    /// Queues a frame with descriptors; `hold_it` leaves it for the flusher (written within
+    /// `MAX_HOLD`, with whatever else is queued by then), otherwise it is written now.
+    pub fn send(&self, kind: Kind, id: u64, aux: u32, payload: &[u8], fds: Vec<OwnedFd>, hold_it: bool) -> io::Result<()> {
+        let mut st = self.out.lock();
+        st.writer.push_parts_with_fds(kind, id, aux, payload, fds);
+        if hold_it && !st.closed && st.writer.pending() < MAX_HELD_BYTES {
+            hold(&self.out, &self.sock, st);
+            Ok(())
+        } else {
+            write_all(&mut st, &self.sock)
+        }
+    }
+
+    /// Writes everything queued now.
+    pub fn flush(&self) -> io::Result<()> {
+        write_all(&mut self.out.lock(), &self.sock)
+    }
+}
+
+/// Leaves what is queued for the flusher to write within `MAX_HOLD`, starting the flusher on
+/// first use.
 fn hold(out: &Arc<Outbox>, sock: &Arc<OwnedFd>, mut st: MutexGuard<'_, OutState>) {
     if st.held_since.is_some() {
         return;
@@ -182,33 +231,6 @@ fn hold(out: &Arc<Outbox>, sock: &Arc<OwnedFd>, mut st: MutexGuard<'_, OutState>
     }
     drop(st);
     out.wake.notify_one();
-}
-
-/// Sends frames on a worker's connection from any thread (answers of tasks run concurrently).
-#[derive(Clone)]
-pub struct Sender {
-    out: Arc<Outbox>,
-    sock: Arc<OwnedFd>,
-}
-
-impl Sender {
-    /// Queues a frame with descriptors; `hold` leaves it for the flusher (written within
-    /// `MAX_HOLD`, with whatever else is queued by then), otherwise it is written now.
-    pub fn send(&self, kind: Kind, id: u64, aux: u32, payload: &[u8], fds: Vec<OwnedFd>, hold_it: bool) -> io::Result<()> {
-        let mut st = self.out.lock();
-        st.writer.push_parts_with_fds(kind, id, 0, aux, payload, fds);
-        if hold_it && st.writer.pending() < MAX_HELD_BYTES {
-            hold(&self.out, &self.sock, st);
-            Ok(())
-        } else {
-            write_all(&mut st, &self.sock)
-        }
-    }
-
-    /// Writes everything queued now.
-    pub fn flush(&self) -> io::Result<()> {
-        write_all(&mut self.out.lock(), &self.sock)
-    }
 }
 
 impl Outbox {
@@ -288,13 +310,36 @@ mod tests {
         w.flush(parent.as_fd()).unwrap();
         let mut conn = Connection::new(child).unwrap();
         assert_eq!(conn.recv().unwrap().unwrap().id, 1);
-        conn.answer(Kind::Ok, 1, 0, b"done", Vec::new()).unwrap();
+        conn.answer(Kind::Ok, 1, 0, 0, b"done", Vec::new()).unwrap();
         assert_eq!(conn.recv().unwrap().unwrap().id, 2);
         // Task 2 "runs" from here on: nothing on this side touches the connection again.
         let mut reader = FrameReader::new();
         let answer = read_frame_within(&mut reader, &parent, Duration::from_secs(5)).expect("the held answer was never written");
         assert_eq!((answer.kind, answer.id, answer.payload.as_slice()), (Kind::Ok, 1, &b"done"[..]));
         drop(conn);
+    }
+
+    #[test]
+    fn a_log_record_from_another_thread_leaves_while_the_main_thread_is_busy() {
+        let (parent, child) = pair().unwrap();
+        let conn = Connection::new(child).unwrap();
+        let sender = conn.sender();
+        std::thread::spawn(move || sender.send_soon(Frame::new(Kind::Log, 0, b"record".to_vec())).unwrap()).join().unwrap();
+        // The main thread never touches the connection: the flusher must write the record.
+        let mut reader = FrameReader::new();
+        let f = read_frame_within(&mut reader, &parent, Duration::from_secs(5)).expect("the held record was never written");
+        assert_eq!((f.kind, f.payload.as_slice()), (Kind::Log, &b"record"[..]));
+        drop(conn);
+    }
+
+    #[test]
+    fn answers_carry_their_flags() {
+        let (parent, child) = pair().unwrap();
+        let mut conn = Connection::new(child).unwrap();
+        conn.answer(Kind::Ok, 4, 17, 99, b"r", Vec::new()).unwrap();
+        let mut reader = FrameReader::new();
+        let f = read_frame_within(&mut reader, &parent, Duration::from_secs(5)).unwrap();
+        assert_eq!((f.kind, f.id, f.flags, f.aux), (Kind::Ok, 4, 17, 99));
     }
 
     #[test]

@@ -23,6 +23,10 @@
 //! goes back to the shared queue. A task cancelled while queued at a worker is reported at once
 //! and the worker is sent `Cancel`; it skips the task (answering `Cancel`) if it has not begun
 //! it, and any answer for it is dropped.
+//!
+//! Statistics (`stats.rs`) are counted here, at the points above, in `SlotStats` that only this
+//! thread touches, and copied to `Shared::stats` when a caller asks. Log records workers send
+//! are passed on with the finished tasks, before them.
 
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
@@ -32,7 +36,8 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::frame::{Frame, Kind};
-use crate::pool::{Done, Outcome, PoolConfig, Shared, Task};
+use crate::pool::{Done, Outcome, PoolConfig, Shared, Task, WorkerLog};
+use crate::stats::{RestartCause, SlotStats};
 use crate::worker::{Phase, Stop, Worker};
 
 /// Queued work each worker should hold, in microseconds of its measured task time.
@@ -60,16 +65,23 @@ struct Dispatcher {
     startup_failures: u32,
     /// Shutdown frames have been sent; no more respawning.
     stopping: bool,
+    /// Statistics of each worker slot.
+    stats: Vec<SlotStats>,
+    /// Log records received and not yet published.
+    logs: Vec<WorkerLog>,
 }
 
 /// Runs the dispatcher until the pool is closed and every worker has exited.
 pub(crate) fn run(shared: Arc<Shared>, config: PoolConfig) {
     let slots = (0..config.workers).map(|_| None).collect();
-    let mut d = Dispatcher { shared, config, slots, done: Vec::new(), startup_failures: 0, stopping: false };
+    let stats = (0..config.workers).map(|_| SlotStats::default()).collect();
+    let mut d = Dispatcher { shared, config, slots, done: Vec::new(), startup_failures: 0, stopping: false, stats, logs: Vec::new() };
     for slot in 0..d.slots.len() {
         d.respawn(slot);
     }
     d.event_loop();
+    d.shared.publish_logs(&mut d.logs);
+    d.publish_stats(true);
     let shared = d.shared.clone();
     drop(d);
     shared.done.lock().expect("done queue poisoned").finished = true;
@@ -89,7 +101,11 @@ impl Dispatcher {
             // After those two, so that the deadlines they set (tasks sent, Shutdown sent) count.
             let next_timer = self.check_timers();
             self.flush_all();
+            self.shared.publish_logs(&mut self.logs);
             self.shared.publish(&mut self.done);
+            if self.shared.stats.wanted.load(Ordering::Relaxed) && self.shared.stats.wanted.swap(false, Ordering::AcqRel) {
+                self.publish_stats(false);
+            }
             if self.stopping && self.slots.iter().all(Option::is_none) {
                 return;
             }
@@ -135,6 +151,7 @@ impl Dispatcher {
         // A coroutine stops when cancelled, so asking is enough; a thread's task alone on its
         // worker is stopped with the worker at once.
         if w.running() <= 1 && !sent.payload.is_async {
+            self.stats[slot].leaving(if timed_out { RestartCause::TimedOut } else { RestartCause::Cancelled });
             w.inflight.remove(pos);
             w.phase = Phase::Draining;
             w.stop = Some(Stop { task: Some(id), kill_at: Instant::now() + grace, killed: false });
@@ -179,6 +196,8 @@ impl Dispatcher {
             let grace = self.config.stop_grace;
             if let Some(asked) = w.inflight.iter().filter_map(|s| s.stop_asked).min() {
                 if now >= asked + grace {
+                    // Stopped for a task that timed out or was cancelled beside others.
+                    self.stats[slot].leaving(RestartCause::TimedOut);
                     w.phase = Phase::Draining;
                     w.stop = Some(Stop { task: None, kill_at: now + grace, killed: false });
                     w.terminate();
@@ -232,7 +251,9 @@ impl Dispatcher {
         drop(q);
         for (slot, task) in taken {
             let w = self.slots[slot].as_mut().expect("room only for live workers");
+            let was_idle = w.inflight.is_empty();
             w.send_task(task.id, task.payload, task.timeout);
+            self.stats[slot].sent(was_idle);
         }
     }
 
@@ -307,8 +328,8 @@ impl Dispatcher {
             }
             fds.push(PollFd::new(w.pidfd(), PollFlags::POLLIN));
             owners.push((slot, true));
-            if !w.stderr.at_eof() {
-                fds.push(PollFd::new(w.stderr.fd(), PollFlags::POLLIN));
+            for fd in w.output_fds() {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 owners.push((slot, false));
             }
         }
@@ -351,10 +372,10 @@ impl Dispatcher {
         }
     }
 
-    /// Reads what worker `slot` sent (frames and stderr) and handles each frame.
+    /// Reads what worker `slot` sent (frames, stdout and stderr) and handles each frame.
     fn read_from(&mut self, slot: usize) {
         let Some(w) = self.slots[slot].as_mut() else { return };
-        w.stderr.pump();
+        w.pump_output(false);
         if w.sock_closed {
             return;
         }
@@ -396,6 +417,7 @@ impl Dispatcher {
             Kind::Hello | Kind::Heartbeat => {}
             Kind::Ready => {
                 if w.phase == Phase::Starting {
+                    self.stats[slot].ready(!w.inflight.is_empty());
                     w.phase = Phase::Ready;
                     w.front_started();
                 }
@@ -424,12 +446,18 @@ impl Dispatcher {
                     w.kill();
                     return;
                 };
+                self.stats[slot].answered(frame.aux, frame.flags, frame.kind == Kind::Err, !w.inflight.is_empty());
                 if !sent.cancelled {
                     let outcome = if frame.kind == Kind::Ok { Outcome::Returned(frame.payload) } else { Outcome::Raised(frame.payload) };
                     self.done.push(Done { id: frame.id, outcome, run_us: frame.aux, fds: frame.fds });
                 }
-                let recycle = max_tasks.is_some_and(|m| w.tasks_sent >= m) || over_memory(w, max_memory);
-                if recycle && w.phase != Phase::Draining {
+                let recycle = if max_tasks.is_some_and(|m| w.tasks_sent >= m) {
+                    Some(RestartCause::MaxTasks)
+                } else {
+                    over_memory(w, max_memory).then_some(RestartCause::MaxMemory)
+                };
+                if let Some(cause) = recycle.filter(|_| w.phase != Phase::Draining) {
+                    self.stats[slot].leaving(cause);
                     // No new tasks; those it holds still run, then it gets Shutdown and its exit
                     // starts a replacement. No task fails.
                     w.phase = Phase::Draining;
@@ -437,6 +465,10 @@ impl Dispatcher {
                 if w.phase == Phase::Draining && w.inflight.is_empty() && w.stop.is_none() {
                     w.send_shutdown(EXIT_GRACE);
                 }
+            }
+            Kind::Log => {
+                let pid = w.pid;
+                self.logs.push(WorkerLog { worker: slot, pid, payload: frame.payload });
             }
             Kind::Init | Kind::Task | Kind::Shutdown => {
                 // Parent-bound kinds only; a worker sending them is broken.
@@ -456,8 +488,7 @@ impl Dispatcher {
             }
         }
         let Some(mut w) = self.slots[slot].take() else { return };
-        w.stderr.pump();
-        w.stderr.flush_partial();
+        w.pump_output(true);
         let stderr_tail = w.stderr.tail();
         let exit = match w.try_reap() {
             Ok(Some(exit)) => exit,
@@ -493,6 +524,8 @@ impl Dispatcher {
                 q.tasks.push_front(Task { id: s.id, payload: s.payload, timeout: s.timeout });
             }
         }
+        let replaced = !self.stopping && self.startup_failures < MAX_STARTUP_FAILURES;
+        self.stats[slot].exited(exit, was_starting, replaced);
         if self.startup_failures >= MAX_STARTUP_FAILURES {
             self.break_pool(format!("worker processes fail to start: {exit}").into_bytes());
             return;
@@ -506,6 +539,7 @@ impl Dispatcher {
         match Worker::spawn(&self.config.command, &self.config.init) {
             Ok(mut w) => {
                 w.threads = self.config.threads_per_worker.max(1);
+                self.stats[slot].spawned(w.pid);
                 self.slots[slot] = Some(w);
             }
             Err(e) => {
@@ -536,13 +570,18 @@ impl Dispatcher {
         self.stopping = true;
     }
 
+    /// Copies every slot's statistics to `Shared::stats`; `last` when the dispatcher ends.
+    fn publish_stats(&self, last: bool) {
+        self.shared.stats.publish(self.stats.iter().map(SlotStats::snapshot).collect(), last);
+    }
+
     /// Kills every worker now; every unfinished task, running or queued, ends `Cancelled`.
     fn abort_all(&mut self) {
         for slot in 0..self.slots.len() {
             let Some(mut w) = self.slots[slot].take() else { continue };
-            w.kill_and_reap();
-            w.stderr.pump();
-            w.stderr.flush_partial();
+            let exit = w.kill_and_reap();
+            self.stats[slot].exited(exit, false, false);
+            w.pump_output(true);
             for s in w.inflight.drain(..).filter(|s| !s.cancelled) {
                 self.done.push(Done::new(s.id, Outcome::Cancelled));
             }

@@ -11,10 +11,14 @@
 //! worker itself). `nfds` says how many file descriptors travel with this frame as `SCM_RIGHTS`
 //! ancillary data; the transport hands them over in order (see `channel.rs`). `aux` is
 //! kind-specific: for results it is the task's run time in microseconds (saturating), which the
-//! scheduler uses to size prefetch and `map` uses to size chunks. The payload is opaque to the
+//! scheduler uses to size prefetch and `map` uses to size chunks, and `flags` is the share of
+//! that time the worker spent pickling, in 255ths (for `pool.stats()`). The payload is opaque to the
 //! engine: the Python layer puts pickles in it. See `docs/wire-format.md`.
 
 use std::os::fd::OwnedFd;
+
+/// `flags` of an `Ok`/`Err` frame that stands for "all of the run time went to pickling".
+pub const SERIALIZE_SHARE_FULL: u8 = 255;
 
 /// Size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 24;
@@ -48,6 +52,8 @@ pub enum Kind {
     Shutdown = 9,
     /// either way: liveness probe and its answer (control message).
     Heartbeat = 10,
+    /// worker -> parent: a log record the worker emitted; opaque payload (see `docs/wire-format.md`).
+    Log = 11,
     /// worker -> parent: task `id` has started while another task of this worker is unanswered
     /// (a worker running tasks one at a time never sends it; see `docs/wire-format.md`).
     Start = 12,
@@ -72,6 +78,7 @@ impl Kind {
             8 => Cancel,
             9 => Shutdown,
             10 => Heartbeat,
+            11 => Log,
             12 => Start,
             _ => return None,
         })

@@ -9,7 +9,9 @@
 //! - `worker`: one worker process as the parent sees it.
 //! - `pool`: the process pool's API (`ProcessPool`) and the state it shares with the dispatcher.
 //! - `dispatcher`: the thread that schedules tasks onto workers and supervises them.
-//! - `stderr`: relay of each worker's stderr, keeping its last lines for crash reports.
+//! - `relay`: relay of each worker's stdout and stderr a whole line at a time, keeping the last
+//!   lines of stderr for crash reports.
+//! - `stats`: per-worker statistics, counted by the dispatcher and published on request.
 //! - `work_queue`: the closable MPMC queue with blocking, timed pops behind the thread pool.
 //! - `shared`: locks, events, semaphores, barriers, a queue and numbers in shared memory
 //!   (`memfd_create` segments), usable from every thread of every process that maps them.
@@ -21,9 +23,11 @@ mod dispatcher;
 pub mod frame;
 pub mod pool;
 pub mod shared;
-pub mod stderr;
+pub mod relay;
+pub mod stats;
 pub mod work_queue;
 pub mod worker;
 
-pub use pool::{Done, Outcome, Payload, PoolConfig, ProcessPool, SubmitError};
+pub use pool::{Done, News, Outcome, Payload, PoolConfig, ProcessPool, SubmitError, WorkerLog};
+pub use stats::{Restart, RestartCause, WorkerStats};
 pub use worker::Exit;

@@ -7,7 +7,8 @@
 //! ```text
 //!  submit ──► Shared.queue ──► dispatcher ──frames──► worker process
 //!                                   │  ◄──frames──
-//!  wait_outcomes ◄── Shared.done ◄──┘
+//!  wait_outcomes ◄── Shared.done ◄──┘       (and log records, for wait_news)
+//!  stats ◄── Shared.stats ◄── dispatcher, on request
 //! ```
 
 use std::collections::VecDeque;
@@ -20,7 +21,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::buffer::MemFile;
+use crate::stats::{StatsBoard, WorkerStats};
 use crate::worker::Exit;
+
+/// Most log records waiting for `wait_news`; more are dropped and counted.
+pub const MAX_PENDING_LOGS: usize = 10_000;
+/// Most bytes of log records waiting for `wait_news`; more are dropped and counted.
+pub const MAX_PENDING_LOG_BYTES: usize = 16 << 20;
 
 /// How to start and run a pool's workers.
 #[derive(Clone, Debug)]
@@ -94,6 +101,24 @@ impl Done {
     }
 }
 
+/// A log record a worker sent (`Kind::Log`): its payload is opaque to the engine.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WorkerLog {
+    /// The worker slot (0 to `workers - 1`) and process that sent it.
+    pub worker: usize,
+    pub pid: i32,
+    pub payload: Vec<u8>,
+}
+
+/// What `wait_news` hands over: finished tasks, and log records sent before them.
+#[derive(Debug, Default)]
+pub struct News {
+    pub outcomes: Vec<Done>,
+    pub logs: Vec<WorkerLog>,
+    /// Log records dropped since the last call because too many were waiting.
+    pub dropped_logs: u64,
+}
+
 /// What a task carries to its worker: the encoded call, and its out-of-band buffers (memory
 /// files, see `buffer.rs`), whose descriptors travel with it as `SCM_RIGHTS`.
 #[derive(Default)]
@@ -161,6 +186,9 @@ pub(crate) struct Queue {
 #[derive(Default)]
 pub(crate) struct DoneQueue {
     pub items: Vec<Done>,
+    pub logs: Vec<WorkerLog>,
+    pub log_bytes: usize,
+    pub dropped_logs: u64,
     /// The dispatcher has exited: nothing more will arrive.
     pub finished: bool,
 }
@@ -179,6 +207,8 @@ pub(crate) struct Shared {
     pub wake_pending: AtomicBool,
     /// Kill workers now instead of letting them finish (shutdown without waiting).
     pub abort: AtomicBool,
+    /// Snapshots of the workers' statistics, published on request.
+    pub stats: StatsBoard,
 }
 
 impl Shared {
@@ -198,6 +228,26 @@ impl Shared {
         q.unfinished = q.unfinished.saturating_sub(n);
         drop(q);
         self.room_cv.notify_all();
+    }
+
+    /// Publishes log records to `wait_news`, dropping (and counting) those past
+    /// `MAX_PENDING_LOGS` or `MAX_PENDING_LOG_BYTES`. Called before `publish` in a turn, so a
+    /// task's records are handed over no later than its outcome.
+    pub fn publish_logs(&self, logs: &mut Vec<WorkerLog>) {
+        if logs.is_empty() {
+            return;
+        }
+        let mut d = self.done.lock().expect("done queue poisoned");
+        for log in logs.drain(..) {
+            if d.logs.len() >= MAX_PENDING_LOGS || d.log_bytes + log.payload.len() > MAX_PENDING_LOG_BYTES {
+                d.dropped_logs += 1;
+            } else {
+                d.log_bytes += log.payload.len();
+                d.logs.push(log);
+            }
+        }
+        drop(d);
+        self.done_cv.notify_all();
     }
 
     /// Publishes finished tasks to `wait_outcomes`.
@@ -241,6 +291,7 @@ impl ProcessPool {
             wake_fd: wake_fd.into(),
             wake_pending: AtomicBool::new(false),
             abort: AtomicBool::new(false),
+            stats: StatsBoard::default(),
         });
         let workers = config.workers;
         let s = shared.clone();
@@ -367,6 +418,55 @@ impl ProcessPool {
         true
     }
 
+    /// Returns each worker slot's statistics (see `stats.rs`). Asks the dispatcher for a fresh
+    /// snapshot and waits up to `timeout` for it; past that, or once the pool has ended,
+    /// returns the latest one (empty if none was ever taken).
+    pub fn stats(&self, timeout: Duration) -> Vec<WorkerStats> {
+        let board = &self.shared.stats;
+        let deadline = Instant::now() + timeout;
+        let mut b = board.board.lock().expect("stats board poisoned");
+        let seen = b.generation;
+        if !b.last {
+            board.wanted.store(true, Ordering::Release);
+            self.shared.wake();
+        }
+        while b.generation == seen && !b.last {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            b = board.published.wait_timeout(b, deadline - now).expect("stats board poisoned").0;
+        }
+        b.workers.clone()
+    }
+
+    /// Takes every finished task and every log record, waiting up to `timeout` (forever if
+    /// `None`) for at least one of either. Records come before the outcomes of tasks that
+    /// logged them. Returns `None` once the dispatcher has ended and everything was taken.
+    pub fn wait_news(&self, timeout: Option<Duration>) -> Option<News> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut d = self.shared.done.lock().expect("done queue poisoned");
+        loop {
+            if !d.items.is_empty() || !d.logs.is_empty() || d.dropped_logs > 0 {
+                d.log_bytes = 0;
+                return Some(News { outcomes: std::mem::take(&mut d.items), logs: std::mem::take(&mut d.logs), dropped_logs: std::mem::take(&mut d.dropped_logs) });
+            }
+            if d.finished {
+                return None;
+            }
+            d = match deadline {
+                None => self.shared.done_cv.wait(d).expect("done queue poisoned"),
+                Some(dl) => {
+                    let now = Instant::now();
+                    if now >= dl {
+                        return Some(News::default());
+                    }
+                    self.shared.done_cv.wait_timeout(d, dl - now).expect("done queue poisoned").0
+                }
+            };
+        }
+    }
+
     /// Takes every finished task, waiting up to `timeout` (forever if `None`) for at least one.
     /// Returns `None` once the dispatcher has ended and everything was taken.
     pub fn wait_outcomes(&self, timeout: Option<Duration>) -> Option<Vec<Done>> {
@@ -379,6 +479,7 @@ impl ProcessPool {
             if d.finished {
                 return None;
             }
+            // Log records (if any) stay for `wait_news`, bounded by `MAX_PENDING_LOGS`.
             d = match deadline {
                 None => self.shared.done_cv.wait(d).expect("done queue poisoned"),
                 Some(dl) => {

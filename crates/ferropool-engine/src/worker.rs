@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::channel::{self, FrameReader, FrameWriter};
 use crate::frame::{Frame, Kind};
 use crate::pool::Payload;
-use crate::stderr::StderrRelay;
+use crate::relay::{LineRelay, Sink};
 
 /// Where a worker is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +106,9 @@ pub struct Worker {
     /// The socket reached end of stream: stop polling it, wait for the pidfd.
     pub sock_closed: bool,
     /// The worker's stderr, relayed line by line; its tail goes into crash reports.
-    pub stderr: StderrRelay,
+    pub stderr: LineRelay,
+    /// The worker's stdout, relayed line by line.
+    pub stdout: LineRelay,
     /// When its memory was last checked against `max_memory_per_child`.
     pub memory_checked_at: Option<Instant>,
     /// `Shutdown` has been queued for it.
@@ -125,7 +127,7 @@ impl Worker {
         let child_fd = theirs.as_raw_fd();
         let parent_pid = std::process::id() as libc::pid_t;
         let mut cmd = Command::new(program);
-        cmd.args(args).arg(child_fd.to_string()).stdin(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(args).arg(child_fd.to_string()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // SAFETY: the closure runs in the child between fork and exec, so it may only make
         // async-signal-safe calls; fcntl, prctl, getppid and _exit are plain system calls that
         // touch no locks or allocator state.
@@ -147,7 +149,8 @@ impl Worker {
         }
         let mut child = cmd.spawn()?;
         drop(theirs);
-        let stderr = StderrRelay::new(OwnedFd::from(child.stderr.take().expect("stderr was piped")))?;
+        let stderr = LineRelay::new(OwnedFd::from(child.stderr.take().expect("stderr was piped")), Sink::Stderr, true)?;
+        let stdout = LineRelay::new(OwnedFd::from(child.stdout.take().expect("stdout was piped")), Sink::Stdout, false)?;
         let pid = child.id() as i32;
         let pidfd = pidfd_open(pid)?;
         let mut w = Worker {
@@ -165,12 +168,29 @@ impl Worker {
             task_us: None,
             sock_closed: false,
             stderr,
+            stdout,
             memory_checked_at: None,
             shutdown_sent: false,
             exit_by: None,
         };
         w.writer.push(Frame::new(Kind::Init, 0, init.to_vec()));
         Ok(w)
+    }
+
+    /// Relays what the worker has written to stdout and stderr so far, whole lines only;
+    /// with `gone`, also a last unterminated line.
+    pub fn pump_output(&mut self, gone: bool) {
+        for relay in [&mut self.stdout, &mut self.stderr] {
+            relay.pump();
+            if gone {
+                relay.flush_partial();
+            }
+        }
+    }
+
+    /// The output pipes still open, for polling.
+    pub fn output_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        [&self.stdout, &self.stderr].into_iter().filter(|r| !r.at_eof()).map(LineRelay::fd)
     }
 
     /// The socket to the worker (non-blocking).
@@ -199,10 +219,10 @@ impl Worker {
         let fds = payload.buffers.iter().filter_map(|b| b.fd().try_clone_to_owned().ok()).collect::<Vec<_>>();
         let flags = if payload.is_async { crate::frame::FLAG_ASYNC } else { 0 };
         if fds.len() == payload.buffers.len() {
-            self.writer.push_parts_with_fds(Kind::Task, id, flags, 0, &payload.bytes, fds);
+            self.writer.push_parts_flagged(Kind::Task, id, flags, 0, &payload.bytes, fds);
         } else {
             // Out of descriptors: the worker finds the frame short of buffers and fails the task.
-            self.writer.push_parts_with_fds(Kind::Task, id, flags, 0, &payload.bytes, Vec::new());
+            self.writer.push_parts_flagged(Kind::Task, id, flags, 0, &payload.bytes, Vec::new());
         }
         self.inflight.push_back(Sent { id, payload, timeout, started: None, cancelled: false, stop_asked: None });
         self.tasks_sent += 1;

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferropool_engine::{Outcome, PoolConfig, ProcessPool, SubmitError};
+use ferropool_engine::{Outcome, PoolConfig, ProcessPool, RestartCause, SubmitError};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -346,5 +346,56 @@ fn a_short_tasks_answer_does_not_wait_for_the_long_task_behind_it() {
     };
     assert_eq!((first.id, returned(&first.outcome)), (1, "quick".to_string()));
     pool.close(true);
+    assert!(pool.join(Some(LIMIT)));
+}
+
+#[test]
+fn stats_count_answers_per_worker_and_restarts_with_their_cause() {
+    // One worker, so that each process starts only after the previous one's exit was handled:
+    // by the time the last task is answered, every restart before it is counted.
+    let mut c = config(1);
+    c.max_tasks_per_child = Some(5);
+    let pool = ProcessPool::start(c).unwrap();
+    for id in 0..20 {
+        pool.submit(id, format!("echo:{id}").into_bytes()).unwrap();
+    }
+    pool.submit(20, b"raise:no".to_vec()).unwrap();
+    collect(&pool, 21);
+    pool.submit(21, b"exit:3".to_vec()).unwrap();
+    collect(&pool, 1);
+    let stats = pool.stats(LIMIT);
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats.iter().map(|w| w.tasks).sum::<u64>(), 21, "{stats:?}");
+    assert_eq!(stats.iter().map(|w| w.failed).sum::<u64>(), 1);
+    let causes: Vec<(RestartCause, Option<i32>)> = stats.iter().flat_map(|w| w.recent_restarts.iter().map(|r| (r.cause, r.exit.code))).collect();
+    // 21 tasks at 5 per process: four recycled, then the crash.
+    assert_eq!(causes.iter().filter(|c| c.0 == RestartCause::MaxTasks).count(), 4, "{causes:?}");
+    assert!(causes.contains(&(RestartCause::Crashed, Some(3))), "{causes:?}");
+    assert_eq!(stats.iter().map(|w| w.restarts).sum::<u64>(), 5);
+    pool.close(false);
+    assert!(pool.join(Some(LIMIT)));
+    let last = pool.stats(LIMIT);
+    assert!(last.iter().all(|w| w.pid.is_none()), "the last snapshot has no live process: {last:?}");
+    assert_eq!(last.iter().map(|w| w.restarts).sum::<u64>(), 5, "a shutdown is not a restart");
+}
+
+#[test]
+fn log_records_arrive_before_the_outcome_of_their_task() {
+    let pool = ProcessPool::start(config(1)).unwrap();
+    pool.submit(1, b"log:hello".to_vec()).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    let mut logs = Vec::new();
+    loop {
+        let news = pool.wait_news(Some(deadline.saturating_duration_since(Instant::now()))).expect("pool running");
+        logs.extend(news.logs);
+        if !news.outcomes.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no outcome in {LIMIT:?}");
+    }
+    assert_eq!(logs.len(), 1, "the record came before (or with) the outcome");
+    assert_eq!((logs[0].worker, logs[0].payload.as_slice()), (0, &b"hello"[..]));
+    assert!(logs[0].pid > 0);
+    pool.close(false);
     assert!(pool.join(Some(LIMIT)));
 }

@@ -5,7 +5,7 @@
 //! and then works that long, `linger:<ms>` ignores SIGTERM and makes the worker wait that long
 //! before it exits after `Shutdown` (a process stuck at exit), `pid` returns the worker's pid, `raise:<text>` answers `Err` with
 //! the text, `exit:<code>` prints a line to stderr and exits at once with that code (a crash
-//! mid-task).
+//! mid-task), `log:<text>` sends the text as a log record from another thread and returns it.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -46,6 +46,13 @@ fn main() {
                     ignore_sigterm();
                     linger = std::time::Duration::from_millis(ms.parse().unwrap_or(0));
                     (Kind::Ok, Vec::new())
+                } else if let Some(t) = cmd.strip_prefix("log:") {
+                    let (sender, record) = (conn.sender(), t.as_bytes().to_vec());
+                    let sent = std::thread::spawn(move || sender.send_soon(Frame::new(Kind::Log, 0, record))).join();
+                    if !matches!(sent, Ok(Ok(()))) {
+                        break;
+                    }
+                    (Kind::Ok, t.as_bytes().to_vec())
                 } else if cmd == "pid" {
                     (Kind::Ok, std::process::id().to_string().into_bytes())
                 } else if let Some(t) = cmd.strip_prefix("raise:") {
@@ -56,7 +63,7 @@ fn main() {
                 } else {
                     (Kind::Err, b"unknown command".to_vec())
                 };
-                if conn.answer(kind, f.id, 0, &out, Vec::new()).is_err() {
+                if conn.answer(kind, f.id, 0, 0, &out, Vec::new()).is_err() {
                     break;
                 }
             }

@@ -1,0 +1,161 @@
+"""Workers' output in the parent: log records reach the parent's ``logging`` handlers with the
+worker's identity (``python/ferropool/_logs.py``), and stdout lines of different workers never
+mix (``crates/ferropool-engine/src/relay.rs``).
+
+A task's records are handled before its future completes, so every check runs right after
+``result()``; nothing waits or sleeps."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+WAIT = 30
+LOGGER = "ferropool.tests.worker_output"
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def collected():
+    """A handler on ``LOGGER`` in this process, which lets DEBUG through; the root logger is
+    at WARNING while the test makes its pool."""
+    logger, root = logging.getLogger(LOGGER), logging.getLogger()
+    handler, saved = Collect(), (logger.level, root.level)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    root.setLevel(logging.WARNING)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(saved[0])
+    root.setLevel(saved[1])
+
+
+def log_and_return_pid(level: int, message: str, *args) -> int:
+    logging.getLogger(LOGGER).log(level, message, *args)
+    return os.getpid()
+
+
+def log_exception() -> int:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger(LOGGER).exception("it failed with %s", "style")
+    return os.getpid()
+
+
+def log_from_a_thread() -> int:
+    t = threading.Thread(target=logging.getLogger(LOGGER).error, args=("from a thread",), name="side")
+    t.start()
+    t.join()
+    return os.getpid()
+
+
+def log_many(n: int) -> int:
+    log = logging.getLogger(LOGGER).warning
+    for i in range(n):
+        log("record %d", i)
+    return n
+
+
+def test_a_record_reaches_the_parents_handler_with_the_workers_identity(make_pool, collected):
+    pool = make_pool(2)
+    pid = pool.submit(log_and_return_pid, logging.WARNING, "hello %s %d", "there", 7).result(timeout=WAIT)
+    (record,) = collected.records
+    assert (record.name, record.levelno, record.levelname) == (LOGGER, logging.WARNING, "WARNING")
+    assert record.getMessage() == "hello there 7"
+    assert record.worker_pid == record.process == pid != os.getpid()
+    assert record.processName == f"ferropool-worker-{pid}"
+    assert record.worker in (0, 1)
+    assert record.funcName == "log_and_return_pid"
+    assert pool.stats().log_records == 1
+
+
+def test_an_exception_logged_in_a_worker_carries_its_traceback(make_pool, collected):
+    pool = make_pool(1)
+    pool.submit(log_exception).result(timeout=WAIT)
+    (record,) = collected.records
+    assert record.getMessage() == "it failed with style"
+    assert record.levelno == logging.ERROR
+    assert "Traceback (most recent call last)" in record.exc_text
+    assert "ValueError: boom" in record.exc_text
+    assert "ValueError: boom" in logging.Formatter().format(record)
+
+
+def test_records_from_other_threads_of_a_worker_arrive(make_pool, collected):
+    pool = make_pool(1)
+    pool.submit(log_from_a_thread).result(timeout=WAIT)
+    (record,) = collected.records
+    assert (record.getMessage(), record.threadName) == ("from a thread", "side")
+
+
+def test_debug_records_are_not_shipped_when_the_parent_root_is_at_warning(make_pool, collected):
+    pool = make_pool(1)  # made while the root logger is at WARNING
+    pool.submit(log_and_return_pid, logging.DEBUG, "not shipped").result(timeout=WAIT)
+    pool.submit(log_and_return_pid, logging.INFO, "not shipped either").result(timeout=WAIT)
+    pool.submit(log_and_return_pid, logging.WARNING, "shipped").result(timeout=WAIT)
+    # Our logger lets DEBUG through here, so a DEBUG record that arrived would show up.
+    assert [r.getMessage() for r in collected.records] == ["shipped"]
+    assert pool.stats().log_records == 1
+
+
+def test_debug_records_are_shipped_when_the_parent_root_is_at_debug(make_pool, collected):
+    logging.getLogger().setLevel(logging.DEBUG)
+    pool = make_pool(1)
+    pool.submit(log_and_return_pid, logging.DEBUG, "wanted").result(timeout=WAIT)
+    assert [r.getMessage() for r in collected.records] == ["wanted"]
+
+
+def test_a_flood_of_records_is_handled_or_counted_as_dropped(make_pool, collected):
+    pool = make_pool(1)
+    n = 30_000
+    assert pool.submit(log_many, n).result(timeout=WAIT) == n
+    stats = pool.stats()
+    assert stats.log_records + stats.dropped_log_records == n
+    assert len(collected.records) == stats.log_records
+
+
+PRINT_LINES = r"""
+import sys
+from ferropool import ProcessPool
+
+def chatter(tag, lines, width):
+    for i in range(lines):
+        line = f"{tag}{i:04d}:" + tag * width + "\n"
+        # Written in pieces, never flushed by hand: lines leave the worker cut anywhere.
+        for start in range(0, len(line), 433):
+            sys.stdout.write(line[start:start + 433])
+    return tag
+
+if __name__ == "__main__":
+    with ProcessPool(2) as pool:
+        futures = [pool.submit(chatter, tag, 200, 3000) for tag in "ab"]
+        assert sorted(f.result(timeout=60) for f in futures) == ["a", "b"]
+"""
+
+
+def test_stdout_lines_of_two_workers_are_never_mixed(tmp_path):
+    script = tmp_path / "chatter.py"
+    script.write_text(PRINT_LINES)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 400
+    seen = set()
+    for line in lines:
+        tag, number, body = line[0], line[1:5], line[6:]
+        assert line[5] == ":" and body == tag * 3000, f"a mixed or cut line: {line[:60]!r}..."
+        seen.add((tag, int(number)))
+    assert seen == {(tag, i) for tag in "ab" for i in range(200)}
