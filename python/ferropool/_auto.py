@@ -60,6 +60,10 @@ PAIR_TARGET_S = 0.002
 PAIR_MAX_CALLS = 16
 #: A strategy simpler than the fastest estimate is kept if it is within this factor of it.
 TOLERANCE = 1.10
+#: /proc/stat counts in ticks of 10 ms: shorter pair steps cannot tell how many cores were free.
+FREE_CORES_MIN_SPAN_S = 0.05
+#: map keeps at most this many of its items queued for, or running on, the probe.
+MAP_PROBE_AHEAD = 16
 #: CPU/wall below this: the calls mostly wait (I/O, sleep), so threads can outnumber cores.
 WAITING = 0.5
 
@@ -91,7 +95,8 @@ class Figures:
     pickle_s: float | None  # pickling the arguments and the result once (in band)
     picklable: bool
     via_map: bool  # the calls came from map (batched) rather than submit
-    cores: int
+    cores: int  # usable by this process
+    free_cores: float | None = None  # busy with the pair or idle during it (others' load excluded)
 
     @property
     def cpu_ratio(self) -> float:
@@ -128,6 +133,8 @@ def decide(fig: Figures, *, max_workers: int | None = None, io_workers: int | No
     - hybrid (P x T): as processes, with ``P * T`` calls in flight and ``h / P`` per call.
     """
     cores = max(1, fig.cores)
+    if fig.free_cores is not None:  # other programs' load: parallel work gets only what is free
+        cores = max(1.0, min(float(cores), fig.free_cores))
     io_workers = io_workers or max_workers or min(32, 4 * cores)
     cpu_workers = max_workers or cores
     d, c = fig.wall_s, min(fig.cpu_s, fig.wall_s)
@@ -138,21 +145,22 @@ def decide(fig: Figures, *, max_workers: int | None = None, io_workers: int | No
         held = d * min(1.0, max(0.0, 2.0 / max(fig.pair_speedup, 1e-9) - 1.0))
     column = 1 if fig.via_map else 0
     thread_n = io_workers if waiting else cpu_workers
-    proc_n = min(cpu_workers, cores) if not waiting else min(max_workers or cores, io_workers)
+    proc_n = min(cpu_workers, fig.cores) if not waiting else min(max_workers or fig.cores, io_workers)
     moved = (fig.arg_bytes or 0) + (fig.result_bytes or 0)
     transfer = (fig.pickle_s or 0.0) + moved * SHARED_MEMORY_S_PER_BYTE
+    proc_par = min(proc_n, cores)
     est = {
         "serial": d + OVERHEAD_S["serial"][column],
         "threads": max(d / thread_n, c / cores, held) + OVERHEAD_S["threads"][column],
     }
     workers = {"serial": 1, "threads": thread_n}
     if fig.picklable:
-        est["processes"] = max(d / proc_n, c / cores) + OVERHEAD_S["processes"][column] + transfer
+        est["processes"] = max(d / proc_par if not waiting else d / proc_n, c / cores) + OVERHEAD_S["processes"][column] + transfer
         workers["processes"] = proc_n
         if hybrid:
-            per = max(1, math.ceil(io_workers / cores)) if waiting or held < d else 1
-            est["hybrid"] = max(d / (cores * per), c / cores, held / cores) + OVERHEAD_S["hybrid"][column] + transfer
-            workers["hybrid"] = (cores, per)
+            per = max(1, math.ceil(io_workers / fig.cores)) if waiting or held < d else 1
+            est["hybrid"] = max(d / (proc_n * per), c / cores, held / min(cores, proc_n)) + OVERHEAD_S["hybrid"][column] + transfer
+            workers["hybrid"] = (fig.cores, per)
     best = min(est.values())
     choice = next(name for name in est if est[name] <= best * TOLERANCE)
     return Decision(choice, workers[choice], _rule(choice, fig, held, transfer), fig, est)
@@ -193,14 +201,16 @@ class _Call:
 class _Plan:
     """One function's probe and decision; everything mutable is guarded by the pool's lock."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, lock: threading.Lock):
         self.name = name
+        self.changed = threading.Condition(lock)  # a probed call finished, or a decision
         self.decision: Decision | None = None
         self.backend: Any = None  # set with decision
         self.pending: collections.deque[_Call] = collections.deque()
         self.solo: list[tuple[float, float]] = []  # (wall, cpu) per call
         self.pair_calls = 0
         self.pair_speedup: float | None = None
+        self.free_cores: float | None = None
         self.pair_done = False
         self.sizes: tuple[int | None, int | None, float | None, bool] | None = None
         self.via_map = False
@@ -432,6 +442,79 @@ class Pool(PoolExecutor):
         futures = self._queue(plan, [_Call(cf.Future(), fn, args, {}) for args in items], via_map=True)
         return _gather_chunk(futures)
 
+    def map(self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None, chunksize: int | None = None,
+            progress: Any = None) -> Any:
+        """Returns an iterator of ``fn(*args)`` for ``args`` in ``zip(*iterables)``, in order.
+
+        Lazy on its input. While ``fn`` is being measured, its first items (at most
+        ``MAP_PROBE_AHEAD`` at a time) go to the probe; once decided, the rest goes to the chosen
+        pool's ``map`` (chunked, bounded, ``chunksize``/``progress`` as there) or, for the serial
+        strategy, to the built-in ``map`` in the consuming thread, which no ``timeout`` can
+        interrupt. An exception raised by ``fn`` is raised when its item is reached; leaving
+        the loop early cancels what has not started. Raises ``RuntimeError`` after ``shutdown``.
+        """
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        plan = self._plan(fn)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        its = [iter(it) for it in iterables]
+        if plan.backend is None or self._closed:
+            return self._probing_map(plan, fn, its, deadline, chunksize, progress)
+        return self._decided_map(plan, fn, its, deadline, chunksize, progress)
+
+    def _decided_map(self, plan: _Plan, fn, its: list, deadline, chunksize, progress) -> Any:
+        backend = plan.backend
+        if isinstance(backend, _Serial):
+            return map(fn, *its)
+        if isinstance(backend, (_EventLoop, _CoroutineAdapter)):
+            return PoolExecutor.map(self, fn, *its, timeout=_left(deadline), chunksize=chunksize, progress=progress)
+        return backend.map(fn, *its, timeout=_left(deadline), chunksize=chunksize, progress=progress)
+
+    def _probing_map(self, plan: _Plan, fn, its: list, deadline, chunksize, progress) -> Any:
+        items = zip(*its)
+        head: collections.deque[cf.Future] = collections.deque()
+        exhausted = False
+        changed = plan.changed
+
+        def notify(_f: cf.Future) -> None:
+            with changed:
+                changed.notify_all()
+
+        def results():
+            nonlocal exhausted
+            rest = None
+            try:
+                while True:
+                    while not exhausted and plan.backend is None and len(head) < MAP_PROBE_AHEAD:
+                        args = next(items, None)
+                        if args is None:
+                            exhausted = True
+                            break
+                        fut = self._queue(plan, [_Call(cf.Future(), fn, args, {})], via_map=True)[0]
+                        fut.add_done_callback(notify)
+                        head.append(fut)
+                    if plan.backend is not None and rest is None and not exhausted and not self._closed:
+                        rest = self._decided_map(plan, fn, its, deadline, chunksize, progress)
+                    if head and (head[0].done() or rest is not None or exhausted):
+                        fut = head.popleft()
+                        yield fut.result(timeout=_left(deadline))
+                        continue
+                    if not head:
+                        break
+                    with changed:  # wait for a probed call to finish, or a decision
+                        if not head[0].done() and plan.backend is None:
+                            if not changed.wait(_left(deadline)):
+                                raise cf.TimeoutError()
+                if rest is not None:
+                    yield from rest
+            finally:
+                for fut in head:
+                    fut.cancel()
+                if rest is not None and hasattr(rest, "close"):
+                    rest.close()
+
+        return results()
+
     def explain(self) -> str:
         """Returns, in a few lines per function, the strategy chosen and the figures and rule
         it came from (or how far its probe got)."""
@@ -494,7 +577,7 @@ class Pool(PoolExecutor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             plan = self._plans.get(key)
             if plan is None:
-                plan = _Plan(_name_of(fn))
+                plan = _Plan(_name_of(fn), self._lock)
                 is_async = inspect.iscoroutinefunction(fn)
                 if self._strategy != "auto":
                     if self._strategy == "hybrid" and _hybrid_class() is None:
@@ -521,6 +604,7 @@ class Pool(PoolExecutor):
         if fn_is_async and decision.strategy != "asyncio":
             backend = _CoroutineAdapter(backend)
         plan.decision, plan.backend = decision, backend
+        plan.changed.notify_all()
 
     def _backend(self, strategy: str, workers: Any) -> Any:
         """Returns the pool for ``strategy`` with ``workers``, creating it on first use; the lock is held."""
@@ -603,7 +687,7 @@ class Pool(PoolExecutor):
         """Decides from the figures and sends what is queued to the chosen backend; the lock is held."""
         arg_bytes, result_bytes, pickle_s, picklable = plan.sizes or (None, None, None, True)
         figures = Figures(calls=len(plan.solo) + plan.pair_calls, wall_s=wall,
-                          cpu_s=statistics.median(c for _, c in plan.solo), pair_speedup=plan.pair_speedup,
+                          cpu_s=statistics.median(c for _, c in plan.solo), pair_speedup=plan.pair_speedup, free_cores=plan.free_cores,
                           arg_bytes=arg_bytes, result_bytes=result_bytes, pickle_s=pickle_s, picklable=picklable,
                           via_map=plan.via_map, cores=self._cores)
         decision = decide(figures, max_workers=self._requested_workers, io_workers=self._io_workers,
@@ -642,6 +726,8 @@ class Pool(PoolExecutor):
                     step.start.wait(timeout=5.0)
                 except threading.BrokenBarrierError:
                     pass
+            if step.pair and index == 0:
+                step.idle0 = _idle_seconds()
             t0, c0, ran = time.perf_counter(), time.thread_time(), 0
             calls = step.groups[index]
             while True:
@@ -661,23 +747,28 @@ class Pool(PoolExecutor):
                     with self._lock:
                         plan.solo.append(sample)
             step.spans[index] = (t0, time.perf_counter(), time.thread_time() - c0, ran)
+            if step.pair:
+                with self._lock:
+                    if step.left == 1:
+                        step.idle1 = _idle_seconds()
         finally:
             with self._lock:
                 self._probe_threads.discard(threading.current_thread())
                 step.left -= 1
                 if step.left == 0:
                     if step.pair:
-                        self._pair_finished(plan, step.spans)
+                        self._pair_finished(plan, step)
                     plan.stepping = False
                     self._advance(plan)
 
-    def _pair_finished(self, plan: _Plan, spans: list) -> None:
+    def _pair_finished(self, plan: _Plan, step: _Step) -> None:
         """Records the 2-thread speedup from a pair step's spans; the lock is held.
 
         Alone, the pair's calls would have taken their CPU time over the CPU/wall ratio measured
         alone (CPU time does not count waiting for the GIL, so this holds for code that holds
         it); for waiting code, the solo wall time per call."""
         plan.pair_done = True
+        spans = step.spans
         if any(s is None or s[3] == 0 for s in spans) or not plan.solo:
             return
         solo_wall = statistics.median(w for w, _ in plan.solo)
@@ -688,6 +779,9 @@ class Pool(PoolExecutor):
         alone = sum(s[2] for s in spans) / ratio if ratio >= WAITING else ran * solo_wall
         plan.pair_calls = ran
         plan.pair_speedup = alone / span if span > 0 else None
+        if step.idle0 is not None and step.idle1 is not None and span >= FREE_CORES_MIN_SPAN_S:
+            plan.free_cores = (step.idle1 - step.idle0) / span + sum(s[2] for s in spans) / span
+        plan.changed.notify_all()
 
 
 class _Step:
@@ -699,6 +793,37 @@ class _Step:
         self.left = len(groups)
         self.spans: list = [None] * len(groups)
         self.start = threading.Barrier(len(groups)) if pair else None
+        self.idle0: float | None = None
+        self.idle1: float | None = None
+
+
+_TICKS = None
+
+
+def _idle_seconds() -> float | None:
+    """Returns the machine's idle CPU seconds so far, summed over CPUs (Linux ``/proc/stat``),
+    or None where that cannot be read."""
+    global _TICKS
+    try:
+        import os
+
+        if _TICKS is None:
+            _TICKS = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+        return (int(fields[4]) + int(fields[5])) / _TICKS  # idle + iowait
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds left before ``deadline`` (None: no limit); raises ``TimeoutError`` once past it."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise cf.TimeoutError()
+    return left
 
 
 def _run_measured(call: _Call, sizes_for: _Plan | None) -> tuple[float, float] | None:
@@ -830,7 +955,9 @@ def _describe(plan: _Plan) -> list[str]:
         sizes = ("cannot be pickled" if not f.picklable else
                  f"{_bytes(f.arg_bytes)} args, {_bytes(f.result_bytes)} result, {_secs(f.pickle_s or 0.0)} to pickle")
         lines.append(f"    measured {f.calls} calls: wall {_secs(f.wall_s)}, CPU {_secs(f.cpu_s)} per call "
-                     f"(CPU/wall {f.cpu_ratio:.2f}); 2 threads: {speed}; pickled: {sizes}")
+                     f"(CPU/wall {f.cpu_ratio:.2f}); 2 threads: {speed}"
+                     + (f"; free cores during the pair: {f.free_cores:.1f}" if f.free_cores is not None else "")
+                     + f"; pickled: {sizes}")
         column = 1 if f.via_map else 0
         lines.append(f"    overhead per call ({'map, batched' if f.via_map else 'submit'}): "
                      + ", ".join(f"{k} {_secs(v[column])}" for k, v in OVERHEAD_S.items() if k in d.estimates))
