@@ -389,3 +389,10 @@ def test_benchmark_quick_runs():
                           capture_output=True, text=True, timeout=50, env={**os.environ, "PYTHONPATH": str(ROOT / "python")})
     assert proc.returncode == 0, proc.stderr
     assert "| workload | best fixed | auto chose | auto / best fixed |" in proc.stdout
+
+
+def test_decide_returns_whole_worker_counts_on_a_loaded_machine():
+    d = decide(figures(free_cores=1.3))
+    assert isinstance(d.workers, int)
+    d = decide(figures(free_cores=1.0, pair_speedup=1.0))
+    assert d.strategy == "serial"  # one free core: processes cannot beat a loop

@@ -132,11 +132,12 @@ def decide(fig: Figures, *, max_workers: int | None = None, io_workers: int | No
       all paid by the calling process; impossible if the call or its result cannot be pickled;
     - hybrid (P x T): as processes, with ``P * T`` calls in flight and ``h / P`` per call.
     """
-    cores = max(1, fig.cores)
+    usable = max(1, fig.cores)
+    io_workers = io_workers or max_workers or min(32, 4 * usable)
+    cpu_workers = max_workers or usable
+    cores: float = usable  # the parallel capacity the estimates use
     if fig.free_cores is not None:  # other programs' load: parallel work gets only what is free
-        cores = max(1.0, min(float(cores), fig.free_cores))
-    io_workers = io_workers or max_workers or min(32, 4 * cores)
-    cpu_workers = max_workers or cores
+        cores = max(1.0, min(float(usable), fig.free_cores))
     d, c = fig.wall_s, min(fig.cpu_s, fig.wall_s)
     waiting = fig.cpu_ratio < WAITING
     if fig.pair_speedup is None:
@@ -145,7 +146,7 @@ def decide(fig: Figures, *, max_workers: int | None = None, io_workers: int | No
         held = d * min(1.0, max(0.0, 2.0 / max(fig.pair_speedup, 1e-9) - 1.0))
     column = 1 if fig.via_map else 0
     thread_n = io_workers if waiting else cpu_workers
-    proc_n = min(cpu_workers, fig.cores) if not waiting else min(max_workers or fig.cores, io_workers)
+    proc_n = min(cpu_workers, usable) if not waiting else min(max_workers or usable, io_workers)
     moved = (fig.arg_bytes or 0) + (fig.result_bytes or 0)
     transfer = (fig.pickle_s or 0.0) + moved * SHARED_MEMORY_S_PER_BYTE
     proc_par = min(proc_n, cores)
@@ -158,9 +159,9 @@ def decide(fig: Figures, *, max_workers: int | None = None, io_workers: int | No
         est["processes"] = max(d / proc_par if not waiting else d / proc_n, c / cores) + OVERHEAD_S["processes"][column] + transfer
         workers["processes"] = proc_n
         if hybrid:
-            per = max(1, math.ceil(io_workers / fig.cores)) if waiting or held < d else 1
+            per = max(1, math.ceil(io_workers / usable)) if waiting or held < d else 1
             est["hybrid"] = max(d / (proc_n * per), c / cores, held / min(cores, proc_n)) + OVERHEAD_S["hybrid"][column] + transfer
-            workers["hybrid"] = (fig.cores, per)
+            workers["hybrid"] = (usable, per)
     best = min(est.values())
     choice = next(name for name in est if est[name] <= best * TOLERANCE)
     return Decision(choice, workers[choice], _rule(choice, fig, held, transfer), fig, est)
@@ -690,9 +691,13 @@ class Pool(PoolExecutor):
                           cpu_s=statistics.median(c for _, c in plan.solo), pair_speedup=plan.pair_speedup, free_cores=plan.free_cores,
                           arg_bytes=arg_bytes, result_bytes=result_bytes, pickle_s=pickle_s, picklable=picklable,
                           via_map=plan.via_map, cores=self._cores)
-        decision = decide(figures, max_workers=self._requested_workers, io_workers=self._io_workers,
-                          hybrid=_hybrid_class() is not None)
-        self._settle(plan, decision)
+        try:
+            decision = decide(figures, max_workers=self._requested_workers, io_workers=self._io_workers,
+                              hybrid=_hybrid_class() is not None)
+            self._settle(plan, decision)
+        except Exception as exc:  # the chosen pool could not start: the queued calls must still run
+            decision = Decision("serial", 1, f"the chosen pool could not start ({type(exc).__name__}: {exc}); running here", figures)
+            self._settle(plan, decision)
         pending = list(plan.pending)
         plan.pending.clear()
         if decision.strategy == "serial":
