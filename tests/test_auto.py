@@ -74,15 +74,23 @@ def chosen(pool, fn) -> str:
     return pool.decisions[name].strategy
 
 
-def run_and_decide(make, fn, items, attempts=1):
-    """Maps ``fn`` on fresh pools until one decides; returns the strategies decided (one per
-    attempt: the machine is shared, so a measured archetype gets a few tries)."""
-    seen = []
+def run_and_decide(make, fn, items, attempts=1, want=None):
+    """Maps ``fn`` on fresh pools (up to ``attempts``, stopping at ``want``); returns the
+    strategies decided. The machine is shared: a measured archetype gets a few tries, and if
+    every try found other programs holding the cores (``free_cores`` < 1.5) the test skips."""
+    seen, busy = [], []
     for _ in range(attempts):
         pool = make()
         list(pool.map(fn, items))
-        seen.append(chosen(pool, fn))
+        decision = pool.decisions[f"{fn.__module__}.{fn.__qualname__}"]
+        seen.append(decision.strategy)
+        free = decision.figures.free_cores
+        busy.append(free is not None and free < 1.5)
         pool.shutdown()
+        if seen[-1] == want:
+            break
+    if want is not None and want not in seen and all(busy):
+        pytest.skip(f"other programs kept the cores busy during every probe ({seen})")
     return seen
 
 
@@ -145,12 +153,12 @@ def test_max_workers_caps_every_pool():
 @pytest.mark.skipif(CORES < 2, reason="processes cannot beat serial on one core")
 def test_pure_python_loop_goes_to_processes(make):
     n = w.calibrate_spin(0.01)
-    assert "processes" in run_and_decide(make, w.spin, [n] * 8, attempts=3)
+    assert "processes" in run_and_decide(make, w.spin, [n] * 8, attempts=4, want="processes")
 
 
 @pytest.mark.skipif(CORES < 2, reason="threads cannot run in parallel on one core")
 def test_hashlib_over_large_bytes_goes_to_threads(make):
-    assert "threads" in run_and_decide(make, hash_blob, range(10), attempts=3)
+    assert "threads" in run_and_decide(make, hash_blob, range(10), attempts=4, want="threads")
 
 
 def test_sleep_goes_to_threads(make):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import inspect
+import itertools
 import math
 import pickle
 import statistics
@@ -60,8 +61,9 @@ PAIR_TARGET_S = 0.002
 PAIR_MAX_CALLS = 16
 #: A strategy simpler than the fastest estimate is kept if it is within this factor of it.
 TOLERANCE = 1.10
-#: /proc/stat counts in ticks of 10 ms: shorter pair steps cannot tell how many cores were free.
-FREE_CORES_MIN_SPAN_S = 0.05
+#: The pair's threads waiting for a CPU this share of the pair's span or more means other
+#: programs keep cores busy: then only the cores the pair got count as free.
+BUSY_MACHINE = 0.2
 #: map keeps at most this many of its items queued for, or running on, the probe.
 MAP_PROBE_AHEAD = 16
 #: CPU/wall below this: the calls mostly wait (I/O, sleep), so threads can outnumber cores.
@@ -472,49 +474,38 @@ class Pool(PoolExecutor):
         return backend.map(fn, *its, timeout=_left(deadline), chunksize=chunksize, progress=progress)
 
     def _probing_map(self, plan: _Plan, fn, its: list, deadline, chunksize, progress) -> Any:
+        """Feeds the first items to the probe until ``fn`` is decided or the input ends (this
+        blocks for the probe: a few calls), then returns their results chained with the chosen
+        pool's map of the rest. ``itertools.chain`` adds nothing per item, which tiny calls notice."""
         items = zip(*its)
-        head: collections.deque[cf.Future] = collections.deque()
-        exhausted = False
+        head: list[cf.Future] = []
         changed = plan.changed
 
         def notify(_f: cf.Future) -> None:
             with changed:
                 changed.notify_all()
 
-        def results():
-            nonlocal exhausted
-            rest = None
-            try:
-                while True:
-                    while not exhausted and plan.backend is None and len(head) < MAP_PROBE_AHEAD:
-                        args = next(items, None)
-                        if args is None:
-                            exhausted = True
-                            break
-                        fut = self._queue(plan, [_Call(cf.Future(), fn, args, {})], via_map=True)[0]
-                        fut.add_done_callback(notify)
-                        head.append(fut)
-                    if plan.backend is not None and rest is None and not exhausted and not self._closed:
-                        rest = self._decided_map(plan, fn, its, deadline, chunksize, progress)
-                    if head and (head[0].done() or rest is not None or exhausted):
-                        fut = head.popleft()
-                        yield fut.result(timeout=_left(deadline))
-                        continue
-                    if not head:
+        exhausted = False
+        try:
+            while plan.backend is None and not exhausted:
+                while sum(not f.done() for f in head[-MAP_PROBE_AHEAD:]) < MAP_PROBE_AHEAD and plan.backend is None:
+                    args = next(items, None)
+                    if args is None:
+                        exhausted = True
                         break
-                    with changed:  # wait for a probed call to finish, or a decision
-                        if not head[0].done() and plan.backend is None:
-                            if not changed.wait(_left(deadline)):
-                                raise cf.TimeoutError()
-                if rest is not None:
-                    yield from rest
-            finally:
-                for fut in head:
-                    fut.cancel()
-                if rest is not None and hasattr(rest, "close"):
-                    rest.close()
-
-        return results()
+                    fut = self._queue(plan, [_Call(cf.Future(), fn, args, {})], via_map=True)[0]
+                    fut.add_done_callback(notify)
+                    head.append(fut)
+                with changed:  # wait for a probed call to finish, or a decision
+                    if plan.backend is None and not exhausted and all(not f.done() for f in head[-MAP_PROBE_AHEAD:]):
+                        if not changed.wait(_left(deadline)):
+                            raise cf.TimeoutError()
+        except BaseException:
+            for fut in head:
+                fut.cancel()
+            raise
+        rest = iter(()) if exhausted or self._closed else self._decided_map(plan, fn, its, deadline, chunksize, progress)
+        return itertools.chain(_results_in_order(head, deadline), rest)
 
     def explain(self) -> str:
         """Returns, in a few lines per function, the strategy chosen and the figures and rule
@@ -731,8 +722,7 @@ class Pool(PoolExecutor):
                     step.start.wait(timeout=5.0)
                 except threading.BrokenBarrierError:
                     pass
-            if step.pair and index == 0:
-                step.idle0 = _idle_seconds()
+            q0 = _runqueue_wait_s() if step.pair else None
             t0, c0, ran = time.perf_counter(), time.thread_time(), 0
             calls = step.groups[index]
             while True:
@@ -752,10 +742,8 @@ class Pool(PoolExecutor):
                     with self._lock:
                         plan.solo.append(sample)
             step.spans[index] = (t0, time.perf_counter(), time.thread_time() - c0, ran)
-            if step.pair:
-                with self._lock:
-                    if step.left == 1:
-                        step.idle1 = _idle_seconds()
+            q1 = _runqueue_wait_s() if step.pair else None
+            step.waits[index] = None if q0 is None or q1 is None else q1 - q0
         finally:
             with self._lock:
                 self._probe_threads.discard(threading.current_thread())
@@ -784,8 +772,10 @@ class Pool(PoolExecutor):
         alone = sum(s[2] for s in spans) / ratio if ratio >= WAITING else ran * solo_wall
         plan.pair_calls = ran
         plan.pair_speedup = alone / span if span > 0 else None
-        if step.idle0 is not None and step.idle1 is not None and span >= FREE_CORES_MIN_SPAN_S:
-            plan.free_cores = (step.idle1 - step.idle0) / span + sum(s[2] for s in spans) / span
+        if all(q is not None for q in step.waits) and span > 0:
+            # Time the pair's threads were runnable but not running: other programs hold cores.
+            if sum(step.waits) / span > BUSY_MACHINE:
+                plan.free_cores = sum(s[2] for s in spans) / span
         plan.changed.notify_all()
 
 
@@ -798,27 +788,29 @@ class _Step:
         self.left = len(groups)
         self.spans: list = [None] * len(groups)
         self.start = threading.Barrier(len(groups)) if pair else None
-        self.idle0: float | None = None
-        self.idle1: float | None = None
+        self.waits: list = [None] * len(groups)  # seconds each thread waited for a CPU
 
 
-_TICKS = None
-
-
-def _idle_seconds() -> float | None:
-    """Returns the machine's idle CPU seconds so far, summed over CPUs (Linux ``/proc/stat``),
-    or None where that cannot be read."""
-    global _TICKS
+def _runqueue_wait_s() -> float | None:
+    """Returns the seconds this thread has spent runnable but waiting for a CPU (Linux
+    ``/proc/thread-self/schedstat``, nanoseconds), or None where that cannot be read. Waiting
+    for the GIL is sleeping, not this: it only grows when other threads hold every core."""
     try:
-        import os
-
-        if _TICKS is None:
-            _TICKS = os.sysconf("SC_CLK_TCK")
-        with open("/proc/stat", "rb") as f:
-            fields = f.readline().split()
-        return (int(fields[4]) + int(fields[5])) / _TICKS  # idle + iowait
-    except (OSError, ValueError, IndexError, AttributeError):
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
         return None
+
+
+def _results_in_order(futures: list[cf.Future], deadline: float | None) -> Any:
+    """Yields each future's result in turn; leaving early cancels those not started."""
+    try:
+        while futures:
+            yield futures[0].result(timeout=_left(deadline))
+            del futures[0]
+    finally:
+        for fut in futures:
+            fut.cancel()
 
 
 def _left(deadline: float | None) -> float | None:
