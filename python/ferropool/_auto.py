@@ -22,9 +22,9 @@ A function's life in the pool (decisions are per callable: one pool may run seve
     calling thread), a ThreadPool, a ProcessPool, a HybridPool, or a private event loop
 
 ``async def`` functions skip the probe: they run as tasks on the pool's event loop. A forced
-``strategy=`` skips it too. ``map`` is ``PoolExecutor.map``: its first chunks hold one item
-each, so they feed the probe like single calls; later chunks go to the chosen backend
-(``_submit_chunk``), and with the serial strategy they run on map's own feeder thread.
+``strategy=`` skips it too. ``map`` feeds its first items to the probe (blocking until it
+decides), then chains their results with the chosen pool's own ``map`` of the rest, or the
+built-in ``map`` when serial. ``map_async`` (``AsyncMixin``) goes through ``_submit_chunk``.
 """
 
 from __future__ import annotations
