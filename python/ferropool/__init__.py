@@ -19,6 +19,7 @@ from ._core import __version__
 from .errors import FerropoolError, RemoteError, SerializationError, TaskTimeoutError, WorkerDiedError
 
 if TYPE_CHECKING:
+    from ._auto import Pool
     from ._future import TaskFuture
     from ._hybrid import HybridPool
     from ._process import ProcessPool
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 # Imported on first use, so that worker processes (which import ``ferropool._worker``, and so
 # this package) start without loading concurrent.futures and multiprocessing.
 _LAZY = {
+    "Pool": "._auto",
     "ProcessPool": "._process",
     "HybridPool": "._hybrid",
     "TaskFuture": "._future",
@@ -60,6 +62,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
+    "Pool",
     "ProcessPool",
     "HybridPool",
     "ThreadPool",

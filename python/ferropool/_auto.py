@@ -1,0 +1,980 @@
+"""``Pool(strategy="auto")``: measures a function's first calls, then runs the rest where they go fastest.
+
+A function's life in the pool (decisions are per callable: one pool may run several)::
+
+    submit(fn, ...) / map(fn, ...)
+      │  no plan for fn yet: the call is queued on fn's _Plan and a probe step starts
+      ▼
+    probe steps, on helper threads of this process (each call is real work; its result
+    goes to its future, nothing runs twice):
+      1. solo: calls one after another (up to SOLO_CALLS or SOLO_BUDGET_S): wall time
+         (perf_counter) and CPU time (thread_time) of each call; the first call's arguments
+         and result are pickled once, to learn their size and the cost of sending them
+      2. pair: two threads start together on the next calls; their CPU time over the span
+         they took gives the 2-thread speedup (~1: the code holds the GIL; ~2: it releases it)
+      │
+      ▼
+    decide(Figures) -> Decision: estimates the time per call of each strategy from the
+    figures and per-task overheads, takes the simplest one within TOLERANCE of the fastest
+      │
+      ▼
+    calls queued meanwhile, and every later call, go to the chosen backend: serial (in the
+    calling thread), a ThreadPool, a ProcessPool, a HybridPool, or a private event loop
+
+``async def`` functions skip the probe: they run as tasks on the pool's event loop. A forced
+``strategy=`` skips it too. ``map`` feeds its first items to the probe (blocking until it
+decides), then chains their results with the chosen pool's own ``map`` of the rest, or the
+built-in ``map`` when serial. ``map_async`` (``AsyncMixin``) goes through ``_submit_chunk``.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import inspect
+import itertools
+import math
+import pickle
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ._executor import _PARTIAL, PoolExecutor, run_chunk
+from ._process import usable_cpu_count
+
+__all__ = ["Pool", "Figures", "Decision", "decide", "STRATEGIES"]
+
+#: What ``strategy=`` accepts.
+STRATEGIES = ("auto", "serial", "threads", "processes", "hybrid", "asyncio")
+
+#: Calls measured before deciding, at least (the solo and pair steps together).
+PROBE_CALLS = 3
+#: A solo step runs at most this many calls, or stops once it has run this long.
+SOLO_CALLS = 8
+SOLO_BUDGET_S = 0.02
+#: Calls shorter than this are not worth a pair step: no pool can beat running them here.
+PAIR_MIN_S = 20e-6
+#: A pair step gives each thread enough calls to run about this long (at most PAIR_MAX_CALLS).
+PAIR_TARGET_S = 0.002
+PAIR_MAX_CALLS = 16
+#: A strategy simpler than the fastest estimate is kept if it is within this factor of it.
+TOLERANCE = 1.10
+#: The pair's threads waiting for a CPU this share of the pair's span or more means other
+#: programs keep cores busy: then only the cores the pair got count as free.
+BUSY_MACHINE = 0.2
+#: map keeps at most this many of its items queued for, or running on, the probe.
+MAP_PROBE_AHEAD = 16
+#: CPU/wall below this: the calls mostly wait (I/O, sleep), so threads can outnumber cores.
+WAITING = 0.5
+
+#: Time one task costs the calling process on each pool, in seconds: ``submit`` (and its
+#: result) on the left, one item of ``map`` (batched into chunks) on the right. From
+#: benchmarks/bench_pools.py on a 2-core machine (README, Benchmarks): ProcessPool 6-13 us per
+#: submitted task and 0.4-0.5 us per map item, ThreadPool 6-10 us and 0.45 us; rounded up.
+OVERHEAD_S = {
+    "serial": (1e-6, 0.0),
+    "threads": (10e-6, 0.5e-6),
+    "processes": (15e-6, 1e-6),
+    "hybrid": (15e-6, 1e-6),
+}
+#: Seconds per byte of an argument or result a process pool moves out of band (through a
+#: shared memory file: about 2 GB/s to write it, and as much again to read it; README).
+SHARED_MEMORY_S_PER_BYTE = 1e-9
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What the probe measured of one function. Times are medians, in seconds."""
+
+    calls: int  # calls measured (solo and pair)
+    wall_s: float  # per call, run alone
+    cpu_s: float  # per call, run alone (thread CPU time)
+    pair_speedup: float | None  # 2 threads against one after another; None: not measured
+    arg_bytes: int | None  # pickled size of one call's arguments (in band + out of band)
+    result_bytes: int | None
+    pickle_s: float | None  # pickling the arguments and the result once (in band)
+    picklable: bool
+    via_map: bool  # the calls came from map (batched) rather than submit
+    cores: int  # usable by this process
+    free_cores: float | None = None  # busy with the pair or idle during it (others' load excluded)
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.cpu_s / self.wall_s if self.wall_s > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a function's calls run, and why: ``strategy`` (one of ``STRATEGIES`` but auto),
+    ``workers`` (threads, processes, ``(processes, threads)`` for hybrid, tasks in flight for
+    asyncio; 1 for serial), the ``rule`` that fired, and the ``figures`` and per-call
+    ``estimates`` (seconds per strategy) it came from (None and {} when not measured)."""
+
+    strategy: str
+    workers: Any
+    rule: str
+    figures: Figures | None = None
+    estimates: dict = field(default_factory=dict)
+
+
+def decide(fig: Figures, *, max_workers: int | None = None, io_workers: int | None = None,
+           hybrid: bool = False) -> Decision:
+    """Returns the strategy whose estimated time per call is lowest, preferring the simpler of
+    two within ``TOLERANCE`` (serial < threads < processes < hybrid).
+
+    The model, per call of wall time ``d``, CPU time ``c``, on ``P`` cores:
+
+    - serial: ``d``;
+    - threads (n): ``max(d / n, c / P, h)`` + overhead, where ``h``, the time a call holds the
+      GIL, comes from the 2-thread speedup ``g`` (Amdahl: ``h = d * (2 / g - 1)``); unmeasured,
+      ``h`` is the CPU time ``c``;
+    - processes (n <= P): ``max(d / n, c / P)`` + overhead + pickling + shared-memory copies,
+      all paid by the calling process; impossible if the call or its result cannot be pickled;
+    - hybrid (P x T): as processes, with ``P * T`` calls in flight and ``h / P`` per call.
+    """
+    usable = max(1, fig.cores)
+    io_workers = io_workers or max_workers or min(32, 4 * usable)
+    cpu_workers = max_workers or usable
+    cores: float = usable  # the parallel capacity the estimates use
+    if fig.free_cores is not None:  # other programs' load: parallel work gets only what is free
+        cores = max(1.0, min(float(usable), fig.free_cores))
+    d, c = fig.wall_s, min(fig.cpu_s, fig.wall_s)
+    waiting = fig.cpu_ratio < WAITING
+    if fig.pair_speedup is None:
+        held = c
+    else:
+        held = d * min(1.0, max(0.0, 2.0 / max(fig.pair_speedup, 1e-9) - 1.0))
+    column = 1 if fig.via_map else 0
+    thread_n = io_workers if waiting else cpu_workers
+    proc_n = min(cpu_workers, usable) if not waiting else min(max_workers or usable, io_workers)
+    moved = (fig.arg_bytes or 0) + (fig.result_bytes or 0)
+    transfer = (fig.pickle_s or 0.0) + moved * SHARED_MEMORY_S_PER_BYTE
+    proc_par = min(proc_n, cores)
+    est = {
+        "serial": d + OVERHEAD_S["serial"][column],
+        "threads": max(d / thread_n, c / cores, held) + OVERHEAD_S["threads"][column],
+    }
+    workers = {"serial": 1, "threads": thread_n}
+    if fig.picklable:
+        est["processes"] = max(d / proc_par if not waiting else d / proc_n, c / cores) + OVERHEAD_S["processes"][column] + transfer
+        workers["processes"] = proc_n
+        if hybrid:
+            per = max(1, math.ceil(io_workers / usable)) if waiting or held < d else 1
+            est["hybrid"] = max(d / (proc_n * per), c / cores, held / min(cores, proc_n)) + OVERHEAD_S["hybrid"][column] + transfer
+            workers["hybrid"] = (usable, per)
+    best = min(est.values())
+    choice = next(name for name in est if est[name] <= best * TOLERANCE)
+    return Decision(choice, workers[choice], _rule(choice, fig, held, transfer), fig, est)
+
+
+def _rule(choice: str, fig: Figures, held: float, transfer: float) -> str:
+    """Names, in words, why ``choice`` won."""
+    d = fig.wall_s
+    if choice == "serial":
+        if d < OVERHEAD_S["threads"][1 if fig.via_map else 0] * 4:
+            return "tiny calls: any pool's per-task overhead costs more than the call itself"
+        if fig.cpu_ratio >= WAITING and held >= 0.8 * d and not fig.picklable:
+            return "holds the GIL and cannot be pickled for processes: nothing runs it faster than a loop"
+        return "no pool is estimated to beat a plain loop by more than 10%"
+    if choice == "threads":
+        if fig.cpu_ratio < WAITING:
+            return "waiting (CPU/wall below 0.5): threads overlap the waits, more threads than cores"
+        if transfer > 0.25 * d:
+            return "releases the GIL and moves large data: threads share it, processes would copy it"
+        return "CPU-bound but releases the GIL (2 threads run in parallel): threads, no pickling"
+    if choice == "processes":
+        return "holds the GIL: only processes run it in parallel"
+    return "waits and holds the GIL in turns: processes for the GIL, threads in each for the waits"
+
+
+# ------------------------------------------------------------------ probe state
+
+
+class _Call:
+    """One call waiting in, or run by, the probe."""
+
+    __slots__ = ("future", "fn", "args", "kwargs")
+
+    def __init__(self, future: cf.Future, fn: Callable[..., Any], args: tuple, kwargs: dict):
+        self.future, self.fn, self.args, self.kwargs = future, fn, args, kwargs
+
+
+class _Plan:
+    """One function's probe and decision; everything mutable is guarded by the pool's lock."""
+
+    def __init__(self, name: str, lock: threading.Lock):
+        self.name = name
+        self.changed = threading.Condition(lock)  # a probed call finished, or a decision
+        self.decision: Decision | None = None
+        self.backend: Any = None  # set with decision
+        self.pending: collections.deque[_Call] = collections.deque()
+        self.solo: list[tuple[float, float]] = []  # (wall, cpu) per call
+        self.pair_calls = 0
+        self.pair_speedup: float | None = None
+        self.free_cores: float | None = None
+        self.pair_done = False
+        self.sizes: tuple[int | None, int | None, float | None, bool] | None = None
+        self.via_map = False
+        self.stepping = False
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    inner = getattr(fn, "func", fn)  # functools.partial
+    module = getattr(inner, "__module__", None) or "?"
+    return f"{module}.{getattr(inner, '__qualname__', None) or type(inner).__name__}"
+
+
+def _key_of(fn: Callable[..., Any]) -> Any:
+    try:
+        hash(fn)
+    except TypeError:
+        return ("id", id(fn))
+    return fn
+
+
+def _pickled(obj: Any) -> tuple[int, float]:
+    """Returns the bytes ``obj`` pickles to (protocol 5; out-of-band buffers counted by size,
+    not copied) and the seconds pickling took."""
+    oob = 0
+
+    def count(buf: pickle.PickleBuffer) -> bool:
+        nonlocal oob
+        oob += buf.raw().nbytes
+        return False  # keep it out of band: it would be sent through shared memory
+
+    best = math.inf
+    for _ in range(2):  # the first pickle of a type pays for warming up; take the faster
+        oob = 0
+        t0 = time.perf_counter()
+        data = pickle.dumps(obj, protocol=5, buffer_callback=count)
+        best = min(best, time.perf_counter() - t0)
+    return len(data) + oob, best
+
+
+def _measure_sizes(call: _Call, result: Any) -> tuple[int | None, int | None, float | None, bool]:
+    try:
+        arg_bytes, arg_s = _pickled((call.args, call.kwargs))
+        result_bytes, result_s = _pickled(result)
+    except Exception:  # a lock, a socket, a lambda as argument...: no process can take it
+        return None, None, None, False
+    return arg_bytes, result_bytes, arg_s + result_s, True
+
+
+def _run_coroutine(afn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Runs ``afn(*args, **kwargs)`` to completion on a new event loop (a coroutine function
+    forced onto threads, processes or serial)."""
+    import asyncio
+
+    return asyncio.run(afn(*args, **kwargs))
+
+
+# --------------------------------------------------------------------- backends
+
+
+class _Serial:
+    """Runs each call at once in the calling thread; returns finished futures."""
+
+    _max_workers = 1
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        fut.set_running_or_notify_cancel()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            fut.set_exception(exc)
+        except BaseException as exc:  # Ctrl-C and the like stop the caller, as a loop would
+            fut.set_exception(exc)
+            raise
+        else:
+            fut.set_result(result)
+        return fut
+
+    def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
+        return self.submit(run_chunk, fn, items)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+
+class _EventLoop:
+    """A private event loop on its own thread; coroutine calls run there as tasks, at most
+    ``limit`` at a time. Sync callables given to it go to ``threads``."""
+
+    def __init__(self, limit: int, threads: Callable[[], Any]):
+        import asyncio
+
+        self._max_workers = limit
+        self._threads = threads
+        self._loop = asyncio.new_event_loop()
+        self._limit: asyncio.Semaphore | None = None
+        self._futures: set[cf.Future] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ferropool-auto-loop", daemon=True)
+        self._thread.start()
+
+    async def _limited(self, afn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        import asyncio
+
+        if self._limit is None:
+            self._limit = asyncio.Semaphore(self._max_workers)
+        async with self._limit:
+            return await afn(*args, **kwargs)
+
+    async def _chunk(self, afn: Callable[..., Any], items: list) -> tuple[list, int]:
+        start = time.perf_counter_ns()
+        out: list = []
+        try:
+            for args in items:
+                out.append(await self._limited(afn, args, {}))
+        except BaseException as exc:
+            setattr(exc, _PARTIAL, out)
+            raise
+        return out, time.perf_counter_ns() - start
+
+    def _track(self, fut: cf.Future) -> cf.Future:
+        with self._lock:
+            self._futures.add(fut)
+        fut.add_done_callback(self._untrack)
+        return fut
+
+    def _untrack(self, fut: cf.Future) -> None:
+        with self._lock:
+            self._futures.discard(fut)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+        import asyncio
+
+        if not inspect.iscoroutinefunction(fn):
+            return self._threads().submit(fn, *args, **kwargs)
+        return self._track(asyncio.run_coroutine_threadsafe(self._limited(fn, args, kwargs), self._loop))
+
+    def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
+        import asyncio
+
+        if not inspect.iscoroutinefunction(fn):
+            return self._threads()._submit_chunk(fn, items)
+        return self._track(asyncio.run_coroutine_threadsafe(self._chunk(fn, items), self._loop))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            futures = list(self._futures)
+        if cancel_futures:
+            for fut in futures:
+                fut.cancel()
+        if wait:
+            cf.wait(futures)
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if wait:
+            self._thread.join()
+            self._loop.close()
+
+
+# ------------------------------------------------------------------------ pool
+
+
+class Pool(PoolExecutor):
+    """An executor that picks, per function, how to run its calls: serially in the calling
+    thread, on threads, on processes, on a ``HybridPool`` (processes x threads, where this
+    version of ferropool has one) or on an event loop (``async def`` functions).
+
+    With ``strategy="auto"`` (the default) the first calls of each function are measured before
+    any pool is chosen: they run on helper threads of this process, first one after another and
+    then two at a time. So **the first few calls of a function run in this process** whatever is
+    chosen afterwards (mind side effects that expect a separate process). Their results and
+    exceptions reach their futures as any other's; nothing runs twice. ``explain()`` says what
+    was chosen for each function and from which figures; ``decisions`` holds the same as data.
+    ``strategy=`` one of ``"serial"``, ``"threads"``, ``"processes"``, ``"hybrid"``,
+    ``"asyncio"`` forces that strategy for every function (``"asyncio"``: coroutine functions
+    on the event loop, other callables on threads); an unknown name raises ``ValueError``.
+
+    ``max_workers`` caps the workers of whatever pool is chosen; by default CPU-bound work gets
+    one thread or process per usable core and waiting work ``min(32, 4 * cores)`` threads (or
+    coroutines in flight). Pools are created when first chosen and shut down by ``shutdown``.
+    With the serial strategy ``submit`` runs the call before returning (a finished future) and
+    ``map`` runs chunks on its own feeder thread. ``probe_calls`` is how many calls are
+    measured at least before deciding.
+    """
+
+    _task_timeout = None
+
+    def __init__(self, max_workers: int | None = None, *, strategy: str = "auto", probe_calls: int = PROBE_CALLS):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(map(repr, STRATEGIES))}")
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if isinstance(probe_calls, bool) or not isinstance(probe_calls, int) or probe_calls < 2:
+            raise ValueError("probe_calls must be an integer >= 2")
+        self._strategy = strategy
+        self._cores = usable_cpu_count()
+        self._requested_workers = max_workers
+        self._io_workers = max_workers or min(32, 4 * self._cores)
+        # The most calls any chosen pool runs at once; map's window is sized from it.
+        self._max_workers = max(self._io_workers, max_workers or self._cores)
+        self._probe_calls = probe_calls
+        self._lock = threading.Lock()
+        self._plans: dict[Any, _Plan] = {}
+        self._backends: dict[tuple, Any] = {}
+        self._probe_threads: set[threading.Thread] = set()
+        self._closed = False
+
+    # ---------------------------------------------------------------- public
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+        """Schedules ``fn(*args, **kwargs)`` and returns its ``concurrent.futures.Future``.
+
+        While ``fn`` is being measured the call is queued for the probe and returns at once;
+        afterwards it goes to the chosen pool's ``submit`` (serial: runs here, then returns).
+        Raises ``RuntimeError`` after ``shutdown``, and what the chosen pool's ``submit``
+        raises (``SerializationError`` for an unpicklable call on processes).
+        """
+        plan = self._plan(fn)
+        backend = plan.backend
+        if backend is not None and not self._closed:
+            return backend.submit(fn, *args, **kwargs)
+        return self._queue(plan, [_Call(cf.Future(), fn, args, kwargs)])[0]
+
+    def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
+        plan = self._plan(fn)
+        backend = plan.backend
+        if backend is not None and not self._closed:
+            return backend._submit_chunk(fn, items) if hasattr(backend, "_submit_chunk") else backend.submit(run_chunk, fn, items)
+        futures = self._queue(plan, [_Call(cf.Future(), fn, args, {}) for args in items], via_map=True)
+        return _gather_chunk(futures)
+
+    def map(self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None, chunksize: int | None = None,
+            progress: Any = None) -> Any:
+        """Returns an iterator of ``fn(*args)`` for ``args`` in ``zip(*iterables)``, in order.
+
+        Lazy on its input. While ``fn`` is being measured, its first items (at most
+        ``MAP_PROBE_AHEAD`` at a time) go to the probe; once decided, the rest goes to the chosen
+        pool's ``map`` (chunked, bounded, ``chunksize``/``progress`` as there) or, for the serial
+        strategy, to the built-in ``map`` in the consuming thread, which no ``timeout`` can
+        interrupt. An exception raised by ``fn`` is raised when its item is reached; leaving
+        the loop early cancels what has not started. Raises ``RuntimeError`` after ``shutdown``.
+        """
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        plan = self._plan(fn)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        its = [iter(it) for it in iterables]
+        if plan.backend is None or self._closed:
+            return self._probing_map(plan, fn, its, deadline, chunksize, progress)
+        return self._decided_map(plan, fn, its, deadline, chunksize, progress)
+
+    def _decided_map(self, plan: _Plan, fn, its: list, deadline, chunksize, progress) -> Any:
+        backend = plan.backend
+        if isinstance(backend, _Serial):
+            return map(fn, *its)
+        if isinstance(backend, (_EventLoop, _CoroutineAdapter)):
+            return PoolExecutor.map(self, fn, *its, timeout=_left(deadline), chunksize=chunksize, progress=progress)
+        return backend.map(fn, *its, timeout=_left(deadline), chunksize=chunksize, progress=progress)
+
+    def _probing_map(self, plan: _Plan, fn, its: list, deadline, chunksize, progress) -> Any:
+        """Feeds the first items to the probe until ``fn`` is decided or the input ends (this
+        blocks for the probe: a few calls), then returns their results chained with the chosen
+        pool's map of the rest. ``itertools.chain`` adds nothing per item, which tiny calls notice."""
+        items = zip(*its)
+        head: list[cf.Future] = []
+        changed = plan.changed
+
+        def notify(_f: cf.Future) -> None:
+            with changed:
+                changed.notify_all()
+
+        exhausted = False
+        try:
+            while plan.backend is None and not exhausted:
+                while sum(not f.done() for f in head[-MAP_PROBE_AHEAD:]) < MAP_PROBE_AHEAD and plan.backend is None:
+                    args = next(items, None)
+                    if args is None:
+                        exhausted = True
+                        break
+                    fut = self._queue(plan, [_Call(cf.Future(), fn, args, {})], via_map=True)[0]
+                    fut.add_done_callback(notify)
+                    head.append(fut)
+                with changed:  # wait for a probed call to finish, or a decision
+                    if plan.backend is None and not exhausted and all(not f.done() for f in head[-MAP_PROBE_AHEAD:]):
+                        if not changed.wait(_left(deadline)):
+                            raise cf.TimeoutError()
+        except BaseException:
+            for fut in head:
+                fut.cancel()
+            raise
+        rest = iter(()) if exhausted or self._closed else self._decided_map(plan, fn, its, deadline, chunksize, progress)
+        return itertools.chain(_results_in_order(head, deadline), rest)
+
+    def explain(self) -> str:
+        """Returns, in a few lines per function, the strategy chosen and the figures and rule
+        it came from (or how far its probe got)."""
+        with self._lock:
+            plans = list(self._plans.values())
+        lines = [f"ferropool.Pool(strategy={self._strategy!r}) on {self._cores} cores"]
+        if not plans:
+            lines.append("  no function has run yet")
+        for plan in plans:
+            lines.extend(_describe(plan))
+        return "\n".join(lines)
+
+    @property
+    def decisions(self) -> dict[str, Decision]:
+        """The decision made for each function so far, by qualified name (a snapshot)."""
+        with self._lock:
+            return {p.name: p.decision for p in self._plans.values() if p.decision is not None}
+
+    @property
+    def strategy(self) -> str:
+        """The ``strategy`` this pool was made with (``"auto"`` or a forced one)."""
+        return self._strategy
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stops accepting calls and shuts down every pool it created, with the same ``wait``
+        and ``cancel_futures``. Calls still queued for the probe are cancelled with
+        ``cancel_futures``, else run on the probe's threads. Safe to call more than once."""
+        with self._lock:
+            self._closed = True
+            if cancel_futures:
+                for plan in self._plans.values():
+                    while plan.pending:
+                        plan.pending.popleft().future.cancel()
+            for plan in self._plans.values():
+                self._advance(plan)
+        if wait:
+            while True:
+                with self._lock:
+                    threads = [t for t in self._probe_threads if t is not threading.current_thread()]
+                if not threads:
+                    break
+                for t in threads:
+                    t.join()
+        with self._lock:
+            backends = list(self._backends.values())
+        for backend in backends:
+            backend.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    # ----------------------------------------------------------- plans
+
+    def _plan(self, fn: Callable[..., Any]) -> _Plan:
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        key = _key_of(fn)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = _Plan(_name_of(fn), self._lock)
+                is_async = inspect.iscoroutinefunction(fn)
+                if self._strategy != "auto":
+                    if self._strategy == "hybrid" and _hybrid_class() is None:
+                        raise RuntimeError("strategy='hybrid' needs ferropool.HybridPool, which this version lacks")
+                    self._settle(plan, self._forced(), fn_is_async=is_async)
+                elif is_async:
+                    self._settle(plan, Decision("asyncio", self._io_workers, "async def: runs as a task on the pool's event loop"),
+                                 fn_is_async=True)
+                self._plans[key] = plan
+        return plan
+
+    def _forced(self) -> Decision:
+        s = self._strategy
+        n = self._requested_workers
+        workers: Any = {"serial": 1, "threads": n or self._io_workers, "processes": n or self._cores,
+                        "asyncio": self._io_workers}.get(s)
+        if s == "hybrid":
+            workers = (self._cores, max(1, math.ceil((n or self._io_workers) / self._cores)))
+        return Decision(s, workers, f"forced by strategy={s!r}")
+
+    def _settle(self, plan: _Plan, decision: Decision, *, fn_is_async: bool = False) -> None:
+        """Records ``decision`` and its backend; the lock is held."""
+        backend = self._backend(decision.strategy, decision.workers)
+        if fn_is_async and decision.strategy != "asyncio":
+            backend = _CoroutineAdapter(backend)
+        plan.decision, plan.backend = decision, backend
+        plan.changed.notify_all()
+
+    def _backend(self, strategy: str, workers: Any) -> Any:
+        """Returns the pool for ``strategy`` with ``workers``, creating it on first use; the lock is held."""
+        key = (strategy, workers)
+        backend = self._backends.get(key)
+        if backend is None:
+            if strategy == "serial":
+                backend = _Serial()
+            elif strategy == "threads":
+                from ._thread import ThreadPool
+
+                backend = ThreadPool(workers, thread_name_prefix="ferropool-auto")
+            elif strategy == "processes":
+                from ._process import ProcessPool
+
+                backend = ProcessPool(workers)
+            elif strategy == "hybrid":
+                processes, threads = workers
+                backend = _hybrid_class()(processes=processes, threads_per_process=threads)
+            else:
+                io = self._io_workers
+                backend = _EventLoop(workers, lambda: self._backend_locked("threads", io))
+            self._backends[key] = backend
+        return backend
+
+    def _backend_locked(self, strategy: str, workers: Any) -> Any:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            return self._backend(strategy, workers)
+
+    # ----------------------------------------------------------- probe
+
+    def _queue(self, plan: _Plan, calls: list[_Call], via_map: bool = False) -> list[cf.Future]:
+        """Queues ``calls`` for ``plan``'s probe (or its backend, if it decided meanwhile)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            backend = plan.backend
+            if backend is None:
+                plan.via_map = plan.via_map or via_map
+                plan.pending.extend(calls)
+                self._advance(plan)
+        if backend is not None:
+            return [backend.submit(c.fn, *c.args, **c.kwargs) for c in calls]
+        return [c.future for c in calls]
+
+    def _advance(self, plan: _Plan) -> None:
+        """Starts the next probe step or decides; the lock is held."""
+        if plan.stepping or plan.decision is not None:
+            return
+        if self._closed:  # no new pools: what is queued runs on a probe thread
+            if plan.pending:
+                self._start_step(plan, [list(plan.pending)])
+                plan.pending.clear()
+            return
+        measured = len(plan.solo) + plan.pair_calls
+        if not plan.solo or (plan.pair_done and measured < self._probe_calls):
+            if plan.pending:
+                self._start_step(plan, None)
+            return
+        wall = statistics.median(w for w, _ in plan.solo)
+        if not plan.pair_done and wall >= PAIR_MIN_S:
+            if len(plan.pending) >= 2:
+                per = max(1, min(PAIR_MAX_CALLS, round(PAIR_TARGET_S / max(wall, 1e-9)), len(plan.pending) // 2))
+                halves = [[plan.pending.popleft() for _ in range(per)] for _ in range(2)]
+                self._start_step(plan, halves)
+                return
+            if measured < self._probe_calls:  # called one at a time so far: measure alone
+                if plan.pending:
+                    self._start_step(plan, None)
+                return
+        elif measured < self._probe_calls or (wall < PAIR_MIN_S and len(plan.solo) < SOLO_CALLS):
+            if plan.pending:
+                self._start_step(plan, None)
+            return
+        self._decide(plan, wall)
+
+    def _decide(self, plan: _Plan, wall: float) -> None:
+        """Decides from the figures and sends what is queued to the chosen backend; the lock is held."""
+        arg_bytes, result_bytes, pickle_s, picklable = plan.sizes or (None, None, None, True)
+        figures = Figures(calls=len(plan.solo) + plan.pair_calls, wall_s=wall,
+                          cpu_s=statistics.median(c for _, c in plan.solo), pair_speedup=plan.pair_speedup, free_cores=plan.free_cores,
+                          arg_bytes=arg_bytes, result_bytes=result_bytes, pickle_s=pickle_s, picklable=picklable,
+                          via_map=plan.via_map, cores=self._cores)
+        try:
+            decision = decide(figures, max_workers=self._requested_workers, io_workers=self._io_workers,
+                              hybrid=_hybrid_class() is not None)
+            self._settle(plan, decision)
+        except Exception as exc:  # the chosen pool could not start: the queued calls must still run
+            decision = Decision("serial", 1, f"the chosen pool could not start ({type(exc).__name__}: {exc}); running here", figures)
+            self._settle(plan, decision)
+        pending = list(plan.pending)
+        plan.pending.clear()
+        if decision.strategy == "serial":
+            # Run here, on the probe thread that decided, not in the lock: it is a probe thread,
+            # joined by shutdown.
+            if pending:
+                self._start_step(plan, [pending], measure=False)
+            return
+        for call in pending:
+            _chain(call, plan.backend)
+
+    def _start_step(self, plan: _Plan, groups: list[list[_Call]] | None, *, measure: bool = True) -> None:
+        """Starts a probe step on new threads: ``None`` is a solo step that takes queued calls as
+        they come; one group runs its calls in turn; two groups are a pair step, one thread
+        each, started together. The lock is held."""
+        plan.stepping = True
+        if groups is None:
+            step = _Step(plan, [None], pair=False, measure=True)
+        else:
+            step = _Step(plan, groups, pair=len(groups) > 1, measure=measure)
+        for index in range(len(step.groups)):
+            t = threading.Thread(target=self._step_member, args=(step, index), name="ferropool-auto-probe", daemon=True)
+            self._probe_threads.add(t)
+            t.start()
+
+    def _step_member(self, step: _Step, index: int) -> None:
+        plan = step.plan
+        try:
+            if step.pair:
+                try:
+                    step.start.wait(timeout=5.0)
+                except threading.BrokenBarrierError:
+                    pass
+            q0 = _runqueue_wait_s() if step.pair else None
+            t0, c0, ran = time.perf_counter(), time.thread_time(), 0
+            calls = step.groups[index]
+            while True:
+                if calls is None:  # solo: take the next queued call, if any
+                    with self._lock:
+                        if not plan.pending or plan.decision is not None or ran >= SOLO_CALLS or (
+                                ran and time.perf_counter() - t0 >= SOLO_BUDGET_S):
+                            break
+                        call = plan.pending.popleft()
+                elif ran < len(calls):
+                    call = calls[ran]
+                else:
+                    break
+                sample = _run_measured(call, plan if plan.sizes is None and step.measure else None)
+                ran += 1
+                if sample is not None and step.measure and not step.pair:
+                    with self._lock:
+                        plan.solo.append(sample)
+            step.spans[index] = (t0, time.perf_counter(), time.thread_time() - c0, ran)
+            q1 = _runqueue_wait_s() if step.pair else None
+            step.waits[index] = None if q0 is None or q1 is None else q1 - q0
+        finally:
+            with self._lock:
+                self._probe_threads.discard(threading.current_thread())
+                step.left -= 1
+                if step.left == 0:
+                    if step.pair:
+                        self._pair_finished(plan, step)
+                    plan.stepping = False
+                    self._advance(plan)
+
+    def _pair_finished(self, plan: _Plan, step: _Step) -> None:
+        """Records the 2-thread speedup from a pair step's spans; the lock is held.
+
+        Alone, the pair's calls would have taken their CPU time over the CPU/wall ratio measured
+        alone (CPU time does not count waiting for the GIL, so this holds for code that holds
+        it); for waiting code, the solo wall time per call."""
+        plan.pair_done = True
+        spans = step.spans
+        if any(s is None or s[3] == 0 for s in spans) or not plan.solo:
+            return
+        solo_wall = statistics.median(w for w, _ in plan.solo)
+        solo_cpu = statistics.median(c for _, c in plan.solo)
+        span = max(s[1] for s in spans) - min(s[0] for s in spans)
+        ran = sum(s[3] for s in spans)
+        ratio = solo_cpu / solo_wall if solo_wall > 0 else 1.0
+        alone = sum(s[2] for s in spans) / ratio if ratio >= WAITING else ran * solo_wall
+        plan.pair_calls = ran
+        plan.pair_speedup = alone / span if span > 0 else None
+        if all(q is not None for q in step.waits) and span > 0:
+            # Time the pair's threads were runnable but not running: other programs hold cores.
+            if sum(step.waits) / span > BUSY_MACHINE:
+                plan.free_cores = sum(s[2] for s in spans) / span
+        plan.changed.notify_all()
+
+
+class _Step:
+    """One probe step: its plan, the calls of each thread (None: take queued calls as they
+    come), and what each thread measured: (start, end, CPU seconds, calls run)."""
+
+    def __init__(self, plan: _Plan, groups: list, *, pair: bool, measure: bool):
+        self.plan, self.groups, self.pair, self.measure = plan, groups, pair, measure
+        self.left = len(groups)
+        self.spans: list = [None] * len(groups)
+        self.start = threading.Barrier(len(groups)) if pair else None
+        self.waits: list = [None] * len(groups)  # seconds each thread waited for a CPU
+
+
+def _runqueue_wait_s() -> float | None:
+    """Returns the seconds this thread has spent runnable but waiting for a CPU (Linux
+    ``/proc/thread-self/schedstat``, nanoseconds), or None where that cannot be read. Waiting
+    for the GIL is sleeping, not this: it only grows when other threads hold every core."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _results_in_order(futures: list[cf.Future], deadline: float | None) -> Any:
+    """Yields each future's result in turn; leaving early cancels those not started."""
+    try:
+        while futures:
+            yield futures[0].result(timeout=_left(deadline))
+            del futures[0]
+    finally:
+        for fut in futures:
+            fut.cancel()
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds left before ``deadline`` (None: no limit); raises ``TimeoutError`` once past it."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise cf.TimeoutError()
+    return left
+
+
+def _run_measured(call: _Call, sizes_for: _Plan | None) -> tuple[float, float] | None:
+    """Runs ``call`` unless it was cancelled, delivers its outcome, and returns its (wall, CPU)
+    seconds (None if cancelled). With ``sizes_for``, first records the pickled sizes there."""
+    if not call.future.set_running_or_notify_cancel():
+        return None
+    failed = None
+    t0 = time.perf_counter()
+    c0 = time.thread_time()
+    try:
+        result = call.fn(*call.args, **call.kwargs)
+    except BaseException as exc:  # delivered to the future, as a pool's worker would
+        failed = exc
+        result = None
+    wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    if sizes_for is not None and sizes_for.sizes is None:
+        sizes_for.sizes = _measure_sizes(call, result)
+    if failed is not None:
+        call.future.set_exception(failed)
+        del failed
+    else:
+        call.future.set_result(result)
+    return wall, cpu
+
+
+def _chain(call: _Call, backend: Any) -> None:
+    """Hands a call queued during the probe to ``backend``; its future follows the backend's."""
+    if not call.future.set_running_or_notify_cancel():
+        return
+    try:
+        inner = backend.submit(call.fn, *call.args, **call.kwargs)
+    except BaseException as exc:
+        call.future.set_exception(exc)
+        return
+    inner.add_done_callback(lambda f, outer=call.future: _copy(f, outer))
+
+
+def _copy(src: cf.Future, dst: cf.Future) -> None:
+    if src.cancelled():
+        dst.set_exception(cf.CancelledError())
+    elif src.exception() is not None:
+        dst.set_exception(src.exception())
+    else:
+        dst.set_result(src.result())
+
+
+def _gather_chunk(futures: list[cf.Future]) -> cf.Future:
+    """Returns a future of ``(results, ns)`` for items probed one by one, as ``run_chunk``
+    returns for a chunk: on an error, the results before it ride on the exception."""
+    chunk: cf.Future = cf.Future()
+    left = [len(futures)]
+    lock = threading.Lock()
+    start = time.perf_counter_ns()
+
+    def one_done(_f: cf.Future) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        values = []
+        for f in futures:
+            if f.cancelled():
+                error: BaseException = cf.CancelledError()
+            else:
+                error = f.exception()
+            if error is not None:
+                try:
+                    setattr(error, _PARTIAL, values)
+                except Exception:
+                    pass
+                _settle_chunk(chunk, error=error)
+                return
+            values.append(f.result())
+        _settle_chunk(chunk, result=(values, time.perf_counter_ns() - start))
+
+    def cancelled(c: cf.Future) -> None:
+        if c.cancelled():
+            for f in futures:
+                f.cancel()
+
+    chunk.add_done_callback(cancelled)
+    for f in futures:
+        f.add_done_callback(one_done)
+    return chunk
+
+
+def _settle_chunk(chunk: cf.Future, *, result: Any = None, error: BaseException | None = None) -> None:
+    try:
+        if error is not None:
+            chunk.set_exception(error)
+        else:
+            chunk.set_result(result)
+    except cf.InvalidStateError:  # cancelled by map meanwhile
+        pass
+
+
+class _CoroutineAdapter:
+    """Runs a coroutine function on a non-asyncio backend: each call is ``asyncio.run`` there."""
+
+    def __init__(self, backend: Any):
+        self._backend = backend
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+        return self._backend.submit(_run_coroutine, fn, *args, **kwargs)
+
+    def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
+        import functools
+
+        return self._backend.submit(run_chunk, functools.partial(_run_coroutine, fn), items)
+
+
+def _hybrid_class() -> Any:
+    import ferropool
+
+    return getattr(ferropool, "HybridPool", None)
+
+
+def _describe(plan: _Plan) -> list[str]:
+    d = plan.decision
+    if d is None:
+        n = len(plan.solo) + plan.pair_calls
+        return [f"  {plan.name}: still measuring ({n} call{'s' if n != 1 else ''} so far)"]
+    workers = f"{d.workers[0]} x {d.workers[1]}" if isinstance(d.workers, tuple) else str(d.workers)
+    lines = [f"  {plan.name}: {d.strategy} ({workers} worker{'s' if workers != '1' else ''}): {d.rule}"]
+    f = d.figures
+    if f is not None:
+        speed = "not measured" if f.pair_speedup is None else f"{f.pair_speedup:.2f}x"
+        sizes = ("cannot be pickled" if not f.picklable else
+                 f"{_bytes(f.arg_bytes)} args, {_bytes(f.result_bytes)} result, {_secs(f.pickle_s or 0.0)} to pickle")
+        lines.append(f"    measured {f.calls} calls: wall {_secs(f.wall_s)}, CPU {_secs(f.cpu_s)} per call "
+                     f"(CPU/wall {f.cpu_ratio:.2f}); 2 threads: {speed}"
+                     + (f"; free cores during the pair: {f.free_cores:.1f}" if f.free_cores is not None else "")
+                     + f"; pickled: {sizes}")
+        column = 1 if f.via_map else 0
+        lines.append(f"    overhead per call ({'map, batched' if f.via_map else 'submit'}): "
+                     + ", ".join(f"{k} {_secs(v[column])}" for k, v in OVERHEAD_S.items() if k in d.estimates))
+        lines.append("    estimated time per call: " + ", ".join(f"{k} {_secs(v)}" for k, v in d.estimates.items()))
+    return lines
+
+
+def _secs(s: float) -> str:
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.1f} KiB"
+    return f"{n} B"

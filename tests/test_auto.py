@@ -1,0 +1,406 @@
+"""ferropool.Pool: the strategy it picks per archetype, forced strategies, explain(), and the
+executor contract (results and errors of probed and later calls, map, shutdown, asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import hashlib
+import itertools
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import ferropool
+from ferropool import Pool
+from ferropool._auto import Figures, decide
+from ferropool._process import usable_cpu_count
+from ferropool import _workloads as w
+
+ROOT = Path(__file__).resolve().parent.parent
+CORES = usable_cpu_count()
+
+
+# ----------------------------------------------------------------- tasks (importable by workers)
+
+
+def add(x, y=0):
+    return x + y
+
+
+def where(_=None):
+    return os.getpid(), threading.get_ident()
+
+
+def fail_on_multiples_of_three(x):
+    if x % 3 == 0:
+        raise ValueError(f"bad {x}")
+    return x * 10
+
+
+BLOB = bytes(range(256)) * (8 * 4096)  # 8 MiB
+
+
+def hash_blob(_):
+    return hashlib.sha256(BLOB).hexdigest()
+
+
+async def async_double(x):
+    await asyncio.sleep(0)
+    return 2 * x
+
+
+@pytest.fixture
+def make():
+    made = []
+
+    def build(**kwargs):
+        pool = Pool(**kwargs)
+        made.append(pool)
+        return pool
+
+    yield build
+    for pool in made:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def chosen(pool, fn) -> str:
+    name = f"{fn.__module__}.{fn.__qualname__}"
+    return pool.decisions[name].strategy
+
+
+def run_and_decide(make, fn, items, attempts=1, want=None):
+    """Maps ``fn`` on fresh pools (up to ``attempts``, stopping at ``want``); returns the
+    strategies decided. The machine is shared: a measured archetype gets a few tries, and if
+    every try found other programs holding the cores (``free_cores`` < 1.5) the test skips."""
+    seen, busy = [], []
+    for _ in range(attempts):
+        pool = make()
+        list(pool.map(fn, items))
+        decision = pool.decisions[f"{fn.__module__}.{fn.__qualname__}"]
+        seen.append(decision.strategy)
+        free = decision.figures.free_cores
+        busy.append(free is not None and free < 1.5)
+        pool.shutdown()
+        if seen[-1] == want:
+            break
+    if want is not None and want not in seen and all(busy):
+        pytest.skip(f"other programs kept the cores busy during every probe ({seen})")
+    return seen
+
+
+# ------------------------------------------------------------------------ the decision model
+
+
+def figures(**kw) -> Figures:
+    base = dict(calls=4, wall_s=0.01, cpu_s=0.01, pair_speedup=1.0, arg_bytes=30, result_bytes=20,
+                pickle_s=5e-6, picklable=True, via_map=False, cores=4)
+    base.update(kw)
+    return Figures(**base)
+
+
+def test_decide_gil_bound_cpu_goes_to_processes():
+    d = decide(figures())
+    assert (d.strategy, d.workers) == ("processes", 4)
+    assert "GIL" in d.rule and d.estimates["processes"] < d.estimates["threads"]
+
+
+def test_decide_gil_releasing_cpu_goes_to_threads():
+    d = decide(figures(pair_speedup=1.95))
+    assert (d.strategy, d.workers) == ("threads", 4)
+
+
+def test_decide_waiting_goes_to_more_threads_than_cores():
+    d = decide(figures(cpu_s=0.0001, pair_speedup=2.0))
+    assert d.strategy == "threads" and d.workers == 16 and "waiting" in d.rule
+
+
+def test_decide_tiny_stays_serial_for_submit_and_map():
+    for via_map in (False, True):
+        d = decide(figures(wall_s=2e-7, cpu_s=2e-7, pair_speedup=None, via_map=via_map))
+        assert d.strategy == "serial" and "tiny" in d.rule
+
+
+def test_decide_large_arguments_stay_on_threads_when_the_gil_is_released():
+    d = decide(figures(arg_bytes=64 << 20, pair_speedup=1.9))
+    assert d.strategy == "threads" and "large data" in d.rule
+
+
+def test_decide_unpicklable_gil_bound_stays_serial():
+    d = decide(figures(picklable=False, arg_bytes=None, result_bytes=None, pickle_s=None))
+    assert d.strategy == "serial" and "processes" not in d.estimates
+
+
+def test_decide_offers_hybrid_for_mixed_work_when_present():
+    # Half waiting, half holding the GIL: processes cap at cores, hybrid adds threads to each.
+    d = decide(figures(wall_s=0.02, cpu_s=0.012, pair_speedup=1.2), hybrid=True)
+    assert "hybrid" in d.estimates and d.strategy == "hybrid"
+    assert d.workers[0] == 4
+
+
+def test_max_workers_caps_every_pool():
+    assert decide(figures(cpu_s=0.0001, pair_speedup=2.0), max_workers=3, io_workers=3).workers == 3
+
+
+# ------------------------------------------------------------------------- measured archetypes
+
+
+@pytest.mark.skipif(CORES < 2, reason="processes cannot beat serial on one core")
+def test_pure_python_loop_goes_to_processes(make):
+    n = w.calibrate_spin(0.01)
+    assert "processes" in run_and_decide(make, w.spin, [n] * 8, attempts=4, want="processes")
+
+
+@pytest.mark.skipif(CORES < 2, reason="threads cannot run in parallel on one core")
+def test_hashlib_over_large_bytes_goes_to_threads(make):
+    assert "threads" in run_and_decide(make, hash_blob, range(10), attempts=4, want="threads")
+
+
+def test_sleep_goes_to_threads(make):
+    seen = run_and_decide(make, w.sleep_task, [0.01] * 8)
+    assert seen == ["threads"]
+
+
+def test_tiny_add_stays_serial(make):
+    assert run_and_decide(make, add, range(200)) == ["serial"]
+
+
+def test_tiny_submits_stay_serial_and_run_in_the_caller(make):
+    pool = make()
+    futures = [pool.submit(add, i, 1) for i in range(200)]
+    assert [f.result(timeout=10) for f in futures] == list(range(1, 201))
+    assert chosen(pool, add) == "serial"
+    later = pool.submit(add, 5, 5)
+    assert later.done() and later.result() == 10  # serial: ran before submit returned
+
+
+def test_async_def_goes_to_the_event_loop(make):
+    pool = make()
+    futures = [pool.submit(async_double, i) for i in range(20)]
+    assert isinstance(futures[0], cf.Future)
+    assert [f.result(timeout=10) for f in futures] == [2 * i for i in range(20)]
+    decision = pool.decisions[f"{__name__}.async_double"]
+    assert decision.strategy == "asyncio" and "async def" in decision.rule
+
+
+def test_coroutines_run_concurrently_on_the_loop(make):
+    pool = make(max_workers=8)
+    state = {"started": 0}
+    everyone = asyncio.Event  # created on the pool's loop, below
+
+    async def rendezvous(i, n=8):
+        # Completes only if all n calls are in flight at once: no sleeps, no timing.
+        if "event" not in state:
+            state["event"] = everyone()
+        state["started"] += 1
+        if state["started"] == n:
+            state["event"].set()
+        await asyncio.wait_for(state["event"].wait(), timeout=10)
+        return i
+
+    futures = [pool.submit(rendezvous, i) for i in range(8)]
+    assert [f.result(timeout=20) for f in futures] == list(range(8))
+
+
+# ------------------------------------------------------------------------------ forced strategies
+
+
+def test_unknown_strategy_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown strategy 'fastest'.*'auto'"):
+        Pool(strategy="fastest")
+    with pytest.raises(ValueError):
+        Pool(0)
+    with pytest.raises(ValueError):
+        Pool(probe_calls=1)
+
+
+def test_forced_serial_runs_in_the_calling_thread(make):
+    pool = make(strategy="serial")
+    assert pool.submit(where).result() == (os.getpid(), threading.get_ident())
+    assert "forced by strategy='serial'" in pool.explain()
+
+
+def test_forced_threads_run_in_this_process_on_another_thread(make):
+    pool = make(strategy="threads", max_workers=2)
+    pid, tid = pool.submit(where).result(timeout=10)
+    assert pid == os.getpid() and tid != threading.get_ident()
+    assert pool.decisions[f"{__name__}.where"].workers == 2
+
+
+def test_forced_processes_run_elsewhere_and_shutdown_leaves_no_children(make):
+    pool = make(strategy="processes", max_workers=2)
+    assert pool.submit(where).result(timeout=30)[0] != os.getpid()
+    assert list(pool.map(add, range(5), range(5))) == [0, 2, 4, 6, 8]
+    pool.shutdown(wait=True)  # the conftest fixture fails the test if a worker is left
+
+
+def test_forced_threads_take_coroutine_functions_too(make):
+    pool = make(strategy="threads")
+    assert pool.submit(async_double, 4).result(timeout=10) == 8
+    assert list(pool.map(async_double, range(3))) == [0, 2, 4]
+
+
+def test_forced_hybrid_needs_hybrid_pool(make):
+    if getattr(ferropool, "HybridPool", None) is not None:
+        pytest.skip("this version has HybridPool")
+    pool = make(strategy="hybrid")
+    with pytest.raises(RuntimeError, match="HybridPool"):
+        pool.submit(add, 1)
+
+
+# ------------------------------------------------------------------------------------- explain
+
+
+def test_explain_names_the_strategy_and_the_figures(make):
+    pool = make()
+    assert "no function has run yet" in pool.explain()
+    list(pool.map(w.sleep_task, [0.005] * 30))  # more than the probe runs: the rest waits for the decision
+    text = pool.explain()
+    assert "ferropool._workloads.sleep_task: threads" in text
+    for figure in ("wall", "CPU/wall", "2 threads:", "pickled:", "B args", "overhead per call", "estimated time per call", "waiting"):
+        assert figure in text, figure
+    decision = pool.decisions["ferropool._workloads.sleep_task"]
+    assert decision.figures.calls >= 3 and decision.figures.cpu_ratio < 0.5
+
+
+def test_explain_while_still_measuring(make):
+    pool = make()
+    assert pool.submit(add, 1, 2).result(timeout=10) == 3
+    assert "still measuring (1 call so far)" in pool.explain()
+
+
+# ------------------------------------------------------------------- results, errors, contract
+
+
+@pytest.mark.parametrize("fn", [fail_on_multiples_of_three])
+@pytest.mark.parametrize("kind", ["auto", "serial", "threads", "processes"])
+def test_results_and_errors_reach_every_future(make, kind, fn):
+    pool = make(strategy=kind, max_workers=2)
+    futures = [pool.submit(fn, i) for i in range(30)]
+    for i, f in enumerate(futures):
+        if i % 3 == 0:
+            with pytest.raises(ValueError, match=f"bad {i}"):
+                f.result(timeout=30)
+        else:
+            assert f.result(timeout=30) == 10 * i
+
+
+def test_probe_calls_run_once_each(make):
+    pool = make()
+    seen = []
+    lock = threading.Lock()
+
+    def record(i):
+        with lock:
+            seen.append(i)
+        return i
+
+    assert [f.result(timeout=10) for f in [pool.submit(record, i) for i in range(50)]] == list(range(50))
+    assert sorted(seen) == list(range(50))
+
+
+def test_map_keeps_order_and_raises_at_the_failing_item(make):
+    pool = make()
+    it = pool.map(fail_on_multiples_of_three, range(1, 100))
+    assert [next(it), next(it)] == [10, 20]
+    with pytest.raises(ValueError, match="bad 3"):
+        next(it)
+
+
+def test_map_is_lazy_on_an_endless_input(make):
+    pool = make()
+    read = itertools.count()
+    results = pool.map(add, read)
+    assert list(itertools.islice(results, 1000)) == list(range(1000))
+    del results
+    assert next(read) < 1_000_000  # only a bounded amount was read ahead
+
+
+def test_map_with_several_iterables_and_timeout(make):
+    pool = make()
+    assert list(pool.map(add, range(10), range(10), timeout=30)) == [2 * i for i in range(10)]
+
+
+def test_as_completed_and_wait(make):
+    pool = make()
+    futures = [pool.submit(w.sleep_task, 0.001 * (i % 3)) for i in range(12)]
+    assert len(list(cf.as_completed(futures, timeout=30))) == 12
+    done, not_done = cf.wait(futures, timeout=30)
+    assert len(done) == 12 and not not_done
+
+
+def test_submit_after_shutdown_raises(make):
+    pool = make()
+    pool.submit(add, 1).result(timeout=10)
+    pool.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(add, 1)
+    with pytest.raises(RuntimeError):
+        pool.map(add, range(3))
+
+
+def test_shutdown_cancels_what_the_probe_queued_and_waits_for_what_runs(make):
+    started, gate, cancelled = threading.Event(), threading.Event(), threading.Event()
+
+    def blocked(i):
+        started.set()
+        gate.wait(20)
+        return i
+
+    pool = make()
+    futures = [pool.submit(blocked, i) for i in range(6)]
+    futures[-1].add_done_callback(lambda f: cancelled.set())
+    assert started.wait(10)  # the first call runs on the probe; the others wait for it
+    stopper = threading.Thread(target=pool.shutdown, kwargs={"cancel_futures": True})
+    stopper.start()
+    assert cancelled.wait(10)
+    gate.set()
+    stopper.join(20)
+    assert not stopper.is_alive()
+    assert futures[0].result() == 0
+    assert all(f.cancelled() for f in futures[1:])
+
+
+def test_async_run_and_map_async(make):
+    pool = make()
+
+    async def main():
+        one = await pool.run(add, 2, 3)
+        many = [r async for r in pool.map_async(add, range(20))]
+        coro = await pool.run(async_double, 21)
+        return one, many, coro
+
+    assert asyncio.run(main()) == (5, list(range(20)), 42)
+
+
+def test_processes_shut_down_after_auto_picks_them(make):
+    if CORES < 2:
+        pytest.skip("one core")
+    pool = make(max_workers=2)
+    n = w.calibrate_spin(0.005)
+    assert len(list(pool.map(w.spin, [n] * 8))) == 8
+    pool.shutdown(wait=True)  # whatever it chose, the leak check fixture sees no children left
+
+
+def test_import_is_lazy():
+    code = "import sys, ferropool; assert 'ferropool._auto' not in sys.modules; ferropool.Pool; assert 'ferropool._auto' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT / "python")})
+
+
+def test_benchmark_quick_runs():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_auto.py"), "--quick", "--workload", "tiny,sleep"],
+                          capture_output=True, text=True, timeout=50, env={**os.environ, "PYTHONPATH": str(ROOT / "python")})
+    assert proc.returncode == 0, proc.stderr
+    assert "| workload | best fixed | auto chose | auto / best fixed |" in proc.stdout
+
+
+def test_decide_returns_whole_worker_counts_on_a_loaded_machine():
+    d = decide(figures(free_cores=1.3))
+    assert isinstance(d.workers, int)
+    d = decide(figures(free_cores=1.0, pair_speedup=1.0))
+    assert d.strategy == "serial"  # one free core: processes cannot beat a loop
