@@ -18,7 +18,7 @@ import pytest
 
 import ferropool
 from ferropool import Pool
-from ferropool._auto import Figures, decide
+from ferropool._auto_decide import Figures, decide
 from ferropool._process import usable_cpu_count
 from ferropool import _workloads as w
 
@@ -245,9 +245,17 @@ def test_forced_threads_take_coroutine_functions_too(make):
     assert list(pool.map(async_double, range(3))) == [0, 2, 4]
 
 
-def test_forced_hybrid_needs_hybrid_pool(make):
-    if getattr(ferropool, "HybridPool", None) is not None:
-        pytest.skip("this version has HybridPool")
+def test_forced_hybrid_runs_on_a_real_hybrid_pool(make):
+    pool = make(strategy="hybrid")
+    assert pool.submit(add, 1, 1).result(timeout=30) == 2
+    assert list(pool.map(add, range(5), range(5))) == [0, 2, 4, 6, 8]
+    assert "hybrid" in pool.explain()
+    assert {d.strategy for d in pool.decisions.values()} == {"hybrid"}
+
+
+def test_forced_hybrid_needs_hybrid_pool(make, monkeypatch):
+    monkeypatch.delattr(ferropool, "HybridPool", raising=False)
+    monkeypatch.delitem(ferropool._LAZY, "HybridPool")
     pool = make(strategy="hybrid")
     with pytest.raises(RuntimeError, match="HybridPool"):
         pool.submit(add, 1)

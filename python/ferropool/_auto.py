@@ -38,159 +38,14 @@ import pickle
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ._executor import _PARTIAL, PoolExecutor, run_chunk
 from ._process import usable_cpu_count
+from ._auto_decide import (BUSY_MACHINE, MAP_PROBE_AHEAD, PAIR_MAX_CALLS, PAIR_MIN_S, PAIR_TARGET_S, PROBE_CALLS,
+                           SOLO_BUDGET_S, SOLO_CALLS, STRATEGIES, WAITING, Decision, Figures, decide, describe)
 
 __all__ = ["Pool", "Figures", "Decision", "decide", "STRATEGIES"]
-
-#: What ``strategy=`` accepts.
-STRATEGIES = ("auto", "serial", "threads", "processes", "hybrid", "asyncio")
-
-#: Calls measured before deciding, at least (the solo and pair steps together).
-PROBE_CALLS = 3
-#: A solo step runs at most this many calls, or stops once it has run this long.
-SOLO_CALLS = 8
-SOLO_BUDGET_S = 0.02
-#: Calls shorter than this are not worth a pair step: no pool can beat running them here.
-PAIR_MIN_S = 20e-6
-#: A pair step gives each thread enough calls to run about this long (at most PAIR_MAX_CALLS).
-PAIR_TARGET_S = 0.002
-PAIR_MAX_CALLS = 16
-#: A strategy simpler than the fastest estimate is kept if it is within this factor of it.
-TOLERANCE = 1.10
-#: The pair's threads waiting for a CPU this share of the pair's span or more means other
-#: programs keep cores busy: then only the cores the pair got count as free.
-BUSY_MACHINE = 0.2
-#: map keeps at most this many of its items queued for, or running on, the probe.
-MAP_PROBE_AHEAD = 16
-#: CPU/wall below this: the calls mostly wait (I/O, sleep), so threads can outnumber cores.
-WAITING = 0.5
-
-#: Time one task costs the calling process on each pool, in seconds: ``submit`` (and its
-#: result) on the left, one item of ``map`` (batched into chunks) on the right. From
-#: benchmarks/bench_pools.py on a 2-core machine (README, Benchmarks): ProcessPool 6-13 us per
-#: submitted task and 0.4-0.5 us per map item, ThreadPool 6-10 us and 0.45 us; rounded up.
-OVERHEAD_S = {
-    "serial": (1e-6, 0.0),
-    "threads": (10e-6, 0.5e-6),
-    "processes": (15e-6, 1e-6),
-    "hybrid": (15e-6, 1e-6),
-}
-#: Seconds per byte of an argument or result a process pool moves out of band (through a
-#: shared memory file: about 2 GB/s to write it, and as much again to read it; README).
-SHARED_MEMORY_S_PER_BYTE = 1e-9
-
-
-@dataclass(frozen=True)
-class Figures:
-    """What the probe measured of one function. Times are medians, in seconds."""
-
-    calls: int  # calls measured (solo and pair)
-    wall_s: float  # per call, run alone
-    cpu_s: float  # per call, run alone (thread CPU time)
-    pair_speedup: float | None  # 2 threads against one after another; None: not measured
-    arg_bytes: int | None  # pickled size of one call's arguments (in band + out of band)
-    result_bytes: int | None
-    pickle_s: float | None  # pickling the arguments and the result once (in band)
-    picklable: bool
-    via_map: bool  # the calls came from map (batched) rather than submit
-    cores: int  # usable by this process
-    free_cores: float | None = None  # busy with the pair or idle during it (others' load excluded)
-
-    @property
-    def cpu_ratio(self) -> float:
-        return self.cpu_s / self.wall_s if self.wall_s > 0 else 1.0
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Where a function's calls run, and why: ``strategy`` (one of ``STRATEGIES`` but auto),
-    ``workers`` (threads, processes, ``(processes, threads)`` for hybrid, tasks in flight for
-    asyncio; 1 for serial), the ``rule`` that fired, and the ``figures`` and per-call
-    ``estimates`` (seconds per strategy) it came from (None and {} when not measured)."""
-
-    strategy: str
-    workers: Any
-    rule: str
-    figures: Figures | None = None
-    estimates: dict = field(default_factory=dict)
-
-
-def decide(fig: Figures, *, max_workers: int | None = None, io_workers: int | None = None,
-           hybrid: bool = False) -> Decision:
-    """Returns the strategy whose estimated time per call is lowest, preferring the simpler of
-    two within ``TOLERANCE`` (serial < threads < processes < hybrid).
-
-    The model, per call of wall time ``d``, CPU time ``c``, on ``P`` cores:
-
-    - serial: ``d``;
-    - threads (n): ``max(d / n, c / P, h)`` + overhead, where ``h``, the time a call holds the
-      GIL, comes from the 2-thread speedup ``g`` (Amdahl: ``h = d * (2 / g - 1)``); unmeasured,
-      ``h`` is the CPU time ``c``;
-    - processes (n <= P): ``max(d / n, c / P)`` + overhead + pickling + shared-memory copies,
-      all paid by the calling process; impossible if the call or its result cannot be pickled;
-    - hybrid (P x T): as processes, with ``P * T`` calls in flight and ``h / P`` per call.
-    """
-    usable = max(1, fig.cores)
-    io_workers = io_workers or max_workers or min(32, 4 * usable)
-    cpu_workers = max_workers or usable
-    cores: float = usable  # the parallel capacity the estimates use
-    if fig.free_cores is not None:  # other programs' load: parallel work gets only what is free
-        cores = max(1.0, min(float(usable), fig.free_cores))
-    d, c = fig.wall_s, min(fig.cpu_s, fig.wall_s)
-    waiting = fig.cpu_ratio < WAITING
-    if fig.pair_speedup is None:
-        held = c
-    else:
-        held = d * min(1.0, max(0.0, 2.0 / max(fig.pair_speedup, 1e-9) - 1.0))
-    column = 1 if fig.via_map else 0
-    thread_n = io_workers if waiting else cpu_workers
-    proc_n = min(cpu_workers, usable) if not waiting else min(max_workers or usable, io_workers)
-    moved = (fig.arg_bytes or 0) + (fig.result_bytes or 0)
-    transfer = (fig.pickle_s or 0.0) + moved * SHARED_MEMORY_S_PER_BYTE
-    proc_par = min(proc_n, cores)
-    est = {
-        "serial": d + OVERHEAD_S["serial"][column],
-        "threads": max(d / thread_n, c / cores, held) + OVERHEAD_S["threads"][column],
-    }
-    workers = {"serial": 1, "threads": thread_n}
-    if fig.picklable:
-        est["processes"] = max(d / proc_par if not waiting else d / proc_n, c / cores) + OVERHEAD_S["processes"][column] + transfer
-        workers["processes"] = proc_n
-        if hybrid:
-            per = max(1, math.ceil(io_workers / usable)) if waiting or held < d else 1
-            est["hybrid"] = max(d / (proc_n * per), c / cores, held / min(cores, proc_n)) + OVERHEAD_S["hybrid"][column] + transfer
-            workers["hybrid"] = (usable, per)
-    best = min(est.values())
-    choice = next(name for name in est if est[name] <= best * TOLERANCE)
-    return Decision(choice, workers[choice], _rule(choice, fig, held, transfer), fig, est)
-
-
-def _rule(choice: str, fig: Figures, held: float, transfer: float) -> str:
-    """Names, in words, why ``choice`` won."""
-    d = fig.wall_s
-    if choice == "serial":
-        if d < OVERHEAD_S["threads"][1 if fig.via_map else 0] * 4:
-            return "tiny calls: any pool's per-task overhead costs more than the call itself"
-        if fig.cpu_ratio >= WAITING and held >= 0.8 * d and not fig.picklable:
-            return "holds the GIL and cannot be pickled for processes: nothing runs it faster than a loop"
-        return "no pool is estimated to beat a plain loop by more than 10%"
-    if choice == "threads":
-        if fig.cpu_ratio < WAITING:
-            return "waiting (CPU/wall below 0.5): threads overlap the waits, more threads than cores"
-        if transfer > 0.25 * d:
-            return "releases the GIL and moves large data: threads share it, processes would copy it"
-        return "CPU-bound but releases the GIL (2 threads run in parallel): threads, no pickling"
-    if choice == "processes":
-        return "holds the GIL: only processes run it in parallel"
-    return "waits and holds the GIL in turns: processes for the GIL, threads in each for the waits"
-
-
-# ------------------------------------------------------------------ probe state
-
 
 class _Call:
     """One call waiting in, or run by, the probe."""
@@ -516,7 +371,7 @@ class Pool(PoolExecutor):
         if not plans:
             lines.append("  no function has run yet")
         for plan in plans:
-            lines.extend(_describe(plan))
+            lines.extend(describe(plan))
         return "\n".join(lines)
 
     @property
@@ -937,44 +792,3 @@ def _hybrid_class() -> Any:
     import ferropool
 
     return getattr(ferropool, "HybridPool", None)
-
-
-def _describe(plan: _Plan) -> list[str]:
-    d = plan.decision
-    if d is None:
-        n = len(plan.solo) + plan.pair_calls
-        return [f"  {plan.name}: still measuring ({n} call{'s' if n != 1 else ''} so far)"]
-    workers = f"{d.workers[0]} x {d.workers[1]}" if isinstance(d.workers, tuple) else str(d.workers)
-    lines = [f"  {plan.name}: {d.strategy} ({workers} worker{'s' if workers != '1' else ''}): {d.rule}"]
-    f = d.figures
-    if f is not None:
-        speed = "not measured" if f.pair_speedup is None else f"{f.pair_speedup:.2f}x"
-        sizes = ("cannot be pickled" if not f.picklable else
-                 f"{_bytes(f.arg_bytes)} args, {_bytes(f.result_bytes)} result, {_secs(f.pickle_s or 0.0)} to pickle")
-        lines.append(f"    measured {f.calls} calls: wall {_secs(f.wall_s)}, CPU {_secs(f.cpu_s)} per call "
-                     f"(CPU/wall {f.cpu_ratio:.2f}); 2 threads: {speed}"
-                     + (f"; free cores during the pair: {f.free_cores:.1f}" if f.free_cores is not None else "")
-                     + f"; pickled: {sizes}")
-        column = 1 if f.via_map else 0
-        lines.append(f"    overhead per call ({'map, batched' if f.via_map else 'submit'}): "
-                     + ", ".join(f"{k} {_secs(v[column])}" for k, v in OVERHEAD_S.items() if k in d.estimates))
-        lines.append("    estimated time per call: " + ", ".join(f"{k} {_secs(v)}" for k, v in d.estimates.items()))
-    return lines
-
-
-def _secs(s: float) -> str:
-    if s >= 1:
-        return f"{s:.2f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s * 1e6:.1f} us"
-
-
-def _bytes(n: int | None) -> str:
-    if n is None:
-        return "?"
-    if n >= 1 << 20:
-        return f"{n / (1 << 20):.1f} MiB"
-    if n >= 1 << 10:
-        return f"{n / (1 << 10):.1f} KiB"
-    return f"{n} B"
