@@ -317,3 +317,37 @@ def _drain(values: list) -> Iterator[Any]:
     values.reverse()
     while values:
         yield values.pop()
+
+
+class TaskOptions(PoolExecutor):
+    """A pool seen with other per-task options; made by its ``options(task_timeout=...)``.
+
+    ``submit`` and ``map`` (and the asyncio methods) queue onto the pool's own workers with
+    these options; everything else (``shutdown``, ``stats``, the context manager) acts on the
+    pool itself. The pool provides ``_submit(fn, args, kwargs, task_timeout, shown)`` and
+    ``_chunk_runner(fn)``.
+    """
+
+    def __init__(self, pool: Any, task_timeout: float | None):
+        self._pool = pool
+        self._task_timeout = task_timeout
+        self._max_workers = pool._max_workers
+        self._runs_coroutines = getattr(pool, "_runs_coroutines", False)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+        """Like the pool's ``submit``, with this view's options."""
+        return self._pool._submit(fn, args, kwargs, self._task_timeout, fn)
+
+    def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
+        return self._pool._submit(self._pool._chunk_runner(fn), (fn, items), {}, self._task_timeout, fn)
+
+    def stats(self, *args: Any, **kwargs: Any) -> Any:
+        """The pool's statistics."""
+        return self._pool.stats(*args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Shuts the pool itself down."""
+        self._pool.shutdown(wait, cancel_futures=cancel_futures)
+
+    def __repr__(self) -> str:
+        return f"<TaskOptions task_timeout={self._task_timeout!r} of {self._pool!r}>"

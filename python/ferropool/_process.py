@@ -28,7 +28,7 @@ import weakref
 from typing import Any, Callable
 
 from . import _core
-from ._executor import PoolExecutor, chunk_runner, is_coroutine_function
+from ._executor import PoolExecutor, TaskOptions, chunk_runner, is_coroutine_function
 from ._future import TaskFuture, cancel_removed
 from ._logs import RecordCounter
 from ._serialize import DEFAULT_ZERO_COPY_THRESHOLD, dumps, dumps_call, loads, loads_exception
@@ -210,6 +210,9 @@ class ProcessPool(PoolExecutor):
 
     def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
         return self._submit(chunk_runner(fn), (fn, items), {}, self._task_timeout, fn)
+
+    #: What runs a chunk of ``map`` in a worker (``TaskOptions`` asks for it).
+    _chunk_runner = staticmethod(chunk_runner)
 
     def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, task_timeout: float | None, shown: Callable[..., Any]) -> cf.Future:
         """Queues ``fn(*args, **kwargs)``; ``shown`` is the function that errors name (the
@@ -464,39 +467,6 @@ def _check_seconds(name: str, value: float | None) -> float | None:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
     return float(value)
-
-
-class TaskOptions(PoolExecutor):
-    """A ``ProcessPool`` seen with other per-task options; made by ``ProcessPool.options``.
-
-    ``submit`` and ``map`` queue onto the pool's own workers with these options; everything else
-    (``shutdown``, the context manager) acts on the pool itself.
-    """
-
-    _runs_coroutines = True
-
-    def __init__(self, pool: ProcessPool, task_timeout: float | None):
-        self._pool = pool
-        self._task_timeout = task_timeout
-        self._max_workers = pool._max_workers
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
-        """Like ``ProcessPool.submit``, with this view's options."""
-        return self._pool._submit(fn, args, kwargs, self._task_timeout, fn)
-
-    def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
-        return self._pool._submit(chunk_runner(fn), (fn, items), {}, self._task_timeout, fn)
-
-    def stats(self, timeout: float = 1.0) -> PoolStats:
-        """The pool's statistics (see ``ProcessPool.stats``)."""
-        return self._pool.stats(timeout)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Shuts the pool down (see ``ProcessPool.shutdown``)."""
-        self._pool.shutdown(wait, cancel_futures=cancel_futures)
-
-    def __repr__(self) -> str:
-        return f"<TaskOptions task_timeout={self._task_timeout!r} of {self._pool!r}>"
 
 
 def _forget_pools_in_child() -> None:

@@ -38,7 +38,7 @@ import types
 import uuid
 from typing import Any, Callable
 
-from ._executor import PoolExecutor, run_chunk
+from ._executor import PoolExecutor, TaskOptions, run_chunk
 from ._process import _check_seconds
 from ._stats import PoolStats
 from ._serialize import PROTOCOL, _cloud, _fails, _plain, describe_failure, dumps, dumps_exception, loads, loads_exception
@@ -326,10 +326,13 @@ class RemotePool(PoolExecutor):
     def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
         return self._submit(run_chunk, (fn, items), {}, self._task_timeout, fn)
 
-    def options(self, *, task_timeout: float | None) -> "RemoteOptions":
+    #: What runs a chunk of ``map`` on a cluster worker (``TaskOptions`` asks for it).
+    _chunk_runner = staticmethod(lambda fn: run_chunk)
+
+    def options(self, *, task_timeout: float | None) -> "TaskOptions":
         """Returns a view of this pool whose ``submit`` and ``map`` apply ``task_timeout``
         (seconds; ``None`` for no limit), as ``ProcessPool.options`` does."""
-        return RemoteOptions(self, _check_seconds("task_timeout", task_timeout))
+        return TaskOptions(self, _check_seconds("task_timeout", task_timeout))
 
     def _submit(self, fn, args: tuple, kwargs: dict, task_timeout: float | None, shown) -> cf.Future:
         if self._shutdown:
@@ -499,26 +502,6 @@ class RemotePool(PoolExecutor):
     def max_workers(self) -> int:
         """The number of tasks the cluster runs at once (its threads or CPUs), as seen at start."""
         return self._max_workers
-
-
-class RemoteOptions(PoolExecutor):
-    """A cluster-backed pool seen with other per-task options; made by ``options()``."""
-
-    def __init__(self, pool: RemotePool, task_timeout: float | None):
-        self._pool = pool
-        self._task_timeout = task_timeout
-        self._max_workers = pool._max_workers
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
-        """Like the pool's ``submit``, with this view's options."""
-        return self._pool._submit(fn, args, kwargs, self._task_timeout, fn)
-
-    def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
-        return self._pool._submit(run_chunk, (fn, items), {}, self._task_timeout, fn)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Shuts the pool itself down."""
-        self._pool.shutdown(wait, cancel_futures=cancel_futures)
 
 
 def died(fut: RemoteFuture, engine: str, detail: str) -> WorkerDiedError:
