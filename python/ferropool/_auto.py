@@ -341,6 +341,49 @@ class Pool(PoolExecutor):
                 changed.notify_all()
 
         exhausted = False
+        # A function nobody has measured yet: time its first calls right here, in the calling
+        # thread (map blocks for the probe anyway), which spares tiny calls the probe thread
+        # and its hand-offs; a decision often follows at once.
+        with self._lock:
+            inline = not plan.solo and not plan.stepping and plan.decision is None and not self._closed
+            if inline:
+                plan.stepping = True
+                plan.via_map = True
+        if inline:
+            samples: list[tuple[float, float]] = []
+            queued: list[_Call] = []
+            t0 = time.perf_counter()
+            try:
+                while len(samples) < SOLO_CALLS and (not samples or time.perf_counter() - t0 < SOLO_BUDGET_S):
+                    if len(samples) >= self._probe_calls and statistics.median(w for w, _ in samples) >= PAIR_MIN_S:
+                        break  # long enough to tell apart: the pair step decides the rest
+                    args = next(items, None)
+                    if args is None:
+                        exhausted = True
+                        break
+                    call = _Call(cf.Future(), fn, args, {})
+                    sample = _run_measured(call, plan if plan.sizes is None else None)
+                    head.append(call.future)
+                    if sample is not None:
+                        samples.append(sample)
+                if samples and not exhausted:
+                    wall = statistics.median(w for w, _ in samples)
+                    if wall >= PAIR_MIN_S:
+                        # Queue the next calls for the pair step (two threads at once).
+                        per = max(1, min(PAIR_MAX_CALLS, round(PAIR_TARGET_S / wall)))
+                        for args in itertools.islice(items, 2 * per):
+                            queued.append(_Call(cf.Future(), fn, args, {}))
+                        if len(queued) < 2 * per:
+                            exhausted = True
+            finally:
+                with self._lock:
+                    plan.solo.extend(samples)
+                    plan.pending.extend(queued)
+                    plan.stepping = False
+                    self._advance(plan)
+            for call in queued:
+                call.future.add_done_callback(notify)
+                head.append(call.future)
         try:
             while plan.backend is None and not exhausted:
                 while sum(not f.done() for f in head[-MAP_PROBE_AHEAD:]) < MAP_PROBE_AHEAD and plan.backend is None:
