@@ -85,8 +85,11 @@ def is_coroutine_function(fn: Any) -> bool:
     """True for ``async def`` functions (and bound methods of them), which pools run on an
     event loop. Cheaper than ``inspect.iscoroutinefunction``; a callable that merely returns a
     coroutine (a ``functools.partial``...) is awaited where it was called instead."""
-    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
-    return code is not None and bool(code.co_flags & _CO_COROUTINE)
+    try:  # a plain function: the common case, on every submit
+        return bool(fn.__code__.co_flags & _CO_COROUTINE)
+    except AttributeError:
+        code = getattr(getattr(fn, "__func__", None), "__code__", None)
+        return code is not None and bool(code.co_flags & _CO_COROUTINE)
 
 
 def chunk_runner(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -228,11 +228,12 @@ class ProcessPool(PoolExecutor):
             started = _perf()
             payload, buffers = dumps_call(fn, args, kwargs, self._zero_copy_threshold)
             self._state.sampled_dumps_ns += _perf() - started
+        is_async = is_coroutine_function(fn)
         fut = TaskFuture()
         fut._ferropool = (self._engine, tid, self._futures, shown)
         self._futures[tid] = fut
         try:
-            self._engine.submit(tid, payload, task_timeout, buffers, is_coroutine_function(fn))
+            self._engine.submit(tid, payload, task_timeout, buffers, is_async)
         except BaseException as exc:  # including Ctrl-C while blocked by max_pending
             self._futures.pop(tid, None)
             if isinstance(exc, _core.EngineBrokenError):

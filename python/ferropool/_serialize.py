@@ -25,6 +25,7 @@ rebuilds the objects on the mapping (``docs/shared-memory.md``, "Buffers").
 
 from __future__ import annotations
 
+import _thread
 import itertools
 # The C module itself: ``pickle`` re-exports these very functions but imports re and enum,
 # which would slow every worker's start. traceback is imported when an exception is sent.
@@ -49,6 +50,12 @@ DEFAULT_ZERO_COPY_THRESHOLD = 64 * 1024
 #: The threshold this process uses for what it sends (a worker's is set by its pool).
 zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD
 _RAW_TYPES = (bytes, bytearray, memoryview)
+#: Types among a call's arguments that make ``_wrap_raw`` worth calling (a C-speed test first).
+_MAYBE_RAW = frozenset((bytes, bytearray, memoryview, tuple, list, dict))
+_local = _thread._local()
+#: Types that can hold no buffer: a call or result made only of them skips the buffer machinery
+#: (a few hundred nanoseconds, which tiny tasks notice).
+_ATOMIC = frozenset((int, float, str, bool, type(None), complex))
 #: Containers longer than this are not searched for large bytes (a long list of small items is
 #: the common case, and scanning it would cost more than it could save).
 _SCAN_MAX_ITEMS = 64
@@ -101,6 +108,25 @@ def _rebuild_memoryview(buffer: Any, fmt: str, shape: tuple) -> memoryview:
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     return view if fmt == "B" and len(shape) == 1 else view.cast(fmt, shape)
+
+
+def _collector(threshold: int) -> _Buffers:
+    """This thread's (empty) buffer collector, reused from call to call: a new one costs more
+    than pickling a small call."""
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = _local.buffers = _Buffers(threshold)
+    buffers.threshold = threshold
+    return buffers
+
+
+def _taken(buffers: _Buffers) -> list | None:
+    """The buffers collected (a list of their own), leaving the collector empty for reuse."""
+    if not buffers:
+        return None
+    out = list(buffers)
+    buffers.clear()
+    return out
 
 
 def _wrap_raw(obj: Any, threshold: int, depth: int = 3) -> Any:
@@ -222,9 +248,10 @@ def dumps_call(fn: Any, args: tuple, kwargs: dict, threshold: int | None = DEFAU
     ``threshold`` bytes (None: no buffer goes out of band).
     """
     buffers = None
-    if threshold is not None:
-        buffers = _Buffers(threshold)
-        args = _wrap_raw(args, threshold)
+    if threshold is not None and (kwargs or not _ATOMIC.issuperset(map(type, args))):
+        buffers = _collector(threshold)
+        if not _MAYBE_RAW.isdisjoint(map(type, args)):
+            args = _wrap_raw(args, threshold)
         if kwargs:
             kwargs = _wrap_raw(kwargs, threshold, 2)
     try:
@@ -234,10 +261,13 @@ def dumps_call(fn: Any, args: tuple, kwargs: dict, threshold: int | None = DEFAU
     else:
         data = _plain((encoded, args, kwargs), encoded.main_count if type(encoded) is _ByValue else 0, buffers)
         if data is not None:
-            return data, buffers or None
+            return data, _taken(buffers) if buffers is not None else None
     try:
-        return _cloud().dumps((fn, args, kwargs), PROTOCOL, buffer_callback=buffers), buffers or None
+        data = _cloud().dumps((fn, args, kwargs), PROTOCOL, buffer_callback=buffers)
+        return data, _taken(buffers) if buffers is not None else None
     except Exception as exc:
+        if buffers:
+            buffers.clear()
         for part, name in ((fn, "fn"), (args, "args"), (kwargs, "kwargs")):
             if _fails(part):
                 raise SerializationError(describe_failure(part, name, exc)) from exc
@@ -250,16 +280,21 @@ loads = pickle.loads
 def dumps_result(result: Any) -> tuple[bytes, list | None]:
     """Pickles a task's result for the parent, large buffers out of band (see the module doc)."""
     threshold = zero_copy_threshold
+    if type(result) in _ATOMIC:
+        return pickle.dumps(result, PROTOCOL), None
     if threshold is None:
         return dumps(result, "result"), None
-    buffers = _Buffers(threshold)
-    result = _wrap_raw(result, threshold)
+    buffers = _collector(threshold)
+    if type(result) in _MAYBE_RAW:
+        result = _wrap_raw(result, threshold)
     data = _plain(result, 0, buffers)
     if data is not None:
-        return data, buffers or None
+        return data, _taken(buffers)
     try:
-        return _cloud().dumps(result, PROTOCOL, buffer_callback=buffers), buffers or None
+        data = _cloud().dumps(result, PROTOCOL, buffer_callback=buffers)
+        return data, _taken(buffers)
     except Exception as exc:
+        buffers.clear()
         raise SerializationError(describe_failure(result, "result", exc)) from exc
 
 

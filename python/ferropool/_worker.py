@@ -128,6 +128,30 @@ class _InstallOnImport:
         return spec
 
 
+def _run_measured(payload: bytes, buffers) -> tuple:
+    """Runs one task as ``_serve`` does, also measuring the share of its time spent
+    (un)pickling; returns ``(out, out_buffers, kind, run_ns, share)``."""
+    start = _perf()
+    called = loaded = 0
+    try:
+        fn, args, kwargs = loads(payload, buffers=buffers)
+        loaded = _perf()
+        value = fn(*args, **kwargs)
+        if type(value) is _Coroutine:
+            value = _run_here(value)
+        called = _perf()
+        out, out_buffers = dumps_result(value)
+        kind = _core.KIND_OK
+    except BaseException as exc:
+        out, out_buffers = dumps_exception(exc), None
+        kind = _core.KIND_ERR
+    fn = args = kwargs = buffers = value = None
+    end = _perf()
+    ns = end - start
+    share = (loaded - start + end - called) * 255 // ns if called and ns else 0
+    return out, out_buffers, kind, ns, share
+
+
 def _any_native_loaded() -> bool:
     # threadpoolctl costs ~30 ms to import: only worth it if the initializer loaded numpy & co.
     return any(name in sys.modules for name in ("numpy", "scipy", "torch", "numexpr", "sklearn"))
@@ -140,14 +164,19 @@ def _serve(conn, threads: int) -> None:
     recv, send = conn.recv, conn.send
     TASK, SHUTDOWN, OK, ERR = _core.KIND_TASK, _core.KIND_SHUTDOWN, _core.KIND_OK, _core.KIND_ERR
     CANCEL, ASYNC = _core.KIND_CANCEL, _core.FLAG_ASYNC
+    concurrent = threads > 1
     runner = None
+    # pool.stats()' serialising time: the share of the run time spent unpickling the call and
+    # pickling the result, in 255ths, rides in each answer's flags byte. It is measured on one
+    # task in SHARE_EVERY (two more clock reads) and repeated on the others.
+    share, SHARE_EVERY = 0, 16
     while True:
         frame = recv()
         if frame is None:
             return
         kind, task_id, payload, buffers, flags = frame
         if kind == TASK:
-            if flags & ASYNC or threads > 1:
+            if flags or concurrent:
                 if runner is None:
                     from ._concurrent_worker import Runner
 
@@ -160,26 +189,23 @@ def _serve(conn, threads: int) -> None:
             if runner is not None and runner.busy():
                 runner.announce_start(task_id)  # it runs beside coroutines still unanswered
             start = _perf()
-            called = 0
-            try:
-                fn, args, kwargs = loads(payload, buffers=buffers)
-                loaded = _perf()
-                value = fn(*args, **kwargs)
-                if type(value) is _Coroutine:  # from a callable not flagged async (a partial...)
-                    value = _run_here(value)
-                called = _perf()
-                out, out_buffers = dumps_result(value)
-                kind = OK
-            except BaseException as exc:
-                out, out_buffers = dumps_exception(exc), None
-                kind = ERR
-            # Drop our references first: a received buffer is unmapped as soon as nothing uses it.
-            fn = args = kwargs = buffers = value = None
-            end = _perf()
-            ns = end - start
-            # The share of the run time spent unpickling the call and pickling the result, in
-            # 255ths, rides in the answer's flags byte (pool.stats()'s serialize time).
-            share = (loaded - start + end - called) * 255 // ns if called and ns else 0
+            if task_id % SHARE_EVERY:
+                try:
+                    fn, args, kwargs = loads(payload, buffers=buffers)
+                    value = fn(*args, **kwargs)
+                    if type(value) is _Coroutine:  # from a callable not flagged async (a partial...)
+                        value = _run_here(value)
+                    out, out_buffers = dumps_result(value)
+                    kind = OK
+                except BaseException as exc:
+                    out, out_buffers = dumps_exception(exc), None
+                    kind = ERR
+                # Drop our references first: a received buffer is unmapped once nothing uses it.
+                fn = args = kwargs = buffers = value = None
+                ns = _perf() - start
+            else:
+                out, out_buffers, kind, ns, share = _run_measured(payload, buffers)
+                buffers = None
             send(kind, task_id, out, min(ns // 1000, 0xFFFFFFFF), out_buffers, share)
         elif kind == CANCEL:
             if runner is not None:

@@ -152,14 +152,12 @@ impl Dispatcher {
         // worker is stopped with the worker at once.
         if w.running() <= 1 && !sent.payload.is_async {
             self.stats[slot].leaving(if timed_out { RestartCause::TimedOut } else { RestartCause::Cancelled });
-            w.inflight.remove(pos);
+            w.take(pos);
             w.phase = Phase::Draining;
             w.stop = Some(Stop { task: Some(id), kill_at: Instant::now() + grace, killed: false });
             w.terminate();
         } else {
-            let sent = &mut w.inflight[pos];
-            sent.cancelled = true;
-            sent.stop_asked = Some(Instant::now());
+            w.ask_stop(pos);
             w.writer.push(Frame::new(Kind::Cancel, id, Vec::new()));
         }
     }
@@ -194,7 +192,7 @@ impl Dispatcher {
             // A task asked to stop beside others that is still there after the grace period:
             // stop the whole worker (the tasks running beside it are re-run elsewhere).
             let grace = self.config.stop_grace;
-            if let Some(asked) = w.inflight.iter().filter_map(|s| s.stop_asked).min() {
+            if let Some(asked) = (w.stop_asks > 0).then(|| w.inflight.iter().filter_map(|s| s.stop_asked).min()).flatten() {
                 if now >= asked + grace {
                     // Stopped for a task that timed out or was cancelled beside others.
                     self.stats[slot].leaving(RestartCause::TimedOut);
@@ -269,14 +267,7 @@ impl Dispatcher {
             // behind a long one while another worker is idle.
             Some(us) => ((PREFETCH_US / us) as usize).min(MAX_PREFETCH) + 1,
         };
-        let (mut sync, mut coroutines) = (0, 0);
-        for s in &w.inflight {
-            if s.payload.is_async {
-                coroutines += 1;
-            } else {
-                sync += 1;
-            }
-        }
+        let (sync, coroutines) = (w.inflight.len() - w.coroutines, w.coroutines);
         let mut room = ((per_thread * w.threads).saturating_sub(sync), MAX_COROUTINES_PER_WORKER.saturating_sub(coroutines));
         if let Some(max) = self.config.max_tasks_per_child {
             let left = max.saturating_sub(w.tasks_sent) as usize;
@@ -497,7 +488,7 @@ impl Dispatcher {
         };
         let was_starting = w.phase == Phase::Starting;
         let was_stopped = w.stop.is_some();
-        let orphans = std::mem::take(&mut w.inflight);
+        let orphans = w.take_all();
         drop(w);
         if was_starting {
             // No task had begun: workers flush Ready before running any task, and the socket
@@ -561,7 +552,7 @@ impl Dispatcher {
             self.done.push(Done::new(t.id, Outcome::Broken(why.clone())));
         }
         for w in self.slots.iter_mut().flatten() {
-            for s in w.inflight.drain(..).filter(|s| !s.cancelled) {
+            for s in w.take_all().into_iter().filter(|s| !s.cancelled) {
                 self.done.push(Done::new(s.id, Outcome::Broken(why.clone())));
             }
             w.phase = Phase::Draining;
@@ -582,7 +573,7 @@ impl Dispatcher {
             let exit = w.kill_and_reap();
             self.stats[slot].exited(exit, false, false);
             w.pump_output(true);
-            for s in w.inflight.drain(..).filter(|s| !s.cancelled) {
+            for s in w.take_all().into_iter().filter(|s| !s.cancelled) {
                 self.done.push(Done::new(s.id, Outcome::Cancelled));
             }
         }

@@ -97,6 +97,11 @@ pub struct Worker {
     pub inflight: VecDeque<Sent>,
     /// Threads that run tasks in this worker (`PoolConfig::threads_per_worker`).
     pub threads: usize,
+    /// Entries of `inflight` that are coroutines, that have a timeout, and that were asked to
+    /// stop: counted so that the dispatcher's every turn need not scan `inflight`.
+    pub coroutines: usize,
+    pub timed: usize,
+    pub stop_asks: usize,
     /// Set once the worker is being stopped (see `Stop`).
     pub stop: Option<Stop>,
     /// Tasks ever sent to this worker (for recycling after `max_tasks_per_child`).
@@ -163,6 +168,9 @@ impl Worker {
             phase: Phase::Starting,
             inflight: VecDeque::new(),
             threads: 1,
+            coroutines: 0,
+            timed: 0,
+            stop_asks: 0,
             stop: None,
             tasks_sent: 0,
             task_us: None,
@@ -224,6 +232,8 @@ impl Worker {
             // Out of descriptors: the worker finds the frame short of buffers and fails the task.
             self.writer.push_parts_flagged(Kind::Task, id, flags, 0, &payload.bytes, Vec::new());
         }
+        self.coroutines += usize::from(payload.is_async);
+        self.timed += usize::from(timeout.is_some());
         self.inflight.push_back(Sent { id, payload, timeout, started: None, cancelled: false, stop_asked: None });
         self.tasks_sent += 1;
         self.front_started();
@@ -251,9 +261,34 @@ impl Worker {
         }
         // The front one in the common case (answers come in order from one thread).
         let pos = self.inflight.iter().position(|s| s.id == id)?;
-        let sent = self.inflight.remove(pos);
+        let sent = self.take(pos);
         self.front_started();
         sent
+    }
+
+    /// Removes the `inflight` entry at `pos`, keeping the counts right.
+    pub fn take(&mut self, pos: usize) -> Option<Sent> {
+        let sent = self.inflight.remove(pos)?;
+        self.coroutines -= usize::from(sent.payload.is_async);
+        self.timed -= usize::from(sent.timeout.is_some());
+        self.stop_asks -= usize::from(sent.stop_asked.is_some());
+        Some(sent)
+    }
+
+    /// Marks the `inflight` entry at `pos` cancelled and asked to stop (now).
+    pub fn ask_stop(&mut self, pos: usize) {
+        let sent = &mut self.inflight[pos];
+        sent.cancelled = true;
+        if sent.stop_asked.is_none() {
+            sent.stop_asked = Some(Instant::now());
+            self.stop_asks += 1;
+        }
+    }
+
+    /// Takes every `inflight` entry (the worker is going away, or the pool is breaking).
+    pub fn take_all(&mut self) -> VecDeque<Sent> {
+        (self.coroutines, self.timed, self.stop_asks) = (0, 0, 0);
+        std::mem::take(&mut self.inflight)
     }
 
     /// Tasks that have started and are not cancelled: the ones running now.
@@ -263,7 +298,7 @@ impl Worker {
 
     /// The earliest moment a running task overruns its timeout.
     pub fn deadline(&self) -> Option<Instant> {
-        if self.stop.is_some() {
+        if self.stop.is_some() || self.timed == 0 {
             return None;
         }
         self.inflight.iter().filter(|s| !s.cancelled).filter_map(|s| Some(s.started? + s.timeout?)).min()
