@@ -467,30 +467,11 @@ impl ProcessPool {
         }
     }
 
-    /// Takes every finished task, waiting up to `timeout` (forever if `None`) for at least one.
-    /// Returns `None` once the dispatcher has ended and everything was taken.
+    /// Takes every finished task, waiting up to `timeout` (forever if `None`) for news (as
+    /// `wait_news`, dropping any log records). Returns `None` once the dispatcher has ended and
+    /// everything was taken.
     pub fn wait_outcomes(&self, timeout: Option<Duration>) -> Option<Vec<Done>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut d = self.shared.done.lock().expect("done queue poisoned");
-        loop {
-            if !d.items.is_empty() {
-                return Some(std::mem::take(&mut d.items));
-            }
-            if d.finished {
-                return None;
-            }
-            // Log records (if any) stay for `wait_news`, bounded by `MAX_PENDING_LOGS`.
-            d = match deadline {
-                None => self.shared.done_cv.wait(d).expect("done queue poisoned"),
-                Some(dl) => {
-                    let now = Instant::now();
-                    if now >= dl {
-                        return Some(Vec::new());
-                    }
-                    self.shared.done_cv.wait_timeout(d, dl - now).expect("done queue poisoned").0
-                }
-            };
-        }
+        self.wait_news(timeout).map(|news| news.outcomes)
     }
 }
 
