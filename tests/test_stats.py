@@ -50,7 +50,9 @@ def test_counts_are_exact_per_worker(make_pool):
     for w in stats.workers:
         assert 0 <= w.serialize_s <= w.busy_s + 1e-6
         assert w.transport_s >= 0
-        assert w.alive_s >= w.busy_s - 1e-3
+        # alive_s runs from when the dispatcher read the worker's Ready, busy_s is what the
+        # worker measured: a busy dispatcher can read Ready after the first tasks began.
+        assert w.alive_s >= w.busy_s - 0.05
 
 
 def test_busy_time_covers_the_tasks_and_the_slowest_is_kept(make_pool):
