@@ -37,6 +37,10 @@ use crate::frame::{Frame, Kind};
 
 /// Longest an answer is held back before the flusher writes it.
 pub const MAX_HOLD: Duration = Duration::from_millis(1);
+/// How long the flusher keeps looking every `MAX_HOLD` after it last saw an answer held, before
+/// it sleeps until woken. While tasks stream in batches it is never woken: a wake-up per batch
+/// (a futex call, two context switches) costs more than a batch of tiny tasks saves.
+const FLUSHER_IDLE_AFTER: Duration = Duration::from_millis(20);
 /// Most bytes of answers held back; past this they are written at once.
 const MAX_HELD_BYTES: usize = 256 * 1024;
 /// How stale the worker's view of its socket may be when it starts a task.
@@ -65,6 +69,9 @@ struct OutState {
     /// When the oldest answer now held back was queued.
     held_since: Option<Instant>,
     flusher_started: bool,
+    /// The flusher sleeps until woken (no answer was held for `FLUSHER_IDLE_AFTER`); otherwise
+    /// it looks every `MAX_HOLD` by itself and needs no wake-up.
+    flusher_idle: bool,
     closed: bool,
 }
 
@@ -228,9 +235,12 @@ fn hold(out: &Arc<Outbox>, sock: &Arc<OwnedFd>, mut st: MutexGuard<'_, OutState>
             return;
         }
         st.flusher_started = true;
+        st.flusher_idle = false;
+    } else if st.flusher_idle {
+        st.flusher_idle = false;
+        drop(st);
+        out.wake.notify_one();
     }
-    drop(st);
-    out.wake.notify_one();
 }
 
 impl Outbox {
@@ -243,18 +253,31 @@ impl Outbox {
     /// The flusher thread: writes out answers held for `MAX_HOLD` until the connection drops.
     fn run_flusher(&self, sock: &OwnedFd) {
         let mut st = self.lock();
+        let mut last_held = Instant::now();
         while !st.closed {
+            let now = Instant::now();
             st = match st.held_since {
-                None => self.wake.wait(st).unwrap_or_else(|p| p.into_inner()),
                 Some(since) => {
+                    last_held = now;
                     let due = since + MAX_HOLD;
-                    let now = Instant::now();
                     if now >= due {
                         // An error means the parent is gone; the main thread finds out itself.
                         let _ = write_all(&mut st, sock);
                         continue;
                     }
                     self.wake.wait_timeout(st, due - now).unwrap_or_else(|p| p.into_inner()).0
+                }
+                // Answers are streaming: look again in MAX_HOLD rather than be woken for each.
+                None if now.duration_since(last_held) < FLUSHER_IDLE_AFTER => {
+                    self.wake.wait_timeout(st, MAX_HOLD).unwrap_or_else(|p| p.into_inner()).0
+                }
+                None => {
+                    // Quiet: sleep until `hold` wakes us (it sees `flusher_idle`). The flag is set
+                    // under the lock that `wait` releases, so no hold can slip in between.
+                    st.flusher_idle = true;
+                    let woken = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                    last_held = Instant::now();
+                    woken
                 }
             };
         }
