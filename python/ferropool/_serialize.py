@@ -248,7 +248,8 @@ def dumps_call(fn: Any, args: tuple, kwargs: dict, threshold: int | None = DEFAU
     ``threshold`` bytes (None: no buffer goes out of band).
     """
     buffers = None
-    if threshold is not None and (kwargs or not _ATOMIC.issuperset(map(type, args))):
+    if threshold is not None and (kwargs or not (
+            type(args[0]) in _ATOMIC if len(args) == 1 else _ATOMIC.issuperset(map(type, args)))):
         buffers = _collector(threshold)
         if not _MAYBE_RAW.isdisjoint(map(type, args)):
             args = _wrap_raw(args, threshold)
