@@ -275,3 +275,22 @@ async def fetch_text(url: str, x: str) -> str:
     async with aiohttp.ClientSession() as session:
         async with session.get(url, params={"x": x}) as response:
             return await response.text()
+
+
+def gone_within(pids, seconds: float) -> bool:
+    """Waits on each pid's pidfd (an exited process's pidfd is readable; a vanished one cannot
+    be opened); returns whether all are gone within ``seconds``. No polling."""
+    deadline = time.monotonic() + seconds
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            if not poller.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+                return False
+        finally:
+            os.close(fd)
+    return True

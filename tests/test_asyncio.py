@@ -20,7 +20,6 @@ import pytest
 
 import helpers
 from helpers import BLOCK, block_on, echo, mul, signal_and_wait
-from test_faults import _gone_within
 
 from ferropool import TaskTimeoutError
 
@@ -56,6 +55,15 @@ def record_then_block(value, started, release):
         started.set()
         helpers.wait_for(release)
     return value
+
+
+
+async def open_when_started(started, release) -> str:
+    """Opens ``release`` once a task has opened ``started``: a coroutine that can only run if
+    the event loop is not blocked."""
+    assert await off_loop(started.wait)
+    release.set()
+    return "opened"
 
 
 def test_docstring_examples_run():
@@ -95,13 +103,8 @@ def test_run_does_not_block_the_event_loop(make_executor, make_gate):
     pool = make_executor()
     started, release = make_gate(), make_gate()
 
-    async def opener():
-        assert await off_loop(started.wait)
-        release.set()
-        return "opened"
-
     async def main():
-        return await asyncio.gather(pool.run(signal_and_wait, started, release, "done"), opener())
+        return await asyncio.gather(pool.run(signal_and_wait, started, release, "done"), open_when_started(started, release))
 
     assert arun(main()) == ["done", "opened"]
 
@@ -113,8 +116,7 @@ def test_run_does_not_block_the_loop_when_submit_waits_for_max_pending(make_exec
     started, release = make_gate(), make_gate()
 
     async def opener():
-        assert await off_loop(started.wait)
-        release.set()
+        await open_when_started(started, release)
 
     async def main():
         return await asyncio.gather(pool.run(signal_and_wait, started, release, 1), pool.run(mul, 2, 1), opener())
@@ -154,7 +156,7 @@ def test_cancelling_the_awaiting_task_cancels_the_call(make_executor, executor_k
 
     pid = arun(main())
     if executor_kind.stops_running_tasks and started.is_set():
-        assert _gone_within([pid], 5.0), "the worker running the cancelled call was not stopped"
+        assert helpers.gone_within([pid], 5.0), "the worker running the cancelled call was not stopped"
     release.set()  # a thread cannot be stopped: let it finish
     assert arun(pool.run(mul, 3, 3)) == 9, "the pool is usable after the cancellation"
 
@@ -203,7 +205,7 @@ def test_run_on_a_task_options_view_raises_task_timeout_at_the_await(make_execut
         return pid
 
     pid = arun(main())
-    assert _gone_within([pid], 5.0)
+    assert helpers.gone_within([pid], 5.0)
     assert arun(pool.run(mul, 4, 4)) == 16
 
 
@@ -415,7 +417,7 @@ def test_closing_map_async_cancels_what_is_outstanding(make_executor, executor_k
             # ``async for`` does not close an iterator it leaves; dropping it does (as for map).
             del results
         if executor_kind.stops_running_tasks:
-            assert await off_loop(_gone_within, [pid], 5.0), "the worker running an outstanding chunk was not stopped"
+            assert await off_loop(helpers.gone_within, [pid], 5.0), "the worker running an outstanding chunk was not stopped"
 
     arun(main())
     release.set()
@@ -444,14 +446,9 @@ def test_map_async_never_blocks_the_event_loop(make_executor, make_gate):
     pool = make_executor()
     started, release = make_gate(), make_gate()
 
-    async def opener():
-        assert await off_loop(started.wait)
-        release.set()
-        return "opened"
-
     async def main():
         values = [BLOCK] * 4
         return await asyncio.gather(collect(pool.map_async(record_then_block, values, itertools.repeat(started),
-                                                            itertools.repeat(release))), opener())
+                                                            itertools.repeat(release))), open_when_started(started, release))
 
     assert arun(main()) == [[BLOCK] * 4, "opened"]

@@ -135,28 +135,6 @@ def _worker_pids(proc) -> list[int]:
     return sorted({int(p) for p in line.split()})
 
 
-def _gone_within(pids: list[int], seconds: float) -> bool:
-    """Waits on each pid's pidfd (an exited process's pidfd is readable; a vanished one cannot
-    be opened); returns whether all are gone within ``seconds``."""
-    import select
-    import time
-
-    deadline = time.monotonic() + seconds
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            if not poller.poll(max(0, int((deadline - time.monotonic()) * 1000))):
-                return False
-        finally:
-            os.close(fd)
-    return True
-
-
 def test_workers_exit_within_a_second_of_their_parent_being_killed(tmp_path):
     import subprocess
     import sys
@@ -169,7 +147,7 @@ def test_workers_exit_within_a_second_of_their_parent_being_killed(tmp_path):
         assert len(pids) == 2
         proc.kill()
         proc.wait(RESULT_TIMEOUT)
-        assert _gone_within(pids, 1.0), "a worker outlived its parent by more than a second"
+        assert helpers.gone_within(pids, 1.0), "a worker outlived its parent by more than a second"
     finally:
         proc.kill()
         proc.wait(RESULT_TIMEOUT)
@@ -204,7 +182,7 @@ def test_ctrl_c_stops_the_program_at_once(tmp_path, where):
     assert elapsed < 2.0, f"the program took {elapsed:.1f} s to exit after Ctrl-C"
     assert proc.returncode != 0
     assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
-    assert _gone_within(pids, 1.0), "a worker survived Ctrl-C"
+    assert helpers.gone_within(pids, 1.0), "a worker survived Ctrl-C"
 
 
 # ------------------------------------------------------------------ backpressure
@@ -289,7 +267,7 @@ def test_a_task_past_the_pools_task_timeout_raises_timeout_error_and_its_worker_
     assert (err.timeout, err.pid, err.function) == (0.5, pid, "time.sleep")
     assert str(err) == f"time.sleep ran longer than its task_timeout of 0.5 s; its worker (pid {pid}) was stopped and replaced"
     assert [f.result(timeout=RESULT_TIMEOUT) for f in behind] == [0, 2, 4, 6, 8], "tasks queued behind it ran elsewhere"
-    assert _gone_within([pid], 5.0)
+    assert helpers.gone_within([pid], 5.0)
     assert pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT) != pid
 
 
@@ -320,7 +298,7 @@ def test_a_timed_out_task_that_ignores_sigterm_is_killed_after_the_grace_period(
     assert started.wait(RESULT_TIMEOUT)
     with pytest.raises(TaskTimeoutError):
         fut.result(timeout=RESULT_TIMEOUT)
-    assert _gone_within([pid], 5.0), "SIGKILL did not follow the ignored SIGTERM"
+    assert helpers.gone_within([pid], 5.0), "SIGKILL did not follow the ignored SIGTERM"
     assert pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT) != pid
 
 
@@ -348,7 +326,7 @@ def test_cancel_stops_a_running_task_and_replaces_its_worker(make_pool, gate_fac
     assert fut.cancelled() and fut.done()
     with pytest.raises(cf.CancelledError):
         fut.result(timeout=0)
-    assert _gone_within([pid], 5.0), "the worker running the cancelled task was not stopped"
+    assert helpers.gone_within([pid], 5.0), "the worker running the cancelled task was not stopped"
     assert behind.result(timeout=RESULT_TIMEOUT) == 42
     assert not behind.cancel(), "a finished task cannot be cancelled"
 
@@ -369,7 +347,7 @@ def test_cancelling_an_asyncio_task_that_awaits_a_future_stops_the_work(make_poo
 
     fut = asyncio.run(main())
     assert fut.cancelled()
-    assert _gone_within([pid], 5.0), "cancelling the asyncio task did not stop the worker"
+    assert helpers.gone_within([pid], 5.0), "cancelling the asyncio task did not stop the worker"
     assert pool.submit(helpers.mul, 2, 3).result(timeout=RESULT_TIMEOUT) == 6
 
 
@@ -382,7 +360,7 @@ def test_shutdown_does_not_wait_for_a_worker_stuck_at_exit(make_pool):
     start = time.monotonic()
     helpers.shutdown_bounded(pool, wait=True)
     assert time.monotonic() - start < 10, "shutdown waited for the stuck worker"
-    assert _gone_within([pid], 1.0)
+    assert helpers.gone_within([pid], 1.0)
 
 
 @pytest.mark.parametrize("wait", [True, False])
@@ -395,7 +373,7 @@ def test_shutdown_with_cancel_futures_stops_running_tasks(make_pool, gate_factor
     assert started.wait(RESULT_TIMEOUT)
     helpers.shutdown_bounded(pool, wait=wait, cancel_futures=True)
     assert running.cancelled() and all(f.cancelled() for f in queued)
-    assert _gone_within([pid], 5.0), "the running task's worker survived shutdown(cancel_futures=True)"
+    assert helpers.gone_within([pid], 5.0), "the running task's worker survived shutdown(cancel_futures=True)"
 
 
 @pytest.mark.parametrize("dropped", [False, True], ids=["pool-alive", "pool-dropped"])
@@ -426,4 +404,4 @@ if {dropped!r}:
     assert proc.returncode == 0, err
     assert "finished first" in out, "work queued before exit still runs"
     assert "ferropool: stopping 1 task(s) of a ProcessPool still running 1 s after the program ended" in err
-    assert _gone_within(pids, 1.0)
+    assert helpers.gone_within(pids, 1.0)

@@ -12,7 +12,6 @@ import pytest
 
 import helpers
 from ferropool import HybridPool, ProcessPool, TaskTimeoutError, WorkerDiedError, shared
-from test_faults import _gone_within
 
 RESULT_TIMEOUT = 30
 
@@ -121,7 +120,7 @@ def test_a_thread_task_past_its_timeout_stops_its_process_and_the_others_rerun()
             stuck.result(timeout=RESULT_TIMEOUT)
         # It ran beside the stuck one (and may have been re-run after the process was stopped).
         assert beside.result(timeout=RESULT_TIMEOUT) > 0
-        assert _gone_within([pid], 10.0), "a thread cannot be stopped: its process must be"
+        assert helpers.gone_within([pid], 10.0), "a thread cannot be stopped: its process must be"
 
 
 # ---------------------------------------------------------------- coroutine tasks

@@ -10,7 +10,6 @@ import multiprocessing
 import os
 import pickle
 import queue
-import select
 import signal
 import subprocess
 import sys
@@ -21,7 +20,9 @@ import warnings
 
 import pytest
 
-from ferropool import ProcessPool, ThreadPool, WorkerDiedError, shared
+import helpers
+
+from ferropool import ThreadPool, WorkerDiedError, shared
 
 # Bound for every wait that should finish; a lost wake-up fails the test instead of hanging it.
 BOUND = 20
@@ -141,21 +142,6 @@ def files_in_dev_shm(pid="self"):
         if target.startswith("/dev/shm/"):
             found.append(target)
     return found
-
-
-def wait_exit(pids, timeout):
-    """Wait (with pidfds, no polling) until every pid in ``pids`` has exited."""
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            left = deadline - time.monotonic()
-            assert select.select([fd], [], [], max(left, 0))[0], f"process {pid} still alive"
-        finally:
-            os.close(fd)
 
 
 def run_script(tmp_path, source, **kwargs):
@@ -543,7 +529,7 @@ def test_killed_parent_and_crashed_worker_leave_nothing(tmp_path):
         proc.wait(BOUND)
     # The worker holding the lock exits with its parent, and with it its mappings: a memory
     # file has no name to leave behind.
-    wait_exit([worker], BOUND)
+    assert helpers.gone_within([worker], BOUND), "the worker holding the lock outlived its parent"
 
 
 def test_ctrl_c_interrupts_a_blocked_acquire_and_get(tmp_path):
