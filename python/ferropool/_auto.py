@@ -155,20 +155,16 @@ class _Serial:
 
 
 class _EventLoop:
-    """A private event loop on its own thread; coroutine calls run there as tasks, at most
-    ``limit`` at a time. Sync callables given to it go to ``threads``."""
+    """A private event loop on its own thread (``EventLoopThread``); coroutine calls run there
+    as tasks, at most ``limit`` at a time. Sync callables given to it go to ``threads``."""
 
     def __init__(self, limit: int, threads: Callable[[], Any]):
-        import asyncio
+        from ._thread import EventLoopThread
 
         self._max_workers = limit
         self._threads = threads
-        self._loop = asyncio.new_event_loop()
-        self._limit: asyncio.Semaphore | None = None
-        self._futures: set[cf.Future] = set()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="ferropool-auto-loop", daemon=True)
-        self._thread.start()
+        self._loop = EventLoopThread("ferropool-auto-loop")
+        self._limit: Any = None  # an asyncio.Semaphore, made on the loop
 
     async def _limited(self, afn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         import asyncio
@@ -189,43 +185,18 @@ class _EventLoop:
             raise
         return out, time.perf_counter_ns() - start
 
-    def _track(self, fut: cf.Future) -> cf.Future:
-        with self._lock:
-            self._futures.add(fut)
-        fut.add_done_callback(self._untrack)
-        return fut
-
-    def _untrack(self, fut: cf.Future) -> None:
-        with self._lock:
-            self._futures.discard(fut)
-
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
-        import asyncio
-
         if not inspect.iscoroutinefunction(fn):
             return self._threads().submit(fn, *args, **kwargs)
-        return self._track(asyncio.run_coroutine_threadsafe(self._limited(fn, args, kwargs), self._loop))
+        return self._loop.submit(self._limited(fn, args, kwargs))
 
     def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
-        import asyncio
-
         if not inspect.iscoroutinefunction(fn):
             return self._threads()._submit_chunk(fn, items)
-        return self._track(asyncio.run_coroutine_threadsafe(self._chunk(fn, items), self._loop))
+        return self._loop.submit(self._chunk(fn, items))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._lock:
-            futures = list(self._futures)
-        if cancel_futures:
-            for fut in futures:
-                fut.cancel()
-        if wait:
-            cf.wait(futures)
-        if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if wait:
-            self._thread.join()
-            self._loop.close()
+        self._loop.close(wait, cancel_futures)
 
 
 # ------------------------------------------------------------------------ pool

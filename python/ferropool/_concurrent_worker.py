@@ -127,16 +127,9 @@ class Runner:
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         if len(self.loops) < self.threads:
-            loop = asyncio.new_event_loop()
-            ready = threading.Event()
+            from ._thread import EventLoopThread
 
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                loop.call_soon(ready.set)
-                loop.run_forever()
-
-            threading.Thread(target=run, name=f"ferropool-loop-{len(self.loops)}", daemon=True).start()
-            ready.wait()
+            loop = EventLoopThread(f"ferropool-loop-{len(self.loops)}").loop
             self.loops.append(loop)
             return loop
         loop = self.loops[self.next_loop % len(self.loops)]

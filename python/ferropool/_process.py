@@ -28,7 +28,7 @@ import weakref
 from typing import Any, Callable
 
 from . import _core
-from ._executor import _CO_COROUTINE, PoolExecutor, TaskOptions, chunk_runner, is_coroutine_function
+from ._executor import PoolExecutor, TaskOptions, chunk_runner, is_coroutine_function
 from ._future import TaskFuture, cancel_removed
 from ._logs import RecordCounter
 from ._serialize import DEFAULT_ZERO_COPY_THRESHOLD, dumps, dumps_call, loads, loads_exception
@@ -228,10 +228,7 @@ class ProcessPool(PoolExecutor):
             started = _perf()
             payload, buffers = dumps_call(fn, args, kwargs, self._zero_copy_threshold)
             self._state.sampled_dumps_ns += _perf() - started
-        try:  # is_coroutine_function, inlined for the common case: a plain function
-            is_async = bool(fn.__code__.co_flags & _CO_COROUTINE)
-        except AttributeError:
-            is_async = is_coroutine_function(fn)
+        is_async = is_coroutine_function(fn)
         fut = TaskFuture()
         fut._ferropool = (self._engine, tid, self._futures, shown)
         self._futures[tid] = fut

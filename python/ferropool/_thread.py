@@ -107,9 +107,10 @@ class _Room:
             self.cond.notify_all()
 
 
-class _EventLoopThread:
-    """An event loop in a daemon thread of its own: where a ``ThreadPool`` runs coroutine
-    functions, so that any number of them can wait at once without taking a worker thread."""
+class EventLoopThread:
+    """An event loop in a daemon thread of its own: where a ``ThreadPool`` (and ``Pool``'s
+    asyncio strategy) runs coroutine functions, so that any number of them can wait at once
+    without taking a worker thread."""
 
     def __init__(self, name: str):
         import asyncio
@@ -117,6 +118,7 @@ class _EventLoopThread:
         self._asyncio = asyncio
         self.loop = asyncio.new_event_loop()
         self.pending: set[Future] = set()
+        self.closing = False
         ready = threading.Event()
 
         def run() -> None:
@@ -137,7 +139,13 @@ class _EventLoopThread:
         return future
 
     def close(self, wait: bool, cancel: bool) -> None:
-        """Stops the loop once its coroutines are done (or cancelled, with ``cancel``)."""
+        """Stops the loop once its coroutines are done (or cancelled, with ``cancel``). Safe to
+        call more than once."""
+        if self.closing:
+            if wait:
+                self.thread.join()
+            return
+        self.closing = True
         if cancel:
             for future in list(self.pending):
                 future.cancel()
@@ -190,7 +198,7 @@ class ThreadPool(PoolExecutor):
             if max_pending <= 0:
                 raise ValueError("max_pending must be >= 1")
         self._room = _Room(max_pending) if max_pending is not None else None
-        self._loop: _EventLoopThread | None = None
+        self._loop: EventLoopThread | None = None
         self._max_workers = max_workers
         self._queue = ThreadWorkQueue(max_workers)
         self._put = self._queue.put
@@ -238,7 +246,7 @@ class ThreadPool(PoolExecutor):
             if self._shutdown or self._broken:
                 raise self._closed_error()
             if self._loop is None:
-                self._loop = _EventLoopThread(f"{self._thread_name_prefix}_loop")
+                self._loop = EventLoopThread(f"{self._thread_name_prefix}_loop")
             return self._loop.submit(fn(*args, **kwargs))
 
     def _closed_error(self) -> Exception:

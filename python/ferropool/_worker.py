@@ -128,30 +128,6 @@ class _InstallOnImport:
         return spec
 
 
-def _run_measured(payload: bytes, buffers) -> tuple:
-    """Runs one task as ``_serve`` does, also measuring the share of its time spent
-    (un)pickling; returns ``(out, out_buffers, kind, run_ns, share)``."""
-    start = _perf()
-    called = loaded = 0
-    try:
-        fn, args, kwargs = loads(payload, buffers=buffers)
-        loaded = _perf()
-        value = fn(*args, **kwargs)
-        if type(value) is _Coroutine:
-            value = _run_here(value)
-        called = _perf()
-        out, out_buffers = dumps_result(value)
-        kind = _core.KIND_OK
-    except BaseException as exc:
-        out, out_buffers = dumps_exception(exc), None
-        kind = _core.KIND_ERR
-    fn = args = kwargs = buffers = value = None
-    end = _perf()
-    ns = end - start
-    share = (loaded - start + end - called) * 255 // ns if called and ns else 0
-    return out, out_buffers, kind, ns, share
-
-
 def _any_native_loaded() -> bool:
     # threadpoolctl costs ~30 ms to import: only worth it if the initializer loaded numpy & co.
     return any(name in sys.modules for name in ("numpy", "scipy", "torch", "numexpr", "sklearn"))
@@ -188,24 +164,29 @@ def _serve(conn, threads: int) -> None:
                 continue
             if runner is not None and runner.busy():
                 runner.announce_start(task_id)  # it runs beside coroutines still unanswered
+            measure = not task_id % SHARE_EVERY
             start = _perf()
-            if task_id % SHARE_EVERY:
-                try:
-                    fn, args, kwargs = loads(payload, buffers=buffers)
-                    value = fn(*args, **kwargs)
-                    if type(value) is _Coroutine:  # from a callable not flagged async (a partial...)
-                        value = _run_here(value)
-                    out, out_buffers = dumps_result(value)
-                    kind = OK
-                except BaseException as exc:
-                    out, out_buffers = dumps_exception(exc), None
-                    kind = ERR
-                # Drop our references first: a received buffer is unmapped once nothing uses it.
-                fn = args = kwargs = buffers = value = None
-                ns = _perf() - start
-            else:
-                out, out_buffers, kind, ns, share = _run_measured(payload, buffers)
-                buffers = None
+            loaded = called = 0
+            try:
+                fn, args, kwargs = loads(payload, buffers=buffers)
+                if measure:
+                    loaded = _perf()
+                value = fn(*args, **kwargs)
+                if type(value) is _Coroutine:  # from a callable not flagged async (a partial...)
+                    value = _run_here(value)
+                if measure:
+                    called = _perf()
+                out, out_buffers = dumps_result(value)
+                kind = OK
+            except BaseException as exc:
+                out, out_buffers = dumps_exception(exc), None
+                kind = ERR
+            # Drop our references first: a received buffer is unmapped once nothing uses it.
+            fn = args = kwargs = buffers = value = None
+            end = _perf()
+            ns = end - start
+            if measure and called and ns:
+                share = (loaded - start + end - called) * 255 // ns
             send(kind, task_id, out, min(ns // 1000, 0xFFFFFFFF), out_buffers, share)
         elif kind == CANCEL:
             if runner is not None:
