@@ -271,6 +271,22 @@ def test_map_rejects_bad_chunksize(pool):
 # ---------------------------------------------------------------------- faults
 
 
+def test_a_task_never_waits_behind_a_running_one_while_a_worker_is_idle(make_pool, gate_factory):
+    pool = make_pool(2)
+    started, release = gate_factory(), gate_factory()
+    holder = pool.submit(helpers.signal_and_wait, started, release, "held")  # runs until released
+    assert started.wait()
+    try:
+        for i in range(6):
+            # 5 ms tasks: the idle worker is then expected to hold just one task at a time, as
+            # much room as the holder's worker seems to have; a task queued behind the holder
+            # would wait for `release`, which opens only after the loop.
+            assert pool.submit(helpers.sleep_and_return, 0.005, i).result(timeout=5) == i
+    finally:
+        release.set()
+    assert holder.result(timeout=RESULT_TIMEOUT) == "held"
+
+
 def test_sigkilled_worker_fails_only_its_task_and_the_pool_heals(pool, gate_factory, tmp_path):
     started, release = gate_factory(), gate_factory()
     pid_file = str(tmp_path / "pid")

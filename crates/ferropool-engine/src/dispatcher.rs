@@ -222,7 +222,9 @@ impl Dispatcher {
         next
     }
 
-    /// Moves queued tasks to workers that have room, one at a time to the emptiest worker.
+    /// Moves queued tasks to workers that have room, one at a time: to a worker with an idle
+    /// task thread if there is one (never behind a running task while a thread elsewhere is
+    /// idle), else to the one with the most room.
     ///
     /// Also records under the queue's lock whether room is left (`Queue::wants_tasks`), which
     /// decides whether `submit` must wake us. Both happen under one lock, so a task pushed after
@@ -231,16 +233,20 @@ impl Dispatcher {
     fn assign(&mut self) {
         // Room for (thread tasks, coroutine tasks) per worker.
         let mut room: Vec<(usize, usize)> = self.slots.iter().map(|w| w.as_ref().map_or((0, 0), |w| self.room(w))).collect();
+        // Idle task threads per worker (plain tasks run one per thread).
+        let mut idle: Vec<usize> =
+            self.slots.iter().map(|w| w.as_ref().map_or(0, |w| w.threads.saturating_sub(w.inflight.len() - w.coroutines))).collect();
         let mut q = self.shared.queue.lock().expect("queue poisoned");
         let mut taken: Vec<(usize, Task)> = Vec::new();
         while let Some(front) = q.tasks.front() {
             let kind = |r: &(usize, usize)| if front.payload.is_async { r.1 } else { r.0 };
-            let Some(slot) = (0..room.len()).filter(|&i| kind(&room[i]) > 0).max_by_key(|&i| kind(&room[i])) else { break };
+            let Some(slot) = (0..room.len()).filter(|&i| kind(&room[i]) > 0).max_by_key(|&i| (idle[i] > 0, kind(&room[i]))) else { break };
             let task = q.tasks.pop_front().expect("front exists");
             if task.payload.is_async {
                 room[slot].1 -= 1;
             } else {
                 room[slot].0 -= 1;
+                idle[slot] = idle[slot].saturating_sub(1);
             }
             taken.push((slot, task));
         }
