@@ -177,6 +177,7 @@ impl LineRelay {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn keeps_the_last_lines_and_the_unterminated_rest() {
@@ -200,6 +201,22 @@ mod tests {
     /// keep its write end open.
     fn pipe() -> (OwnedFd, OwnedFd) {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap()
+    }
+
+    /// Pumps `r` until its pipe reports end of file, waiting for it to become readable (at
+    /// most 5 s in all). A process forked meanwhile by another test holds the write ends until
+    /// it execs, so end of file may come a little after the writers here are dropped.
+    fn pump_to_eof(r: &mut LineRelay) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        r.pump();
+        while !r.at_eof() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "the relay never saw end of file");
+            let mut pfd = libc::pollfd { fd: r.fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
+            r.pump();
+        }
     }
 
     /// Reads everything written to a pipe until every writer has closed it.
@@ -236,8 +253,7 @@ mod tests {
         write!(writers[1], "unterminated").unwrap();
         drop(writers);
         for r in &mut relays {
-            r.pump();
-            assert!(r.at_eof());
+            pump_to_eof(r);
             assert!(r.tail().is_empty(), "no tail is kept for stdout");
         }
         drop(relays);
