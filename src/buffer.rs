@@ -15,7 +15,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use ferropool_engine::buffer::{BufferCache, MemFile, Mapping};
+use ferropool_engine::buffer::{self as engine_buffer, BufferCache, MemFile, Mapping};
 
 use crate::errors;
 
@@ -84,4 +84,10 @@ pub(crate) fn write_all(py: Python<'_>, buffers: &Bound<'_, PyAny>, cached: bool
         drop(buf);
     }
     Ok(files)
+}
+
+/// Closes this process's spare memory files (kept for reuse; see `_core.pyi`).
+#[pyfunction]
+pub(crate) fn drop_spare_buffers(py: Python<'_>) -> usize {
+    py.detach(engine_buffer::drop_spares)
 }

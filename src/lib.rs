@@ -30,6 +30,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<worker_connection::LogSender>()?;
     m.add_class::<thread_pool::ThreadWorkQueue>()?;
     m.add_class::<buffer::SharedBuffer>()?;
+    m.add_function(wrap_pyfunction!(buffer::drop_spare_buffers, m)?)?;
     errors::register(m)?;
     m.add_class::<shared_sync::SharedLock>()?;
     m.add_class::<shared_sync::SharedRLock>()?;

@@ -63,7 +63,7 @@ impl WorkerConnection {
     fn send(&mut self, py: Python<'_>, kind: u8, id: u64, payload: &[u8], aux: u32, buffers: Option<&Bound<'_, PyAny>>, flags: u8) -> PyResult<()> {
         let kind = Kind::from_u8(kind).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("unknown frame kind {kind}")))?;
         let fds = match buffers {
-            Some(b) => buffer::write_all(py, b, false)?.iter().map(|f| f.fd().try_clone_to_owned()).collect::<std::io::Result<Vec<_>>>().map_err(errors::io_error)?,
+            Some(b) => buffer::write_all(py, b, false)?.iter().map(|f| f.lend()).collect::<std::io::Result<Vec<_>>>().map_err(errors::io_error)?,
             None => Vec::new(),
         };
         let conn = &mut self.conn;
@@ -119,7 +119,7 @@ impl WorkerSender {
     fn send(&self, py: Python<'_>, kind: u8, id: u64, payload: &[u8], aux: u32, buffers: Option<&Bound<'_, PyAny>>, hold: bool) -> PyResult<()> {
         let kind = Kind::from_u8(kind).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("unknown frame kind {kind}")))?;
         let fds = match buffers {
-            Some(b) => buffer::write_all(py, b, false)?.iter().map(|f| f.fd().try_clone_to_owned()).collect::<std::io::Result<Vec<_>>>().map_err(errors::io_error)?,
+            Some(b) => buffer::write_all(py, b, false)?.iter().map(|f| f.lend()).collect::<std::io::Result<Vec<_>>>().map_err(errors::io_error)?,
             None => Vec::new(),
         };
         let sender = &self.sender;

@@ -4,6 +4,7 @@ it, and that nothing is left behind."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import sys
 import pytest
 
 import helpers
+from ferropool import _core
 
 np = pytest.importorskip("numpy")
 
@@ -19,9 +21,21 @@ MIB = 1 << 20
 
 
 def buffer_maps() -> list[str]:
-    """This process's mappings of out-of-band buffers."""
+    """This process's mappings of out-of-band buffers' memory files (received buffers, their
+    header pages, and the spare files it keeps to send from)."""
     with open("/proc/self/maps") as f:
         return [line for line in f if "ferropool-buffer" in line]
+
+
+def received_maps() -> list[str]:
+    """The mappings of received buffers' bytes (they start after the file's header page)."""
+    return [line for line in buffer_maps() if int(line.split()[2], 16) == mmap.PAGESIZE]
+
+
+def nothing_left() -> bool:
+    """No mapping or descriptor of a memory file once this process's spares are closed."""
+    _core.drop_spare_buffers()
+    return buffer_maps() == [] and buffer_fds() == []
 
 
 def buffer_fds() -> list[str]:
@@ -54,7 +68,7 @@ def add_inplace(a, x):
 
 
 def buffer_inode(a) -> int:
-    """The inode of the memory file this worker's copy of ``a`` is mapped from."""
+    """The inode of the memory file ``a`` is mapped from in this process (0: none)."""
     address = a.__array_interface__["data"][0]
     with open("/proc/self/maps") as f:
         for line in f:
@@ -65,9 +79,21 @@ def buffer_inode(a) -> int:
     return 0
 
 
-def sum_after(gate: helpers.Gate, a):
-    gate.wait()
+def sum_after(gate: helpers.Gate, a, started: helpers.Gate | None = None):
+    if started is not None:
+        started.set()  # ``a`` is mapped here from now on
+    if not gate.wait():
+        raise TimeoutError("the gate never opened")
     return float(a.sum())
+
+
+def hold_on_one_worker(pool, gate_factory, a):
+    """Submits a task that maps ``a`` and holds it until the returned gate opens; returns
+    ``(future, gate)`` once the task runs."""
+    gate, started = gate_factory(), gate_factory()
+    fut = pool.submit(sum_after, gate, a, started)
+    assert started.wait(), "the holding task never started"
+    return fut, gate
 
 
 # ---------------------------------------------------------------- what arrives
@@ -102,8 +128,7 @@ def test_the_array_is_copied_at_submit_so_later_changes_do_not_reach_the_task(po
 def test_one_array_sent_to_two_workers_is_written_once_unless_it_changed(make_pool, gate_factory):
     pool = make_pool(2)
     a = np.ones(MIB)
-    gate = gate_factory()
-    holder = pool.submit(sum_after, gate, a)  # keeps the first memory file in use
+    holder, gate = hold_on_one_worker(pool, gate_factory, a)  # keeps the first memory file in use
     try:
         first = pool.submit(buffer_inode, a).result(timeout=RESULT_TIMEOUT)
         second = pool.submit(buffer_inode, a).result(timeout=RESULT_TIMEOUT)
@@ -164,9 +189,9 @@ def test_memory_is_unmapped_when_the_last_reference_goes(pool):
     results = [pool.submit(full, MIB // 8, float(i)).result(timeout=RESULT_TIMEOUT) for i in range(3)]
     views = [r[10:20] for r in results]  # a view keeps its base's mapping alive
     del results
-    assert len(buffer_maps()) == 3
+    assert len(received_maps()) == 3
     del views
-    assert buffer_maps() == [] and buffer_fds() == []
+    assert nothing_left()
 
 
 def test_a_worker_that_dies_holding_buffers_leaves_nothing(pool):
@@ -176,8 +201,47 @@ def test_a_worker_that_dies_holding_buffers_leaves_nothing(pool):
     with pytest.raises(WorkerDiedError):
         pool.submit(helpers.die_holding, np.ones(MIB)).result(timeout=RESULT_TIMEOUT)
     assert pool.submit(total, np.ones(MIB)).result(timeout=RESULT_TIMEOUT) == float(MIB)
-    assert buffer_maps() == [] and buffer_fds() == []
+    assert nothing_left()
     assert helpers.dev_shm_files() == shm_before
+
+
+# ---------------------------------------------------------------- memory files are reused
+
+
+def test_a_result_file_is_reused_once_the_caller_drops_the_result(make_pool):
+    pool = make_pool(1)
+    first = pool.submit(full, MIB // 8, 1.0).result(timeout=RESULT_TIMEOUT)
+    inode = buffer_inode(first)
+    del first
+    second = pool.submit(full, MIB // 8, 2.0).result(timeout=RESULT_TIMEOUT)
+    assert buffer_inode(second) == inode, "the worker wrote its next result into a new memory file"
+    assert (second == 2.0).all()
+
+
+def test_a_result_the_caller_holds_is_never_overwritten(pool):
+    held = [pool.submit(full, MIB // 8, float(i)).result(timeout=RESULT_TIMEOUT) for i in range(6)]
+    inodes = {buffer_inode(a) for a in held}
+    assert len(inodes) == 6, "two held results share one memory file"
+    for i, a in enumerate(held):
+        assert (a == float(i)).all(), f"result {i} changed after later results arrived"
+
+
+def test_an_argument_a_worker_holds_is_never_overwritten(make_pool, gate_factory):
+    pool = make_pool(2)
+    holder, gate = hold_on_one_worker(pool, gate_factory, np.full(MIB, 3.0))  # maps the first file
+    try:
+        for i in range(4):  # same size: each would fit the first file if it were free
+            assert pool.submit(total, np.full(MIB, float(i))).result(timeout=RESULT_TIMEOUT) == float(i * MIB)
+    finally:
+        gate.set()
+    assert holder.result(timeout=RESULT_TIMEOUT) == 3.0 * MIB
+
+
+def test_an_argument_file_is_reused_for_the_next_task(make_pool):
+    pool = make_pool(1)
+    first = pool.submit(buffer_inode, np.ones(MIB)).result(timeout=RESULT_TIMEOUT)
+    second = pool.submit(buffer_inode, np.zeros(MIB)).result(timeout=RESULT_TIMEOUT)
+    assert first and first == second, "the next argument was written into a new memory file"
 
 
 def test_without_numpy_bytes_and_memoryviews_still_travel_out_of_band(tmp_path):

@@ -292,6 +292,7 @@ class ProcessPool(PoolExecutor):
             self._engine.close(abort=cancel_futures)
         if wait:
             self._join()
+            _core.drop_spare_buffers()  # idle memory back now, not when the next pool sends
 
     def _cancel_all_futures(self) -> None:
         for tid in list(self._futures):

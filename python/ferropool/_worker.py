@@ -151,6 +151,7 @@ def _serve(conn, threads: int) -> None:
         if frame is None:
             return
         kind, task_id, payload, buffers, flags = frame
+        frame = None  # the buffers' only holders are the names below (see "Drop" further down)
         if kind == TASK:
             if flags or concurrent:
                 if runner is None:
@@ -181,7 +182,8 @@ def _serve(conn, threads: int) -> None:
             except BaseException as exc:
                 out, out_buffers = dumps_exception(exc), None
                 kind = ERR
-            # Drop our references first: a received buffer is unmapped once nothing uses it.
+            # Drop our references before answering: a received buffer is unmapped once nothing
+            # uses it, which frees its memory file for the parent's next buffer.
             fn = args = kwargs = buffers = value = None
             end = _perf()
             ns = end - start

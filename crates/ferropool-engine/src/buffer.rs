@@ -2,11 +2,19 @@
 //! an anonymous memory file (`memfd_create`) whose descriptor rides along with its frame
 //! (`SCM_RIGHTS`). See `docs/shared-memory.md`, "Buffers".
 //!
-//! The sender writes the bytes into a new memory file with `pwrite` (the kernel copies straight
-//! into page-cache pages, so the sender takes no page faults) and keeps the descriptor until the
-//! task is done, in case it must be re-sent. The receiver maps the whole file and gets a
-//! `Mapping`; the descriptor is closed at once, so the memory lives exactly as long as mappings of
-//! it do. Nothing has a name in any filesystem: a crash or a killed process leaves nothing behind.
+//! A memory file is one header page followed by the buffer's bytes. The header holds how many
+//! mappings of the file receivers still have (`readers`): the sender adds one each time it lends
+//! the descriptor to a frame ([`MemFile::lend`]), a receiver's [`Mapping`] takes it back when
+//! it unmaps. The receiver closes the descriptor at once, so the memory lives exactly as long as
+//! the sender's file and the receivers' mappings do. Nothing has a name in any filesystem: a crash
+//! or a killed process leaves nothing behind.
+//!
+//! Writing into a *fresh* memory file is slow (the kernel allocates and clears it 4 KiB page by
+//! page, about 2 GB/s here), so a sender does not close a file it is done with: the file goes to
+//! this process's spare list ([`Spares`]) and the next buffer is copied into it with `memcpy`
+//! through the sender's own mapping, once no receiver maps it any more (`readers == 0`). A
+//! receiver that crashes never gives its count back; its file is then never reused and leaves
+//! the list by age. The list is bounded (files, bytes, age), see [`Spares`].
 //!
 //! Arguments may go to several workers from one memory file: `BufferCache` finds the file
 //! already written for the same memory (same address and length) while a task still holds it,
@@ -17,24 +25,69 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
-/// A memory file written once with a buffer's bytes, as the sender holds it.
+/// Size of the header page in front of a buffer's bytes (the system page size, so that the
+/// bytes can be mapped on their own).
+pub fn header_len() -> usize {
+    static PAGE: OnceLock<usize> = OnceLock::new();
+    // SAFETY: sysconf only reads a system constant.
+    *PAGE.get_or_init(|| usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(4096))
+}
+
+/// A memory file holding one buffer, as its sender holds it. Dropping it gives the file to the
+/// process's spare list for reuse.
 pub struct MemFile {
-    fd: OwnedFd,
+    /// Always `Some` until drop hands it to the spare list.
+    file: Option<Backing>,
     len: usize,
-    /// A view of the file, made the first time its bytes are compared.
-    view: OnceLock<io::Result<Mapping>>,
+    /// The spare list it came from and goes back to.
+    home: &'static Spares,
+}
+
+/// A memory file and the sender's shared mapping of all of it (header and bytes).
+struct Backing {
+    fd: OwnedFd,
+    view: RawMap,
+    /// Length of the bytes after the header.
+    len: usize,
+    /// Whether every page of `view` is mapped already (then a `memcpy` takes no faults).
+    populated: bool,
 }
 
 impl MemFile {
-    /// Writes `data` into a new memory file.
+    /// Writes `data` into a memory file: a spare one when a free one exists, else a new one.
     pub fn write(data: &[u8]) -> io::Result<MemFile> {
-        Ok(MemFile { fd: memfd_with(data)?, len: data.len(), view: OnceLock::new() })
+        MemFile::write_in(&SPARES, data)
+    }
+
+    /// As `write`, with the spare list `home` rather than the process's.
+    pub fn write_in(home: &'static Spares, data: &[u8]) -> io::Result<MemFile> {
+        let backing = match home.take(data.len()) {
+            Some(spare) => spare.refill(data)?,
+            None => Backing::new(data)?,
+        };
+        Ok(MemFile { file: Some(backing), len: data.len(), home })
+    }
+
+    fn backing(&self) -> &Backing {
+        self.file.as_ref().expect("a MemFile has its file until dropped")
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.backing().fd.as_fd()
+    }
+
+    /// A duplicate of the descriptor to send to one receiver, counted as one more reader of
+    /// the file until that receiver's `Mapping` is dropped.
+    pub fn lend(&self) -> io::Result<OwnedFd> {
+        let b = self.backing();
+        b.readers().fetch_add(1, Ordering::AcqRel);
+        b.fd.try_clone().inspect_err(|_| {
+            b.readers().fetch_sub(1, Ordering::AcqRel);
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -47,15 +100,151 @@ impl MemFile {
 
     /// Whether the file holds exactly `data`.
     fn holds(&self, data: &[u8]) -> bool {
-        if data.len() != self.len {
-            return false;
-        }
-        match self.view.get_or_init(|| Mapping::new(self.fd.as_fd(), true)) {
-            // SAFETY: nobody writes a sender's memory file: receivers map it private.
-            Ok(view) => (unsafe { view.bytes() }) == data,
-            Err(_) => false,
+        // SAFETY: nobody writes a sender's memory file while its MemFile lives: receivers map
+        // it private (arguments) or are its only user after the sender is done (results).
+        data.len() == self.len && unsafe { self.backing().bytes() } == data
+    }
+
+    /// Receivers still mapping this file (tests).
+    pub fn readers(&self) -> u32 {
+        self.backing().readers().load(Ordering::Acquire)
+    }
+}
+
+impl Drop for MemFile {
+    fn drop(&mut self) {
+        if let Some(backing) = self.file.take() {
+            self.home.give(backing);
         }
     }
+}
+
+impl Backing {
+    /// A new memory file holding `data`. `pwrite` fills it: the kernel copies straight into
+    /// newly allocated pages, without page faults in this process.
+    fn new(data: &[u8]) -> io::Result<Backing> {
+        let fd = new_memfd()?;
+        let head = header_len();
+        resize(&fd, head + data.len())?;
+        pwrite_all(&fd, data, head)?;
+        let view = RawMap::new(&fd, head + data.len(), libc::MAP_SHARED, 0)?;
+        Ok(Backing { fd, view, len: data.len(), populated: false })
+    }
+
+    /// Puts `data` into this (free) file, resizing it if needed.
+    fn refill(mut self, data: &[u8]) -> io::Result<Backing> {
+        let head = header_len();
+        if data.len() != self.len {
+            resize(&self.fd, head + data.len())?;
+            self.view = RawMap::new(&self.fd, head + data.len(), libc::MAP_SHARED, 0)?;
+            self.len = data.len();
+            self.populated = false;
+        }
+        if !self.populated && !data.is_empty() {
+            // Map every page of the file at once (one call instead of a fault per 4 KiB page);
+            // they stay mapped for every later reuse. Best effort before Linux 5.14.
+            // SAFETY: the range is inside the mapping `view` owns; the advice changes no data.
+            unsafe { libc::madvise(self.view.ptr.as_ptr().add(head).cast(), data.len(), libc::MADV_POPULATE_READ) };
+            self.populated = true;
+        }
+        if !data.is_empty() {
+            // SAFETY: the file is free (no receiver maps it: `readers` was 0 when it was taken
+            // from the spare list, and only this thread holds it now), the view covers
+            // `head + data.len()` bytes, and `data` is a separate, live slice.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.view.ptr.as_ptr().add(head), data.len()) };
+        }
+        Ok(self)
+    }
+
+    fn readers(&self) -> &AtomicU32 {
+        // SAFETY: the view starts with the header page, mapped shared and writable for as long
+        // as `self` lives; offset 0 is 4-aligned (page-aligned) and only ever accessed
+        // atomically, by this process and by receivers through their own shared mappings.
+        unsafe { AtomicU32::from_ptr(self.view.ptr.as_ptr().cast()) }
+    }
+
+    /// # Safety
+    /// Nobody may write the file while the slice lives.
+    unsafe fn bytes(&self) -> &[u8] {
+        // SAFETY: the view maps header and `len` bytes; no concurrent writer (caller's promise).
+        unsafe { std::slice::from_raw_parts(self.view.ptr.as_ptr().add(header_len()), self.len) }
+    }
+
+    /// Whether no receiver maps the file any more, so its bytes may be overwritten.
+    fn is_free(&self) -> bool {
+        self.readers().load(Ordering::Acquire) == 0
+    }
+}
+
+/// Spare memory files of this process, waiting to be reused (see the module docs). Bounded:
+/// at most [`Spares::MAX_FILES`] files and [`Spares::MAX_BYTES`] bytes, each kept at most
+/// [`Spares::MAX_AGE`] after its last use (checked whenever a file is given or taken, and by
+/// [`drop_spares`]); a file larger than the byte bound is closed at once.
+pub struct Spares {
+    list: Mutex<Vec<(Backing, Instant)>>,
+}
+
+/// This process's spare memory files.
+static SPARES: Spares = Spares::new();
+
+impl Spares {
+    pub const fn new() -> Spares {
+        Spares { list: Mutex::new(Vec::new()) }
+    }
+
+    /// How many spare files the list holds.
+    pub fn len(&self) -> usize {
+        self.list.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes every spare file (see [`drop_spares`]); returns how many.
+    pub fn clear(&self) -> usize {
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *list).len()
+    }
+
+    pub const MAX_FILES: usize = 16;
+    pub const MAX_BYTES: usize = 256 << 20;
+    pub const MAX_AGE: Duration = Duration::from_secs(2);
+
+    fn give(&self, backing: Backing) {
+        if backing.len > Self::MAX_BYTES {
+            return; // closes it; receivers' mappings keep the memory as long as they need it
+        }
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        list.push((backing, Instant::now()));
+        trim(&mut list);
+    }
+
+    /// A free spare file, preferring one of exactly `len` bytes (no resize), else the most
+    /// recently used free one.
+    fn take(&self, len: usize) -> Option<Backing> {
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        trim(&mut list);
+        let exact = list.iter().rposition(|(b, _)| b.len == len && b.is_free());
+        let pick = exact.or_else(|| list.iter().rposition(|(b, _)| b.is_free()))?;
+        Some(list.remove(pick).0)
+    }
+}
+
+/// Drops spares that are too old, then the oldest until the list is within its bounds.
+fn trim(list: &mut Vec<(Backing, Instant)>) {
+    let now = Instant::now();
+    list.retain(|(_, at)| now.duration_since(*at) < Spares::MAX_AGE);
+    let mut bytes: usize = list.iter().map(|(b, _)| b.len).sum();
+    while list.len() > Spares::MAX_FILES || bytes > Spares::MAX_BYTES {
+        bytes -= list.remove(0).0.len;
+    }
+}
+
+/// Closes every spare memory file of this process (a pool calls it when it shuts down, so that
+/// idle memory is given back at once rather than after `Spares::MAX_AGE`). Returns how many.
+pub fn drop_spares() -> usize {
+    SPARES.clear()
 }
 
 /// Memory files of buffers still held by some task, by the address and length of the memory
@@ -92,8 +281,7 @@ impl BufferCache {
     }
 }
 
-/// Creates an anonymous memory file holding `data`.
-pub fn memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
+fn new_memfd() -> io::Result<OwnedFd> {
     // SAFETY: the name is a valid NUL-terminated string; memfd_create returns a new descriptor
     // or -1.
     let raw = unsafe { libc::memfd_create(c"ferropool-buffer".as_ptr(), libc::MFD_CLOEXEC) };
@@ -101,12 +289,24 @@ pub fn memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just returned this descriptor and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn resize(fd: &OwnedFd, len: usize) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "buffer too large"))?;
+    // SAFETY: plain syscall on a descriptor we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn pwrite_all(fd: &OwnedFd, data: &[u8], offset: usize) -> io::Result<()> {
     let mut done = 0usize;
     while done < data.len() {
         let rest = &data[done..];
         // SAFETY: `rest` is a live slice of `rest.len()` readable bytes; pwrite only reads it.
-        let n = unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), done as libc::off_t) };
+        let n = unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), (offset + done) as libc::off_t) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -116,6 +316,15 @@ pub fn memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
         }
         done += n as usize;
     }
+    Ok(())
+}
+
+/// Creates a memory file holding `data` after its header page, owned by the caller alone (no
+/// spare list): for tests and tools that build frames by hand.
+pub fn memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
+    let fd = new_memfd()?;
+    resize(&fd, header_len() + data.len())?;
+    pwrite_all(&fd, data, header_len())?;
     Ok(fd)
 }
 
@@ -130,93 +339,129 @@ pub fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
     usize::try_from(st.st_size).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative file size"))
 }
 
-/// A whole memory file mapped read-write into this process; unmapped on drop.
-pub struct Mapping {
+/// One `mmap` of part of a file, read-write; unmapped on drop.
+struct RawMap {
     ptr: NonNull<u8>,
     len: usize,
 }
 
-// SAFETY: a Mapping is plain memory owned by this value; nothing about it is tied to a thread.
-// Concurrent access to the bytes is the user's business, as with a bytearray.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; `&Mapping` only hands out the pointer and length.
-unsafe impl Sync for Mapping {}
+// SAFETY: a RawMap is plain memory owned by this value; nothing about it is tied to a thread.
+unsafe impl Send for RawMap {}
+// SAFETY: as above; `&RawMap` only hands out the pointer and length.
+unsafe impl Sync for RawMap {}
 
-impl Mapping {
-    /// Maps all of `fd`'s file: `shared` writes go to the file (the caller is its only user),
-    /// otherwise they are copy-on-write, private to this mapping. The descriptor may be closed
-    /// afterwards.
-    pub fn new(fd: BorrowedFd<'_>, shared: bool) -> io::Result<Mapping> {
-        let len = file_len(fd)?;
-        if len == 0 {
-            return Ok(Mapping { ptr: NonNull::dangling(), len: 0 });
-        }
-        let flags = if shared { libc::MAP_SHARED | libc::MAP_POPULATE } else { libc::MAP_PRIVATE };
-        // SAFETY: a fresh mapping chosen by the kernel (addr NULL) of `len` bytes of a file that
-        // has `len` bytes; it aliases no Rust object.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd.as_raw_fd(), 0) };
+impl RawMap {
+    /// Maps `len` (> 0) bytes of `fd` from `offset` (a multiple of the page size).
+    fn new(fd: &impl AsRawFd, len: usize, flags: libc::c_int, offset: usize) -> io::Result<RawMap> {
+        // SAFETY: a fresh mapping chosen by the kernel (addr NULL); it aliases no Rust object.
+        let ptr = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd.as_raw_fd(), offset as libc::off_t)
+        };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        if !shared {
-            // Map every page for reading now, in one call, rather than fault by fault as the
-            // task reads them (MAP_POPULATE would copy every page of a private writable
-            // mapping). Best effort: before Linux 5.14 the pages are simply faulted in later.
-            // SAFETY: the range is exactly the mapping just made; the advice changes no data.
-            unsafe { libc::madvise(ptr, len, libc::MADV_POPULATE_READ) };
-        }
-        Ok(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap never returns NULL on success"), len })
+        Ok(RawMap { ptr: NonNull::new(ptr.cast()).expect("mmap never returns NULL on success"), len })
+    }
+}
+
+impl Drop for RawMap {
+    fn drop(&mut self) {
+        // SAFETY: exactly the range mmap returned, unmapped once; no reference into it outlives
+        // the owner (the binding keeps a Mapping alive while buffers are exported).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A received buffer: the bytes of a memory file mapped into this process, read-write. On drop
+/// the bytes are unmapped and the file's reader count given back (see the module docs).
+pub struct Mapping {
+    /// The bytes; `None` for an empty buffer.
+    data: Option<RawMap>,
+    /// The file's header page, mapped shared.
+    header: RawMap,
+}
+
+impl Mapping {
+    /// Maps the bytes of the memory file `fd` (lent by its sender): `shared` writes go to the
+    /// file (the caller is its only user), otherwise they are copy-on-write, private to this
+    /// mapping. The descriptor may be closed afterwards.
+    pub fn new(fd: BorrowedFd<'_>, shared: bool) -> io::Result<Mapping> {
+        let head = header_len();
+        let len = file_len(fd)?
+            .checked_sub(head)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "a buffer's memory file is shorter than its header"))?;
+        let header = RawMap::new(&fd, head, libc::MAP_SHARED, 0)?;
+        // Shared: map every page now, in one call. Private: no prefaulting — populating a
+        // private writable mapping would copy every page, and MADV_POPULATE_READ measured
+        // slower than the kernel's fault-around as the task reads.
+        let flags = if shared { libc::MAP_SHARED | libc::MAP_POPULATE } else { libc::MAP_PRIVATE };
+        let data = if len == 0 { None } else { Some(RawMap::new(&fd, len, flags, head)?) };
+        Ok(Mapping { data, header })
     }
 
     /// Start of the mapped bytes (dangling, never to be read, when `len()` is 0).
     pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
+        self.data.as_ref().map_or(NonNull::dangling().as_ptr(), |d| d.ptr.as_ptr())
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.data.as_ref().map_or(0, |d| d.len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
-    /// Returns the mapped bytes. The caller must make sure nothing writes them meanwhile.
+    /// Returns the mapped bytes.
     ///
     /// # Safety
     /// No other thread or process may write the mapping while the slice lives.
     pub unsafe fn bytes(&self) -> &[u8] {
-        if self.len == 0 {
-            return &[];
+        match &self.data {
+            // SAFETY: `d` maps `d.len` readable bytes that live as long as `self`; the caller
+            // guarantees no concurrent writes.
+            Some(d) => unsafe { std::slice::from_raw_parts(d.ptr.as_ptr(), d.len) },
+            None => &[],
         }
-        // SAFETY: `ptr` points to `len` mapped, readable bytes that live as long as `self`; the
-        // caller guarantees no concurrent writes.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: exactly the range mmap returned, unmapped once; no reference into it
-            // outlives `self` (the binding keeps the owner alive while buffers are exported).
-            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-        }
+        drop(self.data.take()); // unmapped before the sender may learn the file is free
+        // SAFETY: the header page is mapped shared and writable while `self.header` lives; its
+        // first word is the reader count, page-aligned and only ever accessed atomically.
+        let readers = unsafe { AtomicU32::from_ptr(self.header.ptr.as_ptr().cast()) };
+        // Saturating: a file mapped without being lent (a hand-made frame) stays at 0.
+        let _ = readers.fetch_update(Ordering::Release, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
+
+    fn inode(fd: BorrowedFd<'_>) -> u64 {
+        // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid, writable `stat`.
+        assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+        st.st_ino
+    }
+
+    fn receive(file: &MemFile, shared: bool) -> Mapping {
+        Mapping::new(file.lend().unwrap().as_fd(), shared).unwrap()
+    }
 
     #[test]
     fn bytes_written_to_a_memfd_map_back_and_private_writes_stay_private() {
+        static HOME: Spares = Spares::new();
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let fd = memfd_with(&data).unwrap();
-        assert_eq!(file_len(fd.as_fd()).unwrap(), data.len());
-        let private = Mapping::new(fd.as_fd(), false).unwrap();
-        let shared = Mapping::new(fd.as_fd(), true).unwrap();
+        let file = MemFile::write_in(&HOME, &data).unwrap();
+        assert_eq!(file_len(file.fd()).unwrap(), header_len() + data.len());
+        let private = receive(&file, false);
+        let shared = receive(&file, true);
+        assert_eq!(file.readers(), 2);
         // SAFETY: nothing else writes these mappings during the test's reads.
         assert_eq!(unsafe { private.bytes() }, &data[..]);
         // SAFETY: index 7 is inside the private mapping, which nothing else accesses.
@@ -225,9 +470,63 @@ mod tests {
         assert_eq!(unsafe { shared.bytes() }[7], data[7], "a private write reached the file");
         // SAFETY: index 9 is inside the shared mapping; no other reference is live.
         unsafe { *shared.as_ptr().add(9) = 0xCD };
-        let again = Mapping::new(fd.as_fd(), false).unwrap();
+        let again = receive(&file, false);
         // SAFETY: read-only use while no writer runs.
         assert_eq!(unsafe { again.bytes() }[9], 0xCD, "a shared write did not reach the file");
+        drop((private, shared, again));
+        assert_eq!(file.readers(), 0, "every dropped mapping gives its count back");
+    }
+
+    #[test]
+    fn a_file_is_reused_only_once_no_receiver_maps_it() {
+        static HOME: Spares = Spares::new();
+        let a = vec![1u8; 200_000];
+        let first = MemFile::write_in(&HOME, &a).unwrap();
+        let first_ino = inode(first.fd());
+        let held = receive(&first, true);
+        drop(first);
+        assert_eq!(HOME.len(), 1, "a dropped file is kept as a spare");
+        let b = vec![2u8; 200_000];
+        let second = MemFile::write_in(&HOME, &b).unwrap();
+        assert_ne!(inode(second.fd()), first_ino, "a file a receiver still maps was reused");
+        // SAFETY: read-only use while no writer runs.
+        assert_eq!(unsafe { held.bytes() }, &a[..], "a held buffer changed under its receiver");
+        let second_ino = inode(second.fd());
+        drop((held, second));
+        let c = vec![3u8; 200_000];
+        let third = MemFile::write_in(&HOME, &c).unwrap();
+        assert!([first_ino, second_ino].contains(&inode(third.fd())), "a free spare file was not reused");
+        assert_eq!(HOME.len(), 1);
+        // SAFETY: read-only use while no writer runs.
+        assert_eq!(unsafe { receive(&third, false).bytes() }, &c[..]);
+    }
+
+    #[test]
+    fn a_reused_file_takes_the_new_length() {
+        static HOME: Spares = Spares::new();
+        let ino = {
+            let f = MemFile::write_in(&HOME, &vec![7u8; 300_000]).unwrap();
+            inode(f.fd())
+        };
+        for len in [100_000usize, 500_000, 0, 4096] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 13) as u8).collect();
+            let f = MemFile::write_in(&HOME, &data).unwrap();
+            assert_eq!(inode(f.fd()), ino, "the only spare was not reused for {len} bytes");
+            let m = receive(&f, false);
+            assert_eq!(m.len(), len);
+            // SAFETY: read-only use while no writer runs.
+            assert_eq!(unsafe { m.bytes() }, &data[..]);
+        }
+    }
+
+    #[test]
+    fn the_spare_list_stays_bounded_and_can_be_emptied() {
+        static HOME: Spares = Spares::new();
+        let files: Vec<MemFile> = (0..Spares::MAX_FILES + 5).map(|i| MemFile::write_in(&HOME, &[i as u8; 4096]).unwrap()).collect();
+        drop(files);
+        assert_eq!(HOME.len(), Spares::MAX_FILES);
+        assert_eq!(HOME.clear(), Spares::MAX_FILES);
+        assert!(HOME.is_empty());
     }
 
     #[test]
@@ -239,20 +538,22 @@ mod tests {
         data[50_000] = 6;
         let changed = cache.get_or_write(&data).unwrap();
         assert!(!Arc::ptr_eq(&first, &changed), "changed bytes must be written anew");
-        let changed_fd = changed.fd().as_raw_fd();
         drop((first, changed));
         let fresh = cache.get_or_write(&data).unwrap();
         assert!(fresh.holds(&data));
         assert_eq!(cache.entries.lock().unwrap().len(), 1, "dead entries are dropped");
-        let _ = changed_fd;
     }
 
     #[test]
-    fn an_empty_buffer_maps_to_nothing() {
-        let fd = memfd_with(&[]).unwrap();
-        let m = Mapping::new(fd.as_fd(), true).unwrap();
+    fn an_empty_buffer_maps_to_nothing_and_still_counts() {
+        static HOME: Spares = Spares::new();
+        let file = MemFile::write_in(&HOME, &[]).unwrap();
+        let m = receive(&file, true);
         assert!(m.is_empty());
         // SAFETY: empty mapping: returns an empty slice without touching memory.
         assert!(unsafe { m.bytes() }.is_empty());
+        assert_eq!(file.readers(), 1);
+        drop(m);
+        assert_eq!(file.readers(), 0);
     }
 }

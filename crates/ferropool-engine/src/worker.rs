@@ -223,8 +223,9 @@ impl Worker {
 
     /// Queues task `id` for this worker.
     pub fn send_task(&mut self, id: u64, payload: Payload, timeout: Option<Duration>) {
-        // The frame gets duplicates of the buffers' descriptors: ours are kept for a re-send.
-        let fds = payload.buffers.iter().filter_map(|b| b.fd().try_clone_to_owned().ok()).collect::<Vec<_>>();
+        // The frame gets lent duplicates of the buffers' descriptors (each counted as a reader of
+        // its file until the worker unmaps it): ours are kept for a re-send.
+        let fds = payload.buffers.iter().filter_map(|b| b.lend().ok()).collect::<Vec<_>>();
         let flags = if payload.is_async { crate::frame::FLAG_ASYNC } else { 0 };
         if fds.len() == payload.buffers.len() {
             self.writer.push_parts_flagged(Kind::Task, id, flags, 0, &payload.bytes, fds);
