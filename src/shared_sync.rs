@@ -91,8 +91,9 @@ impl SharedLock {
         self.acquire(py, true, -1.0)
     }
 
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+    // Three positional parameters, not `*args`: `with` passes exactly three, and a varargs
+    // signature costs a tuple per call.
+    fn __exit__(&self, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> PyResult<()> {
         self.release()
     }
 
@@ -161,8 +162,9 @@ impl SharedRLock {
         self.acquire(py, true, -1.0)
     }
 
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+    // Three positional parameters, not `*args`: `with` passes exactly three, and a varargs
+    // signature costs a tuple per call.
+    fn __exit__(&self, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> PyResult<()> {
         self.release()
     }
 
@@ -289,8 +291,9 @@ impl SharedSemaphore {
         self.acquire(py, true, None)
     }
 
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+    // Three positional parameters, not `*args`: `with` passes exactly three, and a varargs
+    // signature costs a tuple per call.
+    fn __exit__(&self, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> PyResult<()> {
         self.release(1)
     }
 
