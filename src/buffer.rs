@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 
 use ferropool_engine::buffer::{self as engine_buffer, BufferCache, MemFile, Mapping};
+use ferropool_engine::shared::spill::SpillRange;
 
 use crate::errors;
 
@@ -25,7 +26,37 @@ static CACHE: BufferCache = BufferCache::new();
 /// A buffer received from another process, mapped from its memory file; see `_core.pyi`.
 #[pyclass(frozen, module = "ferropool._core")]
 pub struct SharedBuffer {
-    map: Mapping,
+    map: Received,
+}
+
+/// Where a received buffer's bytes are mapped from.
+enum Received {
+    /// A task's argument or result: its own memory file.
+    File(Mapping),
+    /// A queue item's: a range of the queue's spill file.
+    Spill(SpillRange),
+}
+
+impl Received {
+    fn as_ptr(&self) -> *mut u8 {
+        match self {
+            Received::File(m) => m.as_ptr(),
+            Received::Spill(r) => r.as_ptr(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Received::File(m) => m.len(),
+            Received::Spill(r) => r.len(),
+        }
+    }
+}
+
+impl SharedBuffer {
+    pub(crate) fn from_spill(range: SpillRange) -> SharedBuffer {
+        SharedBuffer { map: Received::Spill(range) }
+    }
 }
 
 #[pymethods]
@@ -61,7 +92,7 @@ impl SharedBuffer {
 pub(crate) fn map_all<'py>(py: Python<'py>, fds: Vec<OwnedFd>, shared: bool) -> PyResult<Bound<'py, PyList>> {
     let buffers = fds
         .iter()
-        .map(|fd| Ok(SharedBuffer { map: Mapping::new(fd.as_fd(), shared).map_err(errors::io_error)? }))
+        .map(|fd| Ok(SharedBuffer { map: Received::File(Mapping::new(fd.as_fd(), shared).map_err(errors::io_error)?) }))
         .collect::<PyResult<Vec<_>>>()?;
     PyList::new(py, buffers)
 }

@@ -4,19 +4,34 @@
 //! Items are pickled (protocol 5) and unpickled here, so a `put` or `get` from Python is one call
 //! into Rust. The first attempt holds the GIL and makes no system call; only a full or empty
 //! queue (or a busy lock) makes the call detach and wait in slices that let Ctrl-C through.
+//!
+//! Large buffers of an item (numpy arrays, bytearrays, anything pickling `PickleBuffer`s of at
+//! least `SPILL_THRESHOLD` bytes) go out of band into the queue's spill file
+//! (`ferropool_engine::shared::spill`); the ring then holds `SPILLED`, the buffers' ranges and the
+//! pickle, and `get` rebuilds the item on `SharedBuffer`s mapping those ranges (no copy).
 
 use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyType};
+use pyo3::types::{PyBytes, PyDict, PyList, PyType};
 
 use ferropool_engine::shared::queue::{Queue, QueueError};
+use ferropool_engine::shared::segment::adopt_fd;
+use ferropool_engine::shared::spill::Spill;
 
+use crate::buffer::SharedBuffer;
 use crate::errors::io_error;
 use crate::shared::{adopt, block};
+
+/// Buffers of an item this large or larger travel out of the ring (the pools' default
+/// `zero_copy_threshold`).
+const SPILL_THRESHOLD: usize = 64 << 10;
+/// First byte of a ring entry whose item has spilled buffers (a pickle starts with 0x80).
+const SPILLED: u8 = b'S';
 
 /// Default ring size: pages are touched only as the ring fills, so an idle queue costs little.
 const DEFAULT_CAPACITY: usize = 4 << 20;
@@ -59,6 +74,28 @@ fn queue_timeout(block: bool, timeout: Option<f64>) -> PyResult<Option<Duration>
 #[pyclass(subclass, frozen, weakref, module = "ferropool._core")]
 pub struct SharedQueue {
     queue: Queue,
+    spill: Arc<Spill>,
+}
+
+/// `pickle.dumps`' `buffer_callback`: takes the buffers of at least `SPILL_THRESHOLD` bytes out of
+/// band (as contiguous memoryviews, `PickleBuffer.raw()`), leaves the others in the pickle.
+#[pyclass(module = "ferropool._core")]
+struct OutOfBand {
+    taken: Mutex<Vec<Py<PyAny>>>,
+}
+
+#[pymethods]
+impl OutOfBand {
+    fn __call__(&self, buffer: &Bound<'_, PyAny>) -> bool {
+        let Ok(raw) = buffer.call_method0("raw") else { return true }; // not contiguous: in band
+        match raw.getattr("nbytes").and_then(|n| n.extract::<usize>()) {
+            Ok(n) if n >= SPILL_THRESHOLD => {
+                self.taken.lock().unwrap_or_else(|p| p.into_inner()).push(raw.unbind());
+                false
+            }
+            _ => true,
+        }
+    }
 }
 
 impl SharedQueue {
@@ -81,8 +118,15 @@ impl SharedQueue {
 #[pymethods]
 impl SharedQueue {
     #[new]
-    #[pyo3(signature = (maxsize=0, *, capacity_bytes=DEFAULT_CAPACITY, _attach=None))]
-    fn new(maxsize: i64, capacity_bytes: usize, _attach: Option<(i32, u64)>) -> PyResult<Self> {
+    #[pyo3(signature = (maxsize=0, *, capacity_bytes=DEFAULT_CAPACITY, _attach=None, _spill=None))]
+    fn new(maxsize: i64, capacity_bytes: usize, _attach: Option<(i32, u64)>, _spill: Option<i32>) -> PyResult<Self> {
+        let spill = match _spill {
+            // SAFETY: `_spill` transfers ownership of a descriptor opened for this object alone
+            // (documented in `_core.pyi`), as `_attach` does.
+            Some(fd) => Spill::open(unsafe { adopt_fd(fd) }.map_err(|e| PyValueError::new_err(format!("_spill: descriptor {fd}: {e}")))?).map_err(io_error)?,
+            None if _attach.is_some() => return Err(PyValueError::new_err("_attach needs _spill: a queue travels with its spill file")),
+            None => Spill::create().map_err(io_error)?,
+        };
         let queue = match _attach {
             Some(a) => adopt(a).and_then(|(fd, id)| Queue::open(fd, id).map_err(io_error))?,
             None => {
@@ -93,15 +137,62 @@ impl SharedQueue {
                 Queue::create(capacity_bytes, maxsize).map_err(io_error)?
             }
         };
-        Ok(SharedQueue { queue })
+        Ok(SharedQueue { queue, spill: Arc::new(spill) })
     }
 
     #[pyo3(signature = (item, block=true, timeout=None))]
     fn put(&self, py: Python<'_>, item: &Bound<'_, PyAny>, block: bool, timeout: Option<f64>) -> PyResult<()> {
         let timeout = queue_timeout(block, timeout)?;
-        let data = DUMPS.import(py, "pickle", "dumps")?.call1((item, 5))?;
-        let data = data.cast_into::<PyBytes>()?;
-        self.put_bytes(py, data.as_bytes(), timeout)
+        let dumps = DUMPS.import(py, "pickle", "dumps")?;
+        // Small items (the common case) are pickled once, without a buffer callback (which
+        // costs ~150 ns per call); a large pickle is made again with its buffers out of band,
+        // as is any item that is itself a buffer (an array).
+        // SAFETY: PyObject_CheckBuffer only reads the object's type slots.
+        let is_buffer = unsafe { pyo3::ffi::PyObject_CheckBuffer(item.as_ptr()) } != 0;
+        if !is_buffer || item.is_instance_of::<PyBytes>() {
+            let data = dumps.call1((item, 5))?.cast_into::<PyBytes>()?;
+            if data.as_bytes().len() < SPILL_THRESHOLD {
+                return self.put_bytes(py, data.as_bytes(), timeout);
+            }
+        }
+        let taker = Bound::new(py, OutOfBand { taken: Mutex::new(Vec::new()) })?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("buffer_callback", &taker)?;
+        let data = dumps.call((item, 5), Some(&kwargs))?.cast_into::<PyBytes>()?;
+        let buffers = std::mem::take(&mut *taker.borrow().taken.lock().unwrap_or_else(|p| p.into_inner()));
+        if buffers.is_empty() {
+            return self.put_bytes(py, data.as_bytes(), timeout);
+        }
+        let mut ranges: Vec<(u64, usize)> = Vec::with_capacity(buffers.len());
+        let written = (|| -> PyResult<()> {
+            for raw in &buffers {
+                let view = pyo3::buffer::PyBuffer::<u8>::get(raw.bind(py))?;
+                // SAFETY: `raw()` gave a contiguous unsigned-byte view, alive (and its exporter
+                // unresizable) while `view` is; another thread writing it meanwhile would only
+                // tear the copy, as with pickling.
+                let bytes = unsafe { std::slice::from_raw_parts(view.buf_ptr() as *const u8, view.len_bytes()) };
+                let offset = py.detach(|| self.spill.write(bytes)).map_err(io_error)?;
+                ranges.push((offset, bytes.len()));
+            }
+            Ok(())
+        })();
+        let outcome = written.and_then(|()| {
+            let mut entry = Vec::with_capacity(5 + 16 * ranges.len() + data.as_bytes().len());
+            entry.push(SPILLED);
+            entry.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+            for (offset, len) in &ranges {
+                entry.extend_from_slice(&offset.to_le_bytes());
+                entry.extend_from_slice(&(*len as u64).to_le_bytes());
+            }
+            entry.extend_from_slice(data.as_bytes());
+            self.put_bytes(py, &entry, timeout)
+        });
+        if outcome.is_err() {
+            for (offset, len) in ranges {
+                self.spill.free(offset, len); // the item was not queued: nobody will take them
+            }
+        }
+        outcome
     }
 
     fn put_nowait(&self, py: Python<'_>, item: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -134,7 +225,18 @@ impl SharedQueue {
             other => other,
         };
         outcome.map_err(|e| queue_error(py, e, false, 0, self.queue.capacity()))?;
-        LOADS.import(py, "pickle", "loads")?.call1((PyBytes::new(py, &buf),))
+        let loads = LOADS.import(py, "pickle", "loads")?;
+        if buf.first() != Some(&SPILLED) {
+            return loads.call1((PyBytes::new(py, &buf),));
+        }
+        let (ranges, pickle) = parse_spilled(&buf).ok_or_else(|| PyRuntimeError::new_err("the shared queue's memory is corrupt (a spilled item's header is cut)"))?;
+        let buffers = ranges
+            .into_iter()
+            .map(|(offset, len)| Ok(SharedBuffer::from_spill(self.spill.take(offset, len).map_err(io_error)?)))
+            .collect::<PyResult<Vec<_>>>()?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("buffers", PyList::new(py, buffers)?)?;
+        loads.call((PyBytes::new(py, pickle),), Some(&kwargs))
     }
 
     fn get_nowait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -172,4 +274,20 @@ impl SharedQueue {
     fn id(&self) -> u64 {
         self.queue.segment().id()
     }
+
+    #[getter(_spill_fd)]
+    fn spill_fd(&self) -> i32 {
+        self.spill.fd().as_raw_fd()
+    }
+}
+
+/// Splits a `SPILLED` ring entry into its buffers' `(offset, len)` and the pickle.
+fn parse_spilled(entry: &[u8]) -> Option<(Vec<(u64, usize)>, &[u8])> {
+    let n = u32::from_le_bytes(entry.get(1..5)?.try_into().ok()?) as usize;
+    let table = entry.get(5..5 + 16 * n)?;
+    let ranges = table
+        .chunks_exact(16)
+        .map(|c| Some((u64::from_le_bytes(c[..8].try_into().ok()?), usize::try_from(u64::from_le_bytes(c[8..].try_into().ok()?)).ok()?)))
+        .collect::<Option<Vec<_>>>()?;
+    Some((ranges, &entry[5 + 16 * n..]))
 }

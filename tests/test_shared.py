@@ -103,6 +103,27 @@ def identity(obj):
     return obj
 
 
+def put_arrays(q, producer, n, length):
+    import numpy as np
+
+    for i in range(n):
+        q.put((producer, i, np.full(length, float(producer * 1000 + i))), timeout=BOUND)
+    return n
+
+
+def take_arrays(q):
+    """Takes (producer, i, array) items until None; checks each array in place (it is mapped,
+    not copied) and returns the (producer, i) seen."""
+    got = []
+    while True:
+        item = q.get(timeout=BOUND)
+        if item is None:
+            return got
+        producer, i, array = item
+        assert array.flags.writeable and (array == float(producer * 1000 + i)).all(), (producer, i)
+        got.append((producer, i))
+
+
 def worker_pid(_):
     return os.getpid()
 
@@ -195,6 +216,63 @@ def test_queue_delivers_every_item_exactly_once(make_pool):
     assert len(got) == len(set(got)) == producers * per
     assert set(got) == {(p, i) for p in range(producers) for i in range(per)}
     assert q.empty() and q.qsize() == 0
+
+
+def test_queue_carries_large_arrays_out_of_its_ring_between_processes(make_pool):
+    np = pytest.importorskip("numpy")
+    # A 64 KiB ring could not hold one 800 KB array: the arrays must go through the spill file.
+    q = shared.Queue(maxsize=4, capacity_bytes=64 << 10)
+    pool = make_pool(4)  # one worker per task: consumers block until the producers' None
+    consumers = [pool.submit(take_arrays, q) for _ in range(2)]
+    producers = [pool.submit(put_arrays, q, p, 30, 100_000) for p in range(2)]
+    mine = put_arrays(q, 2, 30, 100_000)
+    assert sum(f.result(BOUND) for f in producers) + mine == 90
+    for _ in consumers:
+        q.put(None, timeout=BOUND)
+    got = [x for f in consumers for x in f.result(BOUND)]
+    assert sorted(got) == sorted({(p, i) for p in range(3) for i in range(30)}), "items lost or duplicated"
+    a = np.arange(300_000, dtype=np.int32).reshape(300, 1000)
+    q.put({"a": a, "tag": "small"})
+    back = q.get(timeout=BOUND)
+    assert back["tag"] == "small" and back["a"].shape == (300, 1000) and (back["a"] == a).all()
+    back["a"][0, 0] = -1  # an ordinary writable array
+    assert a[0, 0] == 0
+
+
+def spill_bytes(q) -> int:
+    return os.fstat(q._spill_fd).st_blocks * 512
+
+
+def test_a_large_item_s_memory_is_freed_when_its_consumer_drops_it():
+    np = pytest.importorskip("numpy")
+    q = shared.Queue(maxsize=2)
+    empty = spill_bytes(q)
+    q.put(np.ones(1 << 20))  # 8 MiB
+    assert spill_bytes(q) >= empty + (8 << 20)
+    got = q.get(timeout=BOUND)
+    assert got.sum() == 1 << 20 and spill_bytes(q) >= empty + (8 << 20)  # mapped, not copied
+    del got
+    assert spill_bytes(q) == empty
+
+
+def test_a_large_item_that_cannot_be_queued_leaves_no_memory_behind():
+    np = pytest.importorskip("numpy")
+    q = shared.Queue(maxsize=1)
+    q.put("occupies the only slot")
+    empty = spill_bytes(q)
+    with pytest.raises(queue.Full):
+        q.put(np.ones(1 << 20), timeout=0.01)
+    assert spill_bytes(q) == empty
+    assert q.get_nowait() == "occupies the only slot"
+
+
+def test_large_bytes_stay_in_the_pickle_and_still_travel():
+    q = shared.Queue(maxsize=2)
+    q.put(b"x" * 200_000)
+    assert q.get(timeout=BOUND) == b"x" * 200_000
+    q.put(bytearray(b"y" * 200_000))  # out of band
+    back = q.get(timeout=BOUND)
+    assert type(back) is bytearray and back == b"y" * 200_000
 
 
 def test_queue_keeps_each_producers_order():

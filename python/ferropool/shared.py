@@ -235,10 +235,17 @@ class Queue(_Shared, _core.SharedQueue):
     """A bounded FIFO queue shared by threads and processes: ``queue.Queue``'s API.
 
     Items are pickled into a ring of ``capacity_bytes`` bytes (default 4 MiB) in shared memory.
+    Large buffers inside an item (numpy arrays, ``bytearray``, anything that pickles with
+    protocol-5 ``PickleBuffer`` objects) of 64 KiB or more are not copied into the ring: they are
+    written once into the queue's own memory file and the consumer's array is mapped straight
+    from it (writable; its memory is freed when the consumer drops it). A consumer that dies
+    holding such an array, or a producer that dies between writing the buffer and queueing the
+    item, leaves that memory in use until every process has closed the queue.
     ``put(item, block=True, timeout=None)`` blocks (GIL released) while ``maxsize`` items
     (``maxsize <= 0``: no limit but the bytes) or ``capacity_bytes`` are queued, and raises
-    ``queue.Full`` after ``timeout`` seconds or at once with ``block=False``; an item that
-    pickles to more than ``capacity_bytes - 4`` bytes raises ``ValueError``.
+    ``queue.Full`` after ``timeout`` seconds or at once with ``block=False``; an item whose
+    pickle, without those large buffers, is more than ``capacity_bytes - 4`` bytes raises
+    ``ValueError`` (large ``bytes`` and ``str`` stay in the pickle).
     ``get(block=True, timeout=None)`` removes the oldest item, raising ``queue.Empty`` likewise.
     ``put_nowait``/``get_nowait``, ``qsize()``, ``empty()`` and ``full()`` are as in ``queue``
     (the sizes are snapshots). Every item is delivered exactly once, in the order of the puts,
@@ -248,8 +255,26 @@ class Queue(_Shared, _core.SharedQueue):
 
     __slots__ = ()
 
+    def __reduce__(self) -> tuple:
+        return (_rebuild_queue, (type(self), os.getpid(), self._fd, self._id, self._spill_fd))
+
     def _describe(self) -> str:
         return f"qsize={self.qsize()} maxsize={self.maxsize}"
+
+
+def _rebuild_queue(cls: type, pid: int, fd: int, segment_id: int, spill_fd: int) -> Queue:
+    """Unpickle a ``Queue``: as ``_rebuild``, with the queue's spill file beside its segment."""
+    obj = _live.get(segment_id)
+    if obj is None or type(obj) is not cls:
+        spill = _reopen_segment(pid, spill_fd)
+        try:
+            segment = _reopen_segment(pid, fd)
+        except BaseException:
+            os.close(spill)
+            raise
+        obj = _core.SharedQueue.__new__(cls, _attach=(segment, segment_id), _spill=spill)
+        _live[segment_id] = obj
+    return obj
 
 
 _TYPES = {int: "q", float: "d"}

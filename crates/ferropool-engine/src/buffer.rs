@@ -125,7 +125,7 @@ impl Backing {
     /// A new memory file holding `data`. `pwrite` fills it: the kernel copies straight into
     /// newly allocated pages, without page faults in this process.
     fn new(data: &[u8]) -> io::Result<Backing> {
-        let fd = new_memfd()?;
+        let fd = new_memfd(c"ferropool-buffer")?;
         let head = header_len();
         resize(&fd, head + data.len())?;
         pwrite_all(&fd, data, head)?;
@@ -298,10 +298,11 @@ impl BufferCache {
     }
 }
 
-fn new_memfd() -> io::Result<OwnedFd> {
+/// Creates an empty anonymous memory file (close-on-exec) named `name` in /proc listings.
+pub(crate) fn new_memfd(name: &std::ffi::CStr) -> io::Result<OwnedFd> {
     // SAFETY: the name is a valid NUL-terminated string; memfd_create returns a new descriptor
     // or -1.
-    let raw = unsafe { libc::memfd_create(c"ferropool-buffer".as_ptr(), libc::MFD_CLOEXEC) };
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -309,7 +310,7 @@ fn new_memfd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-fn resize(fd: &OwnedFd, len: usize) -> io::Result<()> {
+pub(crate) fn resize(fd: &OwnedFd, len: usize) -> io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "buffer too large"))?;
     // SAFETY: plain syscall on a descriptor we own.
     if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
@@ -318,7 +319,7 @@ fn resize(fd: &OwnedFd, len: usize) -> io::Result<()> {
     Ok(())
 }
 
-fn pwrite_all(fd: &OwnedFd, data: &[u8], offset: usize) -> io::Result<()> {
+pub(crate) fn pwrite_all(fd: &OwnedFd, data: &[u8], offset: usize) -> io::Result<()> {
     let mut done = 0usize;
     while done < data.len() {
         let rest = &data[done..];
@@ -339,7 +340,7 @@ fn pwrite_all(fd: &OwnedFd, data: &[u8], offset: usize) -> io::Result<()> {
 /// Creates a memory file holding `data` after its header page, owned by the caller alone (no
 /// spare list): for tests and tools that build frames by hand.
 pub fn memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
-    let fd = new_memfd()?;
+    let fd = new_memfd(c"ferropool-buffer")?;
     resize(&fd, header_len() + data.len())?;
     pwrite_all(&fd, data, header_len())?;
     Ok(fd)
@@ -361,7 +362,7 @@ pub fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
 }
 
 /// One `mmap` of part of a file, read-write; unmapped on drop.
-struct RawMap {
+pub(crate) struct RawMap {
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -373,7 +374,7 @@ unsafe impl Sync for RawMap {}
 
 impl RawMap {
     /// Maps `len` (> 0) bytes of `fd` from `offset` (a multiple of the page size).
-    fn new(fd: &impl AsRawFd, len: usize, flags: libc::c_int, offset: usize) -> io::Result<RawMap> {
+    pub(crate) fn new(fd: &impl AsRawFd, len: usize, flags: libc::c_int, offset: usize) -> io::Result<RawMap> {
         // SAFETY: a fresh mapping chosen by the kernel (addr NULL); it aliases no Rust object.
         let ptr = unsafe {
             libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd.as_raw_fd(), offset as libc::off_t)
@@ -382,6 +383,12 @@ impl RawMap {
             return Err(io::Error::last_os_error());
         }
         Ok(RawMap { ptr: NonNull::new(ptr.cast()).expect("mmap never returns NULL on success"), len })
+    }
+}
+
+impl RawMap {
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
     }
 }
 

@@ -9,6 +9,7 @@
 //!   of a dead owner and say so.
 //! - `rlock`, `event`, `semaphore`, `barrier`: the other `threading` primitives.
 //! - `queue`: a bounded multi-producer multi-consumer queue of byte strings.
+//! - `spill`: the large buffers of queue items, out of the ring, in a memory file that only grows.
 //! - `value`: one number with atomic load, store, add and compare-and-swap.
 //!
 //! Every blocking call takes a timeout and returns when it passes, so a caller (the Python
@@ -23,6 +24,7 @@ pub mod queue;
 pub mod rlock;
 pub mod segment;
 pub mod semaphore;
+pub mod spill;
 pub mod value;
 
 use std::time::{Duration, Instant};
