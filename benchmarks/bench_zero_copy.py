@@ -1,7 +1,9 @@
 """Large arrays between processes: ferropool's shared-memory buffers against the standard library
 and peers, in one run (issue 4).
 
-Figures (each the median of ``--repeats`` runs, MB/s = bytes moved / wall time):
+Figures (each the median of ``--repeats`` runs after ``WARMUP_ROUNDS`` untimed full rounds per
+library, MB/s = bytes moved / wall time; ``--cold`` also times ferropool's first round on a fresh
+pool, into fresh memory files):
 
 1. send: 4 float64 arrays of 16 MiB each go to the workers, which return ``arr.sum()``;
 2. return: the workers create 4 such arrays with ``np.full`` and return them;
@@ -41,6 +43,7 @@ MIB = 1 << 20
 N_ARRAYS = 4
 ARRAY_BYTES = 16 * MIB
 WORKERS = 2
+WARMUP_ROUNDS = 3
 
 
 def total(a):
@@ -161,8 +164,16 @@ def transfer_figures(repeats: int) -> list:
     rss = h.TreeRss()
     for r in runners(set()):
         try:
-            r.send(arrays[:1])  # warm: workers started, modules imported
-            r.back(1000, 1)
+            # Warm-up, WARMUP_ROUNDS full rounds each: workers started, modules imported, and
+            # ferropool's memory files allocated (its first rounds write into fresh shared memory
+            # at about 2 GB/s; later rounds reuse the files, as a program that moves arrays
+            # repeatedly does). As in the timed rounds (``measure`` keeps each result until the
+            # next one is in), one round's results are held during the next.
+            held = None
+            for _ in range(WARMUP_ROUNDS):
+                r.send(arrays)
+                held = r.back(n, N_ARRAYS)
+            del held
             h.reset_peak_rss()
             send = h.measure(lambda: r.send(arrays), repeats=repeats, sample=rss.sample,
                              check=lambda got: _check(got == expect_send, r.name))
@@ -173,6 +184,31 @@ def transfer_figures(repeats: int) -> list:
         finally:
             r.close()
     return rows
+
+
+def cold_figures(repeats: int) -> tuple[float, float]:
+    """MB/s of ferropool's first send and first return round, each on a new pool whose workers
+    are started (a tiny task ran) but have moved no large buffer yet."""
+    from ferropool import ProcessPool
+    from ferropool._core import drop_spare_buffers
+
+    n = ARRAY_BYTES // 8
+    arrays = [np.full(n, float(i)) for i in range(N_ARRAYS)]
+    sends, backs = [], []
+    for _ in range(repeats):
+        drop_spare_buffers()  # this process's memory files too
+        with ProcessPool(WORKERS) as pool:
+            list(pool.map(total, [np.ones(4)] * WORKERS))
+            t = time.perf_counter()
+            [f.result() for f in [pool.submit(total, a) for a in arrays]]
+            sends.append(time.perf_counter() - t)
+        with ProcessPool(WORKERS) as pool:
+            list(pool.map(total, [np.ones(4)] * WORKERS))
+            t = time.perf_counter()
+            [f.result() for f in [pool.submit(full, n, float(i)) for i in range(N_ARRAYS)]]
+            backs.append(time.perf_counter() - t)
+    moved = N_ARRAYS * ARRAY_BYTES
+    return moved / statistics.median(sends) / 1e6, moved / statistics.median(backs) / 1e6
 
 
 def _check(ok: bool, name: str) -> None:
@@ -241,9 +277,15 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--pss", action="store_true", help="also measure the 1 GiB, two-worker memory figure")
     p.add_argument("--sweep", action="store_true", help="also sweep buffer sizes to place the threshold")
+    p.add_argument("--cold", action="store_true", help="also time ferropool's first round on fresh pools")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
     report: dict = {"machine": h.machine_info(), "repeats": args.repeats}
+    if args.cold:
+        send, back = cold_figures(args.repeats)
+        report["cold"] = {"send_mb_s": send, "return_mb_s": back}
+        print(f"ferropool, first round on a fresh pool (fresh memory files), median of {args.repeats}: "
+              f"send {send:,.0f} MB/s, return {back:,.0f} MB/s\n")
     rows = transfer_figures(args.repeats)
     base = {r[0]: r for r in rows}
     stdlib = base.get("stdlib ProcessPoolExecutor(forkserver)")
