@@ -412,3 +412,22 @@ def test_decide_returns_whole_worker_counts_on_a_loaded_machine():
     assert isinstance(d.workers, int)
     d = decide(figures(free_cores=1.0, pair_speedup=1.0))
     assert d.strategy == "serial"  # one free core: processes cannot beat a loop
+
+
+def test_serial_map_puts_the_probed_values_in_front_of_the_builtin_map(make):
+    # The probe ran the first calls here; what map returns then is their values (a list, not a
+    # generator over their futures) chained with the built-in map of the rest: one chain step
+    # per item, nothing more.
+    import gc
+    import inspect
+
+    pool = make()
+    it = pool.map(add, range(1000))
+    assert chosen(pool, add) == "serial"
+    seen, todo = [], [it]
+    for _ in range(3):  # chain -> its source (an iterator over the parts) -> the parts
+        todo = [r for o in todo for r in gc.get_referents(o)]
+        seen.extend(todo)
+    assert any(type(o) is map for o in seen)
+    assert not any(inspect.isgenerator(o) or isinstance(o, cf.Future) for o in seen)
+    assert list(it) == list(range(1000))

@@ -302,7 +302,8 @@ class Pool(PoolExecutor):
     def _probing_map(self, plan: _Plan, fn, its: list, deadline, chunksize, progress) -> Any:
         """Feeds the first items to the probe until ``fn`` is decided or the input ends (this
         blocks for the probe: a few calls), then returns their results chained with the chosen
-        pool's map of the rest. ``itertools.chain`` adds nothing per item, which tiny calls notice."""
+        pool's map of the rest. Joining them costs one ``itertools.chain`` step per item (a few
+        nanoseconds: about 6% of a call as small as ``x + 1``); nothing else is added per item."""
         items = zip(*its)
         head: list[cf.Future] = []
         changed = plan.changed
@@ -374,6 +375,12 @@ class Pool(PoolExecutor):
                 fut.cancel()
             raise
         rest = iter(()) if exhausted or self._closed else self._decided_map(plan, fn, its, deadline, chunksize, progress)
+        values = _values_if_settled(head)
+        if values is not None:
+            # Every probed call has finished and none raised (always so for a serial decision
+            # after the probe ran here): their values, as a list, in front of the rest. A
+            # generator over their futures would cost tiny calls about 2% more on every item.
+            return itertools.chain(values, rest)
         return itertools.chain(_results_in_order(head, deadline), rest)
 
     def explain(self) -> str:
@@ -680,6 +687,16 @@ def _results_in_order(futures: list[cf.Future], deadline: float | None) -> Any:
     finally:
         for fut in futures:
             fut.cancel()
+
+
+def _values_if_settled(futures: list[cf.Future]) -> list | None:
+    """Returns the results of ``futures`` if every one has finished without raising, else None."""
+    values = []
+    for fut in futures:
+        if not fut.done() or fut.cancelled() or fut.exception() is not None:
+            return None
+        values.append(fut.result())
+    return values
 
 
 def _left(deadline: float | None) -> float | None:

@@ -19,9 +19,11 @@ STRATEGIES = ("auto", "serial", "threads", "processes", "hybrid", "asyncio")
 
 #: Calls measured before deciding, at least (the solo and pair steps together).
 PROBE_CALLS = 3
-#: A solo step runs at most this many calls, or stops once it has run this long.
+#: A solo step runs at most this many calls, or stops once it has run this long. Solo calls
+#: use one core while the chosen pool would have used them all: 10 ms keeps two samples for
+#: calls of 5-10 ms (one for longer ones) without spending a large share of a short map alone.
 SOLO_CALLS = 8
-SOLO_BUDGET_S = 0.02
+SOLO_BUDGET_S = 0.01
 #: Calls shorter than this are not worth a pair step: no pool can beat running them here.
 PAIR_MIN_S = 20e-6
 #: A pair step gives each thread enough calls to run about this long (at most PAIR_MAX_CALLS).
