@@ -2,9 +2,12 @@
 
 Each strategy runs each workload as a user would: build the pool, ``list(pool.map(fn, items))``,
 shut it down; all of it is timed, so pool start-up and auto's probe are included. ``serial`` is
-``list(map(fn, items))``. Strategies are interleaved within each repeat (in a rotated order) and
-the figure is the median of ``--repeats``; the ratio is auto's median over the best fixed
-median of the same workload (target: <= 1.10).
+``list(map(fn, items))``. Strategies are interleaved within each repeat, in an order shuffled
+afresh each repeat (seeded, so runs are comparable; a plain rotation would always run each
+strategy right after the same other one), and the figure is the median of ``--repeats``; the
+ratio is auto's median over the best fixed median of the same workload (target: <= 1.10).
+Before each timed run the previous run's results are freed and garbage collected, so nobody
+pays for freeing someone else's million results (about 7 ms on ``tiny``).
 
     python benchmarks/bench_auto.py            # ~1-2 minutes on 2 cores
     python benchmarks/bench_auto.py --quick    # seconds: smoke run (tests), figures meaningless
@@ -13,9 +16,11 @@ median of the same workload (target: <= 1.10).
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -52,8 +57,9 @@ def workloads(quick: bool) -> list[tuple[str, str, object, list]]:
     return out
 
 
-def strategies() -> dict:
-    """name -> run(fn, items) for each fixed choice and for auto."""
+def strategies(chose: list) -> dict:
+    """name -> run(fn, items) for each fixed choice and for auto; auto appends what it chose on
+    each run to ``chose``."""
 
     def serial(fn, items):
         return list(map(fn, items))
@@ -74,7 +80,15 @@ def strategies() -> dict:
     if hybrid is not None:
         cores = usable_cpu_count()
         out["HybridPool"] = with_pool(lambda: hybrid(processes=cores, threads_per_process=4))
-    out["auto"] = with_pool(ferropool.Pool)
+
+    def auto(fn, items):
+        with ferropool.Pool() as pool:
+            results = list(pool.map(fn, items))
+        decision = next(iter(pool.decisions.values()), None)
+        chose.append(decision.strategy if decision else "?")
+        return results
+
+    out["auto"] = auto
     return out
 
 
@@ -87,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 5)
     chosen = set(args.workload.split(",")) if args.workload else None
-    runners = strategies()
+    chose: list[str] = []
+    runners = strategies(chose)
     names = list(runners)
     rows = []
     print(f"{usable_cpu_count()} usable cores, load average {os.getloadavg()[0]:.2f}, Python {sys.version.split()[0]}, "
@@ -96,12 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         if chosen and wl not in chosen:
             continue
         expect = list(map(fn, items[:4]))
+        chose.clear()
         times: dict[str, list[float]] = {n: [] for n in names}
         for r in range(repeats + 1):  # round 0 warms up (imports, page cache) and is not counted
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = list(names)
+            random.Random(r).shuffle(order)
             for name in order:
-                # The previous run's garbage is collected here, not charged to whoever runs next
-                # (a pool's map leaves cycles that cost a tiny-task run up to a third more).
+                # The previous run's results and garbage are freed here, not charged to whoever
+                # runs next (a pool's map leaves cycles that cost a tiny-task run up to a third
+                # more; freeing a million results costs about 7 ms).
+                out = None
                 gc.collect()
                 t0 = time.perf_counter()
                 out = runners[name](fn, items)
@@ -110,15 +129,15 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"{wl}/{name}: wrong results")
                 if r:
                     times[name].append(elapsed)
-        with ferropool.Pool() as pool:  # what auto chose, for the table
-            list(pool.map(fn, items[: max(8, len(items) // 10)]))
-            decision = next(iter(pool.decisions.values()), None)
+        # What auto chose on each timed run (a run where it chose otherwise shows here).
+        counts = collections.Counter(chose[1:])
+        picked = ", ".join(f"{k} x{v}" if len(counts) > 1 else k for k, v in counts.most_common())
         med = {n: statistics.median(t) for n, t in times.items()}
         fixed = {n: m for n, m in med.items() if n != "auto"}
         best = min(fixed, key=fixed.get)
         ratio = med["auto"] / fixed[best]
         rows.append({"workload": wl, "description": description, "medians_s": med, "best_fixed": best,
-                     "auto_chose": decision.strategy if decision else "?", "ratio": ratio})
+                     "auto_chose": picked, "ratio": ratio})
         print(f"\n{wl}: {description}")
         for n in names:
             print(f"  {n:<12} {med[n] * 1e3:9.1f} ms  (min {min(times[n]) * 1e3:.1f}, max {max(times[n]) * 1e3:.1f})")

@@ -11,13 +11,15 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import ferropool
 from ferropool import Pool
-from ferropool._auto_decide import Figures, decide
+from ferropool._auto import _Plan, _holds_gil
+from ferropool._auto_decide import EARLY_MIN_S, Figures, decide
 from ferropool._process import usable_cpu_count
 from ferropool import _workloads as w
 
@@ -47,6 +49,24 @@ BLOB = bytes(range(256)) * (8 * 4096)  # 8 MiB
 
 def hash_blob(_):
     return hashlib.sha256(BLOB).hexdigest()
+
+
+#: Set by test_a_gil_bound_pair_is_decided_from_its_first_stretch: the pool being probed.
+WATCHED: dict = {}
+
+
+def hold_gil_until_decided(n):
+    """~n pure-Python iterations (holds the GIL); on a probe thread of the pair step, then keeps
+    holding the GIL until the pool has decided, and records whether it did (5 s at most)."""
+    acc = 0
+    for i in range(n):
+        acc = (acc + i * i) % 1_000_003
+    if threading.current_thread().name == "ferropool-auto-probe" and "pool" in WATCHED:
+        pool, deadline = WATCHED["pool"], time.monotonic() + 5.0
+        while not pool.decisions and time.monotonic() < deadline:
+            acc = (acc + 1) % 1_000_003
+        WATCHED.setdefault("seen", []).append(bool(pool.decisions))
+    return n
 
 
 async def async_double(x):
@@ -412,3 +432,71 @@ def test_decide_returns_whole_worker_counts_on_a_loaded_machine():
     assert isinstance(d.workers, int)
     d = decide(figures(free_cores=1.0, pair_speedup=1.0))
     assert d.strategy == "serial"  # one free core: processes cannot beat a loop
+
+
+def test_serial_map_puts_the_probed_values_in_front_of_the_builtin_map(make):
+    # The probe ran the first calls here; what map returns then is their values (a list, not a
+    # generator over their futures) chained with the built-in map of the rest: one chain step
+    # per item, nothing more.
+    import gc
+    import inspect
+
+    pool = make()
+    it = pool.map(add, range(1000))
+    assert chosen(pool, add) == "serial"
+    seen, todo = [], [it]
+    for _ in range(3):  # chain -> its source (an iterator over the parts) -> the parts
+        todo = [r for o in todo for r in gc.get_referents(o)]
+        seen.extend(todo)
+    assert any(type(o) is map for o in seen)
+    assert not any(inspect.isgenerator(o) or isinstance(o, cf.Future) for o in seen)
+    assert list(it) == list(range(1000))
+
+
+@pytest.mark.skipif(CORES < 2, reason="processes cannot beat serial on one core")
+def test_a_gil_bound_pair_is_decided_from_its_first_stretch(make):
+    # The pair's calls hold the GIL and do not return until the pool has decided: only the
+    # watcher, deciding from the pair's first stretch, lets them return before the 5 s bound.
+    n = w.calibrate_spin(4 * EARLY_MIN_S)
+    pool = make()
+    WATCHED["pool"] = pool
+    try:
+        assert list(pool.map(hold_gil_until_decided, [n] * 6)) == [n] * 6
+    finally:
+        seen = WATCHED.pop("seen", [])
+        del WATCHED["pool"]
+    decision = pool.decisions[f"{__name__}.hold_gil_until_decided"]
+    watched = next(iter(pool._plans.values())).watched
+    if seen != [True, True]:
+        if watched is not None and watched < 0.8:
+            pytest.skip(f"other programs kept the pair's thread off the cores ({watched:.2f} cores used)")
+        if decision.figures.wall_s < EARLY_MIN_S or decision.figures.cpu_ratio < 0.5:
+            pytest.skip(f"other programs' load: the call alone ran {decision.figures.wall_s * 1e3:.1f} ms, CPU/wall "
+                        f"{decision.figures.cpu_ratio:.2f}, not watched")
+    assert watched is not None and seen == [True, True], (seen, decision.figures)
+    assert decision.strategy in ("processes", "hybrid") and decision.figures.calls >= 3
+    assert "2 threads: " in pool.explain()
+
+
+def test_gil_verdict_of_the_watcher():
+    assert _holds_gil(1.0, 1.0) and _holds_gil(0.01, 0.01)
+    assert not _holds_gil(1.9, 1.0) and not _holds_gil(0.015, 0.01)
+
+
+def test_only_long_cpu_bound_picklable_pairs_are_watched(make):
+    pool = make()
+    if CORES < 2:
+        pytest.skip("one core: no process pool is ever a candidate")
+
+    def plan(wall, cpu, picklable=True):
+        p = _Plan("f", threading.Lock())
+        p.solo = [(wall, cpu)]
+        p.sizes = (30, 20, 5e-6, True) if picklable else (None, None, None, False)
+        return p
+
+    long = 4 * EARLY_MIN_S
+    assert pool._watch_candidate(plan(long, long), long)
+    assert not pool._watch_candidate(plan(long, long, picklable=False), long)  # no process can take it
+    assert not pool._watch_candidate(plan(long, 0.01 * long), long)  # waits: threads, whatever the pair says
+    short = EARLY_MIN_S / 4
+    assert not pool._watch_candidate(plan(short, short), short)  # too short to watch

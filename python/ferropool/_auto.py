@@ -11,7 +11,11 @@ A function's life in the pool (decisions are per callable: one pool may run seve
          (perf_counter) and CPU time (thread_time) of each call; the first call's arguments
          and result are pickled once, to learn their size and the cost of sending them
       2. pair: two threads start together on the next calls; their CPU time over the span
-         they took gives the 2-thread speedup (~1: the code holds the GIL; ~2: it releases it)
+         they took gives the 2-thread speedup (~1: the code holds the GIL; ~2: it releases it).
+         Calls of EARLY_MIN_S or more that a process pool would take if they hold the GIL are
+         watched from a third thread: if the pair's first stretch (a quarter of a call) shows
+         one thread at a time, seldom kept waiting, the decision is made from it there, so that
+         the process pool boots on the core the pair leaves idle; the pair's calls still finish
       │
       ▼
     decide(Figures) -> Decision: estimates the time per call of each strategy from the
@@ -42,8 +46,9 @@ from typing import Any, Callable
 
 from ._executor import _PARTIAL, PoolExecutor, run_chunk
 from ._process import usable_cpu_count
-from ._auto_decide import (BUSY_MACHINE, MAP_PROBE_AHEAD, PAIR_MAX_CALLS, PAIR_MIN_S, PAIR_TARGET_S, PROBE_CALLS,
-                           SOLO_BUDGET_S, SOLO_CALLS, STRATEGIES, WAITING, Decision, Figures, decide, describe)
+from ._auto_decide import (BUSY_MACHINE, EARLY_MIN_S, GIL_HELD_USE, MAP_PROBE_AHEAD, PAIR_MAX_CALLS, PAIR_MIN_S,
+                           PAIR_TARGET_S, PROBE_CALLS, SOLO_BUDGET_S, SOLO_CALLS, STRATEGIES, WAITING, Decision, Figures,
+                           decide, describe)
 
 __all__ = ["Pool", "Figures", "Decision", "decide", "STRATEGIES"]
 
@@ -73,6 +78,7 @@ class _Plan:
         self.sizes: tuple[int | None, int | None, float | None, bool] | None = None
         self.via_map = False
         self.stepping = False
+        self.watched: float | None = None  # cores the pair's threads used as _watch_pair looked
 
 
 def _name_of(fn: Callable[..., Any]) -> str:
@@ -302,7 +308,8 @@ class Pool(PoolExecutor):
     def _probing_map(self, plan: _Plan, fn, its: list, deadline, chunksize, progress) -> Any:
         """Feeds the first items to the probe until ``fn`` is decided or the input ends (this
         blocks for the probe: a few calls), then returns their results chained with the chosen
-        pool's map of the rest. ``itertools.chain`` adds nothing per item, which tiny calls notice."""
+        pool's map of the rest. Joining them costs one ``itertools.chain`` step per item (a few
+        nanoseconds: about 6% of a call as small as ``x + 1``); nothing else is added per item."""
         items = zip(*its)
         head: list[cf.Future] = []
         changed = plan.changed
@@ -374,6 +381,12 @@ class Pool(PoolExecutor):
                 fut.cancel()
             raise
         rest = iter(()) if exhausted or self._closed else self._decided_map(plan, fn, its, deadline, chunksize, progress)
+        values = _values_if_settled(head)
+        if values is not None:
+            # Every probed call has finished and none raised (always so for a serial decision
+            # after the probe ran here): their values, as a list, in front of the rest. A
+            # generator over their futures would cost tiny calls about 2% more on every item.
+            return itertools.chain(values, rest)
         return itertools.chain(_results_in_order(head, deadline), rest)
 
     def explain(self) -> str:
@@ -532,7 +545,7 @@ class Pool(PoolExecutor):
             if len(plan.pending) >= 2:
                 per = max(1, min(PAIR_MAX_CALLS, round(PAIR_TARGET_S / max(wall, 1e-9)), len(plan.pending) // 2))
                 halves = [[plan.pending.popleft() for _ in range(per)] for _ in range(2)]
-                self._start_step(plan, halves)
+                self._start_step(plan, halves, watch=self._watch_candidate(plan, wall))
                 return
             if measured < self._probe_calls:  # called one at a time so far: measure alone
                 if plan.pending:
@@ -544,16 +557,28 @@ class Pool(PoolExecutor):
             return
         self._decide(plan, wall)
 
-    def _decide(self, plan: _Plan, wall: float) -> None:
-        """Decides from the figures and sends what is queued to the chosen backend; the lock is held."""
+    def _figures(self, plan: _Plan, wall: float, *, pair_calls: int | None = None,
+                 pair_speedup: float | None = None) -> Figures:
+        """The figures measured so far for ``plan`` (or with the pair's given instead); the lock is held."""
         arg_bytes, result_bytes, pickle_s, picklable = plan.sizes or (None, None, None, True)
-        figures = Figures(calls=len(plan.solo) + plan.pair_calls, wall_s=wall,
-                          cpu_s=statistics.median(c for _, c in plan.solo), pair_speedup=plan.pair_speedup, free_cores=plan.free_cores,
-                          arg_bytes=arg_bytes, result_bytes=result_bytes, pickle_s=pickle_s, picklable=picklable,
-                          via_map=plan.via_map, cores=self._cores)
+        if pair_calls is None:
+            pair_calls, pair_speedup = plan.pair_calls, plan.pair_speedup
+        return Figures(calls=len(plan.solo) + pair_calls, wall_s=wall, cpu_s=statistics.median(c for _, c in plan.solo),
+                       pair_speedup=pair_speedup, free_cores=plan.free_cores, arg_bytes=arg_bytes,
+                       result_bytes=result_bytes, pickle_s=pickle_s, picklable=picklable, via_map=plan.via_map,
+                       cores=self._cores)
+
+    def _choose(self, figures: Figures) -> Decision:
+        return decide(figures, max_workers=self._requested_workers, io_workers=self._io_workers,
+                      hybrid=_hybrid_class() is not None)
+
+    def _decide(self, plan: _Plan, wall: float, decision: Decision | None = None) -> None:
+        """Decides from the figures (or takes ``decision``) and sends what is queued to the
+        chosen backend; the lock is held."""
+        figures = self._figures(plan, wall) if decision is None else decision.figures
         try:
-            decision = decide(figures, max_workers=self._requested_workers, io_workers=self._io_workers,
-                              hybrid=_hybrid_class() is not None)
+            if decision is None:
+                decision = self._choose(figures)
             self._settle(plan, decision)
         except Exception as exc:  # the chosen pool could not start: the queued calls must still run
             decision = Decision("serial", 1, f"the chosen pool could not start ({type(exc).__name__}: {exc}); running here", figures)
@@ -569,17 +594,24 @@ class Pool(PoolExecutor):
         for call in pending:
             _chain(call, plan.backend)
 
-    def _start_step(self, plan: _Plan, groups: list[list[_Call]] | None, *, measure: bool = True) -> None:
+    def _start_step(self, plan: _Plan, groups: list[list[_Call]] | None, *, measure: bool = True,
+                    watch: bool = False) -> None:
         """Starts a probe step on new threads: ``None`` is a solo step that takes queued calls as
         they come; one group runs its calls in turn; two groups are a pair step, one thread
-        each, started together. The lock is held."""
+        each, started together, and with ``watch`` a third that may decide early
+        (``_watch_pair``). The lock is held."""
         plan.stepping = True
         if groups is None:
             step = _Step(plan, [None], pair=False, measure=True)
         else:
-            step = _Step(plan, groups, pair=len(groups) > 1, measure=measure)
-        for index in range(len(step.groups)):
-            t = threading.Thread(target=self._step_member, args=(step, index), name="ferropool-auto-probe", daemon=True)
+            pair = len(groups) > 1
+            step = _Step(plan, groups, pair=pair, measure=measure, watch=watch and pair)
+        step.threads = [threading.Thread(target=self._step_member, args=(step, index), name="ferropool-auto-probe", daemon=True)
+                        for index in range(len(step.groups))]
+        threads = list(step.threads)
+        if step.watch:
+            threads.append(threading.Thread(target=self._watch_pair, args=(step,), name="ferropool-auto-watch", daemon=True))
+        for t in threads:
             self._probe_threads.add(t)
             t.start()
 
@@ -618,10 +650,74 @@ class Pool(PoolExecutor):
                 self._probe_threads.discard(threading.current_thread())
                 step.left -= 1
                 if step.left == 0:
+                    step.finished.set()
                     if step.pair:
                         self._pair_finished(plan, step)
                     plan.stepping = False
                     self._advance(plan)
+
+    def _watch_candidate(self, plan: _Plan, wall: float) -> bool:
+        """Whether to watch ``plan``'s pair step (``_watch_pair``): its calls are long (EARLY_MIN_S)
+        and CPU-bound, can be pickled, and would go to a process or hybrid pool if the pair
+        showed that they hold the GIL. The lock is held."""
+        if self._closed or self._cores < 2 or wall < EARLY_MIN_S or plan.sizes is None or not plan.sizes[3]:
+            return False
+        if statistics.median(c for _, c in plan.solo) < WAITING * wall:
+            return False
+        return self._choose(self._figures(plan, wall, pair_calls=2, pair_speedup=1.0)).strategy in ("processes", "hybrid")
+
+    def _watch_pair(self, step: _Step) -> None:
+        """Watches a pair step for about a quarter of a call (1-10 ms) from its start. If its two
+        threads used between 1 - BUSY_MACHINE and GIL_HELD_USE cores between them (one at a
+        time, as calls that hold the GIL run, and that one seldom kept off a CPU by other
+        programs), decides now from that stretch, rather than when the pair's calls end: a
+        process pool then boots on the core the pair leaves idle. The pair's calls still finish
+        on their threads, and their results are delivered as usual; a decision for anything but
+        a process or hybrid pool waits for the whole pair.
+
+        Only the threads' CPU clocks are read while the calls run: that keeps the GIL, and
+        winning it back from calls that hold it can take several switch intervals."""
+        plan = step.plan
+        try:
+            try:  # the threads wait for this one at the barrier: they are alive
+                clocks = [time.pthread_getcpuclockid(t.ident) for t in step.threads]
+            except (AttributeError, OSError, TypeError):  # no per-thread CPU clocks here
+                clocks = None
+            try:
+                step.start.wait(timeout=5.0)
+            except threading.BrokenBarrierError:
+                return
+            if clocks is None:
+                return
+            t0 = time.perf_counter()
+            c0 = [time.clock_gettime(c) for c in clocks]
+            with self._lock:
+                wall = statistics.median(w for w, _ in plan.solo)
+            if step.finished.wait(min(max(wall / 4, 1e-3), 1e-2)):
+                return  # the pair ended first: it decides
+            try:
+                c1 = [time.clock_gettime(c) for c in clocks]
+            except OSError:  # a thread has ended: so has the pair, nearly
+                return
+            used = sum(b - a for a, b in zip(c0, c1)) / (time.perf_counter() - t0)
+            plan.watched = used
+            if not (1.0 - BUSY_MACHINE <= used and _holds_gil(used, 1.0)):
+                return  # parallel, or other programs' load: the whole pair decides
+            with self._lock:
+                calls = sum(len(g) for g in step.groups)
+                if (self._closed or plan.decision is not None or step.finished.is_set()
+                        or len(plan.solo) + calls < self._probe_calls):
+                    return
+                ratio = statistics.median(c for _, c in plan.solo) / wall if wall > 0 else 1.0
+                decision = self._choose(self._figures(plan, wall, pair_calls=calls, pair_speedup=used / ratio))
+                if decision.strategy not in ("processes", "hybrid"):
+                    return
+                plan.pair_done, plan.pair_calls, plan.pair_speedup = True, calls, decision.figures.pair_speedup
+                step.decided = True
+                self._decide(plan, wall, decision)
+        finally:
+            with self._lock:
+                self._probe_threads.discard(threading.current_thread())
 
     def _pair_finished(self, plan: _Plan, step: _Step) -> None:
         """Records the 2-thread speedup from a pair step's spans; the lock is held.
@@ -631,6 +727,8 @@ class Pool(PoolExecutor):
         it); for waiting code, the solo wall time per call."""
         plan.pair_done = True
         spans = step.spans
+        if step.decided:
+            return  # from the pair's first stretch (_watch_pair): its figures stand
         if any(s is None or s[3] == 0 for s in spans) or not plan.solo:
             return
         solo_wall = statistics.median(w for w, _ in plan.solo)
@@ -652,12 +750,16 @@ class _Step:
     """One probe step: its plan, the calls of each thread (None: take queued calls as they
     come), and what each thread measured: (start, end, CPU seconds, calls run)."""
 
-    def __init__(self, plan: _Plan, groups: list, *, pair: bool, measure: bool):
+    def __init__(self, plan: _Plan, groups: list, *, pair: bool, measure: bool, watch: bool = False):
         self.plan, self.groups, self.pair, self.measure = plan, groups, pair, measure
         self.left = len(groups)
         self.spans: list = [None] * len(groups)
-        self.start = threading.Barrier(len(groups)) if pair else None
+        self.watch = watch  # a third thread watches the pair's start (Pool._watch_pair)
+        self.start = threading.Barrier(len(groups) + watch) if pair else None
         self.waits: list = [None] * len(groups)  # seconds each thread waited for a CPU
+        self.threads: list[threading.Thread] = []
+        self.finished = threading.Event()
+        self.decided = False  # the watcher decided from the pair's first stretch
 
 
 def _runqueue_wait_s() -> float | None:
@@ -671,6 +773,12 @@ def _runqueue_wait_s() -> float | None:
         return None
 
 
+def _holds_gil(cpu_s: float, seconds: float) -> bool:
+    """Whether two threads that ran together for ``seconds`` and used ``cpu_s`` of CPU between
+    them ran one at a time, as calls that hold the GIL do (two parallel threads use ~2 cores)."""
+    return cpu_s <= GIL_HELD_USE * seconds
+
+
 def _results_in_order(futures: list[cf.Future], deadline: float | None) -> Any:
     """Yields each future's result in turn; leaving early cancels those not started."""
     try:
@@ -680,6 +788,16 @@ def _results_in_order(futures: list[cf.Future], deadline: float | None) -> Any:
     finally:
         for fut in futures:
             fut.cancel()
+
+
+def _values_if_settled(futures: list[cf.Future]) -> list | None:
+    """Returns the results of ``futures`` if every one has finished without raising, else None."""
+    values = []
+    for fut in futures:
+        if not fut.done() or fut.cancelled() or fut.exception() is not None:
+            return None
+        values.append(fut.result())
+    return values
 
 
 def _left(deadline: float | None) -> float | None:

@@ -19,9 +19,11 @@ STRATEGIES = ("auto", "serial", "threads", "processes", "hybrid", "asyncio")
 
 #: Calls measured before deciding, at least (the solo and pair steps together).
 PROBE_CALLS = 3
-#: A solo step runs at most this many calls, or stops once it has run this long.
+#: A solo step runs at most this many calls, or stops once it has run this long. Solo calls
+#: use one core while the chosen pool would have used them all: 10 ms keeps two samples for
+#: calls of 5-10 ms (one for longer ones) without spending a large share of a short map alone.
 SOLO_CALLS = 8
-SOLO_BUDGET_S = 0.02
+SOLO_BUDGET_S = 0.01
 #: Calls shorter than this are not worth a pair step: no pool can beat running them here.
 PAIR_MIN_S = 20e-6
 #: A pair step gives each thread enough calls to run about this long (at most PAIR_MAX_CALLS).
@@ -32,6 +34,13 @@ TOLERANCE = 1.10
 #: The pair's threads waiting for a CPU this share of the pair's span or more means other
 #: programs keep cores busy: then only the cores the pair got count as free.
 BUSY_MACHINE = 0.2
+#: A pair step of calls at least this long, CPU-bound alone and picklable, is watched as it
+#: starts: if its two threads use no more than GIL_HELD_USE cores between them (one at a time:
+#: the calls hold the GIL) and the one running is seldom kept waiting, the function is decided
+#: then, from that stretch, so that the process pool boots on the core the pair leaves idle
+#: rather than after the pair.
+EARLY_MIN_S = 0.005
+GIL_HELD_USE = 1.3
 #: map keeps at most this many of its items queued for, or running on, the probe.
 MAP_PROBE_AHEAD = 16
 #: CPU/wall below this: the calls mostly wait (I/O, sleep), so threads can outnumber cores.
