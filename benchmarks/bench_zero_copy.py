@@ -54,9 +54,10 @@ def full(n, value):
     return np.full(n, value)
 
 
-def hold_and_sum(a, seconds):
+def hold_and_sum(a, summed, release):
     s = float(a.sum())  # touches every page
-    time.sleep(seconds)  # the work: hold the array while the parent measures memory
+    summed.wait()  # every worker has touched its copy: the parent measures memory now
+    release.wait()  # ... and says when it is done
     return s
 
 
@@ -237,15 +238,19 @@ def tree_pss_kib() -> int:
 
 def pss_figure() -> dict:
     """A 1 GiB array sent to two workers that both hold it: how much more memory is in use."""
-    from ferropool import ProcessPool
+    from ferropool import ProcessPool, shared
 
     big = np.ones(1 << 27)  # 1 GiB of float64, touched
     with ProcessPool(WORKERS) as pool:
         pool.submit(total, np.ones(10)).result()
         before = tree_pss_kib()
-        futures = [pool.submit(hold_and_sum, big, 3.0) for _ in range(WORKERS)]
-        time.sleep(2.0)  # both workers have summed (touched) the array by now; they hold it for 3 s
-        during = tree_pss_kib()
+        summed, release = shared.Barrier(WORKERS + 1), shared.Event()
+        futures = [pool.submit(hold_and_sum, big, summed, release) for _ in range(WORKERS)]
+        try:
+            summed.wait(timeout=120)  # both workers hold the array and have touched every page
+            during = tree_pss_kib()
+        finally:
+            release.set()
         assert [f.result() for f in futures] == [float(big.size)] * WORKERS
     return {"array_gib": 1.0, "pss_before_gib": before / (1 << 20), "pss_during_gib": during / (1 << 20), "rise_gib": (during - before) / (1 << 20)}
 

@@ -14,7 +14,6 @@ import concurrent.futures as cf
 import doctest
 import itertools
 import os
-import sys
 
 import pytest
 
@@ -126,8 +125,6 @@ def test_run_does_not_block_the_loop_when_submit_waits_for_max_pending(make_exec
 
 @pytest.mark.parametrize("how", ["cancel", "wait_for", "timeout"])
 def test_cancelling_the_awaiting_task_cancels_the_call(make_executor, executor_kind, make_gate, how):
-    if how == "timeout" and sys.version_info < (3, 11):
-        pytest.skip("asyncio.timeout is 3.11+")
     pool = make_executor(max_workers=1)
     started, release = make_gate(), make_gate()
 

@@ -71,6 +71,8 @@ class _Stopped(BaseException):
 # token -> [thread ident, stopped?] for tasks running in this worker process.
 _running: dict[str, list] = {}
 _running_lock = threading.Lock()
+#: Notified whenever a task leaves ``_running`` (the stop watchdog waits on it).
+_task_left = threading.Condition(_running_lock)
 
 
 def run_task(payload: bytes, token: str, *shared: Any) -> tuple[bool, bytes, int]:
@@ -103,6 +105,7 @@ def run_task(payload: bytes, token: str, *shared: Any) -> tuple[bool, bytes, int
             del _running[token]
             if entry[1]:  # a stop request may still be pending on this thread: drop it
                 _async_raise(entry[0], None)
+            _task_left.notify_all()
 
 
 def running_tasks() -> int:
@@ -133,12 +136,9 @@ def stop_task(token: str, grace: float = 1.0) -> bool:
         _async_raise(entry[0], _Stopped)
 
     def watchdog() -> None:
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            with _running_lock:
-                if token not in _running:
-                    return
-            time.sleep(0.02)
+        with _task_left:
+            if _task_left.wait_for(lambda: token not in _running, timeout=grace):
+                return
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
