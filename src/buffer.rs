@@ -117,6 +117,13 @@ pub(crate) fn write_all(py: Python<'_>, buffers: &Bound<'_, PyAny>, cached: bool
     Ok(files)
 }
 
+/// Writes a result's (or any answer's) buffers into memory files and lends one descriptor of
+/// each to the frame that carries them (none without buffers).
+pub(crate) fn lend_all(py: Python<'_>, buffers: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<OwnedFd>> {
+    let Some(buffers) = buffers else { return Ok(Vec::new()) };
+    write_all(py, buffers, false)?.iter().map(|f| f.lend()).collect::<std::io::Result<Vec<_>>>().map_err(errors::io_error)
+}
+
 /// Closes this process's spare memory files (kept for reuse; see `_core.pyi`).
 #[pyfunction]
 pub(crate) fn drop_spare_buffers(py: Python<'_>) -> usize {

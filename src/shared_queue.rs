@@ -99,6 +99,35 @@ impl OutOfBand {
 }
 
 impl SharedQueue {
+    /// Writes each buffer (a contiguous memoryview) into the spill file; on failure frees what
+    /// it wrote.
+    fn spill_all(&self, py: Python<'_>, buffers: &[Py<PyAny>]) -> PyResult<Ranges> {
+        let mut ranges = Ranges::with_capacity(buffers.len());
+        for raw in buffers {
+            let written = pyo3::buffer::PyBuffer::<u8>::get(raw.bind(py)).and_then(|view| {
+                // SAFETY: `raw()` gave a contiguous unsigned-byte view, alive (and its exporter
+                // unresizable) while `view` is; another thread writing it meanwhile would only
+                // tear the copy, as with pickling.
+                let bytes = unsafe { std::slice::from_raw_parts(view.buf_ptr() as *const u8, view.len_bytes()) };
+                py.detach(|| self.spill.write(bytes)).map(|offset| (offset, bytes.len())).map_err(io_error)
+            });
+            match written {
+                Ok(range) => ranges.push(range),
+                Err(e) => {
+                    self.free_all(&ranges);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(ranges)
+    }
+
+    fn free_all(&self, ranges: &Ranges) {
+        for &(offset, len) in ranges {
+            self.spill.free(offset, len);
+        }
+    }
+
     fn put_bytes(&self, py: Python<'_>, data: &[u8], timeout: Option<Duration>) -> PyResult<()> {
         let outcome = match self.queue.try_put(data) {
             Err(QueueError::TimedOut) if timeout == Some(Duration::ZERO) => self.queue.put(data, timeout),
@@ -163,34 +192,10 @@ impl SharedQueue {
         if buffers.is_empty() {
             return self.put_bytes(py, data.as_bytes(), timeout);
         }
-        let mut ranges: Vec<(u64, usize)> = Vec::with_capacity(buffers.len());
-        let written = (|| -> PyResult<()> {
-            for raw in &buffers {
-                let view = pyo3::buffer::PyBuffer::<u8>::get(raw.bind(py))?;
-                // SAFETY: `raw()` gave a contiguous unsigned-byte view, alive (and its exporter
-                // unresizable) while `view` is; another thread writing it meanwhile would only
-                // tear the copy, as with pickling.
-                let bytes = unsafe { std::slice::from_raw_parts(view.buf_ptr() as *const u8, view.len_bytes()) };
-                let offset = py.detach(|| self.spill.write(bytes)).map_err(io_error)?;
-                ranges.push((offset, bytes.len()));
-            }
-            Ok(())
-        })();
-        let outcome = written.and_then(|()| {
-            let mut entry = Vec::with_capacity(5 + 16 * ranges.len() + data.as_bytes().len());
-            entry.push(SPILLED);
-            entry.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
-            for (offset, len) in &ranges {
-                entry.extend_from_slice(&offset.to_le_bytes());
-                entry.extend_from_slice(&(*len as u64).to_le_bytes());
-            }
-            entry.extend_from_slice(data.as_bytes());
-            self.put_bytes(py, &entry, timeout)
-        });
+        let ranges = self.spill_all(py, &buffers)?;
+        let outcome = self.put_bytes(py, &spilled_entry(&ranges, data.as_bytes()), timeout);
         if outcome.is_err() {
-            for (offset, len) in ranges {
-                self.spill.free(offset, len); // the item was not queued: nobody will take them
-            }
+            self.free_all(&ranges); // the item was not queued: nobody will take them
         }
         outcome
     }
@@ -281,8 +286,25 @@ impl SharedQueue {
     }
 }
 
+/// `(offset, len)` of an item's buffers in the spill file.
+type Ranges = Vec<(u64, usize)>;
+
+/// A `SPILLED` ring entry: the marker, the number of buffers, their `(offset, len)` as two
+/// little-endian u64 each, then the pickle. `parse_spilled` reads it back.
+fn spilled_entry(ranges: &Ranges, pickle: &[u8]) -> Vec<u8> {
+    let mut entry = Vec::with_capacity(5 + 16 * ranges.len() + pickle.len());
+    entry.push(SPILLED);
+    entry.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+    for &(offset, len) in ranges {
+        entry.extend_from_slice(&offset.to_le_bytes());
+        entry.extend_from_slice(&(len as u64).to_le_bytes());
+    }
+    entry.extend_from_slice(pickle);
+    entry
+}
+
 /// Splits a `SPILLED` ring entry into its buffers' `(offset, len)` and the pickle.
-fn parse_spilled(entry: &[u8]) -> Option<(Vec<(u64, usize)>, &[u8])> {
+fn parse_spilled(entry: &[u8]) -> Option<(Ranges, &[u8])> {
     let n = u32::from_le_bytes(entry.get(1..5)?.try_into().ok()?) as usize;
     let table = entry.get(5..5 + 16 * n)?;
     let ranges = table

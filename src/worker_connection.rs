@@ -62,10 +62,7 @@ impl WorkerConnection {
     #[allow(clippy::too_many_arguments)]
     fn send(&mut self, py: Python<'_>, kind: u8, id: u64, payload: &[u8], aux: u32, buffers: Option<&Bound<'_, PyAny>>, flags: u8) -> PyResult<()> {
         let kind = Kind::from_u8(kind).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("unknown frame kind {kind}")))?;
-        let fds = match buffers {
-            Some(b) => buffer::write_all(py, b, false)?.iter().map(|f| f.lend()).collect::<std::io::Result<Vec<_>>>().map_err(errors::io_error)?,
-            None => Vec::new(),
-        };
+        let fds = buffer::lend_all(py, buffers)?;
         let conn = &mut self.conn;
         let result = match kind {
             // Held (no system call) when more tasks are buffered: not worth releasing the GIL.
@@ -118,10 +115,7 @@ impl WorkerSender {
     #[allow(clippy::too_many_arguments)]
     fn send(&self, py: Python<'_>, kind: u8, id: u64, payload: &[u8], aux: u32, buffers: Option<&Bound<'_, PyAny>>, hold: bool) -> PyResult<()> {
         let kind = Kind::from_u8(kind).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("unknown frame kind {kind}")))?;
-        let fds = match buffers {
-            Some(b) => buffer::write_all(py, b, false)?.iter().map(|f| f.lend()).collect::<std::io::Result<Vec<_>>>().map_err(errors::io_error)?,
-            None => Vec::new(),
-        };
+        let fds = buffer::lend_all(py, buffers)?;
         let sender = &self.sender;
         py.detach(|| sender.send(kind, id, aux, payload, fds, hold)).map_err(errors::io_error)
     }

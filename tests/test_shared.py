@@ -51,19 +51,31 @@ def add_and_cas(counter, n):
     return n
 
 
-def produce(q, producer, n):
+def produce(q, producer, n, length=0):
+    """Puts ``(producer, i)`` for i < n; with ``length``, ``(producer, i, array)`` whose array of
+    ``length`` floats all hold ``producer * 1000 + i``."""
     for i in range(n):
-        q.put((producer, i), timeout=BOUND)
+        if length:
+            import numpy as np
+
+            q.put((producer, i, np.full(length, float(producer * 1000 + i))), timeout=BOUND)
+        else:
+            q.put((producer, i), timeout=BOUND)
     return n
 
 
 def consume(q):
+    """Takes items until None; returns their ``(producer, i)``, checking any array in place (it
+    is mapped, not copied)."""
     got = []
     while True:
         item = q.get(timeout=BOUND)
         if item is None:
             return got
-        got.append(item)
+        if len(item) == 3:
+            producer, i, array = item
+            assert array.flags.writeable and (array == float(producer * 1000 + i)).all(), (producer, i)
+        got.append(item[:2])
 
 
 def bounded_section(sem, inside, worst, n):
@@ -101,27 +113,6 @@ def fill_rows(array, row, value):
 
 def identity(obj):
     return obj
-
-
-def put_arrays(q, producer, n, length):
-    import numpy as np
-
-    for i in range(n):
-        q.put((producer, i, np.full(length, float(producer * 1000 + i))), timeout=BOUND)
-    return n
-
-
-def take_arrays(q):
-    """Takes (producer, i, array) items until None; checks each array in place (it is mapped,
-    not copied) and returns the (producer, i) seen."""
-    got = []
-    while True:
-        item = q.get(timeout=BOUND)
-        if item is None:
-            return got
-        producer, i, array = item
-        assert array.flags.writeable and (array == float(producer * 1000 + i)).all(), (producer, i)
-        got.append((producer, i))
 
 
 def worker_pid(_):
@@ -223,9 +214,9 @@ def test_queue_carries_large_arrays_out_of_its_ring_between_processes(make_pool)
     # A 64 KiB ring could not hold one 800 KB array: the arrays must go through the spill file.
     q = shared.Queue(maxsize=4, capacity_bytes=64 << 10)
     pool = make_pool(4)  # one worker per task: consumers block until the producers' None
-    consumers = [pool.submit(take_arrays, q) for _ in range(2)]
-    producers = [pool.submit(put_arrays, q, p, 30, 100_000) for p in range(2)]
-    mine = put_arrays(q, 2, 30, 100_000)
+    consumers = [pool.submit(consume, q) for _ in range(2)]
+    producers = [pool.submit(produce, q, p, 30, 100_000) for p in range(2)]
+    mine = produce(q, 2, 30, 100_000)
     assert sum(f.result(BOUND) for f in producers) + mine == 90
     for _ in consumers:
         q.put(None, timeout=BOUND)

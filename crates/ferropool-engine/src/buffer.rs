@@ -186,6 +186,12 @@ pub struct Kept<T> {
     list: Mutex<Vec<(T, usize, Instant)>>,
 }
 
+impl<T> Default for Kept<T> {
+    fn default() -> Kept<T> {
+        Kept::new()
+    }
+}
+
 pub const MAX_KEPT: usize = 16;
 pub const MAX_KEPT_BYTES: usize = 256 << 20;
 pub const MAX_KEPT_AGE: Duration = Duration::from_secs(2);
@@ -195,8 +201,12 @@ impl<T> Kept<T> {
         Kept { list: Mutex::new(Vec::new()) }
     }
 
+    /// The list, without the entries kept longer than `MAX_KEPT_AGE`.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(T, usize, Instant)>> {
-        self.list.lock().unwrap_or_else(|p| p.into_inner())
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        list.retain(|(_, _, at)| now.duration_since(*at) < MAX_KEPT_AGE);
+        list
     }
 
     pub fn len(&self) -> usize {
@@ -219,11 +229,9 @@ impl<T> Kept<T> {
         }
         let mut list = self.lock();
         list.push((item, bytes, Instant::now()));
-        // Too old first, then the oldest until within bounds.
-        let now = Instant::now();
-        list.retain(|(_, _, at)| now.duration_since(*at) < MAX_KEPT_AGE);
         let mut total: usize = list.iter().map(|(_, b, _)| b).sum();
         while list.len() > MAX_KEPT || total > MAX_KEPT_BYTES {
+            // the oldest first
             total -= list.remove(0).1;
         }
     }
@@ -232,8 +240,6 @@ impl<T> Kept<T> {
     /// `fits` accepts.
     fn take(&self, best: impl Fn(&T) -> bool, fits: impl Fn(&T) -> bool) -> Option<T> {
         let mut list = self.lock();
-        let now = Instant::now();
-        list.retain(|(_, _, at)| now.duration_since(*at) < MAX_KEPT_AGE);
         let pick = list.iter().rposition(|(t, _, _)| best(t)).or_else(|| list.iter().rposition(|(t, _, _)| fits(t)))?;
         Some(list.remove(pick).0)
     }
@@ -337,16 +343,8 @@ pub(crate) fn pwrite_all(fd: &OwnedFd, data: &[u8], offset: usize) -> io::Result
     Ok(())
 }
 
-/// Creates a memory file holding `data` after its header page, owned by the caller alone (no
-/// spare list): for tests and tools that build frames by hand.
-pub fn memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
-    let fd = new_memfd(c"ferropool-buffer")?;
-    resize(&fd, header_len() + data.len())?;
-    pwrite_all(&fd, data, header_len())?;
-    Ok(fd)
-}
-
-fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+/// `fstat(2)` of `fd`.
+pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid, writable `stat`; fstat writes only into it.
@@ -354,11 +352,6 @@ fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
         return Err(io::Error::last_os_error());
     }
     Ok(st)
-}
-
-/// Returns the size in bytes of the file behind `fd`.
-pub fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    usize::try_from(fstat(fd)?.st_size).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative file size"))
 }
 
 /// One `mmap` of part of a file, read-write; unmapped on drop.
@@ -521,7 +514,7 @@ mod tests {
         static HOME: Spares = Spares::new();
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let file = MemFile::write_in(&HOME, &data).unwrap();
-        assert_eq!(file_len(file.fd()).unwrap(), header_len() + data.len());
+        assert_eq!(fstat(file.fd()).unwrap().st_size as usize, header_len() + data.len());
         let private = receive(&file, false);
         let shared = receive(&file, true);
         assert_eq!(file.readers(), 2);

@@ -119,12 +119,7 @@ impl Segment {
     /// whose id is `id`. Fails with `InvalidData` when it does not (say the descriptor number was
     /// reused for another file), or with the errno of `fstat` or `mmap`.
     pub fn open(fd: OwnedFd, kind: Kind, id: u64) -> io::Result<Segment> {
-        // SAFETY: stat is plain data, all zeroes is valid; fstat fills it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `st` is a valid out-pointer and `fd` is open.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let st = crate::buffer::fstat(fd.as_fd())?;
         let len = usize::try_from(st.st_size).map_err(|_| invalid("negative size"))?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG || len < PAYLOAD {
             return Err(invalid("not a memory file with a header"));

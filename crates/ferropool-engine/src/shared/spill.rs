@@ -57,8 +57,7 @@ impl Spill {
         let page = header_len();
         let span = data.len().div_ceil(page).max(1) * page;
         let offset = self.next().fetch_add(span as u64, Ordering::AcqRel);
-        let at = usize::try_from(offset).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "spill offset out of range"))?;
-        if let Err(e) = pwrite_all(&self.fd, data, at) {
+        if let Err(e) = pwrite_all(&self.fd, data, as_usize(offset)?) {
             self.free(offset, data.len());
             return Err(e); // ENOSPC/ENOMEM: out of memory for shared pages
         }
@@ -69,14 +68,13 @@ impl Spill {
     /// returned value is dropped.
     pub fn take(self: &Arc<Self>, offset: u64, len: usize) -> io::Result<SpillRange> {
         let page = header_len() as u64;
-        if offset < page || offset % page != 0 || offset >= self.next().load(Ordering::Acquire) {
+        if offset < page || !offset.is_multiple_of(page) || offset >= self.next().load(Ordering::Acquire) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "a queue item names a spill range that was never written"));
         }
         let map = if len == 0 {
             None
         } else {
-            let at = usize::try_from(offset).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "spill offset out of range"))?;
-            Some(RawMap::new(&self.fd, len, libc::MAP_SHARED | libc::MAP_POPULATE, at)?)
+            Some(RawMap::new(&self.fd, len, libc::MAP_SHARED | libc::MAP_POPULATE, as_usize(offset)?)?)
         };
         Ok(SpillRange { spill: Arc::clone(self), offset, len, map })
     }
@@ -90,6 +88,10 @@ impl Spill {
             libc::fallocate(self.fd.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset as libc::off_t, span as libc::off_t)
         };
     }
+}
+
+fn as_usize(offset: u64) -> io::Result<usize> {
+    usize::try_from(offset).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "spill offset out of range"))
 }
 
 /// One received buffer of a queue item: its range of the spill file, mapped; unmapped and freed
@@ -128,11 +130,7 @@ mod tests {
     use super::*;
 
     fn resident_pages(spill: &Spill) -> u64 {
-        // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `st` is a valid, writable `stat`.
-        assert_eq!(unsafe { libc::fstat(spill.fd().as_raw_fd(), &mut st) }, 0);
-        st.st_blocks as u64 * 512 / header_len() as u64
+        crate::buffer::fstat(spill.fd()).unwrap().st_blocks as u64 * 512 / header_len() as u64
     }
 
     #[test]
