@@ -6,6 +6,7 @@
 //! - `future`: `FastFuture`, finishing futures without their Python methods.
 //! - `buffer`: `SharedBuffer`, out-of-band buffers of arguments and results in shared memory.
 //! - `errors`: where engine errors become Python exceptions.
+//! - `prefixed_map`: `PrefixedMap`, the iterator of a serial `map` in `Pool(strategy="auto")`.
 //! - `shared`, `shared_sync`, `shared_queue`, `shared_value`: locks, events, semaphores,
 //!   barriers, a queue, numbers and raw memory shared between processes (`ferropool.shared`).
 
@@ -14,6 +15,7 @@ use pyo3::prelude::*;
 mod buffer;
 mod errors;
 mod future;
+mod prefixed_map;
 mod process_pool;
 mod shared;
 mod shared_queue;
@@ -32,6 +34,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<buffer::SharedBuffer>()?;
     m.add_function(wrap_pyfunction!(buffer::drop_spare_buffers, m)?)?;
     errors::register(m)?;
+    prefixed_map::register(m)?;
     m.add_class::<shared_sync::SharedLock>()?;
     m.add_class::<shared_sync::SharedRLock>()?;
     m.add_class::<shared_sync::SharedEvent>()?;

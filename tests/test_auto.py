@@ -434,23 +434,25 @@ def test_decide_returns_whole_worker_counts_on_a_loaded_machine():
     assert d.strategy == "serial"  # one free core: processes cannot beat a loop
 
 
-def test_serial_map_puts_the_probed_values_in_front_of_the_builtin_map(make):
-    # The probe ran the first calls here; what map returns then is their values (a list, not a
-    # generator over their futures) chained with the built-in map of the rest: one chain step
-    # per item, nothing more.
+def test_serial_map_yields_the_probed_values_then_maps_the_rest_in_one_iterator(make):
+    # The probe ran the first calls here; what map returns then is one PrefixedMap holding
+    # their values (a list, not a generator over their futures), the function and the rest of
+    # the input: no chain step or future per item.
     import gc
     import inspect
+
+    from ferropool._core import PrefixedMap
 
     pool = make()
     it = pool.map(add, range(1000))
     assert chosen(pool, add) == "serial"
-    seen, todo = [], [it]
-    for _ in range(3):  # chain -> its source (an iterator over the parts) -> the parts
-        todo = [r for o in todo for r in gc.get_referents(o)]
-        seen.extend(todo)
-    assert any(type(o) is map for o in seen)
-    assert not any(inspect.isgenerator(o) or isinstance(o, cf.Future) for o in seen)
+    assert type(it) is PrefixedMap
+    parts = gc.get_referents(it)
+    assert add in parts and any(type(o) is list for o in parts)
+    assert not any(inspect.isgenerator(o) or isinstance(o, cf.Future) for o in parts)
     assert list(it) == list(range(1000))
+    # Several iterables: the values chained with the built-in map of the rest.
+    assert list(pool.map(add, range(1000), range(1000))) == [2 * i for i in range(1000)]
 
 
 @pytest.mark.skipif(CORES < 2, reason="processes cannot beat serial on one core")

@@ -5,7 +5,7 @@ Everything here is internal API used by ``ferropool``'s Python modules; users im
 """
 
 from concurrent.futures import Future
-from typing import Any, Callable, Optional, final
+from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
 
@@ -17,6 +17,7 @@ __all__ = [
     "WorkerConnection",
     "LogSender",
     "ThreadWorkQueue",
+    "PrefixedMap",
     "EngineBrokenError",
     "SharedLock",
     "SharedRLock",
@@ -191,6 +192,23 @@ class ThreadWorkQueue:
     @property
     def closed(self) -> bool: ...
     def __len__(self) -> int: ...
+
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+
+@final
+class PrefixedMap(Iterator[_T], Generic[_T]):
+    """``PrefixedMap(values, func, iterable)``: yields the items of the list ``values``, then
+    ``func(item)`` for each item of ``iterable``, computed as they are asked for; what
+    ``itertools.chain(values, map(func, iterable))`` yields, at the cost per item of the built-in
+    ``map`` (the iterator of ``Pool(strategy="auto").map`` when it runs serially). An exception
+    from ``func`` or the iterable is raised at that item; iterating again goes on with the next.
+    Raises ``TypeError`` at construction if ``values`` is not a list, ``func`` not callable or
+    ``iterable`` not iterable."""
+
+    def __new__(cls, values: list[_T], func: Callable[[_A], _T], iterable: Iterable[_A], /) -> PrefixedMap[_T]: ...
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> _T: ...
 
 # ---------------------------------------------------------------- shared memory (ferropool.shared)
 # Each class keeps one object's state in an anonymous memory file (memfd). ``_attach=(fd, id)``
