@@ -18,6 +18,7 @@ import pytest
 
 import ferropool
 from ferropool import Pool
+from ferropool import _auto as auto_module
 from ferropool._auto import _Plan, _holds_gil
 from ferropool._auto_decide import EARLY_MIN_S, Figures, decide
 from ferropool._process import usable_cpu_count
@@ -502,3 +503,81 @@ def test_only_long_cpu_bound_picklable_pairs_are_watched(make):
     assert not pool._watch_candidate(plan(long, 0.01 * long), long)  # waits: threads, whatever the pair says
     short = EARLY_MIN_S / 4
     assert not pool._watch_candidate(plan(short, short), short)  # too short to watch
+
+
+def spin_gil(n):
+    """~n pure-Python iterations: holds the GIL."""
+    acc = 0
+    for i in range(n):
+        acc = (acc + i * i) % 1_000_003
+    return n
+
+
+def hash_mib(_):
+    return hashlib.sha256(BLOB[: 1 << 20]).hexdigest()
+
+
+@pytest.mark.skipif(CORES < 2, reason="processes cannot beat serial on one core")
+def test_a_first_stretch_spent_waiting_for_a_cpu_decides_nothing_early(make, monkeypatch):
+    # Two threads using one core between them is the GIL only if they were not queued for a
+    # CPU meanwhile. Here the watcher is told they waited 90% of the stretch: it must leave the
+    # verdict to the whole pair (whose own waits read as none).
+    real = auto_module._runqueue_wait_s
+    monkeypatch.setattr(auto_module, "_runqueue_wait_s",
+                        lambda native_id=None: real() if native_id is None else 0.9 * time.perf_counter())
+    early = []
+    finished = Pool._pair_finished
+    monkeypatch.setattr(Pool, "_pair_finished", lambda self, plan, step: (early.append(step.decided), finished(self, plan, step))[1])
+    n = w.calibrate_spin(4 * EARLY_MIN_S)
+    pool = make()
+    assert list(pool.map(spin_gil, [n] * 8)) == [n] * 8
+    plan = next(iter(pool._plans.values()))
+    if plan.watched is None:
+        pytest.skip("other programs' load: the calls were not long or CPU-bound enough to watch")
+    if not (0.8 <= plan.watched <= 1.3):
+        pytest.skip(f"the stretch did not look GIL-bound this time ({plan.watched:.2f} cores used)")
+    assert early and not any(early), early  # the pair ran to its end and decided
+    assert chosen(pool, spin_gil) in ("processes", "hybrid")
+
+
+def test_a_pair_that_waited_for_cpus_is_measured_again(make, monkeypatch):
+    # The pair's threads report 90% of their time runnable but not running on their first
+    # pair only: the pool runs a second pair, and decides from it (no busy-machine discount).
+    reads = itertools.count()
+    monkeypatch.setattr(auto_module, "_runqueue_wait_s",
+                        lambda native_id=None: 0.9 * time.perf_counter() if next(reads) < 4 else 0.0)
+    pool = make()
+    assert len(list(pool.map(hash_mib, range(64)))) == 64
+    plan = next(iter(pool._plans.values()))
+    decision = pool.decisions[f"{__name__}.hash_mib"]
+    assert plan.rechecked and next(reads) >= 8  # both pairs read their waits
+    assert decision.figures.free_cores is None
+    assert "pair run twice" in pool.explain()
+
+
+def test_a_pair_that_waited_twice_decides_with_the_cores_it_got(make, monkeypatch):
+    monkeypatch.setattr(auto_module, "_runqueue_wait_s", lambda native_id=None: 0.9 * time.perf_counter())
+    pool = make()
+    assert len(list(pool.map(hash_mib, range(64)))) == 64
+    plan = next(iter(pool._plans.values()))
+    decision = pool.decisions[f"{__name__}.hash_mib"]
+    assert plan.rechecked and decision.figures.free_cores is not None
+    assert "free cores during the pair" in pool.explain()
+
+
+def test_calls_handed_to_a_backend_that_finishes_them_at_once_run_their_callbacks_freely(make):
+    # Calls queued during the probe go to the chosen backend; one that finishes before its
+    # callback is attached runs its future's callbacks in the deciding thread. They used to run
+    # inside the pool's lock: map's wake-up (which takes it) and a callback calling the pool
+    # then deadlocked. A backend that runs each call as it is submitted shows it every time.
+    from ferropool._auto import _Serial
+
+    pool = make()
+    pool._backend = lambda strategy, workers: _Serial()  # whatever is chosen finishes at once
+    asked = []
+    futures = [pool.submit(w.sleep_task, 0.002) for _ in range(24)]
+    for f in futures:
+        f.add_done_callback(lambda _f: asked.append(len(pool.decisions)))  # takes the pool's lock
+    assert [f.result(timeout=20) for f in futures] == [0.002] * 24
+    assert chosen(pool, w.sleep_task) == "threads" and len(asked) == 24
+    assert list(pool.map(w.sleep_task, [0.001] * 3, timeout=20)) == [0.001] * 3

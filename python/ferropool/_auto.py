@@ -71,6 +71,9 @@ class _Plan:
         self.decision: Decision | None = None
         self.backend: Any = None  # set with decision
         self.pending: collections.deque[_Call] = collections.deque()
+        # Calls the decision sent to the backend: (their future, the backend's future or what
+        # its submit raised), to be joined by _hand_off outside the lock.
+        self.handoff: list[tuple[cf.Future, Any]] = []
         self.solo: list[tuple[float, float]] = []  # (wall, cpu) per call
         self.pair_calls = 0
         self.pair_speedup: float | None = None
@@ -80,6 +83,7 @@ class _Plan:
         self.via_map = False
         self.stepping = False
         self.watched: float | None = None  # cores the pair's threads used as _watch_pair looked
+        self.rechecked = False  # the pair was run again: other programs held the cores the first time
 
 
 def _name_of(fn: Callable[..., Any]) -> str:
@@ -361,6 +365,7 @@ class Pool(PoolExecutor):
                     plan.pending.extend(queued)
                     plan.stepping = False
                     self._advance(plan)
+                self._hand_off(plan)
             for call in queued:
                 call.future.add_done_callback(notify)
                 head.append(call.future)
@@ -528,6 +533,7 @@ class Pool(PoolExecutor):
                 plan.via_map = plan.via_map or via_map
                 plan.pending.extend(calls)
                 self._advance(plan)
+        self._hand_off(plan)
         if backend is not None:
             return [backend.submit(c.fn, *c.args, **c.kwargs) for c in calls]
         return [c.future for c in calls]
@@ -580,7 +586,8 @@ class Pool(PoolExecutor):
 
     def _decide(self, plan: _Plan, wall: float, decision: Decision | None = None) -> None:
         """Decides from the figures (or takes ``decision``) and sends what is queued to the
-        chosen backend; the lock is held."""
+        chosen backend (their futures are joined to the backend's by ``_hand_off``, once the
+        lock is released); the lock is held."""
         figures = self._figures(plan, wall) if decision is None else decision.figures
         try:
             if decision is None:
@@ -592,13 +599,28 @@ class Pool(PoolExecutor):
         pending = list(plan.pending)
         plan.pending.clear()
         if decision.strategy == "serial":
-            # Run here, on the probe thread that decided, not in the lock: it is a probe thread,
-            # joined by shutdown.
+            # Run on a probe thread (joined by shutdown), not here in the lock.
             if pending:
                 self._start_step(plan, [pending], measure=False)
             return
-        for call in pending:
-            _chain(call, plan.backend)
+        for call in pending:  # submitted here, so that no shutdown comes between
+            if call.future.set_running_or_notify_cancel():
+                try:
+                    plan.handoff.append((call.future, plan.backend.submit(call.fn, *call.args, **call.kwargs)))
+                except BaseException as exc:
+                    plan.handoff.append((call.future, exc))
+
+    def _hand_off(self, plan: _Plan) -> None:
+        """Makes the futures of the calls ``_decide`` sent to the backend follow the backend's.
+        Called by whoever decided, after releasing the lock: finishing a future runs its
+        callbacks at once, and those may take the lock (map's wake-up) or call the pool."""
+        with self._lock:
+            handoff, plan.handoff = plan.handoff, []
+        for outer, inner in handoff:
+            if isinstance(inner, BaseException):
+                outer.set_exception(inner)
+            else:
+                inner.add_done_callback(lambda f, outer=outer: _copy(f, outer))
 
     def _start_step(self, plan: _Plan, groups: list[list[_Call]] | None, *, measure: bool = True,
                     watch: bool = False) -> None:
@@ -661,6 +683,7 @@ class Pool(PoolExecutor):
                         self._pair_finished(plan, step)
                     plan.stepping = False
                     self._advance(plan)
+            self._hand_off(plan)
 
     def _watch_candidate(self, plan: _Plan, wall: float) -> bool:
         """Whether to watch ``plan``'s pair step (``_watch_pair``): its calls are long (EARLY_MIN_S)
@@ -689,6 +712,9 @@ class Pool(PoolExecutor):
                 clocks = [time.pthread_getcpuclockid(t.ident) for t in step.threads]
             except (AttributeError, OSError, TypeError):  # no per-thread CPU clocks here
                 clocks = None
+            # Their waits for a CPU do not grow while they sleep at the barrier: read here, these
+            # are the waits at the start (reading later would give the GIL away mid-stretch).
+            q0 = [_runqueue_wait_s(t.native_id) for t in step.threads]
             try:
                 step.start.wait(timeout=5.0)
             except threading.BrokenBarrierError:
@@ -709,6 +735,14 @@ class Pool(PoolExecutor):
             plan.watched = used
             if not (1.0 - BUSY_MACHINE <= used and _holds_gil(used, 1.0)):
                 return  # parallel, or other programs' load: the whole pair decides
+            # One core's worth between them: the GIL, or both threads queued on one CPU while
+            # other programs held the rest (seen: 3 stretches in 60 of two hashlib threads, each
+            # waiting ~90% of it). Only the first is a verdict; the whole pair decides the other.
+            q1 = [_runqueue_wait_s(t.native_id) for t in step.threads]
+            if None in q0 or None in q1:
+                return  # waits cannot be read here: no early verdict without them
+            if sum(b - a for a, b in zip(q0, q1)) / (time.perf_counter() - t0) > BUSY_MACHINE:
+                return
             with self._lock:
                 calls = sum(len(g) for g in step.groups)
                 if (self._closed or plan.decision is not None or step.finished.is_set()
@@ -721,6 +755,7 @@ class Pool(PoolExecutor):
                 plan.pair_done, plan.pair_calls, plan.pair_speedup = True, calls, decision.figures.pair_speedup
                 step.decided = True
                 self._decide(plan, wall, decision)
+            self._hand_off(plan)
         finally:
             with self._lock:
                 self._probe_threads.discard(threading.current_thread())
@@ -743,12 +778,17 @@ class Pool(PoolExecutor):
         ran = sum(s[3] for s in spans)
         ratio = solo_cpu / solo_wall if solo_wall > 0 else 1.0
         alone = sum(s[2] for s in spans) / ratio if ratio >= WAITING else ran * solo_wall
+        busy = all(q is not None for q in step.waits) and span > 0 and sum(step.waits) / span > BUSY_MACHINE
         plan.pair_calls = ran
         plan.pair_speedup = alone / span if span > 0 else None
-        if all(q is not None for q in step.waits) and span > 0:
-            # Time the pair's threads were runnable but not running: other programs hold cores.
-            if sum(step.waits) / span > BUSY_MACHINE:
-                plan.free_cores = sum(s[2] for s in spans) / span
+        # Runnable but not running for much of the pair: other programs held cores, and
+        # parallel work gets only the cores the pair got.
+        plan.free_cores = sum(s[2] for s in spans) / span if busy else None
+        if busy and not plan.rechecked:
+            # That is often a moment's load (a few ms): measure the pair once more, if calls are
+            # queued for it, rather than decide every later call from it (_advance).
+            plan.rechecked = True
+            plan.pair_done = False
         plan.changed.notify_all()
 
 
@@ -768,12 +808,14 @@ class _Step:
         self.decided = False  # the watcher decided from the pair's first stretch
 
 
-def _runqueue_wait_s() -> float | None:
-    """Returns the seconds this thread has spent runnable but waiting for a CPU (Linux
-    ``/proc/thread-self/schedstat``, nanoseconds), or None where that cannot be read. Waiting
-    for the GIL is sleeping, not this: it only grows when other threads hold every core."""
+def _runqueue_wait_s(native_id: int | None = None) -> float | None:
+    """Returns the seconds this thread (or the thread ``native_id`` of this process) has spent
+    runnable but waiting for a CPU (Linux ``schedstat``, nanoseconds), or None where that cannot
+    be read. Waiting for the GIL is sleeping, not this: it only grows when other threads hold
+    every core."""
+    path = "/proc/thread-self/schedstat" if native_id is None else f"/proc/self/task/{native_id}/schedstat"
     try:
-        with open("/proc/thread-self/schedstat", "rb") as f:
+        with open(path, "rb") as f:
             return int(f.read().split()[1]) / 1e9
     except (OSError, ValueError, IndexError):
         return None
@@ -838,18 +880,6 @@ def _run_measured(call: _Call, sizes_for: _Plan | None) -> tuple[float, float] |
     else:
         call.future.set_result(result)
     return wall, cpu
-
-
-def _chain(call: _Call, backend: Any) -> None:
-    """Hands a call queued during the probe to ``backend``; its future follows the backend's."""
-    if not call.future.set_running_or_notify_cancel():
-        return
-    try:
-        inner = backend.submit(call.fn, *call.args, **call.kwargs)
-    except BaseException as exc:
-        call.future.set_exception(exc)
-        return
-    inner.add_done_callback(lambda f, outer=call.future: _copy(f, outer))
 
 
 def _copy(src: cf.Future, dst: cf.Future) -> None:

@@ -179,6 +179,8 @@ def describe(plan: Any) -> list[str]:
     f = d.figures
     if f is not None:
         speed = "not measured" if f.pair_speedup is None else f"{f.pair_speedup:.2f}x"
+        if getattr(plan, "rechecked", False):
+            speed += " (pair run twice: other programs held cores during the first)"
         sizes = ("cannot be pickled" if not f.picklable else
                  f"{_bytes(f.arg_bytes)} args, {_bytes(f.result_bytes)} result, {_secs(f.pickle_s or 0.0)} to pickle")
         lines.append(f"    measured {f.calls} calls: wall {_secs(f.wall_s)}, CPU {_secs(f.cpu_s)} per call "
