@@ -84,6 +84,7 @@ class _Plan:
         self.stepping = False
         self.watched: float | None = None  # cores the pair's threads used as _watch_pair looked
         self.rechecked = False  # the pair was run again: other programs held the cores the first time
+        self.solo_queued = 0.0  # seconds the solo calls spent queued for a CPU (taken out of their wall)
 
 
 def _name_of(fn: Callable[..., Any]) -> str:
@@ -336,6 +337,7 @@ class Pool(PoolExecutor):
         if inline:
             samples: list[tuple[float, float]] = []
             queued: list[_Call] = []
+            q0, queued_s = _runqueue_wait_s(), 0.0
             t0 = time.perf_counter()
             try:
                 while len(samples) < SOLO_CALLS and (not samples or time.perf_counter() - t0 < SOLO_BUDGET_S):
@@ -350,6 +352,7 @@ class Pool(PoolExecutor):
                     head.append(call.future)
                     if sample is not None:
                         samples.append(sample)
+                samples, queued_s = _without_cpu_waits(samples, q0)
                 if samples and not exhausted:
                     wall = statistics.median(w for w, _ in samples)
                     if wall >= PAIR_MIN_S:
@@ -362,6 +365,7 @@ class Pool(PoolExecutor):
             finally:
                 with self._lock:
                     plan.solo.extend(samples)
+                    plan.solo_queued += queued_s
                     plan.pending.extend(queued)
                     plan.stepping = False
                     self._advance(plan)
@@ -651,9 +655,10 @@ class Pool(PoolExecutor):
                     step.start.wait(timeout=5.0)
                 except threading.BrokenBarrierError:
                     pass
-            q0 = _runqueue_wait_s() if step.pair else None
+            q0 = _runqueue_wait_s() if step.pair or step.measure else None
             t0, c0, ran = time.perf_counter(), time.thread_time(), 0
             calls = step.groups[index]
+            samples: list[tuple[float, float]] = []
             while True:
                 if calls is None:  # solo: take the next queued call, if any
                     with self._lock:
@@ -668,8 +673,14 @@ class Pool(PoolExecutor):
                 sample = _run_measured(call, plan if plan.sizes is None and step.measure else None)
                 ran += 1
                 if sample is not None and step.measure and not step.pair:
-                    with self._lock:
+                    samples.append(sample)
+                    with self._lock:  # explain() shows the count as it grows
                         plan.solo.append(sample)
+            if samples:
+                corrected, queued_s = _without_cpu_waits(samples, q0)
+                with self._lock:  # the solo step running is the only one adding to plan.solo
+                    plan.solo[-len(samples):] = corrected
+                    plan.solo_queued += queued_s
             step.spans[index] = (t0, time.perf_counter(), time.thread_time() - c0, ran)
             q1 = _runqueue_wait_s() if step.pair else None
             step.waits[index] = None if q0 is None or q1 is None else q1 - q0
@@ -819,6 +830,20 @@ def _runqueue_wait_s(native_id: int | None = None) -> float | None:
             return int(f.read().split()[1]) / 1e9
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _without_cpu_waits(samples: list[tuple[float, float]], q0: float | None) -> tuple[list[tuple[float, float]], float]:
+    """Returns the (wall, CPU) ``samples`` of calls this thread just ran one after another, less
+    the time it spent queued for a CPU since ``q0`` (``_runqueue_wait_s``), shared evenly among
+    them and never below their CPU time, and the seconds taken out. Other programs' load is not
+    the function's waiting: a CPU-bound call on a machine whose cores are all busy would
+    otherwise look like one that sleeps (CPU/wall 0.5) and go to threads."""
+    q1 = _runqueue_wait_s() if q0 is not None else None
+    if q1 is None or q0 is None or q1 <= q0 or not samples:
+        return samples, 0.0
+    each = (q1 - q0) / len(samples)
+    out = [(max(cpu, wall - each), cpu) for wall, cpu in samples]
+    return out, sum(w for w, _ in samples) - sum(w for w, _ in out)
 
 
 def _holds_gil(cpu_s: float, seconds: float) -> bool:

@@ -183,8 +183,11 @@ def describe(plan: Any) -> list[str]:
             speed += " (pair run twice: other programs held cores during the first)"
         sizes = ("cannot be pickled" if not f.picklable else
                  f"{_bytes(f.arg_bytes)} args, {_bytes(f.result_bytes)} result, {_secs(f.pickle_s or 0.0)} to pickle")
+        queued = getattr(plan, "solo_queued", 0.0)
         lines.append(f"    measured {f.calls} calls: wall {_secs(f.wall_s)}, CPU {_secs(f.cpu_s)} per call "
-                     f"(CPU/wall {f.cpu_ratio:.2f}); 2 threads: {speed}"
+                     f"(CPU/wall {f.cpu_ratio:.2f}"
+                     + (f"; {_secs(queued)} queued for a CPU behind other programs left out" if queued > 0.05 * f.wall_s else "")
+                     + f"); 2 threads: {speed}"
                      + (f"; free cores during the pair: {f.free_cores:.1f}" if f.free_cores is not None else "")
                      + f"; pickled: {sizes}")
         column = 1 if f.via_map else 0
