@@ -7,6 +7,7 @@
 //! - `buffer`: `SharedBuffer`, out-of-band buffers of arguments and results in shared memory.
 //! - `errors`: where engine errors become Python exceptions.
 //! - `prefixed_map`: `PrefixedMap`, the iterator of a serial `map` in `Pool(strategy="auto")`.
+//! - `schedstat`: `runqueue_wait_ns`, a thread's time waiting for a CPU (auto's probe).
 //! - `shared`, `shared_sync`, `shared_queue`, `shared_value`: locks, events, semaphores,
 //!   barriers, a queue, numbers and raw memory shared between processes (`ferropool.shared`).
 
@@ -16,6 +17,7 @@ mod buffer;
 mod errors;
 mod future;
 mod prefixed_map;
+mod schedstat;
 mod process_pool;
 mod shared;
 mod shared_queue;
@@ -35,6 +37,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(buffer::drop_spare_buffers, m)?)?;
     errors::register(m)?;
     prefixed_map::register(m)?;
+    m.add_function(wrap_pyfunction!(schedstat::runqueue_wait_ns, m)?)?;
     m.add_class::<shared_sync::SharedLock>()?;
     m.add_class::<shared_sync::SharedRLock>()?;
     m.add_class::<shared_sync::SharedEvent>()?;

@@ -44,7 +44,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ._core import PrefixedMap
+from ._core import PrefixedMap, runqueue_wait_ns
 from ._executor import _PARTIAL, PoolExecutor, run_chunk
 from ._process import usable_cpu_count
 from ._auto_decide import (BUSY_MACHINE, EARLY_MIN_S, GIL_HELD_USE, MAP_PROBE_AHEAD, PAIR_MAX_CALLS, PAIR_MIN_S,
@@ -618,6 +618,8 @@ class Pool(PoolExecutor):
         """Makes the futures of the calls ``_decide`` sent to the backend follow the backend's.
         Called by whoever decided, after releasing the lock: finishing a future runs its
         callbacks at once, and those may take the lock (map's wake-up) or call the pool."""
+        if not plan.handoff:  # read unlocked: whoever fills it (_decide) calls this afterwards
+            return
         with self._lock:
             handoff, plan.handoff = plan.handoff, []
         for outer, inner in handoff:
@@ -723,9 +725,14 @@ class Pool(PoolExecutor):
                 clocks = [time.pthread_getcpuclockid(t.ident) for t in step.threads]
             except (AttributeError, OSError, TypeError):  # no per-thread CPU clocks here
                 clocks = None
-            # Their waits for a CPU do not grow while they sleep at the barrier: read here, these
-            # are the waits at the start (reading later would give the GIL away mid-stretch).
+            # Read before the calls start, while nothing holds the GIL for long: their waits for a
+            # CPU (which do not grow while they sleep at the barrier) and the solo figures (which
+            # no one changes during a pair). Taking the pool's lock once the calls run could
+            # wait tens of ms: a thread holding it may be waiting for the GIL behind them.
             q0 = [_runqueue_wait_s(t.native_id) for t in step.threads]
+            with self._lock:
+                wall = statistics.median(w for w, _ in plan.solo)
+                ratio = statistics.median(c for _, c in plan.solo) / wall if wall > 0 else 1.0
             try:
                 step.start.wait(timeout=5.0)
             except threading.BrokenBarrierError:
@@ -734,8 +741,6 @@ class Pool(PoolExecutor):
                 return
             t0 = time.perf_counter()
             c0 = [time.clock_gettime(c) for c in clocks]
-            with self._lock:
-                wall = statistics.median(w for w, _ in plan.solo)
             if step.finished.wait(min(max(wall / 4, 1e-3), 1e-2)):
                 return  # the pair ended first: it decides
             try:
@@ -759,7 +764,6 @@ class Pool(PoolExecutor):
                 if (self._closed or plan.decision is not None or step.finished.is_set()
                         or len(plan.solo) + calls < self._probe_calls):
                     return
-                ratio = statistics.median(c for _, c in plan.solo) / wall if wall > 0 else 1.0
                 decision = self._choose(self._figures(plan, wall, pair_calls=calls, pair_speedup=used / ratio))
                 if decision.strategy not in ("processes", "hybrid"):
                     return
@@ -821,15 +825,12 @@ class _Step:
 
 def _runqueue_wait_s(native_id: int | None = None) -> float | None:
     """Returns the seconds this thread (or the thread ``native_id`` of this process) has spent
-    runnable but waiting for a CPU (Linux ``schedstat``, nanoseconds), or None where that cannot
-    be read. Waiting for the GIL is sleeping, not this: it only grows when other threads hold
-    every core."""
-    path = "/proc/thread-self/schedstat" if native_id is None else f"/proc/self/task/{native_id}/schedstat"
-    try:
-        with open(path, "rb") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return None
+    runnable but waiting for a CPU (Linux ``schedstat``), or None where that cannot be read.
+    Waiting for the GIL is sleeping, not this: it only grows when other threads hold every
+    core. Read in Rust without giving the GIL away: a Python file read would, and winning it
+    back from a thread running pure-Python code takes up to a switch interval per system call."""
+    ns = runqueue_wait_ns(native_id)
+    return None if ns is None else ns / 1e9
 
 
 def _without_cpu_waits(samples: list[tuple[float, float]], q0: float | None) -> tuple[list[tuple[float, float]], float]:
