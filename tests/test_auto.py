@@ -457,9 +457,16 @@ def test_serial_map_yields_the_probed_values_then_maps_the_rest_in_one_iterator(
 
 
 @pytest.mark.skipif(CORES < 2, reason="processes cannot beat serial on one core")
-def test_a_gil_bound_pair_is_decided_from_its_first_stretch(make):
+def no_gil_verdict(monkeypatch):
+    """Makes the GIL sampler give no verdict on solo calls, whose "held" would decide at the
+    pair's start, before the watcher looks: for tests of the watcher."""
+    monkeypatch.setattr(auto_module._GilSampler, "stop", lambda self: (self._stop.set(), None)[1])
+
+
+def test_a_gil_bound_pair_is_decided_from_its_first_stretch(make, monkeypatch):
     # The pair's calls hold the GIL and do not return until the pool has decided: only the
     # watcher, deciding from the pair's first stretch, lets them return before the 5 s bound.
+    no_gil_verdict(monkeypatch)
     n = w.calibrate_spin(4 * EARLY_MIN_S)
     pool = make()
     WATCHED["pool"] = pool
@@ -522,12 +529,14 @@ def hash_mib(_):
 
 @pytest.mark.skipif(CORES < 2, reason="processes cannot beat serial on one core")
 def test_a_first_stretch_spent_waiting_for_a_cpu_decides_nothing_early(make, monkeypatch):
-    # Two threads using one core between them is the GIL only if they were not queued for a
-    # CPU meanwhile. Here the watcher is told they waited 90% of the stretch: it must leave the
-    # verdict to the whole pair (whose own waits read as none).
+    # Two threads using one core between them is the GIL only if the watcher, too, had to wait
+    # for the GIL. Here it is told that it sat queued for a CPU all along (so it was not kept
+    # from the GIL: threads kept to one CPU by other programs look like this): it must leave
+    # the verdict to the whole pair.
+    no_gil_verdict(monkeypatch)
     real = auto_module._runqueue_wait_s
-    monkeypatch.setattr(auto_module, "_runqueue_wait_s",
-                        lambda native_id=None: real() if native_id is None else 0.9 * time.perf_counter())
+    monkeypatch.setattr(auto_module, "_runqueue_wait_s", lambda native_id=None: 10 * time.perf_counter()
+                        if threading.current_thread().name == "ferropool-auto-watch" else real(native_id))
     early = []
     finished = Pool._pair_finished
     monkeypatch.setattr(Pool, "_pair_finished", lambda self, plan, step: (early.append(step.decided), finished(self, plan, step))[1])
@@ -619,3 +628,53 @@ def test_calls_handed_to_a_backend_that_finishes_them_at_once_run_their_callback
         pytest.skip("other programs' load made the probe choose serial: no call was handed to a backend")
     assert len(asked) == 24
     assert list(pool.map(w.sleep_task, [0.001] * 3, timeout=20)) == [0.001] * 3
+
+
+def test_gil_sampler_tells_calls_that_hold_the_gil_from_those_that_release_it():
+    n = w.calibrate_spin(0.03)
+    sampler = auto_module._GilSampler()
+    w.spin(n)
+    held = sampler.stop()
+    sampler = auto_module._GilSampler()
+    time.sleep(0.03)
+    asleep = sampler.stop()
+    sampler = auto_module._GilSampler()
+    hashlib.sha256(BLOB * 4).digest()  # 32 MiB: hashlib releases the GIL
+    hashing = sampler.stop()
+    interval = sys.getswitchinterval()
+    if held is None or held < 0.5 * interval:
+        if (auto_module._runqueue_wait_s() or 0) > 0 and os.getloadavg()[0] > CORES:
+            pytest.skip("other programs' load: the sampler was kept off the CPUs")
+    assert held is not None and held >= 0.5 * interval, held
+    assert asleep is not None and asleep < 0.5 * interval, asleep
+    assert hashing is not None and hashing < 0.5 * interval, hashing
+
+
+#: Set by test_calls_that_held_the_gil_alone_are_decided_as_the_pair_starts.
+STARTS: dict = {}
+
+
+def spin_and_see(n):
+    """Records, on a probe thread of the pair step, whether the pool had decided when the call began."""
+    if threading.current_thread().name == "ferropool-auto-probe" and "pool" in STARTS:
+        STARTS.setdefault("decided", []).append(bool(STARTS["pool"].decisions))
+    return spin_gil(n)
+
+
+@pytest.mark.skipif(CORES < 2, reason="processes cannot beat serial on one core")
+def test_calls_that_held_the_gil_alone_are_decided_as_the_pair_starts(make):
+    n = w.calibrate_spin(4 * EARLY_MIN_S)
+    pool = make()
+    STARTS["pool"] = pool
+    try:
+        assert list(pool.map(spin_and_see, [n] * 6)) == [n] * 6
+    finally:
+        decided = STARTS.pop("decided", [])
+        del STARTS["pool"]
+    plan = next(iter(pool._plans.values()))
+    decision = pool.decisions[f"{__name__}.spin_and_see"]
+    if plan.gil_late is None or plan.gil_late < 0.5 * sys.getswitchinterval() or decision.figures.free_cores is not None:
+        pytest.skip(f"other programs' load: the sampler saw {plan.gil_late}, free cores {decision.figures.free_cores}")
+    assert decided == [True, True]  # both pair calls began after the decision
+    assert decision.strategy in ("processes", "hybrid") and plan.watched is None
+    assert "GIL: another thread waited" in pool.explain()

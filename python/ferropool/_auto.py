@@ -39,7 +39,9 @@ import inspect
 import itertools
 import math
 import pickle
+import _thread
 import statistics
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -47,7 +49,7 @@ from typing import Any, Callable
 from ._core import PrefixedMap, runqueue_wait_ns
 from ._executor import _PARTIAL, PoolExecutor, run_chunk
 from ._process import usable_cpu_count
-from ._auto_decide import (BUSY_MACHINE, EARLY_MIN_S, GIL_HELD_USE, MAP_PROBE_AHEAD, PAIR_MAX_CALLS, PAIR_MIN_S,
+from ._auto_decide import (BUSY_MACHINE, EARLY_MIN_S, GIL_HELD_USE, GIL_SAMPLE_S, MAP_PROBE_AHEAD, PAIR_MAX_CALLS, PAIR_MIN_S,
                            PAIR_TARGET_S, PROBE_CALLS, SOLO_BUDGET_S, SOLO_CALLS, STRATEGIES, WAITING, Decision, Figures,
                            decide, describe)
 
@@ -85,6 +87,7 @@ class _Plan:
         self.watched: float | None = None  # cores the pair's threads used as _watch_pair looked
         self.rechecked = False  # the pair was run again: other programs held the cores the first time
         self.solo_queued = 0.0  # seconds the solo calls spent queued for a CPU (taken out of their wall)
+        self.gil_late: float | None = None  # median seconds _GilSampler waited for the GIL during solo calls
 
 
 def _name_of(fn: Callable[..., Any]) -> str:
@@ -338,6 +341,7 @@ class Pool(PoolExecutor):
             samples: list[tuple[float, float]] = []
             queued: list[_Call] = []
             q0, queued_s = _runqueue_wait_s(), 0.0
+            sampler = _GilSampler()
             t0 = time.perf_counter()
             try:
                 while len(samples) < SOLO_CALLS and (not samples or time.perf_counter() - t0 < SOLO_BUDGET_S):
@@ -363,9 +367,11 @@ class Pool(PoolExecutor):
                         if len(queued) < 2 * per:
                             exhausted = True
             finally:
+                gil_late = sampler.stop()
                 with self._lock:
                     plan.solo.extend(samples)
                     plan.solo_queued += queued_s
+                    plan.gil_late = gil_late
                     plan.pending.extend(queued)
                     plan.stepping = False
                     self._advance(plan)
@@ -561,7 +567,17 @@ class Pool(PoolExecutor):
             if len(plan.pending) >= 2:
                 per = max(1, min(PAIR_MAX_CALLS, round(PAIR_TARGET_S / max(wall, 1e-9)), len(plan.pending) // 2))
                 halves = [[plan.pending.popleft() for _ in range(per)] for _ in range(2)]
-                self._start_step(plan, halves, watch=self._watch_candidate(plan, wall))
+                # The solo calls' GIL samples decide a candidate now if they say "held"; if they
+                # say "released", the pair decides; with no verdict, the watcher may.
+                watch = self._watch_candidate(plan, wall)
+                held = watch and self._held_while_alone(plan)
+                step = self._start_step(plan, halves, watch=watch and plan.gil_late is None)
+                if held:  # the solo calls held the GIL: decide as the watcher would, at once
+                    decision = self._choose(self._figures(plan, wall, pair_calls=2 * per, pair_speedup=1.0))
+                    if decision.strategy in ("processes", "hybrid"):
+                        plan.pair_done, plan.pair_calls, plan.pair_speedup = True, 2 * per, 1.0
+                        step.decided = True
+                        self._decide(plan, wall, decision)
                 return
             if measured < self._probe_calls:  # called one at a time so far: measure alone
                 if plan.pending:
@@ -629,7 +645,7 @@ class Pool(PoolExecutor):
                 inner.add_done_callback(lambda f, outer=outer: _copy(f, outer))
 
     def _start_step(self, plan: _Plan, groups: list[list[_Call]] | None, *, measure: bool = True,
-                    watch: bool = False) -> None:
+                    watch: bool = False) -> _Step:
         """Starts a probe step on new threads: ``None`` is a solo step that takes queued calls as
         they come; one group runs its calls in turn; two groups are a pair step, one thread
         each, started together, and with ``watch`` a third that may decide early
@@ -648,6 +664,7 @@ class Pool(PoolExecutor):
         for t in threads:
             self._probe_threads.add(t)
             t.start()
+        return step
 
     def _step_member(self, step: _Step, index: int) -> None:
         plan = step.plan
@@ -661,6 +678,7 @@ class Pool(PoolExecutor):
             t0, c0, ran = time.perf_counter(), time.thread_time(), 0
             calls = step.groups[index]
             samples: list[tuple[float, float]] = []
+            sampler = _GilSampler() if step.measure and not step.pair else None
             while True:
                 if calls is None:  # solo: take the next queued call, if any
                     with self._lock:
@@ -678,11 +696,13 @@ class Pool(PoolExecutor):
                     samples.append(sample)
                     with self._lock:  # explain() shows the count as it grows
                         plan.solo.append(sample)
+            gil_late = sampler.stop() if sampler is not None else None
             if samples:
                 corrected, queued_s = _without_cpu_waits(samples, q0)
                 with self._lock:  # the solo step running is the only one adding to plan.solo
                     plan.solo[-len(samples):] = corrected
                     plan.solo_queued += queued_s
+                    plan.gil_late = gil_late
             step.spans[index] = (t0, time.perf_counter(), time.thread_time() - c0, ran)
             q1 = _runqueue_wait_s() if step.pair else None
             step.waits[index] = None if q0 is None or q1 is None else q1 - q0
@@ -708,28 +728,38 @@ class Pool(PoolExecutor):
             return False
         return self._choose(self._figures(plan, wall, pair_calls=2, pair_speedup=1.0)).strategy in ("processes", "hybrid")
 
+    def _held_while_alone(self, plan: _Plan) -> bool:
+        """Whether ``plan``'s solo calls held the GIL throughout (``_GilSampler``: a helper thread
+        got it only when the interpreter forced a switch), with other programs' load too small
+        to have delayed the helper instead. The lock is held."""
+        if plan.gil_late is None:
+            return False
+        solo_wall = sum(w for w, _ in plan.solo)
+        return plan.gil_late >= 0.5 * sys.getswitchinterval() and plan.solo_queued <= BUSY_MACHINE * solo_wall
+
     def _watch_pair(self, step: _Step) -> None:
         """Watches a pair step for about a quarter of a call (1-10 ms) from its start. If its two
         threads used between 1 - BUSY_MACHINE and GIL_HELD_USE cores between them (one at a
-        time, as calls that hold the GIL run, and that one seldom kept off a CPU by other
-        programs), decides now from that stretch, rather than when the pair's calls end: a
-        process pool then boots on the core the pair leaves idle. The pair's calls still finish
-        on their threads, and their results are delivered as usual; a decision for anything but
-        a process or hybrid pool waits for the whole pair.
+        time, as calls that hold the GIL run) and this thread, when its wait ended, got the GIL
+        back only after the interpreter forced a switch (about the switch interval late, not
+        counting its own wait for a CPU), decides now from that stretch, rather than when the
+        pair's calls end: a process pool then boots on the core the pair leaves idle. The pair's
+        calls still finish on their threads, and their results are delivered as usual; a
+        decision for anything but a process or hybrid pool waits for the whole pair. (Used when
+        the solo calls gave ``_GilSampler`` no verdict: see ``_held_while_alone``.)
 
-        Only the threads' CPU clocks are read while the calls run: that keeps the GIL, and
-        winning it back from calls that hold it can take several switch intervals."""
+        Only clocks are read while the calls run (CPU clocks, and this thread's wait for a CPU
+        in Rust): nothing that gives the GIL away, since winning it back from calls that hold it
+        can take several switch intervals."""
         plan = step.plan
         try:
             try:  # the threads wait for this one at the barrier: they are alive
                 clocks = [time.pthread_getcpuclockid(t.ident) for t in step.threads]
             except (AttributeError, OSError, TypeError):  # no per-thread CPU clocks here
                 clocks = None
-            # Read before the calls start, while nothing holds the GIL for long: their waits for a
-            # CPU (which do not grow while they sleep at the barrier) and the solo figures (which
-            # no one changes during a pair). Taking the pool's lock once the calls run could
-            # wait tens of ms: a thread holding it may be waiting for the GIL behind them.
-            q0 = [_runqueue_wait_s(t.native_id) for t in step.threads]
+            # Read before the calls start, while nothing holds the GIL for long: the solo figures
+            # (which no one changes during a pair). Taking the pool's lock once the calls run
+            # could wait tens of ms: a thread holding it may be waiting for the GIL behind them.
             with self._lock:
                 wall = statistics.median(w for w, _ in plan.solo)
                 ratio = statistics.median(c for _, c in plan.solo) / wall if wall > 0 else 1.0
@@ -741,8 +771,15 @@ class Pool(PoolExecutor):
                 return
             t0 = time.perf_counter()
             c0 = [time.clock_gettime(c) for c in clocks]
-            if step.finished.wait(min(max(wall / 4, 1e-3), 1e-2)):
-                return  # the pair ended first: it decides
+            end = t0 + min(max(wall / 4, 1e-3), 1e-2)
+            late = 0.0  # the most this thread got the GIL back late after a nap (see below)
+            while (left := end - time.perf_counter()) > 0:
+                nap = min(left, GIL_SAMPLE_S)
+                q0, n0 = _runqueue_wait_s(), time.perf_counter()
+                if step.finished.wait(nap):
+                    return  # the pair ended first: it decides
+                q1, lag = _runqueue_wait_s(), time.perf_counter() - n0 - nap
+                late = max(late, lag - (q1 - q0 if q0 is not None and q1 is not None else 0.0))
             try:
                 c1 = [time.clock_gettime(c) for c in clocks]
             except OSError:  # a thread has ended: so has the pair, nearly
@@ -751,13 +788,13 @@ class Pool(PoolExecutor):
             plan.watched = used
             if not (1.0 - BUSY_MACHINE <= used and _holds_gil(used, 1.0)):
                 return  # parallel, or other programs' load: the whole pair decides
-            # One core's worth between them: the GIL, or both threads queued on one CPU while
-            # other programs held the rest (seen: 3 stretches in 60 of two hashlib threads, each
-            # waiting ~90% of it). Only the first is a verdict; the whole pair decides the other.
-            q1 = [_runqueue_wait_s(t.native_id) for t in step.threads]
-            if None in q0 or None in q1:
-                return  # waits cannot be read here: no early verdict without them
-            if sum(b - a for a, b in zip(q0, q1)) / (time.perf_counter() - t0) > BUSY_MACHINE:
+            # One core's worth between them: the GIL, or both threads kept to one CPU while
+            # other programs held the rest (seen: 3 stretches in 60 of two hashlib threads).
+            # Only the first is a verdict, and only the first kept this thread from the GIL
+            # until a forced switch (which the other pair thread may request first: anywhere
+            # from 0 to one switch interval late, hence the most of a few naps); the whole pair
+            # decides the other.
+            if late < 0.2 * sys.getswitchinterval():
                 return
             with self._lock:
                 calls = sum(len(g) for g in step.groups)
@@ -831,6 +868,44 @@ def _runqueue_wait_s(native_id: int | None = None) -> float | None:
     back from a thread running pure-Python code takes up to a switch interval per system call."""
     ns = runqueue_wait_ns(native_id)
     return None if ns is None else ns / 1e9
+
+
+class _GilSampler:
+    """Samples, from a helper thread, how long other threads keep the GIL while a solo step runs.
+
+    The helper waits GIL_SAMPLE_S, then needs the GIL to go on; how late it gets it (less its
+    own wait for a CPU) is how long another thread kept the GIL without letting go. Code that
+    holds the GIL keeps it until the interpreter forces a switch (``sys.getswitchinterval()``,
+    5 ms by default): the helper is ~5 ms late every time. Code in sleep, I/O or a C library
+    that releases the GIL (hashlib, numpy) lets the helper in at once (~0.1 ms here). Sampling
+    costs the measured calls one GIL hand-off per sample; starting the helper, ~0.07 ms."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._late: list[float] = []
+        # A bare thread: threading.Thread.start() waits for the thread to run, and join() for
+        # it to end, which made the probe of a tiny function 0.4 ms slower. This one ends by
+        # itself as soon as stop() is called (a daemon: it never holds up the interpreter).
+        _thread.start_new_thread(self._run, ())
+
+    def _run(self) -> None:
+        q0 = _runqueue_wait_s()
+        while True:
+            t0 = time.perf_counter()
+            if self._stop.wait(GIL_SAMPLE_S):
+                return
+            late = time.perf_counter() - t0 - GIL_SAMPLE_S
+            q1 = _runqueue_wait_s()
+            if q0 is not None and q1 is not None:
+                late -= q1 - q0  # queued for a CPU behind other programs: not the GIL
+            q0 = q1
+            self._late.append(late)
+
+    def stop(self) -> float | None:
+        """Stops sampling; returns the median delay in seconds (None: fewer than two samples)."""
+        self._stop.set()
+        late = list(self._late)
+        return statistics.median(late) if len(late) >= 2 else None
 
 
 def _without_cpu_waits(samples: list[tuple[float, float]], q0: float | None) -> tuple[list[tuple[float, float]], float]:

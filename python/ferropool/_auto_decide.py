@@ -41,6 +41,10 @@ BUSY_MACHINE = 0.2
 #: rather than after the pair.
 EARLY_MIN_S = 0.005
 GIL_HELD_USE = 1.3
+#: A helper thread samples, during solo calls, how late it gets the GIL after waiting this long
+#: (``_auto._GilSampler``): about the switch interval late means the calls held it throughout,
+#: and such long, picklable calls are then decided at the pair's start.
+GIL_SAMPLE_S = 0.001
 #: map keeps at most this many of its items queued for, or running on, the probe.
 MAP_PROBE_AHEAD = 16
 #: CPU/wall below this: the calls mostly wait (I/O, sleep), so threads can outnumber cores.
@@ -184,10 +188,12 @@ def describe(plan: Any) -> list[str]:
         sizes = ("cannot be pickled" if not f.picklable else
                  f"{_bytes(f.arg_bytes)} args, {_bytes(f.result_bytes)} result, {_secs(f.pickle_s or 0.0)} to pickle")
         queued = getattr(plan, "solo_queued", 0.0)
+        late = getattr(plan, "gil_late", None)  # ~the switch interval (5 ms): held throughout
         lines.append(f"    measured {f.calls} calls: wall {_secs(f.wall_s)}, CPU {_secs(f.cpu_s)} per call "
                      f"(CPU/wall {f.cpu_ratio:.2f}"
                      + (f"; {_secs(queued)} queued for a CPU behind other programs left out" if queued > 0.05 * f.wall_s else "")
-                     + f"); 2 threads: {speed}"
+                     + ")" + (f"; GIL: another thread waited {_secs(late)} for it" if late is not None else "")
+                     + f"; 2 threads: {speed}"
                      + (f"; free cores during the pair: {f.free_cores:.1f}" if f.free_cores is not None else "")
                      + f"; pickled: {sizes}")
         column = 1 if f.via_map else 0
