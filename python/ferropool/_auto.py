@@ -8,14 +8,18 @@ A function's life in the pool (decisions are per callable: one pool may run seve
     probe steps, on helper threads of this process (each call is real work; its result
     goes to its future, nothing runs twice):
       1. solo: calls one after another (up to SOLO_CALLS or SOLO_BUDGET_S): wall time
-         (perf_counter) and CPU time (thread_time) of each call; the first call's arguments
-         and result are pickled once, to learn their size and the cost of sending them
+         (perf_counter, less any time the thread sat queued for a CPU behind other programs)
+         and CPU time (thread_time) of each call; the first call's arguments and result are
+         pickled once, to learn their size and the cost of sending them; meanwhile a helper
+         thread (_GilSampler) notes how late it gets the GIL back after short naps: about a
+         switch interval late means the calls hold the GIL
       2. pair: two threads start together on the next calls; their CPU time over the span
-         they took gives the 2-thread speedup (~1: the code holds the GIL; ~2: it releases it).
+         they took gives the 2-thread speedup (~1: the code holds the GIL; ~2: it releases it);
+         a pair whose threads waited for CPUs is run once more before that is believed.
          Calls of EARLY_MIN_S or more that a process pool would take if they hold the GIL are
-         watched from a third thread: if the pair's first stretch (a quarter of a call) shows
-         one thread at a time, seldom kept waiting, the decision is made from it there, so that
-         the process pool boots on the core the pair leaves idle; the pair's calls still finish
+         decided as the pair starts when the solo calls' GIL samples say "held", so that the
+         process pool boots on the core the pair leaves idle (the pair's calls still finish);
+         with no samples to go by, a third thread watches the pair's first stretch instead
       │
       ▼
     decide(Figures) -> Decision: estimates the time per call of each strategy from the
@@ -26,9 +30,11 @@ A function's life in the pool (decisions are per callable: one pool may run seve
     calling thread), a ThreadPool, a ProcessPool, a HybridPool, or a private event loop
 
 ``async def`` functions skip the probe: they run as tasks on the pool's event loop. A forced
-``strategy=`` skips it too. ``map`` feeds its first items to the probe (blocking until it
-decides), then chains their results with the chosen pool's own ``map`` of the rest, or the
-built-in ``map`` when serial. ``map_async`` (``AsyncMixin``) goes through ``_submit_chunk``.
+``strategy=`` skips it too. ``map`` measures its first items in the calling thread (it blocks
+for the probe anyway), then chains their results with the chosen pool's own ``map`` of the
+rest, or, when serial, returns one ``PrefixedMap`` (``_core``): the probed results, then ``fn``
+over the rest at the built-in ``map``'s cost per item. ``map_async`` (``AsyncMixin``) goes
+through ``_submit_chunk``.
 """
 
 from __future__ import annotations
