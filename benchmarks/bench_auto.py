@@ -6,8 +6,10 @@ shut it down; all of it is timed, so pool start-up and auto's probe are included
 afresh each repeat (seeded, so runs are comparable; a plain rotation would always run each
 strategy right after the same other one), and the figure is the median of ``--repeats``; the
 ratio is auto's median over the best fixed median of the same workload (target: <= 1.10).
-"per repeat" is the median of auto's time over the best fixed choice's in the same repeat: the
-two runs are seconds apart, so a slow spell of the machine counts against both.
+From round 1 on, auto runs right before or after (alternately) the fixed choice that was
+fastest in round 0; "per repeat" is the median of auto's time over that neighbour's: the two
+runs are adjacent, so a slow spell of the machine (they last a second or more here) counts
+against both.
 Before each timed run the previous run's results are freed and garbage collected, so nobody
 pays for freeing someone else's million results (about 7 ms on ``tiny``).
 
@@ -115,9 +117,19 @@ def main(argv: list[str] | None = None) -> int:
         expect = list(map(fn, items[:4]))
         chose.clear()
         times: dict[str, list[float]] = {n: [] for n in names}
+        ref = None  # the fixed choice fastest in round 0: runs right next to auto in later rounds
         for r in range(repeats + 1):  # round 0 warms up (imports, page cache) and is not counted
-            order = list(names)
-            random.Random(r).shuffle(order)
+            rng = random.Random(r)
+            if ref is None:
+                order = list(names)
+                rng.shuffle(order)
+            else:
+                order = [n for n in names if n not in ("auto", ref)]
+                rng.shuffle(order)
+                pair = ["auto", ref] if r % 2 else [ref, "auto"]
+                at = rng.randrange(len(order) + 1)
+                order[at:at] = pair
+            round_times = {}
             for name in order:
                 # The previous run's results and garbage are freed here, not charged to whoever
                 # runs next (a pool's map leaves cycles that cost a tiny-task run up to a third
@@ -129,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
                 elapsed = time.perf_counter() - t0
                 if out[:4] != expect or len(out) != len(items):
                     raise SystemExit(f"{wl}/{name}: wrong results")
+                round_times[name] = elapsed
                 if r:
                     times[name].append(elapsed)
+            if r == 0:
+                ref = min((n for n in names if n != "auto"), key=round_times.get)
         # What auto chose on each timed run (a run where it chose otherwise shows here).
         counts = collections.Counter(chose[1:])
         picked = ", ".join(f"{k} x{v}" if len(counts) > 1 else k for k, v in counts.most_common())
@@ -138,23 +153,23 @@ def main(argv: list[str] | None = None) -> int:
         fixed = {n: m for n, m in med.items() if n != "auto"}
         best = min(fixed, key=fixed.get)
         ratio = med["auto"] / fixed[best]
-        # The same, repeat by repeat: auto against the best fixed choice of the same repeat (a
-        # few seconds apart), which cancels the machine's slower spells (seen: the same serial
-        # loop taking 35 ms, then 97 ms for a second, on this shared 2-core VM).
-        paired = statistics.median(a / b for a, b in zip(times["auto"], times[best]))
+        # Repeat by repeat: auto against the fixed choice run right before or after it, which
+        # cancels the machine's slow spells (seen: the same 35 ms serial loop taking 45-97 ms
+        # for a second or more, on this shared 2-core VM), when that is the best fixed choice.
+        paired = statistics.median(a / b for a, b in zip(times["auto"], times[ref]))
         rows.append({"workload": wl, "description": description, "medians_s": med, "best_fixed": best,
-                     "auto_chose": picked, "ratio": ratio, "paired_ratio": paired})
+                     "auto_chose": picked, "ratio": ratio, "paired_with": ref, "paired_ratio": paired})
         print(f"\n{wl}: {description}")
         for n in names:
             print(f"  {n:<12} {med[n] * 1e3:9.1f} ms  (min {min(times[n]) * 1e3:.1f}, max {max(times[n]) * 1e3:.1f})")
         verdict = "ok" if ratio <= TARGET else "OVER TARGET"
         print(f"  -> auto chose {rows[-1]['auto_chose']}; auto / best fixed ({best}) = {ratio:.2f} [{verdict}]; "
-              f"per repeat: median {paired:.2f}")
-    print("\n| workload | best fixed | auto chose | auto / best fixed | per repeat |")
+              f"next to {ref}, per repeat: median {paired:.2f}")
+    print("\n| workload | best fixed | auto chose | auto / best fixed | per repeat, next to |")
     print("|---|---|---|---:|---:|")
     for row in rows:
         print(f"| {row['workload']} | {row['best_fixed']} ({row['medians_s'][row['best_fixed']] * 1e3:.1f} ms) | "
-              f"{row['auto_chose']} ({row['medians_s']['auto'] * 1e3:.1f} ms) | {row['ratio']:.2f} | {row['paired_ratio']:.2f} |")
+              f"{row['auto_chose']} ({row['medians_s']['auto'] * 1e3:.1f} ms) | {row['ratio']:.2f} | {row['paired_ratio']:.2f} vs {row['paired_with']} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
