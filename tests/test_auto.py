@@ -557,15 +557,20 @@ def test_a_first_stretch_spent_waiting_for_a_cpu_decides_nothing_early(make, mon
 
 def pairs_waited(monkeypatch, first: int) -> itertools.count:
     """Makes the first ``first`` pair steps of any pool report that their threads were runnable
-    but not running 90% of the pair (other programs on the cores), and later ones that they
-    never waited, whatever the machine did; returns the count of pairs."""
+    but not running 90% of the pair and got one core between them (other programs on the
+    rest), and later ones that they never waited, whatever the machine did; returns the count
+    of pairs."""
     finished = Pool._pair_finished
     pairs = itertools.count()
 
     def report(self, plan, step):
         if all(s is not None for s in step.spans):
             span = max(s[1] for s in step.spans) - min(s[0] for s in step.spans)
-            step.waits = [0.9 * span if next(pairs) < first else 0.0] * len(step.waits)
+            if next(pairs) < first:
+                step.waits = [0.9 * span] * len(step.waits)
+                step.spans = [(a, b, 0.5 * span, n) for a, b, _, n in step.spans]
+            else:
+                step.waits = [0.0] * len(step.waits)
         return finished(self, plan, step)
 
     monkeypatch.setattr(Pool, "_pair_finished", report)
@@ -678,3 +683,23 @@ def test_calls_that_held_the_gil_alone_are_decided_as_the_pair_starts(make):
     assert decided == [True, True]  # both pair calls began after the decision
     assert decision.strategy in ("processes", "hybrid") and plan.watched is None
     assert "GIL: another thread waited" in pool.explain()
+
+
+def test_a_pair_that_waited_but_got_nearly_every_core_is_not_a_busy_machine(make, monkeypatch):
+    # Two threads that start on one core wait there a few ms until one is moved: their waits
+    # pass 20% of a short pair, yet they used ~2 cores. That is not other programs' load.
+    finished = Pool._pair_finished
+
+    def report(self, plan, step):
+        if all(s is not None for s in step.spans):
+            span = max(s[1] for s in step.spans) - min(s[0] for s in step.spans)
+            step.waits = [0.3 * span] * len(step.waits)
+            step.spans = [(a, b, 0.95 * span, n) for a, b, _, n in step.spans]  # 1.9 cores
+        return finished(self, plan, step)
+
+    monkeypatch.setattr(Pool, "_pair_finished", report)
+    pool = make()
+    futures = [pool.submit(hash_mib, i) for i in range(64)]
+    assert len({f.result(timeout=30) for f in futures}) == 1
+    plan = next(iter(pool._plans.values()))
+    assert not plan.rechecked and pool.decisions[f"{__name__}.hash_mib"].figures.free_cores is None

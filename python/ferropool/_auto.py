@@ -836,12 +836,16 @@ class Pool(PoolExecutor):
         ran = sum(s[3] for s in spans)
         ratio = solo_cpu / solo_wall if solo_wall > 0 else 1.0
         alone = sum(s[2] for s in spans) / ratio if ratio >= WAITING else ran * solo_wall
-        busy = all(q is not None for q in step.waits) and span > 0 and sum(step.waits) / span > BUSY_MACHINE
+        # Runnable but not running for much of the pair, and short of the cores by half a core
+        # or more: other programs held cores, and parallel work gets only the cores the pair
+        # got. (Waits alone are not enough: two threads that start on one core wait there for a
+        # few ms until one is moved, and still use ~1.8 of 2 cores over a 20 ms pair.)
+        got = sum(s[2] for s in spans) / span if span > 0 else 0.0
+        busy = (all(q is not None for q in step.waits) and span > 0 and sum(step.waits) / span > BUSY_MACHINE
+                and got < self._cores - 0.5)
         plan.pair_calls = ran
         plan.pair_speedup = alone / span if span > 0 else None
-        # Runnable but not running for much of the pair: other programs held cores, and
-        # parallel work gets only the cores the pair got.
-        plan.free_cores = sum(s[2] for s in spans) / span if busy else None
+        plan.free_cores = got if busy else None
         if busy and not plan.rechecked:
             # That is often a moment's load (a few ms): measure the pair once more, if calls are
             # queued for it, rather than decide every later call from it (_advance).
