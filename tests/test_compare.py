@@ -411,3 +411,19 @@ def test_bench_pools_quick_writes_json(tmp_path):
     for ratio in data["ratios"]:
         assert {"ratio", "value", "target", "met"} <= set(ratio)
     assert "### Ratios against targets" in proc.stdout
+
+
+def test_auto_warms_up_on_the_real_items_and_decides_for_them():
+    # The other pools warm up on small arguments (sleep(0) here); auto decides from its first
+    # calls, so it warms up on the workload's own: 10 ms sleeps go to threads, sleep(0) would
+    # have stayed serial.
+    from contextlib import ExitStack
+
+    wl = Workload("sleep", "sleep", "io", _workloads.sleep_task, None, (0.01,) * 6, [0.01] * 6, (0.0,))
+    auto = next(s for s in _compare.STRATEGIES if s.name == "ferropool.Pool(auto)")
+    with ExitStack() as stack:
+        rows: dict = {auto.name: []}
+        timed = _compare._start(auto, None, wl, _compare.usable_cores(), stack, rows, {})
+        assert timed is not None, rows
+        decision = timed.runner.executor.decisions["ferropool._workloads.sleep_task"]
+        assert decision.strategy == "threads", decision

@@ -111,7 +111,9 @@ def _start(s: Strategy, n: Optional[int], wl: Workload, cores: int, stack: ExitS
     stack.callback(runner.close)
     try:
         runner.start()
-        warm = wl.warmup_items or wl.items
+        # Pool(auto) decides how to run a function from its first calls: it warms up on the
+        # real items, or it would choose for the warm-up's small ones (sleep(0), 16 floats).
+        warm = wl.items if s.family == "auto" else (wl.warmup_items or wl.items)
         k = 2 * (runner.workers or cores)
         runner.run(wl.fn, wl.afn, (warm * k)[:k])  # warm-up: imports, connections, caches
     except Exception as exc:  # noqa: BLE001
