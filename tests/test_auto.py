@@ -469,12 +469,7 @@ def test_a_gil_bound_pair_is_decided_from_its_first_stretch(make, monkeypatch):
     no_gil_verdict(monkeypatch)
     n = w.calibrate_spin(4 * EARLY_MIN_S)
     pool = make()
-    WATCHED["pool"] = pool
-    try:
-        assert list(pool.map(hold_gil_until_decided, [n] * 6)) == [n] * 6
-    finally:
-        seen = WATCHED.pop("seen", [])
-        del WATCHED["pool"]
+    seen = map_recording(pool, hold_gil_until_decided, [n] * 6, WATCHED)
     decision = pool.decisions[f"{__name__}.hold_gil_until_decided"]
     watched = next(iter(pool._plans.values())).watched
     if seen != [True, True]:
@@ -662,20 +657,27 @@ STARTS: dict = {}
 def spin_and_see(n):
     """Records, on a probe thread of the pair step, whether the pool had decided when the call began."""
     if threading.current_thread().name == "ferropool-auto-probe" and "pool" in STARTS:
-        STARTS.setdefault("decided", []).append(bool(STARTS["pool"].decisions))
+        STARTS.setdefault("seen", []).append(bool(STARTS["pool"].decisions))
     return spin_gil(n)
+
+
+def map_recording(pool, fn, items, box: dict) -> list:
+    """Maps ``fn`` over ``items`` on ``pool`` with ``box["pool"]`` set meanwhile, checks the
+    results, and returns what the calls recorded in ``box["seen"]``."""
+    box["pool"] = pool
+    try:
+        assert list(pool.map(fn, items)) == items
+    finally:
+        seen = box.pop("seen", [])
+        del box["pool"]
+    return seen
 
 
 @pytest.mark.skipif(CORES < 2, reason="processes cannot beat serial on one core")
 def test_calls_that_held_the_gil_alone_are_decided_as_the_pair_starts(make):
     n = w.calibrate_spin(4 * EARLY_MIN_S)
     pool = make()
-    STARTS["pool"] = pool
-    try:
-        assert list(pool.map(spin_and_see, [n] * 6)) == [n] * 6
-    finally:
-        decided = STARTS.pop("decided", [])
-        del STARTS["pool"]
+    decided = map_recording(pool, spin_and_see, [n] * 6, STARTS)
     plan = next(iter(pool._plans.values()))
     decision = pool.decisions[f"{__name__}.spin_and_see"]
     if plan.gil_late is None or plan.gil_late < 0.5 * sys.getswitchinterval() or decision.figures.free_cores is not None:
