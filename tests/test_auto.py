@@ -530,8 +530,8 @@ def test_a_first_stretch_spent_waiting_for_a_cpu_decides_nothing_early(make, mon
     # the verdict to the whole pair.
     no_gil_verdict(monkeypatch)
     real = auto_module._runqueue_wait_s
-    monkeypatch.setattr(auto_module, "_runqueue_wait_s", lambda native_id=None: 10 * time.perf_counter()
-                        if threading.current_thread().name == "ferropool-auto-watch" else real(native_id))
+    monkeypatch.setattr(auto_module, "_runqueue_wait_s", lambda: 10 * time.perf_counter()
+                        if threading.current_thread().name == "ferropool-auto-watch" else real())
     early = []
     finished = Pool._pair_finished
     monkeypatch.setattr(Pool, "_pair_finished", lambda self, plan, step: (early.append(step.decided), finished(self, plan, step))[1])
@@ -601,7 +601,7 @@ def test_solo_calls_do_not_count_time_queued_for_a_cpu_as_their_own(monkeypatch)
     # A CPU-bound call measured while other programs hold the cores: its wall time less the
     # time it sat runnable but not running is its CPU time again, not "half waiting".
     samples = [(0.020, 0.010), (0.022, 0.011)]
-    monkeypatch.setattr(auto_module, "_runqueue_wait_s", lambda native_id=None: 5.0)
+    monkeypatch.setattr(auto_module, "_runqueue_wait_s", lambda: 5.0)
     corrected, queued = auto_module._without_cpu_waits(samples, 4.980)  # 20 ms queued in all
     assert corrected == [(pytest.approx(0.010), 0.010), (pytest.approx(0.012), 0.011)]
     assert queued == pytest.approx(0.020)

@@ -870,13 +870,13 @@ class _Step:
         self.decided = False  # the watcher decided from the pair's first stretch
 
 
-def _runqueue_wait_s(native_id: int | None = None) -> float | None:
-    """Returns the seconds this thread (or the thread ``native_id`` of this process) has spent
-    runnable but waiting for a CPU (Linux ``schedstat``), or None where that cannot be read.
-    Waiting for the GIL is sleeping, not this: it only grows when other threads hold every
-    core. Read in Rust without giving the GIL away: a Python file read would, and winning it
-    back from a thread running pure-Python code takes up to a switch interval per system call."""
-    ns = runqueue_wait_ns(native_id)
+def _runqueue_wait_s() -> float | None:
+    """Returns the seconds this thread has spent runnable but waiting for a CPU (Linux
+    ``schedstat``), or None where that cannot be read. Waiting for the GIL is sleeping, not
+    this: it only grows when other threads hold every core. Read in Rust without giving the GIL
+    away: a Python file read would, and winning it back from a thread running pure-Python code
+    takes up to a switch interval per system call."""
+    ns = runqueue_wait_ns()
     return None if ns is None else ns / 1e9
 
 

@@ -211,10 +211,10 @@ class PrefixedMap(Iterator[_T], Generic[_T]):
     def __iter__(self) -> Self: ...
     def __next__(self) -> _T: ...
 
-def runqueue_wait_ns(native_id: Optional[int] = None) -> Optional[int]:
-    """Nanoseconds the thread ``native_id`` of this process (None: the calling thread) has been
-    runnable but not running, from Linux's ``schedstat``; None where it cannot be read. Reads
-    without releasing the GIL (see ``_auto._runqueue_wait_s``)."""
+def runqueue_wait_ns() -> Optional[int]:
+    """Nanoseconds the calling thread has been runnable but not running, from Linux's
+    ``schedstat``; None where it cannot be read. Reads without releasing the GIL (see
+    ``_auto._runqueue_wait_s``)."""
 
 # ---------------------------------------------------------------- shared memory (ferropool.shared)
 # Each class keeps one object's state in an anonymous memory file (memfd). ``_attach=(fd, id)``
