@@ -675,7 +675,9 @@ def map_recording(pool, fn, items, box: dict) -> list:
 
 @pytest.mark.skipif(CORES < 2, reason="processes cannot beat serial on one core")
 def test_calls_that_held_the_gil_alone_are_decided_as_the_pair_starts(make):
-    n = w.calibrate_spin(4 * EARLY_MIN_S)
+    # ~40 ms: room for the sampler to start and take two samples (each ~6 ms: a 1 ms nap, then
+    # a switch interval's wait for the GIL) within the one solo call.
+    n = w.calibrate_spin(8 * EARLY_MIN_S)
     pool = make()
     decided = map_recording(pool, spin_and_see, [n] * 6, STARTS)
     plan = next(iter(pool._plans.values()))
