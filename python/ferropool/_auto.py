@@ -579,11 +579,7 @@ class Pool(PoolExecutor):
                 held = watch and self._held_while_alone(plan)
                 step = self._start_step(plan, halves, watch=watch and plan.gil_late is None)
                 if held:  # the solo calls held the GIL: decide as the watcher would, at once
-                    decision = self._choose(self._figures(plan, wall, pair_calls=2 * per, pair_speedup=1.0))
-                    if decision.strategy in ("processes", "hybrid"):
-                        plan.pair_done, plan.pair_calls, plan.pair_speedup = True, 2 * per, 1.0
-                        step.decided = True
-                        self._decide(plan, wall, decision)
+                    self._decide_at_pair_start(plan, step, wall, 1.0)
                 return
             if measured < self._probe_calls:  # called one at a time so far: measure alone
                 if plan.pending:
@@ -680,7 +676,7 @@ class Pool(PoolExecutor):
                     step.start.wait(timeout=5.0)
                 except threading.BrokenBarrierError:
                     pass
-            q0 = _runqueue_wait_s() if step.pair or step.measure else None
+            q0 = _runqueue_wait_s() if step.measure else None
             t0, c0, ran = time.perf_counter(), time.thread_time(), 0
             calls = step.groups[index]
             samples: list[tuple[float, float]] = []
@@ -734,6 +730,20 @@ class Pool(PoolExecutor):
             return False
         return self._choose(self._figures(plan, wall, pair_calls=2, pair_speedup=1.0)).strategy in ("processes", "hybrid")
 
+    def _decide_at_pair_start(self, plan: _Plan, step: _Step, wall: float, speedup: float) -> None:
+        """Decides ``plan`` now, from the solo figures and a 2-thread ``speedup`` seen before the
+        pair ``step`` ended, if that makes it a process or hybrid pool's (else the whole pair
+        decides); the pair's calls count as measured. The lock is held."""
+        calls = sum(len(g) for g in step.groups)
+        if len(plan.solo) + calls < self._probe_calls:
+            return
+        decision = self._choose(self._figures(plan, wall, pair_calls=calls, pair_speedup=speedup))
+        if decision.strategy not in ("processes", "hybrid"):
+            return
+        plan.pair_done, plan.pair_calls, plan.pair_speedup = True, calls, decision.figures.pair_speedup
+        step.decided = True
+        self._decide(plan, wall, decision)
+
     def _held_while_alone(self, plan: _Plan) -> bool:
         """Whether ``plan``'s solo calls held the GIL throughout (``_GilSampler``: a helper thread
         got it only when the interpreter forced a switch), with other programs' load too small
@@ -780,12 +790,10 @@ class Pool(PoolExecutor):
             end = t0 + min(max(wall / 4, 1e-3), 1e-2)
             late = 0.0  # the most this thread got the GIL back late after a nap (see below)
             while (left := end - time.perf_counter()) > 0:
-                nap = min(left, GIL_SAMPLE_S)
-                q0, n0 = _runqueue_wait_s(), time.perf_counter()
-                if step.finished.wait(nap):
+                lag = _late_after_nap(step.finished, min(left, GIL_SAMPLE_S))
+                if lag is None:
                     return  # the pair ended first: it decides
-                q1, lag = _runqueue_wait_s(), time.perf_counter() - n0 - nap
-                late = max(late, lag - (q1 - q0 if q0 is not None and q1 is not None else 0.0))
+                late = max(late, lag)
             try:
                 c1 = [time.clock_gettime(c) for c in clocks]
             except OSError:  # a thread has ended: so has the pair, nearly
@@ -803,16 +811,9 @@ class Pool(PoolExecutor):
             if late < 0.2 * sys.getswitchinterval():
                 return
             with self._lock:
-                calls = sum(len(g) for g in step.groups)
-                if (self._closed or plan.decision is not None or step.finished.is_set()
-                        or len(plan.solo) + calls < self._probe_calls):
+                if self._closed or plan.decision is not None or step.finished.is_set():
                     return
-                decision = self._choose(self._figures(plan, wall, pair_calls=calls, pair_speedup=used / ratio))
-                if decision.strategy not in ("processes", "hybrid"):
-                    return
-                plan.pair_done, plan.pair_calls, plan.pair_speedup = True, calls, decision.figures.pair_speedup
-                step.decided = True
-                self._decide(plan, wall, decision)
+                self._decide_at_pair_start(plan, step, wall, used / ratio)
             self._hand_off(plan)
         finally:
             with self._lock:
@@ -899,16 +900,7 @@ class _GilSampler:
         _thread.start_new_thread(self._run, ())
 
     def _run(self) -> None:
-        q0 = _runqueue_wait_s()
-        while True:
-            t0 = time.perf_counter()
-            if self._stop.wait(GIL_SAMPLE_S):
-                return
-            late = time.perf_counter() - t0 - GIL_SAMPLE_S
-            q1 = _runqueue_wait_s()
-            if q0 is not None and q1 is not None:
-                late -= q1 - q0  # queued for a CPU behind other programs: not the GIL
-            q0 = q1
+        while (late := _late_after_nap(self._stop, GIL_SAMPLE_S)) is not None:
             self._late.append(late)
 
     def stop(self) -> float | None:
@@ -916,6 +908,18 @@ class _GilSampler:
         self._stop.set()
         late = list(self._late)
         return statistics.median(late) if len(late) >= 2 else None
+
+
+def _late_after_nap(event: threading.Event, nap: float) -> float | None:
+    """Waits up to ``nap`` seconds for ``event``; returns None if it was set, else how late
+    this thread got the GIL back after the nap, less the time it sat queued for a CPU behind
+    other programs meanwhile (that is not the GIL)."""
+    q0, t0 = _runqueue_wait_s(), time.perf_counter()
+    if event.wait(nap):
+        return None
+    late = time.perf_counter() - t0 - nap
+    q1 = _runqueue_wait_s()
+    return late - (q1 - q0) if q0 is not None and q1 is not None else late
 
 
 def _without_cpu_waits(samples: list[tuple[float, float]], q0: float | None) -> tuple[list[tuple[float, float]], float]:
