@@ -220,7 +220,9 @@ class FutureAdapter:
     def make(self, workers: int, initializer: Optional[Callable], task_timeout: Optional[float]) -> Any:
         raise NotImplementedError
 
-    def open(self, workers: int = WORKERS, initializer: Optional[Callable] = None, task_timeout: Optional[float] = None) -> Pool:
+    def open(
+        self, workers: int = WORKERS, initializer: Optional[Callable] = None, task_timeout: Optional[float] = None
+    ) -> Pool:
         if task_timeout is not None and not self.has_task_timeout:
             raise NotApplicable(f"{self.name} has no per-task timeout")
         return Pool(self.make(workers, initializer, task_timeout), task_timeout, initializer)
@@ -266,7 +268,9 @@ class Stdlib(FutureAdapter):
     def make(self, workers, initializer, task_timeout):
         import multiprocessing
 
-        return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=initializer)
+        return cf.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("forkserver"), initializer=initializer
+        )
 
 
 class Loky(FutureAdapter):
@@ -513,7 +517,9 @@ def case_cancel(ad: FutureAdapter, settle: float) -> dict:
     return rep
 
 
-GRANDCHILD_CODE = "import sys; sys.path.insert(0, sys.argv[1]); import _fault_cases; _fault_cases.grandchild(sys.argv[2])"
+GRANDCHILD_CODE = (
+    "import sys; sys.path.insert(0, sys.argv[1]); import _fault_cases; _fault_cases.grandchild(sys.argv[2])"
+)
 
 
 def grandchild(lib: str) -> None:
@@ -620,7 +626,9 @@ def case_exit_with_stuck_task(ad: FutureAdapter, settle: float) -> dict:
     rep: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "stuck")
-        prog = subprocess.Popen([sys.executable, "-c", EXIT_CODE, here, ad.name, path], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        prog = subprocess.Popen(
+            [sys.executable, "-c", EXIT_CODE, here, ad.name, path], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
         rep["started"] = _readline(prog.stdout, 2 * settle) == b"started\n"
         t0 = time.monotonic()
         try:

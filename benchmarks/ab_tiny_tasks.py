@@ -46,7 +46,9 @@ print(json.dumps({k: min(v) for k, v in out.items()}))
 
 def run_once(tree: str) -> dict:
     env = dict(os.environ, PYTHONPATH=os.path.join(os.path.abspath(tree), "python"))
-    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -61,7 +63,11 @@ def main(argv: list | None = None) -> int:
         order = ("before", "after") if r % 2 == 0 else ("after", "before")
         for name in order:
             runs[name].append(run_once(getattr(args, name)))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {runs[n][-1]}" for n in order), file=sys.stderr, flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {runs[n][-1]}" for n in order),
+            file=sys.stderr,
+            flush=True,
+        )
     print(f"median of {args.rounds} rounds (each the best of 3), 20,000 tiny tasks, 2 workers:")
     for metric in ("submit_gather_ms", "map_ms"):
         before = statistics.median(x[metric] for x in runs["before"])

@@ -43,7 +43,9 @@ def workloads(quick: bool) -> list[tuple[str, str, object, list]]:
     out = []
     n_cpu = 8 if quick else 40
     spin_n = w.calibrate_spin(0.002 if quick else 0.025)
-    out.append(("cpu", f"{n_cpu} pure-Python loops of ~{2 if quick else 25} ms (hold the GIL)", w.spin, [spin_n] * n_cpu))
+    out.append(
+        ("cpu", f"{n_cpu} pure-Python loops of ~{2 if quick else 25} ms (hold the GIL)", w.spin, [spin_n] * n_cpu)
+    )
     mib = 1 if quick else 16
     out.append(("hash", f"{n_cpu} SHA-256 of {mib} MiB (hashlib, releases the GIL)", w.hash_task, [mib] * n_cpu))
     n_sleep, ms = (8, 2) if quick else (40, 20)
@@ -58,7 +60,14 @@ def workloads(quick: bool) -> list[tuple[str, str, object, list]]:
         length = 64 * 1024 if quick else 1024 * 1024
         array = np.linspace(0.0, 1.0, length)
         n_arr = 8 if quick else 40
-        out.append(("array", f"{n_arr} x sin-sum of a {length * 8 / 2 ** 20:g} MiB array argument", w.array_task, [array] * n_arr))
+        out.append(
+            (
+                "array",
+                f"{n_arr} x sin-sum of a {length * 8 / 2**20:g} MiB array argument",
+                w.array_task,
+                [array] * n_arr,
+            )
+        )
     return out
 
 
@@ -110,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     runners = strategies(chose)
     names = list(runners)
     rows = []
-    print(f"{usable_cpu_count()} usable cores, load average {os.getloadavg()[0]:.2f}, Python {sys.version.split()[0]}, "
-          f"median of {repeats}")
+    print(
+        f"{usable_cpu_count()} usable cores, load average {os.getloadavg()[0]:.2f}, Python {sys.version.split()[0]}, "
+        f"median of {repeats}"
+    )
     for wl, description, fn, items in workloads(args.quick):
         if chosen and wl not in chosen:
             continue
@@ -159,8 +170,18 @@ def main(argv: list[str] | None = None) -> int:
         # for a second or more, on this shared 2-core VM): the best one, if it was one of them.
         ref = best if best in near else near[0]
         paired = statistics.median(a / b for a, b in zip(times["auto"], times[ref]))
-        rows.append({"workload": wl, "description": description, "medians_s": med, "best_fixed": best,
-                     "auto_chose": picked, "ratio": ratio, "paired_with": ref, "paired_ratio": paired})
+        rows.append(
+            {
+                "workload": wl,
+                "description": description,
+                "medians_s": med,
+                "best_fixed": best,
+                "auto_chose": picked,
+                "ratio": ratio,
+                "paired_with": ref,
+                "paired_ratio": paired,
+            }
+        )
         print(f"\n{wl}: {description}")
         for n in names:
             print(f"  {n:<12} {med[n] * 1e3:9.1f} ms  (min {min(times[n]) * 1e3:.1f}, max {max(times[n]) * 1e3:.1f})")
@@ -168,13 +189,17 @@ def main(argv: list[str] | None = None) -> int:
         # the ratio of medians compares runs seconds apart, in different spells of the machine.
         judged = paired if ref == best else ratio
         verdict = "ok" if judged <= TARGET else "OVER TARGET"
-        print(f"  -> auto chose {rows[-1]['auto_chose']}; auto / best fixed ({best}) = {ratio:.2f}; "
-              f"next to {ref}, per repeat: median {paired:.2f} [{verdict}]")
+        print(
+            f"  -> auto chose {rows[-1]['auto_chose']}; auto / best fixed ({best}) = {ratio:.2f}; "
+            f"next to {ref}, per repeat: median {paired:.2f} [{verdict}]"
+        )
     print("\n| workload | best fixed | auto chose | auto / best fixed | per repeat, next to |")
     print("|---|---|---|---:|---:|")
     for row in rows:
-        print(f"| {row['workload']} | {row['best_fixed']} ({row['medians_s'][row['best_fixed']] * 1e3:.1f} ms) | "
-              f"{row['auto_chose']} ({row['medians_s']['auto'] * 1e3:.1f} ms) | {row['ratio']:.2f} | {row['paired_ratio']:.2f} vs {row['paired_with']} |")
+        print(
+            f"| {row['workload']} | {row['best_fixed']} ({row['medians_s'][row['best_fixed']] * 1e3:.1f} ms) | "
+            f"{row['auto_chose']} ({row['medians_s']['auto'] * 1e3:.1f} ms) | {row['ratio']:.2f} | {row['paired_ratio']:.2f} vs {row['paired_with']} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

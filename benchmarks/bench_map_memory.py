@@ -58,7 +58,9 @@ print(json.dumps({"seconds": submitted, "parent_peak_rss_mib": hwm_kib() / 1024}
 
 
 def flood(submits: int, max_pending: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", FLOOD, str(submits), str(max_pending)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", FLOOD, str(submits), str(max_pending)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout)
 
 
@@ -69,13 +71,17 @@ def main() -> None:
     a = ap.parse_args()
     out = subprocess.run([sys.executable, "-c", CASE, str(a.items)], capture_output=True, text=True, check=True)
     r = json.loads(out.stdout)
-    print(f"map(add_one, generator of {r['items']:,}) on ProcessPool: {r['seconds']:.2f} s, "
-          f"{r['items'] / r['seconds'] / 1e6:.2f} M items/s; parent RSS {r['parent_idle_rss_mib']:.0f} MiB idle, "
-          f"{r['parent_peak_rss_mib']:.0f} MiB peak; largest worker {r['worker_peak_rss_mib']:.0f} MiB")
+    print(
+        f"map(add_one, generator of {r['items']:,}) on ProcessPool: {r['seconds']:.2f} s, "
+        f"{r['items'] / r['seconds'] / 1e6:.2f} M items/s; parent RSS {r['parent_idle_rss_mib']:.0f} MiB idle, "
+        f"{r['parent_peak_rss_mib']:.0f} MiB peak; largest worker {r['worker_peak_rss_mib']:.0f} MiB"
+    )
     for max_pending in (0, 1000):
         f = flood(a.submits, max_pending)
-        print(f"{a.submits:,} x submit(spin, 2000) (~0.1 ms tasks) without keeping futures, max_pending={max_pending or None}: "
-              f"{f['seconds']:.1f} s to submit, parent peak RSS {f['parent_peak_rss_mib']:.0f} MiB")
+        print(
+            f"{a.submits:,} x submit(spin, 2000) (~0.1 ms tasks) without keeping futures, max_pending={max_pending or None}: "
+            f"{f['seconds']:.1f} s to submit, parent peak RSS {f['parent_peak_rss_mib']:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

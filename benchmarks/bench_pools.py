@@ -247,14 +247,21 @@ def bench_cpu(executors, cfg) -> dict:
     _progress("cpu: serial")
     rss = h.TreeRss()
     h.reset_peak_rss()
-    res = {"serial": {"stats": h.measure(lambda: [spin(spin_n) for _ in range(n_tasks)], repeats=cfg.repeats,
-                                         sample=rss.sample, check=check), "rss": rss.peak()}}
+    res = {
+        "serial": {
+            "stats": h.measure(
+                lambda: [spin(spin_n) for _ in range(n_tasks)], repeats=cfg.repeats, sample=rss.sample, check=check
+            ),
+            "rss": rss.peak(),
+        }
+    }
     for ex in executors:
         if ex.make is None:
             continue
         _progress(f"cpu: {ex.name}")
-        res[ex.name] = _guarded(lambda: _run_figure(ex, cfg.workers, cfg.repeats, parallel,
-                                                    _tiny_warmup(cfg.workers), check))
+        res[ex.name] = _guarded(
+            lambda: _run_figure(ex, cfg.workers, cfg.repeats, parallel, _tiny_warmup(cfg.workers), check)
+        )
     serial = res["serial"]["stats"].median
     for name, r in res.items():
         if "stats" in r:
@@ -290,8 +297,13 @@ def bench_cold_start(cfg) -> dict:
     for _ in range(cfg.repeats):
         for kind, name in (("ferropool", FERRO_PROCESS), ("stdlib", STDLIB_FORKSERVER)):
             _progress(f"cold start: {name}")
-            out = subprocess.run([sys.executable, "-c", _COLD_START, kind, str(cfg.workers)],
-                                 capture_output=True, text=True, timeout=120, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", _COLD_START, kind, str(cfg.workers)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            )
             times[name].append(float(out.stdout.split()[0]))
     return {name: {"stats": h.Stats.of(v)} for name, v in times.items()}
 
@@ -345,8 +357,9 @@ def bench_import(cfg) -> dict:
         _progress(f"import: {module}")
         runs = []
         for _ in range(cfg.repeats):
-            proc = subprocess.run([sys.executable, "-c", code.format(m=module)], capture_output=True, text=True,
-                                  timeout=120)
+            proc = subprocess.run(
+                [sys.executable, "-c", code.format(m=module)], capture_output=True, text=True, timeout=120
+            )
             if proc.returncode != 0:
                 last = (proc.stderr.strip().splitlines() or ["?"])[-1]
                 res[module] = {"error": f"import failed: {last}"}
@@ -392,18 +405,43 @@ def compute_ratios(submit, mapped, cpu, startup, cold=None) -> list:
     fs_first = (startup.get(STDLIB_FORKSERVER) or {}).get("time_to_first_result")
     fp_first = (startup.get(FERRO_PROCESS) or {}).get("time_to_first_result")
     rows = [
-        ("ProcessPool submit-gather throughput / stdlib forkserver", speed_ratio(submit, FERRO_PROCESS, STDLIB_FORKSERVER), 10.0),
+        (
+            "ProcessPool submit-gather throughput / stdlib forkserver",
+            speed_ratio(submit, FERRO_PROCESS, STDLIB_FORKSERVER),
+            10.0,
+        ),
         ("ProcessPool submit-gather throughput / stdlib fork", speed_ratio(submit, FERRO_PROCESS, STDLIB_FORK), 10.0),
-        (f"ProcessPool submit-gather throughput / best peer ({best_peer or 'none'})",
-         speed_ratio(submit, FERRO_PROCESS, best_peer) if best_peer else None, 2.0),
-        ("ProcessPool map (defaults) throughput / stdlib forkserver map", speed_ratio(mapped, FERRO_PROCESS, STDLIB_FORKSERVER), 50.0),
-        ("ProcessPool map (defaults) throughput / stdlib fork map", speed_ratio(mapped, FERRO_PROCESS, STDLIB_FORK), 50.0),
-        ("ThreadPool submit-gather throughput / ThreadPoolExecutor", speed_ratio(submit, FERRO_THREAD, STDLIB_THREADS), 2.0),
+        (
+            f"ProcessPool submit-gather throughput / best peer ({best_peer or 'none'})",
+            speed_ratio(submit, FERRO_PROCESS, best_peer) if best_peer else None,
+            2.0,
+        ),
+        (
+            "ProcessPool map (defaults) throughput / stdlib forkserver map",
+            speed_ratio(mapped, FERRO_PROCESS, STDLIB_FORKSERVER),
+            50.0,
+        ),
+        (
+            "ProcessPool map (defaults) throughput / stdlib fork map",
+            speed_ratio(mapped, FERRO_PROCESS, STDLIB_FORK),
+            50.0,
+        ),
+        (
+            "ThreadPool submit-gather throughput / ThreadPoolExecutor",
+            speed_ratio(submit, FERRO_THREAD, STDLIB_THREADS),
+            2.0,
+        ),
         ("ProcessPool CPU scaling efficiency per worker", ferro_cpu.get("efficiency"), 0.9),
-        ("stdlib forkserver time-to-first-result / ProcessPool's (forkserver already running)",
-         fs_first.median / fp_first.median if fs_first and fp_first else None, 1.0),
-        ("stdlib forkserver cold start / ProcessPool's (fresh interpreter: import, construct, first result)",
-         speed_ratio(cold or {}, FERRO_PROCESS, STDLIB_FORKSERVER), 1.0),
+        (
+            "stdlib forkserver time-to-first-result / ProcessPool's (forkserver already running)",
+            fs_first.median / fp_first.median if fs_first and fp_first else None,
+            1.0,
+        ),
+        (
+            "stdlib forkserver cold start / ProcessPool's (fresh interpreter: import, construct, first result)",
+            speed_ratio(cold or {}, FERRO_PROCESS, STDLIB_FORKSERVER),
+            1.0,
+        ),
     ]
     return [{"ratio": r, "value": v, "target": t, "met": (v >= t) if v is not None else None} for r, v, t in rows]
 
@@ -429,15 +467,19 @@ def render_markdown(data: dict, raw: dict) -> str:
     cfg, out = data["config"], []
     m = data["machine"]
     load = lambda v: "?" if v is None else "/".join(f"{x:.1f}" for x in v)  # noqa: E731
-    out.append(f"Machine: {m['usable_cores']} usable cores ({m['cpu_model']}), Python {m['python']}, "
-               f"1/5/15-min load average {load(m['loadavg_at_start'])} at start, "
-               f"{load(data['loadavg_at_end'])} at end (load above 0 from other work skews CPU scaling); "
-               f"max_workers={cfg['workers']}, "
-               f"median of {cfg['repeats']} runs. Peak RSS = VmHWM of this process + of the processes "
-               f"the pool started (sampled after each run).")
+    out.append(
+        f"Machine: {m['usable_cores']} usable cores ({m['cpu_model']}), Python {m['python']}, "
+        f"1/5/15-min load average {load(m['loadavg_at_start'])} at start, "
+        f"{load(data['loadavg_at_end'])} at end (load above 0 from other work skews CPU scaling); "
+        f"max_workers={cfg['workers']}, "
+        f"median of {cfg['repeats']} runs. Peak RSS = VmHWM of this process + of the processes "
+        f"the pool started (sampled after each run)."
+    )
     submit, mapped, cpu, startup, imports = (raw[k] for k in ("submit", "map", "cpu", "startup", "import"))
-    for title, res in ((f"Tiny tasks: submit {cfg['n_tiny']:,} x add_one, then gather", submit),
-                       (f"Tiny tasks: list(ex.map(add_one, range({cfg['n_tiny']:,}))) with default chunking", mapped)):
+    for title, res in (
+        (f"Tiny tasks: submit {cfg['n_tiny']:,} x add_one, then gather", submit),
+        (f"Tiny tasks: list(ex.map(add_one, range({cfg['n_tiny']:,}))) with default chunking", mapped),
+    ):
         fs = _median(res, STDLIB_FORKSERVER)
         rows = []
         for name, r in res.items():
@@ -447,32 +489,72 @@ def render_markdown(data: dict, raw: dict) -> str:
             else:
                 extra = ["", ""]
             rows.append([name, *_row_time(r, extra)])
-        out += ["", f"### {title}", "", h.markdown_table(
-            ["executor", "median", "min - max", "tasks/s", "vs stdlib forkserver", *RSS_HEADERS], rows)]
+        out += [
+            "",
+            f"### {title}",
+            "",
+            h.markdown_table(
+                ["executor", "median", "min - max", "tasks/s", "vs stdlib forkserver", *RSS_HEADERS], rows
+            ),
+        ]
     rows = []
     for name, r in cpu.items():
         extra = [f"{r['speedup']:.2f}x", f"{r['efficiency']:.2f}"] if "stats" in r else ["", ""]
         rows.append([name, *_row_time(r, extra)])
-    out += ["", f"### CPU scaling: {cfg['n_cpu']} pure-Python tasks of ~{cfg['cpu_task_s'] * 1e3:.0f} ms "
-            f"(spin({cfg['spin_n']:,}))", "",
-            h.markdown_table(["executor", "median", "min - max", "speedup", "efficiency", *RSS_HEADERS], rows)]
+    out += [
+        "",
+        f"### CPU scaling: {cfg['n_cpu']} pure-Python tasks of ~{cfg['cpu_task_s'] * 1e3:.0f} ms "
+        f"(spin({cfg['spin_n']:,}))",
+        "",
+        h.markdown_table(["executor", "median", "min - max", "speedup", "efficiency", *RSS_HEADERS], rows),
+    ]
     rows = []
     for name, r in startup.items():
         if "error" in r:
             rows.append([name, "failed: " + r["error"][:60], "", "", "", "", ""])
             continue
-        rows.append([name, *(h.fmt_seconds(r[k].median) for k in
-                             ("construct", "first_result", "time_to_first_result", "shutdown")),
-                     *_rss_cells(r)])
-    out += ["", "### Startup (fresh pool per run, medians)", "", h.markdown_table(
-        ["executor", "construct", "first result", "construct + first result", "shutdown", *RSS_HEADERS], rows)]
-    rows = [[mod, "failed: " + r["error"][:60] if "error" in r else h.fmt_seconds(r["stats"].median),
-             "" if "error" in r else f"{h.fmt_seconds(r['stats'].min)} - {h.fmt_seconds(r['stats'].max)}"]
-            for mod, r in imports.items()]
+        rows.append(
+            [
+                name,
+                *(
+                    h.fmt_seconds(r[k].median)
+                    for k in ("construct", "first_result", "time_to_first_result", "shutdown")
+                ),
+                *_rss_cells(r),
+            ]
+        )
+    out += [
+        "",
+        "### Startup (fresh pool per run, medians)",
+        "",
+        h.markdown_table(
+            ["executor", "construct", "first result", "construct + first result", "shutdown", *RSS_HEADERS], rows
+        ),
+    ]
+    rows = [
+        [
+            mod,
+            "failed: " + r["error"][:60] if "error" in r else h.fmt_seconds(r["stats"].median),
+            "" if "error" in r else f"{h.fmt_seconds(r['stats'].min)} - {h.fmt_seconds(r['stats'].max)}",
+        ]
+        for mod, r in imports.items()
+    ]
     out += ["", "### Import time (fresh interpreter)", "", h.markdown_table(["module", "median", "min - max"], rows)]
-    rows = [[r["ratio"], "n/a" if r["value"] is None else f"{r['value']:.2f}", f">= {r['target']:g}",
-             {True: "yes", False: "NO", None: "n/a"}[r["met"]]] for r in data["ratios"]]
-    out += ["", "### Ratios against targets (same run)", "", h.markdown_table(["ratio", "value", "target", "met"], rows)]
+    rows = [
+        [
+            r["ratio"],
+            "n/a" if r["value"] is None else f"{r['value']:.2f}",
+            f">= {r['target']:g}",
+            {True: "yes", False: "NO", None: "n/a"}[r["met"]],
+        ]
+        for r in data["ratios"]
+    ]
+    out += [
+        "",
+        "### Ratios against targets (same run)",
+        "",
+        h.markdown_table(["ratio", "value", "target", "met"], rows),
+    ]
     return "\n".join(out)
 
 
@@ -498,8 +580,9 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run with tiny sizes: takes seconds")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument("--workers", type=int, default=None, help="max_workers for every pool (default: usable cores)")
-    p.add_argument("--executors", default=None,
-                   help="comma-separated substrings selecting executors, e.g. 'ferropool,stdlib'")
+    p.add_argument(
+        "--executors", default=None, help="comma-separated substrings selecting executors, e.g. 'ferropool,stdlib'"
+    )
     args = p.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 5
@@ -524,10 +607,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     machine = h.machine_info()
     workers = args.workers or machine["usable_cores"] or 1
-    cfg = Config(repeats=args.repeats, workers=workers,
-                 n_tiny=500 if args.quick else 20_000,
-                 n_cpu=4 if args.quick else 40,
-                 cpu_task_s=0.005 if args.quick else 0.025)
+    cfg = Config(
+        repeats=args.repeats,
+        workers=workers,
+        n_tiny=500 if args.quick else 20_000,
+        n_cpu=4 if args.quick else 40,
+        cpu_task_s=0.005 if args.quick else 0.025,
+    )
     # A hung pool must not hang the run: dump every thread's stack and exit.
     faulthandler.dump_traceback_later(120 if args.quick else 1800, exit=True)
     t_start = time.perf_counter()

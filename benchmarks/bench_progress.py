@@ -82,9 +82,11 @@ def report(title: str, times: dict[str, list[float]], unit_count: int) -> None:
     for name, runs in times.items():
         med = statistics.median(runs)
         paired = statistics.median(r / b for r, b in zip(runs, base))
-        print(f"  {name:<44} median {med * 1e3:7.1f} ms ({med / unit_count * 1e6:5.2f} us each)"
-              f"  min {min(runs) * 1e3:6.1f}  max {max(runs) * 1e3:6.1f}"
-              f"  ratio of medians {med / statistics.median(base):.3f}, paired {paired:.3f}")
+        print(
+            f"  {name:<44} median {med * 1e3:7.1f} ms ({med / unit_count * 1e6:5.2f} us each)"
+            f"  min {min(runs) * 1e3:6.1f}  max {max(runs) * 1e3:6.1f}"
+            f"  ratio of medians {med / statistics.median(base):.3f}, paired {paired:.3f}"
+        )
 
 
 def main() -> None:
@@ -99,6 +101,7 @@ def main() -> None:
     expected = n * (n + 1) // 2
 
     with pool, pseudo_terminal() as tty:
+
         def run_map(progress) -> None:
             assert sum(pool.map(add_one, range(n), progress=progress)) == expected
 
@@ -120,20 +123,25 @@ def main() -> None:
         completed_variants = {
             "no bar": lambda: gather(cf.as_completed),
             "progress(as_completed(fs), total=M) -> pty": lambda: gather(
-                lambda fs: ferropool.progress(cf.as_completed(fs), total=len(fs), file=tty)),
+                lambda fs: ferropool.progress(cf.as_completed(fs), total=len(fs), file=tty)
+            ),
             "progress(fs) -> pty": lambda: gather(lambda fs: ferropool.progress(fs, file=tty)),
         }
 
-        print(f"{type(pool).__name__}, {pool._max_workers} workers, {os.cpu_count()} CPUs, "
-              f"Python {sys.version.split()[0]}, {a.runs} interleaved runs")
-        for variants, title, count in ((map_variants, f"map(add_one, range({n}))", n),
-                                       (completed_variants, f"as_completed over {m} submitted futures", m)):
+        print(
+            f"{type(pool).__name__}, {pool._max_workers} workers, {os.cpu_count()} CPUs, "
+            f"Python {sys.version.split()[0]}, {a.runs} interleaved runs"
+        )
+        for variants, title, count in (
+            (map_variants, f"map(add_one, range({n}))", n),
+            (completed_variants, f"as_completed over {m} submitted futures", m),
+        ):
             for run in variants.values():  # warm-up: workers started, code paths imported
                 run()
             times: dict[str, list[float]] = {name: [] for name in variants}
             for i in range(a.runs):
                 names = list(variants)
-                names = names[i % len(names):] + names[:i % len(names)]  # rotate who goes first
+                names = names[i % len(names) :] + names[: i % len(names)]  # rotate who goes first
                 for name in names:
                     times[name].append(timed(variants[name]))
             report(title, times, count)

@@ -37,7 +37,9 @@ CPU_TASK_S = 0.025
 
 def row(name: str, stats, per: int | None = None) -> float:
     extra = f"  ({stats.median / per * 1e6:8.1f} us/task)" if per else ""
-    print(f"  {name:<48} {stats.median * 1e3:9.1f} ms  [{stats.min * 1e3:.1f}-{stats.max * 1e3:.1f}]{extra}", flush=True)
+    print(
+        f"  {name:<48} {stats.median * 1e3:9.1f} ms  [{stats.min * 1e3:.1f}-{stats.max * 1e3:.1f}]{extra}", flush=True
+    )
     return stats.median
 
 
@@ -67,11 +69,20 @@ def bench_dask(n: int, spin_n: int, repeats: int) -> dict:
         assert r == expect
 
     out = {}
-    out["native"] = row("client.map + gather", measure(native_tiny, repeats=repeats, warmup=native_tiny, check=check), n)
-    out["submit"] = row("DaskPool submit, then gather", measure(pool_submit, repeats=repeats, warmup=pool_submit, check=check), n)
-    out["map"] = row("DaskPool.map", measure(lambda: list(pool.map(add_one, range(n))), repeats=repeats, check=check), n)
+    out["native"] = row(
+        "client.map + gather", measure(native_tiny, repeats=repeats, warmup=native_tiny, check=check), n
+    )
+    out["submit"] = row(
+        "DaskPool submit, then gather", measure(pool_submit, repeats=repeats, warmup=pool_submit, check=check), n
+    )
+    out["map"] = row(
+        "DaskPool.map", measure(lambda: list(pool.map(add_one, range(n))), repeats=repeats, check=check), n
+    )
     serial = cpu_serial(spin_n, repeats)  # here, so that it sees the same machine load
-    cpu_native = row("CPU: client.map + gather", measure(lambda: client.gather(client.map(spin, [spin_n] * CPU_TASKS, pure=False)), repeats=repeats))
+    cpu_native = row(
+        "CPU: client.map + gather",
+        measure(lambda: client.gather(client.map(spin, [spin_n] * CPU_TASKS, pure=False)), repeats=repeats),
+    )
     cpu_pool = row("CPU: DaskPool.map", measure(lambda: list(pool.map(spin, [spin_n] * CPU_TASKS)), repeats=repeats))
     out["eff_native"] = serial / (workers * cpu_native)
     out["eff_pool"] = serial / (workers * cpu_pool)
@@ -104,11 +115,18 @@ def bench_ray(n: int, spin_n: int, repeats: int) -> dict:
         assert r == expect
 
     out = {}
-    out["native"] = row("ray.get([f.remote(x) ...])", measure(native_tiny, repeats=repeats, warmup=native_tiny, check=check), n)
-    out["submit"] = row("RayPool submit, then gather", measure(pool_submit, repeats=repeats, warmup=pool_submit, check=check), n)
+    out["native"] = row(
+        "ray.get([f.remote(x) ...])", measure(native_tiny, repeats=repeats, warmup=native_tiny, check=check), n
+    )
+    out["submit"] = row(
+        "RayPool submit, then gather", measure(pool_submit, repeats=repeats, warmup=pool_submit, check=check), n
+    )
     out["map"] = row("RayPool.map", measure(lambda: list(pool.map(add_one, range(n))), repeats=repeats, check=check), n)
     serial = cpu_serial(spin_n, repeats)  # here, so that it sees the same machine load
-    cpu_native = row("CPU: ray.get([spin.remote() ...])", measure(lambda: ray.get([remote_spin.remote(spin_n) for _ in range(CPU_TASKS)]), repeats=repeats))
+    cpu_native = row(
+        "CPU: ray.get([spin.remote() ...])",
+        measure(lambda: ray.get([remote_spin.remote(spin_n) for _ in range(CPU_TASKS)]), repeats=repeats),
+    )
     cpu_pool = row("CPU: RayPool.map", measure(lambda: list(pool.map(spin, [spin_n] * CPU_TASKS)), repeats=repeats))
     out["eff_native"] = serial / (workers * cpu_native)
     out["eff_pool"] = serial / (workers * cpu_pool)
@@ -136,7 +154,9 @@ def bench_joblib(n: int, repeats: int) -> dict:
             tiny = lambda: Parallel()(delayed(add_one)(x) for x in range(n))  # noqa: E731
             large = lambda: Parallel()(delayed(array_sum)(big) for _ in range(arrays))  # noqa: E731
             out[backend, "tiny"] = row(f"{backend}: tiny tasks", measure(tiny, repeats=repeats, warmup=tiny), n)
-            out[backend, "large"] = row(f"{backend}: large-array tasks", measure(large, repeats=repeats, warmup=large), arrays)
+            out[backend, "large"] = row(
+                f"{backend}: large-array tasks", measure(large, repeats=repeats, warmup=large), arrays
+            )
     ferropool.joblib._shutdown_pools()
     return out
 
@@ -154,18 +174,27 @@ def main() -> None:
     summary = []
     if "dask" in only:
         d = bench_dask(n, spin_n, repeats)
-        summary += [("DaskPool submit-then-gather vs client.map + gather (time ratio, <1 is faster)", d["submit"] / d["native"]),
-                    ("DaskPool.map vs client.map + gather", d["map"] / d["native"]),
-                    ("CPU efficiency per worker: DaskPool.map / client.map", f"{d['eff_pool']:.2f} / {d['eff_native']:.2f}")]
+        summary += [
+            (
+                "DaskPool submit-then-gather vs client.map + gather (time ratio, <1 is faster)",
+                d["submit"] / d["native"],
+            ),
+            ("DaskPool.map vs client.map + gather", d["map"] / d["native"]),
+            ("CPU efficiency per worker: DaskPool.map / client.map", f"{d['eff_pool']:.2f} / {d['eff_native']:.2f}"),
+        ]
     if "ray" in only:
         r = bench_ray(n, spin_n, repeats)
-        summary += [("RayPool submit-then-gather vs native ray tasks (time ratio)", r["submit"] / r["native"]),
-                    ("RayPool.map vs native ray tasks", r["map"] / r["native"]),
-                    ("CPU efficiency per worker: RayPool.map / native", f"{r['eff_pool']:.2f} / {r['eff_native']:.2f}")]
+        summary += [
+            ("RayPool submit-then-gather vs native ray tasks (time ratio)", r["submit"] / r["native"]),
+            ("RayPool.map vs native ray tasks", r["map"] / r["native"]),
+            ("CPU efficiency per worker: RayPool.map / native", f"{r['eff_pool']:.2f} / {r['eff_native']:.2f}"),
+        ]
     if "joblib" in only:
         j = bench_joblib(n * 5, repeats)
-        summary += [("joblib tiny tasks: ferropool vs loky (time ratio)", j["ferropool", "tiny"] / j["loky", "tiny"]),
-                    ("joblib large-array tasks: ferropool vs loky (time ratio)", j["ferropool", "large"] / j["loky", "large"])]
+        summary += [
+            ("joblib tiny tasks: ferropool vs loky (time ratio)", j["ferropool", "tiny"] / j["loky", "tiny"]),
+            ("joblib large-array tasks: ferropool vs loky (time ratio)", j["ferropool", "large"] / j["loky", "large"]),
+        ]
     print("\nratios, same run:")
     for name, value in summary:
         print(f"  {name:<80} {value if isinstance(value, str) else f'{value:.2f}'}")

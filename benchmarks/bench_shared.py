@@ -142,25 +142,49 @@ def main() -> None:
     }
     peaks = rusage_peaks()
 
-    units = {"queue": (args.items, "items/s"), "lock": (args.pairs, "ns/pair"), "value": (args.procs * args.increments, "adds/s")}
+    units = {
+        "queue": (args.items, "items/s"),
+        "lock": (args.pairs, "ns/pair"),
+        "value": (args.procs * args.increments, "adds/s"),
+    }
     rows = []
     for figure, by_kind in results.items():
         count, unit = units[figure]
         base = by_kind["multiprocessing"].median
         for kind, stats in by_kind.items():
-            rate = f"{stats.median / count * 1e9:.0f} ns/pair" if unit == "ns/pair" else f"{count / stats.median:,.0f} {unit}"
-            rows.append([figure, kind, f"{stats.median * 1e3:.1f} ms", rate, f"{base / stats.median:.1f}x", f"{stats.spread:.0%}"])
+            rate = (
+                f"{stats.median / count * 1e9:.0f} ns/pair"
+                if unit == "ns/pair"
+                else f"{count / stats.median:,.0f} {unit}"
+            )
+            rows.append(
+                [
+                    figure,
+                    kind,
+                    f"{stats.median * 1e3:.1f} ms",
+                    rate,
+                    f"{base / stats.median:.1f}x",
+                    f"{stats.spread:.0%}",
+                ]
+            )
     print(markdown_table(["figure", "implementation", "median", "rate", "vs multiprocessing", "spread"], rows))
-    print(f"\npeak RSS: this process {peaks['self_maxrss_kib'] / 1024:.0f} MiB, largest child {peaks['children_maxrss_kib'] / 1024:.0f} MiB")
+    print(
+        f"\npeak RSS: this process {peaks['self_maxrss_kib'] / 1024:.0f} MiB, largest child {peaks['children_maxrss_kib'] / 1024:.0f} MiB"
+    )
     info = machine_info()
-    print(f"{info['usable_cores']} cores, {info['cpu_model']}, Python {info['python']}, load {info['loadavg_at_start']}")
+    print(
+        f"{info['usable_cores']} cores, {info['cpu_model']}, Python {info['python']}, load {info['loadavg_at_start']}"
+    )
     if args.json:
-        write_json(args.json, {
-            "machine": info,
-            "args": vars(args),
-            "results": {f: {k: s.to_json() for k, s in by.items()} for f, by in results.items()},
-            "peak_rss": peaks,
-        })
+        write_json(
+            args.json,
+            {
+                "machine": info,
+                "args": vars(args),
+                "results": {f: {k: s.to_json() for k, s in by.items()} for f, by in results.items()},
+                "peak_rss": peaks,
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def main() -> None:
     print(f"{a.tasks} tasks f(x)=x+1, max_workers={a.workers}, median of {a.runs} runs, {gc_state}")
     med = {name: statistics.median(ts) for name, ts in times.items()}
     for name, m in med.items():
-        print(f"  {name:22s} {m * 1e3:8.1f} ms  {m / a.tasks * 1e6:6.2f} us/task  (min {min(times[name]) * 1e3:.1f} ms)")
+        print(
+            f"  {name:22s} {m * 1e3:8.1f} ms  {m / a.tasks * 1e6:6.2f} us/task  (min {min(times[name]) * 1e3:.1f} ms)"
+        )
     ratio = med["ThreadPoolExecutor"] / med["ferropool.ThreadPool"]
     print(f"  throughput ratio ThreadPool / ThreadPoolExecutor: {ratio:.2f}x")
 

@@ -176,12 +176,24 @@ def transfer_figures(repeats: int) -> list:
                 held = r.back(n, N_ARRAYS)
             del held
             h.reset_peak_rss()
-            send = h.measure(lambda: r.send(arrays), repeats=repeats, sample=rss.sample,
-                             check=lambda got: _check(got == expect_send, r.name))
-            back = h.measure(lambda: r.back(n, N_ARRAYS), repeats=repeats, sample=rss.sample,
-                             check=lambda got: _check(all(g[0] == float(i) and g.shape == (n,) for i, g in enumerate(got)), r.name))
+            send = h.measure(
+                lambda: r.send(arrays),
+                repeats=repeats,
+                sample=rss.sample,
+                check=lambda got: _check(got == expect_send, r.name),
+            )
+            back = h.measure(
+                lambda: r.back(n, N_ARRAYS),
+                repeats=repeats,
+                sample=rss.sample,
+                check=lambda got: _check(all(g[0] == float(i) and g.shape == (n,) for i, g in enumerate(got)), r.name),
+            )
             rows.append((r.name, moved / send.median / 1e6, moved / back.median / 1e6, rss.peak()))
-            print(f"{r.name}: send {moved / send.median / 1e6:,.0f} MB/s, return {moved / back.median / 1e6:,.0f} MB/s", file=sys.stderr, flush=True)
+            print(
+                f"{r.name}: send {moved / send.median / 1e6:,.0f} MB/s, return {moved / back.median / 1e6:,.0f} MB/s",
+                file=sys.stderr,
+                flush=True,
+            )
         finally:
             r.close()
     return rows
@@ -252,7 +264,12 @@ def pss_figure() -> dict:
         finally:
             release.set()
         assert [f.result() for f in futures] == [float(big.size)] * WORKERS
-    return {"array_gib": 1.0, "pss_before_gib": before / (1 << 20), "pss_during_gib": during / (1 << 20), "rise_gib": (during - before) / (1 << 20)}
+    return {
+        "array_gib": 1.0,
+        "pss_before_gib": before / (1 << 20),
+        "pss_during_gib": during / (1 << 20),
+        "rise_gib": (during - before) / (1 << 20),
+    }
 
 
 def sweep(repeats: int) -> list:
@@ -260,7 +277,10 @@ def sweep(repeats: int) -> list:
     from ferropool import ProcessPool
 
     rows = []
-    pools = {"in the pickle": ProcessPool(WORKERS, zero_copy_threshold=None), "shared memory": ProcessPool(WORKERS, zero_copy_threshold=0)}
+    pools = {
+        "in the pickle": ProcessPool(WORKERS, zero_copy_threshold=None),
+        "shared memory": ProcessPool(WORKERS, zero_copy_threshold=0),
+    }
     try:
         for size in (4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20):
             a = np.ones(size // 8)
@@ -268,7 +288,9 @@ def sweep(repeats: int) -> list:
             cells = []
             for pool in pools.values():
                 pool.submit(echo, a).result()
-                st = h.measure(lambda: [f.result() for f in [pool.submit(echo, a) for _ in range(count)]], repeats=repeats)
+                st = h.measure(
+                    lambda: [f.result() for f in [pool.submit(echo, a) for _ in range(count)]], repeats=repeats
+                )
                 cells.append(st.median / count * 1e6)
             rows.append((f"{size >> 10} KiB", *cells, cells[0] / cells[1]))
     finally:
@@ -289,20 +311,32 @@ def main(argv=None) -> int:
     if args.cold:
         send, back = cold_figures(args.repeats)
         report["cold"] = {"send_mb_s": send, "return_mb_s": back}
-        print(f"ferropool, first round on a fresh pool (fresh memory files), median of {args.repeats}: "
-              f"send {send:,.0f} MB/s, return {back:,.0f} MB/s\n")
+        print(
+            f"ferropool, first round on a fresh pool (fresh memory files), median of {args.repeats}: "
+            f"send {send:,.0f} MB/s, return {back:,.0f} MB/s\n"
+        )
     rows = transfer_figures(args.repeats)
     base = {r[0]: r for r in rows}
     stdlib = base.get("stdlib ProcessPoolExecutor(forkserver)")
     memcpy = rows[0]
     table = []
     for name, send, back, peak in rows:
-        table.append((name, f"{send:,.0f}", f"{back:,.0f}",
-                      f"{send / stdlib[1]:.1f}x / {back / stdlib[2]:.1f}x" if stdlib else "-",
-                      f"{send / memcpy[1]:.2f}x / {back / memcpy[2]:.2f}x",
-                      h.fmt_kib(peak["tree_kib"]) if peak else "-"))
+        table.append(
+            (
+                name,
+                f"{send:,.0f}",
+                f"{back:,.0f}",
+                f"{send / stdlib[1]:.1f}x / {back / stdlib[2]:.1f}x" if stdlib else "-",
+                f"{send / memcpy[1]:.2f}x / {back / memcpy[2]:.2f}x",
+                h.fmt_kib(peak["tree_kib"]) if peak else "-",
+            )
+        )
     print(f"4 x 16 MiB float64 arrays, {WORKERS} workers, median of {args.repeats}:\n")
-    print(h.markdown_table(["", "send MB/s", "return MB/s", "vs stdlib (send / return)", "vs memcpy", "peak RSS (tree)"], table))
+    print(
+        h.markdown_table(
+            ["", "send MB/s", "return MB/s", "vs stdlib (send / return)", "vs memcpy", "peak RSS (tree)"], table
+        )
+    )
     report["transfer"] = [dict(zip(("name", "send_mb_s", "return_mb_s", "peak_rss_kib"), r)) for r in rows]
     if args.pss:
         fig = pss_figure()
@@ -312,7 +346,12 @@ def main(argv=None) -> int:
         srows = sweep(args.repeats)
         report["sweep"] = srows
         print("\nper task (us), echo of one array:\n")
-        print(h.markdown_table(["size", "in the pickle", "shared memory", "speedup"], [(r[0], f"{r[1]:.0f}", f"{r[2]:.0f}", f"{r[3]:.2f}x") for r in srows]))
+        print(
+            h.markdown_table(
+                ["size", "in the pickle", "shared memory", "speedup"],
+                [(r[0], f"{r[1]:.0f}", f"{r[2]:.0f}", f"{r[3]:.2f}x") for r in srows],
+            )
+        )
     if args.json:
         h.write_json(args.json, report)
     return 0

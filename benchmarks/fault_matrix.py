@@ -321,9 +321,18 @@ def table(cells: dict, cases: list, libs: list) -> str:
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--libs", default=",".join(LIBS), help="comma-separated, from: " + ", ".join(LIBS))
-    p.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated case numbers of issue 3 (10, 12, 13 print 'not measured')")
+    p.add_argument(
+        "--cases",
+        default=",".join(DEFAULT_CASES),
+        help="comma-separated case numbers of issue 3 (10, 12, 13 print 'not measured')",
+    )
     p.add_argument("--json", metavar="PATH", help="write every cell's observation here")
-    p.add_argument("--repeat", type=int, default=1, help="run each cell N times; differing outcomes are all shown with their counts")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each cell N times; differing outcomes are all shown with their counts",
+    )
     p.add_argument("--timeout", type=float, default=20.0, help="watchdog: seconds a child may run (default 20)")
     args = p.parse_args(argv)
     args.libs = [s.strip() for s in args.libs.split(",") if s.strip()]

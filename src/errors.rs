@@ -21,8 +21,12 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// Turns a refused submit into `RuntimeError` (closed) or `EngineBrokenError` (broken).
 pub(crate) fn submit_error(py: Python<'_>, e: SubmitError) -> PyErr {
     match e {
-        SubmitError::Closed => PyRuntimeError::new_err("cannot schedule new futures after shutdown"),
-        SubmitError::Full(_) => PyRuntimeError::new_err("the pool has max_pending unfinished tasks"),
+        SubmitError::Closed => {
+            PyRuntimeError::new_err("cannot schedule new futures after shutdown")
+        }
+        SubmitError::Full(_) => {
+            PyRuntimeError::new_err("the pool has max_pending unfinished tasks")
+        }
         SubmitError::Broken(why) => EngineBrokenError::new_err((PyBytes::new(py, &why).unbind(),)),
     }
 }

@@ -31,9 +31,18 @@ static TASK_FUTURE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 /// `python/ferropool/_future.py`, `TaskFuture._finish_fast`, which this mirrors). Returns
 /// `Ok(None)` if `future` is not a `TaskFuture`, `Ok(Some(false))` if its condition exists (use
 /// `set_result`), `Ok(Some(true))` once finished.
-pub(crate) fn finish_task_future(future: &Bound<'_, PyAny>, result: &Bound<'_, PyAny>) -> PyResult<Option<bool>> {
+pub(crate) fn finish_task_future(
+    future: &Bound<'_, PyAny>,
+    result: &Bound<'_, PyAny>,
+) -> PyResult<Option<bool>> {
     let py = future.py();
-    let task_future = TASK_FUTURE.get_or_try_init(py, || -> PyResult<_> { Ok(py.import("ferropool._future")?.getattr("TaskFuture")?.cast_into::<PyType>()?.unbind()) })?;
+    let task_future = TASK_FUTURE.get_or_try_init(py, || -> PyResult<_> {
+        Ok(py
+            .import("ferropool._future")?
+            .getattr("TaskFuture")?
+            .cast_into::<PyType>()?
+            .unbind())
+    })?;
     if !future.get_type().is(task_future.bind(py)) {
         return Ok(None);
     }
@@ -72,7 +81,10 @@ impl<'a, 'py> FastFuture<'a, 'py> {
     /// Returns the fast path for `future` if it is exactly a `concurrent.futures.Future`.
     pub(crate) fn of(future: &'a Bound<'py, PyAny>) -> PyResult<Option<Self>> {
         let protocol = protocol(future.py())?;
-        Ok(future.get_type().is(protocol.class.bind(future.py())).then_some(FastFuture { future, protocol }))
+        Ok(future
+            .get_type()
+            .is(protocol.class.bind(future.py()))
+            .then_some(FastFuture { future, protocol }))
     }
 
     /// Runs `step` with the future's lock held. A Python error inside `step` is returned after
@@ -92,22 +104,31 @@ impl<'a, 'py> FastFuture<'a, 'py> {
     pub(crate) fn set_running(&self) -> PyResult<Option<bool>> {
         let py = self.future.py();
         self.locked(|_| {
-            if !self.future.getattr(intern!(py, "_state"))?.is(self.protocol.pending.bind(py)) {
+            if !self
+                .future
+                .getattr(intern!(py, "_state"))?
+                .is(self.protocol.pending.bind(py))
+            {
                 return Ok(None);
             }
-            self.future.setattr(intern!(py, "_state"), self.protocol.running.bind(py))?;
+            self.future
+                .setattr(intern!(py, "_state"), self.protocol.running.bind(py))?;
             Ok(Some(true))
         })
     }
 
     /// Does `set_result` / `set_exception` for a pending or running future that nobody waits on
     /// and that has no callbacks: returns true once finished, false (nothing changed) otherwise.
-    pub(crate) fn finish(&self, outcome: &Result<Bound<'py, PyAny>, Bound<'py, PyAny>>) -> PyResult<bool> {
+    pub(crate) fn finish(
+        &self,
+        outcome: &Result<Bound<'py, PyAny>, Bound<'py, PyAny>>,
+    ) -> PyResult<bool> {
         let py = self.future.py();
         self.locked(|condition| {
             let f = self.future;
             let state = f.getattr(intern!(py, "_state"))?;
-            if !(state.is(self.protocol.running.bind(py)) || state.is(self.protocol.pending.bind(py)))
+            if !(state.is(self.protocol.running.bind(py))
+                || state.is(self.protocol.pending.bind(py)))
                 || f.getattr(intern!(py, "_waiters"))?.is_truthy()?
                 || f.getattr(intern!(py, "_done_callbacks"))?.is_truthy()?
                 || condition.getattr(intern!(py, "_waiters"))?.is_truthy()?

@@ -33,7 +33,12 @@ struct Raw {
     source_next: Option<ffi::iternextfunc>,
 }
 
-type VectorcallFunc = unsafe extern "C" fn(*mut ffi::PyObject, *const *mut ffi::PyObject, usize, *mut ffi::PyObject) -> *mut ffi::PyObject;
+type VectorcallFunc = unsafe extern "C" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    usize,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
 
 // Both are exported by CPython 3.11 (declared in its cpython/abstract.h) and part of the stable
 // ABI from 3.12; pyo3-ffi declares them only for 3.12 when building abi3. This module requires
@@ -80,7 +85,9 @@ unsafe extern "C" fn next(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
         }
         // Null: the arguments are exhausted or their iterator raised (an exception is set,
         // StopIteration included, which our callers clear as they do for any iterator).
-        let Some(source_next) = (*this).source_next else { return ptr::null_mut() };
+        let Some(source_next) = (*this).source_next else {
+            return ptr::null_mut();
+        };
         let arg = source_next(source);
         if arg.is_null() {
             return ptr::null_mut();
@@ -88,21 +95,38 @@ unsafe extern "C" fn next(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
         let args = [ptr::null_mut(), arg];
         let func = (*this).func;
         let result = match PyVectorcall_Function(func) {
-            Some(call) => call(func, args.as_ptr().add(1), 1 | ARGUMENTS_OFFSET, ptr::null_mut()),
-            None => PyObject_Vectorcall(func, args.as_ptr().add(1), 1 | ARGUMENTS_OFFSET, ptr::null_mut()),
+            Some(call) => call(
+                func,
+                args.as_ptr().add(1),
+                1 | ARGUMENTS_OFFSET,
+                ptr::null_mut(),
+            ),
+            None => PyObject_Vectorcall(
+                func,
+                args.as_ptr().add(1),
+                1 | ARGUMENTS_OFFSET,
+                ptr::null_mut(),
+            ),
         };
         ffi::Py_DECREF(arg);
         if result.is_null() && ffi::PyErr_Occurred().is_null() {
             // A broken C callable returned no result and no error: without this the consumer
             // would take it for the end of the items (CPython's own calls raise the same).
             let py = Python::assume_attached();
-            pyo3::exceptions::PySystemError::new_err("PrefixedMap: func returned NULL without setting an exception").restore(py);
+            pyo3::exceptions::PySystemError::new_err(
+                "PrefixedMap: func returned NULL without setting an exception",
+            )
+            .restore(py);
         }
         result
     }
 }
 
-unsafe extern "C" fn traverse(slf: *mut ffi::PyObject, visit: ffi::visitproc, arg: *mut c_void) -> c_int {
+unsafe extern "C" fn traverse(
+    slf: *mut ffi::PyObject,
+    visit: ffi::visitproc,
+    arg: *mut c_void,
+) -> c_int {
     let this = slf.cast::<Raw>();
     // SAFETY: called by the garbage collector with the GIL held on a live instance; each field
     // is null (skipped) or an owned reference, which is what `visit` expects.
@@ -125,7 +149,11 @@ unsafe extern "C" fn clear(slf: *mut ffi::PyObject) -> c_int {
     // so a destructor that runs during the drop and reaches this object sees null, not a
     // dangling pointer.
     unsafe {
-        for field in [&raw mut (*this).head, &raw mut (*this).func, &raw mut (*this).source] {
+        for field in [
+            &raw mut (*this).head,
+            &raw mut (*this).func,
+            &raw mut (*this).source,
+        ] {
             let old = *field;
             *field = ptr::null_mut();
             ffi::Py_XDECREF(old);
@@ -148,7 +176,11 @@ unsafe extern "C" fn dealloc(slf: *mut ffi::PyObject) {
     }
 }
 
-unsafe extern "C" fn new(tp: *mut ffi::PyTypeObject, args: *mut ffi::PyObject, kwargs: *mut ffi::PyObject) -> *mut ffi::PyObject {
+unsafe extern "C" fn new(
+    tp: *mut ffi::PyTypeObject,
+    args: *mut ffi::PyObject,
+    kwargs: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     // SAFETY: CPython calls tp_new with the GIL held, `args` a tuple and `kwargs` null or a
     // dict. Borrowed items of `args` are used only while `args` lives (this call); the
     // instance is zeroed by PyType_GenericAlloc, and every field gets an owned reference before
@@ -160,18 +192,23 @@ unsafe extern "C" fn new(tp: *mut ffi::PyTypeObject, args: *mut ffi::PyObject, k
     unsafe {
         let py = Python::assume_attached();
         if (!kwargs.is_null() && ffi::PyDict_Size(kwargs) != 0) || ffi::PyTuple_Size(args) != 3 {
-            pyo3::exceptions::PyTypeError::new_err("PrefixedMap(values, func, iterable) takes exactly 3 positional arguments").restore(py);
+            pyo3::exceptions::PyTypeError::new_err(
+                "PrefixedMap(values, func, iterable) takes exactly 3 positional arguments",
+            )
+            .restore(py);
             return ptr::null_mut();
         }
         let values = ffi::PyTuple_GetItem(args, 0);
         let func = ffi::PyTuple_GetItem(args, 1);
         let iterable = ffi::PyTuple_GetItem(args, 2);
         if ffi::PyList_Check(values) == 0 {
-            pyo3::exceptions::PyTypeError::new_err("PrefixedMap: values must be a list").restore(py);
+            pyo3::exceptions::PyTypeError::new_err("PrefixedMap: values must be a list")
+                .restore(py);
             return ptr::null_mut();
         }
         if ffi::PyCallable_Check(func) == 0 {
-            pyo3::exceptions::PyTypeError::new_err("PrefixedMap: func must be callable").restore(py);
+            pyo3::exceptions::PyTypeError::new_err("PrefixedMap: func must be callable")
+                .restore(py);
             return ptr::null_mut();
         }
         let source = ffi::PyObject_GetIter(iterable);
@@ -190,7 +227,9 @@ unsafe extern "C" fn new(tp: *mut ffi::PyTypeObject, args: *mut ffi::PyObject, k
         (*this).next_head = 0;
         (*this).func = func;
         (*this).source = source;
-        (*this).source_next = std::mem::transmute::<*mut c_void, Option<ffi::iternextfunc>>(ffi::PyType_GetSlot(ffi::Py_TYPE(source), ffi::Py_tp_iternext));
+        (*this).source_next = std::mem::transmute::<*mut c_void, Option<ffi::iternextfunc>>(
+            ffi::PyType_GetSlot(ffi::Py_TYPE(source), ffi::Py_tp_iternext),
+        );
         slf
     }
 }
@@ -202,14 +241,38 @@ what itertools.chain(values, map(func, iterable)) yields, without the chain's st
 /// Builds the type and adds it to the module as `PrefixedMap`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let slots: &'static mut [ffi::PyType_Slot] = Box::leak(Box::new([
-        ffi::PyType_Slot { slot: ffi::Py_tp_new, pfunc: new as *mut c_void },
-        ffi::PyType_Slot { slot: ffi::Py_tp_dealloc, pfunc: dealloc as *mut c_void },
-        ffi::PyType_Slot { slot: ffi::Py_tp_traverse, pfunc: traverse as *mut c_void },
-        ffi::PyType_Slot { slot: ffi::Py_tp_clear, pfunc: clear as *mut c_void },
-        ffi::PyType_Slot { slot: ffi::Py_tp_iter, pfunc: ffi::PyObject_SelfIter as *mut c_void },
-        ffi::PyType_Slot { slot: ffi::Py_tp_iternext, pfunc: next as *mut c_void },
-        ffi::PyType_Slot { slot: ffi::Py_tp_doc, pfunc: DOC.as_ptr() as *mut c_void },
-        ffi::PyType_Slot { slot: 0, pfunc: ptr::null_mut() },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_new,
+            pfunc: new as *mut c_void,
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_dealloc,
+            pfunc: dealloc as *mut c_void,
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_traverse,
+            pfunc: traverse as *mut c_void,
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_clear,
+            pfunc: clear as *mut c_void,
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_iter,
+            pfunc: ffi::PyObject_SelfIter as *mut c_void,
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_iternext,
+            pfunc: next as *mut c_void,
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_doc,
+            pfunc: DOC.as_ptr() as *mut c_void,
+        },
+        ffi::PyType_Slot {
+            slot: 0,
+            pfunc: ptr::null_mut(),
+        },
     ]));
     let spec: &'static mut ffi::PyType_Spec = Box::leak(Box::new(ffi::PyType_Spec {
         name: c"ferropool._core.PrefixedMap".as_ptr(),

@@ -43,9 +43,26 @@ impl ProcessPoolEngine {
     #[new]
     #[pyo3(signature = (workers, command, init, *, max_tasks_per_child=None, max_memory_per_child=None, max_pending=None, threads_per_worker=1))]
     #[allow(clippy::too_many_arguments)]
-    fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>, max_tasks_per_child: Option<u64>, max_memory_per_child: Option<u64>, max_pending: Option<usize>, threads_per_worker: usize) -> PyResult<Self> {
-        let config = PoolConfig { max_tasks_per_child, max_memory_per_child, max_pending, threads_per_worker, ..PoolConfig::new(workers, command, init) };
-        Ok(ProcessPoolEngine { pool: ProcessPool::start(config).map_err(errors::io_error)?, sampled_loads_ns: AtomicU64::new(0) })
+    fn new(
+        workers: usize,
+        command: Vec<OsString>,
+        init: Vec<u8>,
+        max_tasks_per_child: Option<u64>,
+        max_memory_per_child: Option<u64>,
+        max_pending: Option<usize>,
+        threads_per_worker: usize,
+    ) -> PyResult<Self> {
+        let config = PoolConfig {
+            max_tasks_per_child,
+            max_memory_per_child,
+            max_pending,
+            threads_per_worker,
+            ..PoolConfig::new(workers, command, init)
+        };
+        Ok(ProcessPoolEngine {
+            pool: ProcessPool::start(config).map_err(errors::io_error)?,
+            sampled_loads_ns: AtomicU64::new(0),
+        })
     }
 
     #[getter]
@@ -54,14 +71,37 @@ impl ProcessPoolEngine {
     }
 
     #[pyo3(signature = (id, payload, timeout=None, buffers=None, is_async=false))]
-    fn submit(&self, py: Python<'_>, id: u64, payload: &[u8], timeout: Option<f64>, buffers: Option<&Bound<'_, PyAny>>, is_async: bool) -> PyResult<()> {
-        let timeout = timeout.map(|t| Duration::try_from_secs_f64(t).map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("task timeout must be a positive number of seconds, not {t}")))).transpose()?;
+    fn submit(
+        &self,
+        py: Python<'_>,
+        id: u64,
+        payload: &[u8],
+        timeout: Option<f64>,
+        buffers: Option<&Bound<'_, PyAny>>,
+        is_async: bool,
+    ) -> PyResult<()> {
+        let timeout = timeout
+            .map(|t| {
+                Duration::try_from_secs_f64(t).map_err(|_| {
+                    pyo3::exceptions::PyValueError::new_err(format!(
+                        "task timeout must be a positive number of seconds, not {t}"
+                    ))
+                })
+            })
+            .transpose()?;
         let buffers = match buffers {
             Some(b) => buffer::write_all(py, b, true)?,
             None => Vec::new(),
         };
-        let payload = Payload { bytes: payload.to_vec(), buffers, is_async };
-        let mut payload = match self.pool.submit_within(id, payload, timeout, Duration::ZERO) {
+        let payload = Payload {
+            bytes: payload.to_vec(),
+            buffers,
+            is_async,
+        };
+        let mut payload = match self
+            .pool
+            .submit_within(id, payload, timeout, Duration::ZERO)
+        {
             Ok(()) => return Ok(()),
             Err(SubmitError::Full(p)) => p,
             Err(e) => return Err(errors::submit_error(py, e)),
@@ -69,7 +109,10 @@ impl ProcessPoolEngine {
         // max_pending tasks are unfinished: wait for room without the GIL, in slices, so that
         // Ctrl-C (a signal handled by Python) still interrupts a blocked submit.
         loop {
-            match py.detach(|| self.pool.submit_within(id, payload, timeout, SUBMIT_WAIT_SLICE)) {
+            match py.detach(|| {
+                self.pool
+                    .submit_within(id, payload, timeout, SUBMIT_WAIT_SLICE)
+            }) {
                 Ok(()) => return Ok(()),
                 Err(SubmitError::Full(p)) => {
                     payload = p;
@@ -107,7 +150,11 @@ impl ProcessPoolEngine {
     /// snapshot and waiting up to `timeout` seconds (without the GIL) for it.
     #[pyo3(signature = (timeout=1.0))]
     fn stats<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyList>> {
-        let timeout = Duration::try_from_secs_f64(timeout).map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("timeout must be a non-negative number of seconds, not {timeout}")))?;
+        let timeout = Duration::try_from_secs_f64(timeout).map_err(|_| {
+            pyo3::exceptions::PyValueError::new_err(format!(
+                "timeout must be a non-negative number of seconds, not {timeout}"
+            ))
+        })?;
         let workers = py.detach(|| self.pool.stats(timeout));
         let list = PyList::empty(py);
         for (slot, w) in workers.iter().enumerate() {
@@ -129,8 +176,17 @@ impl ProcessPoolEngine {
     /// `logs(records, dropped)` as `[(worker, pid, payload), ...]` and the number dropped
     /// because too many were waiting. Returns False once the pool has ended.
     #[pyo3(signature = (futures, loads, settle, logs=None))]
-    fn deliver(&self, py: Python<'_>, futures: &Bound<'_, PyDict>, loads: &Bound<'_, PyAny>, settle: &Bound<'_, PyAny>, logs: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
-        let Some(news) = py.detach(|| self.pool.wait_news(None)) else { return Ok(false) };
+    fn deliver(
+        &self,
+        py: Python<'_>,
+        futures: &Bound<'_, PyDict>,
+        loads: &Bound<'_, PyAny>,
+        settle: &Bound<'_, PyAny>,
+        logs: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let Some(news) = py.detach(|| self.pool.wait_news(None)) else {
+            return Ok(false);
+        };
         if let Some(logs) = logs.filter(|_| !news.logs.is_empty() || news.dropped_logs > 0) {
             let records = PyList::empty(py);
             for r in news.logs {
@@ -144,7 +200,9 @@ impl ProcessPoolEngine {
         for d in news.outcomes {
             // Taking the future out of `futures` is what entitles us to finish it; a future
             // that `cancel()` took first is cancelled, and its outcome is dropped here.
-            let Some(future) = futures.get_item(d.id)? else { continue };
+            let Some(future) = futures.get_item(d.id)? else {
+                continue;
+            };
             if futures.del_item(d.id).is_err() {
                 continue;
             }
@@ -156,7 +214,10 @@ impl ProcessPoolEngine {
             let loaded = if d.fds.is_empty() && d.id % SERIALIZE_SAMPLE_EVERY == 0 {
                 let started = Instant::now();
                 let loaded = loads.call1((PyBytes::new(py, &payload),));
-                self.sampled_loads_ns.fetch_add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                self.sampled_loads_ns.fetch_add(
+                    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
                 loaded
             } else if d.fds.is_empty() {
                 loads.call1((PyBytes::new(py, &payload),))
@@ -170,7 +231,12 @@ impl ProcessPoolEngine {
             let value = match loaded {
                 Ok(v) => v,
                 Err(e) => {
-                    settle.call1((future, RETURNED, PyBytes::new(py, &payload), e.into_value(py)))?;
+                    settle.call1((
+                        future,
+                        RETURNED,
+                        PyBytes::new(py, &payload),
+                        e.into_value(py),
+                    ))?;
                     continue;
                 }
             };
@@ -188,7 +254,11 @@ impl ProcessPoolEngine {
 }
 
 /// Returns one worker slot's statistics as the dict `_stats.py` reads.
-fn worker_stats_dict<'py>(py: Python<'py>, slot: usize, w: &WorkerStats) -> PyResult<Bound<'py, PyDict>> {
+fn worker_stats_dict<'py>(
+    py: Python<'py>,
+    slot: usize,
+    w: &WorkerStats,
+) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("worker", slot)?;
     d.set_item("pid", w.pid)?;
@@ -219,12 +289,27 @@ fn outcome_detail(py: Python<'_>, outcome: Outcome) -> PyResult<(u8, Bound<'_, P
     Ok(match outcome {
         Outcome::Returned(p) => (RETURNED, PyBytes::new(py, &p).into_any()),
         Outcome::Raised(p) => (RAISED, PyBytes::new(py, &p).into_any()),
-        Outcome::WorkerDied { exit: e, stderr_tail } => (
+        Outcome::WorkerDied {
+            exit: e,
+            stderr_tail,
+        } => (
             WORKER_DIED,
-            PyTuple::new(py, [e.pid.into_pyobject(py)?.into_any(), e.code.into_pyobject(py)?.into_any(), e.signal.into_pyobject(py)?.into_any(), PyBytes::new(py, &stderr_tail).into_any()])?.into_any(),
+            PyTuple::new(
+                py,
+                [
+                    e.pid.into_pyobject(py)?.into_any(),
+                    e.code.into_pyobject(py)?.into_any(),
+                    e.signal.into_pyobject(py)?.into_any(),
+                    PyBytes::new(py, &stderr_tail).into_any(),
+                ],
+            )?
+            .into_any(),
         ),
         Outcome::Broken(p) => (BROKEN, PyBytes::new(py, &p).into_any()),
         Outcome::Cancelled => (CANCELLED, py.None().into_bound(py)),
-        Outcome::TimedOut { pid, after } => (TIMED_OUT, (pid, after.as_secs_f64()).into_pyobject(py)?.into_any()),
+        Outcome::TimedOut { pid, after } => (
+            TIMED_OUT,
+            (pid, after.as_secs_f64()).into_pyobject(py)?.into_any(),
+        ),
     })
 }

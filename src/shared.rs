@@ -43,7 +43,9 @@ pub(crate) fn block<T: Send>(
     loop {
         let slice = match deadline {
             None => SIGNAL_SLICE,
-            Some(d) => d.saturating_duration_since(Instant::now()).min(SIGNAL_SLICE),
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .min(SIGNAL_SLICE),
         };
         if let Some(out) = py.detach(|| attempt(Some(slice))) {
             return Ok(Some(out));
@@ -65,7 +67,9 @@ fn seconds(t: f64) -> Option<Duration> {
 pub(crate) fn lock_timeout(blocking: bool, timeout: f64) -> PyResult<Option<Duration>> {
     if !blocking {
         if timeout != -1.0 {
-            return Err(PyValueError::new_err("can't specify a timeout for a non-blocking call"));
+            return Err(PyValueError::new_err(
+                "can't specify a timeout for a non-blocking call",
+            ));
         }
         return Ok(Some(Duration::ZERO));
     }
@@ -94,7 +98,8 @@ pub(crate) fn adopt(attach: (i32, u64)) -> PyResult<(OwnedFd, u64)> {
     let (fd, id) = attach;
     // SAFETY: `_attach` transfers ownership of a descriptor that the caller opened for this
     // object alone and will not close or use again (documented in `_core.pyi`).
-    let fd = unsafe { segment::adopt_fd(fd) }.map_err(|e| PyValueError::new_err(format!("_attach: descriptor {fd}: {e}")))?;
+    let fd = unsafe { segment::adopt_fd(fd) }
+        .map_err(|e| PyValueError::new_err(format!("_attach: descriptor {fd}: {e}")))?;
     Ok((fd, id))
 }
 

@@ -65,7 +65,9 @@ fn queue_timeout(block: bool, timeout: Option<f64>) -> PyResult<Option<Duration>
     }
     match timeout {
         None => Ok(None),
-        Some(t) if t.is_nan() || t < 0.0 => Err(PyValueError::new_err("'timeout' must be a non-negative number")),
+        Some(t) if t.is_nan() || t < 0.0 => Err(PyValueError::new_err(
+            "'timeout' must be a non-negative number",
+        )),
         Some(t) => Ok(Duration::try_from_secs_f64(t).ok()),
     }
 }
@@ -87,10 +89,15 @@ struct OutOfBand {
 #[pymethods]
 impl OutOfBand {
     fn __call__(&self, buffer: &Bound<'_, PyAny>) -> bool {
-        let Ok(raw) = buffer.call_method0("raw") else { return true }; // not contiguous: in band
+        let Ok(raw) = buffer.call_method0("raw") else {
+            return true;
+        }; // not contiguous: in band
         match raw.getattr("nbytes").and_then(|n| n.extract::<usize>()) {
             Ok(n) if n >= SPILL_THRESHOLD => {
-                self.taken.lock().unwrap_or_else(|p| p.into_inner()).push(raw.unbind());
+                self.taken
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(raw.unbind());
                 false
             }
             _ => true,
@@ -108,8 +115,12 @@ impl SharedQueue {
                 // SAFETY: `raw()` gave a contiguous unsigned-byte view, alive (and its exporter
                 // unresizable) while `view` is; another thread writing it meanwhile would only
                 // tear the copy, as with pickling.
-                let bytes = unsafe { std::slice::from_raw_parts(view.buf_ptr() as *const u8, view.len_bytes()) };
-                py.detach(|| self.spill.write(bytes)).map(|offset| (offset, bytes.len())).map_err(io_error)
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(view.buf_ptr() as *const u8, view.len_bytes())
+                };
+                py.detach(|| self.spill.write(bytes))
+                    .map(|offset| (offset, bytes.len()))
+                    .map_err(io_error)
             });
             match written {
                 Ok(range) => ranges.push(range),
@@ -130,14 +141,18 @@ impl SharedQueue {
 
     fn put_bytes(&self, py: Python<'_>, data: &[u8], timeout: Option<Duration>) -> PyResult<()> {
         let outcome = match self.queue.try_put(data) {
-            Err(QueueError::TimedOut) if timeout == Some(Duration::ZERO) => self.queue.put(data, timeout),
-            Err(QueueError::TimedOut) => match block(py, timeout, |slice| match self.queue.put(data, slice) {
-                Err(QueueError::TimedOut) => None,
-                other => Some(other),
-            })? {
-                Some(outcome) => outcome,
-                None => Err(QueueError::TimedOut),
-            },
+            Err(QueueError::TimedOut) if timeout == Some(Duration::ZERO) => {
+                self.queue.put(data, timeout)
+            }
+            Err(QueueError::TimedOut) => {
+                match block(py, timeout, |slice| match self.queue.put(data, slice) {
+                    Err(QueueError::TimedOut) => None,
+                    other => Some(other),
+                })? {
+                    Some(outcome) => outcome,
+                    None => Err(QueueError::TimedOut),
+                }
+            }
             other => other,
         };
         outcome.map_err(|e| queue_error(py, e, true, data.len(), self.queue.capacity()))
@@ -148,29 +163,52 @@ impl SharedQueue {
 impl SharedQueue {
     #[new]
     #[pyo3(signature = (maxsize=0, *, capacity_bytes=DEFAULT_CAPACITY, _attach=None, _spill=None))]
-    fn new(maxsize: i64, capacity_bytes: usize, _attach: Option<(i32, u64)>, _spill: Option<i32>) -> PyResult<Self> {
+    fn new(
+        maxsize: i64,
+        capacity_bytes: usize,
+        _attach: Option<(i32, u64)>,
+        _spill: Option<i32>,
+    ) -> PyResult<Self> {
         let spill = match _spill {
             // SAFETY: `_spill` transfers ownership of a descriptor opened for this object alone
             // (documented in `_core.pyi`), as `_attach` does.
-            Some(fd) => Spill::open(unsafe { adopt_fd(fd) }.map_err(|e| PyValueError::new_err(format!("_spill: descriptor {fd}: {e}")))?).map_err(io_error)?,
-            None if _attach.is_some() => return Err(PyValueError::new_err("_attach needs _spill: a queue travels with its spill file")),
+            Some(fd) => Spill::open(
+                unsafe { adopt_fd(fd) }
+                    .map_err(|e| PyValueError::new_err(format!("_spill: descriptor {fd}: {e}")))?,
+            )
+            .map_err(io_error)?,
+            None if _attach.is_some() => {
+                return Err(PyValueError::new_err(
+                    "_attach needs _spill: a queue travels with its spill file",
+                ))
+            }
             None => Spill::create().map_err(io_error)?,
         };
         let queue = match _attach {
             Some(a) => adopt(a).and_then(|(fd, id)| Queue::open(fd, id).map_err(io_error))?,
             None => {
-                let maxsize = u32::try_from(maxsize.max(0)).map_err(|_| PyValueError::new_err("maxsize too large"))?;
+                let maxsize = u32::try_from(maxsize.max(0))
+                    .map_err(|_| PyValueError::new_err("maxsize too large"))?;
                 if capacity_bytes < 64 {
                     return Err(PyValueError::new_err("capacity_bytes must be at least 64"));
                 }
                 Queue::create(capacity_bytes, maxsize).map_err(io_error)?
             }
         };
-        Ok(SharedQueue { queue, spill: Arc::new(spill) })
+        Ok(SharedQueue {
+            queue,
+            spill: Arc::new(spill),
+        })
     }
 
     #[pyo3(signature = (item, block=true, timeout=None))]
-    fn put(&self, py: Python<'_>, item: &Bound<'_, PyAny>, block: bool, timeout: Option<f64>) -> PyResult<()> {
+    fn put(
+        &self,
+        py: Python<'_>,
+        item: &Bound<'_, PyAny>,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
         let timeout = queue_timeout(block, timeout)?;
         let dumps = DUMPS.import(py, "pickle", "dumps")?;
         // Small items (the common case) are pickled once, without a buffer callback (which
@@ -184,11 +222,24 @@ impl SharedQueue {
                 return self.put_bytes(py, data.as_bytes(), timeout);
             }
         }
-        let taker = Bound::new(py, OutOfBand { taken: Mutex::new(Vec::new()) })?;
+        let taker = Bound::new(
+            py,
+            OutOfBand {
+                taken: Mutex::new(Vec::new()),
+            },
+        )?;
         let kwargs = PyDict::new(py);
         kwargs.set_item("buffer_callback", &taker)?;
-        let data = dumps.call((item, 5), Some(&kwargs))?.cast_into::<PyBytes>()?;
-        let buffers = std::mem::take(&mut *taker.borrow().taken.lock().unwrap_or_else(|p| p.into_inner()));
+        let data = dumps
+            .call((item, 5), Some(&kwargs))?
+            .cast_into::<PyBytes>()?;
+        let buffers = std::mem::take(
+            &mut *taker
+                .borrow()
+                .taken
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         if buffers.is_empty() {
             return self.put_bytes(py, data.as_bytes(), timeout);
         }
@@ -205,11 +256,18 @@ impl SharedQueue {
     }
 
     #[pyo3(signature = (block=true, timeout=None))]
-    fn get<'py>(&self, py: Python<'py>, block: bool, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let timeout = queue_timeout(block, timeout)?;
         let mut buf = Vec::new();
         let outcome = match self.queue.try_get(&mut buf) {
-            Err(QueueError::TimedOut) if timeout == Some(Duration::ZERO) => self.queue.get(&mut buf, timeout),
+            Err(QueueError::TimedOut) if timeout == Some(Duration::ZERO) => {
+                self.queue.get(&mut buf, timeout)
+            }
             Err(QueueError::TimedOut) => {
                 let got = crate::shared::block(py, timeout, |slice| {
                     let mut buf = Vec::new();
@@ -234,10 +292,18 @@ impl SharedQueue {
         if buf.first() != Some(&SPILLED) {
             return loads.call1((PyBytes::new(py, &buf),));
         }
-        let (ranges, pickle) = parse_spilled(&buf).ok_or_else(|| PyRuntimeError::new_err("the shared queue's memory is corrupt (a spilled item's header is cut)"))?;
+        let (ranges, pickle) = parse_spilled(&buf).ok_or_else(|| {
+            PyRuntimeError::new_err(
+                "the shared queue's memory is corrupt (a spilled item's header is cut)",
+            )
+        })?;
         let buffers = ranges
             .into_iter()
-            .map(|(offset, len)| Ok(SharedBuffer::from_spill(self.spill.take(offset, len).map_err(io_error)?)))
+            .map(|(offset, len)| {
+                Ok(SharedBuffer::from_spill(
+                    self.spill.take(offset, len).map_err(io_error)?,
+                ))
+            })
             .collect::<PyResult<Vec<_>>>()?;
         let kwargs = PyDict::new(py);
         kwargs.set_item("buffers", PyList::new(py, buffers)?)?;
@@ -309,7 +375,12 @@ fn parse_spilled(entry: &[u8]) -> Option<(Ranges, &[u8])> {
     let table = entry.get(5..5 + 16 * n)?;
     let ranges = table
         .chunks_exact(16)
-        .map(|c| Some((u64::from_le_bytes(c[..8].try_into().ok()?), usize::try_from(u64::from_le_bytes(c[8..].try_into().ok()?)).ok()?)))
+        .map(|c| {
+            Some((
+                u64::from_le_bytes(c[..8].try_into().ok()?),
+                usize::try_from(u64::from_le_bytes(c[8..].try_into().ok()?)).ok()?,
+            ))
+        })
         .collect::<Option<Vec<_>>>()?;
     Some((ranges, &entry[5 + 16 * n..]))
 }

@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
-use ferropool_engine::shared::barrier::{ArriveError, Arrival, Barrier, Broken};
+use ferropool_engine::shared::barrier::{Arrival, ArriveError, Barrier, Broken};
 use ferropool_engine::shared::event::Event;
 use ferropool_engine::shared::lock::{Acquired, Lock};
 use ferropool_engine::shared::rlock::RLock;
@@ -26,7 +26,13 @@ use crate::shared::{adopt, block, lock_timeout, wait_timeout, warn_owner_died};
 
 /// Records how a lock was acquired; warns (once per take-over) when from a dead owner. If the
 /// warning is turned into an error, releases the lock again with `release` and raises it.
-fn note_acquired(py: Python<'_>, flag: &AtomicBool, what: &str, acquired: Acquired, release: impl FnOnce()) -> PyResult<bool> {
+fn note_acquired(
+    py: Python<'_>,
+    flag: &AtomicBool,
+    what: &str,
+    acquired: Acquired,
+    release: impl FnOnce(),
+) -> PyResult<bool> {
     match acquired {
         Acquired::Clean => flag.store(false, Ordering::Relaxed),
         Acquired::OwnerDied(pid) => {
@@ -56,7 +62,10 @@ impl SharedLock {
             Some(a) => adopt(a).and_then(|(fd, id)| Lock::open(fd, id).map_err(io_error))?,
             None => Lock::create().map_err(io_error)?,
         };
-        Ok(SharedLock { lock, owner_died: AtomicBool::new(false) })
+        Ok(SharedLock {
+            lock,
+            owner_died: AtomicBool::new(false),
+        })
     }
 
     #[pyo3(signature = (blocking=true, timeout=-1.0))]
@@ -80,7 +89,9 @@ impl SharedLock {
     }
 
     fn release(&self) -> PyResult<()> {
-        self.lock.release().map_err(|_| PyRuntimeError::new_err("release unlocked lock"))
+        self.lock
+            .release()
+            .map_err(|_| PyRuntimeError::new_err("release unlocked lock"))
     }
 
     fn locked(&self) -> bool {
@@ -93,7 +104,12 @@ impl SharedLock {
 
     // Three positional parameters, not `*args`: `with` passes exactly three, and a varargs
     // signature costs a tuple per call.
-    fn __exit__(&self, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn __exit__(
+        &self,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         self.release()
     }
 
@@ -129,7 +145,10 @@ impl SharedRLock {
             Some(a) => adopt(a).and_then(|(fd, id)| RLock::open(fd, id).map_err(io_error))?,
             None => RLock::create().map_err(io_error)?,
         };
-        Ok(SharedRLock { lock, owner_died: AtomicBool::new(false) })
+        Ok(SharedRLock {
+            lock,
+            owner_died: AtomicBool::new(false),
+        })
     }
 
     #[pyo3(signature = (blocking=true, timeout=-1.0))]
@@ -151,7 +170,9 @@ impl SharedRLock {
     }
 
     fn release(&self) -> PyResult<()> {
-        self.lock.release().map_err(|_| PyRuntimeError::new_err("cannot release un-acquired lock"))
+        self.lock
+            .release()
+            .map_err(|_| PyRuntimeError::new_err("cannot release un-acquired lock"))
     }
 
     fn _is_owned(&self) -> bool {
@@ -164,7 +185,12 @@ impl SharedRLock {
 
     // Three positional parameters, not `*args`: `with` passes exactly three, and a varargs
     // signature costs a tuple per call.
-    fn __exit__(&self, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn __exit__(
+        &self,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         self.release()
     }
 
@@ -250,9 +276,12 @@ impl SharedSemaphore {
             Some(a) => adopt(a).and_then(|(fd, id)| Semaphore::open(fd, id).map_err(io_error))?,
             None => {
                 if value < 0 {
-                    return Err(PyValueError::new_err("semaphore initial value must be >= 0"));
+                    return Err(PyValueError::new_err(
+                        "semaphore initial value must be >= 0",
+                    ));
                 }
-                let value = u32::try_from(value).map_err(|_| PyValueError::new_err("semaphore initial value too large"))?;
+                let value = u32::try_from(value)
+                    .map_err(|_| PyValueError::new_err("semaphore initial value too large"))?;
                 Semaphore::create(value, bounded).map_err(io_error)?
             }
         };
@@ -262,7 +291,9 @@ impl SharedSemaphore {
     #[pyo3(signature = (blocking=true, timeout=None))]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
         if !blocking && timeout.is_some() {
-            return Err(PyValueError::new_err("can't specify timeout for non-blocking acquire"));
+            return Err(PyValueError::new_err(
+                "can't specify timeout for non-blocking acquire",
+            ));
         }
         if self.sem.try_acquire() {
             return Ok(true);
@@ -280,7 +311,9 @@ impl SharedSemaphore {
             return Err(PyValueError::new_err("n must be one or more"));
         }
         let n = u32::try_from(n).map_err(|_| PyValueError::new_err("n too large"))?;
-        self.sem.release(n).map_err(|_| PyValueError::new_err("Semaphore released too many times"))
+        self.sem
+            .release(n)
+            .map_err(|_| PyValueError::new_err("Semaphore released too many times"))
     }
 
     fn get_value(&self) -> u32 {
@@ -293,7 +326,12 @@ impl SharedSemaphore {
 
     // Three positional parameters, not `*args`: `with` passes exactly three, and a varargs
     // signature costs a tuple per call.
-    fn __exit__(&self, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn __exit__(
+        &self,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         self.release(1)
     }
 
@@ -343,10 +381,12 @@ impl SharedBarrier {
             }
             Arrival::Wait { index, generation } => {
                 let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                let passed = block(py, timeout, |slice| match self.barrier.wait_pass(generation, slice) {
-                    Ok(()) => Some(true),
-                    Err(Ok(Broken)) => Some(false),
-                    Err(Err(TimedOut)) => None,
+                let passed = block(py, timeout, |slice| {
+                    match self.barrier.wait_pass(generation, slice) {
+                        Ok(()) => Some(true),
+                        Err(Ok(Broken)) => Some(false),
+                        Err(Err(TimedOut)) => None,
+                    }
                 })?;
                 match passed {
                     Some(true) => Ok(index),
@@ -361,15 +401,27 @@ impl SharedBarrier {
 impl SharedBarrier {
     #[new]
     #[pyo3(signature = (parties, action=None, timeout=None, *, _attach=None))]
-    fn new(parties: i64, action: Option<Py<PyAny>>, timeout: Option<f64>, _attach: Option<(i32, u64)>) -> PyResult<Self> {
+    fn new(
+        parties: i64,
+        action: Option<Py<PyAny>>,
+        timeout: Option<f64>,
+        _attach: Option<(i32, u64)>,
+    ) -> PyResult<Self> {
         let barrier = match _attach {
             Some(a) => adopt(a).and_then(|(fd, id)| Barrier::open(fd, id).map_err(io_error))?,
             None => {
-                let parties = u32::try_from(parties).ok().filter(|&p| p >= 1).ok_or_else(|| PyValueError::new_err("parties must be >= 1"))?;
+                let parties = u32::try_from(parties)
+                    .ok()
+                    .filter(|&p| p >= 1)
+                    .ok_or_else(|| PyValueError::new_err("parties must be >= 1"))?;
                 Barrier::create(parties).map_err(io_error)?
             }
         };
-        Ok(SharedBarrier { barrier, action, timeout })
+        Ok(SharedBarrier {
+            barrier,
+            action,
+            timeout,
+        })
     }
 
     #[pyo3(signature = (timeout=None))]
@@ -379,16 +431,18 @@ impl SharedBarrier {
         let arrival = match self.barrier.arrive(Some(Duration::ZERO)) {
             Ok(a) => Ok(a),
             Err(ArriveError::Broken) => return Err(broken_barrier(py)),
-            Err(ArriveError::TimedOut) => match block(py, timeout, |slice| match self.barrier.arrive(slice) {
-                Ok(a) => Some(Ok(a)),
-                Err(ArriveError::Broken) => Some(Err(())),
-                Err(ArriveError::TimedOut) => None,
-            }) {
-                Ok(Some(Ok(a))) => Ok(a),
-                Ok(Some(Err(()))) => return Err(broken_barrier(py)),
-                Ok(None) => Err(broken_barrier(py)),
-                Err(e) => Err(e),
-            },
+            Err(ArriveError::TimedOut) => {
+                match block(py, timeout, |slice| match self.barrier.arrive(slice) {
+                    Ok(a) => Some(Ok(a)),
+                    Err(ArriveError::Broken) => Some(Err(())),
+                    Err(ArriveError::TimedOut) => None,
+                }) {
+                    Ok(Some(Ok(a))) => Ok(a),
+                    Ok(Some(Err(()))) => return Err(broken_barrier(py)),
+                    Ok(None) => Err(broken_barrier(py)),
+                    Err(e) => Err(e),
+                }
+            }
         };
         // As in threading: a timeout, a failed action or an interrupt breaks the barrier for all.
         match arrival.and_then(|a| self.finish(py, a, deadline)) {

@@ -27,23 +27,60 @@ fn type_of(code: &str) -> PyResult<Type> {
         "L" | "Q" => int(64, false),
         "f" => Type::Float { single: true },
         "d" => Type::Float { single: false },
-        _ => return Err(PyValueError::new_err(format!("unsupported typecode {code:?}: use one of b B h H i I l L q Q f d"))),
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "unsupported typecode {code:?}: use one of b B h H i I l L q Q f d"
+            )))
+        }
     })
 }
 
 fn code_of(ty: Type) -> &'static str {
     match ty {
-        Type::Int { bits: 8, signed } => if signed { "b" } else { "B" },
-        Type::Int { bits: 16, signed } => if signed { "h" } else { "H" },
-        Type::Int { bits: 32, signed } => if signed { "i" } else { "I" },
-        Type::Int { signed, .. } => if signed { "q" } else { "Q" },
-        Type::Float { single } => if single { "f" } else { "d" },
+        Type::Int { bits: 8, signed } => {
+            if signed {
+                "b"
+            } else {
+                "B"
+            }
+        }
+        Type::Int { bits: 16, signed } => {
+            if signed {
+                "h"
+            } else {
+                "H"
+            }
+        }
+        Type::Int { bits: 32, signed } => {
+            if signed {
+                "i"
+            } else {
+                "I"
+            }
+        }
+        Type::Int { signed, .. } => {
+            if signed {
+                "q"
+            } else {
+                "Q"
+            }
+        }
+        Type::Float { single } => {
+            if single {
+                "f"
+            } else {
+                "d"
+            }
+        }
     }
 }
 
 fn out_of_range(ty: Type) -> PyErr {
     let (lo, hi) = ty.int_range().unwrap_or((0, 0));
-    PyOverflowError::new_err(format!("value out of range for typecode {:?} ({lo}..={hi})", code_of(ty)))
+    PyOverflowError::new_err(format!(
+        "value out of range for typecode {:?} ({lo}..={hi})",
+        code_of(ty)
+    ))
 }
 
 /// A number in shared memory; see `ferropool.shared.Value`.
@@ -58,7 +95,8 @@ impl SharedValue {
     }
 
     fn int(&self, n: &Bound<'_, PyAny>) -> PyResult<i128> {
-        n.extract::<i128>().map_err(|_| out_of_range(self.value.ty()))
+        n.extract::<i128>()
+            .map_err(|_| out_of_range(self.value.ty()))
     }
 }
 
@@ -66,12 +104,20 @@ impl SharedValue {
 impl SharedValue {
     #[new]
     #[pyo3(signature = (typecode, value=None, *, _attach=None))]
-    fn new(typecode: &str, value: Option<&Bound<'_, PyAny>>, _attach: Option<(i32, u64)>) -> PyResult<Self> {
+    fn new(
+        typecode: &str,
+        value: Option<&Bound<'_, PyAny>>,
+        _attach: Option<(i32, u64)>,
+    ) -> PyResult<Self> {
         if let Some(a) = _attach {
             let (fd, id) = adopt(a)?;
-            return Ok(SharedValue { value: Value::open(fd, id).map_err(io_error)? });
+            return Ok(SharedValue {
+                value: Value::open(fd, id).map_err(io_error)?,
+            });
         }
-        let v = SharedValue { value: Value::create(type_of(typecode)?).map_err(io_error)? };
+        let v = SharedValue {
+            value: Value::create(type_of(typecode)?).map_err(io_error)?,
+        };
         if let Some(value) = value {
             v.set_value(value)?;
         }
@@ -81,9 +127,17 @@ impl SharedValue {
     #[getter]
     fn value<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         if self.is_float() {
-            self.value.load_float().into_pyobject(py).map(Bound::into_any).map_err(Into::into)
+            self.value
+                .load_float()
+                .into_pyobject(py)
+                .map(Bound::into_any)
+                .map_err(Into::into)
         } else {
-            self.value.load_int().into_pyobject(py).map(Bound::into_any).map_err(Into::into)
+            self.value
+                .load_int()
+                .into_pyobject(py)
+                .map(Bound::into_any)
+                .map_err(Into::into)
         }
     }
 
@@ -94,28 +148,50 @@ impl SharedValue {
             Ok(())
         } else {
             let n = self.int(value)?;
-            self.value.store_int(n).map_err(|_| out_of_range(self.value.ty()))
+            self.value
+                .store_int(n)
+                .map_err(|_| out_of_range(self.value.ty()))
         }
     }
 
     #[pyo3(signature = (n=None))]
-    fn add<'py>(&self, py: Python<'py>, n: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    fn add<'py>(
+        &self,
+        py: Python<'py>,
+        n: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         if self.is_float() {
             let delta = n.map_or(Ok(1.0), |n| n.extract::<f64>())?;
-            self.value.add_float(delta).into_pyobject(py).map(Bound::into_any).map_err(Into::into)
+            self.value
+                .add_float(delta)
+                .into_pyobject(py)
+                .map(Bound::into_any)
+                .map_err(Into::into)
         } else {
             let delta = n.map_or(Ok(1), |n| self.int(n))?;
-            self.value.add_int(delta).into_pyobject(py).map(Bound::into_any).map_err(Into::into)
+            self.value
+                .add_int(delta)
+                .into_pyobject(py)
+                .map(Bound::into_any)
+                .map_err(Into::into)
         }
     }
 
-    fn compare_and_swap(&self, expected: &Bound<'_, PyAny>, new: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn compare_and_swap(
+        &self,
+        expected: &Bound<'_, PyAny>,
+        new: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
         if self.is_float() {
             return Ok(self.value.cas_float(expected.extract()?, new.extract()?));
         }
-        let Ok(expected) = expected.extract::<i128>() else { return Ok(false) };
+        let Ok(expected) = expected.extract::<i128>() else {
+            return Ok(false);
+        };
         let new = self.int(new)?;
-        self.value.cas_int(expected, new).map_err(|_| out_of_range(self.value.ty()))
+        self.value
+            .cas_int(expected, new)
+            .map_err(|_| out_of_range(self.value.ty()))
     }
 
     #[getter]
@@ -146,7 +222,8 @@ impl SharedMemory {
     #[pyo3(signature = (size, *, _attach=None))]
     fn new(size: usize, _attach: Option<(i32, u64)>) -> PyResult<Self> {
         let seg = match _attach {
-            Some(a) => adopt(a).and_then(|(fd, id)| Segment::open(fd, Kind::Array, id).map_err(io_error))?,
+            Some(a) => adopt(a)
+                .and_then(|(fd, id)| Segment::open(fd, Kind::Array, id).map_err(io_error))?,
             None => Segment::create(c"ferropool-array", Kind::Array, size).map_err(io_error)?,
         };
         Ok(SharedMemory { seg })

@@ -45,14 +45,19 @@ impl Task {
         };
         let running = match running {
             Some(running) => running,
-            None => future.call_method0(intern!(py, "set_running_or_notify_cancel"))?.is_truthy()?,
+            None => future
+                .call_method0(intern!(py, "set_running_or_notify_cancel"))?
+                .is_truthy()?,
         };
         if !running {
             return Ok(());
         }
         // Like the standard library, a BaseException that is not an Exception (SystemExit,
         // KeyboardInterrupt) also lands on the future instead of ending the thread.
-        let outcome = self.func.bind(py).call(self.args.bind(py), self.kwargs.as_ref().map(|k| k.bind(py)));
+        let outcome = self
+            .func
+            .bind(py)
+            .call(self.args.bind(py), self.kwargs.as_ref().map(|k| k.bind(py)));
         let outcome = outcome.map_err(|err| err.into_value(py).into_bound(py).into_any());
         if let Some(fast) = &fast {
             if fast.finish(&outcome)? {
@@ -72,7 +77,15 @@ impl Task {
             Some(k) => k.into_bound(py),
             None => PyDict::new(py),
         };
-        PyTuple::new(py, [self.future.into_bound(py), self.func.into_bound(py), self.args.into_bound(py).into_any(), kwargs.into_any()])
+        PyTuple::new(
+            py,
+            [
+                self.future.into_bound(py),
+                self.func.into_bound(py),
+                self.args.into_bound(py).into_any(),
+                kwargs.into_any(),
+            ],
+        )
     }
 }
 
@@ -98,8 +111,12 @@ struct ThreadCounters {
 impl ThreadCounters {
     fn add(&self, ns: u64) {
         // Only the owning thread writes, so load-then-store loses nothing and costs no lock.
-        self.tasks.store(self.tasks.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        self.busy_ns.store(self.busy_ns.load(Ordering::Relaxed).saturating_add(ns), Ordering::Relaxed);
+        self.tasks
+            .store(self.tasks.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.busy_ns.store(
+            self.busy_ns.load(Ordering::Relaxed).saturating_add(ns),
+            Ordering::Relaxed,
+        );
         if ns > self.max_ns.load(Ordering::Relaxed) {
             self.max_ns.store(ns, Ordering::Relaxed);
         }
@@ -110,7 +127,9 @@ impl ThreadWorkQueue {
     /// Reserves a slot for one more worker thread; false when `max_threads` are already reserved.
     fn reserve_thread(&self) -> bool {
         self.threads
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_threads).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_threads).then_some(n + 1)
+            })
             .is_ok()
     }
 
@@ -138,7 +157,12 @@ impl ThreadWorkQueue {
         if max_threads == 0 {
             return Err(PyValueError::new_err("max_threads must be greater than 0"));
         }
-        Ok(ThreadWorkQueue { queue: WorkQueue::new(), max_threads, threads: AtomicUsize::new(0), counters: Mutex::new(Vec::new()) })
+        Ok(ThreadWorkQueue {
+            queue: WorkQueue::new(),
+            max_threads,
+            threads: AtomicUsize::new(0),
+            counters: Mutex::new(Vec::new()),
+        })
     }
 
     /// Queues the call `func(*args, **kwargs)` whose outcome goes to `future`, without blocking.
@@ -146,11 +170,24 @@ impl ThreadWorkQueue {
     /// to take the task and fewer than `max_threads` have been started (this call reserves the
     /// slot). Raises `RuntimeError` once closed.
     #[pyo3(signature = (future, func, args, kwargs=None))]
-    fn put(&self, future: Py<PyAny>, func: Py<PyAny>, args: Py<PyTuple>, kwargs: Option<Bound<'_, PyDict>>) -> PyResult<bool> {
+    fn put(
+        &self,
+        future: Py<PyAny>,
+        func: Py<PyAny>,
+        args: Py<PyTuple>,
+        kwargs: Option<Bound<'_, PyDict>>,
+    ) -> PyResult<bool> {
         let kwargs = kwargs.filter(|k| !k.is_empty()).map(Bound::unbind);
-        match self.queue.push(Task { future, func, args, kwargs }) {
+        match self.queue.push(Task {
+            future,
+            func,
+            args,
+            kwargs,
+        }) {
             Ok(absorbed) => Ok(!absorbed && self.reserve_thread()),
-            Err(_closed) => Err(PyRuntimeError::new_err("cannot schedule new futures after shutdown")),
+            Err(_closed) => Err(PyRuntimeError::new_err(
+                "cannot schedule new futures after shutdown",
+            )),
         }
     }
 
@@ -158,9 +195,17 @@ impl ThreadWorkQueue {
     /// GIL while the queue is empty. Returns None once the queue is closed and empty; raises
     /// `TimeoutError` after `timeout` seconds with nothing queued.
     #[pyo3(signature = (timeout=None))]
-    fn get<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let timeout = match timeout {
-            Some(t) if t.is_nan() || t < 0.0 => return Err(PyValueError::new_err("timeout must be a non-negative number")),
+            Some(t) if t.is_nan() || t < 0.0 => {
+                return Err(PyValueError::new_err(
+                    "timeout must be a non-negative number",
+                ))
+            }
             Some(t) => Some(Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX)),
             None => None,
         };
@@ -177,7 +222,10 @@ impl ThreadWorkQueue {
     /// reported with `sys.unraisablehook` naming the future; either way the loop goes on.
     fn run_worker(&self, py: Python<'_>) {
         let counters = Arc::new(ThreadCounters::default());
-        self.counters.lock().unwrap_or_else(|p| p.into_inner()).push(counters.clone());
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(counters.clone());
         while let Pop::Item(task) = self.next(py, None) {
             let started = Instant::now();
             let ran = task.run(py);
@@ -185,7 +233,10 @@ impl ThreadWorkQueue {
             if let Err(err) = ran {
                 let future = task.future.bind(py);
                 let exc = err.clone_ref(py).into_value(py);
-                if future.call_method1(intern!(py, "set_exception"), (exc,)).is_err() {
+                if future
+                    .call_method1(intern!(py, "set_exception"), (exc,))
+                    .is_err()
+                {
                     err.write_unraisable(py, Some(future));
                 }
             }
@@ -196,7 +247,16 @@ impl ThreadWorkQueue {
     /// `run_worker`, in start order; never blocks on the workers.
     fn stats(&self) -> Vec<(u64, u64, u64)> {
         let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        counters.iter().map(|c| (c.tasks.load(Ordering::Relaxed), c.busy_ns.load(Ordering::Relaxed), c.max_ns.load(Ordering::Relaxed))).collect()
+        counters
+            .iter()
+            .map(|c| {
+                (
+                    c.tasks.load(Ordering::Relaxed),
+                    c.busy_ns.load(Ordering::Relaxed),
+                    c.max_ns.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     /// Refuses further `put`s and wakes every waiting thread; queued items still run.
@@ -225,7 +285,9 @@ impl ThreadWorkQueue {
     /// returns whether they are.
     fn wait_idle(&self, py: Python<'_>, n: usize, timeout: f64) -> PyResult<bool> {
         if timeout.is_nan() || timeout < 0.0 {
-            return Err(PyValueError::new_err("timeout must be a non-negative number"));
+            return Err(PyValueError::new_err(
+                "timeout must be a non-negative number",
+            ));
         }
         let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::MAX);
         Ok(py.detach(|| self.queue.wait_idle(n, timeout)))

@@ -38,9 +38,7 @@ import helpers  # noqa: E402
 
 TARGET = os.environ.get("FERROPOOL_CONFORMANCE_TARGET", "ferropool") or "ferropool"
 if TARGET not in ("ferropool", "stdlib"):
-    raise pytest.UsageError(
-        f"FERROPOOL_CONFORMANCE_TARGET={TARGET!r}: expected 'ferropool' or 'stdlib'"
-    )
+    raise pytest.UsageError(f"FERROPOOL_CONFORMANCE_TARGET={TARGET!r}: expected 'ferropool' or 'stdlib'")
 
 #: How long the teardown waits for child processes to exit.
 CHILD_EXIT_TIMEOUT = 10.0
@@ -101,9 +99,7 @@ EXECUTOR_KINDS = _executor_kinds()
 
 
 def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "kinds(*names): run only for these executor kinds ('process', 'thread')"
-    )
+    config.addinivalue_line("markers", "kinds(*names): run only for these executor kinds ('process', 'thread')")
     config.addinivalue_line(
         "markers",
         "ferropool_only(reason, kinds=('process', 'thread')): the stdlib cannot do this; "
@@ -117,9 +113,7 @@ def pytest_generate_tests(metafunc):
     marker = metafunc.definition.get_closest_marker("kinds")
     names = marker.args if marker else ("process", "thread")
     params = [kind for kind in EXECUTOR_KINDS if kind.name in names]
-    metafunc.parametrize(
-        "executor_kind", params, ids=[kind.id for kind in params], indirect=True
-    )
+    metafunc.parametrize("executor_kind", params, ids=[kind.id for kind in params], indirect=True)
 
 
 @pytest.fixture

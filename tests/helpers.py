@@ -100,9 +100,7 @@ def shutdown_bounded(executor, timeout: float = SHUTDOWN_TIMEOUT, **kwargs) -> N
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise AssertionError(
-            f"{type(executor).__name__}.shutdown({kwargs}) did not return within {timeout} s"
-        )
+        raise AssertionError(f"{type(executor).__name__}.shutdown({kwargs}) did not return within {timeout} s")
     if errors:
         raise errors[0]
 

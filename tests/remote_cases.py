@@ -184,7 +184,13 @@ def test_stats(rpool):
         rpool.submit(helpers.raise_value_error, "x").result(timeout=WAIT)
     stats = rpool.stats().as_dict()
     assert {k: stats[k] for k in ("submitted", "done", "failed", "cancelled", "timed_out", "running")} == {
-        "submitted": 4, "done": 3, "failed": 1, "cancelled": 0, "timed_out": 0, "running": 0}
+        "submitted": 4,
+        "done": 3,
+        "failed": 1,
+        "cancelled": 0,
+        "timed_out": 0,
+        "running": 0,
+    }
     assert stats["mean_task_s"] >= 0
 
 

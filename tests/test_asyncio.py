@@ -56,7 +56,6 @@ def record_then_block(value, started, release):
     return value
 
 
-
 async def open_when_started(started, release) -> str:
     """Opens ``release`` once a task has opened ``started``: a coroutine that can only run if
     the event loop is not blocked."""
@@ -103,7 +102,9 @@ def test_run_does_not_block_the_event_loop(make_executor, make_gate):
     started, release = make_gate(), make_gate()
 
     async def main():
-        return await asyncio.gather(pool.run(signal_and_wait, started, release, "done"), open_when_started(started, release))
+        return await asyncio.gather(
+            pool.run(signal_and_wait, started, release, "done"), open_when_started(started, release)
+        )
 
     assert arun(main()) == ["done", "opened"]
 
@@ -398,7 +399,9 @@ def test_closing_map_async_cancels_what_is_outstanding(make_executor, executor_k
 
     async def main():
         pid = await pool.run(os.getpid)
-        results = pool.map_async(record_then_block, items, itertools.repeat(started), itertools.repeat(release), chunksize=1)
+        results = pool.map_async(
+            record_then_block, items, itertools.repeat(started), itertools.repeat(release), chunksize=1
+        )
         if how == "async-with":
             async with results:
                 await consume(results)
@@ -414,7 +417,9 @@ def test_closing_map_async_cancels_what_is_outstanding(make_executor, executor_k
             # ``async for`` does not close an iterator it leaves; dropping it does (as for map).
             del results
         if executor_kind.stops_running_tasks:
-            assert await off_loop(helpers.gone_within, [pid], 5.0), "the worker running an outstanding chunk was not stopped"
+            assert await off_loop(helpers.gone_within, [pid], 5.0), (
+                "the worker running an outstanding chunk was not stopped"
+            )
 
     arun(main())
     release.set()
@@ -431,7 +436,9 @@ def test_map_async_on_a_task_options_view_raises_task_timeout_at_the_item(make_e
     async def main():
         got = []
         with pytest.raises(TaskTimeoutError):
-            async for x in pool.options(task_timeout=0.5).map_async(helpers.sleep_and_return, [0, 0, 3600, 0], range(4)):
+            async for x in pool.options(task_timeout=0.5).map_async(
+                helpers.sleep_and_return, [0, 0, 3600, 0], range(4)
+            ):
                 got.append(x)
         return got
 
@@ -445,7 +452,9 @@ def test_map_async_never_blocks_the_event_loop(make_executor, make_gate):
 
     async def main():
         values = [BLOCK] * 4
-        return await asyncio.gather(collect(pool.map_async(record_then_block, values, itertools.repeat(started),
-                                                            itertools.repeat(release))), open_when_started(started, release))
+        return await asyncio.gather(
+            collect(pool.map_async(record_then_block, values, itertools.repeat(started), itertools.repeat(release))),
+            open_when_started(started, release),
+        )
 
     assert arun(main()) == [[BLOCK] * 4, "opened"]

@@ -118,8 +118,18 @@ def run_and_decide(make, fn, items, attempts=1, want=None):
 
 
 def figures(**kw) -> Figures:
-    base = dict(calls=4, wall_s=0.01, cpu_s=0.01, pair_speedup=1.0, arg_bytes=30, result_bytes=20,
-                pickle_s=5e-6, picklable=True, via_map=False, cores=4)
+    base = dict(
+        calls=4,
+        wall_s=0.01,
+        cpu_s=0.01,
+        pair_speedup=1.0,
+        arg_bytes=30,
+        result_bytes=20,
+        pickle_s=5e-6,
+        picklable=True,
+        via_map=False,
+        cores=4,
+    )
     base.update(kw)
     return Figures(**base)
 
@@ -290,7 +300,16 @@ def test_explain_names_the_strategy_and_the_figures(make):
     list(pool.map(w.sleep_task, [0.005] * 30))  # more than the probe runs: the rest waits for the decision
     text = pool.explain()
     assert "ferropool._workloads.sleep_task: threads" in text
-    for figure in ("wall", "CPU/wall", "2 threads:", "pickled:", "B args", "overhead per call", "estimated time per call", "waiting"):
+    for figure in (
+        "wall",
+        "CPU/wall",
+        "2 threads:",
+        "pickled:",
+        "B args",
+        "overhead per call",
+        "estimated time per call",
+        "waiting",
+    ):
         assert figure in text, figure
     decision = pool.decisions["ferropool._workloads.sleep_task"]
     assert decision.figures.calls >= 3 and decision.figures.cpu_ratio < 0.5
@@ -422,8 +441,12 @@ def test_import_is_lazy():
 
 
 def test_benchmark_quick_runs():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_auto.py"), "--quick", "--workload", "tiny,sleep"],
-                          capture_output=True, text=True, timeout=50)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_auto.py"), "--quick", "--workload", "tiny,sleep"],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| workload | best fixed | auto chose | auto / best fixed |" in proc.stdout
 
@@ -474,13 +497,17 @@ def test_a_gil_bound_pair_is_decided_from_its_first_stretch(make, monkeypatch):
     watched = next(iter(pool._plans.values())).watched
     if seen != [True, True]:
         if decision.figures.free_cores is not None:
-            pytest.skip(f"other programs kept the pair's threads waiting for CPUs (free cores {decision.figures.free_cores:.2f}): "
-                        "no early verdict is taken then")
+            pytest.skip(
+                f"other programs kept the pair's threads waiting for CPUs (free cores {decision.figures.free_cores:.2f}): "
+                "no early verdict is taken then"
+            )
         if watched is not None and watched < 0.8:
             pytest.skip(f"other programs kept the pair's thread off the cores ({watched:.2f} cores used)")
         if decision.figures.wall_s < EARLY_MIN_S or decision.figures.cpu_ratio < 0.5:
-            pytest.skip(f"other programs' load: the call alone ran {decision.figures.wall_s * 1e3:.1f} ms, CPU/wall "
-                        f"{decision.figures.cpu_ratio:.2f}, not watched")
+            pytest.skip(
+                f"other programs' load: the call alone ran {decision.figures.wall_s * 1e3:.1f} ms, CPU/wall "
+                f"{decision.figures.cpu_ratio:.2f}, not watched"
+            )
     assert watched is not None and seen == [True, True], (seen, decision.figures)
     assert decision.strategy in ("processes", "hybrid") and decision.figures.calls >= 3
     assert "2 threads: " in pool.explain()
@@ -530,11 +557,16 @@ def test_a_first_stretch_spent_waiting_for_a_cpu_decides_nothing_early(make, mon
     # the verdict to the whole pair.
     no_gil_verdict(monkeypatch)
     real = auto_module._runqueue_wait_s
-    monkeypatch.setattr(auto_module, "_runqueue_wait_s", lambda: 10 * time.perf_counter()
-                        if threading.current_thread().name == "ferropool-auto-watch" else real())
+    monkeypatch.setattr(
+        auto_module,
+        "_runqueue_wait_s",
+        lambda: 10 * time.perf_counter() if threading.current_thread().name == "ferropool-auto-watch" else real(),
+    )
     early = []
     finished = Pool._pair_finished
-    monkeypatch.setattr(Pool, "_pair_finished", lambda self, plan, step: (early.append(step.decided), finished(self, plan, step))[1])
+    monkeypatch.setattr(
+        Pool, "_pair_finished", lambda self, plan, step: (early.append(step.decided), finished(self, plan, step))[1]
+    )
     n = w.calibrate_spin(4 * EARLY_MIN_S)
     pool = make()
     assert list(pool.map(spin_gil, [n] * 8)) == [n] * 8
@@ -682,7 +714,11 @@ def test_calls_that_held_the_gil_alone_are_decided_as_the_pair_starts(make):
     decided = map_recording(pool, spin_and_see, [n] * 6, STARTS)
     plan = next(iter(pool._plans.values()))
     decision = pool.decisions[f"{__name__}.spin_and_see"]
-    if plan.gil_late is None or plan.gil_late < 0.5 * sys.getswitchinterval() or decision.figures.free_cores is not None:
+    if (
+        plan.gil_late is None
+        or plan.gil_late < 0.5 * sys.getswitchinterval()
+        or decision.figures.free_cores is not None
+    ):
         pytest.skip(f"other programs' load: the sampler saw {plan.gil_late}, free cores {decision.figures.free_cores}")
     assert decided == [True, True]  # both pair calls began after the decision
     assert decision.strategy in ("processes", "hybrid") and plan.watched is None

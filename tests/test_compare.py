@@ -24,8 +24,14 @@ from ferropool._compare_workloads import BUILTIN, Workload
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks" / "bench_pools.py"
 # Strategies that must run wherever ferropool's core is built; the others may be "unavailable: ...".
-MUST_RUN = ("serial", "ThreadPoolExecutor", "ProcessPoolExecutor", "ferropool.ThreadPool",
-            "ferropool.ProcessPool", "asyncio")
+MUST_RUN = (
+    "serial",
+    "ThreadPoolExecutor",
+    "ProcessPoolExecutor",
+    "ferropool.ThreadPool",
+    "ferropool.ProcessPool",
+    "asyncio",
+)
 MAY_BE_MISSING = ("ferropool.HybridPool", "ferropool.Pool(auto)")
 # A quick run of every workload takes ~8 s on 2 idle cores; the margin is for loaded CI machines.
 QUICK_TIMEOUT_S = 100
@@ -40,8 +46,9 @@ def _importable(name: str) -> bool:
 
 
 def _cli(*args: str, timeout: float = 50, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ferropool", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "ferropool", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
 
 
 def _rows(entry: dict) -> list:
@@ -182,7 +189,7 @@ def test_bad_arguments_exit_2_with_one_line(args, needle):
 
 # ---------------------------------------------------------------- user targets
 
-TARGET_MODULE = '''
+TARGET_MODULE = """
 import asyncio
 
 VALUE = 3
@@ -201,7 +208,7 @@ def boom(i):
     if i == 2:
         raise ValueError("no twos here")
     return i
-'''
+"""
 
 
 @pytest.fixture
@@ -212,9 +219,19 @@ def target_dir(tmp_path) -> Path:
 
 
 def _user_report(target_dir: Path, target: str) -> dict:
-    proc = _cli("compare", target, "--items", "6", "--quick", "--json", "--workers", "1,2",
-                "--strategy", "ThreadPoolExecutor,ProcessPoolExecutor,ferropool.ProcessPool,asyncio",
-                cwd=target_dir)
+    proc = _cli(
+        "compare",
+        target,
+        "--items",
+        "6",
+        "--quick",
+        "--json",
+        "--workers",
+        "1,2",
+        "--strategy",
+        "ThreadPoolExecutor,ProcessPoolExecutor,ferropool.ProcessPool,asyncio",
+        cwd=target_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert list(report["workloads"]) == [target]
@@ -233,13 +250,19 @@ def test_user_target_is_timed_with_every_strategy(target_dir, target, is_async):
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        ("nosuch_module_5f1c:func",
-         "ferropool compare: cannot import 'nosuch_module_5f1c:func': No module named 'nosuch_module_5f1c'"),
-        ("compare_target:missing",
-         "ferropool compare: cannot import 'compare_target:missing': module 'compare_target' has no attribute 'missing'"),
+        (
+            "nosuch_module_5f1c:func",
+            "ferropool compare: cannot import 'nosuch_module_5f1c:func': No module named 'nosuch_module_5f1c'",
+        ),
+        (
+            "compare_target:missing",
+            "ferropool compare: cannot import 'compare_target:missing': module 'compare_target' has no attribute 'missing'",
+        ),
         ("compare_target:VALUE", "ferropool compare: 'compare_target:VALUE' is not callable: it is a int"),
-        ("compare_target:boom",
-         "ferropool compare: 'compare_target:boom' raised ValueError: no twos here (in the call boom(2))"),
+        (
+            "compare_target:boom",
+            "ferropool compare: 'compare_target:boom' raised ValueError: no twos here (in the call boom(2))",
+        ),
         ("no_colon", "ferropool compare: expected MODULE:FUNCTION, got 'no_colon'"),
     ],
 )
@@ -254,27 +277,37 @@ def test_bad_target_exits_2_with_one_line(target_dir, target, expected):
 
 
 def _entry(*speedups_by_workers) -> dict:
-    return {"available": True, "by_workers": [
-        {"available": True, "workers": w, "shape": str(w), "speedup": s} for w, s in speedups_by_workers]}
+    return {
+        "available": True,
+        "by_workers": [
+            {"available": True, "workers": w, "shape": str(w), "speedup": s} for w, s in speedups_by_workers
+        ],
+    }
 
 
 def _wl(thread: float, process: float, asyncio_: float = 0.5, is_async: bool = False) -> dict:
-    return {"is_async": is_async, "strategies": {
-        "serial": _entry((1, 1.0)),
-        "ThreadPoolExecutor": _entry((1, 1.0), (2, thread * 0.9), (4, thread * 0.95)),
-        "ferropool.ThreadPool": _entry((1, 1.0), (2, thread), (4, thread)),
-        "ProcessPoolExecutor": _entry((1, 1.0), (2, process)),
-        "ferropool.ProcessPool": _entry((1, 1.0), (2, process)),
-        "asyncio": _entry((1, 1.0), (4, asyncio_)),
-        "ferropool.HybridPool": {"available": False, "error": "unavailable: no HybridPool"},
-    }}
+    return {
+        "is_async": is_async,
+        "strategies": {
+            "serial": _entry((1, 1.0)),
+            "ThreadPoolExecutor": _entry((1, 1.0), (2, thread * 0.9), (4, thread * 0.95)),
+            "ferropool.ThreadPool": _entry((1, 1.0), (2, thread), (4, thread)),
+            "ProcessPoolExecutor": _entry((1, 1.0), (2, process)),
+            "ferropool.ProcessPool": _entry((1, 1.0), (2, process)),
+            "asyncio": _entry((1, 1.0), (4, asyncio_)),
+            "ferropool.HybridPool": {"available": False, "error": "unavailable: no HybridPool"},
+        },
+    }
 
 
 @pytest.mark.parametrize(
     ("wl", "expected"),
     [
-        (_wl(1.0, 1.9), "w: the GIL serialises threads (1.0x); processes give 1.9x on 2 cores "
-                        "-> use ferropool.ProcessPool(max_workers=2)"),
+        (
+            _wl(1.0, 1.9),
+            "w: the GIL serialises threads (1.0x); processes give 1.9x on 2 cores "
+            "-> use ferropool.ProcessPool(max_workers=2)",
+        ),
         (_wl(3.8, 1.9), "use ferropool.ThreadPool(max_workers=2)"),  # fewest workers within 5% of the best
         (_wl(0.9, 1.1), "stay serial"),
         (_wl(1.5, 3.0), "processes scale further: 3.0x with 2 workers, threads 1.5x"),
@@ -291,8 +324,10 @@ def test_recommendation_cautions_when_serial_did_not_get_a_whole_core():
     wl = {**_wl(1.0, 1.9), "kind": "cpu"}
     wl["strategies"]["serial"]["by_workers"][0]["cpu_utilisation"] = 0.3  # 0.6 of a core on 2 cores
     rec = _compare.recommend("w", wl, cores=2)
-    assert rec.endswith("(caution: serial got 0.60 of a core, other programs competed for the CPU: "
-                        "these figures understate what pools can do)"), rec
+    assert rec.endswith(
+        "(caution: serial got 0.60 of a core, other programs competed for the CPU: "
+        "these figures understate what pools can do)"
+    ), rec
     wl["strategies"]["serial"]["by_workers"][0]["cpu_utilisation"] = 0.49
     assert "caution" not in _compare.recommend("w", wl, cores=2)
 
@@ -310,9 +345,14 @@ async def _async_double(x):
     return 2 * x
 
 
-@pytest.mark.parametrize("make", [lambda: _compare_strategies.SerialRunner(),
-                                  lambda: _compare_strategies.AsyncioRunner(3),
-                                  lambda: _compare_strategies.ExecutorRunner(ThreadPoolExecutor(2), 2)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _compare_strategies.SerialRunner(),
+        lambda: _compare_strategies.AsyncioRunner(3),
+        lambda: _compare_strategies.ExecutorRunner(ThreadPoolExecutor(2), 2),
+    ],
+)
 def test_runners_run_sync_and_async_tasks_in_order(make):
     runner = make()
     try:
@@ -358,8 +398,10 @@ def test_missing_strategy_is_unavailable_and_the_run_goes_on(monkeypatch):
     wanted = [s for s in _compare.STRATEGIES if s.name in ("serial", "ferropool.HybridPool", "ThreadPoolExecutor")]
     report = _compare.run_compare([wl], strategies=wanted, repeats=1, workers=[2])
     strategies = report["workloads"]["tiny"]["strategies"]
-    assert strategies["ferropool.HybridPool"] == {"available": False,
-                                                  "error": f"unavailable: ferropool {ferropool.__version__} has no HybridPool"}
+    assert strategies["ferropool.HybridPool"] == {
+        "available": False,
+        "error": f"unavailable: ferropool {ferropool.__version__} has no HybridPool",
+    }
     assert strategies["ThreadPoolExecutor"]["available"]
     assert "ferropool.HybridPool: unavailable" in _compare_report.format_report(report)
     report["machine"]["busy_cores_at_start"] = 1.5  # another program was busy: the table says so
@@ -383,7 +425,9 @@ def test_progress_is_a_line_per_workload_off_a_terminal():
     progress.workload("sleep", 1, 2)
     progress.done()
     assert [line.split(" (")[0] for line in stream.getvalue().splitlines()] == [
-        "ferropool compare: [1/2] cpu", "ferropool compare: [2/2] sleep"]
+        "ferropool compare: [1/2] cpu",
+        "ferropool compare: [2/2] sleep",
+    ]
     quiet = io.StringIO()
     _compare_report.Progress(quiet=True, stream=quiet).workload("cpu", 0, 1)
     assert quiet.getvalue() == ""
@@ -394,12 +438,23 @@ def test_bench_pools_quick_writes_json(tmp_path):
     if not BENCH.exists():
         pytest.skip(f"{BENCH} not found: tests run outside the source tree")
     out = tmp_path / "pools.json"
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--repeats", "2", "--json", str(out)],
-                          capture_output=True, text=True, timeout=140)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--repeats", "2", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert {"schema", "machine", "config", "executors", "results", "ratios", "rusage", "total_s"} <= set(data)
-    assert set(data["results"]) == {"tiny_submit_gather", "tiny_map_default", "cpu_scaling", "startup", "import_time", "cold_start"}
+    assert set(data["results"]) == {
+        "tiny_submit_gather",
+        "tiny_map_default",
+        "cpu_scaling",
+        "startup",
+        "import_time",
+        "cold_start",
+    }
     stdlib = "stdlib ProcessPoolExecutor(forkserver)"
     assert data["results"]["tiny_submit_gather"][stdlib]["stats"]["median_s"] > 0
     assert data["results"]["cpu_scaling"]["serial"]["speedup"] == 1.0
@@ -407,7 +462,9 @@ def test_bench_pools_quick_writes_json(tmp_path):
     ferropool_ok = _importable("ferropool._core")
     if ferropool_ok:
         for name in ("ferropool ProcessPool", "ferropool ThreadPool"):
-            assert "error" not in data["results"]["tiny_submit_gather"][name], data["results"]["tiny_submit_gather"][name]
+            assert "error" not in data["results"]["tiny_submit_gather"][name], data["results"]["tiny_submit_gather"][
+                name
+            ]
     for ratio in data["ratios"]:
         assert {"ratio", "value", "target", "met"} <= set(ratio)
     assert "### Ratios against targets" in proc.stdout

@@ -131,9 +131,7 @@ def test_runs_in_a_worker(make_executor, executor_kind):
 def test_map_preserves_order(make_executor):
     ex = make_executor()
     assert list(ex.map(pow, range(10), range(10))) == list(map(pow, range(10), range(10)))
-    assert list(ex.map(pow, range(10), range(10), chunksize=3)) == list(
-        map(pow, range(10), range(10))
-    )
+    assert list(ex.map(pow, range(10), range(10), chunksize=3)) == list(map(pow, range(10), range(10)))
 
 
 def test_map_order_when_tasks_finish_out_of_order(make_executor):
@@ -193,9 +191,7 @@ def test_map_chunksize_below_one_raises_value_error(make_executor, chunksize):
         list(ex.map(pow, range(40), range(40), chunksize=chunksize))
 
 
-@pytest.mark.ferropool_only(
-    reason="stdlib Executor.map submits the whole input before returning (no lazy input)"
-)
+@pytest.mark.ferropool_only(reason="stdlib Executor.map submits the whole input before returning (no lazy input)")
 def test_map_consumes_generator_lazily(make_executor):
     ex = make_executor()
     first_result_seen = threading.Event()
@@ -337,9 +333,7 @@ def test_wait_first_exception_some_already_complete(make_executor, make_gate):
     f1 = ex.submit(divmod, 21, 0)
     f2 = ex.submit(wait_for, gate)
     try:
-        done, not_done = cf.wait(
-            [success, cancelled, notified, f1, f2], timeout=T, return_when=cf.FIRST_EXCEPTION
-        )
+        done, not_done = cf.wait([success, cancelled, notified, f1, f2], timeout=T, return_when=cf.FIRST_EXCEPTION)
         assert done == {success, notified, f1}
         assert not_done == {cancelled, f2}
     finally:
@@ -366,9 +360,7 @@ def test_wait_all_completed(make_executor):
     success, notified, failed = successful_future(), cancelled_notified_future(), exception_future()
     f1 = ex.submit(divmod, 2, 0)
     f2 = ex.submit(mul, 2, 21)
-    done, not_done = cf.wait(
-        [success, notified, failed, f1, f2], timeout=T, return_when=cf.ALL_COMPLETED
-    )
+    done, not_done = cf.wait([success, notified, failed, f1, f2], timeout=T, return_when=cf.ALL_COMPLETED)
     assert done == {success, notified, failed, f1, f2}
     assert not_done == set()
 
@@ -379,9 +371,7 @@ def test_wait_timeout(make_executor, make_gate):
     notified, failed, success = cancelled_notified_future(), exception_future(), successful_future()
     f = ex.submit(wait_for, gate)
     try:
-        done, not_done = cf.wait(
-            [notified, failed, success, f], timeout=0.05, return_when=cf.ALL_COMPLETED
-        )
+        done, not_done = cf.wait([notified, failed, success, f], timeout=0.05, return_when=cf.ALL_COMPLETED)
         assert done == {notified, failed, success}
         assert not_done == {f}
     finally:
@@ -660,9 +650,7 @@ def test_shutdown_cancel_futures(make_executor, make_gate, wait, executor_kind):
         last_done = threading.Event()
         queued[-1].add_done_callback(lambda _: last_done.set())
         if wait:
-            shutter = threading.Thread(
-                target=ex.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True
-            )
+            shutter = threading.Thread(target=ex.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True)
             shutter.start()
         else:
             shutdown_bounded(ex, wait=False, cancel_futures=True)
@@ -731,9 +719,7 @@ def test_interpreter_exit_runs_submitted_work(executor_kind):
             ex.submit(helpers.sleep_and_print, 0.2, "apple")
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
-    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "apple"
     assert proc.stderr == ""

@@ -41,11 +41,14 @@ def sigkill_self():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-@pytest.mark.parametrize("crash, how, stderr_has", [
-    (exit_hard, "exited with code 3", "about to call os._exit"),
-    (segfault, "was killed by SIGSEGV (a crash, most likely in native code)", "in segfault"),
-    (sigkill_self, "was killed by SIGKILL (possibly out of memory", ""),
-])
+@pytest.mark.parametrize(
+    "crash, how, stderr_has",
+    [
+        (exit_hard, "exited with code 3", "about to call os._exit"),
+        (segfault, "was killed by SIGSEGV (a crash, most likely in native code)", "in segfault"),
+        (sigkill_self, "was killed by SIGKILL (possibly out of memory", ""),
+    ],
+)
 def test_a_dying_worker_fails_only_its_task(one_worker, crash, how, stderr_has):
     doomed = one_worker.submit(crash)
     behind = [one_worker.submit(helpers.mul, i, 3) for i in range(20)]
@@ -141,7 +144,9 @@ def test_workers_exit_within_a_second_of_their_parent_being_killed(tmp_path):
 
     shm_before = helpers.dev_shm_files()
     code = WORKER_PIDS.format(tests=os.path.dirname(__file__)) + "time.sleep(60)  # killed before this ends\n"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
     try:
         pids = _worker_pids(proc)
         assert len(pids) == 2
@@ -166,8 +171,14 @@ def test_ctrl_c_stops_the_program_at_once(tmp_path, where):
         "result": "pool.submit(helpers.sleep_and_return, 30, 0).result()",
     }[where]
     code = WORKER_PIDS.format(tests=os.path.dirname(__file__)) + f"with pool:\n    {wait}\n"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     try:
         pids = _worker_pids(proc)
         # The workers sit in 30 s sleeps by now or very soon; Ctrl-C reaches the whole group.
@@ -265,7 +276,10 @@ def test_a_task_past_the_pools_task_timeout_raises_timeout_error_and_its_worker_
     err = info.value
     assert isinstance(err, TaskTimeoutError) and isinstance(err, cf.TimeoutError)
     assert (err.timeout, err.pid, err.function) == (0.5, pid, "time.sleep")
-    assert str(err) == f"time.sleep ran longer than its task_timeout of 0.5 s; its worker (pid {pid}) was stopped and replaced"
+    assert (
+        str(err)
+        == f"time.sleep ran longer than its task_timeout of 0.5 s; its worker (pid {pid}) was stopped and replaced"
+    )
     assert [f.result(timeout=RESULT_TIMEOUT) for f in behind] == [0, 2, 4, 6, 8], "tasks queued behind it ran elsewhere"
     assert helpers.gone_within([pid], 5.0)
     assert pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT) != pid
@@ -302,8 +316,17 @@ def test_a_timed_out_task_that_ignores_sigterm_is_killed_after_the_grace_period(
     assert pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT) != pid
 
 
-@pytest.mark.parametrize("bad, exc", [(0, ValueError), (-1, ValueError), (float("nan"), ValueError),
-                                      (float("inf"), ValueError), ("1", TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "bad, exc",
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (float("nan"), ValueError),
+        (float("inf"), ValueError),
+        ("1", TypeError),
+        (True, TypeError),
+    ],
+)
 def test_task_timeout_must_be_a_positive_number_of_seconds(make_pool, bad, exc):
     with pytest.raises(exc, match="task_timeout"):
         ProcessPool(1, task_timeout=bad)
@@ -393,7 +416,9 @@ pool = start()
 if {dropped!r}:
     del pool  # a pool dropped without shutdown still gets exit_timeout to finish its work
 """
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
     try:
         pids = _worker_pids(proc)
         out, err = proc.communicate(timeout=RESULT_TIMEOUT)

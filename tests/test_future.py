@@ -102,6 +102,7 @@ def test_every_callback_runs_exactly_once(pool):
         def cb(_):
             with lock:
                 counts[i] += 1
+
         return cb
 
     futures = []

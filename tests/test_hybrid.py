@@ -86,7 +86,9 @@ def test_defaults_and_native_thread_limit():
 
     with HybridPool() as pool:
         assert pool.processes == usable_cpu_count() and pool.threads_per_process == 4
-        assert pool.submit(native_threads).result(timeout=RESULT_TIMEOUT) == str(max(1, usable_cpu_count() // (4 * usable_cpu_count())))
+        assert pool.submit(native_threads).result(timeout=RESULT_TIMEOUT) == str(
+            max(1, usable_cpu_count() // (4 * usable_cpu_count()))
+        )
         assert list(pool.map(abs, range(-3, 3))) == [3, 2, 1, 0, 1, 2]
 
 

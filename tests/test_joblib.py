@@ -89,7 +89,9 @@ def test_joblib_batches_tiny_tasks(backend, monkeypatch):
 
 def test_return_as_generator_is_lazy(backend, gate_factory):
     release = gate_factory()
-    gen = Parallel(n_jobs=2, return_as="generator")(delayed(helpers.block_on)(v, release) for v in [1, 2, helpers.BLOCK])
+    gen = Parallel(n_jobs=2, return_as="generator")(
+        delayed(helpers.block_on)(v, release) for v in [1, 2, helpers.BLOCK]
+    )
     assert next(gen) == 1  # before the last task can finish
     assert next(gen) == 2
     release.set()

@@ -40,8 +40,11 @@ def test_yields_the_values_then_func_over_the_rest_as_chain_and_map_do():
     assert list(PrefixedMap([], double, [])) == []
 
 
-@pytest.mark.parametrize("func", [double, Callable(), functools.partial(pow, exp=2), str, "-{}-".format, abs],
-                         ids=["function", "tp_call", "partial", "type", "bound-method", "builtin"])
+@pytest.mark.parametrize(
+    "func",
+    [double, Callable(), functools.partial(pow, exp=2), str, "-{}-".format, abs],
+    ids=["function", "tp_call", "partial", "type", "bound-method", "builtin"],
+)
 def test_calls_any_callable_as_map_does(func):
     items = [3, -4, 5]
     assert list(PrefixedMap([0], func, items)) == [0, *map(func, items)]

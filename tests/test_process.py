@@ -41,12 +41,15 @@ def test_max_workers_defaults_to_usable_cpus():
         p.shutdown()
 
 
-@pytest.mark.parametrize("kwargs, exc", [
-    ({"max_workers": 0}, ValueError),
-    ({"max_workers": -1}, ValueError),
-    ({"max_tasks_per_child": 0}, ValueError),
-    ({"initializer": "not callable"}, TypeError),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc",
+    [
+        ({"max_workers": 0}, ValueError),
+        ({"max_workers": -1}, ValueError),
+        ({"max_tasks_per_child": 0}, ValueError),
+        ({"initializer": "not callable"}, TypeError),
+    ],
+)
 def test_bad_arguments_raise_at_construction(kwargs, exc):
     with pytest.raises(exc):
         ProcessPool(**kwargs)
@@ -62,7 +65,9 @@ def test_workers_are_fresh_interpreters_not_forks(pool):
 
 def test_starting_a_pool_while_a_thread_holds_a_lock_does_not_deadlock(tmp_path):
     # A forked child would inherit the held logging lock and block forever on it.
-    proc = run_script(tmp_path, """
+    proc = run_script(
+        tmp_path,
+        """
         import logging, threading
         from ferropool import ProcessPool
         held, release = threading.Event(), threading.Event()
@@ -77,13 +82,16 @@ def test_starting_a_pool_while_a_thread_holds_a_lock_does_not_deadlock(tmp_path)
         with ProcessPool(1) as p:
             print(p.submit(log_something).result(timeout=30))
         release.set(); t.join()
-    """)
+    """,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
 
 
 def test_a_fork_child_neither_hangs_at_exit_nor_uses_the_inherited_pool(tmp_path):
-    proc = run_script(tmp_path, """
+    proc = run_script(
+        tmp_path,
+        """
         import multiprocessing, os
         from ferropool import ProcessPool
         pool = ProcessPool(1)
@@ -101,16 +109,22 @@ def test_a_fork_child_neither_hangs_at_exit_nor_uses_the_inherited_pool(tmp_path
         p.join(30)
         print("child exit code", p.exitcode)
         pool.shutdown()
-    """)
+    """,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["this ProcessPool was inherited through fork; create a new pool in this process", "child exit code 0"]
+    assert proc.stdout.splitlines() == [
+        "this ProcessPool was inherited through fork; create a new pool in this process",
+        "child exit code 0",
+    ]
 
 
 # --------------------------------------------------------------------- pickling
 
 
 def test_main_functions_and_lambdas_work_without_a_main_guard(tmp_path):
-    proc = run_script(tmp_path, """
+    proc = run_script(
+        tmp_path,
+        """
         from ferropool import ProcessPool
         print("top-level code ran")
         def square(x):
@@ -122,7 +136,8 @@ def test_main_functions_and_lambdas_work_without_a_main_guard(tmp_path):
         print(pool.submit(lambda p: p.x + 1, Point(41)).result(timeout=30))
         print(type(pool.submit(Point, 3).result(timeout=30)).__name__)
         pool.shutdown()
-    """)
+    """,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["top-level code ran", "[0, 1, 4, 9, 16]", "42", "Point"]
 
@@ -240,7 +255,9 @@ def test_map_is_lazy_and_bounded_on_an_endless_input(pool):
 
 def test_map_keeps_memory_flat_on_a_large_generator(tmp_path):
     # Materialising three million (x,) tuples would cost hundreds of MiB.
-    proc = run_script(tmp_path, """
+    proc = run_script(
+        tmp_path,
+        """
         from ferropool import ProcessPool
         from ferropool._workloads import add_one
         with ProcessPool(2) as pool:
@@ -249,7 +266,9 @@ def test_map_keeps_memory_flat_on_a_large_generator(tmp_path):
         with open("/proc/self/status") as f:
             hwm_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
         print(total, hwm_kib // 1024)
-    """, timeout=120)
+    """,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     total, peak_mib = map(int, proc.stdout.split())
     assert total == sum(range(1, 3_000_001))
@@ -392,7 +411,9 @@ def test_native_thread_pools_are_limited_so_workers_do_not_oversubscribe(make_po
 
     pool = make_pool(2)
     expected = str(max(1, usable_cpu_count() // 2))
-    assert pool.submit(native_thread_settings).result(timeout=30) == dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), expected)
+    assert pool.submit(native_thread_settings).result(timeout=30) == dict.fromkeys(
+        ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), expected
+    )
     assert make_pool(1, native_threads=3).submit(native_thread_settings).result(timeout=30)["OMP_NUM_THREADS"] == "3"
 
 

@@ -239,7 +239,9 @@ def test_progress_is_exported_lazily():
 def test_fallback_text_bar_on_a_stream(no_tqdm, make_executor, bars):
     stream = io.StringIO()
     pool = make_executor()
-    assert sum(pool.map(add_one, range(300), chunksize=10, progress={"file": stream, "desc": "work"})) == sum(range(1, 301))
+    assert sum(pool.map(add_one, range(300), chunksize=10, progress={"file": stream, "desc": "work"})) == sum(
+        range(1, 301)
+    )
     assert isinstance(bars[0].view, _progress._TextBar) and bars[0].closed
     lines = stream.getvalue().splitlines()
     # Not a terminal: no carriage returns, one line at the end (and one per TEXT_LINE_INTERVAL).

@@ -27,7 +27,9 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 def ray_instance():
     # Ray workers do not get the driver's sys.path: give them this folder (remote_cases,
     # helpers) and whatever ferropool was imported from.
-    path = os.pathsep.join([TESTS_DIR, os.path.dirname(os.path.dirname(ferropool.__file__)), os.environ.get("PYTHONPATH", "")])
+    path = os.pathsep.join(
+        [TESTS_DIR, os.path.dirname(os.path.dirname(ferropool.__file__)), os.environ.get("PYTHONPATH", "")]
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()

@@ -325,7 +325,9 @@ def test_array_is_written_in_place_by_workers(make_pool):
 
 
 def test_array_without_numpy_names_it(tmp_path):
-    proc = run_script(tmp_path, """
+    proc = run_script(
+        tmp_path,
+        """
         import sys
         sys.modules["numpy"] = None
         from ferropool import shared
@@ -333,7 +335,9 @@ def test_array_without_numpy_names_it(tmp_path):
             shared.Array(3)
         except ImportError as e:
             print(e)
-    """, stdout=subprocess.PIPE)
+    """,
+        stdout=subprocess.PIPE,
+    )
     out, _ = proc.communicate(timeout=BOUND)
     assert "numpy" in out and "pip install numpy" in out
 
@@ -532,15 +536,29 @@ def test_objects_cross_into_stdlib_process_pools():
 
 
 def test_unpickling_in_the_same_process_returns_the_same_object():
-    for obj in (shared.Lock(), shared.RLock(), shared.Event(), shared.Semaphore(2), shared.Barrier(2),
-                shared.Queue(3), shared.Value("d", 1.0)):
+    for obj in (
+        shared.Lock(),
+        shared.RLock(),
+        shared.Event(),
+        shared.Semaphore(2),
+        shared.Barrier(2),
+        shared.Queue(3),
+        shared.Value("d", 1.0),
+    ):
         assert pickle.loads(pickle.dumps(obj)) is obj
 
 
 def test_unpickling_after_the_sender_exited_fails_clearly():
-    out = subprocess.run([sys.executable, "-c", "import pickle, sys; from ferropool import shared;"
-                          " sys.stdout.buffer.write(pickle.dumps(shared.Lock()))"],
-                         capture_output=True, timeout=BOUND, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import pickle, sys; from ferropool import shared; sys.stdout.buffer.write(pickle.dumps(shared.Lock()))",
+        ],
+        capture_output=True,
+        timeout=BOUND,
+        check=True,
+    ).stdout
     with pytest.raises(shared.SegmentUnavailableError, match="sender must be alive"):
         pickle.loads(out)
 
@@ -553,8 +571,16 @@ def test_dropped_objects_leave_no_mapping_descriptor_or_file(make_pool):
     gc.collect()
     assert memfd_mappings() == [] and memfd_descriptors() == []
     before = files_in_dev_shm()
-    objs = [shared.Lock(), shared.RLock(), shared.Event(), shared.Semaphore(), shared.Barrier(2),
-            shared.Queue(), shared.Value("i"), shared.Array(10, np.int32)]
+    objs = [
+        shared.Lock(),
+        shared.RLock(),
+        shared.Event(),
+        shared.Semaphore(),
+        shared.Barrier(2),
+        shared.Queue(),
+        shared.Value("i"),
+        shared.Array(10, np.int32),
+    ]
     pool = make_pool(2)
     assert pool.submit(identity, len(objs)).result(BOUND) == len(objs)
     list(pool.map(identity, objs, timeout=BOUND))  # results come back: unpickled as the same objects
@@ -572,7 +598,9 @@ def test_dropped_objects_leave_no_mapping_descriptor_or_file(make_pool):
 
 
 def test_killed_parent_and_crashed_worker_leave_nothing(tmp_path):
-    proc = run_script(tmp_path, """
+    proc = run_script(
+        tmp_path,
+        """
         import os, sys
         from ferropool import ProcessPool, shared
 
@@ -588,7 +616,10 @@ def test_killed_parent_and_crashed_worker_leave_nothing(tmp_path):
         assert ready.wait(20)
         print(q.get(timeout=20), flush=True)
         sys.stdin.read()
-    """, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+    """,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+    )
     try:
         worker = int(proc.stdout.readline())
         assert memfd_mappings(worker), "the worker maps the shared objects"
@@ -602,7 +633,9 @@ def test_killed_parent_and_crashed_worker_leave_nothing(tmp_path):
 
 
 def test_ctrl_c_interrupts_a_blocked_acquire_and_get(tmp_path):
-    proc = run_script(tmp_path, """
+    proc = run_script(
+        tmp_path,
+        """
         import sys
         from ferropool import shared
         lock, q = shared.Lock(), shared.Queue()
@@ -613,7 +646,9 @@ def test_ctrl_c_interrupts_a_blocked_acquire_and_get(tmp_path):
                 call()
             except KeyboardInterrupt:
                 print("interrupted", flush=True)
-    """, stdout=subprocess.PIPE)
+    """,
+        stdout=subprocess.PIPE,
+    )
     try:
         for _ in range(2):
             assert proc.stdout.readline().strip() == "blocking"

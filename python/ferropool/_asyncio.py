@@ -70,7 +70,9 @@ class AsyncMixin:
         fut = await _submit(self, functools.partial(self.submit, fn, *args, **kwargs))  # type: ignore[attr-defined]
         return await wait_result(fut)
 
-    def map_async(self, fn: Callable[..., Any], *iterables: AnyIterable, chunksize: int | None = None) -> MapAsyncIterator:
+    def map_async(
+        self, fn: Callable[..., Any], *iterables: AnyIterable, chunksize: int | None = None
+    ) -> MapAsyncIterator:
         """Returns an async iterator of ``fn(*args)`` for ``args`` in ``zip(*iterables)``, in
         input order, run on the pool.
 
@@ -97,7 +99,9 @@ class AsyncMixin:
         """
         return MapAsyncIterator(_AsyncMap(self, fn, iterables, chunksize, ordered=True))
 
-    def map_unordered_async(self, fn: Callable[..., Any], *iterables: AnyIterable, chunksize: int | None = None) -> MapAsyncIterator:
+    def map_unordered_async(
+        self, fn: Callable[..., Any], *iterables: AnyIterable, chunksize: int | None = None
+    ) -> MapAsyncIterator:
         """Like ``map_async``, but yields each result as soon as its chunk finishes, whatever
         its place in the input (within a chunk, in input order).
 
@@ -222,7 +226,9 @@ class _AsyncMap:
     clearing its event, with no ``await`` in between, so no wake-up is lost.
     """
 
-    def __init__(self, pool: Any, fn: Callable[..., Any], iterables: tuple, chunksize: int | None, *, ordered: bool) -> None:
+    def __init__(
+        self, pool: Any, fn: Callable[..., Any], iterables: tuple, chunksize: int | None, *, ordered: bool
+    ) -> None:
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize is None and pool._task_timeout is not None:

@@ -55,11 +55,28 @@ from typing import Any, Callable
 from ._core import PrefixedMap, runqueue_wait_ns
 from ._executor import _PARTIAL, PoolExecutor, run_chunk
 from ._process import usable_cpu_count
-from ._auto_decide import (BUSY_MACHINE, EARLY_MIN_S, GIL_HELD_USE, GIL_SAMPLE_S, MAP_PROBE_AHEAD, PAIR_MAX_CALLS, PAIR_MIN_S,
-                           PAIR_TARGET_S, PROBE_CALLS, SOLO_BUDGET_S, SOLO_CALLS, STRATEGIES, WAITING, Decision, Figures,
-                           decide, describe)
+from ._auto_decide import (
+    BUSY_MACHINE,
+    EARLY_MIN_S,
+    GIL_HELD_USE,
+    GIL_SAMPLE_S,
+    MAP_PROBE_AHEAD,
+    PAIR_MAX_CALLS,
+    PAIR_MIN_S,
+    PAIR_TARGET_S,
+    PROBE_CALLS,
+    SOLO_BUDGET_S,
+    SOLO_CALLS,
+    STRATEGIES,
+    WAITING,
+    Decision,
+    Figures,
+    decide,
+    describe,
+)
 
 __all__ = ["Pool", "Figures", "Decision", "decide", "STRATEGIES"]
+
 
 class _Call:
     """One call waiting in, or run by, the probe."""
@@ -288,12 +305,22 @@ class Pool(PoolExecutor):
         plan = self._plan(fn)
         backend = plan.backend
         if backend is not None and not self._closed:
-            return backend._submit_chunk(fn, items) if hasattr(backend, "_submit_chunk") else backend.submit(run_chunk, fn, items)
+            return (
+                backend._submit_chunk(fn, items)
+                if hasattr(backend, "_submit_chunk")
+                else backend.submit(run_chunk, fn, items)
+            )
         futures = self._queue(plan, [_Call(cf.Future(), fn, args, {}) for args in items], via_map=True)
         return _gather_chunk(futures)
 
-    def map(self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None, chunksize: int | None = None,
-            progress: Any = None) -> Any:
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Any,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: Any = None,
+    ) -> Any:
         """Returns an iterator of ``fn(*args)`` for ``args`` in ``zip(*iterables)``, in order.
 
         Lazy on its input. While ``fn`` is being measured, its first items (at most
@@ -485,16 +512,23 @@ class Pool(PoolExecutor):
                         raise RuntimeError("strategy='hybrid' needs ferropool.HybridPool, which this version lacks")
                     self._settle(plan, self._forced(), fn_is_async=is_async)
                 elif is_async:
-                    self._settle(plan, Decision("asyncio", self._io_workers, "async def: runs as a task on the pool's event loop"),
-                                 fn_is_async=True)
+                    self._settle(
+                        plan,
+                        Decision("asyncio", self._io_workers, "async def: runs as a task on the pool's event loop"),
+                        fn_is_async=True,
+                    )
                 self._plans[key] = plan
         return plan
 
     def _forced(self) -> Decision:
         s = self._strategy
         n = self._requested_workers
-        workers: Any = {"serial": 1, "threads": n or self._io_workers, "processes": n or self._cores,
-                        "asyncio": self._io_workers}.get(s)
+        workers: Any = {
+            "serial": 1,
+            "threads": n or self._io_workers,
+            "processes": n or self._cores,
+            "asyncio": self._io_workers,
+        }.get(s)
         if s == "hybrid":
             workers = (self._cores, max(1, math.ceil((n or self._io_workers) / self._cores)))
         return Decision(s, workers, f"forced by strategy={s!r}")
@@ -591,20 +625,34 @@ class Pool(PoolExecutor):
             return
         self._decide(plan, wall)
 
-    def _figures(self, plan: _Plan, wall: float, *, pair_calls: int | None = None,
-                 pair_speedup: float | None = None) -> Figures:
+    def _figures(
+        self, plan: _Plan, wall: float, *, pair_calls: int | None = None, pair_speedup: float | None = None
+    ) -> Figures:
         """The figures measured so far for ``plan`` (or with the pair's given instead); the lock is held."""
         arg_bytes, result_bytes, pickle_s, picklable = plan.sizes or (None, None, None, True)
         if pair_calls is None:
             pair_calls, pair_speedup = plan.pair_calls, plan.pair_speedup
-        return Figures(calls=len(plan.solo) + pair_calls, wall_s=wall, cpu_s=statistics.median(c for _, c in plan.solo),
-                       pair_speedup=pair_speedup, free_cores=plan.free_cores, arg_bytes=arg_bytes,
-                       result_bytes=result_bytes, pickle_s=pickle_s, picklable=picklable, via_map=plan.via_map,
-                       cores=self._cores)
+        return Figures(
+            calls=len(plan.solo) + pair_calls,
+            wall_s=wall,
+            cpu_s=statistics.median(c for _, c in plan.solo),
+            pair_speedup=pair_speedup,
+            free_cores=plan.free_cores,
+            arg_bytes=arg_bytes,
+            result_bytes=result_bytes,
+            pickle_s=pickle_s,
+            picklable=picklable,
+            via_map=plan.via_map,
+            cores=self._cores,
+        )
 
     def _choose(self, figures: Figures) -> Decision:
-        return decide(figures, max_workers=self._requested_workers, io_workers=self._io_workers,
-                      hybrid=_hybrid_class() is not None)
+        return decide(
+            figures,
+            max_workers=self._requested_workers,
+            io_workers=self._io_workers,
+            hybrid=_hybrid_class() is not None,
+        )
 
     def _decide(self, plan: _Plan, wall: float, decision: Decision | None = None) -> None:
         """Decides from the figures (or takes ``decision``) and sends what is queued to the
@@ -616,7 +664,9 @@ class Pool(PoolExecutor):
                 decision = self._choose(figures)
             self._settle(plan, decision)
         except Exception as exc:  # the chosen pool could not start: the queued calls must still run
-            decision = Decision("serial", 1, f"the chosen pool could not start ({type(exc).__name__}: {exc}); running here", figures)
+            decision = Decision(
+                "serial", 1, f"the chosen pool could not start ({type(exc).__name__}: {exc}); running here", figures
+            )
             self._settle(plan, decision)
         pending = list(plan.pending)
         plan.pending.clear()
@@ -646,8 +696,9 @@ class Pool(PoolExecutor):
             else:
                 inner.add_done_callback(lambda f, outer=outer: _copy(f, outer))
 
-    def _start_step(self, plan: _Plan, groups: list[list[_Call]] | None, *, measure: bool = True,
-                    watch: bool = False) -> _Step:
+    def _start_step(
+        self, plan: _Plan, groups: list[list[_Call]] | None, *, measure: bool = True, watch: bool = False
+    ) -> _Step:
         """Starts a probe step on new threads: ``None`` is a solo step that takes queued calls as
         they come; one group runs its calls in turn; two groups are a pair step, one thread
         each, started together, and with ``watch`` a third that may decide early
@@ -658,11 +709,15 @@ class Pool(PoolExecutor):
         else:
             pair = len(groups) > 1
             step = _Step(plan, groups, pair=pair, measure=measure, watch=watch and pair)
-        step.threads = [threading.Thread(target=self._step_member, args=(step, index), name="ferropool-auto-probe", daemon=True)
-                        for index in range(len(step.groups))]
+        step.threads = [
+            threading.Thread(target=self._step_member, args=(step, index), name="ferropool-auto-probe", daemon=True)
+            for index in range(len(step.groups))
+        ]
         threads = list(step.threads)
         if step.watch:
-            threads.append(threading.Thread(target=self._watch_pair, args=(step,), name="ferropool-auto-watch", daemon=True))
+            threads.append(
+                threading.Thread(target=self._watch_pair, args=(step,), name="ferropool-auto-watch", daemon=True)
+            )
         for t in threads:
             self._probe_threads.add(t)
             t.start()
@@ -684,8 +739,12 @@ class Pool(PoolExecutor):
             while True:
                 if calls is None:  # solo: take the next queued call, if any
                     with self._lock:
-                        if not plan.pending or plan.decision is not None or ran >= SOLO_CALLS or (
-                                ran and time.perf_counter() - t0 >= SOLO_BUDGET_S):
+                        if (
+                            not plan.pending
+                            or plan.decision is not None
+                            or ran >= SOLO_CALLS
+                            or (ran and time.perf_counter() - t0 >= SOLO_BUDGET_S)
+                        ):
                             break
                         call = plan.pending.popleft()
                 elif ran < len(calls):
@@ -702,7 +761,7 @@ class Pool(PoolExecutor):
             if samples:
                 corrected, queued_s = _without_cpu_waits(samples, q0)
                 with self._lock:  # the solo step running is the only one adding to plan.solo
-                    plan.solo[-len(samples):] = corrected
+                    plan.solo[-len(samples) :] = corrected
                     plan.solo_queued += queued_s
                     plan.gil_late = gil_late
             step.spans[index] = (t0, time.perf_counter(), time.thread_time() - c0, ran)
@@ -728,7 +787,10 @@ class Pool(PoolExecutor):
             return False
         if statistics.median(c for _, c in plan.solo) < WAITING * wall:
             return False
-        return self._choose(self._figures(plan, wall, pair_calls=2, pair_speedup=1.0)).strategy in ("processes", "hybrid")
+        return self._choose(self._figures(plan, wall, pair_calls=2, pair_speedup=1.0)).strategy in (
+            "processes",
+            "hybrid",
+        )
 
     def _decide_at_pair_start(self, plan: _Plan, step: _Step, wall: float, speedup: float) -> None:
         """Decides ``plan`` now, from the solo figures and a 2-thread ``speedup`` seen before the
@@ -842,8 +904,12 @@ class Pool(PoolExecutor):
         # got. (Waits alone are not enough: two threads that start on one core wait there for a
         # few ms until one is moved, and still use ~1.8 of 2 cores over a 20 ms pair.)
         got = sum(s[2] for s in spans) / span if span > 0 else 0.0
-        busy = (all(q is not None for q in step.waits) and span > 0 and sum(step.waits) / span > BUSY_MACHINE
-                and got < self._cores - 0.5)
+        busy = (
+            all(q is not None for q in step.waits)
+            and span > 0
+            and sum(step.waits) / span > BUSY_MACHINE
+            and got < self._cores - 0.5
+        )
         plan.pair_calls = ran
         plan.pair_speedup = alone / span if span > 0 else None
         plan.free_cores = got if busy else None

@@ -100,8 +100,9 @@ class Decision:
     estimates: dict = field(default_factory=dict)
 
 
-def decide(fig: Figures, *, max_workers: int | None = None, io_workers: int | None = None,
-           hybrid: bool = False) -> Decision:
+def decide(
+    fig: Figures, *, max_workers: int | None = None, io_workers: int | None = None, hybrid: bool = False
+) -> Decision:
     """Returns the strategy whose estimated time per call is lowest, preferring the simpler of
     two within ``TOLERANCE`` (serial < threads < processes < hybrid).
 
@@ -139,11 +140,15 @@ def decide(fig: Figures, *, max_workers: int | None = None, io_workers: int | No
     }
     workers = {"serial": 1, "threads": thread_n}
     if fig.picklable:
-        est["processes"] = max(d / proc_par if not waiting else d / proc_n, c / cores) + OVERHEAD_S["processes"][column] + transfer
+        est["processes"] = (
+            max(d / proc_par if not waiting else d / proc_n, c / cores) + OVERHEAD_S["processes"][column] + transfer
+        )
         workers["processes"] = proc_n
         if hybrid:
             per = max(1, math.ceil(io_workers / usable)) if waiting or held < d else 1
-            est["hybrid"] = max(d / (proc_n * per), c / cores, held / min(cores, proc_n)) + OVERHEAD_S["hybrid"][column] + transfer
+            est["hybrid"] = (
+                max(d / (proc_n * per), c / cores, held / min(cores, proc_n)) + OVERHEAD_S["hybrid"][column] + transfer
+            )
             workers["hybrid"] = (usable, per)
     best = min(est.values())
     choice = next(name for name in est if est[name] <= best * TOLERANCE)
@@ -185,20 +190,28 @@ def describe(plan: Any) -> list[str]:
         speed = "not measured" if f.pair_speedup is None else f"{f.pair_speedup:.2f}x"
         if getattr(plan, "rechecked", False):
             speed += " (pair run twice: other programs held cores during the first)"
-        sizes = ("cannot be pickled" if not f.picklable else
-                 f"{_bytes(f.arg_bytes)} args, {_bytes(f.result_bytes)} result, {_secs(f.pickle_s or 0.0)} to pickle")
+        sizes = (
+            "cannot be pickled"
+            if not f.picklable
+            else f"{_bytes(f.arg_bytes)} args, {_bytes(f.result_bytes)} result, {_secs(f.pickle_s or 0.0)} to pickle"
+        )
         queued = getattr(plan, "solo_queued", 0.0)
         late = getattr(plan, "gil_late", None)  # ~the switch interval (5 ms): held throughout
-        lines.append(f"    measured {f.calls} calls: wall {_secs(f.wall_s)}, CPU {_secs(f.cpu_s)} per call "
-                     f"(CPU/wall {f.cpu_ratio:.2f}"
-                     + (f"; {_secs(queued)} queued for a CPU behind other programs left out" if queued > 0.05 * f.wall_s else "")
-                     + ")" + (f"; GIL: another thread waited {_secs(late)} for it" if late is not None else "")
-                     + f"; 2 threads: {speed}"
-                     + (f"; free cores during the pair: {f.free_cores:.1f}" if f.free_cores is not None else "")
-                     + f"; pickled: {sizes}")
+        lines.append(
+            f"    measured {f.calls} calls: wall {_secs(f.wall_s)}, CPU {_secs(f.cpu_s)} per call "
+            f"(CPU/wall {f.cpu_ratio:.2f}"
+            + (f"; {_secs(queued)} queued for a CPU behind other programs left out" if queued > 0.05 * f.wall_s else "")
+            + ")"
+            + (f"; GIL: another thread waited {_secs(late)} for it" if late is not None else "")
+            + f"; 2 threads: {speed}"
+            + (f"; free cores during the pair: {f.free_cores:.1f}" if f.free_cores is not None else "")
+            + f"; pickled: {sizes}"
+        )
         column = 1 if f.via_map else 0
-        lines.append(f"    overhead per call ({'map, batched' if f.via_map else 'submit'}): "
-                     + ", ".join(f"{k} {_secs(v[column])}" for k, v in OVERHEAD_S.items() if k in d.estimates))
+        lines.append(
+            f"    overhead per call ({'map, batched' if f.via_map else 'submit'}): "
+            + ", ".join(f"{k} {_secs(v[column])}" for k, v in OVERHEAD_S.items() if k in d.estimates)
+        )
         lines.append("    estimated time per call: " + ", ".join(f"{k} {_secs(v)}" for k, v in d.estimates.items()))
     return lines
 

@@ -89,12 +89,17 @@ class _Timed:
 
 
 def _error(workers, exc: BaseException, when: str = "") -> dict:
-    return {"workers": workers, "shape": str(workers or "-"), "available": False,
-            "error": f"{when}{type(exc).__name__}: {exc}"}
+    return {
+        "workers": workers,
+        "shape": str(workers or "-"),
+        "available": False,
+        "error": f"{when}{type(exc).__name__}: {exc}",
+    }
 
 
-def _start(s: Strategy, n: Optional[int], wl: Workload, cores: int, stack: ExitStack, rows: dict,
-           unavailable: dict) -> Optional[_Timed]:
+def _start(
+    s: Strategy, n: Optional[int], wl: Workload, cores: int, stack: ExitStack, rows: dict, unavailable: dict
+) -> Optional[_Timed]:
     """Build, start and warm up ``s`` with ``n`` workers (closed by ``stack``); None if it could not.
 
     Its worker processes are the descendants that appeared meanwhile.
@@ -122,8 +127,16 @@ def _start(s: Strategy, n: Optional[int], wl: Workload, cores: int, stack: ExitS
     return _Timed(s, runner, usage.descendants() - before)
 
 
-def _measure(wl: Workload, strategies: Sequence[Strategy], sweep: Sequence[int], *, repeats: int, cores: int,
-             unavailable: dict, progress: Progress) -> dict:
+def _measure(
+    wl: Workload,
+    strategies: Sequence[Strategy],
+    sweep: Sequence[int],
+    *,
+    repeats: int,
+    cores: int,
+    unavailable: dict,
+    progress: Progress,
+) -> dict:
     """Time ``wl`` with every strategy at every worker count of ``sweep``; return ``{strategy: entry}``.
 
     Serial is timed again at every worker count, interleaved with the pools, and each row's
@@ -134,14 +147,21 @@ def _measure(wl: Workload, strategies: Sequence[Strategy], sweep: Sequence[int],
     """
     rows: dict = {s.name: [] for s in strategies}
     with ExitStack() as outer:
-        serial = next((_start(s, None, wl, cores, outer, rows, unavailable) for s in strategies if s.name == SERIAL),
-                      None)
+        serial = next(
+            (_start(s, None, wl, cores, outer, rows, unavailable) for s in strategies if s.name == SERIAL), None
+        )
         for phase, workers in enumerate(sweep):
-            members = [s for s in strategies
-                       if s.name != SERIAL and s.name not in unavailable and (s.sweeps or phase == 0)]
+            members = [
+                s for s in strategies if s.name != SERIAL and s.name not in unavailable and (s.sweeps or phase == 0)
+            ]
             with ExitStack() as stack:
-                live = [t for t in (_start(s, workers if s.sweeps else None, wl, cores, stack, rows, unavailable)
-                                    for s in members) if t is not None]
+                live = [
+                    t
+                    for t in (
+                        _start(s, workers if s.sweeps else None, wl, cores, stack, rows, unavailable) for s in members
+                    )
+                    if t is not None
+                ]
                 timed = ([serial] if serial else []) + live
                 for i in range(repeats):
                     progress.step(f"{wl.name}: {workers} worker{'s' if workers > 1 else ''}, run {i + 1} of {repeats}")
@@ -179,9 +199,15 @@ def _add_ratios(strategies: dict, cores: int) -> None:
                 r["efficiency"] = r["speedup"] / min(r["workers"] or cores, cores)
 
 
-def run_compare(workloads: Sequence, *, strategies: Sequence[Strategy] = STRATEGIES, repeats: int,
-                workers: Optional[Sequence[int]] = None, quick: bool = False,
-                progress: Optional[Progress] = None) -> dict:
+def run_compare(
+    workloads: Sequence,
+    *,
+    strategies: Sequence[Strategy] = STRATEGIES,
+    repeats: int,
+    workers: Optional[Sequence[int]] = None,
+    quick: bool = False,
+    progress: Optional[Progress] = None,
+) -> dict:
     """Time ``workloads`` (Workload or Skipped) and return the JSON-ready report (see ``--json``).
 
     ``workers`` overrides each workload's sweep.  Blocks for the whole run.
@@ -199,8 +225,9 @@ def run_compare(workloads: Sequence, *, strategies: Sequence[Strategy] = STRATEG
             report_wl[wl.name] = {"description": wl.description, "available": False, "skipped": wl.reason}
             continue
         sweep = tuple(workers) if workers else worker_sweep(wl.kind, cores)
-        by_strategy = _measure(wl, strategies, sweep, repeats=repeats, cores=cores, unavailable=unavailable,
-                               progress=progress)
+        by_strategy = _measure(
+            wl, strategies, sweep, repeats=repeats, cores=cores, unavailable=unavailable, progress=progress
+        )
         _add_ratios(by_strategy, cores)
         report_wl[wl.name] = {
             "description": wl.description,
@@ -216,12 +243,23 @@ def run_compare(workloads: Sequence, *, strategies: Sequence[Strategy] = STRATEG
     busy_at_end = usage.busy_cores()  # every pool is closed by now: what remains is other programs
     return {
         "schema": SCHEMA,
-        "machine": {"usable_cores": cores, "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-                    "platform": sys.platform, "per_worker_usage": usage.HAVE_PROC,
-                    "busy_cores_at_start": busy_at_start, "busy_cores_at_end": busy_at_end},
-        "config": {"workloads": [wl.name for wl in workloads], "strategies": [s.name for s in strategies],
-                   "repeats": repeats, "workers": list(workers) if workers else None, "quick": quick,
-                   "stdlib_start_method": STDLIB_START_METHOD},
+        "machine": {
+            "usable_cores": cores,
+            "cpu_count": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": sys.platform,
+            "per_worker_usage": usage.HAVE_PROC,
+            "busy_cores_at_start": busy_at_start,
+            "busy_cores_at_end": busy_at_end,
+        },
+        "config": {
+            "workloads": [wl.name for wl in workloads],
+            "strategies": [s.name for s in strategies],
+            "repeats": repeats,
+            "workers": list(workers) if workers else None,
+            "quick": quick,
+            "stdlib_start_method": STDLIB_START_METHOD,
+        },
         "workloads": report_wl,
         "parent_peak_rss_bytes": usage.self_peak_rss_bytes(),
         "total_s": time.perf_counter() - t_start,
@@ -263,25 +301,51 @@ def _int_list(text: str) -> list:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``compare`` subcommand's options to ``parser``."""
-    parser.add_argument("target", nargs="?", metavar="MODULE:FUNCTION",
-                        help="time your own function instead: calls FUNCTION(i) for i in range(--items); "
-                             "an async def function is awaited")
-    parser.add_argument("--items", type=_positive_int, default=None,
-                        help="how many calls of the target per batch (default 20)")
-    parser.add_argument("--workload", type=_name_list(WORKLOAD_NAMES, "workload"), default=None, metavar="LIST",
-                        help=f"comma-separated built-in workloads (default: all of {','.join(WORKLOAD_NAMES)})")
-    parser.add_argument("--strategy", type=_name_list(STRATEGY_NAMES, "strategy"), default=None, metavar="LIST",
-                        help=f"comma-separated strategies (default: all; serial is always timed): "
-                             f"{','.join(STRATEGY_NAMES)}")
-    parser.add_argument("--workers", type=_int_list, default=None, metavar="LIST",
-                        help="worker counts to sweep, e.g. 1,4,16 (default: 1, 2, cores; and 2x cores for I/O)")
-    parser.add_argument("--repeats", type=_positive_int, default=None,
-                        help="timed runs per strategy and worker count (default 5; 3 with --quick)")
+    parser.add_argument(
+        "target",
+        nargs="?",
+        metavar="MODULE:FUNCTION",
+        help="time your own function instead: calls FUNCTION(i) for i in range(--items); "
+        "an async def function is awaited",
+    )
+    parser.add_argument(
+        "--items", type=_positive_int, default=None, help="how many calls of the target per batch (default 20)"
+    )
+    parser.add_argument(
+        "--workload",
+        type=_name_list(WORKLOAD_NAMES, "workload"),
+        default=None,
+        metavar="LIST",
+        help=f"comma-separated built-in workloads (default: all of {','.join(WORKLOAD_NAMES)})",
+    )
+    parser.add_argument(
+        "--strategy",
+        type=_name_list(STRATEGY_NAMES, "strategy"),
+        default=None,
+        metavar="LIST",
+        help=f"comma-separated strategies (default: all; serial is always timed): {','.join(STRATEGY_NAMES)}",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_int_list,
+        default=None,
+        metavar="LIST",
+        help="worker counts to sweep, e.g. 1,4,16 (default: 1, 2, cores; and 2x cores for I/O)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=None,
+        help="timed runs per strategy and worker count (default 5; 3 with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny workloads: a smoke run of a few seconds")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    parser.add_argument("--plot", metavar="FILE", default=None,
-                        help="write a chart of time against workers per strategy: .html (always) or .png "
-                             "(needs matplotlib)")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE",
+        default=None,
+        help="write a chart of time against workers per strategy: .html (always) or .png (needs matplotlib)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress display on stderr")
 
 
@@ -322,8 +386,9 @@ def run(args: argparse.Namespace) -> int:
                 server = _start_server(stack)
             workloads = build_workloads(names, quick=args.quick, cores=usable_cores(), server=server)
         progress = Progress(quiet=args.quiet)
-        report = run_compare(workloads, strategies=strategies, repeats=repeats, workers=args.workers,
-                             quick=args.quick, progress=progress)
+        report = run_compare(
+            workloads, strategies=strategies, repeats=repeats, workers=args.workers, quick=args.quick, progress=progress
+        )
     if args.plot:
         _compare_plot.write(report, args.plot)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -36,8 +36,11 @@ def check_path(path: str):
 def _series(wl: dict):
     """Yield ``(strategy, [(workers, median_s), ...])`` for every strategy with timed rows."""
     for name, entry in wl.get("strategies", {}).items():
-        points = [(r["workers"], r["median_s"]) for r in entry.get("by_workers", [])
-                  if r.get("available") and r.get("workers")]
+        points = [
+            (r["workers"], r["median_s"])
+            for r in entry.get("by_workers", [])
+            if r.get("available") and r.get("workers")
+        ]
         if points:
             yield name, points
 
@@ -57,13 +60,15 @@ def _svg(title: str, wl: dict) -> str:
     def py(y: float) -> float:
         return TOP + ph - y / y_max * ph
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
-           f'<text x="{LEFT}" y="18" font-size="13">{html.escape(title)}</text>',
-           f'<line x1="{LEFT}" y1="{TOP + ph}" x2="{LEFT + pw}" y2="{TOP + ph}" stroke="#000"/>',
-           f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + ph}" stroke="#000"/>',
-           f'<text x="{LEFT + pw / 2}" y="{H - 6}" text-anchor="middle">workers</text>',
-           f'<text x="12" y="{TOP + ph / 2}" transform="rotate(-90 12 {TOP + ph / 2})" text-anchor="middle">'
-           'median time (s)</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
+        f'<text x="{LEFT}" y="18" font-size="13">{html.escape(title)}</text>',
+        f'<line x1="{LEFT}" y1="{TOP + ph}" x2="{LEFT + pw}" y2="{TOP + ph}" stroke="#000"/>',
+        f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + ph}" stroke="#000"/>',
+        f'<text x="{LEFT + pw / 2}" y="{H - 6}" text-anchor="middle">workers</text>',
+        f'<text x="12" y="{TOP + ph / 2}" transform="rotate(-90 12 {TOP + ph / 2})" text-anchor="middle">'
+        "median time (s)</text>",
+    ]
     for x in xs:
         out.append(f'<text x="{px(x):.1f}" y="{TOP + ph + 14}" text-anchor="middle">{x}</text>')
     for i in range(5):
@@ -73,8 +78,10 @@ def _svg(title: str, wl: dict) -> str:
         colour = COLOURS[k % len(COLOURS)]
         if len(pts) == 1 and name == "serial":
             y = py(pts[0][1])
-            out.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + pw}" y2="{y:.1f}" stroke="{colour}" '
-                       'stroke-dasharray="5,4"/>')
+            out.append(
+                f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + pw}" y2="{y:.1f}" stroke="{colour}" '
+                'stroke-dasharray="5,4"/>'
+            )
         else:
             coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
             out.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>')
@@ -88,9 +95,12 @@ def _svg(title: str, wl: dict) -> str:
 
 def _html(report: dict) -> str:
     m = report["machine"]
-    parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>ferropool compare</title></head><body>',
-             f"<h1>ferropool compare</h1><p>{m['usable_cores']} usable cores, Python {html.escape(m['python'])}, "
-             f"median of {report['config']['repeats']} runs</p>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8"><title>ferropool compare</title></head><body>',
+        f"<h1>ferropool compare</h1><p>{m['usable_cores']} usable cores, Python {html.escape(m['python'])}, "
+        f"median of {report['config']['repeats']} runs</p>",
+    ]
     for name, wl in report["workloads"].items():
         parts.append(f"<h2>{html.escape(name)}</h2><p>{html.escape(wl['description'])}</p>")
         if not wl.get("available"):

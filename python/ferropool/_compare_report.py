@@ -103,8 +103,10 @@ def _recommend(wl_name: str, wl: dict, cores: int) -> str:
 
     if top < WORTHWHILE:
         speedup, name, row = max(best.values(), key=lambda b: b[0])
-        return (f"{wl_name}: the pools' overhead eats the gain (best: {name} {_x(speedup)} with "
-                f"{_workers(row)}{_overhead(wl, row)}) -> stay serial, or give each task more work")
+        return (
+            f"{wl_name}: the pools' overhead eats the gain (best: {name} {_x(speedup)} with "
+            f"{_workers(row)}{_overhead(wl, row)}) -> stay serial, or give each task more work"
+        )
     order = ["threads", "processes", "processes x threads", "auto", "asyncio"]
     if wl.get("is_async"):
         order.remove("asyncio")
@@ -118,14 +120,17 @@ def _recommend(wl_name: str, wl: dict, cores: int) -> str:
         else:
             why = f"processes scale further: {speedup:.1f}x with {workers}, threads {fig('threads')}"
     elif family == "threads":
-        why = (f"the work releases the GIL or waits: threads give {speedup:.1f}x with {workers}, "
-               f"processes {fig('processes')}, and threads need no pickling")
+        why = (
+            f"the work releases the GIL or waits: threads give {speedup:.1f}x with {workers}, "
+            f"processes {fig('processes')}, and threads need no pickling"
+        )
     elif family == "asyncio":
-        why = (f"asyncio gives {speedup:.1f}x with {row['workers']} tasks in flight on one thread; "
-               f"threads {fig('threads')}, processes {fig('processes')}")
+        why = (
+            f"asyncio gives {speedup:.1f}x with {row['workers']} tasks in flight on one thread; "
+            f"threads {fig('threads')}, processes {fig('processes')}"
+        )
     else:
-        why = (f"{name} gives {speedup:.1f}x with {workers}; threads {fig('threads')}, "
-               f"processes {fig('processes')}")
+        why = f"{name} gives {speedup:.1f}x with {workers}; threads {fig('threads')}, processes {fig('processes')}"
     return f"{wl_name}: {why} -> use {_use(name, row)}"
 
 
@@ -135,8 +140,10 @@ def _contention(wl: dict, cores: int) -> str:
     util = serial.get("cpu_utilisation") if serial else None
     if wl.get("kind") != "cpu" or util is None or util * cores >= FULL_CORE:
         return ""
-    return (f" (caution: serial got {util * cores:.2f} of a core, other programs competed for the CPU: "
-            "these figures understate what pools can do)")
+    return (
+        f" (caution: serial got {util * cores:.2f} of a core, other programs competed for the CPU: "
+        "these figures understate what pools can do)"
+    )
 
 
 # ---------------------------------------------------------------- the table
@@ -153,7 +160,7 @@ def _workers(row: dict) -> str:
 
 
 def _fmt_mib(n: Optional[int]) -> str:
-    return "-" if n is None else f"{n / 2 ** 20:.0f} MiB"
+    return "-" if n is None else f"{n / 2**20:.0f} MiB"
 
 
 HEADERS = ("strategy", "workers", "median", "min - max", "speedup", "eff/core", "CPU", "workers' RSS")
@@ -162,8 +169,10 @@ HEADERS = ("strategy", "workers", "median", "min - max", "speedup", "eff/core", 
 def format_report(report: dict) -> str:
     """Return the human-readable table of a report from ``run_compare``."""
     m, cfg = report["machine"], report["config"]
-    lines = [f"ferropool compare: {m['usable_cores']} usable cores, Python {m['python']}, "
-             f"median of {cfg['repeats']} runs after a warm-up, at each worker count"]
+    lines = [
+        f"ferropool compare: {m['usable_cores']} usable cores, Python {m['python']}, "
+        f"median of {cfg['repeats']} runs after a warm-up, at each worker count"
+    ]
     unavailable: dict = {}  # the same for every workload: said once, below the tables
     for name, wl in report["workloads"].items():
         lines += ["", f"{name}: {wl['description']}"]
@@ -179,11 +188,18 @@ def format_report(report: dict) -> str:
                 if not r["available"]:
                     notes.append(f"  {strategy} with {r['shape']} workers failed: {r['error']}")
                     continue
-                rows.append((label, r["shape"], _fmt_s(r["median_s"]), f"{_fmt_s(r['min_s'])} - {_fmt_s(r['max_s'])}",
-                             f"{r['speedup']:.2f}x" if "speedup" in r else "-",
-                             f"{r['efficiency']:.2f}" if "efficiency" in r else "-",
-                             "-" if r["cpu_utilisation"] is None else f"{r['cpu_utilisation'] * 100:.0f}%",
-                             _fmt_mib(r.get("workers_peak_rss_bytes"))))
+                rows.append(
+                    (
+                        label,
+                        r["shape"],
+                        _fmt_s(r["median_s"]),
+                        f"{_fmt_s(r['min_s'])} - {_fmt_s(r['max_s'])}",
+                        f"{r['speedup']:.2f}x" if "speedup" in r else "-",
+                        f"{r['efficiency']:.2f}" if "efficiency" in r else "-",
+                        "-" if r["cpu_utilisation"] is None else f"{r['cpu_utilisation'] * 100:.0f}%",
+                        _fmt_mib(r.get("workers_peak_rss_bytes")),
+                    )
+                )
             if not entry.get("by_workers") and not entry.get("available"):
                 error = entry.get("error", "?")
                 if error.startswith("unavailable: "):
@@ -197,19 +213,23 @@ def format_report(report: dict) -> str:
         lines.append(f"  -> {wl['recommendation']}")
     lines.append("")
     lines += [f"{strategy}: {error}" for strategy, error in unavailable.items()]
-    lines += ["eff/core: speedup / min(workers, cores).  CPU: CPU time of this process and the workers over "
-              "wall time, share of all cores",
-              "  ('-': batches too short for the kernel's 10 ms CPU clock).",
-              f"workers' RSS: peak resident memory of the pool's processes; this process peaked at "
-              f"{_fmt_mib(report['parent_peak_rss_bytes'])}.",
-              f"ProcessPoolExecutor uses the {cfg['stdlib_start_method']} start method (forking a process whose "
-              "pools run threads can deadlock).",
-              f"Total time: {report['total_s']:.1f} s"]
+    lines += [
+        "eff/core: speedup / min(workers, cores).  CPU: CPU time of this process and the workers over "
+        "wall time, share of all cores",
+        "  ('-': batches too short for the kernel's 10 ms CPU clock).",
+        f"workers' RSS: peak resident memory of the pool's processes; this process peaked at "
+        f"{_fmt_mib(report['parent_peak_rss_bytes'])}.",
+        f"ProcessPoolExecutor uses the {cfg['stdlib_start_method']} start method (forking a process whose "
+        "pools run threads can deadlock).",
+        f"Total time: {report['total_s']:.1f} s",
+    ]
     for when in ("start", "end"):
         busy = m.get(f"busy_cores_at_{when}")
         if busy is not None and busy >= BUSY_CORES:
-            lines.append(f"Warning: other programs kept {busy:.1f} cores busy when the run {when}ed, so the figures "
-                         "for CPU-bound work may understate what pools can do here.")
+            lines.append(
+                f"Warning: other programs kept {busy:.1f} cores busy when the run {when}ed, so the figures "
+                "for CPU-bound work may understate what pools can do here."
+            )
     return "\n".join(lines)
 
 

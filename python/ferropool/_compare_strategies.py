@@ -197,8 +197,9 @@ def _ferropool_hybrid(workers: Optional[int], cores: int) -> Runner:
     workers = workers or cores
     processes = max(1, min(workers, cores))
     threads = math.ceil(workers / processes)
-    return ExecutorRunner(cls(processes=processes, threads_per_process=threads), processes * threads,
-                          f"{processes}x{threads}")
+    return ExecutorRunner(
+        cls(processes=processes, threads_per_process=threads), processes * threads, f"{processes}x{threads}"
+    )
 
 
 def _asyncio(workers: Optional[int], cores: int) -> Runner:

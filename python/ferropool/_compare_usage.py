@@ -17,8 +17,7 @@ import sys
 import time
 from typing import Iterable, Optional
 
-__all__ = ["descendants", "self_cpu_s", "cpu_s", "peak_rss_bytes", "self_peak_rss_bytes", "busy_cores",
-           "HAVE_PROC"]
+__all__ = ["descendants", "self_cpu_s", "cpu_s", "peak_rss_bytes", "self_peak_rss_bytes", "busy_cores", "HAVE_PROC"]
 
 HAVE_PROC = os.path.isdir("/proc/self/task")
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
@@ -65,7 +64,7 @@ def cpu_s(pids: Iterable[int]) -> Optional[float]:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()  # comm, in parentheses, may hold spaces
+        fields = stat[stat.rfind(")") + 2 :].split()  # comm, in parentheses, may hold spaces
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total * _TICK_S
 

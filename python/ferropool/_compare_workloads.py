@@ -86,15 +86,39 @@ def build_workloads(names, *, quick: bool, cores: int, server=None) -> list:
         if name == "cpu":
             task_s = 0.005 if quick else 0.2 / cpu_tasks
             n = w.calibrate_spin(task_s)
-            out.append(_same(name, f"{cpu_tasks} pure-Python loops of ~{task_s * 1e3:.0f} ms (hold the GIL)",
-                             w.spin, n, cpu_tasks, 1_000))
+            out.append(
+                _same(
+                    name,
+                    f"{cpu_tasks} pure-Python loops of ~{task_s * 1e3:.0f} ms (hold the GIL)",
+                    w.spin,
+                    n,
+                    cpu_tasks,
+                    1_000,
+                )
+            )
         elif name == "hash":
             mib = 1 if quick else 32
-            out.append(_same(name, f"{cpu_tasks} SHA-256 of {mib} MiB (hashlib: native, releases the GIL)",
-                             w.hash_task, mib, cpu_tasks, 1))
+            out.append(
+                _same(
+                    name,
+                    f"{cpu_tasks} SHA-256 of {mib} MiB (hashlib: native, releases the GIL)",
+                    w.hash_task,
+                    mib,
+                    cpu_tasks,
+                    1,
+                )
+            )
         elif name == "sleep":
-            out.append(_same(name, f"{io_tasks} blocking sleeps of {io_ms} ms (release the GIL)",
-                             w.sleep_task, io_ms / 1000, io_tasks, 0.0))
+            out.append(
+                _same(
+                    name,
+                    f"{io_tasks} blocking sleeps of {io_ms} ms (release the GIL)",
+                    w.sleep_task,
+                    io_ms / 1000,
+                    io_tasks,
+                    0.0,
+                )
+            )
         elif name in ("http", "async_http"):
             client = "urllib (blocking)" if name == "http" else "aiohttp client (async def)"
             description = f"{io_tasks} HTTP GETs answered after {io_ms} ms, {client}, local aiohttp server"
@@ -104,12 +128,25 @@ def build_workloads(names, *, quick: bool, cores: int, server=None) -> list:
                 out.append(_same(name, description, w.http_get, server.url(io_ms), io_tasks, server.url(0)))
             else:
                 items = (server.url(io_ms),) * io_tasks
-                out.append(Workload(name, description, "io", None, w.http_get_async, items,
-                                    [len(BODY)] * io_tasks, (server.url(0),)))
+                out.append(
+                    Workload(
+                        name, description, "io", None, w.http_get_async, items, [len(BODY)] * io_tasks, (server.url(0),)
+                    )
+                )
         elif name == "tiny":
             n = 200 if quick else 2_000
-            out.append(Workload(name, f"{n} x add_one(i): per-task overhead", "cpu", w.add_one, None,
-                                tuple(range(n)), [i + 1 for i in range(n)], tuple(range(8))))
+            out.append(
+                Workload(
+                    name,
+                    f"{n} x add_one(i): per-task overhead",
+                    "cpu",
+                    w.add_one,
+                    None,
+                    tuple(range(n)),
+                    [i + 1 for i in range(n)],
+                    tuple(range(8)),
+                )
+            )
         elif name == "array":
             out.append(_array_workload(name, cpu_tasks, 64 * 1024 if quick else 1024 * 1024))
         else:  # argparse validated the names; this guards direct callers
@@ -123,15 +160,16 @@ def _same(name: str, description: str, fn: Callable, arg, n: int, warmup_arg) ->
 
 
 def _array_workload(name: str, n_tasks: int, length: int):
-    description = f"{n_tasks} x sin-sum of a {length * 8 / 2 ** 20:g} MiB float64 array passed as argument"
+    description = f"{n_tasks} x sin-sum of a {length * 8 / 2**20:g} MiB float64 array passed as argument"
     try:
         import numpy as np
     except ImportError:
         return Skipped(name, description, f"needs numpy, not installed ({OPTIONAL})")
     array = np.linspace(0.0, 1.0, length)
     small = np.ones(16)
-    return Workload(name, description, "cpu", w.array_task, None, (array,) * n_tasks,
-                    [w.array_task(array)] * n_tasks, (small,))
+    return Workload(
+        name, description, "cpu", w.array_task, None, (array,) * n_tasks, [w.array_task(array)] * n_tasks, (small,)
+    )
 
 
 def load_target(spec: str, *, items: int) -> Workload:
@@ -164,8 +202,9 @@ def load_target(spec: str, *, items: int) -> Workload:
     is_async = inspect.iscoroutinefunction(obj)
     call = f"await {attr}(i)" if is_async else f"{attr}(i)"
     description = f"{call} for i in range({items}), from {module_name}"
-    return Workload(spec, description, "user", None if is_async else obj, obj if is_async else None,
-                    tuple(range(items)), None, ())
+    return Workload(
+        spec, description, "user", None if is_async else obj, obj if is_async else None, tuple(range(items)), None, ()
+    )
 
 
 def check_target(wl: Workload) -> float:
@@ -180,6 +219,7 @@ def check_target(wl: Workload) -> float:
             for item in wl.items:
                 wl.fn(item)
         else:
+
             async def in_turn():
                 nonlocal item
                 for item in wl.items:

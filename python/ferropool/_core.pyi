@@ -45,8 +45,6 @@ __all__ = [
     "__version__",
 ]
 
-
-
 __version__: str
 
 KIND_HELLO: int
@@ -76,12 +74,29 @@ class ProcessPoolEngine:
     as its first frame.
     """
 
-    def __new__(cls, workers: int, command: list[str], init: bytes, *, max_tasks_per_child: Optional[int] = None, max_memory_per_child: Optional[int] = None, max_pending: Optional[int] = None, threads_per_worker: int = 1) -> ProcessPoolEngine:
+    def __new__(
+        cls,
+        workers: int,
+        command: list[str],
+        init: bytes,
+        *,
+        max_tasks_per_child: Optional[int] = None,
+        max_memory_per_child: Optional[int] = None,
+        max_pending: Optional[int] = None,
+        threads_per_worker: int = 1,
+    ) -> ProcessPoolEngine:
         """``threads_per_worker``: tasks each worker runs at once (a ``HybridPool``)."""
     @property
     def workers(self) -> int:
         """The number of worker processes kept alive."""
-    def submit(self, id: int, payload: bytes, timeout: Optional[float] = None, buffers: Optional[list[Any]] = None, is_async: bool = False) -> None:
+    def submit(
+        self,
+        id: int,
+        payload: bytes,
+        timeout: Optional[float] = None,
+        buffers: Optional[list[Any]] = None,
+        is_async: bool = False,
+    ) -> None:
         """Queues task ``id`` with its out-of-band ``buffers`` (contiguous byte buffers, e.g.
         ``PickleBuffer.raw()``; each is written to a memory file that travels with the task, or
         the file of an identical buffer still held by a task is reused; ``is_async``: the call is
@@ -117,7 +132,13 @@ class ProcessPoolEngine:
     @property
     def sampled_loads_ns(self) -> int:
         """Nanoseconds spent unpickling the results of tasks whose id is a multiple of 64."""
-    def deliver(self, futures: dict[int, Future[Any]], loads: Callable[[bytes], Any], settle: Callable[[Future[Any], int, Any, Optional[BaseException]], None], logs: Optional[Callable[[list[tuple[int, int, bytes]], int], None]] = None) -> bool:
+    def deliver(
+        self,
+        futures: dict[int, Future[Any]],
+        loads: Callable[[bytes], Any],
+        settle: Callable[[Future[Any], int, Any, Optional[BaseException]], None],
+        logs: Optional[Callable[[list[tuple[int, int, bytes]], int], None]] = None,
+    ) -> bool:
         """Waits for the next batch of outcomes (without the GIL) and delivers it: each task's
         future is popped from ``futures`` by id; a returned value is unpickled with ``loads`` (with
         ``buffers=`` the result's out-of-band buffers as ``SharedBuffer`` objects, if any) and
@@ -143,7 +164,9 @@ class WorkerConnection:
         (a ``Cancel`` for a task already handed out is returned, for the worker to act on)."""
     def sender(self) -> WorkerSender:
         """Returns a handle through which other threads send frames on this connection."""
-    def send(self, kind: int, id: int, payload: bytes, aux: int = 0, buffers: Optional[list[Any]] = None, flags: int = 0) -> None:
+    def send(
+        self, kind: int, id: int, payload: bytes, aux: int = 0, buffers: Optional[list[Any]] = None, flags: int = 0
+    ) -> None:
         """Queues a frame; writes it now unless more tasks are buffered and the batch is younger
         than 1 ms and smaller than 256 KiB. ``aux`` is the task's run time in microseconds,
         ``flags`` the share of it spent pickling, in 255ths."""
@@ -166,10 +189,18 @@ class ThreadWorkQueue:
     a Rust queue; popping holds the GIL while work is queued and releases it only to block."""
 
     def __new__(cls, max_threads: int) -> ThreadWorkQueue: ...
-    def put(self, future: Future[Any], func: Callable[..., Any], args: tuple[Any, ...], kwargs: Optional[dict[str, Any]] = None) -> bool:
+    def put(
+        self,
+        future: Future[Any],
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Optional[dict[str, Any]] = None,
+    ) -> bool:
         """Queues a task; returns True when the caller should start another worker thread (no
         thread is idle and fewer than ``max_threads`` exist). Raises ``RuntimeError`` if closed."""
-    def get(self, timeout: Optional[float] = None) -> Optional[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]]:
+    def get(
+        self, timeout: Optional[float] = None
+    ) -> Optional[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]]:
         """Pops a task, blocking up to ``timeout`` seconds; None on timeout or when closed and empty."""
     def run_worker(self) -> None:
         """Runs tasks in the calling thread until the queue is closed and empty."""
@@ -304,7 +335,14 @@ class SharedBarrier:
     """A barrier in shared memory (``threading.Barrier`` API, raising
     ``threading.BrokenBarrierError``)."""
 
-    def __new__(cls, parties: int, action: Optional[Callable[[], object]] = None, timeout: Optional[float] = None, *, _attach: Optional[tuple[int, int]] = None) -> Self: ...
+    def __new__(
+        cls,
+        parties: int,
+        action: Optional[Callable[[], object]] = None,
+        timeout: Optional[float] = None,
+        *,
+        _attach: Optional[tuple[int, int]] = None,
+    ) -> Self: ...
     def wait(self, timeout: Optional[float] = None) -> int:
         """Returns this arrival's index; a timeout, failing action or interrupt breaks the barrier."""
     def reset(self) -> None: ...
@@ -329,7 +367,14 @@ class SharedQueue:
     """A bounded queue of pickled items in shared memory (``queue.Queue`` API, raising
     ``queue.Full``/``queue.Empty``)."""
 
-    def __new__(cls, maxsize: int = 0, *, capacity_bytes: int = ..., _attach: Optional[tuple[int, int]] = None, _spill: Optional[int] = None) -> Self:
+    def __new__(
+        cls,
+        maxsize: int = 0,
+        *,
+        capacity_bytes: int = ...,
+        _attach: Optional[tuple[int, int]] = None,
+        _spill: Optional[int] = None,
+    ) -> Self:
         """``_attach`` and ``_spill`` (both or neither) hand over descriptors of another
         process's queue segment and spill file, which the new object then owns."""
     def put(self, item: object, block: bool = True, timeout: Optional[float] = None) -> None: ...
@@ -355,7 +400,9 @@ class SharedValue:
     """A number in shared memory: atomic ``value``, ``add`` (returns the new value, integers wrap)
     and ``compare_and_swap`` (returns whether it swapped)."""
 
-    def __new__(cls, typecode: str, value: Optional[object] = None, *, _attach: Optional[tuple[int, int]] = None) -> Self: ...
+    def __new__(
+        cls, typecode: str, value: Optional[object] = None, *, _attach: Optional[tuple[int, int]] = None
+    ) -> Self: ...
     @property
     def value(self) -> Any: ...
     @value.setter
@@ -400,6 +447,8 @@ def drop_spare_buffers() -> int:
 class WorkerSender:
     """Sends frames on a worker's connection from any thread (tasks run concurrently)."""
 
-    def send(self, kind: int, id: int, payload: bytes, aux: int = 0, buffers: Optional[list[Any]] = None, hold: bool = False) -> None:
+    def send(
+        self, kind: int, id: int, payload: bytes, aux: int = 0, buffers: Optional[list[Any]] = None, hold: bool = False
+    ) -> None:
         """Sends a frame with its out-of-band buffers; with ``hold`` it may wait up to 1 ms to
         share a write with the frames that follow. Releases the GIL while writing."""

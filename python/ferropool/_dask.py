@@ -20,7 +20,9 @@ try:
     import distributed
     from distributed.scheduler import KilledWorker
 except ImportError as exc:  # pragma: no cover - depends on what is installed
-    raise ImportError("ferropool.DaskPool needs Dask distributed: pip install 'ferropool[dask]'", name=exc.name) from exc
+    raise ImportError(
+        "ferropool.DaskPool needs Dask distributed: pip install 'ferropool[dask]'", name=exc.name
+    ) from exc
 
 from ._remote import SHARE_THRESHOLD, RemoteFuture, RemotePool, died, run_task, stop_task
 
@@ -79,7 +81,9 @@ class DaskPool(RemotePool):
 
     def _engine_submit(self, fut: RemoteFuture, payload: bytes, shared: list) -> Any:
         name = getattr(fut._fn, "__name__", "task")
-        dfut = self._client.submit(run_task, payload, fut._token, *shared, key=f"ferropool-{name}-{fut._token}", pure=False)
+        dfut = self._client.submit(
+            run_task, payload, fut._token, *shared, key=f"ferropool-{name}-{fut._token}", pure=False
+        )
         dfut.add_done_callback(lambda d: self._done.put((fut, d)))
         return dfut
 

@@ -108,8 +108,14 @@ class PoolExecutor(AsyncMixin, cf.Executor):
     def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
         return self.submit(run_chunk, fn, items)
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int | None = None,
-            progress: bool | str | dict | None = None) -> Iterator[Any]:
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool | str | dict | None = None,
+    ) -> Iterator[Any]:
         """Returns an iterator equivalent to ``map(fn, *iterables)`` run on the pool.
 
         Lazy on its input and bounded in memory; chunks are sized automatically unless

@@ -175,11 +175,26 @@ class ProcessPool(PoolExecutor):
         # The initializer is pickled on its own: the worker can only unpickle it after it has
         # taken our sys.path and working directory from the outer, plain part.
         call = dumps((initializer, tuple(initargs)), "initializer") if initializer is not None else None
-        init = dumps({"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": call, "zero_copy_threshold": zero_copy_threshold,
-                      "native_threads": native_threads, "threads": _threads_per_worker,
-                      "log_level": logging.getLogger().getEffectiveLevel()})
-        self._engine = _core.ProcessPoolEngine(max_workers, bootstrap_command(native_threads=native_threads), init, max_tasks_per_child=max_tasks_per_child,
-            max_memory_per_child=max_memory_per_child, max_pending=max_pending, threads_per_worker=_threads_per_worker)
+        init = dumps(
+            {
+                "sys_path": list(sys.path),
+                "cwd": os.getcwd(),
+                "initializer": call,
+                "zero_copy_threshold": zero_copy_threshold,
+                "native_threads": native_threads,
+                "threads": _threads_per_worker,
+                "log_level": logging.getLogger().getEffectiveLevel(),
+            }
+        )
+        self._engine = _core.ProcessPoolEngine(
+            max_workers,
+            bootstrap_command(native_threads=native_threads),
+            init,
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child,
+            max_pending=max_pending,
+            threads_per_worker=_threads_per_worker,
+        )
         self._futures: dict[int, TaskFuture] = {}
         self._ids = itertools.count(1)
         self._state = _State()
@@ -187,8 +202,12 @@ class ProcessPool(PoolExecutor):
         self._shutdown = False
         self._shutdown_reason = "cannot schedule new futures after shutdown"
         self._running = _Running(self._engine, self._futures, self._exit_timeout)
-        self._collector = threading.Thread(target=_collect, args=(self._engine, self._futures, self._state, self._running),
-                                           name="ferropool-results", daemon=True)
+        self._collector = threading.Thread(
+            target=_collect,
+            args=(self._engine, self._futures, self._state, self._running),
+            name="ferropool-results",
+            daemon=True,
+        )
         self._running.collector = self._collector
         _unfinished.add(self._running)
         self._collector.start()
@@ -214,7 +233,9 @@ class ProcessPool(PoolExecutor):
     #: What runs a chunk of ``map`` in a worker (``TaskOptions`` asks for it).
     _chunk_runner = staticmethod(chunk_runner)
 
-    def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, task_timeout: float | None, shown: Callable[..., Any]) -> cf.Future:
+    def _submit(
+        self, fn: Callable[..., Any], args: tuple, kwargs: dict, task_timeout: float | None, shown: Callable[..., Any]
+    ) -> cf.Future:
         """Queues ``fn(*args, **kwargs)``; ``shown`` is the function that errors name (the
         user's, where ``fn`` is ``run_chunk``)."""
         if self._shutdown:
@@ -263,8 +284,13 @@ class ProcessPool(PoolExecutor):
         """
         workers = tuple(WorkerStats.from_engine(w) for w in self._engine.stats(timeout))
         sampled = self._state.sampled_dumps_ns + self._engine.sampled_loads_ns
-        return PoolStats.of_workers("ProcessPool", workers, parent_serialize_s=sampled * _SAMPLE_EVERY / 1e9,
-                                    log_records=self._state.logs.handled, dropped_log_records=self._state.logs.dropped)
+        return PoolStats.of_workers(
+            "ProcessPool",
+            workers,
+            parent_serialize_s=sampled * _SAMPLE_EVERY / 1e9,
+            log_records=self._state.logs.handled,
+            dropped_log_records=self._state.logs.dropped,
+        )
 
     def _broken_error(self) -> BrokenPoolError:
         cause = self._state.broken
@@ -355,8 +381,12 @@ class _Running:
         self.engine.close()
         if self.join(self.exit_timeout):
             return
-        print(f"ferropool: stopping {len(self.futures)} task(s) of a ProcessPool still running {self.exit_timeout:g} s "
-              "after the program ended (ProcessPool(exit_timeout=...) sets this limit)", file=sys.stderr, flush=True)
+        print(
+            f"ferropool: stopping {len(self.futures)} task(s) of a ProcessPool still running {self.exit_timeout:g} s "
+            "after the program ended (ProcessPool(exit_timeout=...) sets this limit)",
+            file=sys.stderr,
+            flush=True,
+        )
         self.terminate()
 
 
@@ -430,8 +460,13 @@ def _function_name(fut: TaskFuture) -> str:
 
 def _timed_out(fut: TaskFuture, pid: int, seconds: float) -> TaskTimeoutError:
     function = _function_name(fut)
-    return TaskTimeoutError(f"{function} ran longer than its task_timeout of {seconds:g} s; its worker (pid {pid}) was "
-                            "stopped and replaced", timeout=seconds, pid=pid, function=function)
+    return TaskTimeoutError(
+        f"{function} ran longer than its task_timeout of {seconds:g} s; its worker (pid {pid}) was "
+        "stopped and replaced",
+        timeout=seconds,
+        pid=pid,
+        function=function,
+    )
 
 
 def _broken(state: _State, detail: bytes) -> BrokenPoolError:

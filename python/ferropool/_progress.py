@@ -36,8 +36,9 @@ TEXT_LINE_INTERVAL = 10.0
 _monotonic = time.monotonic
 
 
-def progress(futures: Iterable[Any], /, *, total: int | None = None, desc: str | None = None, file: Any = None,
-             **options: Any) -> Iterator[Any]:
+def progress(
+    futures: Iterable[Any], /, *, total: int | None = None, desc: str | None = None, file: Any = None, **options: Any
+) -> Iterator[Any]:
     """Shows a progress bar (rate and ETA) while you iterate; returns the iterator to loop over.
 
     * A collection of futures (a list, set or tuple of ``concurrent.futures.Future``): yields
@@ -59,7 +60,8 @@ def progress(futures: Iterable[Any], /, *, total: int | None = None, desc: str |
     ``options`` are ignored.
     """
     if isinstance(futures, (list, tuple, set, frozenset, dict)) or (
-            hasattr(futures, "__len__") and iter(futures) is not futures):
+        hasattr(futures, "__len__") and iter(futures) is not futures
+    ):
         if all(isinstance(f, cf.Future) for f in futures):
             unique = list(dict.fromkeys(futures))  # as_completed counts a repeated future once
             return _Completions(unique, _Bar(len(unique), desc, file, options))

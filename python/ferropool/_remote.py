@@ -41,7 +41,17 @@ from typing import Any, Callable
 from ._executor import PoolExecutor, TaskOptions, run_chunk
 from ._process import _check_seconds
 from ._stats import PoolStats
-from ._serialize import PROTOCOL, _cloud, _fails, _plain, describe_failure, dumps, dumps_exception, loads, loads_exception
+from ._serialize import (
+    PROTOCOL,
+    _cloud,
+    _fails,
+    _plain,
+    describe_failure,
+    dumps,
+    dumps_exception,
+    loads,
+    loads_exception,
+)
 from .errors import SerializationError, TaskTimeoutError, WorkerDiedError
 
 #: Arrays at least this large (bytes) go through the engine's own data path by default.
@@ -404,8 +414,12 @@ class RemotePool(PoolExecutor):
     def _expire(self, fut: RemoteFuture) -> None:
         fn = fut._fn
         function = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-        err = TaskTimeoutError(f"{function} ran longer than its task_timeout of {fut._timeout:g} s on the "
-                               f"{self._engine_name} cluster and was stopped", timeout=fut._timeout, function=function)
+        err = TaskTimeoutError(
+            f"{function} ran longer than its task_timeout of {fut._timeout:g} s on the "
+            f"{self._engine_name} cluster and was stopped",
+            timeout=fut._timeout,
+            function=function,
+        )
         if _finish(fut, error=err):
             self._count("timed_out")
             with fut._condition:
@@ -440,8 +454,15 @@ class RemotePool(PoolExecutor):
             snap["running"] = len(self._futures)
             snap["mean_task_s"] = self._run_ns / self._timed_runs / 1e9 if self._timed_runs else None
             busy_s = self._run_ns / 1e9
-        return PoolStats(kind=type(self).__name__, tasks=snap["done"] + snap["failed"], failed=snap["failed"], busy_s=busy_s,
-                         max_task_s=None, restarts=0, extra=types.MappingProxyType(snap))
+        return PoolStats(
+            kind=type(self).__name__,
+            tasks=snap["done"] + snap["failed"],
+            failed=snap["failed"],
+            busy_s=busy_s,
+            max_task_s=None,
+            restarts=0,
+            extra=types.MappingProxyType(snap),
+        )
 
     def _share_arrays(self, args: tuple, kwargs: dict, shared: list) -> tuple[tuple, dict]:
         np = sys.modules.get("numpy")

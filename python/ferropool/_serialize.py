@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import _thread
 import itertools
+
 # The C module itself: ``pickle`` re-exports these very functions but imports re and enum,
 # which would slow every worker's start. traceback is imported when an exception is sent.
 import _pickle as pickle
@@ -241,15 +242,18 @@ def _function_by_value(fn: Any) -> Any:
     return wrapped
 
 
-def dumps_call(fn: Any, args: tuple, kwargs: dict, threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD) -> tuple[bytes, list | None]:
+def dumps_call(
+    fn: Any, args: tuple, kwargs: dict, threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD
+) -> tuple[bytes, list | None]:
     """Pickles a call ``fn(*args, **kwargs)``; errors name ``fn``, ``args[i]`` or ``kwargs[k]``.
 
     Returns the pickle and its out-of-band buffers (None if there are none): buffers of at least
     ``threshold`` bytes (None: no buffer goes out of band).
     """
     buffers = None
-    if threshold is not None and (kwargs or not (
-            type(args[0]) in _ATOMIC if len(args) == 1 else _ATOMIC.issuperset(map(type, args)))):
+    if threshold is not None and (
+        kwargs or not (type(args[0]) in _ATOMIC if len(args) == 1 else _ATOMIC.issuperset(map(type, args)))
+    ):
         buffers = _collector(threshold)
         if not _MAYBE_RAW.isdisjoint(map(type, args)):
             args = _wrap_raw(args, threshold)

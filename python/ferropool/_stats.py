@@ -85,16 +85,36 @@ class WorkerStats:
     @classmethod
     def from_engine(cls, d: Mapping[str, Any]) -> "WorkerStats":
         """Builds one from a dict of ``ProcessPoolEngine.stats()``."""
-        return cls(worker=d["worker"], pid=d["pid"], tasks=d["tasks"], failed=d["failed"], busy_s=d["busy_us"] / 1e6,
-                   max_task_s=d["max_task_us"] / 1e6, alive_s=d["alive_us"] / 1e6, serialize_s=d["serialize_us"] / 1e6,
-                   transport_s=d["transport_us"] / 1e6, restarts=d["restarts"],
-                   recent_restarts=tuple(Restart(**r) for r in d["recent_restarts"]))
+        return cls(
+            worker=d["worker"],
+            pid=d["pid"],
+            tasks=d["tasks"],
+            failed=d["failed"],
+            busy_s=d["busy_us"] / 1e6,
+            max_task_s=d["max_task_us"] / 1e6,
+            alive_s=d["alive_us"] / 1e6,
+            serialize_s=d["serialize_us"] / 1e6,
+            transport_s=d["transport_us"] / 1e6,
+            restarts=d["restarts"],
+            recent_restarts=tuple(Restart(**r) for r in d["recent_restarts"]),
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"worker": self.worker, "pid": self.pid, "tasks": self.tasks, "failed": self.failed, "busy_s": self.busy_s,
-                "idle_s": self.idle_s, "alive_s": self.alive_s, "mean_task_s": self.mean_task_s, "max_task_s": self.max_task_s,
-                "serialize_s": self.serialize_s, "transport_s": self.transport_s, "restarts": self.restarts,
-                "recent_restarts": [r.as_dict() for r in self.recent_restarts]}
+        return {
+            "worker": self.worker,
+            "pid": self.pid,
+            "tasks": self.tasks,
+            "failed": self.failed,
+            "busy_s": self.busy_s,
+            "idle_s": self.idle_s,
+            "alive_s": self.alive_s,
+            "mean_task_s": self.mean_task_s,
+            "max_task_s": self.max_task_s,
+            "serialize_s": self.serialize_s,
+            "transport_s": self.transport_s,
+            "restarts": self.restarts,
+            "recent_restarts": [r.as_dict() for r in self.recent_restarts],
+        }
 
 
 @dataclass(frozen=True)
@@ -128,17 +148,32 @@ class PoolStats:
     @classmethod
     def of_workers(cls, kind: str, workers: tuple[WorkerStats, ...], **kw: Any) -> "PoolStats":
         """Builds the snapshot of a pool from its workers' figures, with their totals."""
-        return cls(kind=kind, tasks=sum(w.tasks for w in workers), failed=sum(w.failed for w in workers),
-                   busy_s=sum(w.busy_s for w in workers), max_task_s=max((w.max_task_s for w in workers), default=None),
-                   restarts=sum(w.restarts for w in workers), workers=workers, **kw)
+        return cls(
+            kind=kind,
+            tasks=sum(w.tasks for w in workers),
+            failed=sum(w.failed for w in workers),
+            busy_s=sum(w.busy_s for w in workers),
+            max_task_s=max((w.max_task_s for w in workers), default=None),
+            restarts=sum(w.restarts for w in workers),
+            workers=workers,
+            **kw,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """Returns the snapshot as plain data (JSON-serialisable)."""
-        out: dict[str, Any] = {"kind": self.kind, "tasks": self.tasks, "failed": self.failed, "busy_s": self.busy_s,
-                               "mean_task_s": self.mean_task_s, "max_task_s": self.max_task_s, "restarts": self.restarts,
-                               "parent_serialize_s": self.parent_serialize_s, "log_records": self.log_records,
-                               "dropped_log_records": self.dropped_log_records,
-                               "workers": [w.as_dict() for w in self.workers]}
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "tasks": self.tasks,
+            "failed": self.failed,
+            "busy_s": self.busy_s,
+            "mean_task_s": self.mean_task_s,
+            "max_task_s": self.max_task_s,
+            "restarts": self.restarts,
+            "parent_serialize_s": self.parent_serialize_s,
+            "log_records": self.log_records,
+            "dropped_log_records": self.dropped_log_records,
+            "workers": [w.as_dict() for w in self.workers],
+        }
         out.update(self.extra)
         return out
 
@@ -154,16 +189,39 @@ class PoolStats:
         if self.extra:
             lines.append("  " + ", ".join(f"{k}={v}" for k, v in self.extra.items()))
         if self.workers:
-            columns = ("worker", "pid", "tasks", "failed", "busy_s", "idle_s", "mean_ms", "max_ms", "pickle_ms", "transport_ms", "restarts")
+            columns = (
+                "worker",
+                "pid",
+                "tasks",
+                "failed",
+                "busy_s",
+                "idle_s",
+                "mean_ms",
+                "max_ms",
+                "pickle_ms",
+                "transport_ms",
+                "restarts",
+            )
             rows = [columns]
             for w in self.workers:
                 restarts = str(w.restarts)
                 if w.recent_restarts:
                     restarts += f" (last: {w.recent_restarts[-1]})"
-                rows.append((str(w.worker), "-" if w.pid is None else str(w.pid), str(w.tasks), str(w.failed), f"{w.busy_s:.3f}",
-                             _opt(w.idle_s, "{:.3f}"), _opt(w.mean_task_s and w.mean_task_s * 1e3, "{:.3f}"), f"{w.max_task_s * 1e3:.3f}",
-                             _opt(w.serialize_s and w.serialize_s * 1e3, "{:.1f}"), _opt(w.transport_s and w.transport_s * 1e3, "{:.1f}"),
-                             restarts))
+                rows.append(
+                    (
+                        str(w.worker),
+                        "-" if w.pid is None else str(w.pid),
+                        str(w.tasks),
+                        str(w.failed),
+                        f"{w.busy_s:.3f}",
+                        _opt(w.idle_s, "{:.3f}"),
+                        _opt(w.mean_task_s and w.mean_task_s * 1e3, "{:.3f}"),
+                        f"{w.max_task_s * 1e3:.3f}",
+                        _opt(w.serialize_s and w.serialize_s * 1e3, "{:.1f}"),
+                        _opt(w.transport_s and w.transport_s * 1e3, "{:.1f}"),
+                        restarts,
+                    )
+                )
             widths = [max(len(r[i]) for r in rows) for i in range(len(columns) - 1)]
             for r in rows:
                 lines.append("  " + "  ".join(c.rjust(wd) for c, wd in zip(r, widths)) + "  " + r[-1])

@@ -184,8 +184,15 @@ class ThreadPool(PoolExecutor):
 
     _counter = itertools.count().__next__
 
-    def __init__(self, max_workers: int | None = None, thread_name_prefix: str = "", initializer=None, initargs=(), *,
-                 max_pending: int | None = None):
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        thread_name_prefix: str = "",
+        initializer=None,
+        initargs=(),
+        *,
+        max_pending: int | None = None,
+    ):
         if max_workers is None:
             max_workers = _default_max_workers()
         if max_workers <= 0:
@@ -289,8 +296,10 @@ class ThreadPool(PoolExecutor):
         not restart; ``failed`` is not counted (0). ``print(pool.stats())`` shows a table."""
         from ._stats import PoolStats, WorkerStats
 
-        workers = tuple(WorkerStats(worker=i, pid=None, tasks=tasks, failed=0, busy_s=busy / 1e9, max_task_s=longest / 1e9)
-                        for i, (tasks, busy, longest) in enumerate(self._queue.stats()))
+        workers = tuple(
+            WorkerStats(worker=i, pid=None, tasks=tasks, failed=0, busy_s=busy / 1e9, max_task_s=longest / 1e9)
+            for i, (tasks, busy, longest) in enumerate(self._queue.stats())
+        )
         return PoolStats.of_workers("ThreadPool", workers)
 
     def _broken_error(self) -> BrokenThreadPool:

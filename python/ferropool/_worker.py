@@ -202,8 +202,14 @@ def _serve(conn, threads: int) -> None:
 
 #: Environment variables that size the thread pools of native libraries (OpenMP, OpenBLAS, MKL,
 #: Apple Accelerate, BLIS, numexpr); each is read once, when its library loads.
-NATIVE_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-                           "BLIS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+NATIVE_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 
 def bootstrap_command(executable: str | None = None, native_threads: int | None = None) -> list[str]:

@@ -26,8 +26,18 @@ from __future__ import annotations
 import hashlib
 import time
 
-__all__ = ["add_one", "spin", "calibrate_spin", "sleep_task", "hash_task", "http_get", "http_get_async",
-           "array_task", "run_async", "close_loop_sessions"]
+__all__ = [
+    "add_one",
+    "spin",
+    "calibrate_spin",
+    "sleep_task",
+    "hash_task",
+    "http_get",
+    "http_get_async",
+    "array_task",
+    "run_async",
+    "close_loop_sessions",
+]
 
 
 def add_one(x: int) -> int:

@@ -88,7 +88,9 @@ class TaskTimeoutError(FerropoolError, TimeoutError):
     catches it. Raise the limit, or make the task do less per call.
     """
 
-    def __init__(self, message: str, *, timeout: float | None = None, pid: int | None = None, function: str | None = None):
+    def __init__(
+        self, message: str, *, timeout: float | None = None, pid: int | None = None, function: str | None = None
+    ):
         super().__init__(message)
         self.timeout = timeout
         self.pid = pid

@@ -36,7 +36,11 @@ use std::time::{Duration, Instant};
 pub fn header_len() -> usize {
     static PAGE: OnceLock<usize> = OnceLock::new();
     // SAFETY: sysconf only reads a system constant.
-    *PAGE.get_or_init(|| usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(4096))
+    *PAGE.get_or_init(|| {
+        usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .unwrap_or(4096)
+            .max(4096)
+    })
 }
 
 /// A memory file holding one buffer, as its sender holds it. Dropping it gives the file to the
@@ -71,11 +75,17 @@ impl MemFile {
             Some(spare) => spare.refill(data)?,
             None => Backing::new(data)?,
         };
-        Ok(MemFile { file: Some(backing), len: data.len(), home })
+        Ok(MemFile {
+            file: Some(backing),
+            len: data.len(),
+            home,
+        })
     }
 
     fn backing(&self) -> &Backing {
-        self.file.as_ref().expect("a MemFile has its file until dropped")
+        self.file
+            .as_ref()
+            .expect("a MemFile has its file until dropped")
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -130,7 +140,12 @@ impl Backing {
         resize(&fd, head + data.len())?;
         pwrite_all(&fd, data, head)?;
         let view = RawMap::new(&fd, head + data.len(), libc::MAP_SHARED, 0)?;
-        Ok(Backing { fd, view, len: data.len(), populated: false })
+        Ok(Backing {
+            fd,
+            view,
+            len: data.len(),
+            populated: false,
+        })
     }
 
     /// Puts `data` into this (free) file, resizing it if needed.
@@ -146,14 +161,26 @@ impl Backing {
             // Map every page of the file at once (one call instead of a fault per 4 KiB page);
             // they stay mapped for every later reuse. Best effort before Linux 5.14.
             // SAFETY: the range is inside the mapping `view` owns; the advice changes no data.
-            unsafe { libc::madvise(self.view.ptr.as_ptr().add(head).cast(), data.len(), libc::MADV_POPULATE_READ) };
+            unsafe {
+                libc::madvise(
+                    self.view.ptr.as_ptr().add(head).cast(),
+                    data.len(),
+                    libc::MADV_POPULATE_READ,
+                )
+            };
             self.populated = true;
         }
         if !data.is_empty() {
             // SAFETY: the file is free (no receiver maps it: `readers` was 0 when it was taken
             // from the spare list, and only this thread holds it now), the view covers
             // `head + data.len()` bytes, and `data` is a separate, live slice.
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.view.ptr.as_ptr().add(head), data.len()) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    data.as_ptr(),
+                    self.view.ptr.as_ptr().add(head),
+                    data.len(),
+                )
+            };
         }
         Ok(self)
     }
@@ -198,7 +225,9 @@ pub const MAX_KEPT_AGE: Duration = Duration::from_secs(2);
 
 impl<T> Kept<T> {
     pub const fn new() -> Kept<T> {
-        Kept { list: Mutex::new(Vec::new()) }
+        Kept {
+            list: Mutex::new(Vec::new()),
+        }
     }
 
     /// The list, without the entries kept longer than `MAX_KEPT_AGE`.
@@ -240,7 +269,10 @@ impl<T> Kept<T> {
     /// `fits` accepts.
     fn take(&self, best: impl Fn(&T) -> bool, fits: impl Fn(&T) -> bool) -> Option<T> {
         let mut list = self.lock();
-        let pick = list.iter().rposition(|(t, _, _)| best(t)).or_else(|| list.iter().rposition(|(t, _, _)| fits(t)))?;
+        let pick = list
+            .iter()
+            .rposition(|(t, _, _)| best(t))
+            .or_else(|| list.iter().rposition(|(t, _, _)| fits(t)))?;
         Some(list.remove(pick).0)
     }
 }
@@ -279,7 +311,9 @@ pub struct BufferCache {
 
 impl BufferCache {
     pub const fn new() -> BufferCache {
-        BufferCache { entries: Mutex::new(Vec::new()) }
+        BufferCache {
+            entries: Mutex::new(Vec::new()),
+        }
     }
 
     /// Returns a memory file holding `data`: one still held by a task if it was written from the
@@ -289,7 +323,10 @@ impl BufferCache {
         let candidate = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             entries.retain(|(_, _, weak)| weak.strong_count() > 0);
-            entries.iter().find(|(p, l, _)| (*p, *l) == key).and_then(|(_, _, weak)| weak.upgrade())
+            entries
+                .iter()
+                .find(|(p, l, _)| (*p, *l) == key)
+                .and_then(|(_, _, weak)| weak.upgrade())
         };
         if let Some(file) = candidate {
             if file.holds(data) {
@@ -317,7 +354,8 @@ pub(crate) fn new_memfd(name: &std::ffi::CStr) -> io::Result<OwnedFd> {
 }
 
 pub(crate) fn resize(fd: &OwnedFd, len: usize) -> io::Result<()> {
-    let len = libc::off_t::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "buffer too large"))?;
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "buffer too large"))?;
     // SAFETY: plain syscall on a descriptor we own.
     if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
         return Err(io::Error::last_os_error());
@@ -330,7 +368,14 @@ pub(crate) fn pwrite_all(fd: &OwnedFd, data: &[u8], offset: usize) -> io::Result
     while done < data.len() {
         let rest = &data[done..];
         // SAFETY: `rest` is a live slice of `rest.len()` readable bytes; pwrite only reads it.
-        let n = unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), (offset + done) as libc::off_t) };
+        let n = unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                (offset + done) as libc::off_t,
+            )
+        };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -367,15 +412,30 @@ unsafe impl Sync for RawMap {}
 
 impl RawMap {
     /// Maps `len` (> 0) bytes of `fd` from `offset` (a multiple of the page size).
-    pub(crate) fn new(fd: &impl AsRawFd, len: usize, flags: libc::c_int, offset: usize) -> io::Result<RawMap> {
+    pub(crate) fn new(
+        fd: &impl AsRawFd,
+        len: usize,
+        flags: libc::c_int,
+        offset: usize,
+    ) -> io::Result<RawMap> {
         // SAFETY: a fresh mapping chosen by the kernel (addr NULL); it aliases no Rust object.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd.as_raw_fd(), offset as libc::off_t)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd.as_raw_fd(),
+                offset as libc::off_t,
+            )
         };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(RawMap { ptr: NonNull::new(ptr.cast()).expect("mmap never returns NULL on success"), len })
+        Ok(RawMap {
+            ptr: NonNull::new(ptr.cast()).expect("mmap never returns NULL on success"),
+            len,
+        })
     }
 }
 
@@ -431,21 +491,42 @@ impl Mapping {
         let len = usize::try_from(st.st_size)
             .ok()
             .and_then(|size| size.checked_sub(head))
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "a buffer's memory file is shorter than its header"))?;
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a buffer's memory file is shorter than its header",
+                )
+            })?;
         let file = shared.then_some((st.st_dev, st.st_ino));
         if let Some(id) = file {
-            let same = |(kept, maps): &(FileId, Maps)| *kept == id && maps.data.as_ref().map_or(0, |d| d.len) == len;
+            let same = |(kept, maps): &(FileId, Maps)| {
+                *kept == id && maps.data.as_ref().map_or(0, |d| d.len) == len
+            };
             if let Some((_, maps)) = KEPT_MAPPINGS.take(same, |_| false) {
-                return Ok(Mapping { maps: Some(maps), file });
+                return Ok(Mapping {
+                    maps: Some(maps),
+                    file,
+                });
             }
         }
         let header = RawMap::new(&fd, head, libc::MAP_SHARED, 0)?;
         // Shared: map every page now, in one call. Private: no prefaulting — populating a
         // private writable mapping would copy every page, and MADV_POPULATE_READ measured
         // slower than the kernel's fault-around as the task reads.
-        let flags = if shared { libc::MAP_SHARED | libc::MAP_POPULATE } else { libc::MAP_PRIVATE };
-        let data = if len == 0 { None } else { Some(RawMap::new(&fd, len, flags, head)?) };
-        Ok(Mapping { maps: Some(Maps { data, header }), file })
+        let flags = if shared {
+            libc::MAP_SHARED | libc::MAP_POPULATE
+        } else {
+            libc::MAP_PRIVATE
+        };
+        let data = if len == 0 {
+            None
+        } else {
+            Some(RawMap::new(&fd, len, flags, head)?)
+        };
+        Ok(Mapping {
+            maps: Some(Maps { data, header }),
+            file,
+        })
     }
 
     fn data(&self) -> Option<&RawMap> {
@@ -454,7 +535,8 @@ impl Mapping {
 
     /// Start of the mapped bytes (dangling, never to be read, when `len()` is 0).
     pub fn as_ptr(&self) -> *mut u8 {
-        self.data().map_or(NonNull::dangling().as_ptr(), |d| d.ptr.as_ptr())
+        self.data()
+            .map_or(NonNull::dangling().as_ptr(), |d| d.ptr.as_ptr())
     }
 
     pub fn len(&self) -> usize {
@@ -481,7 +563,9 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        let Some(mut maps) = self.maps.take() else { return };
+        let Some(mut maps) = self.maps.take() else {
+            return;
+        };
         if self.file.is_none() {
             drop(maps.data.take()); // a private mapping goes before the sender may reuse the file
         }
@@ -514,7 +598,10 @@ mod tests {
         static HOME: Spares = Spares::new();
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let file = MemFile::write_in(&HOME, &data).unwrap();
-        assert_eq!(fstat(file.fd()).unwrap().st_size as usize, header_len() + data.len());
+        assert_eq!(
+            fstat(file.fd()).unwrap().st_size as usize,
+            header_len() + data.len()
+        );
         let private = receive(&file, false);
         let shared = receive(&file, true);
         assert_eq!(file.readers(), 2);
@@ -523,14 +610,26 @@ mod tests {
         // SAFETY: index 7 is inside the private mapping, which nothing else accesses.
         unsafe { *private.as_ptr().add(7) = 0xAB };
         // SAFETY: read-only use while no writer runs.
-        assert_eq!(unsafe { shared.bytes() }[7], data[7], "a private write reached the file");
+        assert_eq!(
+            unsafe { shared.bytes() }[7],
+            data[7],
+            "a private write reached the file"
+        );
         // SAFETY: index 9 is inside the shared mapping; no other reference is live.
         unsafe { *shared.as_ptr().add(9) = 0xCD };
         let again = receive(&file, false);
         // SAFETY: read-only use while no writer runs.
-        assert_eq!(unsafe { again.bytes() }[9], 0xCD, "a shared write did not reach the file");
+        assert_eq!(
+            unsafe { again.bytes() }[9],
+            0xCD,
+            "a shared write did not reach the file"
+        );
         drop((private, shared, again));
-        assert_eq!(file.readers(), 0, "every dropped mapping gives its count back");
+        assert_eq!(
+            file.readers(),
+            0,
+            "every dropped mapping gives its count back"
+        );
     }
 
     #[test]
@@ -544,14 +643,25 @@ mod tests {
         assert_eq!(HOME.len(), 1, "a dropped file is kept as a spare");
         let b = vec![2u8; 200_000];
         let second = MemFile::write_in(&HOME, &b).unwrap();
-        assert_ne!(inode(second.fd()), first_ino, "a file a receiver still maps was reused");
+        assert_ne!(
+            inode(second.fd()),
+            first_ino,
+            "a file a receiver still maps was reused"
+        );
         // SAFETY: read-only use while no writer runs.
-        assert_eq!(unsafe { held.bytes() }, &a[..], "a held buffer changed under its receiver");
+        assert_eq!(
+            unsafe { held.bytes() },
+            &a[..],
+            "a held buffer changed under its receiver"
+        );
         let second_ino = inode(second.fd());
         drop((held, second));
         let c = vec![3u8; 200_000];
         let third = MemFile::write_in(&HOME, &c).unwrap();
-        assert!([first_ino, second_ino].contains(&inode(third.fd())), "a free spare file was not reused");
+        assert!(
+            [first_ino, second_ino].contains(&inode(third.fd())),
+            "a free spare file was not reused"
+        );
         assert_eq!(HOME.len(), 1);
         // SAFETY: read-only use while no writer runs.
         assert_eq!(unsafe { receive(&third, false).bytes() }, &c[..]);
@@ -570,7 +680,10 @@ mod tests {
         let m = receive(&g, true);
         assert_eq!(m.as_ptr(), at, "the kept mapping was not reused");
         // SAFETY: read-only use while no writer runs.
-        assert!(unsafe { m.bytes() }.iter().all(|&b| b == 2), "a kept mapping shows stale bytes");
+        assert!(
+            unsafe { m.bytes() }.iter().all(|&b| b == 2),
+            "a kept mapping shows stale bytes"
+        );
     }
 
     #[test]
@@ -583,7 +696,11 @@ mod tests {
         for len in [100_000usize, 500_000, 0, 4096] {
             let data: Vec<u8> = (0..len).map(|i| (i % 13) as u8).collect();
             let f = MemFile::write_in(&HOME, &data).unwrap();
-            assert_eq!(inode(f.fd()), ino, "the only spare was not reused for {len} bytes");
+            assert_eq!(
+                inode(f.fd()),
+                ino,
+                "the only spare was not reused for {len} bytes"
+            );
             let m = receive(&f, false);
             assert_eq!(m.len(), len);
             // SAFETY: read-only use while no writer runs.
@@ -594,7 +711,9 @@ mod tests {
     #[test]
     fn the_spare_list_stays_bounded_and_can_be_emptied() {
         static HOME: Spares = Spares::new();
-        let files: Vec<MemFile> = (0..MAX_KEPT + 5).map(|i| MemFile::write_in(&HOME, &[i as u8; 4096]).unwrap()).collect();
+        let files: Vec<MemFile> = (0..MAX_KEPT + 5)
+            .map(|i| MemFile::write_in(&HOME, &[i as u8; 4096]).unwrap())
+            .collect();
         drop(files);
         assert_eq!(HOME.len(), MAX_KEPT);
         assert_eq!(HOME.clear(), MAX_KEPT);
@@ -606,14 +725,24 @@ mod tests {
         let cache = BufferCache::new();
         let mut data = vec![5u8; 100_000];
         let first = cache.get_or_write(&data).unwrap();
-        assert!(Arc::ptr_eq(&first, &cache.get_or_write(&data).unwrap()), "same memory, same bytes: reused");
+        assert!(
+            Arc::ptr_eq(&first, &cache.get_or_write(&data).unwrap()),
+            "same memory, same bytes: reused"
+        );
         data[50_000] = 6;
         let changed = cache.get_or_write(&data).unwrap();
-        assert!(!Arc::ptr_eq(&first, &changed), "changed bytes must be written anew");
+        assert!(
+            !Arc::ptr_eq(&first, &changed),
+            "changed bytes must be written anew"
+        );
         drop((first, changed));
         let fresh = cache.get_or_write(&data).unwrap();
         assert!(fresh.holds(&data));
-        assert_eq!(cache.entries.lock().unwrap().len(), 1, "dead entries are dropped");
+        assert_eq!(
+            cache.entries.lock().unwrap().len(),
+            1,
+            "dead entries are dropped"
+        );
     }
 
     #[test]

@@ -16,7 +16,10 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
 
 use crate::frame::{Frame, Header, Kind, HEADER_LEN};
 
@@ -27,14 +30,24 @@ const MAX_FDS_PER_READ: usize = 253;
 
 /// Creates a connected pair of unix stream sockets, both close-on-exec.
 pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).map_err(io::Error::from)
+    socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Sets or clears `O_NONBLOCK` on `fd`.
 pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
-    let flags = if on { flags | OFlag::O_NONBLOCK } else { flags - OFlag::O_NONBLOCK };
+    let flags = if on {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags - OFlag::O_NONBLOCK
+    };
     fcntl(fd, FcntlArg::F_SETFL(flags))?;
     Ok(())
 }
@@ -61,7 +74,8 @@ impl FrameReader {
 
     /// Returns true if at least one whole frame is buffered, so `next_frame` needs no read.
     pub fn has_frame(&self) -> bool {
-        self.pending_header().is_some_and(|h| (self.end - self.start) as u64 >= HEADER_LEN as u64 + h.len)
+        self.pending_header()
+            .is_some_and(|h| (self.end - self.start) as u64 >= HEADER_LEN as u64 + h.len)
     }
 
     fn pending_header(&self) -> Option<Header> {
@@ -100,13 +114,20 @@ impl FrameReader {
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
         let mut iov = [IoSliceMut::new(&mut self.buf[self.end..])];
         let n = loop {
-            match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC | flags) {
+            match recvmsg::<()>(
+                fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC | flags,
+            ) {
                 Ok(msg) => {
                     for c in msg.cmsgs().map_err(io::Error::from)? {
                         if let ControlMessageOwned::ScmRights(raw) = c {
                             // SAFETY: the kernel just installed these descriptors in our table for
                             // this message; nothing else owns them yet.
-                            self.fds.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
+                            self.fds.extend(
+                                raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }),
+                            );
                         }
                     }
                     break msg.bytes;
@@ -128,14 +149,19 @@ impl FrameReader {
         if avail < HEADER_LEN {
             return Ok(None);
         }
-        let hb: &[u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("header slice");
+        let hb: &[u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
+            .try_into()
+            .expect("header slice");
         let h = Header::decode(hb).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let total = HEADER_LEN + h.len as usize;
         if avail < total {
             return Ok(None);
         }
         if self.fds.len() < h.nfds as usize {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame announces more descriptors than arrived"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "frame announces more descriptors than arrived",
+            ));
         }
         let payload = self.buf[self.start + HEADER_LEN..self.start + total].to_vec();
         self.start += total;
@@ -144,7 +170,14 @@ impl FrameReader {
             self.end = 0;
         }
         let fds = self.fds.drain(..h.nfds as usize).collect();
-        Ok(Some(Frame { kind: h.kind, id: h.id, flags: h.flags, aux: h.aux, payload, fds }))
+        Ok(Some(Frame {
+            kind: h.kind,
+            id: h.id,
+            flags: h.flags,
+            aux: h.aux,
+            payload,
+            fds,
+        }))
     }
 }
 
@@ -179,20 +212,51 @@ impl FrameWriter {
 
     /// Queues a frame made of its parts, copying the payload from a borrowed slice.
     pub fn push_parts(&mut self, kind: Kind, id: u64, aux: u32, payload: &[u8]) {
-        Header { len: payload.len() as u64, id, kind, flags: 0, nfds: 0, aux }.encode_into(&mut self.buf);
+        Header {
+            len: payload.len() as u64,
+            id,
+            kind,
+            flags: 0,
+            nfds: 0,
+            aux,
+        }
+        .encode_into(&mut self.buf);
         self.buf.extend_from_slice(payload);
     }
 
     /// `push_parts` for a frame that carries descriptors (at most `u16::MAX`).
-    pub fn push_parts_with_fds(&mut self, kind: Kind, id: u64, aux: u32, payload: &[u8], fds: Vec<OwnedFd>) {
+    pub fn push_parts_with_fds(
+        &mut self,
+        kind: Kind,
+        id: u64,
+        aux: u32,
+        payload: &[u8],
+        fds: Vec<OwnedFd>,
+    ) {
         self.push_parts_flagged(kind, id, 0, aux, payload, fds);
     }
 
     /// `push_parts_with_fds` with the header's `flags` byte set.
-    pub fn push_parts_flagged(&mut self, kind: Kind, id: u64, flags: u8, aux: u32, payload: &[u8], fds: Vec<OwnedFd>) {
+    pub fn push_parts_flagged(
+        &mut self,
+        kind: Kind,
+        id: u64,
+        flags: u8,
+        aux: u32,
+        payload: &[u8],
+        fds: Vec<OwnedFd>,
+    ) {
         let at = self.buf.len();
         let nfds = u16::try_from(fds.len()).expect("at most 65535 descriptors per frame");
-        Header { len: payload.len() as u64, id, kind, flags, nfds, aux }.encode_into(&mut self.buf);
+        Header {
+            len: payload.len() as u64,
+            id,
+            kind,
+            flags,
+            nfds,
+            aux,
+        }
+        .encode_into(&mut self.buf);
         self.buf.extend_from_slice(payload);
         if !fds.is_empty() {
             self.fds.push_back((at, fds));
@@ -213,7 +277,11 @@ impl FrameWriter {
                 None => (self.buf.len(), false),
             };
             let iov = [IoSlice::new(&self.buf[self.written..end])];
-            let raw: Vec<RawFd> = if with_fds { self.fds[0].1.iter().map(|f| f.as_raw_fd()).collect() } else { Vec::new() };
+            let raw: Vec<RawFd> = if with_fds {
+                self.fds[0].1.iter().map(|f| f.as_raw_fd()).collect()
+            } else {
+                Vec::new()
+            };
             let cmsgs = [ControlMessage::ScmRights(&raw)];
             let cm: &[ControlMessage<'_>] = if with_fds { &cmsgs } else { &[] };
             match sendmsg::<()>(fd.as_raw_fd(), &iov, cm, MsgFlags::MSG_NOSIGNAL, None) {
@@ -256,20 +324,31 @@ mod tests {
             tx.push(Frame::new(Kind::Task, 1, b"first".to_vec()));
             tx.push(f);
             tx.push(Frame::new(Kind::Task, 3, vec![7; 1 << 20]));
-            assert!(tx.flush(a.as_fd()).unwrap(), "a blocking socket takes everything");
+            assert!(
+                tx.flush(a.as_fd()).unwrap(),
+                "a blocking socket takes everything"
+            );
         });
         let f1 = rx.recv().unwrap().unwrap();
-        assert_eq!((f1.id, f1.payload.as_slice(), f1.fds.len()), (1, &b"first"[..], 0));
+        assert_eq!(
+            (f1.id, f1.payload.as_slice(), f1.fds.len()),
+            (1, &b"first"[..], 0)
+        );
         let mut f2 = rx.recv().unwrap().unwrap();
         assert_eq!((f2.id, f2.fds.len()), (2, 1));
         let mut got = String::new();
-        std::fs::File::from(f2.fds.pop().unwrap()).read_to_string(&mut got).unwrap();
+        std::fs::File::from(f2.fds.pop().unwrap())
+            .read_to_string(&mut got)
+            .unwrap();
         assert_eq!(got, "through the socket");
         let f3 = rx.recv().unwrap().unwrap();
         assert_eq!((f3.id, f3.payload.len()), (3, 1 << 20));
         assert!(f3.payload.iter().all(|&x| x == 7));
         sender.join().unwrap();
-        assert!(rx.recv().unwrap().is_none(), "end of stream after the last frame");
+        assert!(
+            rx.recv().unwrap().is_none(),
+            "end of stream after the last frame"
+        );
     }
 
     #[test]
@@ -286,7 +365,10 @@ mod tests {
         });
         let mut polls = 0;
         while !w.flush(a.as_fd()).unwrap() {
-            let mut pfd = [nix::poll::PollFd::new(a.as_fd(), nix::poll::PollFlags::POLLOUT)];
+            let mut pfd = [nix::poll::PollFd::new(
+                a.as_fd(),
+                nix::poll::PollFlags::POLLOUT,
+            )];
             nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(5000u16)).unwrap();
             polls += 1;
             assert!(polls < 10_000, "writer made no progress");
@@ -307,7 +389,11 @@ mod tests {
     }
 
     fn tempfile_with(bytes: &[u8]) -> std::fs::File {
-        let fd = nix::sys::memfd::memfd_create(c"ferropool-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+        let fd = nix::sys::memfd::memfd_create(
+            c"ferropool-test",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .unwrap();
         let mut f = std::fs::File::from(fd);
         f.write_all(bytes).unwrap();
         f

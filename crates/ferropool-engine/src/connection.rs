@@ -79,8 +79,17 @@ impl Connection {
     /// Wraps a connected socket; it is switched to blocking mode.
     pub fn new(sock: OwnedFd) -> io::Result<Connection> {
         set_nonblocking(sock.as_fd(), false)?;
-        let out = Arc::new(Outbox { state: Mutex::new(OutState::default()), wake: Condvar::new() });
-        Ok(Connection { sock: Arc::new(sock), reader: FrameReader::new(), out, ahead: VecDeque::new(), last_read: Instant::now() })
+        let out = Arc::new(Outbox {
+            state: Mutex::new(OutState::default()),
+            wake: Condvar::new(),
+        });
+        Ok(Connection {
+            sock: Arc::new(sock),
+            reader: FrameReader::new(),
+            out,
+            ahead: VecDeque::new(),
+            last_read: Instant::now(),
+        })
     }
 
     /// Queues one frame and writes everything queued, blocking as needed.
@@ -94,10 +103,19 @@ impl Connection {
     /// run time in microseconds and `flags` the share of it spent pickling, in 255ths. It is
     /// written now unless another task is already buffered (its answer will likely follow soon);
     /// then it is held, for at most `MAX_HOLD`.
-    pub fn answer(&mut self, kind: Kind, id: u64, flags: u8, aux: u32, payload: &[u8], fds: Vec<OwnedFd>) -> io::Result<()> {
+    pub fn answer(
+        &mut self,
+        kind: Kind,
+        id: u64,
+        flags: u8,
+        aux: u32,
+        payload: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> io::Result<()> {
         let more = self.has_frame();
         let mut st = self.out.lock();
-        st.writer.push_parts_flagged(kind, id, flags, aux, payload, fds);
+        st.writer
+            .push_parts_flagged(kind, id, flags, aux, payload, fds);
         if more && st.writer.pending() < MAX_HELD_BYTES {
             hold(&self.out, &self.sock, st);
             Ok(())
@@ -108,7 +126,10 @@ impl Connection {
 
     /// Returns a handle through which other threads send frames on this connection.
     pub fn sender(&self) -> Sender {
-        Sender { out: self.out.clone(), sock: self.sock.clone() }
+        Sender {
+            out: self.out.clone(),
+            sock: self.sock.clone(),
+        }
     }
 
     /// Writes every queued frame now, blocking as needed.
@@ -124,7 +145,9 @@ impl Connection {
     /// Returns the next frame if one is buffered, without blocking (see `recv`).
     pub fn try_recv(&mut self) -> io::Result<Option<Frame>> {
         self.decode()?;
-        if self.ahead.front().is_some_and(|f| f.kind == Kind::Task) && self.last_read.elapsed() >= CANCEL_CHECK_AGE {
+        if self.ahead.front().is_some_and(|f| f.kind == Kind::Task)
+            && self.last_read.elapsed() >= CANCEL_CHECK_AGE
+        {
             loop {
                 match self.reader.fill_nonblocking(self.sock.as_fd()) {
                     Ok(0) => break,
@@ -162,7 +185,11 @@ impl Connection {
                 self.ahead.push_back(f);
                 continue;
             }
-            if let Some(pos) = self.ahead.iter().position(|t| t.kind == Kind::Task && t.id == f.id) {
+            if let Some(pos) = self
+                .ahead
+                .iter()
+                .position(|t| t.kind == Kind::Task && t.id == f.id)
+            {
                 self.ahead.remove(pos);
                 let mut st = self.out.lock();
                 st.writer.push(Frame::new(Kind::Cancel, f.id, Vec::new()));
@@ -175,7 +202,6 @@ impl Connection {
         }
         Ok(())
     }
-
 }
 
 /// Sends frames on a worker's connection from any thread: answers of tasks that run
@@ -202,7 +228,15 @@ impl Sender {
 
     /// Queues a frame with descriptors; `hold_it` leaves it for the flusher (written within
     /// `MAX_HOLD`, with whatever else is queued by then), otherwise it is written now.
-    pub fn send(&self, kind: Kind, id: u64, aux: u32, payload: &[u8], fds: Vec<OwnedFd>, hold_it: bool) -> io::Result<()> {
+    pub fn send(
+        &self,
+        kind: Kind,
+        id: u64,
+        aux: u32,
+        payload: &[u8],
+        fds: Vec<OwnedFd>,
+        hold_it: bool,
+    ) -> io::Result<()> {
         let mut st = self.out.lock();
         st.writer.push_parts_with_fds(kind, id, aux, payload, fds);
         if hold_it && !st.closed && st.writer.pending() < MAX_HELD_BYTES {
@@ -228,7 +262,9 @@ fn hold(out: &Arc<Outbox>, sock: &Arc<OwnedFd>, mut st: MutexGuard<'_, OutState>
     st.held_since = Some(Instant::now());
     if !st.flusher_started {
         let (flusher_out, flusher_sock) = (out.clone(), sock.clone());
-        let spawned = std::thread::Builder::new().name("ferropool-flusher".into()).spawn(move || flusher_out.run_flusher(&flusher_sock));
+        let spawned = std::thread::Builder::new()
+            .name("ferropool-flusher".into())
+            .spawn(move || flusher_out.run_flusher(&flusher_sock));
         if spawned.is_err() {
             // No thread, no holding back.
             let _ = write_all(&mut st, sock);
@@ -247,7 +283,9 @@ impl Outbox {
     fn lock(&self) -> MutexGuard<'_, OutState> {
         // A panic while holding this lock leaves a consistent writer (it only appends or
         // writes); carry on with it.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The flusher thread: writes out answers held for `MAX_HOLD` until the connection drops.
@@ -265,11 +303,17 @@ impl Outbox {
                         let _ = write_all(&mut st, sock);
                         continue;
                     }
-                    self.wake.wait_timeout(st, due - now).unwrap_or_else(|p| p.into_inner()).0
+                    self.wake
+                        .wait_timeout(st, due - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
                 }
                 // Answers are streaming: look again in MAX_HOLD rather than be woken for each.
                 None if now.duration_since(last_held) < FLUSHER_IDLE_AFTER => {
-                    self.wake.wait_timeout(st, MAX_HOLD).unwrap_or_else(|p| p.into_inner()).0
+                    self.wake
+                        .wait_timeout(st, MAX_HOLD)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
                 }
                 None => {
                     // Quiet: sleep until `hold` wakes us (it sees `flusher_idle`). The flag is set
@@ -308,14 +352,21 @@ mod tests {
     use super::*;
     use crate::channel::pair;
 
-    fn read_frame_within(reader: &mut FrameReader, sock: &OwnedFd, limit: Duration) -> Option<Frame> {
+    fn read_frame_within(
+        reader: &mut FrameReader,
+        sock: &OwnedFd,
+        limit: Duration,
+    ) -> Option<Frame> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(f) = reader.next_frame().unwrap() {
                 return Some(f);
             }
             let left = deadline.checked_duration_since(Instant::now())?;
-            let mut pfd = [nix::poll::PollFd::new(sock.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let mut pfd = [nix::poll::PollFd::new(
+                sock.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
             let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
             if nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(ms)).unwrap() == 0 {
                 return None;
@@ -337,8 +388,12 @@ mod tests {
         assert_eq!(conn.recv().unwrap().unwrap().id, 2);
         // Task 2 "runs" from here on: nothing on this side touches the connection again.
         let mut reader = FrameReader::new();
-        let answer = read_frame_within(&mut reader, &parent, Duration::from_secs(5)).expect("the held answer was never written");
-        assert_eq!((answer.kind, answer.id, answer.payload.as_slice()), (Kind::Ok, 1, &b"done"[..]));
+        let answer = read_frame_within(&mut reader, &parent, Duration::from_secs(5))
+            .expect("the held answer was never written");
+        assert_eq!(
+            (answer.kind, answer.id, answer.payload.as_slice()),
+            (Kind::Ok, 1, &b"done"[..])
+        );
         drop(conn);
     }
 
@@ -347,10 +402,17 @@ mod tests {
         let (parent, child) = pair().unwrap();
         let conn = Connection::new(child).unwrap();
         let sender = conn.sender();
-        std::thread::spawn(move || sender.send_soon(Frame::new(Kind::Log, 0, b"record".to_vec())).unwrap()).join().unwrap();
+        std::thread::spawn(move || {
+            sender
+                .send_soon(Frame::new(Kind::Log, 0, b"record".to_vec()))
+                .unwrap()
+        })
+        .join()
+        .unwrap();
         // The main thread never touches the connection: the flusher must write the record.
         let mut reader = FrameReader::new();
-        let f = read_frame_within(&mut reader, &parent, Duration::from_secs(5)).expect("the held record was never written");
+        let f = read_frame_within(&mut reader, &parent, Duration::from_secs(5))
+            .expect("the held record was never written");
         assert_eq!((f.kind, f.payload.as_slice()), (Kind::Log, &b"record"[..]));
         drop(conn);
     }
@@ -381,7 +443,8 @@ mod tests {
         assert_eq!(conn.recv().unwrap().unwrap().id, 3);
         conn.flush().unwrap();
         let mut reader = FrameReader::new();
-        let ack = read_frame_within(&mut reader, &parent, Duration::from_secs(5)).expect("no answer for the skipped task");
+        let ack = read_frame_within(&mut reader, &parent, Duration::from_secs(5))
+            .expect("no answer for the skipped task");
         assert_eq!((ack.kind, ack.id), (Kind::Cancel, 2));
     }
 }

@@ -75,7 +75,16 @@ struct Dispatcher {
 pub(crate) fn run(shared: Arc<Shared>, config: PoolConfig) {
     let slots = (0..config.workers).map(|_| None).collect();
     let stats = (0..config.workers).map(|_| SlotStats::default()).collect();
-    let mut d = Dispatcher { shared, config, slots, done: Vec::new(), startup_failures: 0, stopping: false, stats, logs: Vec::new() };
+    let mut d = Dispatcher {
+        shared,
+        config,
+        slots,
+        done: Vec::new(),
+        startup_failures: 0,
+        stopping: false,
+        stats,
+        logs: Vec::new(),
+    };
     for slot in 0..d.slots.len() {
         d.respawn(slot);
     }
@@ -103,7 +112,9 @@ impl Dispatcher {
             self.flush_all();
             self.shared.publish_logs(&mut self.logs);
             self.shared.publish(&mut self.done);
-            if self.shared.stats.wanted.load(Ordering::Relaxed) && self.shared.stats.wanted.swap(false, Ordering::AcqRel) {
+            if self.shared.stats.wanted.load(Ordering::Relaxed)
+                && self.shared.stats.wanted.swap(false, Ordering::AcqRel)
+            {
                 self.publish_stats(false);
             }
             if self.stopping && self.slots.iter().all(Option::is_none) {
@@ -119,7 +130,11 @@ impl Dispatcher {
         for id in ids {
             // Not found: it finished (or was cancelled) before we got here; nothing to do.
             let Some((slot, pos)) = self.slots.iter().enumerate().find_map(|(slot, w)| {
-                let pos = w.as_ref()?.inflight.iter().position(|s| s.id == id && !s.cancelled)?;
+                let pos = w
+                    .as_ref()?
+                    .inflight
+                    .iter()
+                    .position(|s| s.id == id && !s.cancelled)?;
                 Some((slot, pos))
             }) else {
                 continue;
@@ -143,18 +158,37 @@ impl Dispatcher {
     /// stopped only if it is still there `stop_grace` later.
     fn stop_task(&mut self, slot: usize, id: u64, timed_out: bool) {
         let grace = self.config.stop_grace;
-        let w = self.slots[slot].as_mut().expect("stopping a task of a live worker");
-        let Some(pos) = w.inflight.iter().position(|s| s.id == id) else { return };
+        let w = self.slots[slot]
+            .as_mut()
+            .expect("stopping a task of a live worker");
+        let Some(pos) = w.inflight.iter().position(|s| s.id == id) else {
+            return;
+        };
         let sent = &w.inflight[pos];
-        let outcome = if timed_out { Outcome::TimedOut { pid: w.pid, after: sent.timeout.unwrap_or_default() } } else { Outcome::Cancelled };
+        let outcome = if timed_out {
+            Outcome::TimedOut {
+                pid: w.pid,
+                after: sent.timeout.unwrap_or_default(),
+            }
+        } else {
+            Outcome::Cancelled
+        };
         self.done.push(Done::new(id, outcome));
         // A coroutine stops when cancelled, so asking is enough; a thread's task alone on its
         // worker is stopped with the worker at once.
         if w.running() <= 1 && !sent.payload.is_async {
-            self.stats[slot].leaving(if timed_out { RestartCause::TimedOut } else { RestartCause::Cancelled });
+            self.stats[slot].leaving(if timed_out {
+                RestartCause::TimedOut
+            } else {
+                RestartCause::Cancelled
+            });
             w.take(pos);
             w.phase = Phase::Draining;
-            w.stop = Some(Stop { task: Some(id), kill_at: Instant::now() + grace, killed: false });
+            w.stop = Some(Stop {
+                task: Some(id),
+                kill_at: Instant::now() + grace,
+                killed: false,
+            });
             w.terminate();
         } else {
             w.ask_stop(pos);
@@ -169,7 +203,9 @@ impl Dispatcher {
         let mut next: Option<Instant> = None;
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for slot in 0..self.slots.len() {
-            let Some(w) = self.slots[slot].as_mut() else { continue };
+            let Some(w) = self.slots[slot].as_mut() else {
+                continue;
+            };
             if let Some(stop) = &mut w.stop {
                 if !stop.killed && now >= stop.kill_at {
                     stop.killed = true;
@@ -181,7 +217,11 @@ impl Dispatcher {
             }
             if let Some(exit_by) = w.exit_by {
                 if now >= exit_by {
-                    w.stop = Some(Stop { task: None, kill_at: now + self.config.stop_grace, killed: false });
+                    w.stop = Some(Stop {
+                        task: None,
+                        kill_at: now + self.config.stop_grace,
+                        killed: false,
+                    });
                     w.terminate();
                     earliest(now + self.config.stop_grace);
                 } else {
@@ -192,12 +232,19 @@ impl Dispatcher {
             // A task asked to stop beside others that is still there after the grace period:
             // stop the whole worker (the tasks running beside it are re-run elsewhere).
             let grace = self.config.stop_grace;
-            if let Some(asked) = (w.stop_asks > 0).then(|| w.inflight.iter().filter_map(|s| s.stop_asked).min()).flatten() {
+            if let Some(asked) = (w.stop_asks > 0)
+                .then(|| w.inflight.iter().filter_map(|s| s.stop_asked).min())
+                .flatten()
+            {
                 if now >= asked + grace {
                     // Stopped for a task that timed out or was cancelled beside others.
                     self.stats[slot].leaving(RestartCause::TimedOut);
                     w.phase = Phase::Draining;
-                    w.stop = Some(Stop { task: None, kill_at: now + grace, killed: false });
+                    w.stop = Some(Stop {
+                        task: None,
+                        kill_at: now + grace,
+                        killed: false,
+                    });
                     w.terminate();
                     earliest(now + grace);
                     continue;
@@ -206,12 +253,22 @@ impl Dispatcher {
             }
             if let Some(deadline) = w.deadline() {
                 if now >= deadline {
-                    let overdue: Vec<u64> = w.inflight.iter().filter(|s| !s.cancelled && s.started.zip(s.timeout).is_some_and(|(t, d)| now >= t + d)).map(|s| s.id).collect();
+                    let overdue: Vec<u64> = w
+                        .inflight
+                        .iter()
+                        .filter(|s| {
+                            !s.cancelled
+                                && s.started.zip(s.timeout).is_some_and(|(t, d)| now >= t + d)
+                        })
+                        .map(|s| s.id)
+                        .collect();
                     for id in overdue {
                         self.stop_task(slot, id, true);
                     }
                     earliest(now + grace);
-                    if let Some(next_deadline) = self.slots[slot].as_ref().and_then(Worker::deadline) {
+                    if let Some(next_deadline) =
+                        self.slots[slot].as_ref().and_then(Worker::deadline)
+                    {
                         earliest(next_deadline);
                     }
                 } else {
@@ -232,15 +289,31 @@ impl Dispatcher {
     /// wakes us.
     fn assign(&mut self) {
         // Room for (thread tasks, coroutine tasks) per worker.
-        let mut room: Vec<(usize, usize)> = self.slots.iter().map(|w| w.as_ref().map_or((0, 0), |w| self.room(w))).collect();
+        let mut room: Vec<(usize, usize)> = self
+            .slots
+            .iter()
+            .map(|w| w.as_ref().map_or((0, 0), |w| self.room(w)))
+            .collect();
         // Idle task threads per worker (plain tasks run one per thread).
-        let mut idle: Vec<usize> =
-            self.slots.iter().map(|w| w.as_ref().map_or(0, |w| w.threads.saturating_sub(w.inflight.len() - w.coroutines))).collect();
+        let mut idle: Vec<usize> = self
+            .slots
+            .iter()
+            .map(|w| {
+                w.as_ref().map_or(0, |w| {
+                    w.threads.saturating_sub(w.inflight.len() - w.coroutines)
+                })
+            })
+            .collect();
         let mut q = self.shared.queue.lock().expect("queue poisoned");
         let mut taken: Vec<(usize, Task)> = Vec::new();
         while let Some(front) = q.tasks.front() {
             let kind = |r: &(usize, usize)| if front.payload.is_async { r.1 } else { r.0 };
-            let Some(slot) = (0..room.len()).filter(|&i| kind(&room[i]) > 0).max_by_key(|&i| (idle[i] > 0, kind(&room[i]))) else { break };
+            let Some(slot) = (0..room.len())
+                .filter(|&i| kind(&room[i]) > 0)
+                .max_by_key(|&i| (idle[i] > 0, kind(&room[i])))
+            else {
+                break;
+            };
             let task = q.tasks.pop_front().expect("front exists");
             if task.payload.is_async {
                 room[slot].1 -= 1;
@@ -251,10 +324,14 @@ impl Dispatcher {
             taken.push((slot, task));
         }
         // Starting workers count as having room: they take tasks before they are ready.
-        q.wants_tasks = room.iter().any(|&(sync, coroutines)| sync > 0 || coroutines > 0);
+        q.wants_tasks = room
+            .iter()
+            .any(|&(sync, coroutines)| sync > 0 || coroutines > 0);
         drop(q);
         for (slot, task) in taken {
-            let w = self.slots[slot].as_mut().expect("room only for live workers");
+            let w = self.slots[slot]
+                .as_mut()
+                .expect("room only for live workers");
             let was_idle = w.inflight.is_empty();
             w.send_task(task.id, task.payload, task.timeout);
             self.stats[slot].sent(was_idle);
@@ -274,7 +351,10 @@ impl Dispatcher {
             Some(us) => ((PREFETCH_US / us) as usize).min(MAX_PREFETCH) + 1,
         };
         let (sync, coroutines) = (w.inflight.len() - w.coroutines, w.coroutines);
-        let mut room = ((per_thread * w.threads).saturating_sub(sync), MAX_COROUTINES_PER_WORKER.saturating_sub(coroutines));
+        let mut room = (
+            (per_thread * w.threads).saturating_sub(sync),
+            MAX_COROUTINES_PER_WORKER.saturating_sub(coroutines),
+        );
         if let Some(max) = self.config.max_tasks_per_child {
             let left = max.saturating_sub(w.tasks_sent) as usize;
             room = (room.0.min(left), room.1.min(left));
@@ -337,7 +417,8 @@ impl Dispatcher {
         });
         let timeout = match (self.config.idle_tick, until_timer) {
             (None, None) => PollTimeout::NONE,
-            (a, b) => PollTimeout::try_from(a.into_iter().chain(b).min().expect("one is set")).unwrap_or(PollTimeout::MAX),
+            (a, b) => PollTimeout::try_from(a.into_iter().chain(b).min().expect("one is set"))
+                .unwrap_or(PollTimeout::MAX),
         };
         match poll(&mut fds, timeout) {
             Ok(_) => {}
@@ -347,9 +428,16 @@ impl Dispatcher {
         let ready: Vec<(usize, bool, PollFlags)> = fds[1..]
             .iter()
             .zip(&owners)
-            .filter_map(|(p, &(slot, is_pid))| p.revents().filter(|r| !r.is_empty()).map(|r| (slot, is_pid, r)))
+            .filter_map(|(p, &(slot, is_pid))| {
+                p.revents()
+                    .filter(|r| !r.is_empty())
+                    .map(|r| (slot, is_pid, r))
+            })
             .collect();
-        if fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+        if fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
             // Drain the counter first, then clear the flag. The other order loses wake-ups: a
             // submit between the two would see the flag clear, write, and have its write
             // swallowed by our read, leaving the flag set and nobody to wake us. In this order
@@ -371,7 +459,9 @@ impl Dispatcher {
 
     /// Reads what worker `slot` sent (frames, stdout and stderr) and handles each frame.
     fn read_from(&mut self, slot: usize) {
-        let Some(w) = self.slots[slot].as_mut() else { return };
+        let Some(w) = self.slots[slot].as_mut() else {
+            return;
+        };
         w.pump_output(false);
         if w.sock_closed {
             return;
@@ -443,10 +533,24 @@ impl Dispatcher {
                     w.kill();
                     return;
                 };
-                self.stats[slot].answered(frame.aux, frame.flags, frame.kind == Kind::Err, !w.inflight.is_empty());
+                self.stats[slot].answered(
+                    frame.aux,
+                    frame.flags,
+                    frame.kind == Kind::Err,
+                    !w.inflight.is_empty(),
+                );
                 if !sent.cancelled {
-                    let outcome = if frame.kind == Kind::Ok { Outcome::Returned(frame.payload) } else { Outcome::Raised(frame.payload) };
-                    self.done.push(Done { id: frame.id, outcome, run_us: frame.aux, fds: frame.fds });
+                    let outcome = if frame.kind == Kind::Ok {
+                        Outcome::Returned(frame.payload)
+                    } else {
+                        Outcome::Raised(frame.payload)
+                    };
+                    self.done.push(Done {
+                        id: frame.id,
+                        outcome,
+                        run_us: frame.aux,
+                        fds: frame.fds,
+                    });
                 }
                 let recycle = if max_tasks.is_some_and(|m| w.tasks_sent >= m) {
                     Some(RestartCause::MaxTasks)
@@ -465,7 +569,11 @@ impl Dispatcher {
             }
             Kind::Log => {
                 let pid = w.pid;
-                self.logs.push(WorkerLog { worker: slot, pid, payload: frame.payload });
+                self.logs.push(WorkerLog {
+                    worker: slot,
+                    pid,
+                    payload: frame.payload,
+                });
             }
             Kind::Init | Kind::Task | Kind::Shutdown => {
                 // Parent-bound kinds only; a worker sending them is broken.
@@ -484,7 +592,9 @@ impl Dispatcher {
                 self.read_from(slot);
             }
         }
-        let Some(mut w) = self.slots[slot].take() else { return };
+        let Some(mut w) = self.slots[slot].take() else {
+            return;
+        };
         w.pump_output(true);
         let stderr_tail = w.stderr.tail();
         let exit = match w.try_reap() {
@@ -508,7 +618,13 @@ impl Dispatcher {
             }
             if s.started.is_some() && !was_stopped {
                 // It was running when the worker died: the likely culprit.
-                self.done.push(Done::new(s.id, Outcome::WorkerDied { exit, stderr_tail: stderr_tail.clone() }));
+                self.done.push(Done::new(
+                    s.id,
+                    Outcome::WorkerDied {
+                        exit,
+                        stderr_tail: stderr_tail.clone(),
+                    },
+                ));
             } else {
                 // Never started (or running beside a task we stopped the worker for): run it
                 // elsewhere.
@@ -518,7 +634,11 @@ impl Dispatcher {
         if !requeue.is_empty() {
             let mut q = self.shared.queue.lock().expect("queue poisoned");
             for s in requeue.into_iter().rev() {
-                q.tasks.push_front(Task { id: s.id, payload: s.payload, timeout: s.timeout });
+                q.tasks.push_front(Task {
+                    id: s.id,
+                    payload: s.payload,
+                    timeout: s.timeout,
+                });
             }
         }
         let replaced = !self.stopping && self.startup_failures < MAX_STARTUP_FAILURES;
@@ -541,7 +661,13 @@ impl Dispatcher {
             }
             Err(e) => {
                 self.startup_failures += 1;
-                self.break_pool(format!("cannot start a worker process ({:?}): {e}", self.config.command.first()).into_bytes());
+                self.break_pool(
+                    format!(
+                        "cannot start a worker process ({:?}): {e}",
+                        self.config.command.first()
+                    )
+                    .into_bytes(),
+                );
             }
         }
     }
@@ -555,11 +681,13 @@ impl Dispatcher {
         let queued: Vec<Task> = q.tasks.drain(..).collect();
         drop(q);
         for t in queued {
-            self.done.push(Done::new(t.id, Outcome::Broken(why.clone())));
+            self.done
+                .push(Done::new(t.id, Outcome::Broken(why.clone())));
         }
         for w in self.slots.iter_mut().flatten() {
             for s in w.take_all().into_iter().filter(|s| !s.cancelled) {
-                self.done.push(Done::new(s.id, Outcome::Broken(why.clone())));
+                self.done
+                    .push(Done::new(s.id, Outcome::Broken(why.clone())));
             }
             w.phase = Phase::Draining;
             w.send_shutdown(EXIT_GRACE);
@@ -569,13 +697,17 @@ impl Dispatcher {
 
     /// Copies every slot's statistics to `Shared::stats`; `last` when the dispatcher ends.
     fn publish_stats(&self, last: bool) {
-        self.shared.stats.publish(self.stats.iter().map(SlotStats::snapshot).collect(), last);
+        self.shared
+            .stats
+            .publish(self.stats.iter().map(SlotStats::snapshot).collect(), last);
     }
 
     /// Kills every worker now; every unfinished task, running or queued, ends `Cancelled`.
     fn abort_all(&mut self) {
         for slot in 0..self.slots.len() {
-            let Some(mut w) = self.slots[slot].take() else { continue };
+            let Some(mut w) = self.slots[slot].take() else {
+                continue;
+            };
             let exit = w.kill_and_reap();
             self.stats[slot].exited(exit, false, false);
             w.pump_output(true);
@@ -583,7 +715,14 @@ impl Dispatcher {
                 self.done.push(Done::new(s.id, Outcome::Cancelled));
             }
         }
-        let queued: Vec<Task> = self.shared.queue.lock().expect("queue poisoned").tasks.drain(..).collect();
+        let queued: Vec<Task> = self
+            .shared
+            .queue
+            .lock()
+            .expect("queue poisoned")
+            .tasks
+            .drain(..)
+            .collect();
         for t in queued {
             self.done.push(Done::new(t.id, Outcome::Cancelled));
         }
@@ -596,7 +735,9 @@ impl Dispatcher {
 fn over_memory(w: &mut Worker, limit: Option<u64>) -> bool {
     let Some(limit) = limit else { return false };
     let now = std::time::Instant::now();
-    if w.memory_checked_at.is_some_and(|t| now - t < MEMORY_CHECK_EVERY) {
+    if w.memory_checked_at
+        .is_some_and(|t| now - t < MEMORY_CHECK_EVERY)
+    {
         return false;
     }
     w.memory_checked_at = Some(now);

@@ -158,7 +158,14 @@ pub struct Frame {
 impl Frame {
     /// Builds a frame without descriptors.
     pub fn new(kind: Kind, id: u64, payload: Vec<u8>) -> Frame {
-        Frame { kind, id, flags: 0, aux: 0, payload, fds: Vec::new() }
+        Frame {
+            kind,
+            id,
+            flags: 0,
+            aux: 0,
+            payload,
+            fds: Vec::new(),
+        }
     }
 
     /// Returns this frame's header as it goes on the wire.
@@ -180,7 +187,14 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let h = Header { len: 5, id: u64::MAX - 1, kind: Kind::Err, flags: 3, nfds: 2, aux: 77 };
+        let h = Header {
+            len: 5,
+            id: u64::MAX - 1,
+            kind: Kind::Err,
+            flags: 3,
+            nfds: 2,
+            aux: 77,
+        };
         let mut buf = Vec::new();
         h.encode_into(&mut buf);
         assert_eq!(buf.len(), HEADER_LEN);
@@ -191,12 +205,26 @@ mod tests {
     #[test]
     fn rejects_unknown_kind_and_oversized_payload() {
         let mut buf = Vec::new();
-        Header { len: 0, id: 0, kind: Kind::Task, flags: 0, nfds: 0, aux: 0 }.encode_into(&mut buf);
+        Header {
+            len: 0,
+            id: 0,
+            kind: Kind::Task,
+            flags: 0,
+            nfds: 0,
+            aux: 0,
+        }
+        .encode_into(&mut buf);
         buf[16] = 200;
-        assert_eq!(Header::decode(buf.as_slice().try_into().unwrap()), Err(DecodeError::UnknownKind(200)));
+        assert_eq!(
+            Header::decode(buf.as_slice().try_into().unwrap()),
+            Err(DecodeError::UnknownKind(200))
+        );
         buf[16] = Kind::Task as u8;
         buf[0..8].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
-        assert_eq!(Header::decode(buf.as_slice().try_into().unwrap()), Err(DecodeError::TooLarge(MAX_PAYLOAD + 1)));
+        assert_eq!(
+            Header::decode(buf.as_slice().try_into().unwrap()),
+            Err(DecodeError::TooLarge(MAX_PAYLOAD + 1))
+        );
     }
 
     #[test]

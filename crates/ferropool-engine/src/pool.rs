@@ -61,7 +61,17 @@ pub struct PoolConfig {
 impl PoolConfig {
     /// A configuration for `workers` workers started by `command`, with defaults elsewhere.
     pub fn new(workers: usize, command: Vec<OsString>, init: Vec<u8>) -> PoolConfig {
-        PoolConfig { workers, command, init, max_tasks_per_child: None, max_memory_per_child: None, max_pending: None, idle_tick: Some(Duration::from_secs(1)), stop_grace: Duration::from_secs(1), threads_per_worker: 1 }
+        PoolConfig {
+            workers,
+            command,
+            init,
+            max_tasks_per_child: None,
+            max_memory_per_child: None,
+            max_pending: None,
+            idle_tick: Some(Duration::from_secs(1)),
+            stop_grace: Duration::from_secs(1),
+            threads_per_worker: 1,
+        }
     }
 }
 
@@ -97,7 +107,12 @@ pub struct Done {
 
 impl Done {
     pub(crate) fn new(id: u64, outcome: Outcome) -> Done {
-        Done { id, outcome, run_us: 0, fds: Vec::new() }
+        Done {
+            id,
+            outcome,
+            run_us: 0,
+            fds: Vec::new(),
+        }
     }
 }
 
@@ -132,7 +147,12 @@ pub struct Payload {
 
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Payload({} bytes, {} buffers)", self.bytes.len(), self.buffers.len())
+        write!(
+            f,
+            "Payload({} bytes, {} buffers)",
+            self.bytes.len(),
+            self.buffers.len()
+        )
     }
 }
 
@@ -147,7 +167,11 @@ impl Eq for Payload {}
 
 impl From<Vec<u8>> for Payload {
     fn from(bytes: Vec<u8>) -> Payload {
-        Payload { bytes, buffers: Vec::new(), is_async: false }
+        Payload {
+            bytes,
+            buffers: Vec::new(),
+            is_async: false,
+        }
     }
 }
 
@@ -239,7 +263,9 @@ impl Shared {
         }
         let mut d = self.done.lock().expect("done queue poisoned");
         for log in logs.drain(..) {
-            if d.logs.len() >= MAX_PENDING_LOGS || d.log_bytes + log.payload.len() > MAX_PENDING_LOG_BYTES {
+            if d.logs.len() >= MAX_PENDING_LOGS
+                || d.log_bytes + log.payload.len() > MAX_PENDING_LOG_BYTES
+            {
                 d.dropped_logs += 1;
             } else {
                 d.log_bytes += log.payload.len();
@@ -276,14 +302,26 @@ impl ProcessPool {
     /// fails to spawn breaks the pool instead (every task then gets `Outcome::Broken`).
     pub fn start(config: PoolConfig) -> io::Result<ProcessPool> {
         if config.workers == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a pool needs at least one worker"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a pool needs at least one worker",
+            ));
         }
         if config.command.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty worker command"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "empty worker command",
+            ));
         }
-        let wake_fd = nix::sys::eventfd::EventFd::from_value_and_flags(0, nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK)?;
+        let wake_fd = nix::sys::eventfd::EventFd::from_value_and_flags(
+            0,
+            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        )?;
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { wants_tasks: true, ..Queue::default() }),
+            queue: Mutex::new(Queue {
+                wants_tasks: true,
+                ..Queue::default()
+            }),
             done: Mutex::new(DoneQueue::default()),
             done_cv: Condvar::new(),
             room_cv: Condvar::new(),
@@ -295,8 +333,14 @@ impl ProcessPool {
         });
         let workers = config.workers;
         let s = shared.clone();
-        let thread = std::thread::Builder::new().name("ferropool-dispatcher".into()).spawn(move || crate::dispatcher::run(s, config))?;
-        Ok(ProcessPool { shared, thread: Mutex::new(Some(thread)), workers })
+        let thread = std::thread::Builder::new()
+            .name("ferropool-dispatcher".into())
+            .spawn(move || crate::dispatcher::run(s, config))?;
+        Ok(ProcessPool {
+            shared,
+            thread: Mutex::new(Some(thread)),
+            workers,
+        })
     }
 
     /// Returns the number of worker processes the pool keeps.
@@ -308,7 +352,13 @@ impl ProcessPool {
     /// stopped and it ends `TimedOut`). Never blocks on the workers; with `max_pending`, waits
     /// up to `wait` for room and then fails with `Full` (handing the payload back). Fails if the
     /// pool is closed or broken.
-    pub fn submit_within(&self, id: u64, payload: Payload, timeout: Option<Duration>, wait: Duration) -> Result<(), SubmitError> {
+    pub fn submit_within(
+        &self,
+        id: u64,
+        payload: Payload,
+        timeout: Option<Duration>,
+        wait: Duration,
+    ) -> Result<(), SubmitError> {
         let deadline = Instant::now() + wait;
         let mut q = self.shared.queue.lock().expect("queue poisoned");
         loop {
@@ -324,7 +374,12 @@ impl ProcessPool {
                     if now >= deadline {
                         return Err(SubmitError::Full(payload));
                     }
-                    q = self.shared.room_cv.wait_timeout(q, deadline - now).expect("queue poisoned").0;
+                    q = self
+                        .shared
+                        .room_cv
+                        .wait_timeout(q, deadline - now)
+                        .expect("queue poisoned")
+                        .0;
                 }
                 _ => break,
             }
@@ -332,7 +387,11 @@ impl ProcessPool {
         if self.shared.max_pending.is_some() {
             q.unfinished += 1;
         }
-        q.tasks.push_back(Task { id, payload, timeout });
+        q.tasks.push_back(Task {
+            id,
+            payload,
+            timeout,
+        });
         let wake = q.wants_tasks;
         drop(q);
         if wake {
@@ -369,7 +428,13 @@ impl ProcessPool {
 
     /// Returns true if task `id` is still waiting in the pool's queue (no worker has it).
     pub fn is_queued(&self, id: u64) -> bool {
-        self.shared.queue.lock().expect("queue poisoned").tasks.iter().any(|t| t.id == id)
+        self.shared
+            .queue
+            .lock()
+            .expect("queue poisoned")
+            .tasks
+            .iter()
+            .any(|t| t.id == id)
     }
 
     /// Removes every task that no worker has yet and returns their ids.
@@ -407,7 +472,11 @@ impl ProcessPool {
                     if now >= dl {
                         return false;
                     }
-                    self.shared.done_cv.wait_timeout(d, dl - now).expect("done queue poisoned").0
+                    self.shared
+                        .done_cv
+                        .wait_timeout(d, dl - now)
+                        .expect("done queue poisoned")
+                        .0
                 }
             };
         }
@@ -435,7 +504,11 @@ impl ProcessPool {
             if now >= deadline {
                 break;
             }
-            b = board.published.wait_timeout(b, deadline - now).expect("stats board poisoned").0;
+            b = board
+                .published
+                .wait_timeout(b, deadline - now)
+                .expect("stats board poisoned")
+                .0;
         }
         b.workers.clone()
     }
@@ -449,7 +522,11 @@ impl ProcessPool {
         loop {
             if !d.items.is_empty() || !d.logs.is_empty() || d.dropped_logs > 0 {
                 d.log_bytes = 0;
-                return Some(News { outcomes: std::mem::take(&mut d.items), logs: std::mem::take(&mut d.logs), dropped_logs: std::mem::take(&mut d.dropped_logs) });
+                return Some(News {
+                    outcomes: std::mem::take(&mut d.items),
+                    logs: std::mem::take(&mut d.logs),
+                    dropped_logs: std::mem::take(&mut d.dropped_logs),
+                });
             }
             if d.finished {
                 return None;
@@ -461,7 +538,11 @@ impl ProcessPool {
                     if now >= dl {
                         return Some(News::default());
                     }
-                    self.shared.done_cv.wait_timeout(d, dl - now).expect("done queue poisoned").0
+                    self.shared
+                        .done_cv
+                        .wait_timeout(d, dl - now)
+                        .expect("done queue poisoned")
+                        .0
                 }
             };
         }

@@ -69,7 +69,15 @@ impl LineRelay {
     pub fn new(pipe: OwnedFd, sink: Sink, keep_tail: bool) -> io::Result<LineRelay> {
         crate::channel::set_nonblocking(pipe.as_fd(), true)?;
         let tail = VecDeque::with_capacity(if keep_tail { TAIL_BYTES } else { 0 });
-        Ok(LineRelay { pipe, sink, keep_tail, partial: Vec::new(), tail, cut: false, eof: false })
+        Ok(LineRelay {
+            pipe,
+            sink,
+            keep_tail,
+            partial: Vec::new(),
+            tail,
+            cut: false,
+            eof: false,
+        })
     }
 
     /// The pipe, for polling.
@@ -132,7 +140,10 @@ impl LineRelay {
     fn accept(&mut self, bytes: &[u8]) {
         let start = self.partial.len();
         self.partial.extend_from_slice(bytes);
-        let end = self.partial[start..].iter().rposition(|&b| b == b'\n').map_or(0, |nl| start + nl + 1);
+        let end = self.partial[start..]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |nl| start + nl + 1);
         let mut out = Vec::with_capacity(end + 1);
         for line in self.partial[..end].split_inclusive(|&b| b == b'\n') {
             for piece in line.chunks(MAX_LINE) {
@@ -193,7 +204,11 @@ mod tests {
         assert!(relay.at_eof());
         let tail = String::from_utf8(relay.tail()).unwrap();
         assert!(tail.len() <= TAIL_BYTES);
-        assert!(tail.starts_with("line "), "the tail starts at a line: {:?}", &tail[..20]);
+        assert!(
+            tail.starts_with("line "),
+            "the tail starts at a line: {:?}",
+            &tail[..20]
+        );
         assert!(tail.ends_with("line 1999\nSegmentation fault"), "{tail:?}");
     }
 
@@ -212,7 +227,11 @@ mod tests {
         while !r.at_eof() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             assert!(!left.is_zero(), "the relay never saw end of file");
-            let mut pfd = libc::pollfd { fd: r.fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: r.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd for the duration of the call.
             unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
             r.pump();
@@ -262,7 +281,11 @@ mod tests {
         assert_eq!(lines.len(), 401);
         for line in &lines[..400] {
             let body = &line[1..];
-            assert!(body.len() >= 3000 && body.bytes().all(|b| b == b'x'), "a line was cut or mixed: {:?}...", &line[..40]);
+            assert!(
+                body.len() >= 3000 && body.bytes().all(|b| b == b'x'),
+                "a line was cut or mixed: {:?}...",
+                &line[..40]
+            );
         }
         assert_eq!(lines[400], "unterminated");
     }

@@ -138,8 +138,11 @@ impl SlotStats {
         t.serialize_us += run * u64::from(share) / u64::from(SERIALIZE_SHARE_FULL);
         let now = Instant::now();
         if let Some(since) = self.working_since {
-            let held = i64::try_from(now.saturating_duration_since(since).as_micros()).unwrap_or(i64::MAX);
-            self.transport_signed_us = self.transport_signed_us.saturating_add(held - i64::from(run_us));
+            let held =
+                i64::try_from(now.saturating_duration_since(since).as_micros()).unwrap_or(i64::MAX);
+            self.transport_signed_us = self
+                .transport_signed_us
+                .saturating_add(held - i64::from(run_us));
         }
         self.working_since = more.then_some(now);
     }
@@ -234,7 +237,10 @@ mod tests {
         s.answered(1200, 255, true, true);
         s.answered(500, 51, false, false);
         let w = s.snapshot();
-        assert_eq!((w.pid, w.tasks, w.failed, w.busy_us, w.max_task_us), (Some(10), 3, 1, 2000, 1200));
+        assert_eq!(
+            (w.pid, w.tasks, w.failed, w.busy_us, w.max_task_us),
+            (Some(10), 3, 1, 2000, 1200)
+        );
         assert_eq!(w.serialize_us, 1200 + 100);
         assert!(w.alive_us < 10_000_000);
         assert_eq!(w.restarts, 0);
@@ -252,7 +258,11 @@ mod tests {
         assert_eq!(s.snapshot().transport_us, 0);
         std::thread::sleep(Duration::from_millis(20));
         s.answered(0, 0, false, false);
-        assert_eq!(s.snapshot().transport_us, 0, "20 ms of waiting against 5 s of reported run time");
+        assert_eq!(
+            s.snapshot().transport_us,
+            0,
+            "20 ms of waiting against 5 s of reported run time"
+        );
     }
 
     #[test]
@@ -275,7 +285,14 @@ mod tests {
         assert_eq!(w.pid, None);
         assert_eq!(w.restarts, 3);
         let causes: Vec<RestartCause> = w.recent_restarts.iter().map(|r| r.cause).collect();
-        assert_eq!(causes, [RestartCause::Crashed, RestartCause::StartFailed, RestartCause::MaxTasks]);
+        assert_eq!(
+            causes,
+            [
+                RestartCause::Crashed,
+                RestartCause::StartFailed,
+                RestartCause::MaxTasks
+            ]
+        );
         assert_eq!(w.recent_restarts[0].exit.signal, Some(11));
     }
 

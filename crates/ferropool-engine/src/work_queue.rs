@@ -60,7 +60,12 @@ impl<T> WorkQueue<T> {
     /// Creates an empty, open queue.
     pub fn new() -> Self {
         WorkQueue {
-            state: Mutex::new(State { items: VecDeque::new(), closed: false, waiting: 0, watchers: 0 }),
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                closed: false,
+                waiting: 0,
+                watchers: 0,
+            }),
             available: Condvar::new(),
             idle_changed: Condvar::new(),
         }
@@ -118,14 +123,20 @@ impl<T> WorkQueue<T> {
                 self.idle_changed.notify_all();
             }
             s = match deadline {
-                None => self.available.wait(s).unwrap_or_else(PoisonError::into_inner),
+                None => self
+                    .available
+                    .wait(s)
+                    .unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         s.waiting -= 1;
                         return Pop::TimedOut;
                     }
-                    self.available.wait_timeout(s, left).unwrap_or_else(PoisonError::into_inner).0
+                    self.available
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
                 }
             };
             s.waiting -= 1;
@@ -189,7 +200,11 @@ impl<T> WorkQueue<T> {
                 return false;
             }
             s.watchers += 1;
-            s = self.idle_changed.wait_timeout(s, left).unwrap_or_else(PoisonError::into_inner).0;
+            s = self
+                .idle_changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
             s.watchers -= 1;
         }
     }
@@ -209,7 +224,10 @@ mod tests {
 
     /// Waits until `n` consumers are idle, failing after `BOUND`.
     fn wait_idle<T>(q: &WorkQueue<T>, n: usize) {
-        assert!(q.wait_idle(n, BOUND), "{n} idle consumers not reached within {BOUND:?}");
+        assert!(
+            q.wait_idle(n, BOUND),
+            "{n} idle consumers not reached within {BOUND:?}"
+        );
     }
 
     #[test]
@@ -258,7 +276,11 @@ mod tests {
             thread::spawn(move || tx.send(q.pop(Some(BOUND))).unwrap())
         };
         wait_idle(&q, 1);
-        assert_eq!(q.push(7), Ok(true), "the blocked consumer should absorb the item");
+        assert_eq!(
+            q.push(7),
+            Ok(true),
+            "the blocked consumer should absorb the item"
+        );
         assert_eq!(rx.recv_timeout(BOUND).unwrap(), Pop::Item(7));
         consumer.join().unwrap();
         // Nobody waits now, so the next item needs a new consumer.

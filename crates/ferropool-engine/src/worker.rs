@@ -126,13 +126,19 @@ impl Worker {
     /// Starts `command` with the worker's socket descriptor number appended as its last argument
     /// and queues `init` as its first frame.
     pub fn spawn(command: &[OsString], init: &[u8]) -> io::Result<Worker> {
-        let (program, args) = command.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command"))?;
+        let (program, args) = command
+            .split_first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command"))?;
         let (ours, theirs) = channel::pair()?;
         channel::set_nonblocking(ours.as_fd(), true)?;
         let child_fd = theirs.as_raw_fd();
         let parent_pid = std::process::id() as libc::pid_t;
         let mut cmd = Command::new(program);
-        cmd.args(args).arg(child_fd.to_string()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args)
+            .arg(child_fd.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         // SAFETY: the closure runs in the child between fork and exec, so it may only make
         // async-signal-safe calls; fcntl, prctl, getppid and _exit are plain system calls that
         // touch no locks or allocator state.
@@ -142,7 +148,14 @@ impl Worker {
                 if libc::fcntl(child_fd, libc::F_SETFD, 0) == -1 {
                     return Err(io::Error::last_os_error());
                 }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1 {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) == -1
+                {
                     return Err(io::Error::last_os_error());
                 }
                 // The parent may have died before prctl took effect: then nobody would kill us.
@@ -154,8 +167,16 @@ impl Worker {
         }
         let mut child = cmd.spawn()?;
         drop(theirs);
-        let stderr = LineRelay::new(OwnedFd::from(child.stderr.take().expect("stderr was piped")), Sink::Stderr, true)?;
-        let stdout = LineRelay::new(OwnedFd::from(child.stdout.take().expect("stdout was piped")), Sink::Stdout, false)?;
+        let stderr = LineRelay::new(
+            OwnedFd::from(child.stderr.take().expect("stderr was piped")),
+            Sink::Stderr,
+            true,
+        )?;
+        let stdout = LineRelay::new(
+            OwnedFd::from(child.stdout.take().expect("stdout was piped")),
+            Sink::Stdout,
+            false,
+        )?;
         let pid = child.id() as i32;
         let pidfd = pidfd_open(pid)?;
         let mut w = Worker {
@@ -198,7 +219,10 @@ impl Worker {
 
     /// The output pipes still open, for polling.
     pub fn output_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
-        [&self.stdout, &self.stderr].into_iter().filter(|r| !r.at_eof()).map(LineRelay::fd)
+        [&self.stdout, &self.stderr]
+            .into_iter()
+            .filter(|r| !r.at_eof())
+            .map(LineRelay::fd)
     }
 
     /// The socket to the worker (non-blocking).
@@ -225,17 +249,34 @@ impl Worker {
     pub fn send_task(&mut self, id: u64, payload: Payload, timeout: Option<Duration>) {
         // The frame gets lent duplicates of the buffers' descriptors (each counted as a reader of
         // its file until the worker unmaps it): ours are kept for a re-send.
-        let fds = payload.buffers.iter().filter_map(|b| b.lend().ok()).collect::<Vec<_>>();
-        let flags = if payload.is_async { crate::frame::FLAG_ASYNC } else { 0 };
+        let fds = payload
+            .buffers
+            .iter()
+            .filter_map(|b| b.lend().ok())
+            .collect::<Vec<_>>();
+        let flags = if payload.is_async {
+            crate::frame::FLAG_ASYNC
+        } else {
+            0
+        };
         if fds.len() == payload.buffers.len() {
-            self.writer.push_parts_flagged(Kind::Task, id, flags, 0, &payload.bytes, fds);
+            self.writer
+                .push_parts_flagged(Kind::Task, id, flags, 0, &payload.bytes, fds);
         } else {
             // Out of descriptors: the worker finds the frame short of buffers and fails the task.
-            self.writer.push_parts_flagged(Kind::Task, id, flags, 0, &payload.bytes, Vec::new());
+            self.writer
+                .push_parts_flagged(Kind::Task, id, flags, 0, &payload.bytes, Vec::new());
         }
         self.coroutines += usize::from(payload.is_async);
         self.timed += usize::from(timeout.is_some());
-        self.inflight.push_back(Sent { id, payload, timeout, started: None, cancelled: false, stop_asked: None });
+        self.inflight.push_back(Sent {
+            id,
+            payload,
+            timeout,
+            started: None,
+            cancelled: false,
+            stop_asked: None,
+        });
         self.tasks_sent += 1;
         self.front_started();
     }
@@ -294,7 +335,10 @@ impl Worker {
 
     /// Tasks that have started and are not cancelled: the ones running now.
     pub fn running(&self) -> usize {
-        self.inflight.iter().filter(|s| s.started.is_some() && !s.cancelled).count()
+        self.inflight
+            .iter()
+            .filter(|s| s.started.is_some() && !s.cancelled)
+            .count()
     }
 
     /// The earliest moment a running task overruns its timeout.
@@ -302,7 +346,11 @@ impl Worker {
         if self.stop.is_some() || self.timed == 0 {
             return None;
         }
-        self.inflight.iter().filter(|s| !s.cancelled).filter_map(|s| Some(s.started? + s.timeout?)).min()
+        self.inflight
+            .iter()
+            .filter(|s| !s.cancelled)
+            .filter_map(|s| Some(s.started? + s.timeout?))
+            .min()
     }
 
     /// Queues `Shutdown` (once): the worker exits after the tasks it holds, and is stopped if it
@@ -320,18 +368,29 @@ impl Worker {
     /// Sends SIGTERM, asking the worker to exit; `kill` follows if it does not.
     pub fn terminate(&mut self) {
         // `pid` is our unreaped child, so the number cannot belong to another process yet.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
 
     /// Reaps the process if it has exited, without blocking.
     pub fn try_reap(&mut self) -> io::Result<Option<Exit>> {
-        Ok(self.child.try_wait()?.map(|st| Exit { pid: self.pid, code: st.code(), signal: st.signal() }))
+        Ok(self.child.try_wait()?.map(|st| Exit {
+            pid: self.pid,
+            code: st.code(),
+            signal: st.signal(),
+        }))
     }
 
     /// Returns the process's resident set size in bytes, read from `/proc/<pid>/statm`.
     pub fn rss_bytes(&self) -> io::Result<u64> {
         let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid))?;
-        let pages: u64 = statm.split_whitespace().nth(1).and_then(|f| f.parse().ok()).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable statm"))?;
+        let pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable statm"))?;
         // SAFETY: sysconf has no memory-safety preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         Ok(pages * u64::try_from(page).unwrap_or(4096))
@@ -347,8 +406,16 @@ impl Worker {
     pub fn kill_and_reap(&mut self) -> Exit {
         let _ = self.child.kill();
         match self.child.wait() {
-            Ok(st) => Exit { pid: self.pid, code: st.code(), signal: st.signal() },
-            Err(_) => Exit { pid: self.pid, code: None, signal: None },
+            Ok(st) => Exit {
+                pid: self.pid,
+                code: st.code(),
+                signal: st.signal(),
+            },
+            Err(_) => Exit {
+                pid: self.pid,
+                code: None,
+                signal: None,
+            },
         }
     }
 }

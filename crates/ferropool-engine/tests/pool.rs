@@ -12,7 +12,11 @@ use ferropool_engine::{Outcome, PoolConfig, ProcessPool, RestartCause, SubmitErr
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn config(workers: usize) -> PoolConfig {
-    let mut c = PoolConfig::new(workers, vec![OsString::from(env!("CARGO_BIN_EXE_echo-worker"))], b"ok".to_vec());
+    let mut c = PoolConfig::new(
+        workers,
+        vec![OsString::from(env!("CARGO_BIN_EXE_echo-worker"))],
+        b"ok".to_vec(),
+    );
     c.idle_tick = None;
     c
 }
@@ -22,9 +26,15 @@ fn collect(pool: &ProcessPool, n: usize) -> HashMap<u64, Outcome> {
     let deadline = Instant::now() + LIMIT;
     let mut got = HashMap::new();
     while got.len() < n {
-        let left = deadline.checked_duration_since(Instant::now()).unwrap_or_else(|| panic!("only {} of {n} tasks finished in {LIMIT:?}", got.len()));
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| panic!("only {} of {n} tasks finished in {LIMIT:?}", got.len()));
         for d in pool.wait_outcomes(Some(left)).expect("pool still running") {
-            assert!(got.insert(d.id, d.outcome).is_none(), "task {} answered twice", d.id);
+            assert!(
+                got.insert(d.id, d.outcome).is_none(),
+                "task {} answered twice",
+                d.id
+            );
         }
     }
     got
@@ -74,12 +84,20 @@ fn a_dying_worker_fails_only_its_running_task_and_is_replaced() {
     match &got[&1] {
         Outcome::WorkerDied { exit, stderr_tail } => {
             assert_eq!((exit.code, exit.signal), (Some(7), None));
-            assert_eq!(String::from_utf8_lossy(stderr_tail), "echo-worker: exiting with 7\n", "the worker's last stderr line comes with its death");
+            assert_eq!(
+                String::from_utf8_lossy(stderr_tail),
+                "echo-worker: exiting with 7\n",
+                "the worker's last stderr line comes with its death"
+            );
         }
         other => panic!("expected WorkerDied, got {other:?}"),
     }
     for id in 2..40 {
-        assert_eq!(returned(&got[&id]), id.to_string(), "task {id} queued behind the crash must run elsewhere");
+        assert_eq!(
+            returned(&got[&id]),
+            id.to_string(),
+            "task {id} queued behind the crash must run elsewhere"
+        );
     }
     pool.close(false);
     assert!(pool.join(Some(LIMIT)));
@@ -124,7 +142,10 @@ fn a_failing_initializer_breaks_the_pool_instead_of_respawning_forever() {
     let got = collect(&pool, 1);
     assert_eq!(got[&1], Outcome::Broken(b"initializer failed".to_vec()));
     assert!(pool.join(Some(LIMIT)), "a broken pool winds down by itself");
-    assert_eq!(pool.submit(2, b"echo:y".to_vec()), Err(SubmitError::Broken(b"initializer failed".to_vec())));
+    assert_eq!(
+        pool.submit(2, b"echo:y".to_vec()),
+        Err(SubmitError::Broken(b"initializer failed".to_vec()))
+    );
 }
 
 #[test]
@@ -134,7 +155,11 @@ fn a_missing_worker_program_breaks_the_pool_with_a_reason() {
     let pool = ProcessPool::start(c).unwrap();
     assert!(pool.join(Some(LIMIT)));
     match pool.submit(1, Vec::new()) {
-        Err(SubmitError::Broken(why)) => assert!(String::from_utf8_lossy(&why).contains("cannot start a worker process"), "{}", String::from_utf8_lossy(&why)),
+        Err(SubmitError::Broken(why)) => assert!(
+            String::from_utf8_lossy(&why).contains("cannot start a worker process"),
+            "{}",
+            String::from_utf8_lossy(&why)
+        ),
         other => panic!("expected Broken, got {other:?}"),
     }
 }
@@ -156,14 +181,20 @@ fn cancel_all_empties_the_queue() {
     }
     let cancelled = pool.cancel_all();
     let ran = collect_until_closed(&pool);
-    assert_eq!(cancelled.len() + ran, 1000, "every task either ran or was cancelled, never both");
+    assert_eq!(
+        cancelled.len() + ran,
+        1000,
+        "every task either ran or was cancelled, never both"
+    );
 }
 
 fn collect_until_closed(pool: &ProcessPool) -> usize {
     pool.close(false);
     let deadline = Instant::now() + LIMIT;
     let mut n = 0;
-    while let Some(batch) = pool.wait_outcomes(Some(deadline.saturating_duration_since(Instant::now()))) {
+    while let Some(batch) =
+        pool.wait_outcomes(Some(deadline.saturating_duration_since(Instant::now())))
+    {
         assert!(Instant::now() < deadline, "pool did not wind down");
         n += batch.len();
     }
@@ -178,7 +209,11 @@ fn workers_exit_when_the_pool_is_closed() {
     pool.close(false);
     assert!(pool.join(Some(LIMIT)));
     // Reaped: the pid no longer names a child of ours.
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| !s.contains(&format!(" {} ", std::process::id()))));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| !s.contains(&format!(" {} ", std::process::id())))
+    );
 }
 
 #[test]
@@ -197,9 +232,18 @@ fn abort_kills_workers_and_cancels_every_unfinished_task() {
             outcomes.insert(d.id, d.outcome);
         }
     }
-    assert_eq!(outcomes.len(), 49, "every task answered once, finished or cancelled");
-    assert!(outcomes.values().all(|o| matches!(o, Outcome::Returned(_) | Outcome::Cancelled)));
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the worker is gone and reaped");
+    assert_eq!(
+        outcomes.len(),
+        49,
+        "every task answered once, finished or cancelled"
+    );
+    assert!(outcomes
+        .values()
+        .all(|o| matches!(o, Outcome::Returned(_) | Outcome::Cancelled)));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the worker is gone and reaped"
+    );
 }
 
 #[test]
@@ -211,12 +255,18 @@ fn max_pending_refuses_past_the_bound_until_tasks_finish_or_are_cancelled() {
         pool.submit(id, b"sleep:5000".to_vec()).unwrap();
     }
     match pool.submit(3, b"echo:late".to_vec()) {
-        Err(SubmitError::Full(payload)) => assert_eq!(payload.bytes, b"echo:late", "the payload comes back"),
+        Err(SubmitError::Full(payload)) => {
+            assert_eq!(payload.bytes, b"echo:late", "the payload comes back")
+        }
         other => panic!("expected Full, got {other:?}"),
     }
     let cancelled = pool.cancel_all();
-    assert!(!cancelled.is_empty(), "tasks behind the first are still queued");
-    pool.submit_within(3, b"echo:late".to_vec().into(), None, LIMIT).expect("cancelling freed room");
+    assert!(
+        !cancelled.is_empty(),
+        "tasks behind the first are still queued"
+    );
+    pool.submit_within(3, b"echo:late".to_vec().into(), None, LIMIT)
+        .expect("cancelling freed room");
     pool.close(true);
     assert!(pool.join(Some(LIMIT)));
 }
@@ -228,7 +278,8 @@ fn a_submitter_blocked_by_max_pending_is_released_by_close() {
     let pool = Arc::new(ProcessPool::start(c).unwrap());
     pool.submit(0, b"sleep:5000".to_vec()).unwrap();
     let p = pool.clone();
-    let blocked = std::thread::spawn(move || p.submit_within(1, b"echo:x".to_vec().into(), None, LIMIT));
+    let blocked =
+        std::thread::spawn(move || p.submit_within(1, b"echo:x".to_vec().into(), None, LIMIT));
     pool.close(true);
     assert_eq!(blocked.join().unwrap(), Err(SubmitError::Closed));
     assert!(pool.join(Some(LIMIT)));
@@ -254,14 +305,33 @@ fn a_task_past_its_timeout_ends_timed_out_and_its_worker_is_replaced() {
     let pool = ProcessPool::start(config(1)).unwrap();
     let before = worker_pid(&pool, 0);
     let started = Instant::now();
-    pool.submit_within(1, b"sleep:20000".to_vec().into(), Some(Duration::from_millis(200)), Duration::ZERO).unwrap();
+    pool.submit_within(
+        1,
+        b"sleep:20000".to_vec().into(),
+        Some(Duration::from_millis(200)),
+        Duration::ZERO,
+    )
+    .unwrap();
     // Sent to the same worker, queued behind the overrunning task: it must run elsewhere.
     pool.submit(2, b"echo:behind".to_vec()).unwrap();
     let got = collect(&pool, 2);
-    assert!(started.elapsed() < Duration::from_secs(10), "the timeout did not stop the task");
-    assert_eq!(got[&1], Outcome::TimedOut { pid: before.parse().unwrap(), after: Duration::from_millis(200) });
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the timeout did not stop the task"
+    );
+    assert_eq!(
+        got[&1],
+        Outcome::TimedOut {
+            pid: before.parse().unwrap(),
+            after: Duration::from_millis(200)
+        }
+    );
     assert_eq!(returned(&got[&2]), "behind");
-    assert_ne!(worker_pid(&pool, 3), before, "the stopped worker was replaced");
+    assert_ne!(
+        worker_pid(&pool, 3),
+        before,
+        "the stopped worker was replaced"
+    );
     pool.close(false);
     assert!(pool.join(Some(LIMIT)));
 }
@@ -272,12 +342,28 @@ fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
     c.stop_grace = Duration::from_millis(300);
     let pool = ProcessPool::start(c).unwrap();
     let before = worker_pid(&pool, 0);
-    pool.submit_within(1, b"stubborn:60000".to_vec().into(), Some(Duration::from_millis(100)), Duration::ZERO).unwrap();
+    pool.submit_within(
+        1,
+        b"stubborn:60000".to_vec().into(),
+        Some(Duration::from_millis(100)),
+        Duration::ZERO,
+    )
+    .unwrap();
     assert!(matches!(collect(&pool, 1)[&1], Outcome::TimedOut { .. }));
-    assert_ne!(worker_pid(&pool, 2), before, "SIGKILL followed the ignored SIGTERM");
+    assert_ne!(
+        worker_pid(&pool, 2),
+        before,
+        "SIGKILL followed the ignored SIGTERM"
+    );
     pool.close(false);
-    assert!(pool.join(Some(LIMIT)), "close does not wait for the stubborn task");
-    assert!(!std::path::Path::new(&format!("/proc/{before}")).exists(), "the stubborn worker is gone and reaped");
+    assert!(
+        pool.join(Some(LIMIT)),
+        "close does not wait for the stubborn task"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{before}")).exists(),
+        "the stubborn worker is gone and reaped"
+    );
 }
 
 #[test]
@@ -290,7 +376,11 @@ fn cancelling_a_running_task_stops_its_worker() {
     assert!(!pool.cancel(1), "a task at a worker is not simply removed");
     let got = collect(&pool, 2);
     assert_eq!(got[&1], Outcome::Cancelled);
-    assert_eq!(returned(&got[&2]), "behind", "the task queued behind it runs elsewhere");
+    assert_eq!(
+        returned(&got[&2]),
+        "behind",
+        "the task queued behind it runs elsewhere"
+    );
     assert_ne!(worker_pid(&pool, 3), before);
     pool.close(false);
     assert!(pool.join(Some(LIMIT)));
@@ -311,7 +401,11 @@ fn a_task_cancelled_while_queued_at_a_worker_is_skipped_there() {
     assert_eq!(got[&2], Outcome::Cancelled);
     assert_eq!(returned(&got[&1]), "");
     assert_eq!(returned(&got[&3]), "after");
-    assert_eq!(worker_pid(&pool, 4), before, "the worker skipped the cancelled task and lives on");
+    assert_eq!(
+        worker_pid(&pool, 4),
+        before,
+        "the worker skipped the cancelled task and lives on"
+    );
     pool.close(false);
     assert!(pool.join(Some(LIMIT)));
 }
@@ -327,8 +421,14 @@ fn close_does_not_wait_for_a_worker_stuck_at_exit_that_ignores_sigterm() {
     let started = Instant::now();
     pool.close(false);
     assert!(pool.join(Some(LIMIT)));
-    assert!(started.elapsed() < Duration::from_secs(10), "close waited for the stuck worker");
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the stuck worker is gone and reaped");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "close waited for the stuck worker"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the stuck worker is gone and reaped"
+    );
 }
 
 #[test]
@@ -339,12 +439,22 @@ fn a_short_tasks_answer_does_not_wait_for_the_long_task_behind_it() {
     pool.submit(2, b"sleep:60000".to_vec()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     let first = loop {
-        let left = deadline.checked_duration_since(Instant::now()).expect("the short task's answer was held behind the long task");
-        if let Some(d) = pool.wait_outcomes(Some(left)).expect("pool running").into_iter().next() {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("the short task's answer was held behind the long task");
+        if let Some(d) = pool
+            .wait_outcomes(Some(left))
+            .expect("pool running")
+            .into_iter()
+            .next()
+        {
             break d;
         }
     };
-    assert_eq!((first.id, returned(&first.outcome)), (1, "quick".to_string()));
+    assert_eq!(
+        (first.id, returned(&first.outcome)),
+        (1, "quick".to_string())
+    );
     pool.close(true);
     assert!(pool.join(Some(LIMIT)));
 }
@@ -367,16 +477,36 @@ fn stats_count_answers_per_worker_and_restarts_with_their_cause() {
     assert_eq!(stats.len(), 1);
     assert_eq!(stats.iter().map(|w| w.tasks).sum::<u64>(), 21, "{stats:?}");
     assert_eq!(stats.iter().map(|w| w.failed).sum::<u64>(), 1);
-    let causes: Vec<(RestartCause, Option<i32>)> = stats.iter().flat_map(|w| w.recent_restarts.iter().map(|r| (r.cause, r.exit.code))).collect();
+    let causes: Vec<(RestartCause, Option<i32>)> = stats
+        .iter()
+        .flat_map(|w| w.recent_restarts.iter().map(|r| (r.cause, r.exit.code)))
+        .collect();
     // 21 tasks at 5 per process: four recycled, then the crash.
-    assert_eq!(causes.iter().filter(|c| c.0 == RestartCause::MaxTasks).count(), 4, "{causes:?}");
-    assert!(causes.contains(&(RestartCause::Crashed, Some(3))), "{causes:?}");
+    assert_eq!(
+        causes
+            .iter()
+            .filter(|c| c.0 == RestartCause::MaxTasks)
+            .count(),
+        4,
+        "{causes:?}"
+    );
+    assert!(
+        causes.contains(&(RestartCause::Crashed, Some(3))),
+        "{causes:?}"
+    );
     assert_eq!(stats.iter().map(|w| w.restarts).sum::<u64>(), 5);
     pool.close(false);
     assert!(pool.join(Some(LIMIT)));
     let last = pool.stats(LIMIT);
-    assert!(last.iter().all(|w| w.pid.is_none()), "the last snapshot has no live process: {last:?}");
-    assert_eq!(last.iter().map(|w| w.restarts).sum::<u64>(), 5, "a shutdown is not a restart");
+    assert!(
+        last.iter().all(|w| w.pid.is_none()),
+        "the last snapshot has no live process: {last:?}"
+    );
+    assert_eq!(
+        last.iter().map(|w| w.restarts).sum::<u64>(),
+        5,
+        "a shutdown is not a restart"
+    );
 }
 
 #[test]
@@ -386,15 +516,24 @@ fn log_records_arrive_before_the_outcome_of_their_task() {
     let deadline = Instant::now() + LIMIT;
     let mut logs = Vec::new();
     loop {
-        let news = pool.wait_news(Some(deadline.saturating_duration_since(Instant::now()))).expect("pool running");
+        let news = pool
+            .wait_news(Some(deadline.saturating_duration_since(Instant::now())))
+            .expect("pool running");
         logs.extend(news.logs);
         if !news.outcomes.is_empty() {
             break;
         }
         assert!(Instant::now() < deadline, "no outcome in {LIMIT:?}");
     }
-    assert_eq!(logs.len(), 1, "the record came before (or with) the outcome");
-    assert_eq!((logs[0].worker, logs[0].payload.as_slice()), (0, &b"hello"[..]));
+    assert_eq!(
+        logs.len(),
+        1,
+        "the record came before (or with) the outcome"
+    );
+    assert_eq!(
+        (logs[0].worker, logs[0].payload.as_slice()),
+        (0, &b"hello"[..])
+    );
     assert!(logs[0].pid > 0);
     pool.close(false);
     assert!(pool.join(Some(LIMIT)));

@@ -13,13 +13,20 @@ use ferropool_engine::connection::Connection;
 use ferropool_engine::frame::{Frame, Kind};
 
 fn main() {
-    let fd: i32 = std::env::args().next_back().and_then(|a| a.parse().ok()).expect("last argument is the socket fd");
+    let fd: i32 = std::env::args()
+        .next_back()
+        .and_then(|a| a.parse().ok())
+        .expect("last argument is the socket fd");
     // SAFETY: the parent passed this descriptor to us alone, and it is taken exactly once.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut conn = Connection::new(sock).expect("socket");
     let Ok(Some(init)) = conn.recv() else { return };
     if init.payload == b"fail" {
-        let _ = conn.send(Frame::new(Kind::InitFailed, 0, b"initializer failed".to_vec()));
+        let _ = conn.send(Frame::new(
+            Kind::InitFailed,
+            0,
+            b"initializer failed".to_vec(),
+        ));
         std::process::exit(1);
     }
     // Ready must leave before any task runs: a death before the parent reads it counts as a
@@ -48,7 +55,10 @@ fn main() {
                     (Kind::Ok, Vec::new())
                 } else if let Some(t) = cmd.strip_prefix("log:") {
                     let (sender, record) = (conn.sender(), t.as_bytes().to_vec());
-                    let sent = std::thread::spawn(move || sender.send_soon(Frame::new(Kind::Log, 0, record))).join();
+                    let sent = std::thread::spawn(move || {
+                        sender.send_soon(Frame::new(Kind::Log, 0, record))
+                    })
+                    .join();
                     if !matches!(sent, Ok(Ok(()))) {
                         break;
                     }

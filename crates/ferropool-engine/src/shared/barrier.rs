@@ -60,16 +60,27 @@ impl Barrier {
     /// Creates a barrier for `parties` (at least 1) participants.
     pub fn create(parties: u32) -> std::io::Result<Barrier> {
         if parties == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "parties must be at least 1"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "parties must be at least 1",
+            ));
         }
-        let b = Barrier { seg: Segment::create(c"ferropool-barrier", Kind::Barrier, std::mem::size_of::<State>())? };
+        let b = Barrier {
+            seg: Segment::create(
+                c"ferropool-barrier",
+                Kind::Barrier,
+                std::mem::size_of::<State>(),
+            )?,
+        };
         b.state().parties.store(parties, Ordering::Relaxed);
         Ok(b)
     }
 
     /// Maps an existing barrier's segment (see `Segment::open`).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<Barrier> {
-        Ok(Barrier { seg: Segment::open(fd, Kind::Barrier, id)? })
+        Ok(Barrier {
+            seg: Segment::open(fd, Kind::Barrier, id)?,
+        })
     }
 
     fn state(&self) -> &State {
@@ -114,7 +125,14 @@ impl Barrier {
                     return Step::Draining(phase);
                 }
                 s.count.store(index + 1, Ordering::Relaxed);
-                Step::Arrived(if index + 1 == parties { Arrival::Last(index) } else { Arrival::Wait { index, generation: phase >> 1 } })
+                Step::Arrived(if index + 1 == parties {
+                    Arrival::Last(index)
+                } else {
+                    Arrival::Wait {
+                        index,
+                        generation: phase >> 1,
+                    }
+                })
             });
             match step {
                 Step::Arrived(arrival) => return Ok(arrival),
@@ -130,7 +148,11 @@ impl Barrier {
     /// Waits (up to `timeout`) for `generation` to end; returns `Ok(())` when it passed and
     /// `Err(Ok(Broken))` when it was aborted or reset, `Err(Err(TimedOut))` when the timeout
     /// passed first (the barrier is left as it is; the caller decides whether to `abort`).
-    pub fn wait_pass(&self, generation: u32, timeout: Option<Duration>) -> Result<(), Result<Broken, TimedOut>> {
+    pub fn wait_pass(
+        &self,
+        generation: u32,
+        timeout: Option<Duration>,
+    ) -> Result<(), Result<Broken, TimedOut>> {
         let s = self.state();
         let deadline = deadline(timeout);
         loop {
@@ -152,7 +174,8 @@ impl Barrier {
     pub fn pass(&self) {
         self.locked(|s| {
             let next = (s.phase.load(Ordering::Relaxed) >> 1).wrapping_add(1) & (u32::MAX >> 1);
-            s.reset_gens.fetch_and(!(1 << (next % 64)), Ordering::Relaxed);
+            s.reset_gens
+                .fetch_and(!(1 << (next % 64)), Ordering::Relaxed);
             s.count.store(0, Ordering::Relaxed);
             s.phase.store(next << 1, Ordering::Release);
         });
@@ -189,7 +212,15 @@ impl Barrier {
 
     /// The number of participants waiting now (0 while broken).
     pub fn n_waiting(&self) -> u32 {
-        self.locked(|s| if s.phase.load(Ordering::Relaxed) & 1 != 0 { 0 } else { s.count.load(Ordering::Relaxed).min(s.parties.load(Ordering::Relaxed) - 1) })
+        self.locked(|s| {
+            if s.phase.load(Ordering::Relaxed) & 1 != 0 {
+                0
+            } else {
+                s.count
+                    .load(Ordering::Relaxed)
+                    .min(s.parties.load(Ordering::Relaxed) - 1)
+            }
+        })
     }
 
     /// The segment holding the barrier.
@@ -254,7 +285,9 @@ mod tests {
     #[test]
     fn abort_and_reset_break_waiters() {
         let b = Arc::new(Barrier::create(3).unwrap());
-        let Ok(Arrival::Wait { generation, .. }) = b.arrive(None) else { panic!() };
+        let Ok(Arrival::Wait { generation, .. }) = b.arrive(None) else {
+            panic!()
+        };
         let waiter = {
             let b = Arc::clone(&b);
             std::thread::spawn(move || wait(&b))

@@ -25,12 +25,16 @@ pub struct Event {
 impl Event {
     /// Creates a clear event in a new segment.
     pub fn create() -> std::io::Result<Event> {
-        Ok(Event { seg: Segment::create(c"ferropool-event", Kind::Event, 4)? })
+        Ok(Event {
+            seg: Segment::create(c"ferropool-event", Kind::Event, 4)?,
+        })
     }
 
     /// Maps an existing event's segment (see `Segment::open`).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<Event> {
-        Ok(Event { seg: Segment::open(fd, Kind::Event, id)? })
+        Ok(Event {
+            seg: Segment::open(fd, Kind::Event, id)?,
+        })
     }
 
     fn word(&self) -> &AtomicU32 {
@@ -52,7 +56,9 @@ impl Event {
 
     /// Clears the flag.
     pub fn clear(&self) {
-        let _ = self.word().compare_exchange(SET, CLEAR, Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self
+            .word()
+            .compare_exchange(SET, CLEAR, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Blocks until the flag is set or `timeout` passes (`None`: forever); returns whether it
@@ -65,8 +71,14 @@ impl Event {
             if cur == SET {
                 return true;
             }
-            let Ok(left) = remaining(deadline) else { return false };
-            if cur == CLEAR && word.compare_exchange(CLEAR, CLEAR_WAITED, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            let Ok(left) = remaining(deadline) else {
+                return false;
+            };
+            if cur == CLEAR
+                && word
+                    .compare_exchange(CLEAR, CLEAR_WAITED, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
                 continue;
             }
             futex::wait(word, CLEAR_WAITED, left);

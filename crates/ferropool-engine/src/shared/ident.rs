@@ -32,7 +32,12 @@ fn ids() -> (u32, u32) {
             return (pid, tid);
         }
         // SAFETY: getpid and gettid have no preconditions and cannot fail.
-        let (pid, tid) = unsafe { (libc::getpid() as u32, libc::syscall(libc::SYS_gettid) as u32) };
+        let (pid, tid) = unsafe {
+            (
+                libc::getpid() as u32,
+                libc::syscall(libc::SYS_gettid) as u32,
+            )
+        };
         cell.set((generation, pid, tid));
         (pid, tid)
     })
@@ -55,7 +60,9 @@ pub fn is_alive(pid: u32) -> bool {
     if pid == self::pid() {
         return true;
     }
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
     if pid <= 0 {
         return false;
     }
@@ -70,7 +77,11 @@ pub fn is_alive(pid: u32) -> bool {
         let rc = unsafe { libc::kill(pid, 0) };
         return rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
     }
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: `pfd` is one valid pollfd; a zero timeout never blocks. A pidfd polls readable once
     // its process has exited. `fd` is ours and closed exactly once.
     let exited = unsafe {
@@ -103,7 +114,14 @@ mod tests {
         // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid with WNOWAIT only fills `info`; the child is ours.
-        let rc = unsafe { libc::waitid(libc::P_PID, child_pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                child_pid,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
         assert_eq!(rc, 0);
         assert!(!is_alive(child_pid), "an unreaped zombie counts as dead");
         child.wait().unwrap();

@@ -53,7 +53,8 @@ pub struct NotLocked;
 
 /// Locks `word` if it is free, without blocking and without system calls.
 pub(crate) fn try_lock_fast(word: &AtomicU32) -> bool {
-    word.compare_exchange(0, ident::pid(), Ordering::Acquire, Ordering::Relaxed).is_ok()
+    word.compare_exchange(0, ident::pid(), Ordering::Acquire, Ordering::Relaxed)
+        .is_ok()
 }
 
 /// Takes `word` over if its owner is dead; `None` if the owner lives or the word changed.
@@ -64,9 +65,14 @@ fn take_over_if_dead(word: &AtomicU32) -> Option<Acquired> {
         return None;
     }
     // Keep WAITERS set: others may sleep on the word and must be woken by our unlock.
-    word.compare_exchange(cur, ident::pid() | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-        .ok()
-        .map(|_| Acquired::OwnerDied(owner))
+    word.compare_exchange(
+        cur,
+        ident::pid() | WAITERS,
+        Ordering::Acquire,
+        Ordering::Relaxed,
+    )
+    .ok()
+    .map(|_| Acquired::OwnerDied(owner))
 }
 
 /// Locks `word`, blocking up to `timeout` (`None`: forever; zero: do not block). A held lock
@@ -80,7 +86,10 @@ pub(crate) fn lock(word: &AtomicU32, timeout: Option<Duration>) -> Result<Acquir
     loop {
         let cur = word.load(Ordering::Relaxed);
         if cur == 0 {
-            if word.compare_exchange(0, me | WAITERS, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            if word
+                .compare_exchange(0, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
                 return Ok(Acquired::Clean);
             }
             continue;
@@ -88,7 +97,11 @@ pub(crate) fn lock(word: &AtomicU32, timeout: Option<Duration>) -> Result<Acquir
         let Ok(left) = remaining(deadline) else {
             return take_over_if_dead(word).ok_or(TimedOut);
         };
-        if cur & WAITERS == 0 && word.compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        if cur & WAITERS == 0
+            && word
+                .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
             continue;
         }
         let slice = left.map_or(LIVENESS_SLICE, |l| l.min(LIVENESS_SLICE));
@@ -135,12 +148,16 @@ pub struct Lock {
 impl Lock {
     /// Creates an unlocked lock in a new segment.
     pub fn create() -> std::io::Result<Lock> {
-        Ok(Lock { seg: Segment::create(c"ferropool-lock", Kind::Lock, std::mem::size_of::<State>())? })
+        Ok(Lock {
+            seg: Segment::create(c"ferropool-lock", Kind::Lock, std::mem::size_of::<State>())?,
+        })
     }
 
     /// Maps an existing lock's segment (see `Segment::open`).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<Lock> {
-        Ok(Lock { seg: Segment::open(fd, Kind::Lock, id)? })
+        Ok(Lock {
+            seg: Segment::open(fd, Kind::Lock, id)?,
+        })
     }
 
     fn word(&self) -> &AtomicU32 {
@@ -262,7 +279,14 @@ pub(crate) mod tests {
                 l.release().unwrap();
             }
         };
-        let children: Vec<_> = (0..2).map(|_| fork_child(|| { work(); 0 })).collect();
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                fork_child(|| {
+                    work();
+                    0
+                })
+            })
+            .collect();
         work();
         for c in children {
             assert_eq!(reap(c), 0);
@@ -281,10 +305,23 @@ pub(crate) mod tests {
         // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid with WNOWAIT only fills `info`; the child is ours.
-        assert_eq!(unsafe { libc::waitid(libc::P_PID, child as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) }, 0);
+        assert_eq!(
+            unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    child as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            },
+            0
+        );
         let other = reopen(l.segment(), Kind::Lock).unwrap();
         let other = Lock { seg: other };
-        assert_eq!(other.acquire(Some(BOUND)), Ok(Acquired::OwnerDied(child as u32)));
+        assert_eq!(
+            other.acquire(Some(BOUND)),
+            Ok(Acquired::OwnerDied(child as u32))
+        );
         assert_eq!(reap(child), 0);
         other.release().unwrap();
         assert_eq!(l.acquire(Some(Duration::ZERO)), Ok(Acquired::Clean));
@@ -296,6 +333,9 @@ pub(crate) mod tests {
         let l = Lock::create().unwrap();
         let child = fork_child(|| i32::from(l.acquire(None).is_err()));
         assert_eq!(reap(child), 0);
-        assert_eq!(l.acquire(Some(Duration::ZERO)), Ok(Acquired::OwnerDied(child as u32)));
+        assert_eq!(
+            l.acquire(Some(Duration::ZERO)),
+            Ok(Acquired::OwnerDied(child as u32))
+        );
     }
 }

@@ -100,9 +100,14 @@ impl Queue {
     /// holding at most `maxsize` items (0: no limit but the bytes).
     pub fn create(capacity: usize, maxsize: u32) -> std::io::Result<Queue> {
         if capacity < 2 * LEN {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "queue capacity too small"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "queue capacity too small",
+            ));
         }
-        let q = Queue { seg: Segment::create(c"ferropool-queue", Kind::Queue, RING + capacity)? };
+        let q = Queue {
+            seg: Segment::create(c"ferropool-queue", Kind::Queue, RING + capacity)?,
+        };
         let c = &q.state().config.0;
         c.capacity.store(capacity as u64, Ordering::Relaxed);
         c.maxsize.store(maxsize, Ordering::Relaxed);
@@ -111,9 +116,14 @@ impl Queue {
 
     /// Maps an existing queue's segment (see `Segment::open`).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<Queue> {
-        let q = Queue { seg: Segment::open(fd, Kind::Queue, id)? };
+        let q = Queue {
+            seg: Segment::open(fd, Kind::Queue, id)?,
+        };
         if q.seg.payload_len() < RING || q.capacity() as usize > q.seg.payload_len() - RING {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "queue capacity larger than its segment"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "queue capacity larger than its segment",
+            ));
         }
         Ok(q)
     }
@@ -221,7 +231,9 @@ impl Queue {
         let head = p.head.load(Ordering::Relaxed);
         let has_room = || {
             let used = head.wrapping_sub(c.tail.load(Ordering::SeqCst));
-            used <= cap && cap - used >= need && (max == 0 || cfg.items.load(Ordering::SeqCst) < max)
+            used <= cap
+                && cap - used >= need
+                && (max == 0 || cfg.items.load(Ordering::SeqCst) < max)
         };
         while !has_room() {
             let Ok(left) = remaining(deadline) else {
@@ -356,7 +368,10 @@ mod tests {
     fn fifo_wraparound_and_limits() {
         let q = Queue::create(64, 3).unwrap();
         let mut out = Vec::new();
-        assert_eq!(q.get(&mut out, Some(Duration::ZERO)), Err(QueueError::TimedOut));
+        assert_eq!(
+            q.get(&mut out, Some(Duration::ZERO)),
+            Err(QueueError::TimedOut)
+        );
         assert_eq!(q.put(&[0; 61], None), Err(QueueError::TooLarge));
         for round in 0..50u8 {
             // Items of 13 bytes + 4 wrap at varying offsets of the 64-byte ring.
@@ -364,7 +379,10 @@ mod tests {
                 q.put(&[round ^ i; 13], Some(Duration::ZERO)).unwrap();
             }
             assert!(q.is_full());
-            assert_eq!(q.put(b"x", Some(Duration::from_millis(5))), Err(QueueError::TimedOut));
+            assert_eq!(
+                q.put(b"x", Some(Duration::from_millis(5))),
+                Err(QueueError::TimedOut)
+            );
             for i in 0..3u8 {
                 q.get(&mut out, Some(Duration::ZERO)).unwrap();
                 assert_eq!(out, vec![round ^ i; 13]);
@@ -376,7 +394,10 @@ mod tests {
         for _ in 0..3 {
             q.put(&[7; 16], Some(Duration::ZERO)).unwrap();
         }
-        assert_eq!(q.put(&[7; 1], Some(Duration::ZERO)), Err(QueueError::TimedOut));
+        assert_eq!(
+            q.put(&[7; 1], Some(Duration::ZERO)),
+            Err(QueueError::TimedOut)
+        );
         q.put(&[], Some(Duration::ZERO)).unwrap();
         assert_eq!(q.len(), 4);
         assert_eq!(q.try_get(&mut out), Ok(()));
@@ -394,7 +415,9 @@ mod tests {
         // Producers in child processes, consumers in child processes that report what they got.
         let mut children = Vec::new();
         for p in 0..PRODUCERS {
-            let q = Queue { seg: reopen(q.segment(), Kind::Queue).unwrap() };
+            let q = Queue {
+                seg: reopen(q.segment(), Kind::Queue).unwrap(),
+            };
             children.push(fork_child(move || {
                 for i in 0..PER {
                     let item = (p * PER + i).to_le_bytes();

@@ -32,12 +32,20 @@ pub struct RLock {
 impl RLock {
     /// Creates an unlocked recursive lock in a new segment.
     pub fn create() -> std::io::Result<RLock> {
-        Ok(RLock { seg: Segment::create(c"ferropool-rlock", Kind::RLock, std::mem::size_of::<State>())? })
+        Ok(RLock {
+            seg: Segment::create(
+                c"ferropool-rlock",
+                Kind::RLock,
+                std::mem::size_of::<State>(),
+            )?,
+        })
     }
 
     /// Maps an existing recursive lock's segment (see `Segment::open`).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<RLock> {
-        Ok(RLock { seg: Segment::open(fd, Kind::RLock, id)? })
+        Ok(RLock {
+            seg: Segment::open(fd, Kind::RLock, id)?,
+        })
     }
 
     fn state(&self) -> &State {
@@ -48,7 +56,8 @@ impl RLock {
     /// Returns whether the calling thread holds the lock.
     pub fn is_owned(&self) -> bool {
         let s = self.state();
-        s.owner_tid.load(Ordering::Relaxed) == ident::tid() && lock::owner(&s.word) == Some(ident::pid())
+        s.owner_tid.load(Ordering::Relaxed) == ident::tid()
+            && lock::owner(&s.word) == Some(ident::pid())
     }
 
     /// Acquires the lock (again, if the caller holds it), blocking up to `timeout`. A dead
@@ -127,7 +136,10 @@ mod tests {
             0
         });
         assert_eq!(reap(child), 0);
-        assert_eq!(l.acquire(Some(BOUND)), Ok(Acquired::OwnerDied(child as u32)));
+        assert_eq!(
+            l.acquire(Some(BOUND)),
+            Ok(Acquired::OwnerDied(child as u32))
+        );
         l.release().unwrap();
         assert!(!l.is_owned(), "the count restarts at one after a take-over");
     }

@@ -64,7 +64,14 @@ fn map(fd: &OwnedFd, len: usize) -> io::Result<NonNull<u8>> {
     // SAFETY: a fresh shared read-write mapping of `len` bytes of our own descriptor; the kernel
     // chooses the address, so no existing memory is affected.
     let ptr = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
     };
     if ptr == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
@@ -78,14 +85,19 @@ fn random_id() -> u64 {
     let n = unsafe { libc::getrandom((&mut id as *mut u64).cast(), 8, 0) };
     if n != 8 || id == 0 {
         // Not secret, only distinct: the pid and the clock are enough without getrandom.
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         id = t ^ (u64::from(std::process::id()) << 40) | 1;
     }
     id
 }
 
 fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("not the expected ferropool shared segment: {what}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("not the expected ferropool shared segment: {what}"),
+    )
 }
 
 impl Segment {
@@ -93,7 +105,9 @@ impl Segment {
     /// name (seen only in `/proc/*/maps` and `/proc/*/fd`) is `name`. The descriptor is
     /// close-on-exec. Fails with the errno of `memfd_create`, `ftruncate` or `mmap`.
     pub fn create(name: &CStr, kind: Kind, payload: usize) -> io::Result<Segment> {
-        let len = PAYLOAD.checked_add(payload).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+        let len = PAYLOAD
+            .checked_add(payload)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
         // SAFETY: `name` is a valid C string; the flags are constants.
         let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
         if raw < 0 {
@@ -101,14 +115,20 @@ impl Segment {
         }
         // SAFETY: `raw` is a descriptor we just opened and nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let size = libc::off_t::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+        let size = libc::off_t::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
         // SAFETY: plain syscall on our descriptor.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
             return Err(io::Error::last_os_error());
         }
         let ptr = map(&fd, len)?;
         let seg = Segment { fd, ptr, len };
-        let header = Header { magic: MAGIC, kind: kind as u32, id: random_id(), payload: payload as u64 };
+        let header = Header {
+            magic: MAGIC,
+            kind: kind as u32,
+            id: random_id(),
+            payload: payload as u64,
+        };
         // SAFETY: the mapping is at least PAYLOAD (64) bytes, page-aligned, and not yet visible to
         // any other thread or process, so this plain write races with nothing.
         unsafe { seg.ptr.as_ptr().cast::<Header>().write(header) };
@@ -136,7 +156,9 @@ impl Segment {
             return Err(invalid("it holds another kind of object"));
         }
         if h.id != id {
-            return Err(invalid("its id differs (the descriptor now names another segment)"));
+            return Err(invalid(
+                "its id differs (the descriptor now names another segment)",
+            ));
         }
         if h.payload > (len - PAYLOAD) as u64 {
             return Err(invalid("payload larger than the file"));
@@ -214,7 +236,11 @@ impl Drop for Segment {
 
 impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Segment").field("fd", &self.fd.as_raw_fd()).field("len", &self.len).field("id", &self.id()).finish()
+        f.debug_struct("Segment")
+            .field("fd", &self.fd.as_raw_fd())
+            .field("len", &self.len)
+            .field("id", &self.id())
+            .finish()
     }
 }
 
@@ -227,7 +253,10 @@ pub(crate) fn test_segment(kind: Kind, payload: usize) -> Segment {
 /// Reopens `seg` the way another process would: through `/proc/self/fd/<n>`.
 #[cfg(test)]
 pub(crate) fn reopen(seg: &Segment, kind: Kind) -> io::Result<Segment> {
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/self/fd/{}", seg.fd().as_raw_fd()))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{}", seg.fd().as_raw_fd()))?;
     Segment::open(OwnedFd::from(file), kind, seg.id())
 }
 
@@ -246,15 +275,30 @@ mod tests {
         let (x, y) = unsafe { (a.state::<AtomicU64>(), b.state::<AtomicU64>()) };
         x.store(42, Ordering::SeqCst);
         assert_eq!(y.load(Ordering::SeqCst), 42);
-        assert_eq!(reopen(&a, Kind::Lock).unwrap_err().kind(), io::ErrorKind::InvalidData);
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/self/fd/{}", a.fd().as_raw_fd())).unwrap();
-        assert_eq!(Segment::open(OwnedFd::from(file), Kind::Value, a.id() ^ 1).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            reopen(&a, Kind::Lock).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/self/fd/{}", a.fd().as_raw_fd()))
+            .unwrap();
+        assert_eq!(
+            Segment::open(OwnedFd::from(file), Kind::Value, a.id() ^ 1)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::InvalidData
+        );
     }
 
     #[test]
     fn a_segment_is_no_file_in_dev_shm() {
         let a = test_segment(Kind::Value, 8);
         let link = std::fs::read_link(format!("/proc/self/fd/{}", a.fd().as_raw_fd())).unwrap();
-        assert!(link.to_string_lossy().starts_with("/memfd:ferropool-test"), "{link:?}");
+        assert!(
+            link.to_string_lossy().starts_with("/memfd:ferropool-test"),
+            "{link:?}"
+        );
     }
 }

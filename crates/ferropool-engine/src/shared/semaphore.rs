@@ -35,15 +35,25 @@ pub struct Semaphore {
 impl Semaphore {
     /// Creates a semaphore holding `value` units; `bounded` makes `release` fail past `value`.
     pub fn create(value: u32, bounded: bool) -> std::io::Result<Semaphore> {
-        let s = Semaphore { seg: Segment::create(c"ferropool-semaphore", Kind::Semaphore, std::mem::size_of::<State>())? };
+        let s = Semaphore {
+            seg: Segment::create(
+                c"ferropool-semaphore",
+                Kind::Semaphore,
+                std::mem::size_of::<State>(),
+            )?,
+        };
         s.state().count.store(value, Ordering::Relaxed);
-        s.state().max.store(if bounded { value } else { u32::MAX }, Ordering::Relaxed);
+        s.state()
+            .max
+            .store(if bounded { value } else { u32::MAX }, Ordering::Relaxed);
         Ok(s)
     }
 
     /// Maps an existing semaphore's segment (see `Segment::open`).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<Semaphore> {
-        Ok(Semaphore { seg: Segment::open(fd, Kind::Semaphore, id)? })
+        Ok(Semaphore {
+            seg: Segment::open(fd, Kind::Semaphore, id)?,
+        })
     }
 
     fn state(&self) -> &State {
@@ -87,7 +97,9 @@ impl Semaphore {
         let s = self.state();
         let max = s.max.load(Ordering::Relaxed);
         s.count
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_add(n).filter(|&c| c <= max))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                c.checked_add(n).filter(|&c| c <= max)
+            })
             .map_err(|_| TooManyReleases)?;
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             futex::wake(&s.count, n);

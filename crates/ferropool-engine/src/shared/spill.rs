@@ -68,15 +68,31 @@ impl Spill {
     /// returned value is dropped.
     pub fn take(self: &Arc<Self>, offset: u64, len: usize) -> io::Result<SpillRange> {
         let page = header_len() as u64;
-        if offset < page || !offset.is_multiple_of(page) || offset >= self.next().load(Ordering::Acquire) {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "a queue item names a spill range that was never written"));
+        if offset < page
+            || !offset.is_multiple_of(page)
+            || offset >= self.next().load(Ordering::Acquire)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a queue item names a spill range that was never written",
+            ));
         }
         let map = if len == 0 {
             None
         } else {
-            Some(RawMap::new(&self.fd, len, libc::MAP_SHARED | libc::MAP_POPULATE, as_usize(offset)?)?)
+            Some(RawMap::new(
+                &self.fd,
+                len,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                as_usize(offset)?,
+            )?)
         };
-        Ok(SpillRange { spill: Arc::clone(self), offset, len, map })
+        Ok(SpillRange {
+            spill: Arc::clone(self),
+            offset,
+            len,
+            map,
+        })
     }
 
     /// Frees the pages of the range at `offset` (a buffer whose item was never queued).
@@ -85,13 +101,19 @@ impl Spill {
         // SAFETY: plain syscall on our descriptor; punching a hole changes no mapping's
         // validity (a mapped punched page reads as zeroes), and only this range's owner calls it.
         unsafe {
-            libc::fallocate(self.fd.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset as libc::off_t, span as libc::off_t)
+            libc::fallocate(
+                self.fd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                span as libc::off_t,
+            )
         };
     }
 }
 
 fn as_usize(offset: u64) -> io::Result<usize> {
-    usize::try_from(offset).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "spill offset out of range"))
+    usize::try_from(offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "spill offset out of range"))
 }
 
 /// One received buffer of a queue item: its range of the spill file, mapped; unmapped and freed
@@ -106,7 +128,9 @@ pub struct SpillRange {
 impl SpillRange {
     /// Start of the bytes (dangling, never to be read, when `len()` is 0).
     pub fn as_ptr(&self) -> *mut u8 {
-        self.map.as_ref().map_or(std::ptr::NonNull::dangling().as_ptr(), RawMap::as_ptr)
+        self.map
+            .as_ref()
+            .map_or(std::ptr::NonNull::dangling().as_ptr(), RawMap::as_ptr)
     }
 
     pub fn len(&self) -> usize {
@@ -150,7 +174,10 @@ mod tests {
             assert_eq!(std::slice::from_raw_parts(rb.as_ptr(), rb.len()), &b[..]);
         }
         drop(ra);
-        assert!(resident_pages(&producer) + (a.len() / header_len()) as u64 <= before, "dropping a range did not free its pages");
+        assert!(
+            resident_pages(&producer) + (a.len() / header_len()) as u64 <= before,
+            "dropping a range did not free its pages"
+        );
         drop(rb);
     }
 
@@ -169,13 +196,22 @@ mod tests {
         let threads: Vec<_> = (0..4u8)
             .map(|t| {
                 let spill = Arc::clone(&spill);
-                std::thread::spawn(move || (0..50).map(|_| (t, spill.write(&vec![t; 10_000]).unwrap())).collect::<Vec<_>>())
+                std::thread::spawn(move || {
+                    (0..50)
+                        .map(|_| (t, spill.write(&vec![t; 10_000]).unwrap()))
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
         for (t, off) in threads.into_iter().flat_map(|h| h.join().unwrap()) {
             let r = spill.take(off, 10_000).unwrap();
             // SAFETY: mapped for 10,000 bytes; nothing writes it any more.
-            assert!(unsafe { std::slice::from_raw_parts(r.as_ptr(), r.len()) }.iter().all(|&x| x == t), "a range was overwritten");
+            assert!(
+                unsafe { std::slice::from_raw_parts(r.as_ptr(), r.len()) }
+                    .iter()
+                    .all(|&x| x == t),
+                "a range was overwritten"
+            );
         }
     }
 }

@@ -29,11 +29,16 @@ impl Type {
 
     fn decode(code: u32) -> Option<Type> {
         match code {
-            0x1000 | 0x1001 => Some(Type::Float { single: code == 0x1001 }),
+            0x1000 | 0x1001 => Some(Type::Float {
+                single: code == 0x1001,
+            }),
             _ => {
                 let bits = (code & 0xff) as u8;
                 let known = matches!(bits, 8 | 16 | 32 | 64) && code & !0x1ff == 0;
-                known.then_some(Type::Int { bits, signed: code & 0x100 != 0 })
+                known.then_some(Type::Int {
+                    bits,
+                    signed: code & 0x100 != 0,
+                })
             }
         }
     }
@@ -41,8 +46,13 @@ impl Type {
     /// The range of an integer type as `(min, max)`.
     pub fn int_range(self) -> Option<(i128, i128)> {
         match self {
-            Type::Int { bits, signed: true } => Some((-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)),
-            Type::Int { bits, signed: false } => Some((0, (1i128 << bits) - 1)),
+            Type::Int { bits, signed: true } => {
+                Some((-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1))
+            }
+            Type::Int {
+                bits,
+                signed: false,
+            } => Some((0, (1i128 << bits) - 1)),
             Type::Float { .. } => None,
         }
     }
@@ -68,7 +78,14 @@ pub struct Value {
 impl Value {
     /// Creates a number of type `ty` holding zero.
     pub fn create(ty: Type) -> std::io::Result<Value> {
-        let v = Value { seg: Segment::create(c"ferropool-value", Kind::Value, std::mem::size_of::<State>())?, ty };
+        let v = Value {
+            seg: Segment::create(
+                c"ferropool-value",
+                Kind::Value,
+                std::mem::size_of::<State>(),
+            )?,
+            ty,
+        };
         v.state().ty.store(ty.encode(), Ordering::Relaxed);
         Ok(v)
     }
@@ -78,7 +95,9 @@ impl Value {
         let seg = Segment::open(fd, Kind::Value, id)?;
         // SAFETY: a Kind::Value segment's payload is a `State` of atomics.
         let code = unsafe { seg.state::<State>() }.ty.load(Ordering::Relaxed);
-        let ty = Type::decode(code).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "unknown value type"))?;
+        let ty = Type::decode(code).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "unknown value type")
+        })?;
         Ok(Value { seg, ty })
     }
 
@@ -95,10 +114,21 @@ impl Value {
     /// Interprets raw cell bits as this integer type.
     fn int_of(&self, raw: u64) -> i128 {
         match self.ty {
-            Type::Int { bits: 64, signed: true } => i128::from(raw as i64),
-            Type::Int { bits: 64, signed: false } => i128::from(raw),
-            Type::Int { bits, signed: true } => i128::from(((raw << (64 - bits)) as i64) >> (64 - bits)),
-            Type::Int { bits, signed: false } => i128::from(raw & ((1u64 << bits) - 1)),
+            Type::Int {
+                bits: 64,
+                signed: true,
+            } => i128::from(raw as i64),
+            Type::Int {
+                bits: 64,
+                signed: false,
+            } => i128::from(raw),
+            Type::Int { bits, signed: true } => {
+                i128::from(((raw << (64 - bits)) as i64) >> (64 - bits))
+            }
+            Type::Int {
+                bits,
+                signed: false,
+            } => i128::from(raw & ((1u64 << bits) - 1)),
             Type::Float { .. } => f64::from_bits(raw) as i128,
         }
     }
@@ -132,7 +162,12 @@ impl Value {
     /// Adds `delta` (wrapping around at the type's width, like C) and returns the new value.
     pub fn add_int(&self, delta: i128) -> i128 {
         let d = delta as u64; // two's complement: the low 64 bits are all a wrapping add needs
-        self.int_of(self.state().cell.fetch_add(d, Ordering::SeqCst).wrapping_add(d))
+        self.int_of(
+            self.state()
+                .cell
+                .fetch_add(d, Ordering::SeqCst)
+                .wrapping_add(d),
+        )
     }
 
     /// Stores `new` if the number equals `expected`; returns whether it did. Fails if `new` is
@@ -159,7 +194,9 @@ impl Value {
 
     /// Stores a float (rounded to single precision for `Float { single: true }`).
     pub fn store_float(&self, x: f64) {
-        self.state().cell.store(self.round(x).to_bits(), Ordering::SeqCst);
+        self.state()
+            .cell
+            .store(self.round(x).to_bits(), Ordering::SeqCst);
     }
 
     /// Adds `delta` and returns the new value.
@@ -168,7 +205,8 @@ impl Value {
         let mut raw = cell.load(Ordering::SeqCst);
         loop {
             let new = self.round(f64::from_bits(raw) + delta);
-            match cell.compare_exchange_weak(raw, new.to_bits(), Ordering::SeqCst, Ordering::SeqCst) {
+            match cell.compare_exchange_weak(raw, new.to_bits(), Ordering::SeqCst, Ordering::SeqCst)
+            {
                 Ok(_) => return new,
                 Err(now) => raw = now,
             }
@@ -179,7 +217,13 @@ impl Value {
     pub fn cas_float(&self, expected: f64, new: f64) -> bool {
         let cell = &self.state().cell;
         let expected = self.round(expected).to_bits();
-        cell.compare_exchange(expected, self.round(new).to_bits(), Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        cell.compare_exchange(
+            expected,
+            self.round(new).to_bits(),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        )
+        .is_ok()
     }
 
     /// The segment holding the number.
@@ -196,7 +240,11 @@ mod tests {
 
     #[test]
     fn narrow_integers_wrap_and_check_range() {
-        let v = Value::create(Type::Int { bits: 8, signed: true }).unwrap();
+        let v = Value::create(Type::Int {
+            bits: 8,
+            signed: true,
+        })
+        .unwrap();
         v.store_int(127).unwrap();
         assert_eq!(v.add_int(1), -128);
         assert_eq!(v.load_int(), -128);
@@ -204,9 +252,17 @@ mod tests {
         assert_eq!(v.cas_int(-128, 5), Ok(true));
         assert_eq!(v.cas_int(-128, 6), Ok(false));
         assert_eq!(v.load_int(), 5);
-        let u = Value::create(Type::Int { bits: 32, signed: false }).unwrap();
+        let u = Value::create(Type::Int {
+            bits: 32,
+            signed: false,
+        })
+        .unwrap();
         assert_eq!(u.add_int(-1), i128::from(u32::MAX));
-        let w = Value::create(Type::Int { bits: 64, signed: false }).unwrap();
+        let w = Value::create(Type::Int {
+            bits: 64,
+            signed: false,
+        })
+        .unwrap();
         w.store_int(i128::from(u64::MAX)).unwrap();
         assert_eq!(w.load_int(), i128::from(u64::MAX));
     }
@@ -226,8 +282,20 @@ mod tests {
     #[test]
     fn processes_add_and_cas_exactly() {
         const N: i128 = 20_000;
-        let v = Value::create(Type::Int { bits: 64, signed: true }).unwrap();
-        let other = Value::open(reopen(v.segment(), Kind::Value).unwrap().fd().try_clone_to_owned().unwrap(), v.segment().id()).unwrap();
+        let v = Value::create(Type::Int {
+            bits: 64,
+            signed: true,
+        })
+        .unwrap();
+        let other = Value::open(
+            reopen(v.segment(), Kind::Value)
+                .unwrap()
+                .fd()
+                .try_clone_to_owned()
+                .unwrap(),
+            v.segment().id(),
+        )
+        .unwrap();
         let work = |v: &Value| {
             for i in 0..N {
                 if i % 2 == 0 {
