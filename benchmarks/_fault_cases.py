@@ -30,7 +30,8 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 INIT_MESSAGE = "initializer failed on purpose"
 WORKERS = 2
@@ -80,7 +81,7 @@ def raise_two_arg() -> None:
     raise TwoArgError("first", "second")
 
 
-def _import_parent_only(owner_pid: int) -> "ParentOnly":
+def _import_parent_only(owner_pid: int) -> ParentOnly:
     if os.getpid() != owner_pid:
         raise ImportError("No module named 'parent_only_module'", name="parent_only_module")
     return ParentOnly(owner_pid)
@@ -139,7 +140,7 @@ def _write(path: str, text: str) -> None:
 # ---------------------------------------------------------------- /proc helpers
 
 
-def proc_stat(pid: int) -> Optional[tuple]:
+def proc_stat(pid: int) -> tuple | None:
     """Returns (state, ppid, pgrp, session) of ``pid``, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -204,7 +205,7 @@ class NotApplicable(Exception):
 class Pool:
     """A library's pool plus the options the adapter applies per call."""
 
-    def __init__(self, raw: Any, task_timeout: Optional[float] = None, initializer: Optional[Callable] = None):
+    def __init__(self, raw: Any, task_timeout: float | None = None, initializer: Callable | None = None):
         self.raw = raw
         self.task_timeout = task_timeout
         self.initializer = initializer
@@ -217,11 +218,11 @@ class FutureAdapter:
     has_task_timeout = False
     has_cancel = True
 
-    def make(self, workers: int, initializer: Optional[Callable], task_timeout: Optional[float]) -> Any:
+    def make(self, workers: int, initializer: Callable | None, task_timeout: float | None) -> Any:
         raise NotImplementedError
 
     def open(
-        self, workers: int = WORKERS, initializer: Optional[Callable] = None, task_timeout: Optional[float] = None
+        self, workers: int = WORKERS, initializer: Callable | None = None, task_timeout: float | None = None
     ) -> Pool:
         if task_timeout is not None and not self.has_task_timeout:
             raise NotApplicable(f"{self.name} has no per-task timeout")
@@ -376,7 +377,7 @@ def bounded(fn: Callable[[], Any], timeout: float) -> dict:
     def run() -> None:
         try:
             box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported, not handled
+        except BaseException as exc:
             box["error"] = exc
 
     t0 = time.monotonic()
@@ -406,7 +407,7 @@ def outcome(ad: FutureAdapter, handle: Any, deadline: float) -> dict:
         return {"state": "unsettled"}
     try:
         value = ad.get(handle)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         return {"state": "raised", **exception_info(exc)}
     return {"state": "returned", "value": repr(value)[:200]}
 
@@ -414,7 +415,7 @@ def outcome(ad: FutureAdapter, handle: Any, deadline: float) -> dict:
 def submit_and_wait(ad: FutureAdapter, pool: Pool, settle: float, fn: Callable, *args: Any) -> dict:
     try:
         handle = ad.submit(pool, fn, *args)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         return {"state": "submit raised", **exception_info(exc)}
     return outcome(ad, handle, time.monotonic() + settle)
 
@@ -425,7 +426,7 @@ def close(ad: FutureAdapter, pool: Pool, rep: dict, timeout: float) -> None:
         rep["abandoned"] = True
 
 
-def read(path: str) -> Optional[str]:
+def read(path: str) -> str | None:
     try:
         with open(path) as f:
             return f.read()
@@ -461,7 +462,7 @@ def case_bad_task(bad: Callable, *args: Any) -> Callable:
         rep: dict = {}
         try:
             handles = [ad.submit(pool, bad, *args)] + [ad.submit(pool, slow_square, i, 0.05) for i in range(4)]
-        except BaseException as exc:  # noqa: BLE001 - e.g. an eager pickling check at submit
+        except BaseException as exc:
             rep["bad"] = {"state": "submit raised", **exception_info(exc)}
             handles = None
         if handles is not None:
@@ -563,7 +564,7 @@ def case_parent_killed(ad: FutureAdapter, settle: float) -> dict:
     return rep
 
 
-def _readline(stream, timeout: float) -> Optional[bytes]:
+def _readline(stream, timeout: float) -> bytes | None:
     box: list = []
     t = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
     t.start()
@@ -697,7 +698,7 @@ def main(argv: list) -> None:
         rep = {"applicable": True, **run(ad, settle)}
     except NotApplicable as exc:
         rep = {"applicable": False, "reason": str(exc)}
-    except BaseException as exc:  # noqa: BLE001 - the case itself failed: report it
+    except BaseException as exc:
         rep = {"applicable": True, "case_error": exception_info(exc), "traceback": traceback.format_exc()[-2000:]}
     rep["child_seconds"] = round(time.monotonic() - t0, 3)
     with open(out + ".tmp", "w") as f:

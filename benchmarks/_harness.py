@@ -32,20 +32,20 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Optional, Sequence
 
 __all__ = [
     "Stats",
-    "measure",
     "TreeRss",
+    "fmt_kib",
+    "fmt_seconds",
+    "machine_info",
+    "markdown_table",
+    "measure",
     "reset_peak_rss",
     "rusage_peaks",
-    "machine_info",
     "write_json",
-    "markdown_table",
-    "fmt_seconds",
-    "fmt_kib",
 ]
 
 
@@ -61,7 +61,7 @@ class Stats:
     runs: tuple = field(default_factory=tuple)
 
     @classmethod
-    def of(cls, runs: Sequence[float]) -> "Stats":
+    def of(cls, runs: Sequence[float]) -> Stats:
         """Summarise ``runs`` (at least one value); IQR needs 2+ runs, else it is the value."""
         if not runs:
             raise ValueError("Stats.of needs at least one run")
@@ -94,9 +94,9 @@ def measure(
     fn: Callable[[], object],
     *,
     repeats: int,
-    warmup: Optional[Callable[[], object]] = None,
-    sample: Optional[Callable[[], object]] = None,
-    check: Optional[Callable[[object], None]] = None,
+    warmup: Callable[[], object] | None = None,
+    sample: Callable[[], object] | None = None,
+    check: Callable[[object], None] | None = None,
 ) -> Stats:
     """Run ``fn`` ``repeats`` times and return the wall-clock :class:`Stats`.
 
@@ -127,7 +127,7 @@ def measure(
 # ---------------------------------------------------------------- memory
 
 
-def _status_kib(pid: object, key: str) -> Optional[int]:
+def _status_kib(pid: object, key: str) -> int | None:
     """Return a ``kB`` field of ``/proc/<pid>/status``, or None if unreadable."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
@@ -195,9 +195,9 @@ class TreeRss:
 
     def __init__(self) -> None:
         self._exclude = set(_descendants(os.getpid()))
-        self._self_kib: Optional[int] = None
-        self._children_kib: Optional[int] = None
-        self._tree_kib: Optional[int] = None
+        self._self_kib: int | None = None
+        self._children_kib: int | None = None
+        self._tree_kib: int | None = None
         self._max_children = 0
 
     def sample(self) -> None:
@@ -236,7 +236,7 @@ def rusage_peaks() -> dict:
 # ---------------------------------------------------------------- machine and output
 
 
-def _cpu_model() -> Optional[str]:
+def _cpu_model() -> str | None:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -311,7 +311,7 @@ def _looks_numeric(cell: str) -> bool:
         return False
 
 
-def fmt_seconds(s: Optional[float]) -> str:
+def fmt_seconds(s: float | None) -> str:
     """Format a duration with a unit that keeps 3 significant digits."""
     if s is None:
         return "-"
@@ -322,6 +322,6 @@ def fmt_seconds(s: Optional[float]) -> str:
     return f"{s * 1e6:.0f} us"
 
 
-def fmt_kib(kib: Optional[int]) -> str:
+def fmt_kib(kib: int | None) -> str:
     """Format a KiB figure as MiB."""
     return "-" if kib is None else f"{kib / 1024:.0f} MiB"

@@ -35,15 +35,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import _harness as h
 
 try:
     from ferropool._workloads import add_one, calibrate_spin, spin
-except Exception as exc:  # noqa: BLE001 - any import failure means "not built"
+except Exception as exc:
     sys.exit(
         f"bench_pools: cannot import ferropool._workloads ({type(exc).__name__}: {exc}); "
         "build and install ferropool first: .venv/bin/maturin develop --release"
@@ -126,8 +126,8 @@ class Executor:
 
     name: str
     kind: str  # "process" or "thread"
-    make: Optional[Callable[[int], object]]
-    note: Optional[str] = None  # why it is unavailable
+    make: Callable[[int], object] | None
+    note: str | None = None  # why it is unavailable
 
 
 def _ferropool_class(attr: str):
@@ -136,11 +136,11 @@ def _ferropool_class(attr: str):
         import ferropool
 
         return getattr(ferropool, attr), None
-    except Exception as exc:  # noqa: BLE001 - report any failure as "unavailable"
+    except Exception as exc:
         return None, f"ferropool.{attr} unavailable ({type(exc).__name__}: {exc})"
 
 
-def discover_executors(selected: Optional[set]) -> list:
+def discover_executors(selected: set | None) -> list:
     """Return every executor, in table order; unavailable ones carry a note."""
     out = []
     pp, note = _ferropool_class("ProcessPool")
@@ -374,7 +374,7 @@ def _guarded(fn) -> dict:
     """Run one figure; an exception becomes an ``error`` entry instead of ending the run."""
     try:
         return fn()
-    except Exception as exc:  # noqa: BLE001 - one broken executor must not hide the others
+    except Exception as exc:
         msg = f"{type(exc).__name__}: {exc}"
         print(f"  ! failed: {msg}", file=sys.stderr, flush=True)
         return {"error": msg}
@@ -387,7 +387,7 @@ def _progress(msg: str) -> None:
 # ---------------------------------------------------------------- ratios
 
 
-def _median(res: dict, name: str) -> Optional[float]:
+def _median(res: dict, name: str) -> float | None:
     r = res.get(name) or {}
     return r["stats"].median if "stats" in r else None
 

@@ -23,13 +23,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import measure  # noqa: E402
-
-from ferropool._workloads import add_one, calibrate_spin, spin  # noqa: E402
+from _harness import measure
+from ferropool._workloads import add_one, calibrate_spin, spin
 
 CPU_TASKS = 40
 CPU_TASK_S = 0.025
@@ -143,7 +141,7 @@ def bench_joblib(n: int, repeats: int) -> dict:
     import numpy as np
     from joblib import Parallel, delayed, parallel_config
 
-    import ferropool.joblib  # noqa: F401
+    import ferropool.joblib
 
     big = np.random.default_rng(0).random(1_000_000)  # 8 MB
     arrays = 40

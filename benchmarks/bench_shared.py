@@ -29,9 +29,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import Stats, machine_info, markdown_table, rusage_peaks, write_json  # noqa: E402
-
-from ferropool import shared  # noqa: E402
+from _harness import Stats, machine_info, markdown_table, rusage_peaks, write_json
+from ferropool import shared
 
 FORK = multiprocessing.get_context("fork")
 

@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
 
 import _fault_cases as fc
 import _harness as h
@@ -297,7 +296,7 @@ def available(libs: list) -> list:
     for lib in libs:
         try:
             importlib.import_module(LIBS[lib][1])
-        except Exception as exc:  # noqa: BLE001 - any failure means "skip it"
+        except Exception as exc:
             print(f"note: skipping {lib}: cannot import {LIBS[lib][1]} ({type(exc).__name__}: {exc})", file=sys.stderr)
             continue
         out.append(lib)
@@ -318,7 +317,7 @@ def table(cells: dict, cases: list, libs: list) -> str:
     return text
 
 
-def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
+def parse_args(argv: list | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--libs", default=",".join(LIBS), help="comma-separated, from: " + ", ".join(LIBS))
     p.add_argument(
@@ -346,7 +345,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     args = parse_args(argv)
     libs = available(args.libs)
     # Every wait inside a child is bounded by `settle`, well inside the watchdog.

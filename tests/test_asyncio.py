@@ -18,9 +18,8 @@ import os
 import pytest
 
 import helpers
-from helpers import BLOCK, block_on, echo, mul, signal_and_wait
-
 from ferropool import TaskTimeoutError
+from helpers import BLOCK, block_on, echo, mul, signal_and_wait
 
 pytestmark = pytest.mark.ferropool_only("the asyncio API is ferropool's own")
 

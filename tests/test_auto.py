@@ -19,10 +19,10 @@ import pytest
 import ferropool
 from ferropool import Pool
 from ferropool import _auto as auto_module
-from ferropool._auto import _Plan, _holds_gil
+from ferropool import _workloads as w
+from ferropool._auto import _holds_gil, _Plan
 from ferropool._auto_decide import EARLY_MIN_S, Figures, decide
 from ferropool._process import usable_cpu_count
-from ferropool import _workloads as w
 
 ROOT = Path(__file__).resolve().parent.parent
 CORES = usable_cpu_count()

@@ -14,12 +14,11 @@ import pytest
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'ferropool[dask]'")
 
-import helpers  # noqa: E402
-from remote_cases import *  # noqa: E402,F401,F403  (the shared tests)
-from remote_cases import WAIT, square  # noqa: E402
-
 import ferropool  # noqa: E402
+import helpers  # noqa: E402
 from ferropool._remote import running_tasks  # noqa: E402
+from remote_cases import *  # noqa: E402, F403  (the shared tests)
+from remote_cases import WAIT, square  # noqa: E402
 
 
 @pytest.fixture(scope="module")

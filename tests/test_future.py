@@ -8,8 +8,6 @@ import concurrent.futures as cf
 import random
 import threading
 
-import pytest
-
 import helpers
 from ferropool import TaskFuture
 

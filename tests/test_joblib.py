@@ -12,10 +12,10 @@ import pytest
 
 joblib = pytest.importorskip("joblib", reason="needs joblib: pip install 'ferropool[joblib]'")
 
-import helpers  # noqa: E402
 from joblib import Parallel, delayed, parallel_config  # noqa: E402
 
-import ferropool.joblib  # noqa: E402,F401  (registers the backends)
+import ferropool.joblib  # noqa: E402  (registers the backends)
+import helpers  # noqa: E402
 from ferropool.errors import RemoteTraceback, WorkerDiedError  # noqa: E402
 
 WAIT = 30

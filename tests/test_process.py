@@ -16,8 +16,7 @@ import threading
 import pytest
 
 import helpers
-from ferropool import BrokenPoolError, ProcessPool, RemoteError, SerializationError, WorkerDiedError
-from ferropool import _serialize
+from ferropool import BrokenPoolError, ProcessPool, RemoteError, SerializationError, WorkerDiedError, _serialize
 from ferropool._executor import MAX_CHUNK, window_for
 from ferropool._process import usable_cpu_count
 
@@ -422,11 +421,10 @@ def test_the_native_thread_limit_is_in_effect_in_numpy(monkeypatch):
         monkeypatch.delenv(variable, raising=False)  # an earlier test's library may have set them
     pytest.importorskip("numpy")
     pytest.importorskip("threadpoolctl")
-    from ferropool import ProcessPool
-
+    import numpy  # noqa: F401
     from threadpoolctl import threadpool_info
 
-    import numpy  # noqa: F401
+    from ferropool import ProcessPool
 
     if not threadpool_info():
         pytest.skip("this numpy has no BLAS or OpenMP library that threadpoolctl can see")

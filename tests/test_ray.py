@@ -14,11 +14,10 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'ferropool[ray]'")
 
-import helpers  # noqa: E402
-from remote_cases import *  # noqa: E402,F401,F403  (the shared tests)
-from remote_cases import WAIT, square  # noqa: E402
-
 import ferropool  # noqa: E402
+import helpers  # noqa: E402
+from remote_cases import *  # noqa: E402, F403  (the shared tests)
+from remote_cases import WAIT, square  # noqa: E402
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 

@@ -21,7 +21,6 @@ import warnings
 import pytest
 
 import helpers
-
 from ferropool import ThreadPool, WorkerDiedError, shared
 
 # Bound for every wait that should finish; a lost wake-up fails the test instead of hanging it.

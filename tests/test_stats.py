@@ -14,7 +14,7 @@ import time
 import pytest
 
 import helpers
-from ferropool import PoolStats, ProcessPool, TaskTimeoutError, ThreadPool, WorkerDiedError
+from ferropool import PoolStats, TaskTimeoutError, ThreadPool, WorkerDiedError
 
 WAIT = 30
 

@@ -20,14 +20,14 @@ from .errors import FerropoolError, RemoteError, SerializationError, TaskTimeout
 
 if TYPE_CHECKING:
     from ._auto import Pool
+    from ._dask import DaskPool
     from ._future import TaskFuture
     from ._hybrid import HybridPool
     from ._process import ProcessPool
     from ._progress import progress
+    from ._ray import RayPool
     from ._stats import PoolStats, Restart, WorkerStats
     from ._thread import ThreadPool
-    from ._dask import DaskPool
-    from ._ray import RayPool
     from .errors import BrokenPoolError
 
 # Imported on first use, so that worker processes (which import ``ferropool._worker``, and so
@@ -63,23 +63,23 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Pool",
-    "ProcessPool",
-    "HybridPool",
-    "ThreadPool",
-    "DaskPool",
-    "RayPool",
-    "TaskFuture",
-    "progress",
-    "PoolStats",
-    "WorkerStats",
-    "Restart",
-    "FerropoolError",
-    "SerializationError",
     "BrokenPoolError",
-    "WorkerDiedError",
-    "TaskTimeoutError",
+    "DaskPool",
+    "FerropoolError",
+    "HybridPool",
+    "Pool",
+    "PoolStats",
+    "ProcessPool",
+    "RayPool",
     "RemoteError",
-    "errors",
+    "Restart",
+    "SerializationError",
+    "TaskFuture",
+    "TaskTimeoutError",
+    "ThreadPool",
+    "WorkerDiedError",
+    "WorkerStats",
     "__version__",
+    "errors",
+    "progress",
 ]

@@ -28,7 +28,8 @@ import concurrent.futures as cf
 import functools
 import itertools
 import weakref
-from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Callable, Iterable, Union
+from collections.abc import AsyncIterable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Union
 
 from . import _executor
 

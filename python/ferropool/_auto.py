@@ -39,22 +39,20 @@ through ``_submit_chunk``.
 
 from __future__ import annotations
 
+import _thread
 import collections
 import concurrent.futures as cf
 import inspect
 import itertools
 import math
 import pickle
-import _thread
 import statistics
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from ._core import PrefixedMap, runqueue_wait_ns
-from ._executor import _PARTIAL, PoolExecutor, run_chunk
-from ._process import usable_cpu_count
 from ._auto_decide import (
     BUSY_MACHINE,
     EARLY_MIN_S,
@@ -74,14 +72,17 @@ from ._auto_decide import (
     decide,
     describe,
 )
+from ._core import PrefixedMap, runqueue_wait_ns
+from ._executor import _PARTIAL, PoolExecutor, run_chunk
+from ._process import usable_cpu_count
 
-__all__ = ["Pool", "Figures", "Decision", "decide", "STRATEGIES"]
+__all__ = ["STRATEGIES", "Decision", "Figures", "Pool", "decide"]
 
 
 class _Call:
     """One call waiting in, or run by, the probe."""
 
-    __slots__ = ("future", "fn", "args", "kwargs")
+    __slots__ = ("args", "fn", "future", "kwargs")
 
     def __init__(self, future: cf.Future, fn: Callable[..., Any], args: tuple, kwargs: dict):
         self.future, self.fn, self.args, self.kwargs = future, fn, args, kwargs

@@ -27,16 +27,16 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from statistics import median
-from typing import Callable, Optional, Sequence
 
 from . import _compare_usage as usage
 from ._compare_report import Progress, format_report, recommend
 from ._compare_strategies import SERIAL, STDLIB_START_METHOD, STRATEGIES, Strategy, Unavailable, prepare
 from ._compare_workloads import BUILTIN, Skipped, TargetError, Workload, build_workloads, check_target, load_target
 
-__all__ = ["add_arguments", "run", "run_compare", "STRATEGIES", "recommend"]
+__all__ = ["STRATEGIES", "add_arguments", "recommend", "run", "run_compare"]
 
 WORKLOAD_NAMES = tuple(BUILTIN)
 STRATEGY_NAMES = tuple(s.name for s in STRATEGIES)
@@ -98,8 +98,8 @@ def _error(workers, exc: BaseException, when: str = "") -> dict:
 
 
 def _start(
-    s: Strategy, n: Optional[int], wl: Workload, cores: int, stack: ExitStack, rows: dict, unavailable: dict
-) -> Optional[_Timed]:
+    s: Strategy, n: int | None, wl: Workload, cores: int, stack: ExitStack, rows: dict, unavailable: dict
+) -> _Timed | None:
     """Build, start and warm up ``s`` with ``n`` workers (closed by ``stack``); None if it could not.
 
     Its worker processes are the descendants that appeared meanwhile.
@@ -110,7 +110,7 @@ def _start(
     except Unavailable as exc:
         unavailable[s.name] = str(exc)
         return None
-    except Exception as exc:  # noqa: BLE001 - report it, time the others
+    except Exception as exc:
         rows[s.name].append(_error(n, exc, "cannot create: "))
         return None
     stack.callback(runner.close)
@@ -121,7 +121,7 @@ def _start(
         warm = wl.items if s.family == "auto" else (wl.warmup_items or wl.items)
         k = 2 * (runner.workers or cores)
         runner.run(wl.fn, wl.afn, (warm * k)[:k])  # warm-up: imports, connections, caches
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         rows[s.name].append(_error(runner.workers or n, exc, "warm-up failed: "))
         return None
     return _Timed(s, runner, usage.descendants() - before)
@@ -168,7 +168,7 @@ def _measure(
                     for t in list(timed):
                         try:
                             t.time_once(wl)
-                        except Exception as exc:  # noqa: BLE001 - report it, keep timing the others
+                        except Exception as exc:
                             rows[t.strategy.name].append(_error(t.runner.workers, exc))
                             timed.remove(t)
                             serial = None if t is serial else serial
@@ -204,9 +204,9 @@ def run_compare(
     *,
     strategies: Sequence[Strategy] = STRATEGIES,
     repeats: int,
-    workers: Optional[Sequence[int]] = None,
+    workers: Sequence[int] | None = None,
     quick: bool = False,
-    progress: Optional[Progress] = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Time ``workloads`` (Workload or Skipped) and return the JSON-ready report (see ``--json``).
 

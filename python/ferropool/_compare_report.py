@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional
 
 from ._compare_strategies import SERIAL, STRATEGIES
 
-__all__ = ["recommend", "format_report", "Progress", "WORTHWHILE", "SIGNIFICANT"]
+__all__ = ["SIGNIFICANT", "WORTHWHILE", "Progress", "format_report", "recommend"]
 
 WORTHWHILE = 1.2
 SIGNIFICANT = 1.15
@@ -31,7 +30,7 @@ FULL_CORE = 0.85
 FAMILY = {s.name: s.family for s in STRATEGIES}
 
 
-def _best_row(entry: dict) -> Optional[dict]:
+def _best_row(entry: dict) -> dict | None:
     """Return the row with the fewest workers among those within NEAR_BEST of the entry's best speedup."""
     rows = [r for r in entry.get("by_workers", []) if r.get("available") and "speedup" in r]
     if not rows:
@@ -159,7 +158,7 @@ def _workers(row: dict) -> str:
     return f"{row['shape']} worker" + ("" if row["shape"] == "1" else "s")
 
 
-def _fmt_mib(n: Optional[int]) -> str:
+def _fmt_mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:.0f} MiB"
 
 

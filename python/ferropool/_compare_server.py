@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Optional
 
 __all__ = ["DelayServer"]
 
@@ -33,18 +32,18 @@ class DelayServer:
     """
 
     def __init__(self) -> None:
-        self.port: Optional[int] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._stopped: Optional[asyncio.Event] = None
-        self._thread: Optional[threading.Thread] = None
+        self.port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
 
     def url(self, ms: int) -> str:
         """Return the URL of a request that the server answers after ``ms`` milliseconds."""
         return f"http://127.0.0.1:{self.port}/delay?ms={ms}"
 
-    def start(self) -> "DelayServer":
+    def start(self) -> DelayServer:
         import aiohttp.web  # noqa: F401 - fail here, in the caller's thread, if it is missing
 
         self._thread = threading.Thread(target=self._serve, name="compare-http-server", daemon=True)
@@ -61,7 +60,7 @@ class DelayServer:
         if self._thread is not None:
             self._thread.join(START_TIMEOUT_S)
 
-    def __enter__(self) -> "DelayServer":
+    def __enter__(self) -> DelayServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

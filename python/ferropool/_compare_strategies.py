@@ -26,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import math
 import multiprocessing
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from ._workloads import add_one, close_loop_sessions, run_async
 
-__all__ = ["Strategy", "Runner", "Unavailable", "STRATEGIES", "SERIAL", "STDLIB_START_METHOD", "prepare"]
+__all__ = ["SERIAL", "STDLIB_START_METHOD", "STRATEGIES", "Runner", "Strategy", "Unavailable", "prepare"]
 
 SERIAL = "serial"
 # Every pool of a phase stays alive while the others run, so this process has threads; forking
@@ -52,10 +53,10 @@ class Runner:
     table shows it.  ``run`` blocks until every task has finished and raises the first task error.
     """
 
-    workers: Optional[int] = 1
+    workers: int | None = 1
     shape: str = "1"
 
-    def run(self, fn: Optional[Callable], afn: Optional[Callable], items: Sequence) -> list:
+    def run(self, fn: Callable | None, afn: Callable | None, items: Sequence) -> list:
         raise NotImplementedError
 
     def start(self) -> None:
@@ -70,7 +71,7 @@ class SerialRunner(Runner):
     """Calls each task in turn in this thread; ``async def`` tasks are awaited in turn on one loop."""
 
     def __init__(self) -> None:
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def run(self, fn, afn, items):
         if fn is not None:
@@ -90,7 +91,7 @@ class SerialRunner(Runner):
 class ExecutorRunner(Runner):
     """Submits every task to a ``concurrent.futures.Executor``, then gathers the results in order."""
 
-    def __init__(self, executor: Executor, workers: Optional[int], shape: Optional[str] = None) -> None:
+    def __init__(self, executor: Executor, workers: int | None, shape: str | None = None) -> None:
         self.executor, self.workers = executor, workers
         self.shape = shape or (str(workers) if workers else "auto")
 
@@ -139,13 +140,13 @@ class AsyncioRunner(Runner):
         self._threads.shutdown(wait=True, cancel_futures=True)
 
 
-def _close_loop(loop: Optional[asyncio.AbstractEventLoop]) -> None:
+def _close_loop(loop: asyncio.AbstractEventLoop | None) -> None:
     if loop is not None and not loop.is_closed():
         loop.run_until_complete(close_loop_sessions())
         loop.close()
 
 
-def _max_workers(pool: Any) -> Optional[int]:
+def _max_workers(pool: Any) -> int | None:
     for attr in ("max_workers", "_max_workers"):
         value = getattr(pool, attr, None)
         if isinstance(value, int):
@@ -166,32 +167,32 @@ def _ferropool_class(name: str):
 # ------------------------------------------------- factories: (workers, cores) -> Runner; None workers: one per core
 
 
-def _serial(workers: Optional[int], cores: int) -> Runner:
+def _serial(workers: int | None, cores: int) -> Runner:
     return SerialRunner()
 
 
-def _stdlib_threads(workers: Optional[int], cores: int) -> Runner:
+def _stdlib_threads(workers: int | None, cores: int) -> Runner:
     workers = workers or cores
     return ExecutorRunner(ThreadPoolExecutor(workers), workers)
 
 
-def _stdlib_processes(workers: Optional[int], cores: int) -> Runner:
+def _stdlib_processes(workers: int | None, cores: int) -> Runner:
     workers = workers or cores
     ctx = multiprocessing.get_context(STDLIB_START_METHOD)
     return ExecutorRunner(ProcessPoolExecutor(workers, mp_context=ctx), workers)
 
 
-def _ferropool_threads(workers: Optional[int], cores: int) -> Runner:
+def _ferropool_threads(workers: int | None, cores: int) -> Runner:
     workers = workers or cores
     return ExecutorRunner(_ferropool_class("ThreadPool")(max_workers=workers), workers)
 
 
-def _ferropool_processes(workers: Optional[int], cores: int) -> Runner:
+def _ferropool_processes(workers: int | None, cores: int) -> Runner:
     workers = workers or cores
     return ExecutorRunner(_ferropool_class("ProcessPool")(max_workers=workers), workers)
 
 
-def _ferropool_hybrid(workers: Optional[int], cores: int) -> Runner:
+def _ferropool_hybrid(workers: int | None, cores: int) -> Runner:
     """One process per core (at most ``workers``), and enough threads in each to reach ``workers``."""
     cls = _ferropool_class("HybridPool")
     workers = workers or cores
@@ -202,11 +203,11 @@ def _ferropool_hybrid(workers: Optional[int], cores: int) -> Runner:
     )
 
 
-def _asyncio(workers: Optional[int], cores: int) -> Runner:
+def _asyncio(workers: int | None, cores: int) -> Runner:
     return AsyncioRunner(workers or cores)
 
 
-def _ferropool_auto(workers: Optional[int], cores: int) -> Runner:
+def _ferropool_auto(workers: int | None, cores: int) -> Runner:
     pool = _ferropool_class("Pool")(strategy="auto")
     n = _max_workers(pool)
     return ExecutorRunner(pool, n, f"auto ({n})" if n else "auto")
@@ -223,7 +224,7 @@ class Strategy:
     name: str
     family: str
     sweeps: bool
-    make: Callable[[Optional[int], int], Runner]
+    make: Callable[[int | None, int], Runner]
 
 
 STRATEGIES = (

@@ -15,15 +15,15 @@ import os
 import resource
 import sys
 import time
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
-__all__ = ["descendants", "self_cpu_s", "cpu_s", "peak_rss_bytes", "self_peak_rss_bytes", "busy_cores", "HAVE_PROC"]
+__all__ = ["HAVE_PROC", "busy_cores", "cpu_s", "descendants", "peak_rss_bytes", "self_cpu_s", "self_peak_rss_bytes"]
 
 HAVE_PROC = os.path.isdir("/proc/self/task")
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 
 
-def descendants(root: Optional[int] = None) -> set:
+def descendants(root: int | None = None) -> set:
     """Return the pids of every live descendant of ``root`` (default: this process); empty without /proc."""
     if not HAVE_PROC:
         return set()
@@ -53,7 +53,7 @@ def self_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def cpu_s(pids: Iterable[int]) -> Optional[float]:
+def cpu_s(pids: Iterable[int]) -> float | None:
     """Return the user + system CPU seconds of ``pids`` so far (exited ones count 0); None without /proc."""
     if not HAVE_PROC:
         return None
@@ -69,7 +69,7 @@ def cpu_s(pids: Iterable[int]) -> Optional[float]:
     return total * _TICK_S
 
 
-def peak_rss_bytes(pids: Iterable[int]) -> Optional[int]:
+def peak_rss_bytes(pids: Iterable[int]) -> int | None:
     """Return the sum of the peak resident sets (VmHWM) of ``pids``; None without /proc."""
     if not HAVE_PROC:
         return None
@@ -99,7 +99,7 @@ def _machine_ticks() -> tuple:
     return sum(fields[:8]) - idle, sum(fields[:8])  # busy, total (without guest time, counted in user)
 
 
-def busy_cores(sample_s: float = 0.25) -> Optional[float]:
+def busy_cores(sample_s: float = 0.25) -> float | None:
     """Return how many cores other programs kept busy over the next ``sample_s`` seconds (blocks).
 
     Call it while this process is idle: its own CPU time is subtracted, but nothing else is.

@@ -20,13 +20,13 @@ import inspect
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from . import _workloads as w
 from ._compare_server import BODY
 
-__all__ = ["Workload", "Skipped", "TargetError", "BUILTIN", "build_workloads", "load_target", "check_target"]
+__all__ = ["BUILTIN", "Skipped", "TargetError", "Workload", "build_workloads", "check_target", "load_target"]
 
 # name -> (kind, one-line summary for --help)
 BUILTIN = {
@@ -53,10 +53,10 @@ class Workload:
     name: str
     description: str
     kind: str  # "cpu", "io", or "user" (unknown: swept like io)
-    fn: Optional[Callable]
-    afn: Optional[Callable]
+    fn: Callable | None
+    afn: Callable | None
     items: tuple
-    expect: Optional[list]
+    expect: list | None
     warmup_items: tuple
 
 

@@ -4,45 +4,46 @@ Everything here is internal API used by ``ferropool``'s Python modules; users im
 ``ferropool`` instead. Blocking methods release the GIL while they wait.
 """
 
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar, final
+from typing import Any, Generic, Self, TypeVar, final
 
-from typing_extensions import Self, disjoint_base
+from typing_extensions import disjoint_base
 
 __all__ = [
-    "ProcessPoolEngine",
-    "SharedBuffer",
-    "drop_spare_buffers",
-    "WorkerSender",
-    "WorkerConnection",
-    "LogSender",
-    "ThreadWorkQueue",
-    "PrefixedMap",
-    "runqueue_wait_ns",
-    "EngineBrokenError",
-    "SharedLock",
-    "SharedRLock",
-    "SharedEvent",
-    "SharedSemaphore",
-    "SharedBarrier",
-    "SharedQueue",
-    "SharedValue",
-    "SharedMemory",
-    "OwnerDiedWarning",
+    "FLAG_ASYNC",
+    "KIND_CANCEL",
+    "KIND_ERR",
+    "KIND_HEARTBEAT",
     "KIND_HELLO",
     "KIND_INIT",
-    "KIND_READY",
     "KIND_INITFAILED",
-    "KIND_TASK",
-    "KIND_OK",
-    "KIND_ERR",
-    "KIND_CANCEL",
-    "KIND_SHUTDOWN",
-    "KIND_HEARTBEAT",
-    "KIND_START",
-    "FLAG_ASYNC",
     "KIND_LOG",
+    "KIND_OK",
+    "KIND_READY",
+    "KIND_SHUTDOWN",
+    "KIND_START",
+    "KIND_TASK",
+    "EngineBrokenError",
+    "LogSender",
+    "OwnerDiedWarning",
+    "PrefixedMap",
+    "ProcessPoolEngine",
+    "SharedBarrier",
+    "SharedBuffer",
+    "SharedEvent",
+    "SharedLock",
+    "SharedMemory",
+    "SharedQueue",
+    "SharedRLock",
+    "SharedSemaphore",
+    "SharedValue",
+    "ThreadWorkQueue",
+    "WorkerConnection",
+    "WorkerSender",
     "__version__",
+    "drop_spare_buffers",
+    "runqueue_wait_ns",
 ]
 
 __version__: str
@@ -80,9 +81,9 @@ class ProcessPoolEngine:
         command: list[str],
         init: bytes,
         *,
-        max_tasks_per_child: Optional[int] = None,
-        max_memory_per_child: Optional[int] = None,
-        max_pending: Optional[int] = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        max_pending: int | None = None,
         threads_per_worker: int = 1,
     ) -> ProcessPoolEngine:
         """``threads_per_worker``: tasks each worker runs at once (a ``HybridPool``)."""
@@ -93,8 +94,8 @@ class ProcessPoolEngine:
         self,
         id: int,
         payload: bytes,
-        timeout: Optional[float] = None,
-        buffers: Optional[list[Any]] = None,
+        timeout: float | None = None,
+        buffers: list[Any] | None = None,
         is_async: bool = False,
     ) -> None:
         """Queues task ``id`` with its out-of-band ``buffers`` (contiguous byte buffers, e.g.
@@ -119,7 +120,7 @@ class ProcessPoolEngine:
         """Stops accepting tasks; queued ones still run, then workers exit. With ``abort``,
         kills the workers now and reports every unfinished task as cancelled. Returns
         immediately."""
-    def join(self, timeout: Optional[float] = None) -> bool:
+    def join(self, timeout: float | None = None) -> bool:
         """Waits for the dispatcher to end after ``close``; returns False on timeout."""
     def stats(self, timeout: float = 1.0) -> list[dict[str, Any]]:
         """Returns one dict per worker slot: ``worker`` (slot number), ``pid`` (None between
@@ -136,8 +137,8 @@ class ProcessPoolEngine:
         self,
         futures: dict[int, Future[Any]],
         loads: Callable[[bytes], Any],
-        settle: Callable[[Future[Any], int, Any, Optional[BaseException]], None],
-        logs: Optional[Callable[[list[tuple[int, int, bytes]], int], None]] = None,
+        settle: Callable[[Future[Any], int, Any, BaseException | None], None],
+        logs: Callable[[list[tuple[int, int, bytes]], int], None] | None = None,
     ) -> bool:
         """Waits for the next batch of outcomes (without the GIL) and delivers it: each task's
         future is popped from ``futures`` by id; a returned value is unpickled with ``loads`` (with
@@ -157,7 +158,7 @@ class WorkerConnection:
 
     def __new__(cls, fd: int) -> WorkerConnection:
         """Takes ownership of the inherited socket descriptor ``fd``."""
-    def recv(self) -> Optional[tuple[int, int, bytes, Optional[list[SharedBuffer]], int]]:
+    def recv(self) -> tuple[int, int, bytes, list[SharedBuffer] | None, int] | None:
         """Returns the next frame as ``(kind, id, payload, buffers, flags)``, or None when the
         parent has gone. ``buffers`` is None or the task's out-of-band buffers, mapped
         copy-on-write. Flushes queued frames before blocking; skips tasks the parent cancelled
@@ -165,7 +166,7 @@ class WorkerConnection:
     def sender(self) -> WorkerSender:
         """Returns a handle through which other threads send frames on this connection."""
     def send(
-        self, kind: int, id: int, payload: bytes, aux: int = 0, buffers: Optional[list[Any]] = None, flags: int = 0
+        self, kind: int, id: int, payload: bytes, aux: int = 0, buffers: list[Any] | None = None, flags: int = 0
     ) -> None:
         """Queues a frame; writes it now unless more tasks are buffered and the batch is younger
         than 1 ms and smaller than 256 KiB. ``aux`` is the task's run time in microseconds,
@@ -194,13 +195,13 @@ class ThreadWorkQueue:
         future: Future[Any],
         func: Callable[..., Any],
         args: tuple[Any, ...],
-        kwargs: Optional[dict[str, Any]] = None,
+        kwargs: dict[str, Any] | None = None,
     ) -> bool:
         """Queues a task; returns True when the caller should start another worker thread (no
         thread is idle and fewer than ``max_threads`` exist). Raises ``RuntimeError`` if closed."""
     def get(
-        self, timeout: Optional[float] = None
-    ) -> Optional[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]]:
+        self, timeout: float | None = None
+    ) -> tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None:
         """Pops a task, blocking up to ``timeout`` seconds; None on timeout or when closed and empty."""
     def run_worker(self) -> None:
         """Runs tasks in the calling thread until the queue is closed and empty."""
@@ -242,7 +243,7 @@ class PrefixedMap(Iterator[_T], Generic[_T]):
     def __iter__(self) -> Self: ...
     def __next__(self) -> _T: ...
 
-def runqueue_wait_ns() -> Optional[int]:
+def runqueue_wait_ns() -> int | None:
     """Nanoseconds the calling thread has been runnable but not running, from Linux's
     ``schedstat``; None where it cannot be read. Reads without releasing the GIL (see
     ``_auto._runqueue_wait_s``)."""
@@ -262,7 +263,7 @@ class OwnerDiedWarning(RuntimeWarning):
 class SharedLock:
     """A robust lock in shared memory (``threading.Lock`` API)."""
 
-    def __new__(cls, *, _attach: Optional[tuple[int, int]] = None) -> Self: ...
+    def __new__(cls, *, _attach: tuple[int, int] | None = None) -> Self: ...
     def acquire(self, blocking: bool = True, timeout: float = ...) -> bool:
         """Returns whether the lock was acquired; takes over a dead holder's lock (then warns
         ``OwnerDiedWarning`` and sets ``owner_died``)."""
@@ -283,7 +284,7 @@ class SharedLock:
 class SharedRLock:
     """A robust recursive lock in shared memory (``threading.RLock`` API)."""
 
-    def __new__(cls, *, _attach: Optional[tuple[int, int]] = None) -> Self: ...
+    def __new__(cls, *, _attach: tuple[int, int] | None = None) -> Self: ...
     def acquire(self, blocking: bool = True, timeout: float = ...) -> bool: ...
     def release(self) -> None:
         """Raises ``RuntimeError`` unless the calling thread holds the lock."""
@@ -301,11 +302,11 @@ class SharedRLock:
 class SharedEvent:
     """An event flag in shared memory (``threading.Event`` API)."""
 
-    def __new__(cls, *, _attach: Optional[tuple[int, int]] = None) -> Self: ...
+    def __new__(cls, *, _attach: tuple[int, int] | None = None) -> Self: ...
     def is_set(self) -> bool: ...
     def set(self) -> None: ...
     def clear(self) -> None: ...
-    def wait(self, timeout: Optional[float] = None) -> bool:
+    def wait(self, timeout: float | None = None) -> bool:
         """Blocks until set or ``timeout`` seconds pass; returns the flag."""
     @property
     def _fd(self) -> int: ...
@@ -317,8 +318,8 @@ class SharedSemaphore:
     """A counting semaphore in shared memory (``threading.Semaphore`` API); ``bounded`` makes
     ``release`` past the initial value raise ``ValueError``."""
 
-    def __new__(cls, value: int = 1, *, bounded: bool = False, _attach: Optional[tuple[int, int]] = None) -> Self: ...
-    def acquire(self, blocking: bool = True, timeout: Optional[float] = None) -> bool: ...
+    def __new__(cls, value: int = 1, *, bounded: bool = False, _attach: tuple[int, int] | None = None) -> Self: ...
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool: ...
     def release(self, n: int = 1) -> None: ...
     def get_value(self) -> int: ...
     def __enter__(self) -> bool: ...
@@ -338,12 +339,12 @@ class SharedBarrier:
     def __new__(
         cls,
         parties: int,
-        action: Optional[Callable[[], object]] = None,
-        timeout: Optional[float] = None,
+        action: Callable[[], object] | None = None,
+        timeout: float | None = None,
         *,
-        _attach: Optional[tuple[int, int]] = None,
+        _attach: tuple[int, int] | None = None,
     ) -> Self: ...
-    def wait(self, timeout: Optional[float] = None) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         """Returns this arrival's index; a timeout, failing action or interrupt breaks the barrier."""
     def reset(self) -> None: ...
     def abort(self) -> None: ...
@@ -354,9 +355,9 @@ class SharedBarrier:
     @property
     def broken(self) -> bool: ...
     @property
-    def _action(self) -> Optional[Callable[[], object]]: ...
+    def _action(self) -> Callable[[], object] | None: ...
     @property
-    def _timeout(self) -> Optional[float]: ...
+    def _timeout(self) -> float | None: ...
     @property
     def _fd(self) -> int: ...
     @property
@@ -372,14 +373,14 @@ class SharedQueue:
         maxsize: int = 0,
         *,
         capacity_bytes: int = ...,
-        _attach: Optional[tuple[int, int]] = None,
-        _spill: Optional[int] = None,
+        _attach: tuple[int, int] | None = None,
+        _spill: int | None = None,
     ) -> Self:
         """``_attach`` and ``_spill`` (both or neither) hand over descriptors of another
         process's queue segment and spill file, which the new object then owns."""
-    def put(self, item: object, block: bool = True, timeout: Optional[float] = None) -> None: ...
+    def put(self, item: object, block: bool = True, timeout: float | None = None) -> None: ...
     def put_nowait(self, item: object) -> None: ...
-    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any: ...
+    def get(self, block: bool = True, timeout: float | None = None) -> Any: ...
     def get_nowait(self) -> Any: ...
     def qsize(self) -> int: ...
     def empty(self) -> bool: ...
@@ -400,14 +401,12 @@ class SharedValue:
     """A number in shared memory: atomic ``value``, ``add`` (returns the new value, integers wrap)
     and ``compare_and_swap`` (returns whether it swapped)."""
 
-    def __new__(
-        cls, typecode: str, value: Optional[object] = None, *, _attach: Optional[tuple[int, int]] = None
-    ) -> Self: ...
+    def __new__(cls, typecode: str, value: object | None = None, *, _attach: tuple[int, int] | None = None) -> Self: ...
     @property
     def value(self) -> Any: ...
     @value.setter
     def value(self, value: Any) -> None: ...
-    def add(self, n: Optional[object] = None) -> Any: ...
+    def add(self, n: object | None = None) -> Any: ...
     def compare_and_swap(self, expected: object, new: object) -> bool: ...
     @property
     def typecode(self) -> str: ...
@@ -420,7 +419,7 @@ class SharedValue:
 class SharedMemory:
     """``size`` zero-filled bytes of shared memory, starting ``offset`` bytes into the memory file."""
 
-    def __new__(cls, size: int, *, _attach: Optional[tuple[int, int]] = None) -> SharedMemory: ...
+    def __new__(cls, size: int, *, _attach: tuple[int, int] | None = None) -> SharedMemory: ...
     @property
     def size(self) -> int: ...
     @property
@@ -448,7 +447,7 @@ class WorkerSender:
     """Sends frames on a worker's connection from any thread (tasks run concurrently)."""
 
     def send(
-        self, kind: int, id: int, payload: bytes, aux: int = 0, buffers: Optional[list[Any]] = None, hold: bool = False
+        self, kind: int, id: int, payload: bytes, aux: int = 0, buffers: list[Any] | None = None, hold: bool = False
     ) -> None:
         """Sends a frame with its out-of-band buffers; with ``hold`` it may wait up to 1 ms to
         share a write with the frames that follow. Releases the GIL while writing."""

@@ -52,7 +52,7 @@ class DaskPool(RemotePool):
 
     def __init__(
         self,
-        client: "distributed.Client | str | None" = None,
+        client: distributed.Client | str | None = None,
         *,
         task_timeout: float | None = None,
         share_threshold: int | None = SHARE_THRESHOLD,
@@ -75,7 +75,7 @@ class DaskPool(RemotePool):
         self._collector.start()
 
     @property
-    def client(self) -> "distributed.Client":
+    def client(self) -> distributed.Client:
         """The Dask client the pool submits through."""
         return self._client
 

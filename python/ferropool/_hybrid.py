@@ -20,7 +20,8 @@ share a process:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._process import ProcessPool, usable_cpu_count
 

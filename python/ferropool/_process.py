@@ -25,7 +25,8 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _core
 from ._executor import PoolExecutor, TaskOptions, chunk_runner, is_coroutine_function
@@ -47,10 +48,10 @@ _TAIL_LINES = 20
 _SAMPLE_EVERY = 64
 _perf = time.perf_counter_ns
 
-_live_pools: "weakref.WeakSet[ProcessPool]" = weakref.WeakSet()
+_live_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 #: Engines whose work is not finished, kept alive even when their ProcessPool object is dropped,
 #: so that interpreter exit still finishes (or, past exit_timeout, stops) their tasks.
-_unfinished: "set[_Running]" = set()
+_unfinished: set[_Running] = set()
 
 
 def usable_cpu_count() -> int:
@@ -262,7 +263,7 @@ class ProcessPool(PoolExecutor):
             raise
         return fut
 
-    def options(self, *, task_timeout: float | None) -> "TaskOptions":
+    def options(self, *, task_timeout: float | None) -> TaskOptions:
         """Returns a view of this pool whose ``submit`` and ``map`` apply ``task_timeout``
         (seconds; ``None`` for no limit) instead of the pool's own.
 

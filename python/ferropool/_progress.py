@@ -25,7 +25,8 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 __all__ = ["progress"]
 
@@ -75,7 +76,7 @@ def progress(
     return _Items(iter(futures), _Bar(total, desc, file, options))
 
 
-def map_bar(setting: Any, total: int | None) -> "_Bar":
+def map_bar(setting: Any, total: int | None) -> _Bar:
     """Opens the bar for ``map(..., progress=setting)``: ``True``, a description, or a dict
     of ``progress`` keywords (``desc``, ``file`` and tqdm options)."""
     if isinstance(setting, str):
@@ -221,7 +222,7 @@ class _Items:
         self._bar = bar
         self._close = weakref.finalize(self, bar.close)
 
-    def __iter__(self) -> "_Items":
+    def __iter__(self) -> _Items:
         return self
 
     def __next__(self) -> Any:
@@ -237,7 +238,7 @@ class _Items:
         """Closes the bar (at its current count); iterating afterwards still yields items."""
         self._close()
 
-    def __enter__(self) -> "_Items":
+    def __enter__(self) -> _Items:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -36,11 +36,11 @@ import threading
 import time
 import types
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._executor import PoolExecutor, TaskOptions, run_chunk
 from ._process import _check_seconds
-from ._stats import PoolStats
 from ._serialize import (
     PROTOCOL,
     _cloud,
@@ -52,6 +52,7 @@ from ._serialize import (
     loads,
     loads_exception,
 )
+from ._stats import PoolStats
 from .errors import SerializationError, TaskTimeoutError, WorkerDiedError
 
 #: Arrays at least this large (bytes) go through the engine's own data path by default.
@@ -182,7 +183,7 @@ class RemoteFuture(cf.Future):
     """A ``concurrent.futures.Future`` for a task on a cluster; ``cancel()`` stops it there,
     running or not. Stays PENDING until it finishes (``running()`` is always False)."""
 
-    def __init__(self, pool: "RemotePool", fn: Callable[..., Any]) -> None:
+    def __init__(self, pool: RemotePool, fn: Callable[..., Any]) -> None:
         super().__init__()
         self._pool = pool
         self._fn = fn
@@ -339,7 +340,7 @@ class RemotePool(PoolExecutor):
     #: What runs a chunk of ``map`` on a cluster worker (``TaskOptions`` asks for it).
     _chunk_runner = staticmethod(lambda fn: run_chunk)
 
-    def options(self, *, task_timeout: float | None) -> "TaskOptions":
+    def options(self, *, task_timeout: float | None) -> TaskOptions:
         """Returns a view of this pool whose ``submit`` and ``map`` apply ``task_timeout``
         (seconds; ``None`` for no limit), as ``ProcessPool.options`` does."""
         return TaskOptions(self, _check_seconds("task_timeout", task_timeout))

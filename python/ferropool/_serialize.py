@@ -25,12 +25,11 @@ rebuilds the objects on the mapping (``docs/shared-memory.md``, "Buffers").
 
 from __future__ import annotations
 
-import _thread
-import itertools
-
 # The C module itself: ``pickle`` re-exports these very functions but imports re and enum,
 # which would slow every worker's start. traceback is imported when an exception is sent.
 import _pickle as pickle
+import _thread
+import itertools
 import types
 import weakref
 
@@ -194,7 +193,7 @@ def dumps(obj: Any, what: str = "object") -> bytes:
 class _ByValue:
     """A function pickled by value once; unpickles through the worker's cache (see module doc)."""
 
-    __slots__ = ("key", "blob", "main_count")
+    __slots__ = ("blob", "key", "main_count")
 
     def __init__(self, key: int, blob: bytes):
         self.key = key
@@ -205,7 +204,7 @@ class _ByValue:
         return (_rebuild_by_value, (self.key, self.blob))
 
 
-_by_value: "weakref.WeakKeyDictionary[Any, _ByValue]" = weakref.WeakKeyDictionary()
+_by_value: weakref.WeakKeyDictionary[Any, _ByValue] = weakref.WeakKeyDictionary()
 _by_value_keys = itertools.count(1)
 _rebuilt: dict[int, Any] = {}
 _REBUILT_MAX = 256

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import signal as _signal
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-__all__ = ["PoolStats", "WorkerStats", "Restart"]
+__all__ = ["PoolStats", "Restart", "WorkerStats"]
 
 #: The causes a ``Restart`` can name.
 RESTART_CAUSES = ("crashed", "start_failed", "max_tasks_per_child", "max_memory_per_child", "task_timeout", "cancelled")
@@ -83,7 +84,7 @@ class WorkerStats:
         return self.busy_s / self.tasks if self.tasks else None
 
     @classmethod
-    def from_engine(cls, d: Mapping[str, Any]) -> "WorkerStats":
+    def from_engine(cls, d: Mapping[str, Any]) -> WorkerStats:
         """Builds one from a dict of ``ProcessPoolEngine.stats()``."""
         return cls(
             worker=d["worker"],
@@ -146,7 +147,7 @@ class PoolStats:
         return self.busy_s / self.tasks if self.tasks else None
 
     @classmethod
-    def of_workers(cls, kind: str, workers: tuple[WorkerStats, ...], **kw: Any) -> "PoolStats":
+    def of_workers(cls, kind: str, workers: tuple[WorkerStats, ...], **kw: Any) -> PoolStats:
         """Builds the snapshot of a pool from its workers' figures, with their totals."""
         return cls(
             kind=kind,

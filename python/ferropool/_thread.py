@@ -290,7 +290,7 @@ class ThreadPool(PoolExecutor):
             self._threads.add(t)
             _threads_queues[t] = queue
 
-    def stats(self) -> "PoolStats":
+    def stats(self) -> PoolStats:
         """Returns a snapshot of what each worker thread has done: tasks and busy time (each
         task's run time, measured in the Rust worker loop), mean and slowest task. Threads do
         not restart; ``failed`` is not counted (0). ``print(pool.stats())`` shows a table."""

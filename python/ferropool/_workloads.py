@@ -28,15 +28,15 @@ import time
 
 __all__ = [
     "add_one",
-    "spin",
+    "array_task",
     "calibrate_spin",
-    "sleep_task",
+    "close_loop_sessions",
     "hash_task",
     "http_get",
     "http_get_async",
-    "array_task",
     "run_async",
-    "close_loop_sessions",
+    "sleep_task",
+    "spin",
 ]
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 import _pickle
 
 __all__ = [
-    "FerropoolError",
-    "SerializationError",
     "BrokenPoolError",
-    "WorkerDiedError",
-    "TaskTimeoutError",
+    "FerropoolError",
     "RemoteError",
     "RemoteTraceback",
+    "SerializationError",
+    "TaskTimeoutError",
+    "WorkerDiedError",
 ]
 
 

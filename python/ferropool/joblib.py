@@ -82,7 +82,7 @@ class FerropoolBackend(AutoBatchingMixin, ParallelBackendBase):
     def __init__(self, nesting_level=None, inner_max_num_threads=None, **backend_kwargs):
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads, **backend_kwargs)
         self._pool = None
-        self._futures: "weakref.WeakSet" = weakref.WeakSet()
+        self._futures: weakref.WeakSet = weakref.WeakSet()
 
     def effective_n_jobs(self, n_jobs):
         """Returns how many workers ``n_jobs`` means: negative counts back from the CPU count

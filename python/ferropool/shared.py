@@ -49,20 +49,20 @@ from ._core import OwnerDiedWarning
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Optional
+    from typing import Any
 
 __all__ = [
     "Array",
-    "Value",
-    "Lock",
-    "RLock",
-    "Event",
-    "Semaphore",
-    "BoundedSemaphore",
     "Barrier",
-    "Queue",
+    "BoundedSemaphore",
+    "Event",
+    "Lock",
     "OwnerDiedWarning",
+    "Queue",
+    "RLock",
     "SegmentUnavailableError",
+    "Semaphore",
+    "Value",
 ]
 
 
@@ -73,7 +73,7 @@ class SegmentUnavailableError(OSError):
 
 
 #: Objects of this process by segment id, so that unpickling one here returns it.
-_live: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+_live: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 
 
 def _reopen_segment(pid: int, fd: int) -> int:
@@ -307,7 +307,7 @@ class Value(_Shared, _core.SharedValue):
     """
 
     __slots__ = ("_lock",)
-    _lock: Optional[RLock]
+    _lock: RLock | None
 
     def __new__(cls, typecode_or_type: Any = "q", value: Any = 0, *, lock: Any = True) -> Value:
         self = _core.SharedValue.__new__(cls, _typecode(typecode_or_type), value)
@@ -323,7 +323,7 @@ class Value(_Shared, _core.SharedValue):
     def __reduce__(self) -> tuple:
         return (_rebuild, (type(self), os.getpid(), self._fd, self._id, (self.typecode,), self._lock))
 
-    def _set_state(self, lock: Optional[RLock]) -> None:
+    def _set_state(self, lock: RLock | None) -> None:
         self._lock = lock
 
     def _describe(self) -> str:
@@ -347,7 +347,7 @@ class _Memory:
     """The shared bytes of an array: the segment (its descriptor, for pickling) and the mmap
     that numpy views; freed when the last array viewing it is."""
 
-    __slots__ = ("segment", "mmap", "address", "__weakref__")
+    __slots__ = ("__weakref__", "address", "mmap", "segment")
 
     def __init__(self, segment: Any) -> None:
         import mmap
@@ -383,7 +383,7 @@ def _shared_array_class() -> Any:
     return _array_class
 
 
-def _segment_view(a: Any) -> Optional[tuple]:
+def _segment_view(a: Any) -> tuple | None:
     """Return ``(pid, fd, id, dtype, shape, strides, offset)`` if ``a`` lies in its segment."""
     memory = getattr(a, "_memory", None)
     if memory is None:
