@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: help compare test test-rust test-python install dev bench bench-scaleout stubtest clean
+.PHONY: help compare test test-rust test-python install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest clean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,25 @@ test-rust:  ## engine unit and end-to-end tests
 
 test-python:  ## pytest against the installed package (not the source tree)
 	$(PY) -m pytest tests -p no:cacheprovider
+
+lint: lint-rust lint-python  ## every check CI runs before the tests: formatters, clippy, ruff, mypy
+
+lint-rust:  ## rustfmt (check only) and clippy with warnings as errors
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+lint-python: lint-tools  ## ruff (lint and format check) and mypy on the package
+	$(VENV)/bin/ruff check python tests benchmarks
+	$(VENV)/bin/ruff format --check python tests benchmarks
+	$(VENV)/bin/mypy
+
+lint-tools: $(PY)
+	$(PIP) install --quiet --group lint
+
+fix: lint-tools  ## apply the formatters and ruff's safe fixes
+	cargo fmt --all
+	$(VENV)/bin/ruff check --fix python tests benchmarks
+	$(VENV)/bin/ruff format python tests benchmarks
 
 dev: $(PY)  ## editable build for development (maturin develop --release)
 	$(PIP) install --quiet maturin pytest pytest-timeout cloudpickle
