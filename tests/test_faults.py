@@ -196,6 +196,37 @@ def test_ctrl_c_stops_the_program_at_once(tmp_path, where):
     assert helpers.gone_within(pids, 1.0), "a worker survived Ctrl-C"
 
 
+def test_ctrl_c_stops_at_once_when_it_left_a_future_lock_held(tmp_path):
+    # A KeyboardInterrupt raised inside Condition.__enter__, just after the lock was taken (the
+    # signal is handled when the acquire call returns), leaves that future's lock held by the
+    # main thread; handing out the cancellations must not wait for it.
+    import subprocess
+    import sys
+    import time
+
+    code = WORKER_PIDS.format(tests=os.path.dirname(__file__)) + (
+        "with pool:\n"
+        "    fut = pool.submit(helpers.sleep_and_return, 30, 0)\n"
+        "    fut._condition.acquire()  # what the interrupted __enter__ leaves behind\n"
+        "    raise KeyboardInterrupt\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        pids = _worker_pids(proc)
+        start = time.monotonic()
+        _, err = proc.communicate(timeout=RESULT_TIMEOUT)
+        elapsed = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(RESULT_TIMEOUT)
+    assert elapsed < 3.0, f"the program took {elapsed:.1f} s to exit after Ctrl-C"
+    assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
+    assert helpers.gone_within(pids, 1.0), "a worker survived Ctrl-C"
+
+
 # ------------------------------------------------------------------ backpressure
 
 

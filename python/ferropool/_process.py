@@ -353,6 +353,11 @@ class ProcessPool(PoolExecutor):
         return self._max_workers
 
 
+#: How long stopping at once (Ctrl-C, ``kill``) waits for the result thread after the workers
+#: are gone; it is a daemon thread, so one stuck on a lock does not keep the program alive.
+STOP_GRACE_S = 1.0
+
+
 class _Running:
     """What of a pool must live until its work is done, even if the ``ProcessPool`` object is
     dropped first: the engine, the result thread and the futures. Kept in ``_unfinished`` until
@@ -373,9 +378,16 @@ class _Running:
         return True
 
     def terminate(self) -> None:
-        """Kills the workers at once; every unfinished future is cancelled."""
+        """Kills the workers at once; every unfinished future is cancelled. Waits for the
+        workers to be reaped, and up to ``STOP_GRACE_S`` for the result thread to hand out the
+        cancellations: a KeyboardInterrupt raised inside ``Condition.__enter__`` (right after
+        the lock was taken) leaves a future's lock held by the interrupted thread, and the
+        result thread would then wait on it for ever."""
+        _unfinished.discard(self)  # at exit, not stopped a second time
         self.engine.close(abort=True)
-        self.join()
+        self.engine.join(None)
+        if self.collector is not None and self.collector is not threading.current_thread():
+            self.collector.join(STOP_GRACE_S)
 
     def finish_at_exit(self) -> None:
         """Lets unfinished tasks run for up to ``exit_timeout`` seconds, then stops them."""
