@@ -227,6 +227,71 @@ def test_ctrl_c_stops_at_once_when_it_left_a_future_lock_held(tmp_path):
     assert helpers.gone_within(pids, 1.0), "a worker survived Ctrl-C"
 
 
+LEFT_A_DESCENDANT = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+import helpers
+from ferropool import ProcessPool, WorkerDiedError
+
+def fork_then_crash(pid_file):
+    child = os.fork()
+    if child == 0:  # a descendant that inherited every descriptor, whatever close-on-exec says
+        time.sleep(60)
+        os._exit(0)
+    with open(pid_file, "w") as f:
+        f.write(str(child))
+    os._exit(3)
+
+with ProcessPool(2) as pool:
+    assert pool.submit(helpers.mul, 2, 3).result(timeout=30) == 6
+    start = time.monotonic()
+    doomed = pool.submit(fork_then_crash, {pid_file!r})
+    others = [pool.submit(helpers.mul, i, 1) for i in range(20)]
+    try:
+        doomed.result(timeout=30)
+    except WorkerDiedError as exc:
+        assert "exited with code 3" in str(exc), exc
+    assert [f.result(timeout=30) for f in others] == list(range(20))
+    print(f"{{time.monotonic() - start:.2f}}", flush=True)
+"""
+
+
+def test_a_crash_that_left_a_descendant_fails_its_task_at_once(tmp_path):
+    # The descendant holds the worker's socket open, so its end of stream never comes: the
+    # dispatcher must take the pidfd's word that the worker is dead, read what is there and
+    # move on (before, it spun at 100% CPU serving nobody until the descendant exited).
+    pid_file = tmp_path / "descendant.pid"
+    code = LEFT_A_DESCENDANT.format(tests=os.path.dirname(__file__), pid_file=str(pid_file))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=RESULT_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(RESULT_TIMEOUT)
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == 0, err
+    assert float(out) < 10.0, f"the crash took {out.strip()} s to be reported (the descendant lives 60 s)"
+
+
+def list_fds_from_a_shell(path):
+    # os.system: a program started without close_fds, so it sees whatever is not close-on-exec.
+    os.system(f"ls -l /proc/$$/fd > {path}")
+    with open(path) as f:
+        return f.read()
+
+
+def test_programs_a_task_starts_do_not_inherit_the_worker_socket(make_pool, tmp_path):
+    pool = make_pool(1)
+    listing = pool.submit(list_fds_from_a_shell, str(tmp_path / "fds")).result(timeout=RESULT_TIMEOUT)
+    assert "pipe:" in listing, listing  # stdout and stderr, relayed: inherited on purpose
+    assert "socket:" not in listing, listing
+
+
 # ------------------------------------------------------------------ backpressure
 
 

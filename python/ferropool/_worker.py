@@ -45,6 +45,10 @@ def _run_here(coroutine):
 def main() -> None:
     """Runs the worker until the parent says ``Shutdown`` or goes away."""
     fd = int(sys.argv[-1])
+    # Inherited across exec on purpose, so it is not close-on-exec: make it so before anything
+    # runs, or every program a task starts would hold the socket open (and a task's crash
+    # would not end the stream).
+    os.set_inheritable(fd, False)
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A crash in native code prints the Python stack to stderr, which the parent relays and

@@ -448,8 +448,7 @@ impl Dispatcher {
             self.shared.wake_pending.store(false, Ordering::Release);
         }
         drop(fds);
-        for (slot, is_pid, _) in ready.iter().filter(|r| !r.1) {
-            let _ = is_pid;
+        for (slot, _, _) in ready.iter().filter(|r| !r.1) {
             self.read_from(*slot);
         }
         for (slot, _, _) in ready.iter().filter(|r| r.1) {
@@ -458,14 +457,16 @@ impl Dispatcher {
     }
 
     /// Reads what worker `slot` sent (frames, stdout and stderr) and handles each frame.
-    fn read_from(&mut self, slot: usize) {
+    /// Returns true once the socket has nothing more to read now (empty, closed or gone).
+    fn read_from(&mut self, slot: usize) -> bool {
         let Some(w) = self.slots[slot].as_mut() else {
-            return;
+            return true;
         };
         w.pump_output(false);
         if w.sock_closed {
-            return;
+            return true;
         }
+        let mut emptied = false;
         // Bounded so that one chatty worker cannot starve the others.
         for _ in 0..16 {
             match w.fill() {
@@ -474,7 +475,10 @@ impl Dispatcher {
                     break;
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    emptied = true;
+                    break;
+                }
                 Err(_) => {
                     w.sock_closed = true;
                     break;
@@ -494,6 +498,7 @@ impl Dispatcher {
                 }
             }
         }
+        emptied || self.slots[slot].as_ref().is_none_or(|w| w.sock_closed)
     }
 
     fn on_frame(&mut self, slot: usize, frame: Frame) {
@@ -586,11 +591,12 @@ impl Dispatcher {
     /// Handles the exit of worker `slot`: drains its socket, fails its running task, requeues
     /// the rest and starts a replacement.
     fn on_exit(&mut self, slot: usize) {
-        if self.slots[slot].as_ref().is_some_and(|w| !w.sock_closed) {
-            // The process is gone, so everything it wrote is already in the socket buffer.
-            while self.slots[slot].as_ref().is_some_and(|w| !w.sock_closed) {
-                self.read_from(slot);
-            }
+        // The process is gone, so everything it wrote is already in the socket buffer: read
+        // until the buffer is empty, not until end of stream, which a process it started (a
+        // fork that inherited the socket) could hold off for as long as it lives.
+        while !self.read_from(slot) {}
+        if let Some(w) = self.slots[slot].as_mut() {
+            w.sock_closed = true;
         }
         let Some(mut w) = self.slots[slot].take() else {
             return;
