@@ -445,3 +445,35 @@ def test_native_threads_must_be_a_positive_integer(bad):
 
     with pytest.raises(ValueError, match="native_threads"):
         ProcessPool(1, native_threads=bad)
+
+
+ISOLATED_PARENT = """
+import sys
+from ferropool import ProcessPool
+
+def flags():
+    return (sys.flags.isolated, sys.flags.optimize, sys.flags.dev_mode, sys.flags.safe_path, sys.warnoptions)
+
+with ProcessPool(1) as pool:
+    mine = (sys.flags.isolated, sys.flags.optimize, sys.flags.dev_mode, sys.flags.safe_path, sys.warnoptions)
+    print(mine == pool.submit(flags).result(timeout=30), pool.submit(flags).result(timeout=30))
+"""
+
+
+def test_workers_take_the_interpreter_flags_and_never_import_from_the_current_directory(tmp_path):
+    # A module in the current directory named like one the worker imports while it boots: under
+    # `python -I` (and with -P, -P being implied) the current directory is not on the path.
+    marker = tmp_path / "imported"
+    (tmp_path / "reprlib.py").write_text(f"open({str(marker)!r}, 'w').close()\nfrom _reprlib_missing import *\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    out = subprocess.run(
+        [sys.executable, "-I", "-O", "-X", "dev", "-W", "error::DeprecationWarning", "-c", ISOLATED_PARENT],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("True "), out.stdout
+    assert not marker.exists(), "a worker imported reprlib.py from the current directory"

@@ -219,15 +219,23 @@ NATIVE_THREAD_VARIABLES = (
 def bootstrap_command(executable: str | None = None, native_threads: int | None = None) -> list[str]:
     """Returns the command line that starts one worker (the socket fd is appended by Rust).
 
+    The worker gets the parent's interpreter flags (``-I``, ``-E``, ``-s``, ``-O``, ``-X``,
+    ``-W``...), as multiprocessing's spawn passes them, and ``-P``: ``-c`` would otherwise put
+    the current directory first on ``sys.path`` while the worker boots, so a module there named
+    like one the worker imports would run in it. Once booted it takes the parent's ``sys.path``.
+
     With ``native_threads``, the worker sets ``NATIVE_THREAD_VARIABLES`` to it before importing
     anything, unless the parent's environment already sets them (an explicit choice wins).
     """
+    import subprocess  # the parent's side only: workers never call this
+
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     limit = ""
     if native_threads is not None:
         limit = f"import os; [os.environ.setdefault(v, {str(native_threads)!r}) for v in {NATIVE_THREAD_VARIABLES!r}]; "
     code = f"{limit}import sys; sys.path.append({package_parent!r}); from ferropool._worker import main; main()"
-    return [executable or sys.executable, "-c", code]
+    flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    return [executable or sys.executable, *flags, "-P", "-c", code]
 
 
 def _limit_loaded_native_threads(n: int) -> None:
