@@ -292,6 +292,35 @@ def test_programs_a_task_starts_do_not_inherit_the_worker_socket(make_pool, tmp_
     assert "socket:" not in listing, listing
 
 
+SIGCHLD_IGNORED = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import helpers
+from ferropool import ProcessPool, WorkerDiedError
+
+def exit_hard():
+    os._exit(3)
+
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps children: no exit status
+with ProcessPool(1) as pool:
+    try:
+        pool.submit(exit_hard).result(timeout=30)
+    except WorkerDiedError as exc:
+        print(exc, flush=True)
+    assert [pool.submit(helpers.mul, i, 2).result(timeout=30) for i in range(3)] == [0, 2, 4]
+"""
+
+
+def test_a_worker_reaped_by_the_application_fails_its_task_clearly():
+    # With SIGCHLD ignored the kernel reaps workers itself: the pool must still see the death
+    # through the pidfd, say why no exit code is known, and signal nothing by pid.
+    code = SIGCHLD_IGNORED.format(tests=os.path.dirname(__file__))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=RESULT_TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    assert "exited; its exit status was collected by someone else" in out.stdout, out.stdout
+    assert "code None" not in out.stdout
+
+
 # ------------------------------------------------------------------ backpressure
 
 

@@ -59,7 +59,8 @@ def test_workers_are_fresh_interpreters_not_forks(pool):
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         argv = f.read().split(b"\0")
     assert argv[0] == sys.executable.encode()
-    assert argv[1] == b"-c" and b"ferropool._worker" in argv[2]
+    code = argv.index(b"-c")  # after the interpreter's flags, which workers share
+    assert b"-P" in argv[1:code] and b"ferropool._worker" in argv[code + 1]
 
 
 def test_starting_a_pool_while_a_thread_holds_a_lock_does_not_deadlock(tmp_path):

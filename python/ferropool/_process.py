@@ -456,8 +456,13 @@ def _died(fut: TaskFuture, pid: int, code: int | None, sig: int | None, stderr_t
             how += " (possibly out of memory: the kernel's OOM killer sends SIGKILL)"
         elif sig in (_signal.SIGSEGV, _signal.SIGBUS, _signal.SIGILL, _signal.SIGFPE, _signal.SIGABRT):
             how += " (a crash, most likely in native code)"
-    else:
+    elif code is not None:
         how = f"exited with code {code}"
+    else:
+        how = (
+            "exited; its exit status was collected by someone else (the program ignores SIGCHLD "
+            "or calls os.waitpid(-1, ...))"
+        )
     tail = stderr_tail.decode("utf-8", "replace").rstrip()
     message = f"the worker process (pid {pid}) running {function} {how}"
     if tail:

@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::channel::{self, FrameReader, FrameWriter};
@@ -82,7 +82,6 @@ pub struct Stop {
 /// One live worker process and the parent's bookkeeping for it.
 pub struct Worker {
     pub pid: i32,
-    child: Child,
     sock: OwnedFd,
     pidfd: OwnedFd,
     pub reader: FrameReader,
@@ -181,7 +180,6 @@ impl Worker {
         let pidfd = pidfd_open(pid)?;
         let mut w = Worker {
             pid,
-            child,
             sock: ours,
             pidfd,
             reader: FrameReader::new(),
@@ -367,20 +365,85 @@ impl Worker {
 
     /// Sends SIGTERM, asking the worker to exit; `kill` follows if it does not.
     pub fn terminate(&mut self) {
-        // `pid` is our unreaped child, so the number cannot belong to another process yet.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `sig` through the pidfd, never by pid: an application that ignores SIGCHLD or
+    /// calls `waitpid(-1)` may have reaped the worker already, and its pid may then name
+    /// another process. Signalling a process that is gone is not an error.
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: pidfd_send_signal reads only its integer arguments (a descriptor we own and a
+        // signal number); a null siginfo asks the kernel to fill in what kill(2) would.
+        let _ = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+
+    /// Reaps the process through its pidfd (`waitid(P_PIDFD)`), blocking or not. `Ok(None)`:
+    /// still running. An exit status that someone else collected first comes back as an
+    /// `Exit` with neither code nor signal.
+    fn wait(&mut self, block: bool) -> io::Result<Option<Exit>> {
+        /// `idtype_t` for a pidfd (Linux 5.4+; the libc crate does not name it).
+        const P_PIDFD: libc::idtype_t = 3;
+        let flags = libc::WEXITED | if block { 0 } else { libc::WNOHANG };
+        // SAFETY: siginfo_t is plain data for which all-zero bytes are a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: `info` is a valid, writable siginfo_t that outlives the call, and the id
+            // is a descriptor we own.
+            let r = unsafe {
+                libc::waitid(
+                    P_PIDFD,
+                    self.pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    flags,
+                )
+            };
+            if r == 0 {
+                break;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => {
+                    return Ok(Some(Exit {
+                        pid: self.pid,
+                        code: None,
+                        signal: None,
+                    }))
+                }
+                _ => return Err(err),
+            }
+        }
+        // SAFETY: waitid returned 0, so `info` is either untouched (all zero: WNOHANG and still
+        // running) or describes a child's exit, for which si_pid and si_status are set.
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        Ok(Some(match info.si_code {
+            libc::CLD_EXITED => Exit {
+                pid: self.pid,
+                code: Some(status),
+                signal: None,
+            },
+            _ => Exit {
+                pid: self.pid,
+                code: None,
+                signal: Some(status),
+            },
+        }))
     }
 
     /// Reaps the process if it has exited, without blocking.
     pub fn try_reap(&mut self) -> io::Result<Option<Exit>> {
-        Ok(self.child.try_wait()?.map(|st| Exit {
-            pid: self.pid,
-            code: st.code(),
-            signal: st.signal(),
-        }))
+        self.wait(false)
     }
 
     /// Returns the process's resident set size in bytes, read from `/proc/<pid>/statm`.
@@ -398,20 +461,16 @@ impl Worker {
 
     /// Sends SIGKILL (the process may already be gone; that is not an error).
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
+        self.signal(libc::SIGKILL);
     }
 
     /// Sends SIGKILL and waits for the exit status. SIGKILL cannot be caught or ignored, so
     /// the wait is short (a process in uninterruptible sleep ends when its I/O does).
     pub fn kill_and_reap(&mut self) -> Exit {
-        let _ = self.child.kill();
-        match self.child.wait() {
-            Ok(st) => Exit {
-                pid: self.pid,
-                code: st.code(),
-                signal: st.signal(),
-            },
-            Err(_) => Exit {
+        self.kill();
+        match self.wait(true) {
+            Ok(Some(exit)) => exit,
+            _ => Exit {
                 pid: self.pid,
                 code: None,
                 signal: None,
