@@ -31,8 +31,8 @@ import sys
 import time
 
 import ferropool
-from ferropool import _workloads as w
-from ferropool._process import usable_cpu_count
+from ferropool._util import usable_cpu_count
+from ferropool.compare import tasks as w
 
 TARGET = 1.10
 

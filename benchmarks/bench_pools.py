@@ -42,10 +42,10 @@ from dataclasses import dataclass
 import _harness as h
 
 try:
-    from ferropool._workloads import add_one, calibrate_spin, spin
+    from ferropool.compare.tasks import add_one, calibrate_spin, spin
 except Exception as exc:
     sys.exit(
-        f"bench_pools: cannot import ferropool._workloads ({type(exc).__name__}: {exc}); "
+        f"bench_pools: cannot import ferropool.compare.tasks ({type(exc).__name__}: {exc}); "
         "build and install ferropool first: .venv/bin/maturin develop --release"
     )
 
@@ -274,7 +274,7 @@ _COLD_START = r"""
 import time, sys
 t0 = time.perf_counter()
 kind, workers = sys.argv[1], int(sys.argv[2])
-from ferropool._workloads import add_one
+from ferropool.compare.tasks import add_one
 def main():
     if kind == "ferropool":
         from ferropool import ProcessPool

@@ -28,7 +28,7 @@ import threading
 import time
 
 import ferropool
-from ferropool._workloads import add_one
+from ferropool.compare.tasks import add_one
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ Commands:
 
 - ``compare``: time built-in workloads, or ``module:function``, serially and
   with threads, processes and asyncio at several worker counts, and recommend
-  one (see :mod:`ferropool._compare`).
+  one (see :mod:`ferropool.compare`).
 
 Bad arguments print one line, ``ferropool <command>: error: <what>``, to
 stderr and exit with status 2; so does bad input the command finds itself (a
@@ -30,18 +30,12 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser for every ``ferropool`` subcommand."""
-    from . import _compare
+    from .compare import cli as compare  # here: ``import ferropool.__main__`` stays cheap
 
     parser = _Parser(prog="ferropool", description="ferropool command-line tools")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    compare = commands.add_parser(
-        "compare",
-        help="time workloads (or MODULE:FUNCTION) with threads, processes and asyncio, and recommend one",
-        description=(_compare.__doc__ or "").split("\n\n")[0],
-    )
-    _compare.add_arguments(compare)
-    compare.set_defaults(handler=_compare.run)
+    compare.add_parser(commands)
     return parser
 
 

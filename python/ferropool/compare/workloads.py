@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _workloads as w
-from ._compare_server import BODY
+from . import tasks as w
+from .server import BODY
 
 __all__ = ["BUILTIN", "Skipped", "TargetError", "Workload", "build_workloads", "check_target", "load_target"]
 
@@ -75,7 +75,7 @@ def build_workloads(names, *, quick: bool, cores: int, server=None) -> list:
     Default sizes keep every workload's serial batch at about 0.2-0.3 s, so the
     whole default run stays within about two minutes on 2 cores; ``quick`` makes
     them tiny.  Calibrates the CPU loop here (blocks ~0.1 s).  ``server`` is the
-    running :class:`~ferropool._compare_server.DelayServer`, or None if aiohttp
+    running :class:`~ferropool.compare.server.DelayServer`, or None if aiohttp
     is missing.
     """
     cpu_tasks = 4 if quick else max(8, 4 * cores)

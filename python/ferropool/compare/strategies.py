@@ -31,7 +31,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ._workloads import add_one, close_loop_sessions, run_async
+from .tasks import add_one, close_loop_sessions, run_async
 
 __all__ = ["SERIAL", "STDLIB_START_METHOD", "STRATEGIES", "Runner", "Strategy", "Unavailable", "prepare"]
 

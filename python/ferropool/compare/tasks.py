@@ -1,7 +1,7 @@
 """Task functions for ``ferropool compare`` and the benchmark suite.
 
 Every task is a module-level function so that process pools can send it to
-workers by reference (pickle stores ``ferropool._workloads.<name>``; the worker
+workers by reference (pickle stores ``ferropool.compare.tasks.<name>``; the worker
 imports this module).  Nothing here depends on ferropool's pools, so the module
 also works while the Rust core is missing, and optional libraries (numpy,
 aiohttp, and also asyncio and urllib) are imported inside the tasks that need

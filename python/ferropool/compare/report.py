@@ -1,6 +1,6 @@
 """How ``ferropool compare`` shows its results: the recommendation, the table, and the progress line.
 
-The recommendation reads a workload's report (see ``run_compare``) by family:
+The recommendation reads a workload's report (see ``measure.run_compare``) by family:
 threads (``ThreadPoolExecutor``, ``ferropool.ThreadPool``), processes, processes
 x threads (``HybridPool``), asyncio, and ``auto``; each family's figure is its
 best speedup over every worker count.  A family must beat serial by
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ._compare_strategies import SERIAL, STRATEGIES
+from .strategies import SERIAL, STRATEGIES
 
 __all__ = ["SIGNIFICANT", "WORTHWHILE", "Progress", "format_report", "recommend"]
 
@@ -166,7 +166,7 @@ HEADERS = ("strategy", "workers", "median", "min - max", "speedup", "eff/core", 
 
 
 def format_report(report: dict) -> str:
-    """Return the human-readable table of a report from ``run_compare``."""
+    """Return the human-readable table of a report from ``measure.run_compare``."""
     m, cfg = report["machine"], report["config"]
     lines = [
         f"ferropool compare: {m['usable_cores']} usable cores, Python {m['python']}, "
