@@ -227,7 +227,11 @@ def bench_tiny(executors, cfg) -> tuple:
             if ex.make is None:
                 continue
             _progress(f"tiny {label}: {ex.name}")
-            out[ex.name] = _guarded(lambda: _run_figure(ex, cfg.workers, cfg.repeats, body, warm, _expect_tiny(n)))
+            out[ex.name] = _guarded(
+                lambda ex=ex, body=body, warm=warm: _run_figure(
+                    ex, cfg.workers, cfg.repeats, body, warm, _expect_tiny(n)
+                )
+            )
     return submit_res, map_res
 
 
@@ -260,7 +264,7 @@ def bench_cpu(executors, cfg) -> dict:
             continue
         _progress(f"cpu: {ex.name}")
         res[ex.name] = _guarded(
-            lambda: _run_figure(ex, cfg.workers, cfg.repeats, parallel, _tiny_warmup(cfg.workers), check)
+            lambda ex=ex: _run_figure(ex, cfg.workers, cfg.repeats, parallel, _tiny_warmup(cfg.workers), check)
         )
     serial = res["serial"]["stats"].median
     for name, r in res.items():
