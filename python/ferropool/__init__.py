@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import importlib
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs workers ~10 ms
-
 from . import errors
 from ._core import __version__
 from .errors import FerropoolError, RemoteError, SerializationError, TaskTimeoutError, WorkerDiedError
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs workers ~10 ms
 if TYPE_CHECKING:
     from ._auto import Pool
     from ._cluster.dask import DaskPool

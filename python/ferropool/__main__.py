@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import NoReturn
 
 __all__ = ["main"]
 
@@ -24,7 +28,7 @@ __all__ = ["main"]
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are a single line (no usage dump) and exit 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -42,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
     args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return args.handler(args)
+        return handler(args)
     except KeyboardInterrupt:
         print(f"ferropool {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -50,7 +50,7 @@ class HybridPool(ProcessPool):
         threads_per_process: int | None = None,
         *,
         initializer: Callable[..., Any] | None = None,
-        initargs: tuple = (),
+        initargs: tuple[Any, ...] = (),
         **options: Any,
     ) -> None:
         if processes is None:

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 __all__ = ["progress"]
@@ -220,7 +220,9 @@ class _Items:
     def __init__(self, items: Iterator[Any], bar: _Bar) -> None:
         self._items = items
         self._bar = bar
-        self._close = weakref.finalize(self, bar.close)
+        # Closes the bar once, when called or when this iterator is garbage-collected.
+        self._finalizer = weakref.finalize(self, bar.close)
+        self._close: Callable[[], object] = self._finalizer
 
     def __iter__(self) -> _Items:
         return self
@@ -265,7 +267,7 @@ class _Completions(_Items):
         super().__init__(_take(done, len(futures)), bar)
         # The bar follows the futures, not this iterator: dropping the iterator leaves it
         # counting (``progress(fs)`` then ``wait(fs)``); the last completion closes it.
-        self._close.detach()
+        self._finalizer.detach()
         self._close = bar.close
         if not futures:
             bar.close()

@@ -49,7 +49,7 @@ from ._core import OwnerDiedWarning
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, SupportsIndex
 
 __all__ = [
     "Array",
@@ -262,7 +262,7 @@ class Queue(_Shared, _core.SharedQueue):
         return f"qsize={self.qsize()} maxsize={self.maxsize}"
 
 
-def _rebuild_queue(cls: type, pid: int, fd: int, segment_id: int, spill_fd: int) -> Queue:
+def _rebuild_queue(cls: type[Queue], pid: int, fd: int, segment_id: int, spill_fd: int) -> Queue:
     """Unpickle a ``Queue``: as ``_rebuild``, with the queue's spill file beside its segment."""
     obj = _live.get(segment_id)
     if obj is None or type(obj) is not cls:
@@ -363,14 +363,15 @@ def _shared_array_class() -> Any:
     if _array_class is None:
         np = _numpy()
 
-        class SharedArray(np.ndarray):
+        # numpy is imported on first use, so its class is not a static base here.
+        class SharedArray(np.ndarray):  # type: ignore[misc,name-defined]
             """A numpy array in shared memory (see ``ferropool.shared.Array``). Views of it
             pickle by reference too; arrays computed from it are ordinary copies."""
 
             def __array_finalize__(self, obj: Any) -> None:
                 self._memory = getattr(obj, "_memory", None)
 
-            def __reduce_ex__(self, protocol: int) -> Any:
+            def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
                 view = _segment_view(self)
                 if view is None:
                     return np.asarray(self).__reduce_ex__(protocol)
@@ -390,7 +391,7 @@ def _segment_view(a: Any) -> tuple | None:
         return None
     start = a.__array_interface__["data"][0] - memory.address
     lo = hi = start
-    for n, stride in zip(a.shape, a.strides):
+    for n, stride in zip(a.shape, a.strides, strict=True):
         if n == 0:
             lo, hi = start, start - a.itemsize
             break

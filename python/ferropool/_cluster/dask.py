@@ -151,4 +151,6 @@ class DaskPool(RemotePool):
             self._client.close()
 
     def __repr__(self) -> str:
-        return f"<DaskPool max_workers={self._max_workers} scheduler={self._client.scheduler.address!r}>"
+        # A closed client has no scheduler (None): its pool still has a repr.
+        scheduler = getattr(self._client.scheduler, "address", None)
+        return f"<DaskPool max_workers={self._max_workers} scheduler={scheduler!r}>"

@@ -451,7 +451,7 @@ class RemotePool(PoolExecutor):
         and ``mean_task_s``, the mean run time in the workers (None before any task ended).
         ``map`` counts each chunk as one task."""
         with self._futures_lock:
-            snap = dict(self._stats)
+            snap: dict[str, Any] = dict(self._stats)
             snap["running"] = len(self._futures)
             snap["mean_task_s"] = self._run_ns / self._timed_runs / 1e9 if self._timed_runs else None
             busy_s = self._run_ns / 1e9

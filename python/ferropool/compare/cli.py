@@ -12,13 +12,16 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._util import usable_cpu_count
 from .measure import run_compare
 from .report import Progress, format_report
 from .strategies import SERIAL, STRATEGIES
-from .workloads import BUILTIN, TargetError, build_workloads, check_target, load_target
+from .workloads import BUILTIN, Skipped, TargetError, Workload, build_workloads, check_target, load_target
+
+if TYPE_CHECKING:
+    from .server import DelayServer
 
 __all__ = ["STRATEGY_NAMES", "WORKLOAD_NAMES", "add_arguments", "add_parser", "run"]
 
@@ -42,8 +45,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _name_list(choices: Sequence[str], what: str) -> Callable[[str], list]:
-    def parse(text: str) -> list:
+def _name_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
         names = [n.strip() for n in text.split(",") if n.strip()]
         if not names:
             raise argparse.ArgumentTypeError(f"no {what} given (choose from {', '.join(choices)})")
@@ -65,7 +68,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _int_list(text: str) -> list:
+def _int_list(text: str) -> list[int]:
     parts = [part for part in text.split(",") if part.strip()]
     if not parts:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
@@ -145,11 +148,13 @@ def run(args: argparse.Namespace) -> int:
             return _fail(problem)
     strategies = [s for s in STRATEGIES if s.name == SERIAL or not args.strategy or s.name in args.strategy]
     repeats = args.repeats or (3 if args.quick else 5)
+    workloads: list[Workload | Skipped]
     with ExitStack() as stack:
         if args.target:
             try:
-                workloads = [load_target(args.target, items=args.items or 20)]
-                check_target(workloads[0])  # the serial warm-up: a raising target stops here
+                target = load_target(args.target, items=args.items or 20)
+                check_target(target)  # the serial warm-up: a raising target stops here
+                workloads = [target]
             except TargetError as exc:
                 return _fail(str(exc))
         else:
@@ -168,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_server(stack: ExitStack):
+def _start_server(stack: ExitStack) -> DelayServer | None:
     """Start the local HTTP server (stopped by ``stack``); None if aiohttp is missing."""
     from .server import DelayServer
 

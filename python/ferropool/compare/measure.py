@@ -28,11 +28,12 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from statistics import median
+from typing import Any
 
 from .._util import usable_cpu_count
 from . import usage
 from .report import Progress, recommend
-from .strategies import SERIAL, STDLIB_START_METHOD, STRATEGIES, Strategy, Unavailable, prepare
+from .strategies import SERIAL, STDLIB_START_METHOD, STRATEGIES, Runner, Strategy, Unavailable, prepare
 from .workloads import Skipped, Workload
 
 __all__ = ["SCHEMA", "run_compare", "worker_sweep"]
@@ -41,7 +42,7 @@ SCHEMA = 2
 MIN_CPU_WALL_S = 0.2
 
 
-def worker_sweep(kind: str, cores: int) -> tuple:
+def worker_sweep(kind: str, cores: int) -> tuple[int, ...]:
     """Return the worker counts to time: 1, 2 and ``cores``; for I/O and user code also ``2 * cores``."""
     counts = {1, 2, cores} | ({2 * cores} if kind != "cpu" else set())
     return tuple(sorted(counts))
@@ -50,10 +51,10 @@ def worker_sweep(kind: str, cores: int) -> tuple:
 class _Timed:
     """One runner being timed on one workload: its wall and CPU seconds per batch."""
 
-    def __init__(self, strategy: Strategy, runner, pids: set) -> None:
+    def __init__(self, strategy: Strategy, runner: Runner, pids: set[int]) -> None:
         self.strategy, self.runner, self.pids = strategy, runner, pids
-        self.wall: list = []
-        self.cpu: list = []
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
 
     def time_once(self, wl: Workload) -> None:
         cpu0 = usage.self_cpu_s() + (usage.cpu_s(self.pids) or 0.0)
@@ -65,7 +66,7 @@ class _Timed:
         if wl.expect is not None and list(results) != wl.expect:
             raise AssertionError(f"wrong results from {wl.name}")
 
-    def summary(self, cores: int) -> dict:
+    def summary(self, cores: int) -> dict[str, Any]:
         return {
             "workers": self.runner.workers,
             "shape": self.runner.shape,
@@ -81,7 +82,7 @@ class _Timed:
         }
 
 
-def _error(workers, exc: BaseException, when: str = "") -> dict:
+def _error(workers: int | None, exc: BaseException, when: str = "") -> dict[str, Any]:
     return {
         "workers": workers,
         "shape": str(workers or "-"),
@@ -91,7 +92,13 @@ def _error(workers, exc: BaseException, when: str = "") -> dict:
 
 
 def _start(
-    s: Strategy, n: int | None, wl: Workload, cores: int, stack: ExitStack, rows: dict, unavailable: dict
+    s: Strategy,
+    n: int | None,
+    wl: Workload,
+    cores: int,
+    stack: ExitStack,
+    rows: dict[str, list[dict[str, Any]]],
+    unavailable: dict[str, str],
 ) -> _Timed | None:
     """Build, start and warm up ``s`` with ``n`` workers (closed by ``stack``); None if it could not.
 
@@ -127,9 +134,9 @@ def _measure(
     *,
     repeats: int,
     cores: int,
-    unavailable: dict,
+    unavailable: dict[str, str],
     progress: Progress,
-) -> dict:
+) -> dict[str, Any]:
     """Time ``wl`` with every strategy at every worker count of ``sweep``; return ``{strategy: entry}``.
 
     Serial is timed again at every worker count, interleaved with the pools, and each row's
@@ -138,7 +145,7 @@ def _measure(
     making later pools look slow (or, had it stopped, fast).  Serial's own row pools all its runs.
     Strategies that raise Unavailable are added to ``unavailable`` (name -> reason) and not built again.
     """
-    rows: dict = {s.name: [] for s in strategies}
+    rows: dict[str, list[dict[str, Any]]] = {s.name: [] for s in strategies}
     with ExitStack() as outer:
         serial = next(
             (_start(s, None, wl, cores, outer, rows, unavailable) for s in strategies if s.name == SERIAL), None
@@ -183,7 +190,7 @@ def _measure(
     return out
 
 
-def _add_ratios(strategies: dict, cores: int) -> None:
+def _add_ratios(strategies: dict[str, Any], cores: int) -> None:
     """Add speedup over serial (at the same worker count) and efficiency per core to every timed row (in place)."""
     for entry in strategies.values():
         for r in entry.get("by_workers", []):
@@ -193,14 +200,14 @@ def _add_ratios(strategies: dict, cores: int) -> None:
 
 
 def run_compare(
-    workloads: Sequence,
+    workloads: Sequence[Workload | Skipped],
     *,
     strategies: Sequence[Strategy] = STRATEGIES,
     repeats: int,
     workers: Sequence[int] | None = None,
     quick: bool = False,
     progress: Progress | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Time ``workloads`` (Workload or Skipped) and return the JSON-ready report (see ``--json``).
 
     ``workers`` overrides each workload's sweep.  Blocks for the whole run.
@@ -210,7 +217,7 @@ def run_compare(
     busy_at_start = usage.busy_cores()
     progress = progress or Progress(quiet=True)
     prepare(strategies)
-    unavailable: dict = {}
+    unavailable: dict[str, str] = {}
     report_wl = {}
     for index, wl in enumerate(workloads):
         progress.workload(wl.name, index, len(workloads))

@@ -115,6 +115,8 @@ class AsyncioRunner(Runner):
     pool): for sync work this strategy is threads plus the loop's overhead.
     """
 
+    workers: int
+
     def __init__(self, workers: int) -> None:
         self.workers, self.shape = workers, str(workers)
         self._loop = asyncio.new_event_loop()
