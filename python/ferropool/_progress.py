@@ -80,7 +80,7 @@ def map_bar(setting: Any, total: int | None) -> _Bar:
     """Opens the bar for ``map(..., progress=setting)``: ``True``, a description, or a dict
     of ``progress`` keywords (``desc``, ``file`` and tqdm options)."""
     if isinstance(setting, str):
-        options: dict = {"desc": setting}
+        options: dict[str, Any] = {"desc": setting}
     elif isinstance(setting, dict):
         options = dict(setting)
     elif setting is True:
@@ -99,7 +99,7 @@ class _Bar:
     after ``close`` are ignored, so late callbacks are harmless.
     """
 
-    def __init__(self, total: int | None, desc: str | None, file: Any, options: dict) -> None:
+    def __init__(self, total: int | None, desc: str | None, file: Any, options: dict[str, Any]) -> None:
         self.interval = float(options.pop("mininterval", INTERVAL))
         self.lock = threading.Lock()
         self.n = 0
@@ -142,7 +142,7 @@ class _Bar:
                 self.view.close()
 
 
-def _open_view(total: int | None, desc: str | None, file: Any, options: dict) -> Any:
+def _open_view(total: int | None, desc: str | None, file: Any, options: dict[str, Any]) -> Any:
     try:
         if file is None:
             from tqdm.auto import tqdm  # a widget in Jupyter, text on stderr elsewhere
@@ -250,12 +250,12 @@ class _Items:
 class _Completions(_Items):
     """``progress(futures)``: yields the futures as they complete; done callbacks count them."""
 
-    def __init__(self, futures: list, bar: _Bar) -> None:
-        done: queue.SimpleQueue = queue.SimpleQueue()
+    def __init__(self, futures: list[cf.Future[Any]], bar: _Bar) -> None:
+        done: queue.SimpleQueue[cf.Future[Any]] = queue.SimpleQueue()
         left = [len(futures)]
         lock = threading.Lock()
 
-        def on_done(fut: cf.Future) -> None:
+        def on_done(fut: cf.Future[Any]) -> None:
             bar.add(1)
             done.put(fut)
             with lock:
@@ -274,7 +274,7 @@ class _Completions(_Items):
         for fut in futures:  # runs on_done at once for futures already done
             fut.add_done_callback(on_done)
 
-    def __next__(self) -> cf.Future:
+    def __next__(self) -> cf.Future[Any]:
         try:
             return next(self._items)  # counted when it completed, not here
         except BaseException:
@@ -282,6 +282,6 @@ class _Completions(_Items):
             raise
 
 
-def _take(done: queue.SimpleQueue, count: int) -> Iterator[cf.Future]:
+def _take(done: queue.SimpleQueue[cf.Future[Any]], count: int) -> Iterator[cf.Future[Any]]:
     for _ in range(count):
         yield done.get()
