@@ -291,10 +291,14 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
         return bool(cells) and all(_looks_numeric(c) for c in cells)
 
     align = [numeric(i) for i in range(len(headers))]
-    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |"]
-    out.append("|" + "|".join(("-" * (w + 1) + ":") if a else ("-" * (w + 2)) for w, a in zip(widths, align)) + "|")
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"]
+    out.append(
+        "|"
+        + "|".join(("-" * (w + 1) + ":") if a else ("-" * (w + 2)) for w, a in zip(widths, align, strict=True))
+        + "|"
+    )
     for r in rows:
-        cells = [c.rjust(w) if a else c.ljust(w) for c, w, a in zip(r, widths, align)]
+        cells = [c.rjust(w) if a else c.ljust(w) for c, w, a in zip(r, widths, align, strict=False)]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 

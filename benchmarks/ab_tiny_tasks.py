@@ -25,7 +25,7 @@ import sys
 CHILD = r"""
 import json, sys, time
 from ferropool import ProcessPool
-from ferropool._workloads import add_one
+from ferropool.compare.tasks import add_one
 N = 20_000
 with ProcessPool(2) as pool:
     for f in [pool.submit(add_one, i) for i in range(2000)]:

@@ -31,8 +31,8 @@ import sys
 import time
 
 import ferropool
-from ferropool import _workloads as w
-from ferropool._process import usable_cpu_count
+from ferropool._util import usable_cpu_count
+from ferropool.compare import tasks as w
 
 TARGET = 1.10
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         # cancels the machine's slow spells (seen: the same 35 ms serial loop taking 45-97 ms
         # for a second or more, on this shared 2-core VM): the best one, if it was one of them.
         ref = best if best in near else near[0]
-        paired = statistics.median(a / b for a, b in zip(times["auto"], times[ref]))
+        paired = statistics.median(a / b for a, b in zip(times["auto"], times[ref], strict=True))
         rows.append(
             {
                 "workload": wl,

@@ -18,7 +18,7 @@ import sys
 CASE = r"""
 import json, resource, sys, time
 from ferropool import ProcessPool
-from ferropool._workloads import add_one
+from ferropool.compare.tasks import add_one
 def hwm_kib():  # VmHWM, not ru_maxrss, which carries over the RSS of whoever forked us
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
@@ -38,7 +38,7 @@ print(json.dumps({"items": n, "seconds": elapsed, "parent_idle_rss_mib": idle / 
 FLOOD = r"""
 import json, sys, time
 from ferropool import ProcessPool
-from ferropool._workloads import spin
+from ferropool.compare.tasks import spin
 def hwm_kib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))

@@ -42,10 +42,10 @@ from dataclasses import dataclass
 import _harness as h
 
 try:
-    from ferropool._workloads import add_one, calibrate_spin, spin
+    from ferropool.compare.tasks import add_one, calibrate_spin, spin
 except Exception as exc:
     sys.exit(
-        f"bench_pools: cannot import ferropool._workloads ({type(exc).__name__}: {exc}); "
+        f"bench_pools: cannot import ferropool.compare.tasks ({type(exc).__name__}: {exc}); "
         "build and install ferropool first: .venv/bin/maturin develop --release"
     )
 
@@ -227,7 +227,11 @@ def bench_tiny(executors, cfg) -> tuple:
             if ex.make is None:
                 continue
             _progress(f"tiny {label}: {ex.name}")
-            out[ex.name] = _guarded(lambda: _run_figure(ex, cfg.workers, cfg.repeats, body, warm, _expect_tiny(n)))
+            out[ex.name] = _guarded(
+                lambda ex=ex, body=body, warm=warm: _run_figure(
+                    ex, cfg.workers, cfg.repeats, body, warm, _expect_tiny(n)
+                )
+            )
     return submit_res, map_res
 
 
@@ -260,7 +264,7 @@ def bench_cpu(executors, cfg) -> dict:
             continue
         _progress(f"cpu: {ex.name}")
         res[ex.name] = _guarded(
-            lambda: _run_figure(ex, cfg.workers, cfg.repeats, parallel, _tiny_warmup(cfg.workers), check)
+            lambda ex=ex: _run_figure(ex, cfg.workers, cfg.repeats, parallel, _tiny_warmup(cfg.workers), check)
         )
     serial = res["serial"]["stats"].median
     for name, r in res.items():
@@ -274,7 +278,7 @@ _COLD_START = r"""
 import time, sys
 t0 = time.perf_counter()
 kind, workers = sys.argv[1], int(sys.argv[2])
-from ferropool._workloads import add_one
+from ferropool.compare.tasks import add_one
 def main():
     if kind == "ferropool":
         from ferropool import ProcessPool

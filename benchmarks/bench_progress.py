@@ -28,7 +28,7 @@ import threading
 import time
 
 import ferropool
-from ferropool._workloads import add_one
+from ferropool.compare.tasks import add_one
 
 
 @contextlib.contextmanager
@@ -81,7 +81,7 @@ def report(title: str, times: dict[str, list[float]], unit_count: int) -> None:
     print(f"\n{title}")
     for name, runs in times.items():
         med = statistics.median(runs)
-        paired = statistics.median(r / b for r, b in zip(runs, base))
+        paired = statistics.median(r / b for r, b in zip(runs, base, strict=True))
         print(
             f"  {name:<44} median {med * 1e3:7.1f} ms ({med / unit_count * 1e6:5.2f} us each)"
             f"  min {min(runs) * 1e3:6.1f}  max {max(runs) * 1e3:6.1f}"

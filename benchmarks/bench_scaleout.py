@@ -27,7 +27,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _harness import measure
-from ferropool._workloads import add_one, calibrate_spin, spin
+from ferropool.compare.tasks import add_one, calibrate_spin, spin
 
 CPU_TASKS = 40
 CPU_TASK_S = 0.025

@@ -16,7 +16,7 @@ import time
 import cloudpickle
 
 from ferropool._serialize import dumps_call
-from ferropool._workloads import add_one
+from ferropool.compare.tasks import add_one
 
 
 def main_add_one(x):  # lives in __main__ when run as a script: must go by value

@@ -157,10 +157,10 @@ def transfer_figures(repeats: int) -> list:
     moved = N_ARRAYS * ARRAY_BYTES
     expect_send = [float(i * n) for i in range(N_ARRAYS)]
     dst = [np.empty_like(a) for a in arrays]
-    for d, a in zip(dst, arrays):
+    for d, a in zip(dst, arrays, strict=True):
         np.copyto(d, a)  # touch the destination once: what remains is the copy itself
     rows = []
-    memcpy = h.measure(lambda: [np.copyto(d, a) for d, a in zip(dst, arrays)], repeats=repeats)
+    memcpy = h.measure(lambda: [np.copyto(d, a) for d, a in zip(dst, arrays, strict=True)], repeats=repeats)
     rows.append(("memcpy (np.copyto, one process)", moved / memcpy.median / 1e6, moved / memcpy.median / 1e6, None))
     rss = h.TreeRss()
     for r in runners(set()):
@@ -177,16 +177,18 @@ def transfer_figures(repeats: int) -> list:
             del held
             h.reset_peak_rss()
             send = h.measure(
-                lambda: r.send(arrays),
+                lambda r=r: r.send(arrays),
                 repeats=repeats,
                 sample=rss.sample,
-                check=lambda got: _check(got == expect_send, r.name),
+                check=lambda got, r=r: _check(got == expect_send, r.name),
             )
             back = h.measure(
-                lambda: r.back(n, N_ARRAYS),
+                lambda r=r: r.back(n, N_ARRAYS),
                 repeats=repeats,
                 sample=rss.sample,
-                check=lambda got: _check(all(g[0] == float(i) and g.shape == (n,) for i, g in enumerate(got)), r.name),
+                check=lambda got, r=r: _check(
+                    all(g[0] == float(i) and g.shape == (n,) for i, g in enumerate(got)), r.name
+                ),
             )
             rows.append((r.name, moved / send.median / 1e6, moved / back.median / 1e6, rss.peak()))
             print(
@@ -238,7 +240,7 @@ def pss_kib(pid: int) -> int:
 
 
 def tree_pss_kib() -> int:
-    pids = [os.getpid()] + h._descendants(os.getpid())
+    pids = [os.getpid(), *h._descendants(os.getpid())]
     total_kib = 0
     for pid in pids:
         try:
@@ -289,7 +291,10 @@ def sweep(repeats: int) -> list:
             for pool in pools.values():
                 pool.submit(echo, a).result()
                 st = h.measure(
-                    lambda: [f.result() for f in [pool.submit(echo, a) for _ in range(count)]], repeats=repeats
+                    lambda pool=pool, a=a, count=count: [
+                        f.result() for f in [pool.submit(echo, a) for _ in range(count)]
+                    ],
+                    repeats=repeats,
                 )
                 cells.append(st.median / count * 1e6)
             rows.append((f"{size >> 10} KiB", *cells, cells[0] / cells[1]))
@@ -337,7 +342,7 @@ def main(argv=None) -> int:
             ["", "send MB/s", "return MB/s", "vs stdlib (send / return)", "vs memcpy", "peak RSS (tree)"], table
         )
     )
-    report["transfer"] = [dict(zip(("name", "send_mb_s", "return_mb_s", "peak_rss_kib"), r)) for r in rows]
+    report["transfer"] = [dict(zip(("name", "send_mb_s", "return_mb_s", "peak_rss_kib"), r, strict=True)) for r in rows]
     if args.pss:
         fig = pss_figure()
         report["pss"] = fig

@@ -191,7 +191,7 @@ def _bad_task(rep: dict) -> str:
         return "hang"
     if _ok(bad):
         return "no error"
-    rest = rep.get("others", []) + [rep["after"]]
+    rest = [*rep.get("others", []), rep["after"]]
     if all(_ok(o) for o in rest):
         return "only task fails" if bad["state"] == "raised" else "fails at submit"
     failed = any(o["state"] in ("raised", "submit raised") for o in rest)
@@ -366,7 +366,7 @@ def main(argv: list | None = None) -> int:
             args.json,
             {
                 "machine": h.machine_info(),
-                "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+                "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
                 "timeout_s": args.timeout,
                 "settle_s": settle,
                 "total_seconds": round(time.monotonic() - t0, 1),

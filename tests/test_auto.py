@@ -19,10 +19,10 @@ import pytest
 import ferropool
 from ferropool import Pool
 from ferropool import _auto as auto_module
-from ferropool import _workloads as w
 from ferropool._auto import _holds_gil, _Plan
 from ferropool._auto_decide import EARLY_MIN_S, Figures, decide
-from ferropool._process import usable_cpu_count
+from ferropool._util import usable_cpu_count
+from ferropool.compare import tasks as w
 
 ROOT = Path(__file__).resolve().parent.parent
 CORES = usable_cpu_count()
@@ -299,7 +299,7 @@ def test_explain_names_the_strategy_and_the_figures(make):
     assert "no function has run yet" in pool.explain()
     list(pool.map(w.sleep_task, [0.005] * 30))  # more than the probe runs: the rest waits for the decision
     text = pool.explain()
-    assert "ferropool._workloads.sleep_task: threads" in text
+    assert "ferropool.compare.tasks.sleep_task: threads" in text
     for figure in (
         "wall",
         "CPU/wall",
@@ -311,7 +311,7 @@ def test_explain_names_the_strategy_and_the_figures(make):
         "waiting",
     ):
         assert figure in text, figure
-    decision = pool.decisions["ferropool._workloads.sleep_task"]
+    decision = pool.decisions["ferropool.compare.tasks.sleep_task"]
     assert decision.figures.calls >= 3 and decision.figures.cpu_ratio < 0.5
 
 

@@ -1,4 +1,4 @@
-"""Tests for ``ferropool compare`` (``_compare*.py``, ``__main__.py``) and the benchmark smoke run.
+"""Tests for ``ferropool compare`` (``ferropool/compare/``, ``__main__.py``) and the benchmark smoke run.
 
 The command runs in a subprocess, as a user would run it, with a bounded timeout;
 the pieces it is made of (recommendation, runners, factories, server, progress)
@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from ferropool import _compare, _compare_report, _compare_strategies, _workloads
-from ferropool._compare_workloads import BUILTIN, Workload
+from ferropool._util import usable_cpu_count
+from ferropool.compare import cli, measure, tasks
+from ferropool.compare import report as compare_report
+from ferropool.compare import strategies as compare_strategies
+from ferropool.compare.workloads import BUILTIN, Workload
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks" / "bench_pools.py"
@@ -71,7 +74,7 @@ def test_every_builtin_workload_is_timed_or_skipped_with_reason(quick_report):
         if not wl["available"]:
             assert "not installed" in wl["skipped"], (name, wl)
             continue
-        assert set(wl["strategies"]) == set(_compare.STRATEGY_NAMES)
+        assert set(wl["strategies"]) == set(cli.STRATEGY_NAMES)
         assert wl["tasks"] > 0
     for name, module in (("http", "aiohttp"), ("async_http", "aiohttp"), ("array", "numpy")):
         assert workloads[name]["available"] == _importable(module), name
@@ -316,29 +319,29 @@ def _wl(thread: float, process: float, asyncio_: float = 0.5, is_async: bool = F
     ],
 )
 def test_recommendation_follows_the_measurements(wl, expected):
-    rec = _compare.recommend("w", wl, cores=2)
+    rec = compare_report.recommend("w", wl, cores=2)
     assert expected in rec and "\n" not in rec, rec
 
 
 def test_recommendation_cautions_when_serial_did_not_get_a_whole_core():
     wl = {**_wl(1.0, 1.9), "kind": "cpu"}
     wl["strategies"]["serial"]["by_workers"][0]["cpu_utilisation"] = 0.3  # 0.6 of a core on 2 cores
-    rec = _compare.recommend("w", wl, cores=2)
+    rec = compare_report.recommend("w", wl, cores=2)
     assert rec.endswith(
         "(caution: serial got 0.60 of a core, other programs competed for the CPU: "
         "these figures understate what pools can do)"
     ), rec
     wl["strategies"]["serial"]["by_workers"][0]["cpu_utilisation"] = 0.49
-    assert "caution" not in _compare.recommend("w", wl, cores=2)
+    assert "caution" not in compare_report.recommend("w", wl, cores=2)
 
 
 def test_recommendation_names_stdlib_only_when_clearly_faster():
     wl = _wl(1.0, 1.9)
-    assert "ferropool.ProcessPool" in _compare.recommend("cpu", wl, cores=2)
+    assert "ferropool.ProcessPool" in compare_report.recommend("cpu", wl, cores=2)
     wl["strategies"]["ProcessPoolExecutor"] = _entry((2, 1.9 * 1.2))
-    assert "use ProcessPoolExecutor(max_workers=2)" in _compare.recommend("cpu", wl, cores=2)
+    assert "use ProcessPoolExecutor(max_workers=2)" in compare_report.recommend("cpu", wl, cores=2)
     wl["strategies"]["ferropool.ProcessPool"] = {"available": False, "error": "cannot create"}
-    assert "use ProcessPoolExecutor" in _compare.recommend("cpu", wl, cores=2)
+    assert "use ProcessPoolExecutor" in compare_report.recommend("cpu", wl, cores=2)
 
 
 async def _async_double(x):
@@ -348,15 +351,15 @@ async def _async_double(x):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: _compare_strategies.SerialRunner(),
-        lambda: _compare_strategies.AsyncioRunner(3),
-        lambda: _compare_strategies.ExecutorRunner(ThreadPoolExecutor(2), 2),
+        lambda: compare_strategies.SerialRunner(),
+        lambda: compare_strategies.AsyncioRunner(3),
+        lambda: compare_strategies.ExecutorRunner(ThreadPoolExecutor(2), 2),
     ],
 )
 def test_runners_run_sync_and_async_tasks_in_order(make):
     runner = make()
     try:
-        assert runner.run(_workloads.add_one, None, range(10)) == list(range(1, 11))
+        assert runner.run(tasks.add_one, None, range(10)) == list(range(1, 11))
         assert runner.run(None, _async_double, range(10)) == list(range(0, 20, 2))
     finally:
         runner.close()
@@ -377,9 +380,11 @@ def test_hybrid_and_auto_light_up_when_ferropool_has_them(monkeypatch):
 
     monkeypatch.setattr(ferropool, "HybridPool", FakeHybridPool, raising=False)
     monkeypatch.setattr(ferropool, "Pool", FakePool, raising=False)
-    wl = Workload("tiny", "tiny", "io", _workloads.add_one, None, tuple(range(8)), [i + 1 for i in range(8)], (0,))
-    wanted = [s for s in _compare.STRATEGIES if s.name in ("serial", "ferropool.HybridPool", "ferropool.Pool(auto)")]
-    report = _compare.run_compare([wl], strategies=wanted, repeats=1, workers=[1, 4])
+    wl = Workload("tiny", "tiny", "io", tasks.add_one, None, tuple(range(8)), [i + 1 for i in range(8)], (0,))
+    wanted = [
+        s for s in compare_strategies.STRATEGIES if s.name in ("serial", "ferropool.HybridPool", "ferropool.Pool(auto)")
+    ]
+    report = measure.run_compare([wl], strategies=wanted, repeats=1, workers=[1, 4])
     strategies = report["workloads"]["tiny"]["strategies"]
     cores = report["machine"]["usable_cores"]
     hybrid = strategies["ferropool.HybridPool"]["by_workers"]
@@ -394,32 +399,34 @@ def test_missing_strategy_is_unavailable_and_the_run_goes_on(monkeypatch):
     # As if this ferropool had no HybridPool (it is a lazy attribute: hide it from __getattr__ too).
     monkeypatch.delattr(ferropool, "HybridPool", raising=False)
     monkeypatch.delitem(ferropool._LAZY, "HybridPool", raising=False)
-    wl = Workload("tiny", "tiny", "cpu", _workloads.add_one, None, (1, 2), [2, 3], (0,))
-    wanted = [s for s in _compare.STRATEGIES if s.name in ("serial", "ferropool.HybridPool", "ThreadPoolExecutor")]
-    report = _compare.run_compare([wl], strategies=wanted, repeats=1, workers=[2])
+    wl = Workload("tiny", "tiny", "cpu", tasks.add_one, None, (1, 2), [2, 3], (0,))
+    wanted = [
+        s for s in compare_strategies.STRATEGIES if s.name in ("serial", "ferropool.HybridPool", "ThreadPoolExecutor")
+    ]
+    report = measure.run_compare([wl], strategies=wanted, repeats=1, workers=[2])
     strategies = report["workloads"]["tiny"]["strategies"]
     assert strategies["ferropool.HybridPool"] == {
         "available": False,
         "error": f"unavailable: ferropool {ferropool.__version__} has no HybridPool",
     }
     assert strategies["ThreadPoolExecutor"]["available"]
-    assert "ferropool.HybridPool: unavailable" in _compare_report.format_report(report)
+    assert "ferropool.HybridPool: unavailable" in compare_report.format_report(report)
     report["machine"]["busy_cores_at_start"] = 1.5  # another program was busy: the table says so
-    assert "Warning: other programs kept 1.5 cores busy" in _compare_report.format_report(report)
+    assert "Warning: other programs kept 1.5 cores busy" in compare_report.format_report(report)
 
 
 def test_local_server_answers_blocking_and_async_clients():
     pytest.importorskip("aiohttp")
-    from ferropool._compare_server import BODY, DelayServer
+    from ferropool.compare.server import BODY, DelayServer
 
     with DelayServer() as server:
-        assert _workloads.http_get(server.url(1)) == len(BODY)
-        assert _workloads.run_async(_workloads.http_get_async, server.url(1)) == len(BODY)
+        assert tasks.http_get(server.url(1)) == len(BODY)
+        assert tasks.run_async(tasks.http_get_async, server.url(1)) == len(BODY)
 
 
 def test_progress_is_a_line_per_workload_off_a_terminal():
     stream = io.StringIO()
-    progress = _compare_report.Progress(stream=stream)
+    progress = compare_report.Progress(stream=stream)
     progress.workload("cpu", 0, 2)
     progress.step("cpu: 2 workers, run 1 of 5")
     progress.workload("sleep", 1, 2)
@@ -429,7 +436,7 @@ def test_progress_is_a_line_per_workload_off_a_terminal():
         "ferropool compare: [2/2] sleep",
     ]
     quiet = io.StringIO()
-    _compare_report.Progress(quiet=True, stream=quiet).workload("cpu", 0, 1)
+    compare_report.Progress(quiet=True, stream=quiet).workload("cpu", 0, 1)
     assert quiet.getvalue() == ""
 
 
@@ -476,11 +483,11 @@ def test_auto_warms_up_on_the_real_items_and_decides_for_them():
     # have stayed serial.
     from contextlib import ExitStack
 
-    wl = Workload("sleep", "sleep", "io", _workloads.sleep_task, None, (0.01,) * 6, [0.01] * 6, (0.0,))
-    auto = next(s for s in _compare.STRATEGIES if s.name == "ferropool.Pool(auto)")
+    wl = Workload("sleep", "sleep", "io", tasks.sleep_task, None, (0.01,) * 6, [0.01] * 6, (0.0,))
+    auto = next(s for s in compare_strategies.STRATEGIES if s.name == "ferropool.Pool(auto)")
     with ExitStack() as stack:
         rows: dict = {auto.name: []}
-        timed = _compare._start(auto, None, wl, _compare.usable_cores(), stack, rows, {})
+        timed = measure._start(auto, None, wl, usable_cpu_count(), stack, rows, {})
         assert timed is not None, rows
-        decision = timed.runner.executor.decisions["ferropool._workloads.sleep_task"]
+        decision = timed.runner.executor.decisions["ferropool.compare.tasks.sleep_task"]
         assert decision.strategy == "threads", decision

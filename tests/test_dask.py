@@ -16,7 +16,7 @@ distributed = pytest.importorskip("distributed", reason="needs the dask extra: p
 
 import ferropool  # noqa: E402
 import helpers  # noqa: E402
-from ferropool._remote import running_tasks  # noqa: E402
+from ferropool._cluster.remote import running_tasks  # noqa: E402
 from remote_cases import *  # noqa: E402, F403  (the shared tests)
 from remote_cases import WAIT, square  # noqa: E402
 

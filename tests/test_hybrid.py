@@ -82,7 +82,7 @@ def test_tasks_run_on_threads_inside_processes():
 
 
 def test_defaults_and_native_thread_limit():
-    from ferropool._process import usable_cpu_count
+    from ferropool._util import usable_cpu_count
 
     with HybridPool() as pool:
         assert pool.processes == usable_cpu_count() and pool.threads_per_process == 4

@@ -18,7 +18,7 @@ import pytest
 import helpers
 from ferropool import BrokenPoolError, ProcessPool, RemoteError, SerializationError, WorkerDiedError, _serialize
 from ferropool._executor import MAX_CHUNK, window_for
-from ferropool._process import usable_cpu_count
+from ferropool._util import usable_cpu_count
 
 RESULT_TIMEOUT = 30
 
@@ -259,7 +259,7 @@ def test_map_keeps_memory_flat_on_a_large_generator(tmp_path):
         tmp_path,
         """
         from ferropool import ProcessPool
-        from ferropool._workloads import add_one
+        from ferropool.compare.tasks import add_one
         with ProcessPool(2) as pool:
             total = sum(pool.map(add_one, (i for i in range(3_000_000))))
         # VmHWM, not ru_maxrss: the latter carries over the RSS of whoever forked us.
@@ -404,7 +404,7 @@ def blas_threads():
 
 
 def test_native_thread_pools_are_limited_so_workers_do_not_oversubscribe(make_pool, monkeypatch):
-    from ferropool._process import usable_cpu_count
+    from ferropool._util import usable_cpu_count
 
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(variable, raising=False)  # an earlier test's library may have set them

@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import importlib
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs workers ~10 ms
-
 from . import errors
 from ._core import __version__
 from .errors import FerropoolError, RemoteError, SerializationError, TaskTimeoutError, WorkerDiedError
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs workers ~10 ms
 if TYPE_CHECKING:
     from ._auto import Pool
-    from ._dask import DaskPool
+    from ._cluster.dask import DaskPool
+    from ._cluster.ray import RayPool
     from ._future import TaskFuture
     from ._hybrid import HybridPool
     from ._process import ProcessPool
     from ._progress import progress
-    from ._ray import RayPool
     from ._stats import PoolStats, Restart, WorkerStats
     from ._thread import ThreadPool
     from .errors import BrokenPoolError
@@ -44,8 +43,8 @@ _LAZY = {
     "WorkerStats": "._stats",
     "Restart": "._stats",
     # Need the extras ferropool[dask] / ferropool[ray]; the ImportError says so.
-    "DaskPool": "._dask",
-    "RayPool": "._ray",
+    "DaskPool": "._cluster.dask",
+    "RayPool": "._cluster.ray",
 }
 
 

@@ -4,7 +4,7 @@ Commands:
 
 - ``compare``: time built-in workloads, or ``module:function``, serially and
   with threads, processes and asyncio at several worker counts, and recommend
-  one (see :mod:`ferropool._compare`).
+  one (see :mod:`ferropool.compare`).
 
 Bad arguments print one line, ``ferropool <command>: error: <what>``, to
 stderr and exit with status 2; so does bad input the command finds itself (a
@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import NoReturn
 
 __all__ = ["main"]
 
@@ -24,32 +28,27 @@ __all__ = ["main"]
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are a single line (no usage dump) and exit 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser for every ``ferropool`` subcommand."""
-    from . import _compare
+    from .compare import cli as compare  # here: ``import ferropool.__main__`` stays cheap
 
     parser = _Parser(prog="ferropool", description="ferropool command-line tools")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    compare = commands.add_parser(
-        "compare",
-        help="time workloads (or MODULE:FUNCTION) with threads, processes and asyncio, and recommend one",
-        description=(_compare.__doc__ or "").split("\n\n")[0],
-    )
-    _compare.add_arguments(compare)
-    compare.set_defaults(handler=_compare.run)
+    compare.add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
     args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return args.handler(args)
+        return handler(args)
     except KeyboardInterrupt:
         print(f"ferropool {args.command}: interrupted", file=sys.stderr)
         return 130

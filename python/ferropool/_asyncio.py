@@ -29,7 +29,7 @@ import functools
 import itertools
 import weakref
 from collections.abc import AsyncIterable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from . import _executor
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 #: Input for ``map_async``: ordinary iterables are read on the event loop (so they must not
 #: block); async iterables are awaited.
-AnyIterable = Union[Iterable[Any], AsyncIterable[Any]]
+AnyIterable = Iterable[Any] | AsyncIterable[Any]
 
 
 class AsyncMixin:
@@ -387,7 +387,7 @@ class _AsyncMap:
         """Returns ``async read(chunk, n)``, which appends the next up to ``n`` argument tuples
         to ``chunk`` (fewer only at the end); if the input raises, what it read is in ``chunk``."""
         if not any(hasattr(it, "__aiter__") for it in self.iterables):
-            items = zip(*self.iterables)
+            items = zip(*self.iterables, strict=False)  # like map(): stops at the shortest
 
             async def read_sync(chunk: list, n: int) -> None:
                 chunk.extend(itertools.islice(items, n))  # keeps what came before an error

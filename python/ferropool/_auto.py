@@ -74,7 +74,7 @@ from ._auto_decide import (
 )
 from ._core import PrefixedMap, runqueue_wait_ns
 from ._executor import _PARTIAL, PoolExecutor, run_chunk
-from ._process import usable_cpu_count
+from ._util import usable_cpu_count
 
 __all__ = ["STRATEGIES", "Decision", "Figures", "Pool", "decide"]
 

@@ -147,7 +147,7 @@ class PoolExecutor(AsyncMixin, cf.Executor):
             from ._progress import map_bar
 
             bar = map_bar(progress, total)
-        mapper = _Mapper(self, fn, zip(*iterables), deadline, chunksize, total, bar)
+        mapper = _Mapper(self, fn, zip(*iterables, strict=False), deadline, chunksize, total, bar)
         try:
             mapper.start()
         except BaseException:

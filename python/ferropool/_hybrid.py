@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._process import ProcessPool, usable_cpu_count
+from ._process import ProcessPool
+from ._util import usable_cpu_count
 
 #: Threads per process by default: enough to overlap waits and GIL-free native calls with work
 #: on the other threads, few enough that pure-Python tasks do not fight over the GIL for long.
@@ -49,7 +50,7 @@ class HybridPool(ProcessPool):
         threads_per_process: int | None = None,
         *,
         initializer: Callable[..., Any] | None = None,
-        initargs: tuple = (),
+        initargs: tuple[Any, ...] = (),
         **options: Any,
     ) -> None:
         if processes is None:

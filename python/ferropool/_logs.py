@@ -80,7 +80,7 @@ class RecordCounter:
         self.handled = 0
         self.dropped = 0
 
-    def handle_records(self, records: list, dropped: int) -> None:
+    def handle_records(self, records: list[tuple[int, int, bytes]], dropped: int) -> None:
         """Handles ``[(worker, pid, payload)]`` from ``engine.deliver`` in the parent."""
         for worker, pid, payload in records:
             try:

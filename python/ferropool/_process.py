@@ -19,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import logging
-import math
 import os
 import sys
 import threading
@@ -34,6 +33,7 @@ from ._future import TaskFuture, cancel_removed
 from ._logs import RecordCounter
 from ._serialize import DEFAULT_ZERO_COPY_THRESHOLD, dumps, dumps_call, loads, loads_exception
 from ._stats import PoolStats, WorkerStats
+from ._util import check_seconds, usable_cpu_count
 from ._worker import bootstrap_command
 from .errors import BrokenPoolError, SerializationError, TaskTimeoutError, WorkerDiedError
 
@@ -52,14 +52,6 @@ _live_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 #: Engines whose work is not finished, kept alive even when their ProcessPool object is dropped,
 #: so that interpreter exit still finishes (or, past exit_timeout, stops) their tasks.
 _unfinished: set[_Running] = set()
-
-
-def usable_cpu_count() -> int:
-    """Returns the number of CPUs this process may run on (affinity-aware)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def native_threads_per_worker(workers: int, threads_per_worker: int = 1) -> int:
@@ -169,8 +161,8 @@ class ProcessPool(PoolExecutor):
         elif isinstance(native_threads, bool) or not isinstance(native_threads, int) or native_threads < 1:
             raise ValueError(f"native_threads must be a positive integer or None, not {native_threads!r}")
         self._native_threads = native_threads
-        self._task_timeout = _check_seconds("task_timeout", task_timeout)
-        self._exit_timeout = _check_seconds("exit_timeout", exit_timeout)
+        self._task_timeout = check_seconds("task_timeout", task_timeout)
+        self._exit_timeout = check_seconds("exit_timeout", exit_timeout)
         self._max_workers = max_workers
         self._owner_pid = os.getpid()
         # The initializer is pickled on its own: the worker can only unpickle it after it has
@@ -272,7 +264,7 @@ class ProcessPool(PoolExecutor):
         the pool's workers and queue; ``submit(fn, *args, **kwargs)`` keeps the standard
         signature. Raises ``ValueError`` for a timeout that is not a positive number.
         """
-        return TaskOptions(self, _check_seconds("task_timeout", task_timeout))
+        return TaskOptions(self, check_seconds("task_timeout", task_timeout))
 
     def stats(self, timeout: float = 1.0) -> PoolStats:
         """Returns a snapshot of what each worker has done: tasks, busy and idle time, mean and
@@ -512,16 +504,6 @@ def _shutdown_all_at_exit() -> None:
             running.terminate()
         else:
             running.finish_at_exit()
-
-
-def _check_seconds(name: str, value: float | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
-    return float(value)
 
 
 def _forget_pools_in_child() -> None:

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 __all__ = ["progress"]
@@ -80,7 +80,7 @@ def map_bar(setting: Any, total: int | None) -> _Bar:
     """Opens the bar for ``map(..., progress=setting)``: ``True``, a description, or a dict
     of ``progress`` keywords (``desc``, ``file`` and tqdm options)."""
     if isinstance(setting, str):
-        options: dict = {"desc": setting}
+        options: dict[str, Any] = {"desc": setting}
     elif isinstance(setting, dict):
         options = dict(setting)
     elif setting is True:
@@ -99,7 +99,7 @@ class _Bar:
     after ``close`` are ignored, so late callbacks are harmless.
     """
 
-    def __init__(self, total: int | None, desc: str | None, file: Any, options: dict) -> None:
+    def __init__(self, total: int | None, desc: str | None, file: Any, options: dict[str, Any]) -> None:
         self.interval = float(options.pop("mininterval", INTERVAL))
         self.lock = threading.Lock()
         self.n = 0
@@ -142,7 +142,7 @@ class _Bar:
                 self.view.close()
 
 
-def _open_view(total: int | None, desc: str | None, file: Any, options: dict) -> Any:
+def _open_view(total: int | None, desc: str | None, file: Any, options: dict[str, Any]) -> Any:
     try:
         if file is None:
             from tqdm.auto import tqdm  # a widget in Jupyter, text on stderr elsewhere
@@ -220,7 +220,9 @@ class _Items:
     def __init__(self, items: Iterator[Any], bar: _Bar) -> None:
         self._items = items
         self._bar = bar
-        self._close = weakref.finalize(self, bar.close)
+        # Closes the bar once, when called or when this iterator is garbage-collected.
+        self._finalizer = weakref.finalize(self, bar.close)
+        self._close: Callable[[], object] = self._finalizer
 
     def __iter__(self) -> _Items:
         return self
@@ -248,12 +250,12 @@ class _Items:
 class _Completions(_Items):
     """``progress(futures)``: yields the futures as they complete; done callbacks count them."""
 
-    def __init__(self, futures: list, bar: _Bar) -> None:
-        done: queue.SimpleQueue = queue.SimpleQueue()
+    def __init__(self, futures: list[cf.Future[Any]], bar: _Bar) -> None:
+        done: queue.SimpleQueue[cf.Future[Any]] = queue.SimpleQueue()
         left = [len(futures)]
         lock = threading.Lock()
 
-        def on_done(fut: cf.Future) -> None:
+        def on_done(fut: cf.Future[Any]) -> None:
             bar.add(1)
             done.put(fut)
             with lock:
@@ -265,14 +267,14 @@ class _Completions(_Items):
         super().__init__(_take(done, len(futures)), bar)
         # The bar follows the futures, not this iterator: dropping the iterator leaves it
         # counting (``progress(fs)`` then ``wait(fs)``); the last completion closes it.
-        self._close.detach()
+        self._finalizer.detach()
         self._close = bar.close
         if not futures:
             bar.close()
         for fut in futures:  # runs on_done at once for futures already done
             fut.add_done_callback(on_done)
 
-    def __next__(self) -> cf.Future:
+    def __next__(self) -> cf.Future[Any]:
         try:
             return next(self._items)  # counted when it completed, not here
         except BaseException:
@@ -280,6 +282,6 @@ class _Completions(_Items):
             raise
 
 
-def _take(done: queue.SimpleQueue, count: int) -> Iterator[cf.Future]:
+def _take(done: queue.SimpleQueue[cf.Future[Any]], count: int) -> Iterator[cf.Future[Any]]:
     for _ in range(count):
         yield done.get()

@@ -37,7 +37,7 @@ from .errors import RemoteError, SerializationError
 
 TYPE_CHECKING = False  # typing is not imported at run time: workers start faster without it
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, SupportsIndex
 
 PROTOCOL = 5
 _MAIN = b"__main__"
@@ -89,7 +89,7 @@ class _Raw:
     def __init__(self, obj: Any):
         self.obj = obj
 
-    def __reduce_ex__(self, protocol: int):
+    def __reduce_ex__(self, protocol: SupportsIndex):
         obj = self.obj
         if type(obj) is memoryview:
             if not obj.contiguous:
@@ -107,7 +107,8 @@ def _rebuild_memoryview(buffer: Any, fmt: str, shape: tuple) -> memoryview:
     view = memoryview(buffer)
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
-    return view if fmt == "B" and len(shape) == 1 else view.cast(fmt, shape)
+    # typeshed lists the format letters one by one; fmt is whatever the sender's view had.
+    return view if fmt == "B" and len(shape) == 1 else view.cast(fmt, shape)  # type: ignore[call-overload]
 
 
 def _collector(threshold: int) -> _Buffers:
@@ -141,7 +142,7 @@ def _wrap_raw(obj: Any, threshold: int, depth: int = 3) -> Any:
         if len(obj) > _SCAN_MAX_ITEMS:
             return obj
         items = [_wrap_raw(x, threshold, depth - 1) for x in obj]
-        if all(a is b for a, b in zip(items, obj)):
+        if all(a is b for a, b in zip(items, obj, strict=False)):
             return obj
         return tuple(items) if kind is tuple else items
     if kind is dict and len(obj) <= _SCAN_MAX_ITEMS:

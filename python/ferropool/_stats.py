@@ -225,7 +225,7 @@ class PoolStats:
                 )
             widths = [max(len(r[i]) for r in rows) for i in range(len(columns) - 1)]
             for r in rows:
-                lines.append("  " + "  ".join(c.rjust(wd) for c, wd in zip(r, widths)) + "  " + r[-1])
+                lines.append("  " + "  ".join(c.rjust(wd) for c, wd in zip(r, widths, strict=False)) + "  " + r[-1])
         return "\n".join(lines)
 
 

@@ -28,6 +28,8 @@ from ferropool._executor import PoolExecutor, is_coroutine_function
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ferropool._stats import PoolStats
 
 __all__ = ["ThreadPool"]
@@ -135,7 +137,12 @@ class EventLoopThread:
         future = self._asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         self.pending.add(future)
         future.add_done_callback(self.pending.discard)
-        future.add_done_callback(lambda f, c=coroutine: f.cancelled() and _close_if_never_started(c))
+
+        def close_if_cancelled(f: Future) -> None:
+            if f.cancelled():
+                _close_if_never_started(coroutine)
+
+        future.add_done_callback(close_if_cancelled)
         return future
 
     def close(self, wait: bool, cancel: bool) -> None:
@@ -232,7 +239,7 @@ class ThreadPool(PoolExecutor):
         room = self._room
         if room is not None and not room.take():
             raise self._closed_error()
-        future = Future()
+        future: Future[Any] = Future()
         if room is not None:
             future.add_done_callback(room.give)
         # The lock makes "queued" and "thread started" one step, so shutdown(wait=True) waits for
@@ -258,6 +265,7 @@ class ThreadPool(PoolExecutor):
 
     def _closed_error(self) -> Exception:
         """Returns the error for a submit that the closed queue refused."""
+        error: Exception
         if self._broken:
             error = self._broken_error()
             error.__suppress_context__ = True
@@ -280,7 +288,7 @@ class ThreadPool(PoolExecutor):
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             # The worker holds only a weak reference to the pool: a forgotten pool closes its
             # queue when collected, and its threads drain it and exit.
-            pool_ref = weakref.ref(self, lambda _, q=queue: q.close())
+            pool_ref = weakref.ref(self, lambda _: queue.close())
             t = threading.Thread(
                 name=f"{self._thread_name_prefix}_{len(self._threads)}",
                 target=_worker,

@@ -120,6 +120,8 @@ class _InstallOnImport:
         else:
             return None
         loader, sender, level = spec.loader, self.sender, self.level
+        if loader is None:  # nothing will run the module: nothing to hook
+            return spec
         run = loader.exec_module
 
         def exec_module(module) -> None:
@@ -128,7 +130,8 @@ class _InstallOnImport:
 
             install_in_worker(sender, level)
 
-        loader.exec_module = exec_module  # this spec's own loader instance
+        # Patches this spec's own loader instance, not its class.
+        loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
 
 

@@ -110,7 +110,7 @@ class RemoteError(FerropoolError):
         self.type_name = type_name
         self.message = message
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str]]:
         return (RemoteError, (self.type_name, self.message))
 
 
@@ -123,6 +123,14 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers import this module, and typing is slow
+if TYPE_CHECKING:
+    from concurrent.futures.process import BrokenProcessPool
+
+    class BrokenPoolError(FerropoolError, BrokenProcessPool):
+        """Declared for type checkers and linters; the class is made by ``_make_broken_pool_error``."""
 
 
 def _make_broken_pool_error() -> type:
@@ -141,7 +149,7 @@ def _make_broken_pool_error() -> type:
     return BrokenPoolError
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     if name == "BrokenPoolError":
         cls = globals()["BrokenPoolError"] = _make_broken_pool_error()
         return cls

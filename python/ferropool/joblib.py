@@ -24,12 +24,17 @@ executor, so that a loop of small ``Parallel`` calls does not start workers each
 from __future__ import annotations
 
 import atexit
-import os
 import threading
 import weakref
 
 from joblib import register_parallel_backend
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase
+
+from ._util import usable_cpu_count
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._executor import PoolExecutor
 
 __all__ = ["FerropoolBackend", "FerropoolThreadsBackend"]
 
@@ -37,7 +42,7 @@ _pools: dict = {}
 _pools_lock = threading.Lock()
 
 
-def _pool(kind: str, n_jobs: int):
+def _pool(kind: str, n_jobs: int) -> PoolExecutor:
     """Returns the shared pool of ``kind`` with ``n_jobs`` workers, starting it if needed."""
     with _pools_lock:
         pool = _pools.get((kind, n_jobs))
@@ -63,14 +68,8 @@ def _shutdown_pools() -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-class FerropoolBackend(AutoBatchingMixin, ParallelBackendBase):
+# joblib ships no type information: its base classes are Any to mypy.
+class FerropoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
     """joblib backend ``"ferropool"``: batches run in a ferropool ``ProcessPool``."""
 
     _kind = "process"
@@ -81,7 +80,7 @@ class FerropoolBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def __init__(self, nesting_level=None, inner_max_num_threads=None, **backend_kwargs):
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads, **backend_kwargs)
-        self._pool = None
+        self._pool: PoolExecutor | None = None
         self._futures: weakref.WeakSet = weakref.WeakSet()
 
     def effective_n_jobs(self, n_jobs):
@@ -92,7 +91,7 @@ class FerropoolBackend(AutoBatchingMixin, ParallelBackendBase):
         if n_jobs is None:
             return 1
         if n_jobs < 0:
-            return max(_cpu_count() + 1 + n_jobs, 1)
+            return max(usable_cpu_count() + 1 + n_jobs, 1)
         return n_jobs
 
     def configure(self, n_jobs=1, parallel=None, prefer=None, require=None, **backend_kwargs):
@@ -104,6 +103,8 @@ class FerropoolBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def submit(self, func, callback=None):
         """Schedules one batch (a ``BatchedCalls``) and returns its ``concurrent.futures.Future``."""
+        if self._pool is None:
+            raise RuntimeError("the ferropool joblib backend has no pool: joblib calls configure() first")
         future = self._pool.submit(func)
         self._futures.add(future)
         if callback is not None:

@@ -49,7 +49,7 @@ from ._core import OwnerDiedWarning
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, SupportsIndex
 
 __all__ = [
     "Array",
@@ -98,7 +98,7 @@ def _core_base(cls: type) -> type:
     raise TypeError(f"{cls.__name__} is not a shared object class")
 
 
-def _rebuild(cls: type, pid: int, fd: int, segment_id: int, args: tuple, state: Any = None) -> Any:
+def _rebuild(cls: type, pid: int, fd: int, segment_id: int, args: tuple[Any, ...], state: Any = None) -> Any:
     """Unpickle a shared object: the one already in this process, or a new mapping of it."""
     obj = _live.get(segment_id)
     if obj is None or type(obj) is not cls:
@@ -119,10 +119,10 @@ class _Shared:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         _live[self._id] = self
 
-    def _args(self) -> tuple:
+    def _args(self) -> tuple[Any, ...]:
         return ()
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), os.getpid(), self._fd, self._id, self._args()))
 
     def __repr__(self) -> str:
@@ -224,7 +224,7 @@ class Barrier(_Shared, _core.SharedBarrier):
 
     __slots__ = ()
 
-    def _args(self) -> tuple:
+    def _args(self) -> tuple[Any, ...]:
         return (self.parties, self._action, self._timeout)
 
     def _describe(self) -> str:
@@ -255,14 +255,14 @@ class Queue(_Shared, _core.SharedQueue):
 
     __slots__ = ()
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_queue, (type(self), os.getpid(), self._fd, self._id, self._spill_fd))
 
     def _describe(self) -> str:
         return f"qsize={self.qsize()} maxsize={self.maxsize}"
 
 
-def _rebuild_queue(cls: type, pid: int, fd: int, segment_id: int, spill_fd: int) -> Queue:
+def _rebuild_queue(cls: type[Queue], pid: int, fd: int, segment_id: int, spill_fd: int) -> Queue:
     """Unpickle a ``Queue``: as ``_rebuild``, with the queue's spill file beside its segment."""
     obj = _live.get(segment_id)
     if obj is None or type(obj) is not cls:
@@ -320,7 +320,7 @@ class Value(_Shared, _core.SharedValue):
             raise AttributeError("this Value was made with lock=False and has no lock")
         return self._lock
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), os.getpid(), self._fd, self._id, (self.typecode,), self._lock))
 
     def _set_state(self, lock: RLock | None) -> None:
@@ -363,14 +363,15 @@ def _shared_array_class() -> Any:
     if _array_class is None:
         np = _numpy()
 
-        class SharedArray(np.ndarray):
+        # numpy is imported on first use, so its class is not a static base here.
+        class SharedArray(np.ndarray):  # type: ignore[misc,name-defined]
             """A numpy array in shared memory (see ``ferropool.shared.Array``). Views of it
             pickle by reference too; arrays computed from it are ordinary copies."""
 
             def __array_finalize__(self, obj: Any) -> None:
                 self._memory = getattr(obj, "_memory", None)
 
-            def __reduce_ex__(self, protocol: int) -> Any:
+            def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
                 view = _segment_view(self)
                 if view is None:
                     return np.asarray(self).__reduce_ex__(protocol)
@@ -383,14 +384,14 @@ def _shared_array_class() -> Any:
     return _array_class
 
 
-def _segment_view(a: Any) -> tuple | None:
+def _segment_view(a: Any) -> tuple[Any, ...] | None:
     """Return ``(pid, fd, id, dtype, shape, strides, offset)`` if ``a`` lies in its segment."""
     memory = getattr(a, "_memory", None)
     if memory is None:
         return None
     start = a.__array_interface__["data"][0] - memory.address
     lo = hi = start
-    for n, stride in zip(a.shape, a.strides):
+    for n, stride in zip(a.shape, a.strides, strict=True):
         if n == 0:
             lo, hi = start, start - a.itemsize
             break
@@ -404,7 +405,7 @@ def _segment_view(a: Any) -> tuple | None:
     return (os.getpid(), seg._fd, seg._id, a.dtype, a.shape, a.strides, start)
 
 
-def _view(memory: _Memory, dtype: Any, shape: tuple, strides: Any, offset: int) -> Any:
+def _view(memory: _Memory, dtype: Any, shape: tuple[int, ...], strides: Any, offset: int) -> Any:
     np = _numpy()
     base = np.ndarray(shape, dtype, buffer=memory.mmap, offset=memory.segment.offset + offset, strides=strides)
     arr = base.view(_shared_array_class())
@@ -412,7 +413,9 @@ def _view(memory: _Memory, dtype: Any, shape: tuple, strides: Any, offset: int) 
     return arr
 
 
-def _rebuild_array(pid: int, fd: int, segment_id: int, dtype: Any, shape: tuple, strides: tuple, offset: int) -> Any:
+def _rebuild_array(
+    pid: int, fd: int, segment_id: int, dtype: Any, shape: tuple[int, ...], strides: tuple[int, ...], offset: int
+) -> Any:
     memory = _live.get(segment_id)
     if memory is None:
         segment = _core.SharedMemory(0, _attach=(_reopen_segment(pid, fd), segment_id))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import html
 import math
 import os
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["check_path", "write"]
 
@@ -17,7 +19,7 @@ COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 W, H, LEFT, RIGHT, TOP, BOTTOM = 560, 300, 60, 190, 30, 40
 
 
-def check_path(path: str):
+def check_path(path: str) -> str | None:
     """Return why ``path`` cannot be written as a plot (one line), or None if it can."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".html", ".htm", ".png"):
@@ -33,7 +35,7 @@ def check_path(path: str):
     return None
 
 
-def _series(wl: dict):
+def _series(wl: dict[str, Any]) -> Iterator[tuple[str, list[tuple[int, float]]]]:
     """Yield ``(strategy, [(workers, median_s), ...])`` for every strategy with timed rows."""
     for name, entry in wl.get("strategies", {}).items():
         points = [
@@ -45,7 +47,7 @@ def _series(wl: dict):
             yield name, points
 
 
-def _svg(title: str, wl: dict) -> str:
+def _svg(title: str, wl: dict[str, Any]) -> str:
     series = list(_series(wl))
     xs = sorted({x for _, pts in series for x in (p[0] for p in pts)}) or [1]
     ys = [p[1] for _, pts in series for p in pts]
@@ -93,7 +95,7 @@ def _svg(title: str, wl: dict) -> str:
     return "\n".join(out)
 
 
-def _html(report: dict) -> str:
+def _html(report: dict[str, Any]) -> str:
     m = report["machine"]
     parts = [
         "<!DOCTYPE html>",
@@ -112,7 +114,7 @@ def _html(report: dict) -> str:
     return "\n".join(parts)
 
 
-def _png(report: dict, path: str) -> None:
+def _png(report: dict[str, Any], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +122,7 @@ def _png(report: dict, path: str) -> None:
 
     shown = [(n, wl) for n, wl in report["workloads"].items() if wl.get("available")]
     fig, axes = plt.subplots(len(shown) or 1, 1, figsize=(8, 3.2 * max(1, len(shown))), squeeze=False)
-    for ax, (name, wl) in zip(axes[:, 0], shown):
+    for ax, (name, wl) in zip(axes[:, 0], shown, strict=False):  # one spare axis when nothing ran
         for strategy, pts in _series(wl):
             if strategy == "serial" and len(pts) == 1:
                 ax.axhline(pts[0][1], linestyle="--", color="grey", label=strategy)
@@ -136,7 +138,7 @@ def _png(report: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write(report: dict, path: str) -> None:
+def write(report: dict[str, Any], path: str) -> None:
     """Write the chart of ``report`` to ``path`` (.html or .png, see :func:`check_path`)."""
     if path.lower().endswith(".png"):
         _png(report, path)

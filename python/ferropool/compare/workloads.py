@@ -20,11 +20,15 @@ import inspect
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from . import _workloads as w
-from ._compare_server import BODY
+from . import tasks as w
+from .server import BODY
+
+if TYPE_CHECKING:
+    from .server import DelayServer
 
 __all__ = ["BUILTIN", "Skipped", "TargetError", "Workload", "build_workloads", "check_target", "load_target"]
 
@@ -53,11 +57,11 @@ class Workload:
     name: str
     description: str
     kind: str  # "cpu", "io", or "user" (unknown: swept like io)
-    fn: Callable | None
-    afn: Callable | None
-    items: tuple
-    expect: list | None
-    warmup_items: tuple
+    fn: Callable[[Any], Any] | None
+    afn: Callable[[Any], Awaitable[Any]] | None
+    items: tuple[Any, ...]
+    expect: list[Any] | None
+    warmup_items: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -69,19 +73,21 @@ class Skipped:
     reason: str
 
 
-def build_workloads(names, *, quick: bool, cores: int, server=None) -> list:
+def build_workloads(
+    names: Iterable[str], *, quick: bool, cores: int, server: DelayServer | None = None
+) -> list[Workload | Skipped]:
     """Return a Workload or Skipped for each of ``names``, sized for ``cores``.
 
     Default sizes keep every workload's serial batch at about 0.2-0.3 s, so the
     whole default run stays within about two minutes on 2 cores; ``quick`` makes
     them tiny.  Calibrates the CPU loop here (blocks ~0.1 s).  ``server`` is the
-    running :class:`~ferropool._compare_server.DelayServer`, or None if aiohttp
+    running :class:`~ferropool.compare.server.DelayServer`, or None if aiohttp
     is missing.
     """
     cpu_tasks = 4 if quick else max(8, 4 * cores)
     io_tasks = 8 if quick else max(12, 4 * cores)
     io_ms = 2 if quick else HTTP_DELAY_MS
-    out: list = []
+    out: list[Workload | Skipped] = []
     for name in names:
         if name == "cpu":
             task_s = 0.005 if quick else 0.2 / cpu_tasks
@@ -154,12 +160,12 @@ def build_workloads(names, *, quick: bool, cores: int, server=None) -> list:
     return out
 
 
-def _same(name: str, description: str, fn: Callable, arg, n: int, warmup_arg) -> Workload:
+def _same(name: str, description: str, fn: Callable[[Any], Any], arg: Any, n: int, warmup_arg: Any) -> Workload:
     """A workload of ``n`` identical calls ``fn(arg)``; the expected result is computed here, once."""
     return Workload(name, description, BUILTIN[name][0], fn, None, (arg,) * n, [fn(arg)] * n, (warmup_arg,))
 
 
-def _array_workload(name: str, n_tasks: int, length: int):
+def _array_workload(name: str, n_tasks: int, length: int) -> Workload | Skipped:
     description = f"{n_tasks} x sin-sum of a {length * 8 / 2**20:g} MiB float64 array passed as argument"
     try:
         import numpy as np
@@ -218,12 +224,13 @@ def check_target(wl: Workload) -> float:
         if wl.fn is not None:
             for item in wl.items:
                 wl.fn(item)
-        else:
+        elif wl.afn is not None:
+            afn = wl.afn
 
-            async def in_turn():
+            async def in_turn() -> None:
                 nonlocal item
                 for item in wl.items:
-                    await wl.afn(item)
+                    await afn(item)
 
             asyncio.run(in_turn())
     except (Exception, SystemExit) as exc:

@@ -23,11 +23,12 @@ HAVE_PROC = os.path.isdir("/proc/self/task")
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 
 
-def descendants(root: int | None = None) -> set:
+def descendants(root: int | None = None) -> set[int]:
     """Return the pids of every live descendant of ``root`` (default: this process); empty without /proc."""
     if not HAVE_PROC:
         return set()
-    found, todo = set(), [os.getpid() if root is None else root]
+    found: set[int] = set()
+    todo = [os.getpid() if root is None else root]
     while todo:
         pid = todo.pop()
         try:
@@ -92,7 +93,7 @@ def self_peak_rss_bytes() -> int:
     return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB elsewhere
 
 
-def _machine_ticks() -> tuple:
+def _machine_ticks() -> tuple[int, int]:
     with open("/proc/stat") as f:
         fields = [int(v) for v in f.readline().split()[1:]]
     idle = fields[3] + fields[4]  # idle, iowait

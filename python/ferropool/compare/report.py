@@ -1,6 +1,6 @@
 """How ``ferropool compare`` shows its results: the recommendation, the table, and the progress line.
 
-The recommendation reads a workload's report (see ``run_compare``) by family:
+The recommendation reads a workload's report (see ``measure.run_compare``) by family:
 threads (``ThreadPoolExecutor``, ``ferropool.ThreadPool``), processes, processes
 x threads (``HybridPool``), asyncio, and ``auto``; each family's figure is its
 best speedup over every worker count.  A family must beat serial by
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any, TextIO
 
-from ._compare_strategies import SERIAL, STRATEGIES
+from .strategies import SERIAL, STRATEGIES
 
 __all__ = ["SIGNIFICANT", "WORTHWHILE", "Progress", "format_report", "recommend"]
 
@@ -30,18 +31,18 @@ FULL_CORE = 0.85
 FAMILY = {s.name: s.family for s in STRATEGIES}
 
 
-def _best_row(entry: dict) -> dict | None:
+def _best_row(entry: dict[str, Any]) -> dict[str, Any] | None:
     """Return the row with the fewest workers among those within NEAR_BEST of the entry's best speedup."""
-    rows = [r for r in entry.get("by_workers", []) if r.get("available") and "speedup" in r]
+    rows: list[dict[str, Any]] = [r for r in entry.get("by_workers", []) if r.get("available") and "speedup" in r]
     if not rows:
         return None
     top = max(r["speedup"] for r in rows)
     return next(r for r in rows if r["speedup"] >= top / NEAR_BEST)
 
 
-def _family_best(strategies: dict) -> dict:
+def _family_best(strategies: dict[str, Any]) -> dict[str, tuple[float, str, dict[str, Any]]]:
     """Return ``{family: (speedup, strategy name, row)}`` for every family with a timed row."""
-    best: dict = {}
+    best: dict[str, tuple[float, str, dict[str, Any]]] = {}
     for name, entry in strategies.items():
         family = FAMILY.get(name)
         row = _best_row(entry)
@@ -64,7 +65,7 @@ def _x(speedup: float) -> str:
     return f"{speedup:.1f}x" if speedup >= 0.1 else f"{speedup:.2g}x"
 
 
-def _overhead(wl: dict, row: dict) -> str:
+def _overhead(wl: dict[str, Any], row: dict[str, Any]) -> str:
     """Return ', ~N us per task against M us of work' when the work per task is tiny, else ''."""
     serial = _best_row(wl["strategies"].get(SERIAL, {}))
     tasks = wl.get("tasks")
@@ -74,7 +75,7 @@ def _overhead(wl: dict, row: dict) -> str:
     return f": {cost * 1e6:.1f} us per task against {work * 1e6:.2g} us of work"
 
 
-def _use(name: str, row: dict) -> str:
+def _use(name: str, row: dict[str, Any]) -> str:
     """Return how to write the recommended strategy in code."""
     if name == "asyncio":
         return f"asyncio (gather under an asyncio.Semaphore({row['workers']}))"
@@ -86,12 +87,12 @@ def _use(name: str, row: dict) -> str:
     return f"{name}(max_workers={row['workers']})"
 
 
-def recommend(wl_name: str, wl: dict, cores: int) -> str:
+def recommend(wl_name: str, wl: dict[str, Any], cores: int) -> str:
     """Return a one-line recommendation for a workload's report, with the measured reason."""
     return _recommend(wl_name, wl, cores) + _contention(wl, cores)
 
 
-def _recommend(wl_name: str, wl: dict, cores: int) -> str:
+def _recommend(wl_name: str, wl: dict[str, Any], cores: int) -> str:
     best = _family_best(wl["strategies"])
     if not best:
         return f"{wl_name}: nothing could be measured against serial -> see the errors above"
@@ -133,7 +134,7 @@ def _recommend(wl_name: str, wl: dict, cores: int) -> str:
     return f"{wl_name}: {why} -> use {_use(name, row)}"
 
 
-def _contention(wl: dict, cores: int) -> str:
+def _contention(wl: dict[str, Any], cores: int) -> str:
     """Return a caution to append when serial CPU-bound work did not get a whole core, else ''."""
     serial = _best_row(wl["strategies"].get(SERIAL, {}))
     util = serial.get("cpu_utilisation") if serial else None
@@ -154,7 +155,7 @@ def _fmt_s(s: float) -> str:
     return f"{s * 1e3:.1f} ms" if s >= 1e-3 else f"{s * 1e6:.0f} us"
 
 
-def _workers(row: dict) -> str:
+def _workers(row: dict[str, Any]) -> str:
     return f"{row['shape']} worker" + ("" if row["shape"] == "1" else "s")
 
 
@@ -165,14 +166,14 @@ def _fmt_mib(n: int | None) -> str:
 HEADERS = ("strategy", "workers", "median", "min - max", "speedup", "eff/core", "CPU", "workers' RSS")
 
 
-def format_report(report: dict) -> str:
-    """Return the human-readable table of a report from ``run_compare``."""
+def format_report(report: dict[str, Any]) -> str:
+    """Return the human-readable table of a report from ``measure.run_compare``."""
     m, cfg = report["machine"], report["config"]
     lines = [
         f"ferropool compare: {m['usable_cores']} usable cores, Python {m['python']}, "
         f"median of {cfg['repeats']} runs after a warm-up, at each worker count"
     ]
-    unavailable: dict = {}  # the same for every workload: said once, below the tables
+    unavailable: dict[str, str] = {}  # the same for every workload: said once, below the tables
     for name, wl in report["workloads"].items():
         lines += ["", f"{name}: {wl['description']}"]
         if not wl.get("available"):
@@ -207,7 +208,7 @@ def format_report(report: dict) -> str:
                     notes.append(f"  {strategy}: {error}")
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(HEADERS)]
         for r in [HEADERS, *rows]:
-            lines.append("  " + "  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip())
+            lines.append("  " + "  ".join(c.ljust(wd) for c, wd in zip(r, widths, strict=True)).rstrip())
         lines += notes  # errors can be long: keep them out of the columns
         lines.append(f"  -> {wl['recommendation']}")
     lines.append("")
@@ -241,7 +242,7 @@ class Progress:
     ``quiet`` shows nothing.  Never raises on a closed stream.
     """
 
-    def __init__(self, *, quiet: bool = False, stream=None) -> None:
+    def __init__(self, *, quiet: bool = False, stream: TextIO | None = None) -> None:
         self.stream = sys.stderr if stream is None else stream
         self.quiet = quiet
         self.tty = not quiet and self.stream.isatty()

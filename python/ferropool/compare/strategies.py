@@ -31,7 +31,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ._workloads import add_one, close_loop_sessions, run_async
+from .tasks import add_one, close_loop_sessions, run_async
 
 __all__ = ["SERIAL", "STDLIB_START_METHOD", "STRATEGIES", "Runner", "Strategy", "Unavailable", "prepare"]
 
@@ -114,6 +114,8 @@ class AsyncioRunner(Runner):
     of ``workers`` threads, which is what ``asyncio.to_thread`` does (with the loop's default
     pool): for sync work this strategy is threads plus the loop's overhead.
     """
+
+    workers: int
 
     def __init__(self, workers: int) -> None:
         self.workers, self.shape = workers, str(workers)

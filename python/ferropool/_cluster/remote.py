@@ -39,9 +39,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ._executor import PoolExecutor, TaskOptions, run_chunk
-from ._process import _check_seconds
-from ._serialize import (
+from .._executor import PoolExecutor, TaskOptions, run_chunk
+from .._serialize import (
     PROTOCOL,
     _cloud,
     _fails,
@@ -52,8 +51,9 @@ from ._serialize import (
     loads,
     loads_exception,
 )
-from ._stats import PoolStats
-from .errors import SerializationError, TaskTimeoutError, WorkerDiedError
+from .._stats import PoolStats
+from .._util import check_seconds
+from ..errors import SerializationError, TaskTimeoutError, WorkerDiedError
 
 #: Arrays at least this large (bytes) go through the engine's own data path by default.
 SHARE_THRESHOLD = 1 << 20
@@ -287,7 +287,7 @@ class RemotePool(PoolExecutor):
     _engine_name = "engine"
 
     def __init__(self, *, task_timeout: float | None, share_threshold: int | None) -> None:
-        self._task_timeout = _check_seconds("task_timeout", task_timeout)
+        self._task_timeout = check_seconds("task_timeout", task_timeout)
         self._share_threshold = share_threshold
         self._shared: dict[int, Any] = {}  # id(array) -> engine handle, while the array lives
         self._shared_lock = threading.Lock()
@@ -343,7 +343,7 @@ class RemotePool(PoolExecutor):
     def options(self, *, task_timeout: float | None) -> TaskOptions:
         """Returns a view of this pool whose ``submit`` and ``map`` apply ``task_timeout``
         (seconds; ``None`` for no limit), as ``ProcessPool.options`` does."""
-        return TaskOptions(self, _check_seconds("task_timeout", task_timeout))
+        return TaskOptions(self, check_seconds("task_timeout", task_timeout))
 
     def _submit(self, fn, args: tuple, kwargs: dict, task_timeout: float | None, shown) -> cf.Future:
         if self._shutdown:
@@ -451,7 +451,7 @@ class RemotePool(PoolExecutor):
         and ``mean_task_s``, the mean run time in the workers (None before any task ended).
         ``map`` counts each chunk as one task."""
         with self._futures_lock:
-            snap = dict(self._stats)
+            snap: dict[str, Any] = dict(self._stats)
             snap["running"] = len(self._futures)
             snap["mean_task_s"] = self._run_ns / self._timed_runs / 1e9 if self._timed_runs else None
             busy_s = self._run_ns / 1e9

@@ -1,12 +1,12 @@
 """``DaskPool``: ferropool's executor API on a Dask distributed cluster.
 
-Each task is one Dask task running ``_remote.run_task`` (see ``_remote`` for the data flow).
+Each task is one Dask task running ``remote.run_task`` (see ``remote`` for the data flow).
 Finished Dask futures are handed by Dask's callback thread to a collector thread that fetches
 their outcomes in batches (one ``client.gather`` per batch, not one round trip per task).
 
 What Dask lacks and this adds (dask/distributed#391): stopping a running task. ``cancel()`` and
 timeouts call ``client.cancel(force=True)`` — which drops a queued task but lets a running one
-run on — and then ``_remote.stop_task`` on the workers: it raises in the task's thread, and
+run on — and then ``remote.stop_task`` on the workers: it raises in the task's thread, and
 kills the worker process (its nanny starts a new one) if the task is blocked in C for a second.
 """
 
@@ -24,7 +24,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
         "ferropool.DaskPool needs Dask distributed: pip install 'ferropool[dask]'", name=exc.name
     ) from exc
 
-from ._remote import SHARE_THRESHOLD, RemoteFuture, RemotePool, died, run_task, stop_task
+from .remote import SHARE_THRESHOLD, RemoteFuture, RemotePool, died, run_task, stop_task
 
 __all__ = ["DaskPool"]
 
@@ -151,4 +151,6 @@ class DaskPool(RemotePool):
             self._client.close()
 
     def __repr__(self) -> str:
-        return f"<DaskPool max_workers={self._max_workers} scheduler={self._client.scheduler.address!r}>"
+        # A closed client has no scheduler (None): its pool still has a repr.
+        scheduler = getattr(self._client.scheduler, "address", None)
+        return f"<DaskPool max_workers={self._max_workers} scheduler={scheduler!r}>"

@@ -1,8 +1,8 @@
-"""``ferropool compare``: time workloads serially and with each strategy at several worker counts, then recommend one.
+"""The timing loop of ``ferropool compare``: every strategy at every worker count, serial alongside.
 
-For each workload (built-in, see ``_compare_workloads.BUILTIN``, or the user's
+For each workload (built-in, see ``workloads.BUILTIN``, or the user's
 ``module:function``) and each worker count of its sweep (1, 2, the usable cores,
-and twice the cores for I/O), every strategy of ``_compare_strategies`` is
+and twice the cores for I/O), every strategy of ``strategies`` is
 built fresh, started, warmed up on the workload, and timed for ``repeats``
 batches, together with serial: the repeats are interleaved across the strategies
 of one worker count, so that background load drifting during the run does not
@@ -12,8 +12,8 @@ utilisation (CPU seconds of this process and the strategy's worker processes
 over wall seconds, as a share of the usable cores) and the workers' peak RSS.
 Every runner is closed after its worker count, even on error or Ctrl-C.
 
-Flow: ``run`` (command line) -> ``run_compare`` -> ``_measure`` per workload
--> ``_compare_report`` (recommendation, table) and ``_compare_plot``.
+Flow: ``cli.run`` (command line) -> ``run_compare`` -> ``_measure`` per workload
+-> ``report`` (recommendation, table) and ``plot``.
 
 A strategy that cannot exist here (a ferropool class this version lacks) is
 reported as unavailable with the reason; one that fails is reported with its
@@ -22,33 +22,27 @@ error; the others still run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from statistics import median
+from typing import Any
 
-from . import _compare_usage as usage
-from ._compare_report import Progress, format_report, recommend
-from ._compare_strategies import SERIAL, STDLIB_START_METHOD, STRATEGIES, Strategy, Unavailable, prepare
-from ._compare_workloads import BUILTIN, Skipped, TargetError, Workload, build_workloads, check_target, load_target
+from .._util import usable_cpu_count
+from . import usage
+from .report import Progress, recommend
+from .strategies import SERIAL, STDLIB_START_METHOD, STRATEGIES, Runner, Strategy, Unavailable, prepare
+from .workloads import Skipped, Workload
 
-__all__ = ["STRATEGIES", "add_arguments", "recommend", "run", "run_compare"]
+__all__ = ["SCHEMA", "run_compare", "worker_sweep"]
 
-WORKLOAD_NAMES = tuple(BUILTIN)
-STRATEGY_NAMES = tuple(s.name for s in STRATEGIES)
 SCHEMA = 2
 MIN_CPU_WALL_S = 0.2
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def worker_sweep(kind: str, cores: int) -> tuple:
+def worker_sweep(kind: str, cores: int) -> tuple[int, ...]:
     """Return the worker counts to time: 1, 2 and ``cores``; for I/O and user code also ``2 * cores``."""
     counts = {1, 2, cores} | ({2 * cores} if kind != "cpu" else set())
     return tuple(sorted(counts))
@@ -57,10 +51,10 @@ def worker_sweep(kind: str, cores: int) -> tuple:
 class _Timed:
     """One runner being timed on one workload: its wall and CPU seconds per batch."""
 
-    def __init__(self, strategy: Strategy, runner, pids: set) -> None:
+    def __init__(self, strategy: Strategy, runner: Runner, pids: set[int]) -> None:
         self.strategy, self.runner, self.pids = strategy, runner, pids
-        self.wall: list = []
-        self.cpu: list = []
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
 
     def time_once(self, wl: Workload) -> None:
         cpu0 = usage.self_cpu_s() + (usage.cpu_s(self.pids) or 0.0)
@@ -72,7 +66,7 @@ class _Timed:
         if wl.expect is not None and list(results) != wl.expect:
             raise AssertionError(f"wrong results from {wl.name}")
 
-    def summary(self, cores: int) -> dict:
+    def summary(self, cores: int) -> dict[str, Any]:
         return {
             "workers": self.runner.workers,
             "shape": self.runner.shape,
@@ -88,7 +82,7 @@ class _Timed:
         }
 
 
-def _error(workers, exc: BaseException, when: str = "") -> dict:
+def _error(workers: int | None, exc: BaseException, when: str = "") -> dict[str, Any]:
     return {
         "workers": workers,
         "shape": str(workers or "-"),
@@ -98,7 +92,13 @@ def _error(workers, exc: BaseException, when: str = "") -> dict:
 
 
 def _start(
-    s: Strategy, n: int | None, wl: Workload, cores: int, stack: ExitStack, rows: dict, unavailable: dict
+    s: Strategy,
+    n: int | None,
+    wl: Workload,
+    cores: int,
+    stack: ExitStack,
+    rows: dict[str, list[dict[str, Any]]],
+    unavailable: dict[str, str],
 ) -> _Timed | None:
     """Build, start and warm up ``s`` with ``n`` workers (closed by ``stack``); None if it could not.
 
@@ -134,9 +134,9 @@ def _measure(
     *,
     repeats: int,
     cores: int,
-    unavailable: dict,
+    unavailable: dict[str, str],
     progress: Progress,
-) -> dict:
+) -> dict[str, Any]:
     """Time ``wl`` with every strategy at every worker count of ``sweep``; return ``{strategy: entry}``.
 
     Serial is timed again at every worker count, interleaved with the pools, and each row's
@@ -145,7 +145,7 @@ def _measure(
     making later pools look slow (or, had it stopped, fast).  Serial's own row pools all its runs.
     Strategies that raise Unavailable are added to ``unavailable`` (name -> reason) and not built again.
     """
-    rows: dict = {s.name: [] for s in strategies}
+    rows: dict[str, list[dict[str, Any]]] = {s.name: [] for s in strategies}
     with ExitStack() as outer:
         serial = next(
             (_start(s, None, wl, cores, outer, rows, unavailable) for s in strategies if s.name == SERIAL), None
@@ -190,7 +190,7 @@ def _measure(
     return out
 
 
-def _add_ratios(strategies: dict, cores: int) -> None:
+def _add_ratios(strategies: dict[str, Any], cores: int) -> None:
     """Add speedup over serial (at the same worker count) and efficiency per core to every timed row (in place)."""
     for entry in strategies.values():
         for r in entry.get("by_workers", []):
@@ -200,24 +200,24 @@ def _add_ratios(strategies: dict, cores: int) -> None:
 
 
 def run_compare(
-    workloads: Sequence,
+    workloads: Sequence[Workload | Skipped],
     *,
     strategies: Sequence[Strategy] = STRATEGIES,
     repeats: int,
     workers: Sequence[int] | None = None,
     quick: bool = False,
     progress: Progress | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Time ``workloads`` (Workload or Skipped) and return the JSON-ready report (see ``--json``).
 
     ``workers`` overrides each workload's sweep.  Blocks for the whole run.
     """
     t_start = time.perf_counter()
-    cores = usable_cores()
+    cores = usable_cpu_count()
     busy_at_start = usage.busy_cores()
     progress = progress or Progress(quiet=True)
     prepare(strategies)
-    unavailable: dict = {}
+    unavailable: dict[str, str] = {}
     report_wl = {}
     for index, wl in enumerate(workloads):
         progress.workload(wl.name, index, len(workloads))
@@ -264,142 +264,3 @@ def run_compare(
         "parent_peak_rss_bytes": usage.self_peak_rss_bytes(),
         "total_s": time.perf_counter() - t_start,
     }
-
-
-# ---------------------------------------------------------------- command line
-
-
-def _name_list(choices: Sequence[str], what: str) -> Callable[[str], list]:
-    def parse(text: str) -> list:
-        names = [n.strip() for n in text.split(",") if n.strip()]
-        if not names:
-            raise argparse.ArgumentTypeError(f"no {what} given (choose from {', '.join(choices)})")
-        for n in names:
-            if n not in choices:
-                raise argparse.ArgumentTypeError(f"unknown {what} {n!r} (choose from {', '.join(choices)})")
-        return list(dict.fromkeys(names))  # drop duplicates, keep order
-
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _int_list(text: str) -> list:
-    parts = [part for part in text.split(",") if part.strip()]
-    if not parts:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return sorted({_positive_int(part) for part in parts})
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``compare`` subcommand's options to ``parser``."""
-    parser.add_argument(
-        "target",
-        nargs="?",
-        metavar="MODULE:FUNCTION",
-        help="time your own function instead: calls FUNCTION(i) for i in range(--items); "
-        "an async def function is awaited",
-    )
-    parser.add_argument(
-        "--items", type=_positive_int, default=None, help="how many calls of the target per batch (default 20)"
-    )
-    parser.add_argument(
-        "--workload",
-        type=_name_list(WORKLOAD_NAMES, "workload"),
-        default=None,
-        metavar="LIST",
-        help=f"comma-separated built-in workloads (default: all of {','.join(WORKLOAD_NAMES)})",
-    )
-    parser.add_argument(
-        "--strategy",
-        type=_name_list(STRATEGY_NAMES, "strategy"),
-        default=None,
-        metavar="LIST",
-        help=f"comma-separated strategies (default: all; serial is always timed): {','.join(STRATEGY_NAMES)}",
-    )
-    parser.add_argument(
-        "--workers",
-        type=_int_list,
-        default=None,
-        metavar="LIST",
-        help="worker counts to sweep, e.g. 1,4,16 (default: 1, 2, cores; and 2x cores for I/O)",
-    )
-    parser.add_argument(
-        "--repeats",
-        type=_positive_int,
-        default=None,
-        help="timed runs per strategy and worker count (default 5; 3 with --quick)",
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny workloads: a smoke run of a few seconds")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    parser.add_argument(
-        "--plot",
-        metavar="FILE",
-        default=None,
-        help="write a chart of time against workers per strategy: .html (always) or .png (needs matplotlib)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress display on stderr")
-
-
-def _fail(message: str) -> int:
-    print(f"ferropool compare: {message}", file=sys.stderr)
-    return 2
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``ferropool compare`` with parsed ``args``; print the report; return the exit status.
-
-    Bad input (an unusable target, a plot file that cannot be written) prints one line on
-    stderr and returns 2 before anything is timed.
-    """
-    from . import _compare_plot
-
-    if args.target and args.workload:
-        return _fail("give either a MODULE:FUNCTION target or --workload, not both")
-    if args.items and not args.target:
-        return _fail("--items applies to a MODULE:FUNCTION target only")
-    if args.plot:
-        problem = _compare_plot.check_path(args.plot)
-        if problem:
-            return _fail(problem)
-    strategies = [s for s in STRATEGIES if s.name == SERIAL or not args.strategy or s.name in args.strategy]
-    repeats = args.repeats or (3 if args.quick else 5)
-    with ExitStack() as stack:
-        if args.target:
-            try:
-                workloads = [load_target(args.target, items=args.items or 20)]
-                check_target(workloads[0])  # the serial warm-up: a raising target stops here
-            except TargetError as exc:
-                return _fail(str(exc))
-        else:
-            names = args.workload or list(WORKLOAD_NAMES)
-            server = None
-            if {"http", "async_http"} & set(names):
-                server = _start_server(stack)
-            workloads = build_workloads(names, quick=args.quick, cores=usable_cores(), server=server)
-        progress = Progress(quiet=args.quiet)
-        report = run_compare(
-            workloads, strategies=strategies, repeats=repeats, workers=args.workers, quick=args.quick, progress=progress
-        )
-    if args.plot:
-        _compare_plot.write(report, args.plot)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 0
-
-
-def _start_server(stack: ExitStack):
-    """Start the local HTTP server (stopped by ``stack``); None if aiohttp is missing."""
-    from ._compare_server import DelayServer
-
-    try:
-        return stack.enter_context(DelayServer())
-    except ImportError:
-        return None

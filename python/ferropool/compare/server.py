@@ -63,7 +63,7 @@ class DelayServer:
     def __enter__(self) -> DelayServer:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def _serve(self) -> None:

@@ -1,6 +1,6 @@
 """``RayPool``: a ``concurrent.futures`` executor on Ray (what ray-project/ray#29456 asks for).
 
-Each task is one Ray task running ``_remote.run_task`` (see ``_remote`` for the data flow),
+Each task is one Ray task running ``remote.run_task`` (see ``remote`` for the data flow),
 declared with ``max_retries=0``: a task whose worker dies fails with ``WorkerDiedError`` at
 once, as on ``ProcessPool``, instead of Ray's default of running it up to three more times.
 Results come back through ``ObjectRef.future()``.
@@ -20,7 +20,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError("ferropool.RayPool needs Ray: pip install 'ferropool[ray]'", name=exc.name) from exc
 
-from ._remote import SHARE_THRESHOLD, RemoteFuture, RemotePool, died, run_task
+from .remote import SHARE_THRESHOLD, RemoteFuture, RemotePool, died, run_task
 
 __all__ = ["RayPool"]
 

@@ -1,7 +1,7 @@
 """Task functions for ``ferropool compare`` and the benchmark suite.
 
 Every task is a module-level function so that process pools can send it to
-workers by reference (pickle stores ``ferropool._workloads.<name>``; the worker
+workers by reference (pickle stores ``ferropool.compare.tasks.<name>``; the worker
 imports this module).  Nothing here depends on ferropool's pools, so the module
 also works while the Rust core is missing, and optional libraries (numpy,
 aiohttp, and also asyncio and urllib) are imported inside the tasks that need
@@ -25,6 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import time
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers import this module, and typing is slow
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Awaitable, Callable
+    from typing import Any
+
+    import aiohttp
 
 __all__ = [
     "add_one",
@@ -116,7 +124,7 @@ def http_get(url: str) -> int:
 
 # One aiohttp session per event loop, closed by close_loop_sessions(): a session per request
 # would charge connection set-up to every call, which is not how asyncio clients are written.
-_sessions: dict = {}
+_sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
 
 
 async def http_get_async(url: str) -> int:
@@ -147,14 +155,14 @@ async def close_loop_sessions() -> None:
         await session.close()
 
 
-def array_task(array) -> float:
+def array_task(array: Any) -> float:
     """Return the sum of ``sin(array)``: numpy work (GIL released) over an argument that is large to copy."""
     import numpy as np
 
     return float(np.sin(array).sum())
 
 
-def run_async(afn, arg):
+def run_async(afn: Callable[[Any], Awaitable[Any]], arg: Any) -> Any:
     """Run ``afn(arg)`` to completion in a new event loop and return its result.
 
     How a thread or process pool runs a coroutine function: each call pays for
@@ -162,7 +170,7 @@ def run_async(afn, arg):
     """
     import asyncio
 
-    async def call():
+    async def call() -> Any:
         try:
             return await afn(arg)
         finally:
