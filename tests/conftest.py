@@ -1,5 +1,6 @@
-"""Fixtures for the conformance suite: executor kinds, bounded executors, gates,
-and a teardown check that no child process outlives its test.
+"""Fixtures for every test file: executor kinds, bounded executors, gates, and a teardown check
+that no child process outlives its test. The conformance suite (``conformance/``) runs each of
+its tests on every executor kind; other files use the same kinds for their own behaviours.
 
 ``FERROPOOL_CONFORMANCE_TARGET`` picks the classes under test:
 

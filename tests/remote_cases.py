@@ -62,7 +62,7 @@ def test_map_chunks_and_keeps_order(rpool):
 
 def test_wait_as_completed_and_asyncio(rpool):
     futs = [rpool.submit(square, i) for i in range(20)]
-    done, not_done = cf.wait(futs, timeout=WAIT)
+    _, not_done = cf.wait(futs, timeout=WAIT)
     assert not not_done
     assert sorted(f.result() for f in cf.as_completed(futs, timeout=WAIT)) == sorted(i * i for i in range(20))
 

@@ -346,7 +346,7 @@ def test_map_unordered_async_yields_finished_items_first(make_executor, make_gat
 
     async def main():
         got = []
-        async for x in pool.map_unordered_async(block_on, [BLOCK] + list(range(20)), itertools.repeat(gate)):
+        async for x in pool.map_unordered_async(block_on, [BLOCK, *range(20)], itertools.repeat(gate)):
             # Later items arrive while the first is blocked. (Not necessarily all of them: a
             # process pool may have queued some at the blocked worker.)
             got.append(x)
@@ -355,7 +355,7 @@ def test_map_unordered_async_yields_finished_items_first(make_executor, make_gat
 
     got = arun(main())
     assert got[0] != BLOCK
-    assert collections.Counter(got) == collections.Counter([BLOCK] + list(range(20)))
+    assert collections.Counter(got) == collections.Counter([BLOCK, *range(20)])
 
 
 def test_map_unordered_async_raises_when_the_failing_item_arrives(make_executor):

@@ -35,7 +35,7 @@ def test_a_waiter_that_came_first_is_woken_by_the_ordinary_path():
     got = []
 
     def wait():
-        f._condition  # what result() does first: make the condition
+        _ = f._condition  # what result() does first: make the condition
         started.set()
         got.append(f.result(timeout=RESULT_TIMEOUT))
 
@@ -116,7 +116,7 @@ def test_every_callback_runs_exactly_once(pool):
 def test_cancel_racing_with_delivery_never_strands_a_future(pool):
     futures = [pool.submit(helpers.mul, i, 1) for i in range(N)]
     cancelled = [f for f in futures[::3] if f.cancel()]
-    done, not_done = cf.wait(futures, timeout=RESULT_TIMEOUT)
+    _, not_done = cf.wait(futures, timeout=RESULT_TIMEOUT)
     assert not not_done, f"{len(not_done)} futures never finished"
     for i, f in enumerate(futures):
         assert f.cancelled() == (f in cancelled)

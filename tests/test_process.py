@@ -371,7 +371,7 @@ def test_cancelled_futures_count_as_done_for_wait_and_as_completed(pool, gate_fa
     queued = [pool.submit(helpers.mul, i, 1) for i in range(300)]
     cancelled = [f for f in queued if f.cancel()]
     assert cancelled
-    done, not_done = cf.wait(cancelled, timeout=RESULT_TIMEOUT)
+    _, not_done = cf.wait(cancelled, timeout=RESULT_TIMEOUT)
     assert not not_done, "a cancelled future never counted as done"
     assert set(cf.as_completed(cancelled, timeout=RESULT_TIMEOUT)) == set(cancelled)
     release.set()

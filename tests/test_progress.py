@@ -60,7 +60,7 @@ class TtyStream(io.StringIO):
 
 def finished_futures(values):
     futures = [cf.Future() for _ in values]
-    for fut, value in zip(futures, values):
+    for fut, value in zip(futures, values, strict=True):
         fut.set_result(value)
     return futures
 
@@ -265,7 +265,7 @@ def test_fallback_without_total_shows_count_and_rate(no_tqdm, bars):
 
 
 def test_progress_over_list_closes_early_at_end_of_with(bars):
-    futures = finished_futures([1]) + [cf.Future()]
+    futures = [*finished_futures([1]), cf.Future()]
     with ferropool.progress(futures, file=io.StringIO()) as done:
         assert next(done) is futures[0]
     assert bars[0].closed and bars[0].n == 1

@@ -202,7 +202,7 @@ def test_queue_delivers_every_item_exactly_once(make_pool):
         assert sum(f.result(BOUND) for f in made) == producers * per
         for _ in range(3):
             q.put(None, timeout=BOUND)
-        got = [item for f in consumers + [mine] for item in f.result(BOUND)]
+        got = [item for f in [*consumers, mine] for item in f.result(BOUND)]
     assert len(got) == len(set(got)) == producers * per
     assert set(got) == {(p, i) for p in range(producers) for i in range(per)}
     assert q.empty() and q.qsize() == 0
@@ -384,9 +384,16 @@ def test_rlock_recursion_and_ownership():
         t.start()
         t.join(BOUND)
         assert other == [(False, False)]
-        t = threading.Thread(target=lambda: other.append(pytest.raises(RuntimeError, r.release)))
+
+        def release_from_another_thread():
+            with pytest.raises(RuntimeError):
+                r.release()
+            other.append("raised")
+
+        t = threading.Thread(target=release_from_another_thread)
         t.start()
         t.join(BOUND)
+        assert other == [(False, False), "raised"]
     assert not r._is_owned()
     with pytest.raises(RuntimeError, match="un-acquired"):
         r.release()

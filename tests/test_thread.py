@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures.thread import BrokenThreadPool
+from typing import ClassVar
 
 import pytest
 
@@ -233,7 +234,7 @@ def test_waiters_and_callbacks_on_a_running_future_are_notified(pool):
 
 def test_future_subclass_goes_through_its_methods():
     class Recording(cf.Future):
-        calls: list[str] = []
+        calls: ClassVar[list[str]] = []  # shared: the test reads it on the class
 
         def set_running_or_notify_cancel(self):
             self.calls.append("running")
