@@ -1,4 +1,4 @@
-"""Cases of issue 3's fault matrix, run one at a time in a child process by ``fault_matrix.py``.
+"""Cases of the fault matrix (``docs/faults.md``), run one at a time in a child process by ``fault_matrix.py``.
 
 The parent starts ``python -c CASE_CODE BENCH_DIR LIB CASE OUT SETTLE`` in a new session; this
 module's :func:`main` opens LIB's pool, injects the fault of CASE, and writes what it observed
@@ -255,7 +255,7 @@ class Ferropool(FutureAdapter):
         import ferropool
 
         self.cls = ferropool.ProcessPool
-        # Picked up automatically once ProcessPool grows the pool-wide option of issue 3.
+        # A pool-wide task_timeout is used where the pool takes one.
         self.has_task_timeout = "task_timeout" in inspect.signature(self.cls).parameters
 
     def make(self, workers, initializer, task_timeout):

@@ -1,7 +1,6 @@
 """A/B of the tiny-task benchmark between two builds of ferropool, interleaved in one run.
 
-Issue 3 asks that supervision (crash handling, timeouts, cancellation) cost the tiny-task
-benchmark no more than 10%. Comparing figures from separate runs on a shared 2-core machine
+Supervision (crash handling, timeouts, cancellation) must cost the tiny-task benchmark little. Comparing figures from separate runs on a shared 2-core machine
 mostly measures the noise, so this runs both builds in alternation: each round starts a fresh
 interpreter per build (``PYTHONPATH=<tree>/python``), warms its pool up, and times
 ``bench_pools.py``'s tiny-task figures — 20,000 ``add_one`` submitted then gathered, and

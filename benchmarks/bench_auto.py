@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         best = min(fixed, key=fixed.get)
         ratio = med["auto"] / fixed[best]
         # Repeat by repeat: auto against the fixed choice run right before or after it, which
-        # cancels the machine's slow spells (seen: the same 35 ms serial loop taking 45-97 ms
-        # for a second or more, on this shared 2-core VM): the best one, if it was one of them.
+        # cancels a shared machine's slow spells (the same serial loop can take twice as long
+        # for a second or more): the best one, if it was one of them.
         ref = best if best in near else near[0]
         paired = statistics.median(a / b for a, b in zip(times["auto"], times[ref], strict=True))
         rows.append(

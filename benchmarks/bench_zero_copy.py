@@ -1,5 +1,5 @@
 """Large arrays between processes: ferropool's shared-memory buffers against the standard library
-and peers, in one run (issue 4).
+and peers, in one run.
 
 Figures (each the median of ``--repeats`` runs after ``WARMUP_ROUNDS`` untimed full rounds per
 library, MB/s = bytes moved / wall time; ``--cold`` also times ferropool's first round on a fresh

@@ -1,4 +1,4 @@
-"""Fault matrix of issue 3, measured: ferropool ``ProcessPool`` beside the standard pools and peers.
+"""The fault matrix (``docs/faults.md``), measured: ferropool ``ProcessPool`` beside the standard pools and peers.
 
 Each (library, case) runs in its own child process (``_fault_cases.main``) in a new session
 under a watchdog: a child that does not finish within ``--timeout`` seconds is killed with its
@@ -74,7 +74,7 @@ CASES = {
 
 NOT_MEASURED = {
     "10": "what Ctrl-C shows is terminal output (one traceback or one per worker, whether a "
-    "second Ctrl-C is needed), which this script does not judge; issue 3 has it as a test",
+    "second Ctrl-C is needed), which this script does not judge; tests/test_faults.py has it as a test",
     "12": "a feature, not a fault: there is nothing to break, only whether the option exists",
     "13": "a memory figure, not a fault outcome; see benchmarks/bench_map_memory.py",
 }
@@ -323,7 +323,7 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     p.add_argument(
         "--cases",
         default=",".join(DEFAULT_CASES),
-        help="comma-separated case numbers of issue 3 (10, 12, 13 print 'not measured')",
+        help="comma-separated case numbers of the matrix (10, 12, 13 print 'not measured')",
     )
     p.add_argument("--json", metavar="PATH", help="write every cell's observation here")
     p.add_argument(

@@ -1,5 +1,6 @@
 """The fault suite: each injected failure fails only the task that caused it, says what
-happened, and leaves the pool working (issue 3's fault matrix, items 1-14)."""
+happened, and leaves the pool working (the fault matrix of ``docs/faults.md``, and the
+hardening cases: stray descendants, reaped workers, Ctrl-C)."""
 
 from __future__ import annotations
 
