@@ -153,3 +153,35 @@ def test_grid_search_cv():
     assert search.best_params_ in ({"C": 1}, {"C": 10})
     assert search.best_score_ > 0.9
     assert ("process", 2) in ferropool.joblib._pools
+
+
+NESTED_UNDER_FORK = """
+import multiprocessing
+from joblib import Parallel, delayed, parallel_config
+import ferropool.joblib
+
+def inner(backend):
+    with parallel_config(backend=backend):
+        return sum(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(10)))
+
+if __name__ == "__main__":
+    for backend in ("ferropool", "ferropool-threads"):
+        print(backend, inner(backend))  # the parent caches a pool of each kind
+        with multiprocessing.get_context("fork").Pool(2) as outer:
+            print(backend, outer.map(inner, [backend] * 3))
+"""
+
+
+def test_nested_parallel_in_forked_workers_gets_fresh_pools(tmp_path):
+    # joblib's own test_nested_loop: a multiprocessing parent whose forked workers use the
+    # backend. They inherited the parent's cached pools, without threads or workers.
+    script = tmp_path / "nested.py"
+    script.write_text(NESTED_UNDER_FORK)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=45, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "ferropool 45",
+        "ferropool [45, 45, 45]",
+        "ferropool-threads 45",
+        "ferropool-threads [45, 45, 45]",
+    ]

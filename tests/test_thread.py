@@ -502,3 +502,46 @@ def test_shutdown_with_cancel_futures_cancels_waiting_coroutines():
     f = p.submit(wait_for_event, asyncio.Event())
     p.shutdown(wait=True, cancel_futures=True)
     assert f.cancelled()
+
+
+INHERITED_THROUGH_FORK = """
+import multiprocessing, os, threading
+from ferropool import ThreadPool
+
+pool = ThreadPool(2)
+assert pool.submit(threading.get_ident).result(timeout=30)
+
+def child(q):
+    try:
+        pool.submit(os.getpid)
+        q.put("accepted")  # its threads stayed in the parent: it would never run
+    except RuntimeError as e:
+        q.put(str(e))
+    pool.shutdown()  # the parent's threads: nothing to join here
+    with ThreadPool(2) as mine:
+        q.put(sum(mine.map(abs, range(-3, 3))))
+
+ctx = multiprocessing.get_context("fork")
+q = ctx.Queue()
+p = ctx.Process(target=child, args=(q,))
+p.start()
+print(q.get(timeout=30))
+print(q.get(timeout=30))
+p.join(30)
+print("child exit code", p.exitcode)
+print("parent pool", pool.submit(abs, -7).result(timeout=30))
+pool.shutdown()
+"""
+
+
+def test_a_pool_inherited_through_fork_refuses_work_and_a_new_one_works(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", INHERITED_THROUGH_FORK], capture_output=True, text=True, timeout=45, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("this ThreadPool was created in process ") and "inherited through fork" in lines[0]
+    assert lines[1:] == ["9", "child exit code 0", "parent pool 7"]

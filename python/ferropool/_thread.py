@@ -224,15 +224,17 @@ class ThreadPool(PoolExecutor):
         self._thread_name_prefix = thread_name_prefix or f"ThreadPool-{self._counter()}"
         self._initializer = initializer
         self._initargs = initargs
+        self._owner_pid = os.getpid()
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         """Schedule ``fn(*args, **kwargs)`` and return its ``Future``. Blocks only with
         ``max_pending``, while that many tasks are unfinished.
 
-        Raises ``RuntimeError`` after ``shutdown`` (or at interpreter exit) and
+        Raises ``RuntimeError`` after ``shutdown`` (or at interpreter exit), in a process that
+        inherited the pool through ``fork`` (its threads stayed in the parent), and
         ``BrokenThreadPool`` once an initializer has failed.
         """
-        if _shutdown:
+        if _shutdown or self._owner_pid != os.getpid():
             raise self._closed_error()
         if is_coroutine_function(fn):
             return self._submit_coroutine(fn, args, kwargs)
@@ -257,7 +259,7 @@ class ThreadPool(PoolExecutor):
 
     def _submit_coroutine(self, fn, args, kwargs) -> Future:
         with self._shutdown_lock:
-            if self._shutdown or self._broken:
+            if self._shutdown or self._broken or self._owner_pid != os.getpid():
                 raise self._closed_error()
             if self._loop is None:
                 self._loop = EventLoopThread(f"{self._thread_name_prefix}_loop")
@@ -270,7 +272,12 @@ class ThreadPool(PoolExecutor):
             error = self._broken_error()
             error.__suppress_context__ = True
             return error
-        if _shutdown:
+        if self._owner_pid != os.getpid():
+            error = RuntimeError(
+                f"this ThreadPool was created in process {self._owner_pid} and inherited through fork; "
+                "its threads did not survive the fork: create a new pool in this process"
+            )
+        elif _shutdown:
             error = RuntimeError("cannot schedule new futures after interpreter shutdown")
         else:
             error = RuntimeError("cannot schedule new futures after shutdown")
@@ -330,8 +337,12 @@ class ThreadPool(PoolExecutor):
         """Stop accepting tasks; with ``wait``, block until every started task has finished.
 
         Queued tasks still run unless ``cancel_futures`` is true, in which case they are
-        cancelled. Calling it again is harmless.
+        cancelled. Calling it again is harmless. In a process that inherited the pool through
+        ``fork`` it only marks the copy shut down: the threads and tasks are the parent's.
         """
+        if self._owner_pid != os.getpid():
+            self._shutdown = True
+            return
         with self._shutdown_lock:
             self._shutdown = True
             self._queue.close()

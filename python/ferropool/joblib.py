@@ -24,6 +24,7 @@ executor, so that a loop of small ``Parallel`` calls does not start workers each
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import weakref
 
@@ -57,6 +58,18 @@ def _pool(kind: str, n_jobs: int) -> PoolExecutor:
                 pool = ThreadPool(n_jobs)
             _pools[(kind, n_jobs)] = pool
         return pool
+
+
+def _forget_pools_in_child() -> None:
+    # A fork of this process (a multiprocessing worker running joblib code, say) gets copies of
+    # the cached pools without their threads or workers: it must start its own. The lock may
+    # have been held by another thread at the fork, so it is replaced, not taken.
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools_in_child)
 
 
 @atexit.register
