@@ -23,9 +23,9 @@ use ferropool_engine::shared::queue::{Queue, QueueError};
 use ferropool_engine::shared::segment::adopt_fd;
 use ferropool_engine::shared::spill::Spill;
 
+use super::{adopt, block};
 use crate::buffer::SharedBuffer;
 use crate::errors::io_error;
-use crate::shared::{adopt, block};
 
 /// Buffers of an item this large or larger travel out of the ring (the pools' default
 /// `zero_copy_threshold`).
@@ -269,7 +269,7 @@ impl SharedQueue {
                 self.queue.get(&mut buf, timeout)
             }
             Err(QueueError::TimedOut) => {
-                let got = crate::shared::block(py, timeout, |slice| {
+                let got = super::block(py, timeout, |slice| {
                     let mut buf = Vec::new();
                     match self.queue.get(&mut buf, slice) {
                         Err(QueueError::TimedOut) => None,
