@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::{PyRuntimeWarning, PyValueError};
 use pyo3::prelude::*;
 
-use ferropool_engine::shared::segment;
+use ferropool_engine::memfd;
 
 mod queue;
 mod sync;
@@ -111,7 +111,7 @@ pub(crate) fn adopt(attach: (i32, u64)) -> PyResult<(OwnedFd, u64)> {
     let (fd, id) = attach;
     // SAFETY: `_attach` transfers ownership of a descriptor that the caller opened for this
     // object alone and will not close or use again (documented in `_core.pyi`).
-    let fd = unsafe { segment::adopt_fd(fd) }
+    let fd = unsafe { memfd::adopt_fd(fd) }
         .map_err(|e| PyValueError::new_err(format!("_attach: descriptor {fd}: {e}")))?;
     Ok((fd, id))
 }
