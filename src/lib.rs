@@ -26,6 +26,7 @@ mod worker_connection;
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<process_pool::ProcessPoolEngine>()?;
+    process_pool::register_constants(m)?;
     m.add_class::<worker_connection::WorkerConnection>()?;
     m.add_class::<worker_connection::WorkerSender>()?;
     m.add_class::<worker_connection::LogSender>()?;

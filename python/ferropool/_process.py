@@ -29,6 +29,13 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _core
+from ._core import (
+    OUTCOME_CANCELLED,
+    OUTCOME_RAISED,
+    OUTCOME_TIMED_OUT,
+    OUTCOME_WORKER_DIED,
+    SERIALIZE_SAMPLE_EVERY,
+)
 from ._executor import PoolExecutor, TaskOptions, chunk_runner, is_coroutine_function
 from ._future import TaskFuture, cancel_removed
 from ._logs import RecordCounter
@@ -37,15 +44,10 @@ from ._stats import PoolStats, WorkerStats
 from ._worker import bootstrap_command
 from .errors import BrokenPoolError, SerializationError, TaskTimeoutError, WorkerDiedError
 
-# Outcome codes passed to settle by ProcessPoolEngine.deliver (see src/process_pool.rs).
-_RETURNED, _RAISED, _WORKER_DIED, _BROKEN, _CANCELLED, _TIMED_OUT = 0, 1, 2, 3, 4, 5
 #: Seconds a pool left running at interpreter exit gets to finish its tasks by default.
 DEFAULT_EXIT_TIMEOUT = 5.0
 # Lines of a dead worker's stderr quoted in its WorkerDiedError message (all are in stderr_tail).
 _TAIL_LINES = 20
-# Pickling in this process is timed for one task in this many (ids divisible by it); the
-# engine times unpickling results for the same ids (SERIALIZE_SAMPLE_EVERY in process_pool.rs).
-_SAMPLE_EVERY = 64
 _perf = time.perf_counter_ns
 
 _live_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
@@ -73,7 +75,8 @@ class _State:
 
     def __init__(self) -> None:
         self.broken: BaseException | None = None
-        #: Nanoseconds spent pickling the calls of sampled tasks (see _SAMPLE_EVERY).
+        #: Nanoseconds spent pickling the calls of sampled tasks: those whose id is a multiple
+        #: of SERIALIZE_SAMPLE_EVERY (the engine times unpickling their results).
         self.sampled_dumps_ns = 0
         self.logs = RecordCounter()
 
@@ -244,7 +247,7 @@ class ProcessPool(PoolExecutor):
         if self._state.broken is not None:
             raise self._broken_error()
         tid = next(self._ids)
-        if tid % _SAMPLE_EVERY:
+        if tid % SERIALIZE_SAMPLE_EVERY:
             payload, buffers = dumps_call(fn, args, kwargs, self._zero_copy_threshold)
         else:
             started = _perf()
@@ -288,7 +291,7 @@ class ProcessPool(PoolExecutor):
         return PoolStats.of_workers(
             "ProcessPool",
             workers,
-            parent_serialize_s=sampled * _SAMPLE_EVERY / 1e9,
+            parent_serialize_s=sampled * SERIALIZE_SAMPLE_EVERY / 1e9,
             log_records=self._state.logs.handled,
             dropped_log_records=self._state.logs.dropped,
         )
@@ -400,19 +403,19 @@ def _collect(engine, futures: dict, state: _State, running: _Running) -> None:
 
     def settle(fut: cf.Future, code: int, detail: Any, error: BaseException | None) -> None:
         try:
-            if error is not None:
+            if error is not None:  # OUTCOME_RETURNED, and loads or set_result failed
                 if isinstance(error, cf.InvalidStateError):
                     return  # cancelled or finished meanwhile
                 _fail(fut, SerializationError(f"result: could not be unpickled: {error}"))
-            elif code == _RAISED:
+            elif code == OUTCOME_RAISED:
                 _fail(fut, loads_exception(detail))
-            elif code == _WORKER_DIED:
+            elif code == OUTCOME_WORKER_DIED:
                 _fail(fut, _died(fut, *detail))
-            elif code == _CANCELLED:
+            elif code == OUTCOME_CANCELLED:
                 cancel_removed(fut)
-            elif code == _TIMED_OUT:
+            elif code == OUTCOME_TIMED_OUT:
                 _fail(fut, _timed_out(fut, *detail))
-            else:
+            else:  # OUTCOME_BROKEN
                 _fail(fut, _broken(state, detail))
         except BaseException as exc:  # never let one bad outcome kill the result thread
             _fail(fut, exc)
