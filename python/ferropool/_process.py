@@ -254,8 +254,7 @@ class ProcessPool(PoolExecutor):
             payload, buffers = dumps_call(fn, args, kwargs, self._zero_copy_threshold)
             self._state.sampled_dumps_ns += _perf() - started
         is_async = is_coroutine_function(fn)
-        fut = TaskFuture()
-        fut._ferropool = (self._engine, tid, self._futures, shown)
+        fut = TaskFuture(self._engine, tid, self._futures, shown)
         self._futures[tid] = fut
         try:
             self._engine.submit(tid, payload, task_timeout, buffers, is_async)
@@ -458,7 +457,7 @@ def _died(fut: TaskFuture, pid: int, code: int | None, sig: int | None, stderr_t
 
 
 def _function_name(fut: TaskFuture) -> str:
-    fn = fut._ferropool[3]
+    fn = fut._function
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
