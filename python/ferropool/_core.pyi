@@ -83,6 +83,8 @@ class EngineBrokenError(RuntimeError):
     """Raised by ``ProcessPoolEngine.submit`` when the pool is broken; ``args[0]`` is the reason
     (bytes: a pickled ``(exception, traceback)`` from a failed initializer, or plain text)."""
 
+_F = TypeVar("_F", bound=Future[Any])
+
 @final
 class ProcessPoolEngine:
     """The parent side of a process pool: runs opaque task payloads on worker processes.
@@ -153,9 +155,9 @@ class ProcessPoolEngine:
         ``SERIALIZE_SAMPLE_EVERY``."""
     def deliver(
         self,
-        futures: dict[int, Future[Any]],
+        futures: dict[int, _F],
         loads: Callable[[bytes], Any],
-        settle: Callable[[Future[Any], int, Any, BaseException | None], None],
+        settle: Callable[[_F, int, Any, BaseException | None], None],
         logs: Callable[[list[tuple[int, int, bytes]], int], None] | None = None,
     ) -> bool:
         """Waits for the next batch of outcomes (without the GIL) and delivers it: each task's

@@ -84,7 +84,7 @@ class TaskFuture(cf.Future):
             for waiter in self._waiters:
                 waiter.add_result(self)
             self._condition.notify_all()
-        self._invoke_callbacks()
+        self._invoke_callbacks()  # type: ignore[attr-defined]  # private to cf.Future, untyped
 
     # Reads of a finished future need no lock: FINISHED is final and is written last.
 

@@ -400,7 +400,7 @@ def _collect(engine, futures: dict, state: _State, running: _Running) -> None:
     Rust by ``engine.deliver``; everything else comes back to ``settle``.
     """
 
-    def settle(fut: cf.Future, code: int, detail: Any, error: BaseException | None) -> None:
+    def settle(fut: TaskFuture, code: int, detail: Any, error: BaseException | None) -> None:
         try:
             if error is not None:  # OUTCOME_RETURNED, and loads or set_result failed
                 if isinstance(error, cf.InvalidStateError):
@@ -488,7 +488,8 @@ def _broken(state: _State, detail: bytes) -> BrokenPoolError:
 def _shutdown_all_at_exit() -> None:
     # A program ended by Ctrl-C (CPython records the exception it printed in sys.last_type
     # before finalising) stops its pools at once instead of waiting for their running tasks.
-    interrupted = isinstance(getattr(sys, "last_type", None), type) and issubclass(sys.last_type, KeyboardInterrupt)
+    last_type = getattr(sys, "last_type", None)
+    interrupted = isinstance(last_type, type) and issubclass(last_type, KeyboardInterrupt)
     for pool in list(_live_pools):
         with pool._shutdown_lock:
             pool._shutdown = True
