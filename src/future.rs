@@ -28,7 +28,8 @@ static FUTURE_PROTOCOL: PyOnceLock<FutureProtocol> = PyOnceLock::new();
 static TASK_FUTURE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// Finishes a `ferropool.TaskFuture` with `result` by its lock-free protocol (documented in
-/// `python/ferropool/_future.py`, `TaskFuture._finish_fast`, which this mirrors). Returns
+/// `python/ferropool/_future.py`): if no condition exists, sets `_result` then `_state`, then
+/// wakes whoever created a condition meanwhile (`_wake_after_fast_finish`). Returns
 /// `Ok(None)` if `future` is not a `TaskFuture`, `Ok(Some(false))` if its condition exists (use
 /// `set_result`), `Ok(Some(true))` once finished.
 pub(crate) fn finish_task_future(

@@ -8,8 +8,8 @@
 //! - `errors`: where engine errors become Python exceptions.
 //! - `prefixed_map`: `PrefixedMap`, the iterator of a serial `map` in `Pool(strategy="auto")`.
 //! - `schedstat`: `runqueue_wait_ns`, a thread's time waiting for a CPU (auto's probe).
-//! - `shared`, `shared_sync`, `shared_queue`, `shared_value`: locks, events, semaphores,
-//!   barriers, a queue, numbers and raw memory shared between processes (`ferropool.shared`).
+//! - `shared`: locks, events, semaphores, barriers, a queue, numbers and raw memory shared
+//!   between processes (`ferropool.shared`), one file per kind as in the engine's `shared`.
 
 use pyo3::prelude::*;
 
@@ -20,15 +20,13 @@ mod prefixed_map;
 mod process_pool;
 mod schedstat;
 mod shared;
-mod shared_queue;
-mod shared_sync;
-mod shared_value;
 mod thread_pool;
 mod worker_connection;
 
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<process_pool::ProcessPoolEngine>()?;
+    process_pool::register_constants(m)?;
     m.add_class::<worker_connection::WorkerConnection>()?;
     m.add_class::<worker_connection::WorkerSender>()?;
     m.add_class::<worker_connection::LogSender>()?;
@@ -38,14 +36,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     prefixed_map::register(m)?;
     m.add_function(wrap_pyfunction!(schedstat::runqueue_wait_ns, m)?)?;
-    m.add_class::<shared_sync::SharedLock>()?;
-    m.add_class::<shared_sync::SharedRLock>()?;
-    m.add_class::<shared_sync::SharedEvent>()?;
-    m.add_class::<shared_sync::SharedSemaphore>()?;
-    m.add_class::<shared_sync::SharedBarrier>()?;
-    m.add_class::<shared_queue::SharedQueue>()?;
-    m.add_class::<shared_value::SharedValue>()?;
-    m.add_class::<shared_value::SharedMemory>()?;
     shared::register(m)?;
     worker_connection::register_kinds(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -14,7 +14,8 @@ use crate::buffer;
 use crate::errors;
 use crate::future::finish_task_future;
 
-/// Outcome codes passed to `deliver`'s `settle` callback.
+/// Outcome codes passed to `deliver`'s `settle` callback; `register_constants` exports them to
+/// Python as `OUTCOME_<NAME>`, so both sides read the same numbers.
 const RETURNED: u8 = 0;
 const RAISED: u8 = 1;
 const WORKER_DIED: u8 = 2;
@@ -22,9 +23,25 @@ const BROKEN: u8 = 3;
 const CANCELLED: u8 = 4;
 const TIMED_OUT: u8 = 5;
 
-/// Results whose unpickling is timed: task ids that are multiples of this (the Python side
-/// samples pickling on the same ids).
+/// Tasks whose serialisation is timed: ids that are multiples of this. Here the unpickling of
+/// their results; `ProcessPool.submit` times the pickling of their calls (exported as
+/// `SERIALIZE_SAMPLE_EVERY`).
 const SERIALIZE_SAMPLE_EVERY: u64 = 64;
+
+/// Exports the outcome codes and the sampling rate above to `ferropool._core`.
+pub(crate) fn register_constants(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    for (name, code) in [
+        ("OUTCOME_RETURNED", RETURNED),
+        ("OUTCOME_RAISED", RAISED),
+        ("OUTCOME_WORKER_DIED", WORKER_DIED),
+        ("OUTCOME_BROKEN", BROKEN),
+        ("OUTCOME_CANCELLED", CANCELLED),
+        ("OUTCOME_TIMED_OUT", TIMED_OUT),
+    ] {
+        m.add(name, code)?;
+    }
+    m.add("SERIALIZE_SAMPLE_EVERY", SERIALIZE_SAMPLE_EVERY)
+}
 
 /// How long a submit blocked by `max_pending` waits between checks for signals.
 const SUBMIT_WAIT_SLICE: Duration = Duration::from_millis(50);
@@ -163,7 +180,8 @@ impl ProcessPoolEngine {
         Ok(list)
     }
 
-    /// Nanoseconds spent unpickling results of the sampled tasks (ids divisible by 64).
+    /// Nanoseconds spent unpickling results of the sampled tasks (ids divisible by
+    /// `SERIALIZE_SAMPLE_EVERY`).
     #[getter]
     fn sampled_loads_ns(&self) -> u64 {
         self.sampled_loads_ns.load(Ordering::Relaxed)

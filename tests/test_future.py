@@ -1,5 +1,6 @@
-"""TaskFuture: the lazily created condition and its lock-free finish must never lose a wake-up,
-a callback or a result, whatever races with the result thread (see ferropool/_future.py)."""
+"""TaskFuture: the lazily created condition and its lock-free finish (by the result thread, in
+``ProcessPoolEngine.deliver``) must never lose a wake-up, a callback or a result, whatever races
+with the result thread (see ferropool/_future.py)."""
 
 from __future__ import annotations
 
@@ -15,22 +16,20 @@ RESULT_TIMEOUT = 30
 N = 3000
 
 
-def bare_future() -> TaskFuture:
-    f = TaskFuture()
-    f._ferropool = (None, 0, {}, None)
-    return f
+def test_finish_before_anyone_waits_needs_no_condition(pool):
+    futures = [pool.submit(helpers.mul, i, 7) for i in range(3)]
+    pool.shutdown(wait=True)  # every result delivered, and nothing has touched the futures
+    for i, f in enumerate(futures):
+        assert "_lazy_condition" not in f.__dict__, "the result thread made a condition"
+        assert (f.done(), f.result(), f.exception()) == (True, 7 * i, None)
+        assert "_lazy_condition" not in f.__dict__, "reading a finished future creates nothing"
 
 
-def test_finish_before_anyone_waits_needs_no_condition():
-    f = bare_future()
-    assert f._finish_fast(7) is True
-    assert "_lazy_condition" not in f.__dict__
-    assert (f.done(), f.result(), f.exception()) == (True, 7, None)
-    assert "_lazy_condition" not in f.__dict__, "reading a finished future creates nothing"
-
-
-def test_a_waiter_that_came_first_is_woken_by_the_ordinary_path():
-    f = bare_future()
+def test_a_waiter_that_came_first_is_woken_by_the_ordinary_path(make_pool, gate_factory):
+    pool = make_pool(1)
+    gate = gate_factory()
+    pool.submit(helpers.wait_for, gate)
+    f = pool.submit(helpers.mul, 1, 1)  # runs after the gate opens: one worker, in order
     started = threading.Event()
     got = []
 
@@ -42,20 +41,20 @@ def test_a_waiter_that_came_first_is_woken_by_the_ordinary_path():
     t = threading.Thread(target=wait)
     t.start()
     assert started.wait(RESULT_TIMEOUT)
-    # The waiter has made the condition: the fast path must refuse and leave it to set_result.
-    assert f._finish_fast(1) is False
-    f.set_result(1)
+    # The waiter has made the condition: the result thread must leave it to set_result, which
+    # notifies.
+    gate.set()
     t.join(RESULT_TIMEOUT)
     assert got == [1]
 
 
 def test_wake_after_fast_finish_notifies_waiters_and_runs_callbacks():
-    f = bare_future()
+    f = TaskFuture()
     calls = []
     f.add_done_callback(lambda fut: calls.append("cb"))  # creates the condition, state still PENDING
     waiter = cf._base._AllCompletedWaiter(1, stop_on_exception=False)
     f._waiters.append(waiter)
-    f._result, f._state = 5, cf._base.FINISHED  # as _finish_fast would, had it lost the race
+    f._result, f._state = 5, cf._base.FINISHED  # as engine.deliver would, had it lost the race
     f._wake_after_fast_finish()
     assert calls == ["cb"]
     assert waiter.event.is_set() and waiter.finished_futures == [f]

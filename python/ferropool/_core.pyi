@@ -24,6 +24,13 @@ __all__ = [
     "KIND_SHUTDOWN",
     "KIND_START",
     "KIND_TASK",
+    "OUTCOME_BROKEN",
+    "OUTCOME_CANCELLED",
+    "OUTCOME_RAISED",
+    "OUTCOME_RETURNED",
+    "OUTCOME_TIMED_OUT",
+    "OUTCOME_WORKER_DIED",
+    "SERIALIZE_SAMPLE_EVERY",
     "EngineBrokenError",
     "LogSender",
     "OwnerDiedWarning",
@@ -62,9 +69,21 @@ KIND_START: int
 FLAG_ASYNC: int
 KIND_LOG: int
 
+# The ``code`` that ``ProcessPoolEngine.deliver`` passes to ``settle`` for each outcome.
+OUTCOME_RETURNED: int
+OUTCOME_RAISED: int
+OUTCOME_WORKER_DIED: int
+OUTCOME_BROKEN: int
+OUTCOME_CANCELLED: int
+OUTCOME_TIMED_OUT: int
+#: Serialisation is timed for one task in this many: those whose id is a multiple of it.
+SERIALIZE_SAMPLE_EVERY: int
+
 class EngineBrokenError(RuntimeError):
     """Raised by ``ProcessPoolEngine.submit`` when the pool is broken; ``args[0]`` is the reason
     (bytes: a pickled ``(exception, traceback)`` from a failed initializer, or plain text)."""
+
+_F = TypeVar("_F", bound=Future[Any])
 
 @final
 class ProcessPoolEngine:
@@ -132,12 +151,13 @@ class ProcessPoolEngine:
         seconds for the dispatcher's fresh snapshot, then returns the latest one."""
     @property
     def sampled_loads_ns(self) -> int:
-        """Nanoseconds spent unpickling the results of tasks whose id is a multiple of 64."""
+        """Nanoseconds spent unpickling the results of tasks whose id is a multiple of
+        ``SERIALIZE_SAMPLE_EVERY``."""
     def deliver(
         self,
-        futures: dict[int, Future[Any]],
+        futures: dict[int, _F],
         loads: Callable[[bytes], Any],
-        settle: Callable[[Future[Any], int, Any, BaseException | None], None],
+        settle: Callable[[_F, int, Any, BaseException | None], None],
         logs: Callable[[list[tuple[int, int, bytes]], int], None] | None = None,
     ) -> bool:
         """Waits for the next batch of outcomes (without the GIL) and delivers it: each task's
@@ -145,10 +165,11 @@ class ProcessPoolEngine:
         ``buffers=`` the result's out-of-band buffers as ``SharedBuffer`` objects, if any) and
         set on the future (in Rust, when nobody waits on it and it has no callbacks); every other
         outcome, or a ``loads`` failure, goes to ``settle(future, code, detail, error)``: ``code``
-        0 (returned: detail is the payload, error the ``loads`` or ``set_result`` failure), 1
-        (raised: payload), 2 (worker died: detail is ``(pid, exit_code, signal, stderr_tail)``),
-        3 (broken: the reason as bytes), 4 (cancelled, or stopped by ``close(abort=True)``:
-        detail is None) or 5 (timed out: detail is ``(pid, timeout_seconds)``). Log records the
+        ``OUTCOME_RETURNED`` (detail is the payload, error the ``loads`` or ``set_result``
+        failure), ``OUTCOME_RAISED`` (the payload), ``OUTCOME_WORKER_DIED`` (detail is
+        ``(pid, exit_code, signal, stderr_tail)``), ``OUTCOME_BROKEN`` (the reason as bytes),
+        ``OUTCOME_CANCELLED`` (cancelled, or stopped by ``close(abort=True)``: detail is None) or
+        ``OUTCOME_TIMED_OUT`` (detail is ``(pid, timeout_seconds)``). Log records the
         workers sent come first, to ``logs(records, dropped)``: ``[(worker, pid, payload)]`` and
         how many were dropped because too many waited. Returns False once the pool has ended."""
 

@@ -16,24 +16,30 @@ in ``__init__`` (about 1 µs and seven objects for the garbage collector), yet i
 ``submit``-then-gather pattern most results arrive before anyone waits. Here ``_condition`` is
 a property that creates the condition the first time something needs it (``result`` on an
 unfinished future, ``wait``, ``as_completed``, ``add_done_callback``, ``cancel``...). The result
-thread finishes a future that has no condition yet without locking, by the protocol below; a
-future that has one is finished by the ordinary ``set_result``, which notifies.
+thread (``ProcessPoolEngine.deliver``, ``finish_task_future`` in ``src/future.rs``) finishes a
+future that has no condition yet without locking, by the protocol below; a future that has one
+is finished by the ordinary ``set_result``, which notifies.
 
-Why no wake-up is lost: the finisher writes ``_result`` then ``_state = FINISHED``, then looks
-for a condition. A waiter creates the condition (an atomic ``dict.setdefault``), then reads
-``_state`` under it. Whichever goes second sees the other's write: either the waiter finds the
-future finished and never waits, or the finisher finds the condition and notifies under it
-(``_wake_after_fast_finish``), after the waiter either checked the state or started waiting,
-since it holds the lock until ``wait`` releases it. Callbacks and ``wait()`` waiters are only
-ever registered under the condition, so they are found the same way.
+Why no wake-up is lost: the finisher checks that there is no condition, writes ``_result`` then
+``_state = FINISHED``, then looks for a condition again. A waiter creates the condition (an
+atomic ``dict.setdefault``), then reads ``_state`` under it. Whichever goes second sees the
+other's write: either the waiter finds the future finished and never waits, or the finisher
+finds the condition and notifies under it (``_wake_after_fast_finish``), after the waiter either
+checked the state or started waiting, since it holds the lock until ``wait`` releases it.
+Callbacks and ``wait()`` waiters are only ever registered under the condition, so they are
+found the same way.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
+from collections.abc import Callable
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._core import ProcessPoolEngine
 
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 _COND = "_lazy_condition"
@@ -42,17 +48,26 @@ _COND = "_lazy_condition"
 class TaskFuture(cf.Future):
     """A ``concurrent.futures.Future`` for a task of a ``ProcessPool`` (see the module doc)."""
 
-    # Set by ProcessPool.submit: (engine, task id, the pool's futures by id, the function run).
-    # One attribute, not four: submit is the hot path.
-    _ferropool: tuple
-
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        engine: ProcessPoolEngine | None = None,
+        task_id: int = 0,
+        futures: dict[int, TaskFuture] | None = None,
+        function: Callable[..., Any] | None = None,
+    ) -> None:
         # Everything cf.Future.__init__ sets except the condition, which is made on first use.
         self._state = PENDING
         self._result = None
         self._exception = None
         self._waiters: list = []
         self._done_callbacks: list = []
+        # Given by ProcessPool.submit (as arguments: cheaper than setting attributes after):
+        # the pool's engine, the task's id there, the pool's unfinished futures by id (whoever
+        # pops this one from it finishes it) and the function that error messages name.
+        self._engine = engine
+        self._task_id = task_id
+        self._futures = futures
+        self._function = function
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
@@ -62,27 +77,14 @@ class TaskFuture(cf.Future):
             cond = d.setdefault(_COND, threading.Condition())
         return cond
 
-    def _finish_fast(self, result: Any) -> bool:
-        """Sets the result if nothing has created the condition yet; returns whether it did.
-
-        Called only by the pool's result thread (``engine.deliver`` does the same in Rust).
-        """
-        d = self.__dict__
-        if _COND in d:
-            return False
-        self._result = result
-        self._state = FINISHED
-        if _COND in d:
-            self._wake_after_fast_finish()
-        return True
-
     def _wake_after_fast_finish(self) -> None:
-        """Notifies waiters and runs callbacks registered while the result was being set."""
+        """Notifies waiters and runs callbacks registered while the result was being set
+        without a lock (called by ``engine.deliver``, see the module doc)."""
         with self._condition:
             for waiter in self._waiters:
                 waiter.add_result(self)
             self._condition.notify_all()
-        self._invoke_callbacks()
+        self._invoke_callbacks()  # type: ignore[attr-defined]  # private to cf.Future, untyped
 
     # Reads of a finished future need no lock: FINISHED is final and is written last.
 
@@ -115,20 +117,21 @@ class TaskFuture(cf.Future):
                 return False
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 return True
-            engine, tid, futures, _ = self._ferropool
+            engine, futures = self._engine, self._futures
+            assert engine is not None and futures is not None, "not a future of ProcessPool.submit"
             # Popped: the result thread will find no future and drop the outcome. Not there:
             # the result thread popped it first and is finishing it; leave it to that.
-            if futures.pop(tid, None) is None:
+            if futures.pop(self._task_id, None) is None:
                 return False
-            engine.cancel(tid)
+            engine.cancel(self._task_id)
         return cancel_removed(self)
 
     def running(self) -> bool:
         with self._condition:
             if self._state != PENDING:
                 return self._state == RUNNING
-            engine, tid, _, _ = self._ferropool
-            return not engine.is_queued(tid)
+            assert self._engine is not None, "not a future of ProcessPool.submit"
+            return not self._engine.is_queued(self._task_id)
 
 
 def cancel_removed(fut: cf.Future) -> bool:

@@ -28,6 +28,13 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _core
+from ._core import (
+    OUTCOME_CANCELLED,
+    OUTCOME_RAISED,
+    OUTCOME_TIMED_OUT,
+    OUTCOME_WORKER_DIED,
+    SERIALIZE_SAMPLE_EVERY,
+)
 from ._executor import PoolExecutor, TaskOptions, chunk_runner, is_coroutine_function
 from ._future import TaskFuture, cancel_removed
 from ._logs import RecordCounter
@@ -37,15 +44,10 @@ from ._util import check_seconds, usable_cpu_count
 from ._worker import bootstrap_command
 from .errors import BrokenPoolError, SerializationError, TaskTimeoutError, WorkerDiedError
 
-# Outcome codes passed to settle by ProcessPoolEngine.deliver (see src/process_pool.rs).
-_RETURNED, _RAISED, _WORKER_DIED, _BROKEN, _CANCELLED, _TIMED_OUT = 0, 1, 2, 3, 4, 5
 #: Seconds a pool left running at interpreter exit gets to finish its tasks by default.
 DEFAULT_EXIT_TIMEOUT = 5.0
 # Lines of a dead worker's stderr quoted in its WorkerDiedError message (all are in stderr_tail).
 _TAIL_LINES = 20
-# Pickling in this process is timed for one task in this many (ids divisible by it); the
-# engine times unpickling results for the same ids (SERIALIZE_SAMPLE_EVERY in process_pool.rs).
-_SAMPLE_EVERY = 64
 _perf = time.perf_counter_ns
 
 _live_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
@@ -65,7 +67,8 @@ class _State:
 
     def __init__(self) -> None:
         self.broken: BaseException | None = None
-        #: Nanoseconds spent pickling the calls of sampled tasks (see _SAMPLE_EVERY).
+        #: Nanoseconds spent pickling the calls of sampled tasks: those whose id is a multiple
+        #: of SERIALIZE_SAMPLE_EVERY (the engine times unpickling their results).
         self.sampled_dumps_ns = 0
         self.logs = RecordCounter()
 
@@ -236,15 +239,14 @@ class ProcessPool(PoolExecutor):
         if self._state.broken is not None:
             raise self._broken_error()
         tid = next(self._ids)
-        if tid % _SAMPLE_EVERY:
+        if tid % SERIALIZE_SAMPLE_EVERY:
             payload, buffers = dumps_call(fn, args, kwargs, self._zero_copy_threshold)
         else:
             started = _perf()
             payload, buffers = dumps_call(fn, args, kwargs, self._zero_copy_threshold)
             self._state.sampled_dumps_ns += _perf() - started
         is_async = is_coroutine_function(fn)
-        fut = TaskFuture()
-        fut._ferropool = (self._engine, tid, self._futures, shown)
+        fut = TaskFuture(self._engine, tid, self._futures, shown)
         self._futures[tid] = fut
         try:
             self._engine.submit(tid, payload, task_timeout, buffers, is_async)
@@ -280,7 +282,7 @@ class ProcessPool(PoolExecutor):
         return PoolStats.of_workers(
             "ProcessPool",
             workers,
-            parent_serialize_s=sampled * _SAMPLE_EVERY / 1e9,
+            parent_serialize_s=sampled * SERIALIZE_SAMPLE_EVERY / 1e9,
             log_records=self._state.logs.handled,
             dropped_log_records=self._state.logs.dropped,
         )
@@ -402,21 +404,21 @@ def _collect(engine, futures: dict, state: _State, running: _Running) -> None:
     Rust by ``engine.deliver``; everything else comes back to ``settle``.
     """
 
-    def settle(fut: cf.Future, code: int, detail: Any, error: BaseException | None) -> None:
+    def settle(fut: TaskFuture, code: int, detail: Any, error: BaseException | None) -> None:
         try:
-            if error is not None:
+            if error is not None:  # OUTCOME_RETURNED, and loads or set_result failed
                 if isinstance(error, cf.InvalidStateError):
                     return  # cancelled or finished meanwhile
                 _fail(fut, SerializationError(f"result: could not be unpickled: {error}"))
-            elif code == _RAISED:
+            elif code == OUTCOME_RAISED:
                 _fail(fut, loads_exception(detail))
-            elif code == _WORKER_DIED:
+            elif code == OUTCOME_WORKER_DIED:
                 _fail(fut, _died(fut, *detail))
-            elif code == _CANCELLED:
+            elif code == OUTCOME_CANCELLED:
                 cancel_removed(fut)
-            elif code == _TIMED_OUT:
+            elif code == OUTCOME_TIMED_OUT:
                 _fail(fut, _timed_out(fut, *detail))
-            else:
+            else:  # OUTCOME_BROKEN
                 _fail(fut, _broken(state, detail))
         except BaseException as exc:  # never let one bad outcome kill the result thread
             _fail(fut, exc)
@@ -464,7 +466,7 @@ def _died(fut: TaskFuture, pid: int, code: int | None, sig: int | None, stderr_t
 
 
 def _function_name(fut: TaskFuture) -> str:
-    fn = fut._ferropool[3]
+    fn = fut._function
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
@@ -495,7 +497,8 @@ def _broken(state: _State, detail: bytes) -> BrokenPoolError:
 def _shutdown_all_at_exit() -> None:
     # A program ended by Ctrl-C (CPython records the exception it printed in sys.last_type
     # before finalising) stops its pools at once instead of waiting for their running tasks.
-    interrupted = isinstance(getattr(sys, "last_type", None), type) and issubclass(sys.last_type, KeyboardInterrupt)
+    last_type = getattr(sys, "last_type", None)
+    interrupted = isinstance(last_type, type) and issubclass(last_type, KeyboardInterrupt)
     for pool in list(_live_pools):
         with pool._shutdown_lock:
             pool._shutdown = True

@@ -25,22 +25,18 @@
 //! worker. A result has one receiver, so the parent maps it shared: writing to it copies nothing.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+use crate::memfd::{self, Map, Share};
 
 /// Size of the header page in front of a buffer's bytes (the system page size, so that the
 /// bytes can be mapped on their own).
 pub fn header_len() -> usize {
-    static PAGE: OnceLock<usize> = OnceLock::new();
-    // SAFETY: sysconf only reads a system constant.
-    *PAGE.get_or_init(|| {
-        usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
-            .unwrap_or(4096)
-            .max(4096)
-    })
+    memfd::page_size()
 }
 
 /// A memory file holding one buffer, as its sender holds it. Dropping it gives the file to the
@@ -56,7 +52,7 @@ pub struct MemFile {
 /// A memory file and the sender's shared mapping of all of it (header and bytes).
 pub struct Backing {
     fd: OwnedFd,
-    view: RawMap,
+    view: Map,
     /// Length of the bytes after the header.
     len: usize,
     /// Whether every page of `view` is mapped already (then a `memcpy` takes no faults).
@@ -135,11 +131,11 @@ impl Backing {
     /// A new memory file holding `data`. `pwrite` fills it: the kernel copies straight into
     /// newly allocated pages, without page faults in this process.
     fn new(data: &[u8]) -> io::Result<Backing> {
-        let fd = new_memfd(c"ferropool-buffer")?;
+        let fd = memfd::create(c"ferropool-buffer")?;
         let head = header_len();
-        resize(&fd, head + data.len())?;
-        pwrite_all(&fd, data, head)?;
-        let view = RawMap::new(&fd, head + data.len(), libc::MAP_SHARED, 0)?;
+        memfd::resize(fd.as_fd(), head + data.len())?;
+        memfd::write_at(fd.as_fd(), data, head)?;
+        let view = Map::new(fd.as_fd(), head + data.len(), 0, Share::Shared)?;
         Ok(Backing {
             fd,
             view,
@@ -152,22 +148,15 @@ impl Backing {
     fn refill(mut self, data: &[u8]) -> io::Result<Backing> {
         let head = header_len();
         if data.len() != self.len {
-            resize(&self.fd, head + data.len())?;
-            self.view = RawMap::new(&self.fd, head + data.len(), libc::MAP_SHARED, 0)?;
+            memfd::resize(self.fd.as_fd(), head + data.len())?;
+            self.view = Map::new(self.fd.as_fd(), head + data.len(), 0, Share::Shared)?;
             self.len = data.len();
             self.populated = false;
         }
         if !self.populated && !data.is_empty() {
             // Map every page of the file at once (one call instead of a fault per 4 KiB page);
-            // they stay mapped for every later reuse. Best effort before Linux 5.14.
-            // SAFETY: the range is inside the mapping `view` owns; the advice changes no data.
-            unsafe {
-                libc::madvise(
-                    self.view.ptr.as_ptr().add(head).cast(),
-                    data.len(),
-                    libc::MADV_POPULATE_READ,
-                )
-            };
+            // they stay mapped for every later reuse.
+            self.view.populate(head, data.len());
             self.populated = true;
         }
         if !data.is_empty() {
@@ -177,7 +166,7 @@ impl Backing {
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     data.as_ptr(),
-                    self.view.ptr.as_ptr().add(head),
+                    self.view.as_ptr().add(head),
                     data.len(),
                 )
             };
@@ -189,14 +178,14 @@ impl Backing {
         // SAFETY: the view starts with the header page, mapped shared and writable for as long
         // as `self` lives; offset 0 is 4-aligned (page-aligned) and only ever accessed
         // atomically, by this process and by receivers through their own shared mappings.
-        unsafe { AtomicU32::from_ptr(self.view.ptr.as_ptr().cast()) }
+        unsafe { AtomicU32::from_ptr(self.view.as_ptr().cast()) }
     }
 
     /// # Safety
     /// Nobody may write the file while the slice lives.
     unsafe fn bytes(&self) -> &[u8] {
         // SAFETY: the view maps header and `len` bytes; no concurrent writer (caller's promise).
-        unsafe { std::slice::from_raw_parts(self.view.ptr.as_ptr().add(header_len()), self.len) }
+        unsafe { std::slice::from_raw_parts(self.view.as_ptr().add(header_len()), self.len) }
     }
 
     /// Whether no receiver maps the file any more, so its bytes may be overwritten.
@@ -341,118 +330,6 @@ impl BufferCache {
     }
 }
 
-/// Creates an empty anonymous memory file (close-on-exec) named `name` in /proc listings.
-pub(crate) fn new_memfd(name: &std::ffi::CStr) -> io::Result<OwnedFd> {
-    // SAFETY: the name is a valid NUL-terminated string; memfd_create returns a new descriptor
-    // or -1.
-    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-pub(crate) fn resize(fd: &OwnedFd, len: usize) -> io::Result<()> {
-    let len = libc::off_t::try_from(len)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "buffer too large"))?;
-    // SAFETY: plain syscall on a descriptor we own.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-pub(crate) fn pwrite_all(fd: &OwnedFd, data: &[u8], offset: usize) -> io::Result<()> {
-    let mut done = 0usize;
-    while done < data.len() {
-        let rest = &data[done..];
-        // SAFETY: `rest` is a live slice of `rest.len()` readable bytes; pwrite only reads it.
-        let n = unsafe {
-            libc::pwrite(
-                fd.as_raw_fd(),
-                rest.as_ptr().cast(),
-                rest.len(),
-                (offset + done) as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err); // ENOSPC/ENOMEM: out of memory for shared pages
-        }
-        done += n as usize;
-    }
-    Ok(())
-}
-
-/// `fstat(2)` of `fd`.
-pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid, writable `stat`; fstat writes only into it.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st)
-}
-
-/// One `mmap` of part of a file, read-write; unmapped on drop.
-pub(crate) struct RawMap {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: a RawMap is plain memory owned by this value; nothing about it is tied to a thread.
-unsafe impl Send for RawMap {}
-// SAFETY: as above; `&RawMap` only hands out the pointer and length.
-unsafe impl Sync for RawMap {}
-
-impl RawMap {
-    /// Maps `len` (> 0) bytes of `fd` from `offset` (a multiple of the page size).
-    pub(crate) fn new(
-        fd: &impl AsRawFd,
-        len: usize,
-        flags: libc::c_int,
-        offset: usize,
-    ) -> io::Result<RawMap> {
-        // SAFETY: a fresh mapping chosen by the kernel (addr NULL); it aliases no Rust object.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd.as_raw_fd(),
-                offset as libc::off_t,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(RawMap {
-            ptr: NonNull::new(ptr.cast()).expect("mmap never returns NULL on success"),
-            len,
-        })
-    }
-}
-
-impl RawMap {
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-}
-
-impl Drop for RawMap {
-    fn drop(&mut self) {
-        // SAFETY: exactly the range mmap returned, unmapped once; no reference into it outlives
-        // the owner (the binding keeps a Mapping alive while buffers are exported).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
 /// A received buffer: the bytes of a memory file mapped into this process, read-write. On drop
 /// the file's reader count is given back and the bytes unmapped — or, for a shared mapping,
 /// kept for the file's next buffer (see [`Mapping::new`]).
@@ -466,8 +343,8 @@ pub struct Mapping {
 /// The mappings of one received memory file: its header page (shared) and its bytes.
 struct Maps {
     /// `None` for an empty buffer.
-    data: Option<RawMap>,
-    header: RawMap,
+    data: Option<Map>,
+    header: Map,
 }
 
 type FileId = (u64, u64);
@@ -487,7 +364,7 @@ impl Mapping {
     /// mappings are never kept: pages the task wrote are private copies, stale for the next use.
     pub fn new(fd: BorrowedFd<'_>, shared: bool) -> io::Result<Mapping> {
         let head = header_len();
-        let st = fstat(fd)?;
+        let st = memfd::fstat(fd)?;
         let len = usize::try_from(st.st_size)
             .ok()
             .and_then(|size| size.checked_sub(head))
@@ -500,7 +377,7 @@ impl Mapping {
         let file = shared.then_some((st.st_dev, st.st_ino));
         if let Some(id) = file {
             let same = |(kept, maps): &(FileId, Maps)| {
-                *kept == id && maps.data.as_ref().map_or(0, |d| d.len) == len
+                *kept == id && maps.data.as_ref().map_or(0, Map::len) == len
             };
             if let Some((_, maps)) = KEPT_MAPPINGS.take(same, |_| false) {
                 return Ok(Mapping {
@@ -509,19 +386,19 @@ impl Mapping {
                 });
             }
         }
-        let header = RawMap::new(&fd, head, libc::MAP_SHARED, 0)?;
+        let header = Map::new(fd, head, 0, Share::Shared)?;
         // Shared: map every page now, in one call. Private: no prefaulting — populating a
         // private writable mapping would copy every page, and MADV_POPULATE_READ measured
         // slower than the kernel's fault-around as the task reads.
-        let flags = if shared {
-            libc::MAP_SHARED | libc::MAP_POPULATE
+        let share = if shared {
+            Share::SharedPopulated
         } else {
-            libc::MAP_PRIVATE
+            Share::Private
         };
         let data = if len == 0 {
             None
         } else {
-            Some(RawMap::new(&fd, len, flags, head)?)
+            Some(Map::new(fd, len, head, share)?)
         };
         Ok(Mapping {
             maps: Some(Maps { data, header }),
@@ -529,18 +406,18 @@ impl Mapping {
         })
     }
 
-    fn data(&self) -> Option<&RawMap> {
+    fn data(&self) -> Option<&Map> {
         self.maps.as_ref().and_then(|m| m.data.as_ref())
     }
 
     /// Start of the mapped bytes (dangling, never to be read, when `len()` is 0).
     pub fn as_ptr(&self) -> *mut u8 {
         self.data()
-            .map_or(NonNull::dangling().as_ptr(), |d| d.ptr.as_ptr())
+            .map_or(NonNull::dangling().as_ptr(), Map::as_ptr)
     }
 
     pub fn len(&self) -> usize {
-        self.data().map_or(0, |d| d.len)
+        self.data().map_or(0, Map::len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -553,9 +430,9 @@ impl Mapping {
     /// No other thread or process may write the mapping while the slice lives.
     pub unsafe fn bytes(&self) -> &[u8] {
         match self.data() {
-            // SAFETY: `d` maps `d.len` readable bytes that live as long as `self`; the caller
+            // SAFETY: `d` maps `d.len()` readable bytes that live as long as `self`; the caller
             // guarantees no concurrent writes.
-            Some(d) => unsafe { std::slice::from_raw_parts(d.ptr.as_ptr(), d.len) },
+            Some(d) => unsafe { std::slice::from_raw_parts(d.as_ptr(), d.len()) },
             None => &[],
         }
     }
@@ -571,11 +448,11 @@ impl Drop for Mapping {
         }
         // SAFETY: the header page is mapped shared and writable while `maps.header` lives; its
         // first word is the reader count, page-aligned and only ever accessed atomically.
-        let readers = unsafe { AtomicU32::from_ptr(maps.header.ptr.as_ptr().cast()) };
+        let readers = unsafe { AtomicU32::from_ptr(maps.header.as_ptr().cast()) };
         // Saturating: a file mapped without being lent (a hand-made frame) stays at 0.
         let _ = readers.fetch_update(Ordering::Release, Ordering::Relaxed, |n| n.checked_sub(1));
         if let Some(id) = self.file {
-            let bytes = maps.data.as_ref().map_or(0, |d| d.len);
+            let bytes = maps.data.as_ref().map_or(0, Map::len);
             KEPT_MAPPINGS.put((id, maps), bytes);
         }
     }
@@ -586,7 +463,7 @@ mod tests {
     use super::*;
 
     fn inode(fd: BorrowedFd<'_>) -> u64 {
-        fstat(fd).unwrap().st_ino
+        memfd::fstat(fd).unwrap().st_ino
     }
 
     fn receive(file: &MemFile, shared: bool) -> Mapping {
@@ -599,7 +476,7 @@ mod tests {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let file = MemFile::write_in(&HOME, &data).unwrap();
         assert_eq!(
-            fstat(file.fd()).unwrap().st_size as usize,
+            memfd::fstat(file.fd()).unwrap().st_size as usize,
             header_len() + data.len()
         );
         let private = receive(&file, false);
@@ -610,20 +487,14 @@ mod tests {
         // SAFETY: index 7 is inside the private mapping, which nothing else accesses.
         unsafe { *private.as_ptr().add(7) = 0xAB };
         // SAFETY: read-only use while no writer runs.
-        assert_eq!(
-            unsafe { shared.bytes() }[7],
-            data[7],
-            "a private write reached the file"
-        );
+        let seen = unsafe { shared.bytes() }[7];
+        assert_eq!(seen, data[7], "a private write reached the file");
         // SAFETY: index 9 is inside the shared mapping; no other reference is live.
         unsafe { *shared.as_ptr().add(9) = 0xCD };
         let again = receive(&file, false);
         // SAFETY: read-only use while no writer runs.
-        assert_eq!(
-            unsafe { again.bytes() }[9],
-            0xCD,
-            "a shared write did not reach the file"
-        );
+        let seen = unsafe { again.bytes() }[9];
+        assert_eq!(seen, 0xCD, "a shared write did not reach the file");
         drop((private, shared, again));
         assert_eq!(
             file.readers(),
@@ -649,11 +520,8 @@ mod tests {
             "a file a receiver still maps was reused"
         );
         // SAFETY: read-only use while no writer runs.
-        assert_eq!(
-            unsafe { held.bytes() },
-            &a[..],
-            "a held buffer changed under its receiver"
-        );
+        let seen = unsafe { held.bytes() };
+        assert_eq!(seen, &a[..], "a held buffer changed under its receiver");
         let second_ino = inode(second.fd());
         drop((held, second));
         let c = vec![3u8; 200_000];
@@ -680,8 +548,9 @@ mod tests {
         let m = receive(&g, true);
         assert_eq!(m.as_ptr(), at, "the kept mapping was not reused");
         // SAFETY: read-only use while no writer runs.
+        let seen = unsafe { m.bytes() };
         assert!(
-            unsafe { m.bytes() }.iter().all(|&b| b == 2),
+            seen.iter().all(|&b| b == 2),
             "a kept mapping shows stale bytes"
         );
     }

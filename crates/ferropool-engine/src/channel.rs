@@ -389,11 +389,7 @@ mod tests {
     }
 
     fn tempfile_with(bytes: &[u8]) -> std::fs::File {
-        let fd = nix::sys::memfd::memfd_create(
-            c"ferropool-test",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-        )
-        .unwrap();
+        let fd = crate::memfd::create(c"ferropool-test").unwrap();
         let mut f = std::fs::File::from(fd);
         f.write_all(bytes).unwrap();
         f

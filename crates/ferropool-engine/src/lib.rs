@@ -3,7 +3,8 @@
 //! binding crate turns it into `ferropool._core`.
 //!
 //! - `frame`: the wire format (header layout, kinds).
-//! - `buffer`: out-of-band buffers of arguments and results, in memory files.
+//! - `memfd`: anonymous memory files and their mappings (every shared-memory system call).
+//! - `buffer`: out-of-band buffers of arguments and results, lent in memory files.
 //! - `channel`: buffered frame transport over unix sockets, with descriptor passing.
 //! - `connection`: the worker's end of its socket (cancelled tasks skipped, answers batched).
 //! - `worker`: one worker process as the parent sees it.
@@ -21,6 +22,7 @@ pub mod channel;
 pub mod connection;
 mod dispatcher;
 pub mod frame;
+pub mod memfd;
 pub mod pool;
 pub mod relay;
 pub mod shared;

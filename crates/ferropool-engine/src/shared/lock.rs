@@ -305,17 +305,15 @@ pub(crate) mod tests {
         // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid with WNOWAIT only fills `info`; the child is ours.
-        assert_eq!(
-            unsafe {
-                libc::waitid(
-                    libc::P_PID,
-                    child as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::WNOWAIT,
-                )
-            },
-            0
-        );
+        let waited = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                child as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        assert_eq!(waited, 0);
         let other = reopen(l.segment(), Kind::Lock).unwrap();
         let other = Lock { seg: other };
         assert_eq!(

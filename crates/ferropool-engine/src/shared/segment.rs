@@ -1,8 +1,8 @@
-//! A shared-memory segment: an anonymous memory file (`memfd_create`) mapped `MAP_SHARED`.
+//! A shared-memory segment: an anonymous memory file (`crate::memfd`) mapped shared, with a
+//! header that says which object it holds.
 //!
 //! The file has no name in any filesystem, so nothing is left under `/dev/shm` or `/tmp` when a
-//! process dies: the memory is freed by the kernel once the last descriptor is closed and the last
-//! mapping is gone. Another process reaches the same memory through a descriptor of the same
+//! process dies. Another process reaches the same memory through a descriptor of the same
 //! file (opened via `/proc/<pid>/fd/<n>`, or passed over a unix socket) and `Segment::open`.
 //!
 //! Layout: a 64-byte header, then the object's state at `PAYLOAD` (a cache line, so the state's
@@ -17,8 +17,9 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use crate::memfd::{self, Map, Share};
 
 /// Bytes before the object's state.
 pub const PAYLOAD: usize = 64;
@@ -46,37 +47,13 @@ struct Header {
     payload: u64,
 }
 
-/// One mapping of a memory file; unmapped and its descriptor closed on drop.
+/// One mapping of a memory file; unmapped and its descriptor closed on drop. Every access to the
+/// mapping goes through atomics or through byte copies whose exclusivity the owning object's
+/// protocol guarantees (documented at each use).
 pub struct Segment {
+    /// Declared first so that it is unmapped before the descriptor is closed.
+    map: Map,
     fd: OwnedFd,
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain shared memory that lives as long as the `Segment`; every access to
-// it from safe code goes through atomics or through byte copies whose exclusivity the owning
-// object's protocol guarantees (documented at each use).
-unsafe impl Send for Segment {}
-// SAFETY: as above.
-unsafe impl Sync for Segment {}
-
-fn map(fd: &OwnedFd, len: usize) -> io::Result<NonNull<u8>> {
-    // SAFETY: a fresh shared read-write mapping of `len` bytes of our own descriptor; the kernel
-    // chooses the address, so no existing memory is affected.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
 }
 
 fn random_id() -> u64 {
@@ -108,21 +85,10 @@ impl Segment {
         let len = PAYLOAD
             .checked_add(payload)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
-        // SAFETY: `name` is a valid C string; the flags are constants.
-        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a descriptor we just opened and nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let size = libc::off_t::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
-        // SAFETY: plain syscall on our descriptor.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = map(&fd, len)?;
-        let seg = Segment { fd, ptr, len };
+        let fd = memfd::create(name)?;
+        memfd::resize(fd.as_fd(), len)?;
+        let map = Map::new(fd.as_fd(), len, 0, Share::Shared)?;
+        let seg = Segment { fd, map };
         let header = Header {
             magic: MAGIC,
             kind: kind as u32,
@@ -131,7 +97,7 @@ impl Segment {
         };
         // SAFETY: the mapping is at least PAYLOAD (64) bytes, page-aligned, and not yet visible to
         // any other thread or process, so this plain write races with nothing.
-        unsafe { seg.ptr.as_ptr().cast::<Header>().write(header) };
+        unsafe { seg.map.as_ptr().cast::<Header>().write(header) };
         Ok(seg)
     }
 
@@ -139,16 +105,16 @@ impl Segment {
     /// whose id is `id`. Fails with `InvalidData` when it does not (say the descriptor number was
     /// reused for another file), or with the errno of `fstat` or `mmap`.
     pub fn open(fd: OwnedFd, kind: Kind, id: u64) -> io::Result<Segment> {
-        let st = crate::buffer::fstat(fd.as_fd())?;
+        let st = memfd::fstat(fd.as_fd())?;
         let len = usize::try_from(st.st_size).map_err(|_| invalid("negative size"))?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG || len < PAYLOAD {
             return Err(invalid("not a memory file with a header"));
         }
-        let ptr = map(&fd, len)?;
-        let seg = Segment { fd, ptr, len };
+        let map = Map::new(fd.as_fd(), len, 0, Share::Shared)?;
+        let seg = Segment { fd, map };
         // SAFETY: the mapping is at least PAYLOAD bytes; the header is written once by the
         // creator before the descriptor was shared and never changes afterwards.
-        let h = unsafe { seg.ptr.as_ptr().cast::<Header>().read() };
+        let h = unsafe { seg.map.as_ptr().cast::<Header>().read() };
         if h.magic != MAGIC {
             return Err(invalid("bad magic"));
         }
@@ -169,7 +135,7 @@ impl Segment {
     /// The segment's random id, as given to `open`.
     pub fn id(&self) -> u64 {
         // SAFETY: see `open`: the header is immutable after creation.
-        unsafe { (*self.ptr.as_ptr().cast::<Header>()).id }
+        unsafe { (*self.map.as_ptr().cast::<Header>()).id }
     }
 
     /// The descriptor of the memory file.
@@ -179,7 +145,7 @@ impl Segment {
 
     /// The size of the mapping in bytes, header included.
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// Always false: a segment holds at least its header.
@@ -189,13 +155,13 @@ impl Segment {
 
     /// Bytes of state after the header.
     pub fn payload_len(&self) -> usize {
-        self.len - PAYLOAD
+        self.map.len() - PAYLOAD
     }
 
     /// A pointer to the first byte of state (`PAYLOAD` bytes into the mapping, 64-byte aligned).
     pub fn payload(&self) -> *mut u8 {
         // SAFETY: the mapping is at least PAYLOAD bytes long, so the offset stays inside it.
-        unsafe { self.ptr.as_ptr().add(PAYLOAD) }
+        unsafe { self.map.as_ptr().add(PAYLOAD) }
     }
 
     /// Returns the state at the start of the payload as a `T`.
@@ -213,32 +179,11 @@ impl Segment {
     }
 }
 
-/// Takes ownership of descriptor `fd` after checking that it is open (`EBADF` otherwise).
-///
-/// # Safety
-/// The caller must own `fd`: nothing else may use or close it afterwards.
-pub unsafe fn adopt_fd(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_GETFD only reads the descriptor's flags.
-    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(io::Error::from_raw_os_error(libc::EBADF));
-    }
-    // SAFETY: `fd` is open (checked) and the caller passes its ownership.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-impl Drop for Segment {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `create`/`open`; no reference into it
-        // outlives `self` (they all borrow it). The descriptor is closed by `OwnedFd`.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
 impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Segment")
             .field("fd", &self.fd.as_raw_fd())
-            .field("len", &self.len)
+            .field("len", &self.map.len())
             .field("id", &self.id())
             .finish()
     }

@@ -13,32 +13,32 @@
 //! queueing its item, is not freed until every process has closed the spill file.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::buffer::{header_len, new_memfd, pwrite_all, RawMap};
+use crate::memfd::{self, page_size, Map, Share};
 
 /// A queue's spill file, as one process holds it.
 pub struct Spill {
     fd: OwnedFd,
     /// The first page, mapped shared: the next free offset.
-    head: RawMap,
+    head: Map,
 }
 
 impl Spill {
     /// Creates an empty spill file.
     pub fn create() -> io::Result<Spill> {
-        let fd = new_memfd(c"ferropool-queue-spill")?;
-        crate::buffer::resize(&fd, header_len())?;
+        let fd = memfd::create(c"ferropool-queue-spill")?;
+        memfd::resize(fd.as_fd(), page_size())?;
         let spill = Spill::open(fd)?;
-        spill.next().store(header_len() as u64, Ordering::Release);
+        spill.next().store(page_size() as u64, Ordering::Release);
         Ok(spill)
     }
 
     /// Maps the spill file behind `fd` (another process's, reopened).
     pub fn open(fd: OwnedFd) -> io::Result<Spill> {
-        let head = RawMap::new(&fd, header_len(), libc::MAP_SHARED, 0)?;
+        let head = Map::new(fd.as_fd(), page_size(), 0, Share::Shared)?;
         Ok(Spill { fd, head })
     }
 
@@ -54,10 +54,10 @@ impl Spill {
 
     /// Writes `data` into a fresh range of the file; returns the range's offset.
     pub fn write(&self, data: &[u8]) -> io::Result<u64> {
-        let page = header_len();
+        let page = page_size();
         let span = data.len().div_ceil(page).max(1) * page;
         let offset = self.next().fetch_add(span as u64, Ordering::AcqRel);
-        if let Err(e) = pwrite_all(&self.fd, data, as_usize(offset)?) {
+        if let Err(e) = memfd::write_at(self.fd.as_fd(), data, as_usize(offset)?) {
             self.free(offset, data.len());
             return Err(e); // ENOSPC/ENOMEM: out of memory for shared pages
         }
@@ -67,7 +67,7 @@ impl Spill {
     /// Maps the `len` bytes at `offset` (written by `write`) shared; the range is freed when the
     /// returned value is dropped.
     pub fn take(self: &Arc<Self>, offset: u64, len: usize) -> io::Result<SpillRange> {
-        let page = header_len() as u64;
+        let page = page_size() as u64;
         if offset < page
             || !offset.is_multiple_of(page)
             || offset >= self.next().load(Ordering::Acquire)
@@ -80,11 +80,11 @@ impl Spill {
         let map = if len == 0 {
             None
         } else {
-            Some(RawMap::new(
-                &self.fd,
+            Some(Map::new(
+                self.fd.as_fd(),
                 len,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
                 as_usize(offset)?,
+                Share::SharedPopulated,
             )?)
         };
         Ok(SpillRange {
@@ -97,17 +97,9 @@ impl Spill {
 
     /// Frees the pages of the range at `offset` (a buffer whose item was never queued).
     pub fn free(&self, offset: u64, len: usize) {
-        let span = len.div_ceil(header_len()).max(1) * header_len();
-        // SAFETY: plain syscall on our descriptor; punching a hole changes no mapping's
-        // validity (a mapped punched page reads as zeroes), and only this range's owner calls it.
-        unsafe {
-            libc::fallocate(
-                self.fd.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                span as libc::off_t,
-            )
-        };
+        // Only this range's owner calls it, so no live buffer loses its bytes.
+        let span = len.div_ceil(page_size()).max(1) * page_size();
+        memfd::punch_hole(self.fd.as_fd(), offset, span);
     }
 }
 
@@ -122,7 +114,7 @@ pub struct SpillRange {
     spill: Arc<Spill>,
     offset: u64,
     len: usize,
-    map: Option<RawMap>,
+    map: Option<Map>,
 }
 
 impl SpillRange {
@@ -130,7 +122,7 @@ impl SpillRange {
     pub fn as_ptr(&self) -> *mut u8 {
         self.map
             .as_ref()
-            .map_or(std::ptr::NonNull::dangling().as_ptr(), RawMap::as_ptr)
+            .map_or(std::ptr::NonNull::dangling().as_ptr(), Map::as_ptr)
     }
 
     pub fn len(&self) -> usize {
@@ -154,7 +146,7 @@ mod tests {
     use super::*;
 
     fn resident_pages(spill: &Spill) -> u64 {
-        crate::buffer::fstat(spill.fd()).unwrap().st_blocks as u64 * 512 / header_len() as u64
+        memfd::fstat(spill.fd()).unwrap().st_blocks as u64 * 512 / page_size() as u64
     }
 
     #[test]
@@ -175,7 +167,7 @@ mod tests {
         }
         drop(ra);
         assert!(
-            resident_pages(&producer) + (a.len() / header_len()) as u64 <= before,
+            resident_pages(&producer) + (a.len() / page_size()) as u64 <= before,
             "dropping a range did not free its pages"
         );
         drop(rb);
@@ -184,7 +176,7 @@ mod tests {
     #[test]
     fn a_range_that_was_never_written_is_refused() {
         let spill = Arc::new(Spill::create().unwrap());
-        assert!(spill.take(header_len() as u64 * 100, 10).is_err());
+        assert!(spill.take(page_size() as u64 * 100, 10).is_err());
         assert!(spill.take(1, 10).is_err());
         let off = spill.write(b"x").unwrap();
         assert!(spill.take(off, 1).is_ok());
@@ -206,12 +198,8 @@ mod tests {
         for (t, off) in threads.into_iter().flat_map(|h| h.join().unwrap()) {
             let r = spill.take(off, 10_000).unwrap();
             // SAFETY: mapped for 10,000 bytes; nothing writes it any more.
-            assert!(
-                unsafe { std::slice::from_raw_parts(r.as_ptr(), r.len()) }
-                    .iter()
-                    .all(|&x| x == t),
-                "a range was overwritten"
-            );
+            let bytes = unsafe { std::slice::from_raw_parts(r.as_ptr(), r.len()) };
+            assert!(bytes.iter().all(|&x| x == t), "a range was overwritten");
         }
     }
 }

@@ -19,13 +19,13 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyType};
 
+use ferropool_engine::memfd::adopt_fd;
 use ferropool_engine::shared::queue::{Queue, QueueError};
-use ferropool_engine::shared::segment::adopt_fd;
 use ferropool_engine::shared::spill::Spill;
 
+use super::{adopt, block};
 use crate::buffer::SharedBuffer;
 use crate::errors::io_error;
-use crate::shared::{adopt, block};
 
 /// Buffers of an item this large or larger travel out of the ring (the pools' default
 /// `zero_copy_threshold`).
@@ -170,13 +170,13 @@ impl SharedQueue {
         _spill: Option<i32>,
     ) -> PyResult<Self> {
         let spill = match _spill {
-            // SAFETY: `_spill` transfers ownership of a descriptor opened for this object alone
-            // (documented in `_core.pyi`), as `_attach` does.
-            Some(fd) => Spill::open(
-                unsafe { adopt_fd(fd) }
-                    .map_err(|e| PyValueError::new_err(format!("_spill: descriptor {fd}: {e}")))?,
-            )
-            .map_err(io_error)?,
+            Some(fd) => {
+                // SAFETY: `_spill` transfers ownership of a descriptor opened for this object
+                // alone (documented in `_core.pyi`), as `_attach` does.
+                let fd = unsafe { adopt_fd(fd) }
+                    .map_err(|e| PyValueError::new_err(format!("_spill: descriptor {fd}: {e}")))?;
+                Spill::open(fd).map_err(io_error)?
+            }
             None if _attach.is_some() => {
                 return Err(PyValueError::new_err(
                     "_attach needs _spill: a queue travels with its spill file",
@@ -269,7 +269,7 @@ impl SharedQueue {
                 self.queue.get(&mut buf, timeout)
             }
             Err(QueueError::TimedOut) => {
-                let got = crate::shared::block(py, timeout, |slice| {
+                let got = super::block(py, timeout, |slice| {
                     let mut buf = Vec::new();
                     match self.queue.get(&mut buf, slice) {
                         Err(QueueError::TimedOut) => None,

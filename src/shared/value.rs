@@ -10,8 +10,8 @@ use pyo3::prelude::*;
 use ferropool_engine::shared::segment::{Kind, Segment, PAYLOAD};
 use ferropool_engine::shared::value::{Type, Value};
 
+use super::adopt;
 use crate::errors::io_error;
-use crate::shared::adopt;
 
 /// The `array`/`ctypes` type codes a `SharedValue` accepts (`l` and `L` are 64-bit on Linux).
 fn type_of(code: &str) -> PyResult<Type> {

@@ -7,10 +7,8 @@
 //! bookkeeping here is single-threaded; only `Shared` is touched by other threads.
 //!
 //! Scheduling: a worker runs its tasks in the order sent, so the front of its `inflight` list is
-//! the task it is running. Each worker is sent its running task plus enough queued ones to keep
-//! it busy for about `PREFETCH_US` while results travel back, judged from the run times it
-//! reports; a worker running long tasks gets its next one only when it answers. Short tasks are thus batched hundreds per system call while
-//! long tasks stay in the shared queue where any idle worker can take them.
+//! the task it is running. How many tasks each worker holds and which worker gets each queued
+//! task is decided by `placement`, a pure function of the figures kept here; `assign` applies it.
 //!
 //! Failures: when a worker's pidfd fires, its socket is drained first (answers it sent before
 //! dying still count), then its running task fails with `Outcome::WorkerDied`, the tasks queued
@@ -40,14 +38,10 @@ use crate::pool::{Done, Outcome, PoolConfig, Shared, Task, WorkerLog};
 use crate::stats::{RestartCause, SlotStats};
 use crate::worker::{Phase, Stop, Worker};
 
-/// Queued work each worker should hold, in microseconds of its measured task time.
-const PREFETCH_US: f64 = 2000.0;
-/// Tasks sent to a worker before its first run time is known.
-const INITIAL_PREFETCH: usize = 2;
-/// Most tasks queued at one worker, however short they are.
-const MAX_PREFETCH: usize = 1024;
-/// Most coroutine tasks at one worker at once: they wait on I/O concurrently on its event loop.
-const MAX_COROUTINES_PER_WORKER: usize = 1024;
+mod placement;
+
+use placement::{Load, Room};
+
 /// Least time between two reads of one worker's memory use (each costs a /proc read).
 const MEMORY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 /// How long a worker may take to exit after `Shutdown` (interpreter teardown, atexit handlers)
@@ -279,54 +273,34 @@ impl Dispatcher {
         next
     }
 
-    /// Moves queued tasks to workers that have room, one at a time: to a worker with an idle
-    /// task thread if there is one (never behind a running task while a thread elsewhere is
-    /// idle), else to the one with the most room.
+    /// Moves queued tasks to workers that have room, as `placement::plan` chooses.
     ///
     /// Also records under the queue's lock whether room is left (`Queue::wants_tasks`), which
     /// decides whether `submit` must wake us. Both happen under one lock, so a task pushed after
     /// we saw no room is picked up when a worker answers, and one pushed while room is left
     /// wakes us.
     fn assign(&mut self) {
-        // Room for (thread tasks, coroutine tasks) per worker.
-        let mut room: Vec<(usize, usize)> = self
-            .slots
-            .iter()
-            .map(|w| w.as_ref().map_or((0, 0), |w| self.room(w)))
-            .collect();
-        // Idle task threads per worker (plain tasks run one per thread).
-        let mut idle: Vec<usize> = self
+        let max_tasks = self.config.max_tasks_per_child;
+        let mut rooms: Vec<Room> = self
             .slots
             .iter()
             .map(|w| {
-                w.as_ref().map_or(0, |w| {
-                    w.threads.saturating_sub(w.inflight.len() - w.coroutines)
-                })
+                w.as_ref()
+                    .map_or(Room::default(), |w| Room::of(&load(w), max_tasks))
             })
             .collect();
         let mut q = self.shared.queue.lock().expect("queue poisoned");
-        let mut taken: Vec<(usize, Task)> = Vec::new();
-        while let Some(front) = q.tasks.front() {
-            let kind = |r: &(usize, usize)| if front.payload.is_async { r.1 } else { r.0 };
-            let Some(slot) = (0..room.len())
-                .filter(|&i| kind(&room[i]) > 0)
-                .max_by_key(|&i| (idle[i] > 0, kind(&room[i])))
-            else {
-                break;
-            };
-            let task = q.tasks.pop_front().expect("front exists");
-            if task.payload.is_async {
-                room[slot].1 -= 1;
-            } else {
-                room[slot].0 -= 1;
-                idle[slot] = idle[slot].saturating_sub(1);
-            }
-            taken.push((slot, task));
-        }
-        // Starting workers count as having room: they take tasks before they are ready.
-        q.wants_tasks = room
-            .iter()
-            .any(|&(sync, coroutines)| sync > 0 || coroutines > 0);
+        let chosen = placement::plan(&mut rooms, q.tasks.iter().map(|t| t.payload.is_async));
+        let taken: Vec<(usize, Task)> = chosen
+            .into_iter()
+            .map(|slot| {
+                (
+                    slot,
+                    q.tasks.pop_front().expect("planned for a queued task"),
+                )
+            })
+            .collect();
+        q.wants_tasks = placement::has_room(&rooms);
         drop(q);
         for (slot, task) in taken {
             let w = self.slots[slot]
@@ -336,30 +310,6 @@ impl Dispatcher {
             w.send_task(task.id, task.payload, task.timeout);
             self.stats[slot].sent(was_idle);
         }
-    }
-
-    /// How many more thread tasks and coroutine tasks worker `w` should be sent now.
-    fn room(&self, w: &Worker) -> (usize, usize) {
-        if w.phase == Phase::Draining || w.sock_closed {
-            return (0, 0);
-        }
-        let per_thread = match w.task_us {
-            None => INITIAL_PREFETCH,
-            // The running task plus about PREFETCH_US of queued ones: none for long tasks, whose
-            // next task is sent when they answer (a round trip is ~0.1 ms), so no task waits
-            // behind a long one while another worker is idle.
-            Some(us) => ((PREFETCH_US / us) as usize).min(MAX_PREFETCH) + 1,
-        };
-        let (sync, coroutines) = (w.inflight.len() - w.coroutines, w.coroutines);
-        let mut room = (
-            (per_thread * w.threads).saturating_sub(sync),
-            MAX_COROUTINES_PER_WORKER.saturating_sub(coroutines),
-        );
-        if let Some(max) = self.config.max_tasks_per_child {
-            let left = max.saturating_sub(w.tasks_sent) as usize;
-            room = (room.0.min(left), room.1.min(left));
-        }
-        room
     }
 
     /// Once the pool is closed and no work is left anywhere, asks every worker to exit.
@@ -733,6 +683,18 @@ impl Dispatcher {
             self.done.push(Done::new(t.id, Outcome::Cancelled));
         }
         self.shared.publish(&mut self.done);
+    }
+}
+
+/// The figures of worker `w` that `placement` decides on.
+fn load(w: &Worker) -> Load {
+    Load {
+        accepting: w.phase != Phase::Draining && !w.sock_closed,
+        task_us: w.task_us,
+        threads: w.threads,
+        tasks: w.inflight.len() - w.coroutines,
+        coroutines: w.coroutines,
+        tasks_sent: w.tasks_sent,
     }
 }
 

@@ -1,8 +1,8 @@
 //! What every shared-memory class of `ferropool._core` needs: interruptible waiting, timeout
 //! arguments, adopting a descriptor handed over by `ferropool.shared`, and `OwnerDiedWarning`.
 //!
-//! The classes themselves are in `shared_sync` (locks, event, semaphore, barrier),
-//! `shared_queue` and `shared_value` (numbers and the raw memory behind `shared.Array`).
+//! The classes themselves are in `sync` (locks, event, semaphore, barrier), `queue` and `value`
+//! (numbers and the raw memory behind `shared.Array`).
 //! Each holds its engine object, so its segment is unmapped and its descriptor closed when the
 //! Python object is freed.
 
@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::{PyRuntimeWarning, PyValueError};
 use pyo3::prelude::*;
 
-use ferropool_engine::shared::segment;
+use ferropool_engine::memfd;
+
+mod queue;
+mod sync;
+mod value;
 
 pyo3::create_exception!(
     _core,
@@ -26,7 +30,16 @@ pyo3::create_exception!(
 /// How long a blocked call sleeps without the GIL before it checks for signals (Ctrl-C).
 pub(crate) const SIGNAL_SLICE: Duration = Duration::from_millis(50);
 
+/// Adds the shared-memory classes and `OwnerDiedWarning` to `ferropool._core`.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<sync::SharedLock>()?;
+    m.add_class::<sync::SharedRLock>()?;
+    m.add_class::<sync::SharedEvent>()?;
+    m.add_class::<sync::SharedSemaphore>()?;
+    m.add_class::<sync::SharedBarrier>()?;
+    m.add_class::<queue::SharedQueue>()?;
+    m.add_class::<value::SharedValue>()?;
+    m.add_class::<value::SharedMemory>()?;
     m.add("OwnerDiedWarning", m.py().get_type::<OwnerDiedWarning>())
 }
 
@@ -98,7 +111,7 @@ pub(crate) fn adopt(attach: (i32, u64)) -> PyResult<(OwnedFd, u64)> {
     let (fd, id) = attach;
     // SAFETY: `_attach` transfers ownership of a descriptor that the caller opened for this
     // object alone and will not close or use again (documented in `_core.pyi`).
-    let fd = unsafe { segment::adopt_fd(fd) }
+    let fd = unsafe { memfd::adopt_fd(fd) }
         .map_err(|e| PyValueError::new_err(format!("_attach: descriptor {fd}: {e}")))?;
     Ok((fd, id))
 }

@@ -21,8 +21,8 @@ use ferropool_engine::shared::rlock::RLock;
 use ferropool_engine::shared::semaphore::Semaphore;
 use ferropool_engine::shared::TimedOut;
 
+use super::{adopt, block, lock_timeout, wait_timeout, warn_owner_died};
 use crate::errors::io_error;
-use crate::shared::{adopt, block, lock_timeout, wait_timeout, warn_owner_died};
 
 /// Records how a lock was acquired; warns (once per take-over) when from a dead owner. If the
 /// warning is turned into an error, releases the lock again with `release` and raises it.
