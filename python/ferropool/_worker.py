@@ -1,6 +1,6 @@
 """The main loop of a worker process.
 
-A worker is a fresh interpreter started by the parent's dispatcher (``dispatcher.rs``) with one
+A worker is a fresh interpreter started by the parent's dispatcher (``dispatcher/mod.rs``) with one
 end of a unix socket inherited as a descriptor. It reads frames from that socket and answers
 each ``Task`` with ``Ok`` or ``Err`` in the order the tasks came, which is what lets the parent
 know which task a worker is running. Protocol: ``docs/wire-format.md``; life cycle:

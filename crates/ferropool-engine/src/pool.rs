@@ -1,6 +1,6 @@
 //! The process pool's public face: submit opaque task payloads, receive their outcomes.
 //!
-//! A `ProcessPool` owns one dispatcher thread (see `dispatcher.rs`) that runs the workers.
+//! A `ProcessPool` owns one dispatcher thread (see `dispatcher/mod.rs`) that runs the workers.
 //! Callers talk to it through `Shared`: they push tasks onto `queue` and wake the dispatcher;
 //! the dispatcher pushes outcomes onto `done` and wakes whoever waits in `wait_outcomes`.
 //!
