@@ -302,7 +302,8 @@ fn worker_stats_dict<'py>(
 }
 
 /// Returns an outcome as `(code, detail)`: the payload as bytes,
-/// `(pid, exit_code, signal, stderr_tail)` for a dead worker, `(pid, seconds)` for a timeout.
+/// `(pid, exit_code, signal, stderr_tail, reason)` for a dead worker (`reason`: why the parent
+/// stopped it, or None), `(pid, seconds)` for a timeout.
 fn outcome_detail(py: Python<'_>, outcome: Outcome) -> PyResult<(u8, Bound<'_, PyAny>)> {
     Ok(match outcome {
         Outcome::Returned(p) => (RETURNED, PyBytes::new(py, &p).into_any()),
@@ -310,6 +311,7 @@ fn outcome_detail(py: Python<'_>, outcome: Outcome) -> PyResult<(u8, Bound<'_, P
         Outcome::WorkerDied {
             exit: e,
             stderr_tail,
+            reason,
         } => (
             WORKER_DIED,
             PyTuple::new(
@@ -319,6 +321,7 @@ fn outcome_detail(py: Python<'_>, outcome: Outcome) -> PyResult<(u8, Bound<'_, P
                     e.code.into_pyobject(py)?.into_any(),
                     e.signal.into_pyobject(py)?.into_any(),
                     PyBytes::new(py, &stderr_tail).into_any(),
+                    reason.into_pyobject(py)?.into_any(),
                 ],
             )?
             .into_any(),

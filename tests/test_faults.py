@@ -556,3 +556,48 @@ if {dropped!r}:
     assert "finished first" in out, "work queued before exit still runs"
     assert "ferropool: stopping 1 task(s) of a ProcessPool still running 1 s after the program ended" in err
     assert helpers.gone_within(pids, 1.0)
+
+
+def write_to_own_socket(length: int, kind: int) -> str:
+    # What native code writing to the wrong descriptor does: 24 bytes that read as a header.
+    import struct
+
+    os.write(int(sys.argv[-1]), struct.pack("<QQBBHI", length, 0xDEADBEEF, kind, 0, 0, 0))
+    return "returned"
+
+
+STRAY_BYTES = """
+import os, resource, sys
+sys.path.insert(0, {tests!r})
+import helpers, test_faults
+from ferropool import ProcessPool, WorkerDiedError
+
+with ProcessPool(2) as pool:
+    stray = pool.submit(test_faults.write_to_own_socket, {length}, {kind})
+    others = [pool.submit(helpers.mul, i, 2) for i in range(20)]
+    try:
+        print("returned", stray.result(timeout=30))
+    except WorkerDiedError as exc:
+        print("died", exc)
+    assert [f.result(timeout=30) for f in others] == [2 * i for i in range(20)]
+    assert pool.submit(helpers.mul, 3, 3).result(timeout=30) == 9
+print("peak MiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.parametrize(
+    "length, kind",
+    [
+        (1 << 40, 6),  # an Ok frame of 1 TiB: past any real frame
+        (8 << 30, 6),  # an Ok frame of 8 GiB about a task the worker does not hold
+        (16, 99),  # a kind no version of the protocol uses
+    ],
+)
+def test_stray_bytes_on_the_socket_fail_only_that_task(length, kind):
+    code = STRAY_BYTES.format(tests=os.path.dirname(__file__), length=length, kind=kind)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=RESULT_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("died ") and "stream to the parent was corrupt" in lines[0], lines
+    assert "test_faults.write_to_own_socket" in lines[0]
+    assert int(lines[-1].split()[-1]) < 1024, "the parent allocated what the stray header claimed"

@@ -167,7 +167,8 @@ class ProcessPoolEngine:
         outcome, or a ``loads`` failure, goes to ``settle(future, code, detail, error)``: ``code``
         ``OUTCOME_RETURNED`` (detail is the payload, error the ``loads`` or ``set_result``
         failure), ``OUTCOME_RAISED`` (the payload), ``OUTCOME_WORKER_DIED`` (detail is
-        ``(pid, exit_code, signal, stderr_tail)``), ``OUTCOME_BROKEN`` (the reason as bytes),
+        ``(pid, exit_code, signal, stderr_tail, reason)``, ``reason`` saying why the pool stopped
+        the worker, or None if it died by itself), ``OUTCOME_BROKEN`` (the reason as bytes),
         ``OUTCOME_CANCELLED`` (cancelled, or stopped by ``close(abort=True)``: detail is None) or
         ``OUTCOME_TIMED_OUT`` (detail is ``(pid, timeout_seconds)``). Log records the
         workers sent come first, to ``logs(records, dropped)``: ``[(worker, pid, payload)]`` and

@@ -436,9 +436,13 @@ def _fail(fut: cf.Future, exc: BaseException) -> None:
         pass
 
 
-def _died(fut: TaskFuture, pid: int, code: int | None, sig: int | None, stderr_tail: bytes) -> WorkerDiedError:
+def _died(
+    fut: TaskFuture, pid: int, code: int | None, sig: int | None, stderr_tail: bytes, reason: str | None
+) -> WorkerDiedError:
     function = _function_name(fut)
-    if sig is not None:
+    if reason is not None:
+        how = f"was stopped by the pool: {reason}"
+    elif sig is not None:
         import signal as _signal
 
         try:

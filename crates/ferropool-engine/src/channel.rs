@@ -7,10 +7,13 @@
 //! parent's dispatcher, which polls), returning `io::ErrorKind::WouldBlock` in the latter case.
 //!
 //! Descriptors: a frame with `nfds > 0` is sent with one `sendmsg` whose data starts at the
-//! frame's first byte and whose control message holds its descriptors. Linux attaches them to
-//! that byte, and never merges it into an earlier read, so by the time the receiver has read
-//! the whole frame its descriptors are at the back of the reader's FIFO; frames take them in
-//! order. See `docs/wire-format.md`.
+//! frame's first byte and whose control message holds its descriptors. Linux hands them to the
+//! first read that takes any byte of that message, and ends the read there (it may have read
+//! earlier messages first), so they arrive with the read that holds the frame's first byte.
+//! The reader tags each descriptor with its read's stream range; a frame takes those whose
+//! range holds its first byte, and a descriptor no frame can claim is closed (a peer cannot
+//! fill the table with descriptors it never announced). More than `MAX_FDS_PER_READ` in one
+//! message (`MSG_CTRUNC`) is a corrupt stream. See `docs/wire-format.md`.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -52,13 +55,26 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// A receive buffer larger than this is let go once it is empty, so that one large frame does
+/// not pin its size for the connection's life.
+const KEEP_BUFFER: usize = 4 * READ_CHUNK;
+
 /// Accumulates bytes read from a socket and cuts them into frames.
+///
+/// Untrusted input: a peer (or a task that writes stray bytes to the socket) can announce any
+/// length and send any descriptors. The buffer grows only as bytes arrive, never to what a
+/// header claims; descriptors are tagged with the stream range of the read that brought them,
+/// a frame takes only those whose read held its first byte, and any other is closed.
 #[derive(Default)]
 pub struct FrameReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    fds: VecDeque<OwnedFd>,
+    /// Stream offset of `buf[start]`: bytes taken out as frames so far.
+    consumed: u64,
+    /// Received descriptors, each with the stream range `[start, end)` of the read that
+    /// brought it.
+    fds: VecDeque<(u64, u64, OwnedFd)>,
     eof: bool,
 }
 
@@ -78,7 +94,8 @@ impl FrameReader {
             .is_some_and(|h| (self.end - self.start) as u64 >= HEADER_LEN as u64 + h.len)
     }
 
-    fn pending_header(&self) -> Option<Header> {
+    /// The header of the frame being assembled, once its bytes are in and decode.
+    pub fn pending_header(&self) -> Option<Header> {
         let avail = &self.buf[self.start..self.end];
         let h: &[u8; HEADER_LEN] = avail.get(..HEADER_LEN)?.try_into().ok()?;
         Header::decode(h).ok()
@@ -96,9 +113,11 @@ impl FrameReader {
     }
 
     fn fill_with(&mut self, fd: BorrowedFd<'_>, flags: MsgFlags) -> io::Result<usize> {
-        // Make room: enough for the frame being assembled, at least READ_CHUNK.
+        // Make room for the frame being assembled, but grow towards its announced length only
+        // as its bytes arrive (at most doubling what is buffered): a header is only a claim.
+        let buffered = self.end - self.start;
         let want = match self.pending_header() {
-            Some(h) => (HEADER_LEN as u64 + h.len) as usize,
+            Some(h) => (HEADER_LEN as u64 + h.len).min(2 * buffered as u64) as usize,
             None => 0,
         }
         .max(READ_CHUNK);
@@ -113,6 +132,11 @@ impl FrameReader {
         }
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
         let mut iov = [IoSliceMut::new(&mut self.buf[self.end..])];
+        // Descriptors come with the message that sent them, which begins within this read
+        // (Linux ends a read once it has taken a message's descriptors; it may have read
+        // earlier messages first). Tagged with the read's range once its length is known.
+        let at = self.consumed + buffered as u64;
+        let mut arrived = Vec::new();
         let n = loop {
             match recvmsg::<()>(
                 fd.as_raw_fd(),
@@ -125,10 +149,18 @@ impl FrameReader {
                         if let ControlMessageOwned::ScmRights(raw) = c {
                             // SAFETY: the kernel just installed these descriptors in our table for
                             // this message; nothing else owns them yet.
-                            self.fds.extend(
+                            arrived.extend(
                                 raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }),
                             );
                         }
+                    }
+                    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                        // The kernel closed descriptors that did not fit: no frame can be
+                        // matched with its own any more.
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "more descriptors arrived than a frame may carry",
+                        ));
                     }
                     break msg.bytes;
                 }
@@ -139,6 +171,9 @@ impl FrameReader {
         if n == 0 {
             self.eof = true;
         }
+        let until = at + n as u64;
+        self.fds
+            .extend(arrived.into_iter().map(|fd| (at, until, fd)));
         self.end += n;
         Ok(n)
     }
@@ -153,11 +188,32 @@ impl FrameReader {
             .try_into()
             .expect("header slice");
         let h = Header::decode(hb).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let total = HEADER_LEN + h.len as usize;
-        if avail < total {
+        // `avail` fits in memory, so a frame that fits in it fits in a usize.
+        if (avail as u64) < HEADER_LEN as u64 + h.len {
             return Ok(None);
         }
-        if self.fds.len() < h.nfds as usize {
+        let total = HEADER_LEN + h.len as usize;
+        let (frame_at, frame_end) = (self.consumed, self.consumed + total as u64);
+        // Its descriptors arrived with the read that held its first byte.
+        let mut fds = Vec::with_capacity(h.nfds as usize);
+        while fds.len() < h.nfds as usize
+            && self
+                .fds
+                .front()
+                .is_some_and(|&(from, until, _)| from <= frame_at && frame_at < until)
+        {
+            fds.push(self.fds.pop_front().expect("front exists").2);
+        }
+        // A descriptor whose read ended within this frame can belong to no later frame: one
+        // that no frame claimed is closed here, when dropped.
+        while self
+            .fds
+            .front()
+            .is_some_and(|&(_, until, _)| until <= frame_end)
+        {
+            self.fds.pop_front();
+        }
+        if fds.len() < h.nfds as usize {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "frame announces more descriptors than arrived",
@@ -165,11 +221,14 @@ impl FrameReader {
         }
         let payload = self.buf[self.start + HEADER_LEN..self.start + total].to_vec();
         self.start += total;
+        self.consumed = frame_end;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            if self.buf.len() > KEEP_BUFFER {
+                self.buf = Vec::new();
+            }
         }
-        let fds = self.fds.drain(..h.nfds as usize).collect();
         Ok(Some(Frame {
             kind: h.kind,
             id: h.id,
@@ -386,6 +445,94 @@ mod tests {
         let mut rx = Connection::new(b).unwrap();
         let err = rx.recv().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_claimed_length_is_not_allocated_before_its_bytes_arrive() {
+        let (a, b) = pair().unwrap();
+        let mut raw = std::fs::File::from(a);
+        // Stray bytes that read as a header announcing 8 GiB (under MAX_PAYLOAD), then a few.
+        let mut header = Vec::new();
+        Header {
+            len: 8 << 30,
+            id: 1,
+            kind: Kind::Ok,
+            flags: 0,
+            nfds: 0,
+            aux: 0,
+        }
+        .encode_into(&mut header);
+        raw.write_all(&header).unwrap();
+        raw.write_all(&[0; 1000]).unwrap();
+        let mut rx = FrameReader::new();
+        for _ in 0..3 {
+            rx.fill_nonblocking(b.as_fd()).ok();
+        }
+        assert!(rx.next_frame().unwrap().is_none());
+        assert!(
+            rx.buf.len() <= 2 * READ_CHUNK,
+            "the buffer grew to {} bytes for 1024 that arrived",
+            rx.buf.len()
+        );
+    }
+
+    #[test]
+    fn the_buffer_of_a_large_frame_is_let_go_once_it_is_read() {
+        let (a, b) = pair().unwrap();
+        let sender = std::thread::spawn(move || {
+            let mut tx = FrameWriter::new();
+            tx.push(Frame::new(Kind::Ok, 1, vec![3; 8 << 20]));
+            tx.push(Frame::new(Kind::Ok, 2, b"small".to_vec()));
+            assert!(tx.flush(a.as_fd()).unwrap());
+        });
+        let mut rx = FrameReader::new();
+        let mut frames = Vec::new();
+        while frames.len() < 2 {
+            assert!(rx.fill(b.as_fd()).unwrap() > 0, "stream ended early");
+            while let Some(f) = rx.next_frame().unwrap() {
+                frames.push(f);
+            }
+        }
+        sender.join().unwrap();
+        assert_eq!(frames[0].payload.len(), 8 << 20);
+        assert_eq!(frames[1].payload, b"small");
+        assert!(
+            rx.buf.len() <= KEEP_BUFFER,
+            "{} bytes kept after the frames were read",
+            rx.buf.len()
+        );
+    }
+
+    #[test]
+    fn descriptors_no_frame_announces_are_closed() {
+        let (a, b) = pair().unwrap();
+        // A frame that announces no descriptor, sent with one: the write end of a pipe.
+        let (pipe_r, pipe_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut bytes = Vec::new();
+        Frame::new(Kind::Ok, 5, b"payload".to_vec())
+            .header()
+            .encode_into(&mut bytes);
+        bytes.extend_from_slice(b"payload");
+        let fds = [pipe_w.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(
+            a.as_raw_fd(),
+            &[IoSlice::new(&bytes)],
+            &cmsg,
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        drop(pipe_w);
+        let mut rx = FrameReader::new();
+        rx.fill(b.as_fd()).unwrap();
+        let f = rx.next_frame().unwrap().unwrap();
+        assert_eq!((f.id, f.fds.len()), (5, 0));
+        // Every write end is closed now, ours and the one that arrived: end of file (not
+        // EAGAIN, which would mean one is still open).
+        set_nonblocking(pipe_r.as_fd(), true).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(nix::unistd::read(&pipe_r, &mut buf), Ok(0));
     }
 
     fn tempfile_with(bytes: &[u8]) -> std::fs::File {

@@ -23,8 +23,10 @@ pub const SERIALIZE_SHARE_FULL: u8 = 255;
 /// Size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 24;
 
-/// Largest payload accepted; anything larger is a corrupt stream, not a real message.
-pub const MAX_PAYLOAD: u64 = 1 << 40;
+/// Largest payload accepted; anything larger is a corrupt stream (stray bytes read as a
+/// header), not a real message. Large buffers travel in memory files, so real payloads stay
+/// far below it; the reader never allocates more than what has arrived in any case.
+pub const MAX_PAYLOAD: u64 = 1 << 34;
 
 /// What a frame means. Parent-to-worker and worker-to-parent kinds share one numbering so a
 /// captured stream can be decoded without knowing its direction.

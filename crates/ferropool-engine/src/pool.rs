@@ -84,7 +84,13 @@ pub enum Outcome {
     Raised(Vec<u8>),
     /// The worker running the task died before answering: how it ended, and the last bytes it
     /// wrote to stderr (a traceback, a faulthandler dump, an error from native code).
-    WorkerDied { exit: Exit, stderr_tail: Vec<u8> },
+    WorkerDied {
+        exit: Exit,
+        stderr_tail: Vec<u8>,
+        /// Why the parent stopped the worker, when it did (a corrupt stream); None when the
+        /// worker died by itself.
+        reason: Option<String>,
+    },
     /// The task was cancelled (`ProcessPool::cancel` while it ran or waited at a worker), or
     /// the pool was closed with `abort` before it finished: it was stopped or never ran.
     Cancelled,

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::channel::{self, FrameReader, FrameWriter};
-use crate::frame::{Frame, Kind};
+use crate::frame::{Frame, Header, Kind};
 use crate::pool::Payload;
 use crate::relay::{LineRelay, Sink};
 
@@ -107,6 +107,8 @@ pub struct Worker {
     pub tasks_sent: u64,
     /// Smoothed run time of this worker's recent tasks, in microseconds; `None` before the first.
     pub task_us: Option<f64>,
+    /// Why the parent is stopping it for what it sent (see `corrupt_stream`).
+    pub corrupt: Option<String>,
     /// The socket reached end of stream: stop polling it, wait for the pidfd.
     pub sock_closed: bool,
     /// The worker's stderr, relayed line by line; its tail goes into crash reports.
@@ -194,6 +196,7 @@ impl Worker {
             tasks_sent: 0,
             task_us: None,
             sock_closed: false,
+            corrupt: None,
             stderr,
             stdout,
             memory_checked_at: None,
@@ -457,6 +460,34 @@ impl Worker {
         // SAFETY: sysconf has no memory-safety preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         Ok(pages * u64::try_from(page).unwrap_or(4096))
+    }
+
+    /// Whether a frame with header `h` can come from this worker: a worker-to-parent kind,
+    /// and for one about a task, a task it holds (or the one it is being stopped for, whose
+    /// answer may still come).
+    pub fn may_send(&self, h: &Header) -> bool {
+        match h.kind {
+            Kind::Hello | Kind::Ready | Kind::InitFailed | Kind::Heartbeat | Kind::Log => true,
+            Kind::Ok | Kind::Err | Kind::Cancel | Kind::Start => {
+                self.inflight.iter().any(|s| s.id == h.id)
+                    || self.stop.as_ref().is_some_and(|s| s.task == Some(h.id))
+            }
+            Kind::Init | Kind::Task | Kind::Shutdown => false,
+        }
+    }
+
+    /// Stops reading from the worker and kills it: what it sent cannot be a frame of the
+    /// protocol (`what` says how), so nothing after it can be trusted. Its running task fails
+    /// with a `WorkerDied` that carries the reason.
+    pub fn corrupt_stream(&mut self, what: &dyn std::fmt::Display) {
+        self.corrupt.get_or_insert_with(|| {
+            format!(
+                "its stream to the parent was corrupt ({what}); something in the task, such as \
+                 native code writing to the wrong descriptor, wrote to the worker's socket"
+            )
+        });
+        self.sock_closed = true;
+        self.kill();
     }
 
     /// Sends SIGKILL (the process may already be gone; that is not an error).

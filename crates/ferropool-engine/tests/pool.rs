@@ -82,7 +82,9 @@ fn a_dying_worker_fails_only_its_running_task_and_is_replaced() {
     }
     let got = collect(&pool, 39);
     match &got[&1] {
-        Outcome::WorkerDied { exit, stderr_tail } => {
+        Outcome::WorkerDied {
+            exit, stderr_tail, ..
+        } => {
             assert_eq!((exit.code, exit.signal), (Some(7), None));
             assert_eq!(
                 String::from_utf8_lossy(stderr_tail),

@@ -429,6 +429,10 @@ impl Dispatcher {
                     emptied = true;
                     break;
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    w.corrupt_stream(&e);
+                    break;
+                }
                 Err(_) => {
                     w.sock_closed = true;
                     break;
@@ -440,13 +444,21 @@ impl Dispatcher {
             match w.reader.next_frame() {
                 Ok(Some(frame)) => self.on_frame(slot, frame),
                 Ok(None) => break,
-                Err(_) => {
+                Err(e) => {
                     // A corrupt stream cannot be resynchronised: replace the worker.
-                    w.sock_closed = true;
-                    w.kill();
+                    w.corrupt_stream(&e);
                     break;
                 }
             }
+        }
+        // Judge the next frame by its header, before waiting for the payload it announces:
+        // stray bytes read as a header rarely name a task this worker holds.
+        let w = self.slots[slot].as_mut().expect("still here");
+        if let Some(h) = w.reader.pending_header().filter(|h| !w.may_send(h)) {
+            w.corrupt_stream(&format!(
+                "a {:?} frame about task {}, which it does not hold",
+                h.kind, h.id
+            ));
         }
         emptied || self.slots[slot].as_ref().is_none_or(|w| w.sock_closed)
     }
@@ -484,8 +496,10 @@ impl Dispatcher {
                 let Some(sent) = w.finish_task(frame.id, Some(frame.aux)) else {
                     // An answer for a task it does not hold means a broken worker; let the
                     // exit path clean up.
-                    w.sock_closed = true;
-                    w.kill();
+                    w.corrupt_stream(&format!(
+                        "an answer for task {}, which it does not hold",
+                        frame.id
+                    ));
                     return;
                 };
                 self.stats[slot].answered(
@@ -532,8 +546,10 @@ impl Dispatcher {
             }
             Kind::Init | Kind::Task | Kind::Shutdown => {
                 // Parent-bound kinds only; a worker sending them is broken.
-                w.sock_closed = true;
-                w.kill();
+                w.corrupt_stream(&format!(
+                    "a {:?} frame, which only the parent sends",
+                    frame.kind
+                ));
             }
         }
     }
@@ -559,6 +575,7 @@ impl Dispatcher {
             _ => w.kill_and_reap(),
         };
         let was_starting = w.phase == Phase::Starting;
+        let reason = w.corrupt.take();
         let was_stopped = w.stop.is_some();
         let orphans = w.take_all();
         drop(w);
@@ -579,6 +596,7 @@ impl Dispatcher {
                     Outcome::WorkerDied {
                         exit,
                         stderr_tail: stderr_tail.clone(),
+                        reason: reason.clone(),
                     },
                 ));
             } else {
