@@ -601,3 +601,44 @@ def test_stray_bytes_on_the_socket_fail_only_that_task(length, kind):
     assert lines[0].startswith("died ") and "stream to the parent was corrupt" in lines[0], lines
     assert "test_faults.write_to_own_socket" in lines[0]
     assert int(lines[-1].split()[-1]) < 1024, "the parent allocated what the stray header claimed"
+
+
+DISPATCHER_FAILS = """
+import resource, sys, time
+sys.path.insert(0, {tests!r})
+import helpers
+from ferropool import BrokenPoolError, ProcessPool
+
+pool = ProcessPool(4)
+assert pool.submit(helpers.mul, 2, 2).result(timeout=30) == 4
+running = [pool.submit(helpers.sleep_and_return, 30, i) for i in range(4)]
+# poll(2) on more descriptors than RLIMIT_NOFILE allows fails with EINVAL: the dispatcher,
+# which polls every worker's socket, pidfd and output pipes, cannot go on.
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (8, hard))
+try:
+    pool.submit(helpers.mul, 3, 3)  # wakes the dispatcher
+except BrokenPoolError:
+    pass
+for f in running:
+    try:
+        f.result(timeout=20)
+        print("finished")
+    except BrokenPoolError as exc:
+        print("broken", exc.__cause__)
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+try:
+    pool.submit(helpers.mul, 1, 1)
+except BrokenPoolError as exc:
+    print("submit refused")
+pool.shutdown()
+"""
+
+
+def test_a_failing_dispatcher_fails_every_waiter_and_breaks_the_pool():
+    code = DISPATCHER_FAILS.format(tests=os.path.dirname(__file__))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=RESULT_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 5 and lines[-1] == "submit refused", lines
+    assert all(line.startswith("broken ") and "dispatcher thread failed" in line for line in lines[:4]), lines

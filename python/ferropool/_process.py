@@ -426,6 +426,12 @@ def _collect(engine, futures: dict, state: _State, running: _Running) -> None:
     handle_records = state.logs.handle_records
     while engine.deliver(futures, loads, settle, handle_records):
         pass
+    # The engine has ended and delivered every outcome it had. A future still here lost its
+    # task inside the engine (its dispatcher failed): fail it rather than leave waiters hanging.
+    for tid in list(futures):
+        fut = futures.pop(tid, None)
+        if fut is not None:
+            _fail(fut, BrokenPoolError("the pool ended without an outcome for this task; the pool is broken"))
     _unfinished.discard(running)
 
 

@@ -79,10 +79,15 @@ pub(crate) fn run(shared: Arc<Shared>, config: PoolConfig) {
         stats,
         logs: Vec::new(),
     };
-    for slot in 0..d.slots.len() {
-        d.respawn(slot);
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for slot in 0..d.slots.len() {
+            d.respawn(slot);
+        }
+        d.event_loop();
+    }));
+    if let Err(panic) = ran {
+        d.fail_after_panic(panic.as_ref());
     }
-    d.event_loop();
     d.shared.publish_logs(&mut d.logs);
     d.publish_stats(true);
     let shared = d.shared.clone();
@@ -667,6 +672,49 @@ impl Dispatcher {
             w.send_shutdown(EXIT_GRACE);
         }
         self.stopping = true;
+    }
+
+    /// Ends the pool after this thread panicked, so that nobody waits for ever: every worker
+    /// is killed, every unfinished task fails with `Outcome::Broken` saying so (tasks already
+    /// finished are delivered as they are), and `submit` refuses new ones. The panic may have
+    /// left the shared locks poisoned: they are cleared, since a half-done update can at worst
+    /// lose a task between the queue and a worker, and the caller's side fails any task the
+    /// engine never answered once it has ended (`_process._collect`).
+    fn fail_after_panic(&mut self, panic: &(dyn std::any::Any + Send)) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        let why = format!("the pool's dispatcher thread failed ({what}); the pool is broken")
+            .into_bytes();
+        self.shared.queue.clear_poison();
+        self.shared.done.clear_poison();
+        let mut queued = Vec::new();
+        {
+            let mut q = self.shared.queue.lock().expect("poison cleared");
+            q.broken.get_or_insert_with(|| why.clone());
+            queued.extend(q.tasks.drain(..).map(|t| t.id));
+        }
+        for slot in 0..self.slots.len() {
+            let Some(mut w) = self.slots[slot].take() else {
+                continue;
+            };
+            let exit = w.kill_and_reap();
+            self.stats[slot].exited(exit, false, false);
+            w.pump_output(true);
+            queued.extend(
+                w.take_all()
+                    .into_iter()
+                    .filter(|s| !s.cancelled)
+                    .map(|s| s.id),
+            );
+        }
+        for id in queued {
+            self.done.push(Done::new(id, Outcome::Broken(why.clone())));
+        }
+        self.shared.publish(&mut self.done);
+        self.shared.room_cv.notify_all();
     }
 
     /// Copies every slot's statistics to `Shared::stats`; `last` when the dispatcher ends.
