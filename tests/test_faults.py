@@ -642,3 +642,30 @@ def test_a_failing_dispatcher_fails_every_waiter_and_breaks_the_pool():
     lines = proc.stdout.splitlines()
     assert len(lines) == 5 and lines[-1] == "submit refused", lines
     assert all(line.startswith("broken ") and "dispatcher thread failed" in line for line in lines[:4]), lines
+
+
+def large_result_with_no_descriptor_left(threads: int) -> bytearray:
+    # The result's memory file needs a descriptor below the limit: none is left.
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (3, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    return bytearray(1 << 20)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_result_that_cannot_get_shared_memory_fails_with_the_real_error(threads):
+    # ProcessPool, and HybridPool's threaded workers (which answer from other threads).
+    from ferropool import HybridPool
+
+    pool = HybridPool(1, threads) if threads > 1 else ProcessPool(1)
+    with pool:
+        _check_the_real_error(pool, threads)
+
+
+def _check_the_real_error(pool, threads):
+    pid = pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT)
+    with pytest.raises(OSError, match="Too many open files") as info:
+        pool.submit(large_result_with_no_descriptor_left, threads).result(timeout=RESULT_TIMEOUT)
+    assert not isinstance(info.value, WorkerDiedError)
+    assert any("handing the task's result to the parent" in n for n in getattr(info.value, "__notes__", []))
+    assert pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT) == pid, "the worker was replaced"

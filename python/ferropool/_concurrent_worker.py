@@ -63,7 +63,12 @@ class Runner:
             if not more:
                 self.cond.notify_all()
         # More tasks running: let the answer wait (at most 1 ms) to share a write with theirs.
-        self.sender.send(kind, task_id, out, run_us, buffers, more)
+        try:
+            self.sender.send(kind, task_id, out, run_us, buffers, more)
+        except (OSError, MemoryError) as exc:
+            from ._worker import answer_unsendable
+
+            answer_unsendable(self.sender.send, exc, task_id, run_us, buffers, more)
 
     def busy(self) -> bool:
         with self.cond:

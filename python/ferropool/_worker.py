@@ -196,7 +196,11 @@ def _serve(conn, threads: int) -> None:
             ns = end - start
             if measure and called and ns:
                 share = (loaded - start + end - called) * 255 // ns
-            send(kind, task_id, out, min(ns // 1000, 0xFFFFFFFF), out_buffers, share)
+            run_us = min(ns // 1000, 0xFFFFFFFF)
+            try:
+                send(kind, task_id, out, run_us, out_buffers, share)
+            except (OSError, MemoryError) as exc:
+                answer_unsendable(send, exc, task_id, run_us, out_buffers, share)
         elif kind == CANCEL:
             if runner is not None:
                 runner.cancel(task_id)
@@ -205,6 +209,17 @@ def _serve(conn, threads: int) -> None:
                 runner.wait_idle()
             conn.flush()
             return
+
+
+def answer_unsendable(send, exc: BaseException, task_id: int, run_us: int, buffers, flags) -> None:
+    """Answers a task whose answer could not be sent: with ``buffers``, their memory files
+    could not be made (no memory, no descriptor left), and the task fails with that error
+    instead, the worker staying; without, the socket itself failed (the parent is gone) and
+    ``exc`` is raised again."""
+    if buffers is None:
+        raise exc
+    exc.add_note("ferropool: raised while handing the task's result to the parent in shared memory")
+    send(_core.KIND_ERR, task_id, dumps_exception(exc), run_us, None, flags)
 
 
 #: Environment variables that size the thread pools of native libraries (OpenMP, OpenBLAS, MKL,
