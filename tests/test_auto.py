@@ -18,10 +18,10 @@ import pytest
 
 import ferropool
 from ferropool import Pool
-from ferropool import _auto as auto_module
 from ferropool import _workloads as w
-from ferropool._auto import _holds_gil, _Plan
-from ferropool._auto_decide import EARLY_MIN_S, Figures, decide
+from ferropool._auto import pool as auto_module
+from ferropool._auto.decide import EARLY_MIN_S, Figures, decide
+from ferropool._auto.pool import _holds_gil, _Plan
 from ferropool._process import usable_cpu_count
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -647,7 +647,7 @@ def test_calls_handed_to_a_backend_that_finishes_them_at_once_run_their_callback
     # callback is attached runs its future's callbacks in the deciding thread. They used to run
     # inside the pool's lock: map's wake-up (which takes it) and a callback calling the pool
     # then deadlocked. A backend that runs each call as it is submitted shows it every time.
-    from ferropool._auto import _Serial
+    from ferropool._auto.pool import _Serial
 
     pool = make()
     pool._backend = lambda strategy, workers: _Serial()  # whatever is chosen finishes at once

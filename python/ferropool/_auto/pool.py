@@ -53,7 +53,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._auto_decide import (
+from .._core import PrefixedMap, runqueue_wait_ns
+from .._executor import _PARTIAL, PoolExecutor, run_chunk
+from .._process import usable_cpu_count
+from .decide import (
     BUSY_MACHINE,
     EARLY_MIN_S,
     GIL_HELD_USE,
@@ -72,9 +75,6 @@ from ._auto_decide import (
     decide,
     describe,
 )
-from ._core import PrefixedMap, runqueue_wait_ns
-from ._executor import _PARTIAL, PoolExecutor, run_chunk
-from ._process import usable_cpu_count
 
 __all__ = ["STRATEGIES", "Decision", "Figures", "Pool", "decide"]
 
@@ -198,7 +198,7 @@ class _EventLoop:
     as tasks, at most ``limit`` at a time. Sync callables given to it go to ``threads``."""
 
     def __init__(self, limit: int, threads: Callable[[], Any]):
-        from ._thread import EventLoopThread
+        from .._thread import EventLoopThread
 
         self._max_workers = limit
         self._threads = threads
@@ -550,11 +550,11 @@ class Pool(PoolExecutor):
             if strategy == "serial":
                 backend = _Serial()
             elif strategy == "threads":
-                from ._thread import ThreadPool
+                from .._thread import ThreadPool
 
                 backend = ThreadPool(workers, thread_name_prefix="ferropool-auto")
             elif strategy == "processes":
-                from ._process import ProcessPool
+                from .._process import ProcessPool
 
                 backend = ProcessPool(workers)
             elif strategy == "hybrid":
