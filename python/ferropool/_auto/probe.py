@@ -1,7 +1,7 @@
 """The probe of ``Pool(strategy="auto")``: what to measure next about a function, and when to decide.
 
 ``Probe`` is a state machine with no threads and no clock of its own. The pool runs the calls
-and measures them (``clocks.py``), hands the figures in (``add_solo``, ``end_solo``,
+and measures them (``measure.py``, ``sampler.py``), hands the figures in (``add_solo``, ``end_solo``,
 ``add_sizes``, ``add_pair``) and asks ``next_action`` what to do with the calls queued
 meanwhile::
 
