@@ -48,10 +48,6 @@ def fail_on_multiples_of_three(x):
 BLOB = bytes(range(256)) * (8 * 4096)  # 8 MiB
 
 
-def hash_blob(_):
-    return hashlib.sha256(BLOB).hexdigest()
-
-
 async def async_double(x):
     await asyncio.sleep(0)
     return 2 * x
