@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         # cancels the machine's slow spells (seen: the same 35 ms serial loop taking 45-97 ms
         # for a second or more, on this shared 2-core VM): the best one, if it was one of them.
         ref = best if best in near else near[0]
-        paired = statistics.median(a / b for a, b in zip(times["auto"], times[ref]))
+        paired = statistics.median(a / b for a, b in zip(times["auto"], times[ref], strict=True))
         rows.append(
             {
                 "workload": wl,
