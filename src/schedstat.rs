@@ -5,7 +5,7 @@
 //! from the function's own waiting. It is read here, with the GIL held throughout, because the
 //! reader often runs beside threads that hold the GIL: Python's file reads give the GIL away
 //! around each system call, and winning it back from pure-Python code takes up to a switch
-//! interval (5 ms) each time, which delayed auto's early decision by 20-40 ms.
+//! interval (5 ms) each time: the very delay the GIL sampler measures.
 
 use pyo3::prelude::*;
 

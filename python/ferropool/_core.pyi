@@ -268,7 +268,7 @@ class PrefixedMap(Iterator[_T], Generic[_T]):
 def runqueue_wait_ns() -> int | None:
     """Nanoseconds the calling thread has been runnable but not running, from Linux's
     ``schedstat``; None where it cannot be read. Reads without releasing the GIL (see
-    ``_auto._runqueue_wait_s``)."""
+    ``_auto.measure.runqueue_wait_s``)."""
 
 # ---------------------------------------------------------------- shared memory (ferropool.shared)
 # Each class keeps one object's state in an anonymous memory file (memfd). ``_attach=(fd, id)``

@@ -4,8 +4,8 @@ first calls to a strategy, and the words ``explain()`` uses to say why.
 ``decide`` estimates the time per call of each strategy — serial, threads, processes, hybrid,
 asyncio — from ``Figures`` (wall and CPU time per call, the 2-thread speedup, pickled sizes, free
 cores) and the per-task overheads in ``OVERHEAD_S``, and takes the simplest one within
-``TOLERANCE`` of the fastest. It measures nothing itself (``_auto.py`` does), so it is tested
-with made-up figures.
+``TOLERANCE`` of the fastest. It measures nothing itself (``probe.py`` and ``measure.py`` do), so it
+is tested with made-up figures.
 """
 
 from __future__ import annotations
@@ -34,16 +34,12 @@ TOLERANCE = 1.10
 #: The pair's threads waiting for a CPU this share of the pair's span or more means other
 #: programs keep cores busy: then only the cores the pair got count as free.
 BUSY_MACHINE = 0.2
-#: A pair step of calls at least this long, CPU-bound alone and picklable, is watched as it
-#: starts: if its two threads use no more than GIL_HELD_USE cores between them (one at a time:
-#: the calls hold the GIL) and the one running is seldom kept waiting, the function is decided
-#: then, from that stretch, so that the process pool boots on the core the pair leaves idle
-#: rather than after the pair.
+#: Calls at least this long, CPU-bound alone and picklable, that held the GIL while run alone
+#: (see GIL_SAMPLE_S) are decided as their pair step starts, if the decision is a process or
+#: hybrid pool: that pool then boots on the core the pair leaves idle rather than after the pair.
 EARLY_MIN_S = 0.005
-GIL_HELD_USE = 1.3
 #: A helper thread samples, during solo calls, how late it gets the GIL after waiting this long
-#: (``_auto._GilSampler``): about the switch interval late means the calls held it throughout,
-#: and such long, picklable calls are then decided at the pair's start.
+#: (``sampler.GilSampler``): half the switch interval late or more means the calls held it.
 GIL_SAMPLE_S = 0.001
 #: map keeps at most this many of its items queued for, or running on, the probe.
 MAP_PROBE_AHEAD = 16
@@ -97,7 +93,7 @@ class Decision:
     workers: Any
     rule: str
     figures: Figures | None = None
-    estimates: dict = field(default_factory=dict)
+    estimates: dict[str, float] = field(default_factory=dict)
 
 
 def decide(
@@ -138,7 +134,7 @@ def decide(
         "serial": d + OVERHEAD_S["serial"][column],
         "threads": max(d / thread_n, c / cores, held) + OVERHEAD_S["threads"][column],
     }
-    workers = {"serial": 1, "threads": thread_n}
+    workers: dict[str, Any] = {"serial": 1, "threads": thread_n}
     if fig.picklable:
         est["processes"] = (
             max(d / proc_par if not waiting else d / proc_n, c / cores) + OVERHEAD_S["processes"][column] + transfer
@@ -173,62 +169,3 @@ def _rule(choice: str, fig: Figures, held: float, transfer: float) -> str:
     if choice == "processes":
         return "holds the GIL: only processes run it in parallel"
     return "waits and holds the GIL in turns: processes for the GIL, threads in each for the waits"
-
-
-# ------------------------------------------------------------------ probe state
-
-
-def describe(plan: Any) -> list[str]:
-    d = plan.decision
-    if d is None:
-        n = len(plan.solo) + plan.pair_calls
-        return [f"  {plan.name}: still measuring ({n} call{'s' if n != 1 else ''} so far)"]
-    workers = f"{d.workers[0]} x {d.workers[1]}" if isinstance(d.workers, tuple) else str(d.workers)
-    lines = [f"  {plan.name}: {d.strategy} ({workers} worker{'s' if workers != '1' else ''}): {d.rule}"]
-    f = d.figures
-    if f is not None:
-        speed = "not measured" if f.pair_speedup is None else f"{f.pair_speedup:.2f}x"
-        if getattr(plan, "rechecked", False):
-            speed += " (pair run twice: other programs held cores during the first)"
-        sizes = (
-            "cannot be pickled"
-            if not f.picklable
-            else f"{_bytes(f.arg_bytes)} args, {_bytes(f.result_bytes)} result, {_secs(f.pickle_s or 0.0)} to pickle"
-        )
-        queued = getattr(plan, "solo_queued", 0.0)
-        late = getattr(plan, "gil_late", None)  # ~the switch interval (5 ms): held throughout
-        lines.append(
-            f"    measured {f.calls} calls: wall {_secs(f.wall_s)}, CPU {_secs(f.cpu_s)} per call "
-            f"(CPU/wall {f.cpu_ratio:.2f}"
-            + (f"; {_secs(queued)} queued for a CPU behind other programs left out" if queued > 0.05 * f.wall_s else "")
-            + ")"
-            + (f"; GIL: another thread waited {_secs(late)} for it" if late is not None else "")
-            + f"; 2 threads: {speed}"
-            + (f"; free cores during the pair: {f.free_cores:.1f}" if f.free_cores is not None else "")
-            + f"; pickled: {sizes}"
-        )
-        column = 1 if f.via_map else 0
-        lines.append(
-            f"    overhead per call ({'map, batched' if f.via_map else 'submit'}): "
-            + ", ".join(f"{k} {_secs(v[column])}" for k, v in OVERHEAD_S.items() if k in d.estimates)
-        )
-        lines.append("    estimated time per call: " + ", ".join(f"{k} {_secs(v)}" for k, v in d.estimates.items()))
-    return lines
-
-
-def _secs(s: float) -> str:
-    if s >= 1:
-        return f"{s:.2f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s * 1e6:.1f} us"
-
-
-def _bytes(n: int | None) -> str:
-    if n is None:
-        return "?"
-    if n >= 1 << 20:
-        return f"{n / (1 << 20):.1f} MiB"
-    if n >= 1 << 10:
-        return f"{n / (1 << 10):.1f} KiB"
-    return f"{n} B"

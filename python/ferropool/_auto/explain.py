@@ -1,0 +1,67 @@
+"""The words of ``Pool.explain()``: per function, the strategy chosen, the rule that fired and the
+figures it came from, or how far the probe got."""
+
+from __future__ import annotations
+
+from .decide import OVERHEAD_S, Decision
+from .probe import Probe
+
+__all__ = ["describe"]
+
+
+def describe(name: str, decision: Decision | None, probe: Probe) -> list[str]:
+    """Returns ``explain()``'s lines for the function ``name``."""
+    if decision is None:
+        n = probe.measured
+        return [f"  {name}: still measuring ({n} call{'s' if n != 1 else ''} so far)"]
+    d = decision
+    workers = f"{d.workers[0]} x {d.workers[1]}" if isinstance(d.workers, tuple) else str(d.workers)
+    lines = [f"  {name}: {d.strategy} ({workers} worker{'s' if workers != '1' else ''}): {d.rule}"]
+    f = d.figures
+    if f is None:
+        return lines
+    speed = "not measured" if f.pair_speedup is None else f"{f.pair_speedup:.2f}x"
+    if probe.rechecked:
+        speed += " (pair run twice: other programs held cores during the first)"
+    sizes = (
+        "cannot be pickled"
+        if not f.picklable
+        else f"{_bytes(f.arg_bytes)} args, {_bytes(f.result_bytes)} result, {_secs(f.pickle_s or 0.0)} to pickle"
+    )
+    queued = probe.solo_queued
+    late = probe.gil_late  # about the switch interval: the calls held the GIL throughout
+    lines.append(
+        f"    measured {f.calls} calls: wall {_secs(f.wall_s)}, CPU {_secs(f.cpu_s)} per call "
+        f"(CPU/wall {f.cpu_ratio:.2f}"
+        + (f"; {_secs(queued)} queued for a CPU behind other programs left out" if queued > 0.05 * f.wall_s else "")
+        + ")"
+        + (f"; GIL: another thread waited {_secs(late)} for it" if late is not None else "")
+        + f"; 2 threads: {speed}"
+        + (f"; free cores during the pair: {f.free_cores:.1f}" if f.free_cores is not None else "")
+        + f"; pickled: {sizes}"
+    )
+    column = 1 if f.via_map else 0
+    lines.append(
+        f"    overhead per call ({'map, batched' if f.via_map else 'submit'}): "
+        + ", ".join(f"{k} {_secs(v[column])}" for k, v in OVERHEAD_S.items() if k in d.estimates)
+    )
+    lines.append("    estimated time per call: " + ", ".join(f"{k} {_secs(v)}" for k, v in d.estimates.items()))
+    return lines
+
+
+def _secs(s: float) -> str:
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.1f} KiB"
+    return f"{n} B"
