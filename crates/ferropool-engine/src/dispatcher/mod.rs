@@ -696,20 +696,7 @@ impl Dispatcher {
             q.broken.get_or_insert_with(|| why.clone());
             queued.extend(q.tasks.drain(..).map(|t| t.id));
         }
-        for slot in 0..self.slots.len() {
-            let Some(mut w) = self.slots[slot].take() else {
-                continue;
-            };
-            let exit = w.kill_and_reap();
-            self.stats[slot].exited(exit, false, false);
-            w.pump_output(true);
-            queued.extend(
-                w.take_all()
-                    .into_iter()
-                    .filter(|s| !s.cancelled)
-                    .map(|s| s.id),
-            );
-        }
+        queued.extend(self.kill_all());
         for id in queued {
             self.done.push(Done::new(id, Outcome::Broken(why.clone())));
         }
@@ -724,8 +711,10 @@ impl Dispatcher {
             .publish(self.stats.iter().map(SlotStats::snapshot).collect(), last);
     }
 
-    /// Kills every worker now; every unfinished task, running or queued, ends `Cancelled`.
-    fn abort_all(&mut self) {
+    /// Kills and reaps every worker now; returns the tasks they held that were not cancelled
+    /// (reported already), for the caller to end.
+    fn kill_all(&mut self) -> Vec<u64> {
+        let mut held = Vec::new();
         for slot in 0..self.slots.len() {
             let Some(mut w) = self.slots[slot].take() else {
                 continue;
@@ -733,9 +722,20 @@ impl Dispatcher {
             let exit = w.kill_and_reap();
             self.stats[slot].exited(exit, false, false);
             w.pump_output(true);
-            for s in w.take_all().into_iter().filter(|s| !s.cancelled) {
-                self.done.push(Done::new(s.id, Outcome::Cancelled));
-            }
+            held.extend(
+                w.take_all()
+                    .into_iter()
+                    .filter(|s| !s.cancelled)
+                    .map(|s| s.id),
+            );
+        }
+        held
+    }
+
+    /// Kills every worker now; every unfinished task, running or queued, ends `Cancelled`.
+    fn abort_all(&mut self) {
+        for id in self.kill_all() {
+            self.done.push(Done::new(id, Outcome::Cancelled));
         }
         let queued: Vec<Task> = self
             .shared
