@@ -35,7 +35,8 @@ lint-rust:  ## rustfmt (check only) and clippy with warnings as errors
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-lint-python: lint-tools  ## ruff (lint and format check) and mypy on the package
+# mypy reads the installed third-party packages' types, so it runs where the tests run.
+lint-python: install lint-tools  ## ruff (lint and format check) and mypy on the package
 	$(VENV)/bin/ruff check python tests benchmarks
 	$(VENV)/bin/ruff format --check python tests benchmarks
 	$(VENV)/bin/mypy
