@@ -669,3 +669,42 @@ def _check_the_real_error(pool, threads):
     assert not isinstance(info.value, WorkerDiedError)
     assert any("handing the task's result to the parent" in n for n in getattr(info.value, "__notes__", []))
     assert pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT) == pid, "the worker was replaced"
+
+
+def crash_every(i: int, every: int, log: str) -> int:
+    # Every `every`-th task notes that it ran, then kills its worker; the others return i.
+    if i % every == every - 1:
+        with open(log, "a") as f:
+            f.write(f"{i}\n")
+        os._exit(3)
+    return i
+
+
+def test_finished_answers_survive_a_crash_and_the_crashing_task_is_blamed_once(tmp_path):
+    # A worker holds finished answers back for up to 1 ms to batch them; a later task that
+    # kills it must neither lose them (failing finished tasks as if they had crashed) nor be
+    # re-run itself, which is what happens when the wrong task is blamed.
+    code = f"""
+import sys, collections
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+import test_faults
+from ferropool import ProcessPool, WorkerDiedError
+
+n, every, log = 4000, 100, {str(tmp_path / "ran")!r}
+with ProcessPool(2) as pool:
+    futures = [pool.submit(test_faults.crash_every, i, every, log) for i in range(n)]
+    wrong = died = 0
+    for i, f in enumerate(futures):
+        try:
+            wrong += f.result(timeout=60) != i
+        except WorkerDiedError:
+            died += 1
+            wrong += i % every != every - 1
+runs = collections.Counter(open(log).read().split())
+print(died, wrong, max(runs.values()), len(runs))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    died, wrong, most_runs, crashers = map(int, proc.stdout.split())
+    assert (died, wrong) == (40, 0), "a task that finished was failed, or a crash was not reported"
+    assert (most_runs, crashers) == (1, 40), "a task that killed its worker ran again"

@@ -259,6 +259,11 @@ impl FrameWriter {
         self.buf.len() - self.written
     }
 
+    /// The bytes queued but not yet written: whole frames, unless a write stopped mid-frame.
+    pub fn unwritten(&self) -> &[u8] {
+        &self.buf[self.written..]
+    }
+
     /// Queues a frame; nothing is written until `flush`.
     pub fn push(&mut self, frame: Frame) {
         let at = self.buf.len();

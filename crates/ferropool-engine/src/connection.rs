@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use crate::channel::{set_nonblocking, FrameReader, FrameWriter};
 use crate::frame::{Frame, Kind};
+use crate::journal::{self, Journal};
 
 /// Longest an answer is held back before the flusher writes it.
 pub const MAX_HOLD: Duration = Duration::from_millis(1);
@@ -42,7 +43,7 @@ pub const MAX_HOLD: Duration = Duration::from_millis(1);
 /// (a futex call, two context switches) costs more than a batch of tiny tasks saves.
 const FLUSHER_IDLE_AFTER: Duration = Duration::from_millis(20);
 /// Most bytes of answers held back; past this they are written at once.
-const MAX_HELD_BYTES: usize = 256 * 1024;
+const MAX_HELD_BYTES: usize = journal::CAPACITY;
 /// How stale the worker's view of its socket may be when it starts a task.
 const CANCEL_CHECK_AGE: Duration = Duration::from_millis(1);
 
@@ -73,6 +74,9 @@ struct OutState {
     /// it looks every `MAX_HOLD` by itself and needs no wake-up.
     flusher_idle: bool,
     closed: bool,
+    /// The copy of what is held back that the parent reads if this process dies (`journal.rs`;
+    /// None until `Init` brings its file, or if it could not be mapped).
+    journal: Option<Journal>,
 }
 
 impl Connection {
@@ -112,7 +116,8 @@ impl Connection {
         payload: &[u8],
         fds: Vec<OwnedFd>,
     ) -> io::Result<()> {
-        let more = self.has_frame();
+        // Descriptors die with the process, so an answer carrying some is never held back.
+        let more = self.has_frame() && fds.is_empty();
         let mut st = self.out.lock();
         st.writer
             .push_parts_flagged(kind, id, flags, aux, payload, fds);
@@ -178,9 +183,17 @@ impl Connection {
         }
     }
 
-    /// Moves every complete frame from the reader to `ahead`, carrying out `Cancel` frames.
+    /// Moves every complete frame from the reader to `ahead`, carrying out `Cancel` frames and
+    /// taking the held-answers file that comes with `Init`.
     fn decode(&mut self) -> io::Result<()> {
-        while let Some(f) = self.reader.next_frame()? {
+        while let Some(mut f) = self.reader.next_frame()? {
+            if f.kind == Kind::Init {
+                if let Some(fd) = f.fds.pop() {
+                    // Without it answers are still batched, only not kept for the parent.
+                    self.out.lock().journal = Journal::adopt(fd).ok();
+                }
+                f.fds.clear();
+            }
             if f.kind != Kind::Cancel {
                 self.ahead.push_back(f);
                 continue;
@@ -238,6 +251,8 @@ impl Sender {
         hold_it: bool,
     ) -> io::Result<()> {
         let mut st = self.out.lock();
+        // Descriptors die with the process, so a frame carrying some is never held back.
+        let hold_it = hold_it && fds.is_empty();
         st.writer.push_parts_with_fds(kind, id, aux, payload, fds);
         if hold_it && !st.closed && st.writer.pending() < MAX_HELD_BYTES {
             hold(&self.out, &self.sock, st);
@@ -256,6 +271,17 @@ impl Sender {
 /// Leaves what is queued for the flusher to write within `MAX_HOLD`, starting the flusher on
 /// first use.
 fn hold(out: &Arc<Outbox>, sock: &Arc<OwnedFd>, mut st: MutexGuard<'_, OutState>) {
+    let OutState {
+        writer, journal, ..
+    } = &mut *st;
+    if journal
+        .as_mut()
+        .is_some_and(|j| !j.mirror(writer.unwritten()))
+    {
+        // Too much to keep a copy of: write it now rather than hold what could be lost.
+        let _ = write_all(&mut st, sock);
+        return;
+    }
     if st.held_since.is_some() {
         return;
     }
@@ -328,10 +354,17 @@ impl Outbox {
     }
 }
 
-/// Writes everything queued (blocking) and clears the hold.
+/// Writes everything queued (blocking) and clears the hold. Once the bytes are in the socket
+/// they outlive this process, so the parent's copy of them is emptied.
 fn write_all(st: &mut OutState, sock: &OwnedFd) -> io::Result<()> {
     st.held_since = None;
-    st.writer.flush(sock.as_fd()).map(|_| ())
+    st.writer.flush(sock.as_fd())?;
+    if st.writer.pending() == 0 {
+        if let Some(journal) = st.journal.as_mut() {
+            journal.clear();
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Connection {

@@ -22,6 +22,7 @@ pub mod channel;
 pub mod connection;
 mod dispatcher;
 pub mod frame;
+pub mod journal;
 pub mod memfd;
 pub mod pool;
 pub mod relay;

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::channel::{self, FrameReader, FrameWriter};
 use crate::frame::{Frame, Header, Kind};
+use crate::journal;
+use crate::memfd;
 use crate::pool::Payload;
 use crate::relay::{LineRelay, Sink};
 
@@ -107,6 +109,9 @@ pub struct Worker {
     pub tasks_sent: u64,
     /// Smoothed run time of this worker's recent tasks, in microseconds; `None` before the first.
     pub task_us: Option<f64>,
+    /// The parent's mapping of the file where the worker keeps the answers it holds back
+    /// (`journal.rs`), read once it is gone.
+    journal: Option<memfd::Map>,
     /// Why the parent is stopping it for what it sent (see `corrupt_stream`).
     pub corrupt: Option<String>,
     /// The socket reached end of stream: stop polling it, wait for the pidfd.
@@ -197,13 +202,20 @@ impl Worker {
             task_us: None,
             sock_closed: false,
             corrupt: None,
+            journal: None,
             stderr,
             stdout,
             memory_checked_at: None,
             shutdown_sent: false,
             exit_by: None,
         };
-        w.writer.push(Frame::new(Kind::Init, 0, init.to_vec()));
+        let mut init = Frame::new(Kind::Init, 0, init.to_vec());
+        // Without the file a worker still runs; it only cannot hand over what it held back.
+        if let Ok((fd, map)) = journal::create() {
+            init.fds.push(fd);
+            w.journal = Some(map);
+        }
+        w.writer.push(init);
         Ok(w)
     }
 
@@ -460,6 +472,15 @@ impl Worker {
         // SAFETY: sysconf has no memory-safety preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         Ok(pages * u64::try_from(page).unwrap_or(4096))
+    }
+
+    /// The frames the worker held back when it died (`journal.rs`); call once it is gone and
+    /// its socket has been read to the end.
+    pub fn held_frames(&self) -> Vec<Frame> {
+        self.journal
+            .as_ref()
+            .map(journal::held_frames)
+            .unwrap_or_default()
     }
 
     /// Whether a frame with header `h` can come from this worker: a worker-to-parent kind,

@@ -569,6 +569,23 @@ impl Dispatcher {
         if let Some(w) = self.slots[slot].as_mut() {
             w.sock_closed = true;
         }
+        // Then what it held back to send in one batch: answers of tasks that finished before
+        // the one that killed it. One that reached the socket too was taken above, and its task
+        // is no longer one the worker holds. Not after a corrupt stream: the garbage came from
+        // the task running before those answers were queued, which must be the one blamed.
+        let held = self.slots[slot]
+            .as_ref()
+            .filter(|w| w.corrupt.is_none())
+            .map(Worker::held_frames)
+            .unwrap_or_default();
+        for frame in held {
+            if self.slots[slot]
+                .as_ref()
+                .is_some_and(|w| w.may_send(&frame.header()))
+            {
+                self.on_frame(slot, frame);
+            }
+        }
         let Some(mut w) = self.slots[slot].take() else {
             return;
         };
