@@ -708,3 +708,47 @@ print(died, wrong, max(runs.values()), len(runs))
     died, wrong, most_runs, crashers = map(int, proc.stdout.split())
     assert (died, wrong) == (40, 0), "a task that finished was failed, or a crash was not reported"
     assert (most_runs, crashers) == (1, 40), "a task that killed its worker ran again"
+
+
+def print_a_lot(i: int) -> int:
+    for _ in range(200):
+        print("x" * 1000)
+    return i
+
+
+UNREAD_STDOUT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import helpers, test_faults
+from ferropool import ProcessPool, TaskTimeoutError
+
+with ProcessPool(2) as pool:
+    start = time.monotonic()
+    loud = [pool.submit(test_faults.print_a_lot, i) for i in range(40)]  # 8 MB of output
+    slow = pool.options(task_timeout=0.5).submit(helpers.sleep_and_return, 30, 0)
+    assert [f.result(timeout=30) for f in loud] == list(range(40))
+    try:
+        slow.result(timeout=30)
+    except TaskTimeoutError:
+        pass
+    assert pool.submit(helpers.mul, 2, 3).result(timeout=30) == 6
+    sys.stderr.write(f"done {{time.monotonic() - start:.2f}}\\n")
+"""
+
+
+def test_a_parent_stdout_nobody_reads_never_stalls_the_pool(tmp_path):
+    # Worker output is relayed to the parent's stdout: a pipe whose reader is paused (`| less`,
+    # a supervisor) must not hold up results, timeouts or shutdown.
+    code = UNREAD_STDOUT.format(tests=os.path.dirname(__file__))
+    err = tmp_path / "stderr"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=stderr)
+        try:
+            # Read nothing from stdout until the program has exited.
+            assert proc.wait(timeout=RESULT_TIMEOUT) == 0, err.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(RESULT_TIMEOUT)
+            proc.stdout.close()
+    assert err.read_text().startswith("done "), err.read_text()

@@ -4,24 +4,40 @@
 //!
 //! Each stream is a pipe whose read end the dispatcher polls beside the worker's socket; `pump`
 //! reads what is there without blocking. Only the dispatcher writes the parent's descriptors 1
-//! and 2 on the workers' behalf, and only whole lines (all complete lines read at once go out
-//! in one `write`, finished if the kernel takes them in parts), so lines of different workers
-//! never interleave mid-line. A line longer than `MAX_LINE` is cut into pieces of that size;
-//! an unterminated last line is forwarded, with a newline, when the worker is gone.
+//! and 2 on the workers' behalf, and only whole lines, so lines of different workers never
+//! interleave mid-line. A line longer than `MAX_LINE` is cut into pieces of that size; an
+//! unterminated last line is forwarded, with a newline, when the worker is gone.
+//!
+//! Writing never stalls the dispatcher, which schedules every task: the parent's stdout may be a
+//! pipe nobody reads for a while (`| less`, a paused terminal, a supervisor). An `Outlet` writes
+//! only what the descriptor takes without blocking (it polls for room, then writes at most
+//! `PIPE_BUF` bytes, which a pipe with room takes whole), and keeps the rest, up to
+//! `MAX_PENDING` bytes, for the dispatcher to write when its poll says there is room. Past that,
+//! whole pieces of output are dropped and counted, and a line saying how much was dropped goes
+//! out once the reader catches up. The parent's descriptor is never switched to non-blocking
+//! mode: it is the program's, and other writers share it.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Bytes kept of the worker's last output lines.
 pub const TAIL_BYTES: usize = 4096;
 /// Longest piece written at once; longer lines are forwarded in pieces.
 const MAX_LINE: usize = 64 * 1024;
+/// Most bytes of output waiting for a slow reader; past this, output is dropped and counted.
+pub const MAX_PENDING: usize = 1 << 20;
+/// Largest single write once the descriptor polls writable: `PIPE_BUF`, which a pipe with room
+/// takes whole without blocking.
+const WRITE_CHUNK: usize = 4096;
+/// How long an outlet that is let go (the pool ends) waits for a slow reader to take the rest.
+const FINISH_WAIT: Duration = Duration::from_secs(1);
 
-/// Where a relay forwards lines.
-#[derive(Clone, Debug)]
-pub enum Sink {
+/// Where an outlet writes.
+#[derive(Debug)]
+pub enum Target {
     /// The parent's file descriptor 1.
     Stdout,
     /// The parent's file descriptor 2.
@@ -30,23 +46,158 @@ pub enum Sink {
     Fd(Arc<OwnedFd>),
 }
 
-impl Sink {
-    /// Writes all of `bytes`; errors (a closed or non-blocking and full descriptor) drop the
-    /// rest, since the parent's output is the only place they could be reported.
-    fn write_all(&self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            let written = match self {
-                Sink::Stdout => nix::unistd::write(io::stdout().as_fd(), bytes),
-                Sink::Stderr => nix::unistd::write(io::stderr().as_fd(), bytes),
-                Sink::Fd(fd) => nix::unistd::write(fd.as_fd(), bytes),
-            };
-            match written {
-                Ok(0) => return,
-                Ok(n) => bytes = &bytes[n..],
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => return,
-            }
+impl Target {
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            Target::Stdout => io::stdout().as_raw_fd(),
+            Target::Stderr => io::stderr().as_raw_fd(),
+            Target::Fd(fd) => fd.as_raw_fd(),
         }
+    }
+}
+
+/// Output on its way to one of the parent's descriptors (see the module doc).
+#[derive(Debug)]
+pub struct Outlet {
+    target: Target,
+    pending: VecDeque<u8>,
+    /// Bytes dropped since the last notice went out.
+    dropped: u64,
+}
+
+impl Outlet {
+    pub fn new(target: Target) -> Outlet {
+        Outlet {
+            target,
+            pending: VecDeque::new(),
+            dropped: 0,
+        }
+    }
+
+    /// The descriptor written to, for polling. Descriptors 1 and 2 are the program's: open
+    /// for as long as it runs, as far as this module can know.
+    pub fn raw_fd(&self) -> RawFd {
+        self.target.raw_fd()
+    }
+
+    /// Forwards `bytes` (whole lines): now, as far as the descriptor takes them without
+    /// blocking; the rest later (`write_ready`), or dropped and counted if too much waits.
+    pub fn send(&mut self, mut bytes: &[u8]) {
+        if self.wants_write() {
+            self.write_ready(); // what waited goes first
+        }
+        if self.pending.is_empty() && self.dropped == 0 {
+            bytes = &bytes[write_now(self.raw_fd(), bytes)..];
+        }
+        if bytes.is_empty() {
+            return;
+        }
+        if self.pending.len() + bytes.len() <= MAX_PENDING {
+            self.pending.extend(bytes);
+        } else {
+            self.dropped += bytes.len() as u64;
+        }
+    }
+
+    /// Whether output waits for room: poll the descriptor for `POLLOUT` and call `write_ready`.
+    pub fn wants_write(&self) -> bool {
+        !self.pending.is_empty() || self.dropped > 0
+    }
+
+    /// Writes what waits, as far as the descriptor takes it without blocking; once all of it is
+    /// out, says how much was dropped, if anything was.
+    pub fn write_ready(&mut self) {
+        let fd = self.raw_fd();
+        let n = write_now(fd, self.pending.make_contiguous());
+        self.pending.drain(..n);
+        if self.pending.is_empty() && self.dropped > 0 {
+            let notice = format!(
+                "ferropool: {} bytes of worker output were dropped: the reader of this stream \
+                 did not keep up\n",
+                self.dropped
+            );
+            self.dropped = 0;
+            self.pending.extend(notice.as_bytes());
+            let n = write_now(fd, self.pending.make_contiguous());
+            self.pending.drain(..n);
+        }
+    }
+}
+
+/// Writes as much of `bytes` to `fd` as it takes without blocking; returns how much that was.
+/// On an error other than "no room" (a closed reader), all of it counts as written: there is
+/// nobody to write it to.
+fn write_now(fd: RawFd, bytes: &[u8]) -> usize {
+    let mut done = 0;
+    while done < bytes.len() && has_room(fd) {
+        let end = bytes.len().min(done + WRITE_CHUNK);
+        let piece = &bytes[done..end];
+        // SAFETY: `piece` is valid for reads of its length for the duration of the call.
+        let n = unsafe { libc::write(fd, piece.as_ptr().cast(), piece.len()) };
+        match usize::try_from(n) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(_) => match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => {}
+                Some(libc::EAGAIN) => break,
+                _ => return bytes.len(),
+            },
+        }
+    }
+    done
+}
+
+/// Whether a write to `fd` would not block now (an error condition counts: the write then
+/// fails at once).
+fn has_room(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; a zero timeout never waits.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+    ready > 0 && pfd.revents != 0
+}
+
+impl Drop for Outlet {
+    /// Gives a slow reader up to `FINISH_WAIT` to take what waits; what is left then is lost.
+    fn drop(&mut self) {
+        let deadline = Instant::now() + FINISH_WAIT;
+        while self.wants_write() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
+            self.write_ready();
+        }
+    }
+}
+
+/// Where a relay forwards lines: an outlet, shared by the relays of every worker of a pool.
+#[derive(Clone, Debug)]
+pub struct Sink(Arc<Mutex<Outlet>>);
+
+impl Sink {
+    pub fn new(target: Target) -> Sink {
+        Sink(Arc::new(Mutex::new(Outlet::new(target))))
+    }
+
+    /// The outlet, to poll and write when it waits for room.
+    pub fn outlet(&self) -> MutexGuard<'_, Outlet> {
+        // Only the dispatcher thread uses it, and an outlet stays consistent at every step.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, bytes: &[u8]) {
+        self.outlet().send(bytes);
     }
 }
 
@@ -112,7 +263,7 @@ impl LineRelay {
             let mut line = std::mem::take(&mut self.partial);
             line.push(b'\n');
             self.remember(&line[..line.len() - 1]);
-            self.sink.write_all(&line);
+            self.sink.send(&line);
         }
     }
 
@@ -163,7 +314,7 @@ impl LineRelay {
             return;
         }
         self.partial.drain(..rest);
-        self.sink.write_all(&out);
+        self.sink.send(&out);
         self.remember(&out);
     }
 
@@ -193,7 +344,7 @@ mod tests {
     #[test]
     fn keeps_the_last_lines_and_the_unterminated_rest() {
         let (r, w) = pipe();
-        let mut relay = LineRelay::new(r, Sink::Stderr, true).unwrap();
+        let mut relay = LineRelay::new(r, Sink::new(Target::Stderr), true).unwrap();
         let mut w = std::fs::File::from(w);
         for i in 0..2000 {
             writeln!(w, "line {i}").unwrap();
@@ -238,6 +389,18 @@ mod tests {
         }
     }
 
+    /// Waits (at most 5 s) until the outlet's descriptor has room.
+    fn wait_for_room(outlet: &Outlet) {
+        let mut pfd = libc::pollfd {
+            fd: outlet.raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 5000) };
+        assert!(ready > 0, "the reader made no room in 5 s");
+    }
+
     /// Reads everything written to a pipe until every writer has closed it.
     fn read_to_end(r: OwnedFd) -> String {
         let mut out = String::new();
@@ -248,7 +411,7 @@ mod tests {
     #[test]
     fn lines_of_two_workers_written_in_pieces_never_interleave() {
         let (sink_r, sink_w) = pipe();
-        let sink = Sink::Fd(Arc::new(sink_w));
+        let sink = Sink::new(Target::Fd(Arc::new(sink_w)));
         let reader = std::thread::spawn(move || read_to_end(sink_r));
         let mut relays = Vec::new();
         let mut writers = Vec::new();
@@ -257,7 +420,6 @@ mod tests {
             relays.push(LineRelay::new(r, sink.clone(), false).unwrap());
             writers.push(std::fs::File::from(w));
         }
-        drop(sink);
         // Each line goes out in uneven pieces, alternating between the two workers, with a
         // pump after each piece: the relay sees every line cut mid-way.
         for i in 0..200 {
@@ -266,6 +428,12 @@ mod tests {
                 for piece in line.as_bytes().chunks(700) {
                     w.write_all(piece).unwrap();
                     relays[n].pump();
+                    // As the dispatcher does: write what waits once the reader makes room.
+                    let mut outlet = sink.outlet();
+                    while outlet.wants_write() {
+                        wait_for_room(&outlet);
+                        outlet.write_ready();
+                    }
                 }
             }
         }
@@ -275,6 +443,7 @@ mod tests {
             pump_to_eof(r);
             assert!(r.tail().is_empty(), "no tail is kept for stdout");
         }
+        drop(sink);
         drop(relays);
         let out = reader.join().unwrap();
         let lines: Vec<&str> = out.lines().collect();
@@ -295,7 +464,7 @@ mod tests {
         let (sink_r, sink_w) = pipe();
         let reader = std::thread::spawn(move || read_to_end(sink_r));
         let (r, w) = pipe();
-        let mut relay = LineRelay::new(r, Sink::Fd(Arc::new(sink_w)), true).unwrap();
+        let mut relay = LineRelay::new(r, Sink::new(Target::Fd(Arc::new(sink_w))), true).unwrap();
         let mut w = std::fs::File::from(w);
         let long = "y".repeat(MAX_LINE * 2 + 10);
         for piece in long.as_bytes().chunks(4096) {
@@ -312,9 +481,55 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_that_does_not_read_never_blocks_the_writer() {
+        let (sink_r, sink_w) = pipe();
+        let mut outlet = Outlet::new(Target::Fd(Arc::new(sink_w)));
+        // 4 MiB of lines into a pipe that holds 64 KiB and that nobody reads yet: returns at
+        // once, keeping at most MAX_PENDING and counting the rest.
+        let line = format!("{}\n", "z".repeat(1023));
+        for _ in 0..4096 {
+            outlet.send(line.as_bytes());
+        }
+        assert!(outlet.wants_write());
+        assert!(outlet.pending.len() <= MAX_PENDING);
+        assert!(outlet.dropped > 0);
+        // The reader catches up: everything kept goes out, then the notice.
+        let reader = std::thread::spawn(move || read_to_end(sink_r));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while outlet.wants_write() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the outlet never drained"
+            );
+            let mut pfd = libc::pollfd {
+                fd: outlet.raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, 1000) };
+            outlet.write_ready();
+        }
+        drop(outlet);
+        let out = reader.join().unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        let (notice, kept) = lines.split_last().unwrap();
+        assert!(kept.iter().all(|l| l.len() == 1023), "only whole lines");
+        assert!(kept.len() * 1024 <= MAX_PENDING + 64 * 1024);
+        let dropped = 4096 * 1024 - kept.len() * 1024;
+        assert_eq!(
+            *notice,
+            format!(
+                "ferropool: {dropped} bytes of worker output were dropped: the reader of this \
+                 stream did not keep up"
+            )
+        );
+    }
+
+    #[test]
     fn pump_never_blocks_on_an_open_empty_pipe() {
         let (r, w) = pipe();
-        let mut relay = LineRelay::new(r, Sink::Stderr, true).unwrap();
+        let mut relay = LineRelay::new(r, Sink::new(Target::Stderr), true).unwrap();
         relay.pump();
         assert!(!relay.at_eof());
         assert!(relay.tail().is_empty());

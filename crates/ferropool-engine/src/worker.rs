@@ -131,7 +131,12 @@ pub struct Worker {
 impl Worker {
     /// Starts `command` with the worker's socket descriptor number appended as its last argument
     /// and queues `init` as its first frame.
-    pub fn spawn(command: &[OsString], init: &[u8]) -> io::Result<Worker> {
+    pub fn spawn(
+        command: &[OsString],
+        init: &[u8],
+        stdout: &Sink,
+        stderr: &Sink,
+    ) -> io::Result<Worker> {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command"))?;
@@ -175,12 +180,12 @@ impl Worker {
         drop(theirs);
         let stderr = LineRelay::new(
             OwnedFd::from(child.stderr.take().expect("stderr was piped")),
-            Sink::Stderr,
+            stderr.clone(),
             true,
         )?;
         let stdout = LineRelay::new(
             OwnedFd::from(child.stdout.take().expect("stdout was piped")),
-            Sink::Stdout,
+            stdout.clone(),
             false,
         )?;
         let pid = child.id() as i32;

@@ -26,7 +26,7 @@
 //! thread touches, and copied to `Shared::stats` when a caller asks. Log records workers send
 //! are passed on with the finished tasks, before them.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +35,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::frame::{Frame, Kind};
 use crate::pool::{Done, Outcome, PoolConfig, Shared, Task, WorkerLog};
+use crate::relay::{Sink, Target};
 use crate::stats::{RestartCause, SlotStats};
 use crate::worker::{Phase, Stop, Worker};
 
@@ -63,6 +64,9 @@ struct Dispatcher {
     stats: Vec<SlotStats>,
     /// Log records received and not yet published.
     logs: Vec<WorkerLog>,
+    /// Where the workers' output goes: the parent's stdout and stderr (`relay.rs`).
+    stdout: Sink,
+    stderr: Sink,
 }
 
 /// Runs the dispatcher until the pool is closed and every worker has exited.
@@ -78,6 +82,8 @@ pub(crate) fn run(shared: Arc<Shared>, config: PoolConfig) {
         stopping: false,
         stats,
         logs: Vec::new(),
+        stdout: Sink::new(Target::Stdout),
+        stderr: Sink::new(Target::Stderr),
     };
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for slot in 0..d.slots.len() {
@@ -365,6 +371,18 @@ impl Dispatcher {
                 owners.push((slot, false));
             }
         }
+        // The parent's stdout and stderr, where output waits for room (`relay.rs`): polled last,
+        // after every worker's descriptors.
+        let outlets: Vec<&Sink> = [&self.stdout, &self.stderr]
+            .into_iter()
+            .filter(|sink| sink.outlet().wants_write())
+            .collect();
+        let outlet_fds: Vec<_> = outlets.iter().map(|sink| sink.outlet().raw_fd()).collect();
+        for &raw in &outlet_fds {
+            // SAFETY: the outlet's descriptor (the program's 1 or 2) stays open while we poll.
+            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+            fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+        }
         let until_timer = next_timer.map(|t| {
             // Rounded up: waking a millisecond early would only spin.
             let left = t.saturating_duration_since(Instant::now());
@@ -379,6 +397,15 @@ impl Dispatcher {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => return,
             Err(e) => panic!("poll failed: {e}"),
+        }
+        let outlets_ready: Vec<bool> = fds[fds.len() - outlets.len()..]
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        for (sink, ready) in outlets.iter().zip(outlets_ready) {
+            if ready {
+                sink.outlet().write_ready();
+            }
         }
         let ready: Vec<(usize, bool, PollFlags)> = fds[1..]
             .iter()
@@ -649,7 +676,12 @@ impl Dispatcher {
     }
 
     fn respawn(&mut self, slot: usize) {
-        match Worker::spawn(&self.config.command, &self.config.init) {
+        match Worker::spawn(
+            &self.config.command,
+            &self.config.init,
+            &self.stdout,
+            &self.stderr,
+        ) {
             Ok(mut w) => {
                 w.threads = self.config.threads_per_worker.max(1);
                 self.stats[slot].spawned(w.pid);
