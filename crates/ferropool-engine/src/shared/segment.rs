@@ -62,7 +62,7 @@ pub struct Segment {
     fd: OwnedFd,
 }
 
-fn random_id() -> u64 {
+pub(crate) fn random_id() -> u64 {
     let mut id = 0u64;
     // SAFETY: getrandom writes at most 8 bytes into `id`.
     let n = unsafe { libc::getrandom((&mut id as *mut u64).cast(), 8, 0) };
