@@ -119,6 +119,30 @@ pub fn write_at(fd: BorrowedFd<'_>, data: &[u8], offset: usize) -> io::Result<()
     Ok(())
 }
 
+/// Reads exactly `buf.len()` bytes of file `fd` at `offset` (`pread(2)`); `UnexpectedEof` when
+/// the file ends first. Never faults: a file shorter than expected is an error, not a `SIGBUS`.
+pub fn read_at(fd: BorrowedFd<'_>, buf: &mut [u8], offset: usize) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = libc::off_t::try_from(offset + done)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is a live, writable slice of `rest.len()` bytes; pread writes only into it.
+        let n = unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), at) };
+        match n {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+            n => done += n as usize,
+        }
+    }
+    Ok(())
+}
+
 /// Frees the pages of `len` bytes of file `fd` from `offset`, keeping its size
 /// (`fallocate(2)` with `FALLOC_FL_PUNCH_HOLE`); the range then reads as zeroes. Best effort:
 /// a failure only leaves the memory in use.
