@@ -448,8 +448,11 @@ pub const TRIM_EVERY: Duration = Duration::from_millis(250);
 /// Each process has its own: a forked child must not send its parent's files.
 #[derive(Default)]
 pub struct BufferCache {
-    entries: ForkLocal<Mutex<Vec<(usize, usize, Weak<MemFile>)>>>,
+    entries: ForkLocal<Mutex<Vec<CacheEntry>>>,
 }
+
+/// The address and length of the memory a file was written from, and the file.
+type CacheEntry = (usize, usize, Weak<MemFile>);
 
 impl BufferCache {
     pub const fn new() -> BufferCache {
