@@ -175,3 +175,10 @@ pub(crate) fn lend_all(
 pub(crate) fn drop_spare_buffers(py: Python<'_>) -> usize {
     py.detach(engine_buffer::drop_spares)
 }
+
+/// Closes this process's spare memory files and kept mappings that have been idle longer than
+/// their age bound (see `_core.pyi`); for a worker's idle wait.
+#[pyfunction]
+pub(crate) fn trim_spare_buffers(py: Python<'_>) -> usize {
+    py.detach(engine_buffer::trim_idle)
+}

@@ -33,6 +33,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<thread_pool::ThreadWorkQueue>()?;
     m.add_class::<buffer::SharedBuffer>()?;
     m.add_function(wrap_pyfunction!(buffer::drop_spare_buffers, m)?)?;
+    m.add_function(wrap_pyfunction!(buffer::trim_spare_buffers, m)?)?;
     errors::register(m)?;
     prefixed_map::register(m)?;
     m.add_function(wrap_pyfunction!(schedstat::runqueue_wait_ns, m)?)?;

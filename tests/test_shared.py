@@ -664,3 +664,164 @@ def test_ctrl_c_interrupts_a_blocked_acquire_and_get(tmp_path):
     finally:
         proc.kill()
         proc.wait(BOUND)
+
+
+# ----------------------------------------------------------------- memory overwritten by another process
+# Any process that maps a shared object can write any bytes into it, or truncate its memory file.
+# That may make an object unusable, but must never make another process crash or hang: each
+# scenario runs in a child process, which must exit cleanly and print what it checked.
+
+# Byte offsets in a Queue's memory file (segment header, then `queue.rs`'s State, then the ring).
+QUEUE_STATE = 64
+QUEUE_CAPACITY = QUEUE_STATE + 128
+QUEUE_RING = QUEUE_STATE + 192
+
+
+def run_to_end(tmp_path, source) -> str:
+    """Run ``source`` in a child process; return its stdout once it exited with 0."""
+    proc = run_script(tmp_path, source, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=BOUND * 2)
+    finally:
+        proc.kill()
+        proc.wait(BOUND)
+    assert proc.returncode == 0, f"the child exited with {proc.returncode}: {out}\n{err}"
+    return out
+
+
+def test_a_queue_capacity_overwritten_by_one_process_makes_no_other_write_outside(tmp_path):
+    out = run_to_end(
+        tmp_path,
+        f"""
+        import os, struct
+        from ferropool import ProcessPool, _core, shared
+
+        held = []
+
+        def put(q, item):
+            held.append(q)  # keeps the worker's handle open, opened before the overwrite
+            try:
+                q.put(item, timeout=5)
+                return "queued"
+            except (ValueError, RuntimeError) as e:
+                return f"refused: {{type(e).__name__}}"
+
+        q = shared.Queue(capacity_bytes=4096)
+        with ProcessPool(1) as pool:
+            assert pool.submit(put, q, 0).result(20) == "queued"  # the worker has it open
+            assert q.get(timeout=20) == 0
+            os.pwrite(q._fd, struct.pack("<Q", 1 << 40), {QUEUE_CAPACITY})
+            print("worker:", pool.submit(put, q, b"x" * 100_000).result(20))
+        print("here:", put(q, b"x" * 100_000))
+        try:
+            _core.SharedQueue.__new__(shared.Queue, _attach=(os.dup(q._fd), q._id), _spill=os.dup(q._spill_fd))
+            print("opened")
+        except OSError as e:
+            print("open refused")
+        q.put(1, timeout=5)
+        print("still works:", q.get(timeout=5))
+    """,
+    )
+    assert out.splitlines() == [
+        "worker: refused: ValueError",
+        "here: refused: ValueError",
+        "open refused",
+        "still works: 1",
+    ]
+
+
+def test_overwritten_item_counters_never_block_a_producer(tmp_path):
+    out = run_to_end(
+        tmp_path,
+        f"""
+        import os, queue
+        from ferropool import ProcessPool, shared
+
+        def fill(q, n):
+            for i in range(n):
+                q.put(i, timeout=5)
+            return "filled"
+
+        q = shared.Queue(2)
+        # Every word of the state that is neither an index, a lock nor the configuration: the
+        # item counters, whatever their layout.
+        for start, end in (({QUEUE_STATE} + 24, {QUEUE_STATE} + 64), ({QUEUE_STATE} + 88, {QUEUE_STATE} + 128),
+                           ({QUEUE_CAPACITY} + 12, {QUEUE_RING})):
+            os.pwrite(q._fd, b"\\xff" * (end - start), start)
+        with ProcessPool(1) as pool:
+            for _ in range(3):
+                try:
+                    print(pool.submit(fill, q, 2).result(20))
+                except queue.Full:
+                    print("full")
+                print(q.get(timeout=5), q.get(timeout=5))
+        try:
+            q.put(3, block=False)
+            q.put(4, block=False)
+            q.put(5, block=False)
+        except queue.Full:
+            print("bounded")
+    """,
+    )
+    assert out.splitlines() == ["filled", "0 1"] * 3 + ["bounded"]
+
+
+def test_a_corrupted_spilled_item_is_refused_not_mapped_past_its_file(tmp_path):
+    out = run_to_end(
+        tmp_path,
+        f"""
+        import os, pickle, struct
+        from ferropool import ProcessPool, shared
+
+        def take(q):
+            try:
+                return f"got {{len(bytes(q.get(timeout=5)))}} bytes"
+            except RuntimeError as e:
+                return "refused" if "corrupt" in str(e) else repr(e)
+
+        q = shared.Queue()
+        q.put(pickle.PickleBuffer(b"x" * 100_000))  # out of band: to the spill file
+        # The ring record: [u32 len]["S"][u32 count][u64 offset][u64 len]...: claim 1 GiB.
+        os.pwrite(q._fd, struct.pack("<Q", 1 << 30), {QUEUE_RING} + 4 + 1 + 4 + 8)
+        q.put(pickle.PickleBuffer(b"y" * 100_000))
+        with ProcessPool(1) as pool:
+            print(pool.submit(take, q).result(20))
+            print(pool.submit(take, q).result(20))
+    """,
+    )
+    assert out.splitlines() == ["refused", "got 100000 bytes"]
+
+
+def test_no_holder_can_shrink_a_shared_objects_memory(tmp_path):
+    out = run_to_end(
+        tmp_path,
+        """
+        import os
+        import numpy as np
+        from ferropool import shared
+
+        v, q, lock = shared.Value("q", 5), shared.Queue(), shared.Lock()
+        a = shared.Array(1000)
+        q.put(np.zeros(10_000))  # out of band: to the spill file
+        for name, fd in (("value", v._fd), ("queue", q._fd), ("spill", q._spill_fd),
+                         ("lock", lock._fd), ("array", a._memory.segment._fd)):
+            try:
+                os.ftruncate(fd, 0)
+                print(name, "truncated")
+            except PermissionError:
+                print(name, "sealed")
+        v.add(1)
+        a[:] = 2.0
+        q.put(np.ones(10_000))
+        with lock:
+            print(v.value, a.sum(), q.get(timeout=5).sum(), q.get(timeout=5).sum())
+    """,
+    )
+    assert out.splitlines() == [
+        "value sealed",
+        "queue sealed",
+        "spill sealed",
+        "lock sealed",
+        "array sealed",
+        "6 2000.0 0.0 10000.0",
+    ]

@@ -259,3 +259,120 @@ with ProcessPool(1) as pool:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["memoryview", "500000", "True"]
+
+
+# ---------------------------------------------------------------- in a child process each
+
+
+def run_code(tmp_path, code: str) -> list[str]:
+    """Run ``code`` (with the tests on its path) in a child process; return its output lines
+    once it exited with 0 (a crash or a hang fails the test, not the test run)."""
+    code = f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n" + code
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90, cwd=tmp_path)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stdout}\n{proc.stderr}"
+    return proc.stdout.splitlines()
+
+
+def test_no_worker_can_shrink_a_memory_file_the_caller_maps(tmp_path):
+    out = run_code(
+        tmp_path,
+        """
+import os
+import numpy as np
+from ferropool import ProcessPool
+
+def total(a):
+    return float(a.sum())
+
+def truncate_buffers_of(pid):
+    seen = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            if "ferropool-buffer" not in os.readlink(path):
+                continue
+            f = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            os.ftruncate(f, 0)
+            seen.append("truncated")
+        except PermissionError:
+            seen.append("sealed")
+        finally:
+            os.close(f)
+    return sorted(set(seen))
+
+with ProcessPool(1) as pool:
+    print(pool.submit(total, np.ones(1 << 20)).result(30))  # leaves a spare file here
+    print(*pool.submit(truncate_buffers_of, os.getpid()).result(30))
+    print(pool.submit(total, np.full(1 << 20, 2.0)).result(30))  # written into the spare
+""",
+    )
+    assert out == ["1048576.0", "sealed", "2097152.0"]
+
+
+def test_an_idle_pool_gives_its_spare_memory_back(tmp_path):
+    out = run_code(
+        tmp_path,
+        """
+import os, time
+import numpy as np
+import helpers
+from test_zero_copy import buffer_fds, buffer_maps
+from ferropool import ProcessPool
+
+with ProcessPool(1) as pool:
+    back = pool.submit(helpers.echo, np.ones(1 << 20)).result(30)
+    del back  # the argument's file is a spare now, the result's mapping kept
+    print(bool(buffer_fds()), bool(buffer_maps()))
+    # Trimmed on an idle tick, a time-based event: poll for it, bounded.
+    deadline = time.monotonic() + 20
+    while (buffer_fds() or buffer_maps()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print(buffer_fds(), buffer_maps())
+""",
+    )
+    assert out == ["True True", "[] []"]
+
+
+def test_a_child_forked_after_using_a_pool_uses_its_own_memory_files(tmp_path):
+    out = run_code(
+        tmp_path,
+        """
+import multiprocessing, os
+import numpy as np
+from ferropool import ProcessPool
+
+def inodes_and_sum(a):
+    with open("/proc/self/maps") as f:
+        inodes = {int(line.split()[4]) for line in f if "ferropool-buffer" in line}
+    return inodes, float(a.sum())
+
+def buffer_inodes():
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if "ferropool-buffer" in os.readlink(f"/proc/self/fd/{fd}"):
+                out.add(os.stat(f"/proc/self/fd/{fd}").st_ino)
+        except OSError:
+            pass
+    return out
+
+def child(parents):
+    with ProcessPool(1) as pool:
+        inodes, total = pool.submit(inodes_and_sum, np.full(1 << 20, 2.0)).result(30)
+    print("child", total, "shares", sorted(inodes & parents), flush=True)
+
+with ProcessPool(1) as pool:
+    print("parent", pool.submit(inodes_and_sum, np.ones(1 << 20)).result(30)[1])
+    spares = buffer_inodes()
+    assert spares, "no spare memory file to inherit"
+    proc = multiprocessing.get_context("fork").Process(target=child, args=(spares,))
+    proc.start()
+    proc.join(60)
+    print("exit", proc.exitcode, flush=True)
+    print("parent", pool.submit(inodes_and_sum, np.full(1 << 20, 3.0)).result(30)[1])
+""",
+    )
+    assert out == ["parent 1048576.0", "child 2097152.0 shares []", "exit 0", "parent 3145728.0"]

@@ -51,6 +51,7 @@ __all__ = [
     "__version__",
     "drop_spare_buffers",
     "runqueue_wait_ns",
+    "trim_spare_buffers",
 ]
 
 __version__: str
@@ -463,6 +464,11 @@ def drop_spare_buffers() -> int:
     """Closes the memory files this process keeps for reuse (up to 16 files and 256 MiB, each
     for at most 2 s after its last use; a buffer's next memory file is copied into a spare one
     at memcpy speed instead of being allocated page by page). Returns how many were closed."""
+
+def trim_spare_buffers() -> int:
+    """Closes the memory files and mappings this process keeps for reuse that have been unused
+    for more than 2 s, and returns how many; the others stay. Cheap enough for an idle loop: it
+    does nothing within 250 ms of the last trim. A pool's dispatcher calls it on its idle tick."""
 
 @final
 class WorkerSender:

@@ -21,7 +21,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyType};
 
 use ferropool_engine::memfd::adopt_fd;
 use ferropool_engine::shared::queue::{Queue, QueueError};
-use ferropool_engine::shared::spill::Spill;
+use ferropool_engine::shared::spill::{Spill, Written};
 
 use super::{adopt, block};
 use crate::buffer::SharedBuffer;
@@ -118,9 +118,7 @@ impl SharedQueue {
                 let bytes = unsafe {
                     std::slice::from_raw_parts(view.buf_ptr() as *const u8, view.len_bytes())
                 };
-                py.detach(|| self.spill.write(bytes))
-                    .map(|offset| (offset, bytes.len()))
-                    .map_err(io_error)
+                py.detach(|| self.spill.write(bytes)).map_err(io_error)
             });
             match written {
                 Ok(range) => ranges.push(range),
@@ -134,8 +132,8 @@ impl SharedQueue {
     }
 
     fn free_all(&self, ranges: &Ranges) {
-        for &(offset, len) in ranges {
-            self.spill.free(offset, len);
+        for w in ranges {
+            self.spill.free(w);
         }
     }
 
@@ -299,9 +297,9 @@ impl SharedQueue {
         })?;
         let buffers = ranges
             .into_iter()
-            .map(|(offset, len)| {
+            .map(|w| {
                 Ok(SharedBuffer::from_spill(
-                    self.spill.take(offset, len).map_err(io_error)?,
+                    self.spill.take(w).map_err(corrupt_range)?,
                 ))
             })
             .collect::<PyResult<Vec<_>>>()?;
@@ -352,35 +350,54 @@ impl SharedQueue {
     }
 }
 
-/// `(offset, len)` of an item's buffers in the spill file.
-type Ranges = Vec<(u64, usize)>;
+/// An item's buffers in the spill file.
+type Ranges = Vec<Written>;
 
-/// A `SPILLED` ring entry: the marker, the number of buffers, their `(offset, len)` as two
-/// little-endian u64 each, then the pickle. `parse_spilled` reads it back.
+/// Bytes of one buffer in a `SPILLED` entry: offset, length and tag.
+const RANGE: usize = 24;
+
+/// A `SPILLED` ring entry: the marker, the number of buffers, their offset, length and tag as
+/// three little-endian u64 each, then the pickle. `parse_spilled` reads it back.
 fn spilled_entry(ranges: &Ranges, pickle: &[u8]) -> Vec<u8> {
-    let mut entry = Vec::with_capacity(5 + 16 * ranges.len() + pickle.len());
+    let mut entry = Vec::with_capacity(5 + RANGE * ranges.len() + pickle.len());
     entry.push(SPILLED);
     entry.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
-    for &(offset, len) in ranges {
-        entry.extend_from_slice(&offset.to_le_bytes());
-        entry.extend_from_slice(&(len as u64).to_le_bytes());
+    for w in ranges {
+        entry.extend_from_slice(&w.offset.to_le_bytes());
+        entry.extend_from_slice(&(w.len as u64).to_le_bytes());
+        entry.extend_from_slice(&w.tag.to_le_bytes());
     }
     entry.extend_from_slice(pickle);
     entry
 }
 
-/// Splits a `SPILLED` ring entry into its buffers' `(offset, len)` and the pickle.
+/// Splits a `SPILLED` ring entry into its buffers and the pickle (`None` if it is cut short).
 fn parse_spilled(entry: &[u8]) -> Option<(Ranges, &[u8])> {
     let n = u32::from_le_bytes(entry.get(1..5)?.try_into().ok()?) as usize;
-    let table = entry.get(5..5 + 16 * n)?;
+    let end = n.checked_mul(RANGE)?.checked_add(5)?;
+    let table = entry.get(5..end)?;
+    let word = |c: &[u8], i: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            c.get(8 * i..8 * i + 8)?.try_into().ok()?,
+        ))
+    };
     let ranges = table
-        .chunks_exact(16)
+        .chunks_exact(RANGE)
         .map(|c| {
-            Some((
-                u64::from_le_bytes(c[..8].try_into().ok()?),
-                usize::try_from(u64::from_le_bytes(c[8..].try_into().ok()?)).ok()?,
-            ))
+            Some(Written {
+                offset: word(c, 0)?,
+                len: usize::try_from(word(c, 1)?).ok()?,
+                tag: word(c, 2)?,
+            })
         })
         .collect::<Option<Vec<_>>>()?;
-    Some((ranges, &entry[5 + 16 * n..]))
+    Some((ranges, &entry[end..]))
+}
+
+/// The error of a spilled item whose range the spill file refuses.
+fn corrupt_range(e: std::io::Error) -> PyErr {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        return PyRuntimeError::new_err(format!("the shared queue's memory is corrupt: {e}"));
+    }
+    io_error(e)
 }

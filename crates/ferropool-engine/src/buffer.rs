@@ -5,7 +5,11 @@
 //! A memory file is one header page followed by the buffer's bytes. The header holds how many
 //! mappings of the file receivers still have (`readers`): the sender adds one each time it lends
 //! the descriptor to a frame ([`MemFile::lend`]), a receiver's [`Mapping`] takes it back when
-//! it unmaps. The receiver closes the descriptor at once, so the memory lives exactly as long as
+//! it unmaps; and the buffer's length, which may be less than the file holds. A file only ever
+//! grows: it is sealed against shrinking, so that no holder of a descriptor (a task can reach one
+//! through `/proc`) can truncate it under another process's mapping, which would kill that
+//! process with `SIGBUS`; a receiver refuses a file without that seal, and a length in the
+//! header larger than the file. The receiver closes the descriptor at once, so the memory lives exactly as long as
 //! the sender's file and the receivers' mappings do. Nothing has a name in any filesystem: a crash
 //! or a killed process leaves nothing behind.
 //!
@@ -16,7 +20,10 @@
 //! receiver that crashes never gives its count back; its file is then never reused and leaves
 //! the list by age. Likewise a receiver keeps its *shared* mappings (the parent's, of results)
 //! after their buffer is dropped, for the file's next buffer: mapping 16 MiB anew costs about as
-//! much as copying it. Both lists are bounded (entries, bytes, age), see [`Kept`].
+//! much as copying it. Both lists are bounded (entries, bytes, age), see [`Kept`]; an idle
+//! process trims them by age with [`trim_idle`]. Both, and the buffer cache, belong to one
+//! process: a child forked from it starts with empty ones (see [`ForkLocal`]), so it never writes
+//! into a file its parent still maps.
 //!
 //! Arguments may go to several workers from one memory file: `BufferCache` finds the file
 //! already written for the same memory (same address and length) while a task still holds it,
@@ -25,13 +32,18 @@
 //! worker. A result has one receiver, so the parent maps it shared: writing to it copies nothing.
 
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::memfd::{self, Map, Share};
+use crate::shared::ident;
+
+/// Byte offset in the header page of the buffer's length (a little-endian `u64`).
+const LEN_AT: usize = 8;
 
 /// Size of the header page in front of a buffer's bytes (the system page size, so that the
 /// bytes can be mapped on their own).
@@ -53,10 +65,12 @@ pub struct MemFile {
 pub struct Backing {
     fd: OwnedFd,
     view: Map,
-    /// Length of the bytes after the header.
+    /// Length of the buffer now in the file.
     len: usize,
-    /// Whether every page of `view` is mapped already (then a `memcpy` takes no faults).
-    populated: bool,
+    /// Bytes the file holds after the header (at least `len`; the file never shrinks).
+    cap: usize,
+    /// Bytes after the header whose pages `view` maps already (a `memcpy` there takes no faults).
+    populated: usize,
 }
 
 impl MemFile {
@@ -128,41 +142,58 @@ impl Drop for MemFile {
 }
 
 impl Backing {
-    /// A new memory file holding `data`. `pwrite` fills it: the kernel copies straight into
-    /// newly allocated pages, without page faults in this process.
+    /// A new memory file holding `data`, sealed against shrinking. `pwrite` fills it: the kernel
+    /// copies straight into newly allocated pages, without page faults in this process.
     fn new(data: &[u8]) -> io::Result<Backing> {
         let fd = memfd::create(c"ferropool-buffer")?;
         let head = header_len();
         memfd::resize(fd.as_fd(), head + data.len())?;
+        memfd::seal(fd.as_fd(), memfd::SEAL_SHRINK | memfd::SEAL_SEAL)?;
         memfd::write_at(fd.as_fd(), data, head)?;
         let view = Map::new(fd.as_fd(), head + data.len(), 0, Share::Shared)?;
-        Ok(Backing {
+        let backing = Backing {
             fd,
             view,
             len: data.len(),
-            populated: false,
-        })
+            cap: data.len(),
+            populated: 0,
+        };
+        backing
+            .len_word()
+            .store(data.len() as u64, Ordering::Release);
+        Ok(backing)
     }
 
-    /// Puts `data` into this (free) file, resizing it if needed.
+    /// Puts `data` into this (free) file, growing it if needed; a shorter buffer leaves the
+    /// file's size and gives back the pages past its end.
     fn refill(mut self, data: &[u8]) -> io::Result<Backing> {
         let head = header_len();
-        if data.len() != self.len {
+        if data.len() > self.cap {
             memfd::resize(self.fd.as_fd(), head + data.len())?;
             self.view = Map::new(self.fd.as_fd(), head + data.len(), 0, Share::Shared)?;
-            self.len = data.len();
-            self.populated = false;
+            self.cap = data.len();
+            self.populated = 0;
+        } else if data.len() < self.len {
+            let page = memfd::page_size();
+            let from = data.len().div_ceil(page) * page;
+            if from < self.len {
+                memfd::punch_hole(self.fd.as_fd(), (head + from) as u64, self.len - from);
+            }
+            self.populated = self.populated.min(from);
         }
-        if !self.populated && !data.is_empty() {
-            // Map every page of the file at once (one call instead of a fault per 4 KiB page);
-            // they stay mapped for every later reuse.
+        if self.populated < data.len() {
+            // Map every page at once (one call instead of a fault per 4 KiB page); they stay
+            // mapped for every later reuse.
             self.view.populate(head, data.len());
-            self.populated = true;
+            self.populated = data.len();
         }
+        self.len = data.len();
+        self.len_word().store(data.len() as u64, Ordering::Release);
         if !data.is_empty() {
             // SAFETY: the file is free (no receiver maps it: `readers` was 0 when it was taken
             // from the spare list, and only this thread holds it now), the view covers
-            // `head + data.len()` bytes, and `data` is a separate, live slice.
+            // `head + cap >= head + data.len()` bytes of a file that cannot shrink, and `data` is
+            // a separate, live slice.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     data.as_ptr(),
@@ -172,6 +203,12 @@ impl Backing {
             };
         }
         Ok(self)
+    }
+
+    fn len_word(&self) -> &AtomicU64 {
+        // SAFETY: as for `readers`: offset LEN_AT (8-aligned) of the shared header page, only
+        // ever accessed atomically.
+        unsafe { AtomicU64::from_ptr(self.view.as_ptr().add(LEN_AT).cast()) }
     }
 
     fn readers(&self) -> &AtomicU32 {
@@ -194,12 +231,88 @@ impl Backing {
     }
 }
 
+/// A value of which each process has its own: a child forked from a process that used it finds a
+/// fresh `T::default()`, without touching the parent's (whose lock another thread may have held
+/// at the fork, and whose contents are the parent's: the parent's spare memory files are still
+/// mapped shared in the parent). The parent's value is leaked in the child, never dropped: its
+/// state may be half-changed by a thread that does not exist there.
+pub struct ForkLocal<T> {
+    /// Null until first used; then a value owned by the process in its `pid`, never freed while
+    /// that process may still use it.
+    current: AtomicPtr<Owned<T>>,
+    _owns: PhantomData<Box<Owned<T>>>,
+}
+
+struct Owned<T> {
+    pid: u32,
+    value: T,
+}
+
+impl<T: Default> Default for ForkLocal<T> {
+    fn default() -> ForkLocal<T> {
+        ForkLocal::new()
+    }
+}
+
+impl<T: Default> ForkLocal<T> {
+    pub const fn new() -> ForkLocal<T> {
+        ForkLocal {
+            current: AtomicPtr::new(std::ptr::null_mut()),
+            _owns: PhantomData,
+        }
+    }
+
+    /// This process's value, made on first use in this process.
+    pub fn get(&self) -> &T {
+        let pid = ident::pid();
+        loop {
+            let cur = self.current.load(Ordering::Acquire);
+            // SAFETY: a non-null pointer here came from `Box::into_raw` below and is freed only
+            // by `drop`, which has `&mut self`, so it is valid for as long as `&self` is.
+            if let Some(owned) = unsafe { cur.as_ref() } {
+                if owned.pid == pid {
+                    return &owned.value;
+                }
+            }
+            let fresh = Box::into_raw(Box::new(Owned {
+                pid,
+                value: T::default(),
+            }));
+            if self
+                .current
+                .compare_exchange(cur, fresh, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                // `cur`, another process's, is leaked on purpose (see the type's docs).
+                // SAFETY: just published; valid until `drop` as above.
+                return unsafe { &(*fresh).value };
+            }
+            // SAFETY: `fresh` was never published, so this is its only owner.
+            drop(unsafe { Box::from_raw(fresh) });
+        }
+    }
+}
+
+impl<T> Drop for ForkLocal<T> {
+    fn drop(&mut self) {
+        let cur = *self.current.get_mut();
+        // SAFETY: `&mut self`: nobody else holds the pointer; it came from `Box::into_raw`.
+        if let Some(owned) = unsafe { cur.as_ref() } {
+            if owned.pid == ident::pid() {
+                // SAFETY: as above, and this process owns it.
+                drop(unsafe { Box::from_raw(cur) });
+            }
+        }
+    }
+}
+
 /// A bounded list of things kept for reuse (spare memory files, received mappings): at most
 /// [`MAX_KEPT`] entries and [`MAX_KEPT_BYTES`] bytes, each kept at most [`MAX_KEPT_AGE`] after
-/// it was put back (checked whenever something is put or taken, and by [`drop_spares`]); a thing
-/// larger than the byte bound is not kept.
+/// it was put back (checked whenever something is put or taken, and by [`trim_idle`] and
+/// [`drop_spares`]); a thing larger than the byte bound is not kept. Each process has its own
+/// (a forked child starts empty).
 pub struct Kept<T> {
-    list: Mutex<Vec<(T, usize, Instant)>>,
+    list: ForkLocal<Mutex<Vec<(T, usize, Instant)>>>,
 }
 
 impl<T> Default for Kept<T> {
@@ -215,13 +328,13 @@ pub const MAX_KEPT_AGE: Duration = Duration::from_secs(2);
 impl<T> Kept<T> {
     pub const fn new() -> Kept<T> {
         Kept {
-            list: Mutex::new(Vec::new()),
+            list: ForkLocal::new(),
         }
     }
 
     /// The list, without the entries kept longer than `MAX_KEPT_AGE`.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(T, usize, Instant)>> {
-        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list = self.list.get().lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         list.retain(|(_, _, at)| now.duration_since(*at) < MAX_KEPT_AGE);
         list
@@ -237,7 +350,20 @@ impl<T> Kept<T> {
 
     /// Drops everything kept; returns how many.
     pub fn clear(&self) -> usize {
-        std::mem::take(&mut *self.lock()).len()
+        let all = std::mem::take(&mut *self.lock());
+        all.len() // dropped here, after the lock: closing and unmapping take system calls
+    }
+
+    /// Drops the entries kept longer than `MAX_KEPT_AGE`; returns how many.
+    pub fn trim(&self) -> usize {
+        let mut list = self.list.get().lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (old, young): (Vec<_>, Vec<_>) = std::mem::take(&mut *list)
+            .into_iter()
+            .partition(|(_, _, at)| now.duration_since(*at) >= MAX_KEPT_AGE);
+        *list = young;
+        drop(list);
+        old.len()
     }
 
     /// Keeps `item` of `bytes` bytes (or drops it at once if it is larger than the bound).
@@ -291,17 +417,47 @@ pub fn drop_spares() -> usize {
     SPARES.clear() + KEPT_MAPPINGS.clear()
 }
 
+/// Closes the spare memory files and kept mappings of this process that have been kept longer
+/// than [`MAX_KEPT_AGE`]; returns how many. Without it they would go only when the next buffer
+/// moves, so an idle process would keep up to [`MAX_KEPT_BYTES`] per list indefinitely. Meant
+/// for an idle tick (the dispatcher's, a worker's wait): cheap to call often, as it does nothing
+/// within [`TRIM_EVERY`] of the last trim. Never blocks for long (two uncontended locks, and the
+/// `munmap`/`close` of what it drops).
+pub fn trim_idle() -> usize {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now_ms = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if last != 0 && now_ms.saturating_sub(last) < TRIM_EVERY.as_millis() as u64 {
+        return 0;
+    }
+    if LAST_MS
+        .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        return 0; // another thread trims now
+    }
+    SPARES.trim() + KEPT_MAPPINGS.trim()
+}
+
+/// The least time between two trims by [`trim_idle`].
+pub const TRIM_EVERY: Duration = Duration::from_millis(250);
+
 /// Memory files of buffers still held by some task, by the address and length of the memory
 /// they were written from (see the module docs). Entries die with the last task holding them.
+/// Each process has its own: a forked child must not send its parent's files.
 #[derive(Default)]
 pub struct BufferCache {
-    entries: Mutex<Vec<(usize, usize, Weak<MemFile>)>>,
+    entries: ForkLocal<Mutex<Vec<CacheEntry>>>,
 }
+
+/// The address and length of the memory a file was written from, and the file.
+type CacheEntry = (usize, usize, Weak<MemFile>);
 
 impl BufferCache {
     pub const fn new() -> BufferCache {
         BufferCache {
-            entries: Mutex::new(Vec::new()),
+            entries: ForkLocal::new(),
         }
     }
 
@@ -310,7 +466,7 @@ impl BufferCache {
     pub fn get_or_write(&self, data: &[u8]) -> io::Result<Arc<MemFile>> {
         let key = (data.as_ptr() as usize, data.len());
         let candidate = {
-            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let mut entries = self.entries.get().lock().unwrap_or_else(|p| p.into_inner());
             entries.retain(|(_, _, weak)| weak.strong_count() > 0);
             entries
                 .iter()
@@ -323,7 +479,7 @@ impl BufferCache {
             }
         }
         let file = Arc::new(MemFile::write(data)?);
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries.get().lock().unwrap_or_else(|p| p.into_inner());
         entries.retain(|(p, l, weak)| weak.strong_count() > 0 && (*p, *l) != key);
         entries.push((key.0, key.1, Arc::downgrade(&file)));
         Ok(file)
@@ -362,18 +518,25 @@ impl Mapping {
     /// A shared mapping of the same file (same inode, same length) kept from an earlier buffer
     /// is reused: it shows the file's current bytes, as any shared mapping does. Private
     /// mappings are never kept: pages the task wrote are private copies, stale for the next use.
+    ///
+    /// Fails with `InvalidData` for a file not sealed against shrinking (its mapping could be cut
+    /// under this process), or whose header names more bytes than it holds; the header is read
+    /// with `pread`, so a file shorter than that is an error, never a fault.
     pub fn new(fd: BorrowedFd<'_>, shared: bool) -> io::Result<Mapping> {
         let head = header_len();
+        memfd::require_seals(fd, memfd::SEAL_SHRINK)?;
         let st = memfd::fstat(fd)?;
-        let len = usize::try_from(st.st_size)
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+        let room = usize::try_from(st.st_size)
             .ok()
             .and_then(|size| size.checked_sub(head))
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "a buffer's memory file is shorter than its header",
-                )
-            })?;
+            .ok_or_else(|| bad("a buffer's memory file is shorter than its header"))?;
+        let mut word = [0u8; 8];
+        memfd::read_at(fd, &mut word, LEN_AT)?;
+        let len = usize::try_from(u64::from_le_bytes(word))
+            .ok()
+            .filter(|&len| len <= room)
+            .ok_or_else(|| bad("a buffer's header names more bytes than its memory file holds"))?;
         let file = shared.then_some((st.st_dev, st.st_ino));
         if let Some(id) = file {
             let same = |(kept, maps): &(FileId, Maps)| {
@@ -608,10 +771,88 @@ mod tests {
         let fresh = cache.get_or_write(&data).unwrap();
         assert!(fresh.holds(&data));
         assert_eq!(
-            cache.entries.lock().unwrap().len(),
+            cache.entries.get().lock().unwrap().len(),
             1,
             "dead entries are dropped"
         );
+    }
+
+    #[test]
+    fn no_holder_can_shrink_a_file_and_a_receiver_checks_what_it_maps() {
+        static HOME: Spares = Spares::new();
+        let file = MemFile::write_in(&HOME, &[3u8; 100_000]).unwrap();
+        let m = receive(&file, true);
+        let err = memfd::resize(file.fd(), header_len()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        // A header that names more bytes than the file holds.
+        let b = file.backing();
+        b.len_word().store(1 << 40, Ordering::Release);
+        let err = Mapping::new(file.fd(), false)
+            .err()
+            .expect("mapped past the end");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        b.len_word().store(100_000, Ordering::Release);
+        drop(m);
+        // A memory file without the seal.
+        let plain = memfd::create(c"ferropool-test").unwrap();
+        memfd::resize(plain.as_fd(), 2 * header_len()).unwrap();
+        let err = Mapping::new(plain.as_fd(), true)
+            .err()
+            .expect("unsealed file mapped");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_shorter_buffer_reuses_a_file_without_shrinking_it() {
+        static HOME: Spares = Spares::new();
+        let ino = inode(MemFile::write_in(&HOME, &vec![7u8; 300_000]).unwrap().fd());
+        let f = MemFile::write_in(&HOME, &vec![8u8; 10_000]).unwrap();
+        assert_eq!(inode(f.fd()), ino);
+        assert_eq!(
+            memfd::fstat(f.fd()).unwrap().st_size as usize,
+            header_len() + 300_000,
+            "the file shrank"
+        );
+        let m = receive(&f, false);
+        // SAFETY: read-only use while no writer runs.
+        assert_eq!(unsafe { m.bytes() }, &vec![8u8; 10_000][..]);
+    }
+
+    #[test]
+    fn idle_entries_are_trimmed_by_age_alone() {
+        static HOME: Spares = Spares::new();
+        drop(MemFile::write_in(&HOME, &[1u8; 4096]).unwrap());
+        assert_eq!(HOME.trim(), 0, "a fresh spare was trimmed");
+        let deadline = Instant::now() + 10 * MAX_KEPT_AGE;
+        let mut trimmed = 0;
+        while trimmed == 0 && Instant::now() < deadline {
+            std::thread::sleep(MAX_KEPT_AGE / 8); // a time-based event: poll it, bounded
+            trimmed = HOME.trim();
+        }
+        assert_eq!(trimmed, 1);
+        assert_eq!(HOME.len(), 0);
+    }
+
+    #[test]
+    fn a_forked_child_starts_with_empty_lists_even_if_one_was_locked() {
+        use crate::shared::lock::tests::{fork_child, reap};
+        static HOME: Spares = Spares::new();
+        drop(MemFile::write_in(&HOME, &[1u8; 4096]).unwrap());
+        assert_eq!(HOME.len(), 1);
+        // Fork while the list's lock is held, as another thread may hold it at any fork.
+        let guard = HOME.list.get().lock().unwrap();
+        let child = fork_child(|| {
+            if !HOME.is_empty() {
+                return 1;
+            }
+            // Its own list works, and its files are its own.
+            let f = MemFile::write_in(&HOME, &[2u8; 4096]).unwrap();
+            drop(f);
+            i32::from(HOME.len() != 1) * 2
+        });
+        drop(guard);
+        assert_eq!(reap(child), 0);
+        assert_eq!(HOME.len(), 1, "the child changed the parent's list");
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //! (nothing under `/dev/shm` or `/tmp`). Another process reaches it through a descriptor of the
 //! same file, passed over a unix socket or opened via `/proc/<pid>/fd/<n>`.
 //!
-//! Files are created without seals: their users resize them (a spare buffer takes a new length)
-//! and write them through shared mappings.
+//! Files are created sealable, and every user seals what it can (`seal`): a segment of fixed
+//! size can neither shrink nor grow, a spill file or a buffer's file that only grows cannot
+//! shrink. Without the shrink seal any holder of a descriptor could `ftruncate` the file and
+//! every other process that maps it would die of `SIGBUS` on its next access past the new end;
+//! an opener checks the seals (`seals`) before it trusts a size it reads with `fstat`.
 
 use std::ffi::CStr;
 use std::io;
@@ -26,17 +29,60 @@ pub fn page_size() -> usize {
     })
 }
 
-/// Creates an empty memory file (close-on-exec) named `name` in `/proc/*/fd` and
+/// Creates an empty, sealable memory file (close-on-exec) named `name` in `/proc/*/fd` and
 /// `/proc/*/maps` listings. Fails with the errno of `memfd_create`.
 pub fn create(name: &CStr) -> io::Result<OwnedFd> {
     // SAFETY: the name is a valid NUL-terminated string; memfd_create returns a new descriptor
     // or -1.
-    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let raw =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just returned this descriptor and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// The file cannot be made shorter.
+pub const SEAL_SHRINK: i32 = libc::F_SEAL_SHRINK;
+/// The file cannot be made longer (by `ftruncate` or by writing past its end).
+pub const SEAL_GROW: i32 = libc::F_SEAL_GROW;
+/// The seals cannot change any more.
+pub const SEAL_SEAL: i32 = libc::F_SEAL_SEAL;
+
+/// Adds `seals` (`SEAL_*`) to memory file `fd` (`fcntl(F_ADD_SEALS)`); a seal can never be
+/// removed. Fails with `EPERM` once `SEAL_SEAL` is set, `EBUSY` for a write seal on a file
+/// mapped writable.
+pub fn seal(fd: BorrowedFd<'_>, seals: i32) -> io::Result<()> {
+    // SAFETY: plain fcntl on a descriptor the caller holds open.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Returns the seals of file `fd` (`fcntl(F_GET_SEALS)`; `EINVAL` for a file that is not a
+/// memory file).
+pub fn seals(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: plain fcntl on a descriptor the caller holds open; it only reads.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(seals)
+}
+
+/// Fails with `InvalidData` unless file `fd` carries every seal in `wanted`: the check an
+/// opener makes before it maps a length it read with `fstat`.
+pub fn require_seals(fd: BorrowedFd<'_>, wanted: i32) -> io::Result<()> {
+    let have = seals(fd).unwrap_or(0);
+    if have & wanted != wanted {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the shared memory file is not sealed against shrinking (not made by this ferropool?)",
+        ));
+    }
+    Ok(())
 }
 
 /// Sets the size of file `fd` to `len` bytes (`ftruncate(2)`): new bytes read as zero.
@@ -69,6 +115,30 @@ pub fn write_at(fd: BorrowedFd<'_>, data: &[u8], offset: usize) -> io::Result<()
             return Err(err);
         }
         done += n as usize;
+    }
+    Ok(())
+}
+
+/// Reads exactly `buf.len()` bytes of file `fd` at `offset` (`pread(2)`); `UnexpectedEof` when
+/// the file ends first. Never faults: a file shorter than expected is an error, not a `SIGBUS`.
+pub fn read_at(fd: BorrowedFd<'_>, buf: &mut [u8], offset: usize) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = libc::off_t::try_from(offset + done)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is a live, writable slice of `rest.len()` bytes; pread writes only into it.
+        let n = unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), at) };
+        match n {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+            n => done += n as usize,
+        }
     }
     Ok(())
 }
@@ -267,6 +337,25 @@ mod tests {
         assert!(bytes[..page].iter().all(|&b| b == 7));
         assert!(bytes[page..3 * page].iter().all(|&b| b == 0));
         assert!(bytes[3 * page..].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn a_sealed_file_cannot_shrink_under_its_mappers() {
+        let fd = create(c"ferropool-test").unwrap();
+        let page = page_size();
+        resize(fd.as_fd(), 2 * page).unwrap();
+        assert!(require_seals(fd.as_fd(), SEAL_SHRINK).is_err());
+        seal(fd.as_fd(), SEAL_SHRINK).unwrap();
+        require_seals(fd.as_fd(), SEAL_SHRINK).unwrap();
+        let err = resize(fd.as_fd(), page).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        resize(fd.as_fd(), 3 * page).unwrap();
+        seal(fd.as_fd(), SEAL_GROW | SEAL_SEAL).unwrap();
+        assert_eq!(
+            resize(fd.as_fd(), 4 * page).unwrap_err().raw_os_error(),
+            Some(libc::EPERM)
+        );
+        assert!(seal(fd.as_fd(), 0).is_err(), "the seals are sealed");
     }
 
     #[test]

@@ -125,6 +125,7 @@ impl Dispatcher {
             if self.stopping && self.slots.iter().all(Option::is_none) {
                 return;
             }
+            crate::buffer::trim_idle(); // spare memory back after an idle tick, not at the next send
             self.wait_and_handle(next_timer);
         }
     }

@@ -15,10 +15,18 @@
 //! `rseq`, which every `get` bumps; a consumer that finds the ring empty sleeps on `wseq`, which
 //! every `put` bumps. A sleeper first registers in `put_sleepers`/`get_sleepers`, then reads the
 //! sequence word, then re-checks its condition, then sleeps while the word is unchanged; the other
-//! side updates `head`/`tail`/`items`, bumps the sequence word, then wakes if the sleeper count is
+//! side updates `head`/`tail` and `puts`/`gets`, bumps the sequence word, then wakes if the sleeper count is
 //! non-zero. With sequentially consistent operations, either the waker sees the registration or
 //! the sleeper's re-check (or the kernel's compare) sees the update: no lost wake-up. Only the
 //! holder of the side's lock ever sleeps on its sequence word, so waking one is enough.
+//!
+//! Nothing read from shared memory is trusted to stay in bounds: any process that maps the
+//! segment can write any bytes into it. The ring's size and the item limit are read once, when
+//! the queue is created or opened, and kept in this process's handle; `head`, `tail` and each
+//! record's length are checked against them before any copy (`Corrupt` otherwise). The item
+//! count is derived, `puts - gets`, each counter written by one side only, and clamped to what
+//! the bytes in use can hold, so a counter off by a dead process's unfinished call (or
+//! overwritten) can never make producers wait on an empty ring.
 //!
 //! A process that dies holding a lock is taken over by the next caller (see `lock`); because an
 //! item becomes visible only with the store of `head` (or gone only with the store of `tail`), a
@@ -43,6 +51,8 @@ struct Producers {
     wseq: AtomicU32,
     get_sleepers: AtomicU32,
     head: AtomicU64,
+    /// Items ever put; written only under the producers' lock, after `head`.
+    puts: AtomicU64,
 }
 
 #[repr(C)]
@@ -52,14 +62,16 @@ struct Consumers {
     rseq: AtomicU32,
     put_sleepers: AtomicU32,
     tail: AtomicU64,
+    /// Items ever taken; written only under the consumers' lock, after `tail`.
+    gets: AtomicU64,
 }
 
+/// Written once by the creator; each opener copies it into its handle (see the module docs).
 #[repr(C)]
 struct Config {
     capacity: AtomicU64,
     /// Most items queued at once; 0 for no limit but the bytes.
     maxsize: AtomicU32,
-    items: AtomicU32,
 }
 
 #[repr(C)]
@@ -93,6 +105,10 @@ impl From<TimedOut> for QueueError {
 #[derive(Debug)]
 pub struct Queue {
     seg: Segment,
+    /// The ring's size in bytes, as created; never re-read from the segment.
+    capacity: u64,
+    /// As created; never re-read from the segment.
+    maxsize: u32,
 }
 
 impl Queue {
@@ -107,6 +123,8 @@ impl Queue {
         }
         let q = Queue {
             seg: Segment::create(c"ferropool-queue", Kind::Queue, RING + capacity)?,
+            capacity: capacity as u64,
+            maxsize,
         };
         let c = &q.state().config.0;
         c.capacity.store(capacity as u64, Ordering::Relaxed);
@@ -116,16 +134,28 @@ impl Queue {
 
     /// Maps an existing queue's segment (see `Segment::open`).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<Queue> {
-        let q = Queue {
-            seg: Segment::open(fd, Kind::Queue, id)?,
-        };
-        if q.seg.payload_len() < RING || q.capacity() as usize > q.seg.payload_len() - RING {
+        let seg = Segment::open(fd, Kind::Queue, id)?;
+        if seg.payload_len() < RING {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                "queue capacity larger than its segment",
+                "queue segment smaller than its state",
             ));
         }
-        Ok(q)
+        // SAFETY: the payload holds at least a `State` of atomics (checked just above).
+        let config = &unsafe { seg.state::<State>() }.config.0;
+        let capacity = config.capacity.load(Ordering::Relaxed);
+        if capacity < 2 * LEN as u64 || capacity > (seg.payload_len() - RING) as u64 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "queue capacity does not match its segment (the memory was overwritten)",
+            ));
+        }
+        let maxsize = config.maxsize.load(Ordering::Relaxed);
+        Ok(Queue {
+            seg,
+            capacity,
+            maxsize,
+        })
     }
 
     fn state(&self) -> &State {
@@ -136,17 +166,31 @@ impl Queue {
 
     /// The ring's size in bytes.
     pub fn capacity(&self) -> u64 {
-        self.state().config.0.capacity.load(Ordering::Relaxed)
+        self.capacity
     }
 
     /// The most items queued at once (0: no limit but the bytes).
     pub fn maxsize(&self) -> u32 {
-        self.state().config.0.maxsize.load(Ordering::Relaxed)
+        self.maxsize
     }
 
     /// The number of items queued now (a snapshot).
     pub fn len(&self) -> usize {
-        self.state().config.0.items.load(Ordering::Relaxed) as usize
+        let (p, c) = (&self.state().producers.0, &self.state().consumers.0);
+        let gets = c.gets.load(Ordering::SeqCst);
+        let tail = c.tail.load(Ordering::SeqCst);
+        let puts = p.puts.load(Ordering::SeqCst);
+        let head = p.head.load(Ordering::SeqCst);
+        self.items(puts, gets, head.wrapping_sub(tail)) as usize
+    }
+
+    /// The item count from the two counters, clamped to what `used` bytes can hold (a record
+    /// takes at least `LEN` bytes): an empty ring holds no item whatever the counters say.
+    fn items(&self, puts: u64, gets: u64, used: u64) -> u64 {
+        if used > self.capacity {
+            return 0;
+        }
+        puts.wrapping_sub(gets).min(used / LEN as u64)
     }
 
     /// Returns whether no item is queued now.
@@ -166,12 +210,14 @@ impl Queue {
     /// The caller holds `put_lock` and the `src.len()` bytes from `at` are free (`at` is at or
     /// after `head`, and `at + len - tail <= capacity`), so no reader touches them.
     unsafe fn write_at(&self, at: u64, src: &[u8]) {
-        let cap = self.capacity();
+        let cap = self.capacity;
+        debug_assert!(src.len() as u64 <= cap);
         let ring = self.seg.payload().wrapping_add(RING);
         let start = (at % cap) as usize;
         let first = src.len().min(cap as usize - start);
-        // SAFETY: `start + first <= capacity` and `src.len() - first <= capacity`, both inside
-        // the ring (checked at open); the caller guarantees nobody reads these bytes now.
+        // SAFETY: `start + first <= capacity` and `src.len() - first <= capacity` (the caller's
+        // `need <= capacity`), both inside the ring: `capacity` is this handle's own copy, checked
+        // against the segment's size at open. The caller guarantees nobody reads these bytes now.
         unsafe {
             std::ptr::copy_nonoverlapping(src.as_ptr(), ring.add(start), first);
             std::ptr::copy_nonoverlapping(src.as_ptr().add(first), ring, src.len() - first);
@@ -184,7 +230,8 @@ impl Queue {
     /// The caller holds `get_lock` and the bytes are published (`at + dst.len() <= head`, read
     /// with acquire), so no writer touches them.
     unsafe fn read_at(&self, at: u64, dst: &mut [u8]) {
-        let cap = self.capacity();
+        let cap = self.capacity;
+        debug_assert!(dst.len() as u64 <= cap);
         let ring = self.seg.payload().wrapping_add(RING);
         let start = (at % cap) as usize;
         let first = dst.len().min(cap as usize - start);
@@ -224,17 +271,23 @@ impl Queue {
     /// `put` once `put_lock` is held; releases it.
     fn put_locked(&self, item: &[u8], deadline: super::Deadline) -> Result<(), QueueError> {
         let s = self.state();
-        let (p, c, cfg) = (&s.producers.0, &s.consumers.0, &s.config.0);
-        let cap = self.capacity();
+        let (p, c) = (&s.producers.0, &s.consumers.0);
+        let cap = self.capacity;
         let need = (LEN + item.len()) as u64;
-        let max = cfg.maxsize.load(Ordering::Relaxed);
+        let max = u64::from(self.maxsize);
         let head = p.head.load(Ordering::Relaxed);
+        let puts = p.puts.load(Ordering::Relaxed);
+        let corrupt = || head.wrapping_sub(c.tail.load(Ordering::SeqCst)) > cap;
         let has_room = || {
+            // `gets` first: a consumer stores it after `tail`, so the count is never too low.
+            let gets = c.gets.load(Ordering::SeqCst);
             let used = head.wrapping_sub(c.tail.load(Ordering::SeqCst));
-            used <= cap
-                && cap - used >= need
-                && (max == 0 || cfg.items.load(Ordering::SeqCst) < max)
+            used <= cap && cap - used >= need && (max == 0 || self.items(puts, gets, used) < max)
         };
+        if corrupt() {
+            let _ = lock::unlock(&p.lock);
+            return Err(QueueError::Corrupt);
+        }
         while !has_room() {
             let Ok(left) = remaining(deadline) else {
                 let _ = lock::unlock(&p.lock);
@@ -249,7 +302,7 @@ impl Queue {
                 futex::wait(&c.rseq, seq, left);
             }
             c.put_sleepers.fetch_sub(1, Ordering::SeqCst);
-            if head.wrapping_sub(c.tail.load(Ordering::SeqCst)) > cap {
+            if corrupt() {
                 let _ = lock::unlock(&p.lock);
                 return Err(QueueError::Corrupt);
             }
@@ -259,8 +312,8 @@ impl Queue {
             self.write_at(head, &(item.len() as u32).to_le_bytes());
             self.write_at(head + LEN as u64, item);
         }
-        p.head.store(head + need, Ordering::SeqCst);
-        cfg.items.fetch_add(1, Ordering::SeqCst);
+        p.head.store(head.wrapping_add(need), Ordering::SeqCst);
+        p.puts.store(puts.wrapping_add(1), Ordering::SeqCst);
         p.wseq.fetch_add(1, Ordering::SeqCst);
         if p.get_sleepers.load(Ordering::SeqCst) > 0 {
             futex::wake(&p.wseq, 1);
@@ -289,8 +342,8 @@ impl Queue {
     /// `get` once `get_lock` is held; releases it.
     fn get_locked(&self, into: &mut Vec<u8>, deadline: super::Deadline) -> Result<(), QueueError> {
         let s = self.state();
-        let (p, c, cfg) = (&s.producers.0, &s.consumers.0, &s.config.0);
-        let cap = self.capacity();
+        let (p, c) = (&s.producers.0, &s.consumers.0);
+        let cap = self.capacity;
         let tail = c.tail.load(Ordering::Relaxed);
         let has_item = || p.head.load(Ordering::SeqCst) != tail;
         while !has_item() {
@@ -315,6 +368,7 @@ impl Queue {
             unsafe { self.read_at(tail, &mut len) };
             u64::from(u32::from_le_bytes(len)) > used - LEN as u64
         };
+        let gets = c.gets.load(Ordering::Relaxed);
         if corrupt {
             let _ = lock::unlock(&c.lock);
             return Err(QueueError::Corrupt);
@@ -324,8 +378,9 @@ impl Queue {
         into.resize(len, 0);
         // SAFETY: as above; the record's `len` bytes are published (checked against `used`).
         unsafe { self.read_at(tail + LEN as u64, into) };
-        c.tail.store(tail + (LEN + len) as u64, Ordering::SeqCst);
-        cfg.items.fetch_sub(1, Ordering::SeqCst);
+        c.tail
+            .store(tail.wrapping_add((LEN + len) as u64), Ordering::SeqCst);
+        c.gets.store(gets.wrapping_add(1), Ordering::SeqCst);
         c.rseq.fetch_add(1, Ordering::SeqCst);
         if c.put_sleepers.load(Ordering::SeqCst) > 0 {
             futex::wake(&c.rseq, 1);
@@ -405,6 +460,83 @@ mod tests {
         assert_eq!(q.try_put(&[1; 16]), Err(QueueError::TimedOut));
     }
 
+    /// Opens `q` again, as another process would.
+    fn reopen_queue(q: &Queue) -> Queue {
+        let seg = reopen(q.segment(), Kind::Queue).unwrap();
+        let fd = seg.fd().try_clone_to_owned().unwrap();
+        Queue::open(fd, q.segment().id()).unwrap()
+    }
+
+    #[test]
+    fn a_capacity_overwritten_in_shared_memory_changes_no_open_handle() {
+        let q = Queue::create(64, 0).unwrap();
+        let other = reopen_queue(&q);
+        // Another process claims a ring a thousand times larger than the segment.
+        q.state().config.0.capacity.store(64_000, Ordering::Relaxed);
+        assert_eq!(other.capacity(), 64);
+        assert_eq!(other.put(&[1; 200], None), Err(QueueError::TooLarge));
+        for i in 0..20u8 {
+            other.put(&[i; 20], Some(BOUND)).unwrap();
+            let mut out = Vec::new();
+            q.get(&mut out, Some(BOUND)).unwrap();
+            assert_eq!(out, [i; 20]);
+        }
+        assert!(
+            Queue::open(
+                q.segment().fd().try_clone_to_owned().unwrap(),
+                q.segment().id()
+            )
+            .is_err(),
+            "a new opener trusted the overwritten capacity"
+        );
+    }
+
+    #[test]
+    fn overwritten_indices_are_refused_not_followed() {
+        let q = Queue::create(64, 0).unwrap();
+        let (p, c) = (&q.state().producers.0, &q.state().consumers.0);
+        let mut out = Vec::new();
+        for (head, tail) in [(1 << 40, 0), (0, 1 << 40), (u64::MAX, 0), (3, 0)] {
+            p.head.store(head, Ordering::SeqCst);
+            c.tail.store(tail, Ordering::SeqCst);
+            if head.wrapping_sub(tail) > 64 {
+                assert_eq!(q.try_put(b"x"), Err(QueueError::Corrupt));
+                assert_eq!(q.put(b"x", Some(Duration::ZERO)), Err(QueueError::Corrupt));
+            }
+            assert_eq!(q.get(&mut out, Some(BOUND)), Err(QueueError::Corrupt));
+        }
+        // A record whose length runs past what was written.
+        p.head.store(8, Ordering::SeqCst);
+        c.tail.store(0, Ordering::SeqCst);
+        // SAFETY: the first 4 ring bytes; no other thread uses this queue.
+        unsafe { q.write_at(0, &60u32.to_le_bytes()) };
+        assert_eq!(q.get(&mut out, Some(BOUND)), Err(QueueError::Corrupt));
+    }
+
+    #[test]
+    fn a_drifted_item_count_never_blocks_producers_of_an_empty_queue() {
+        let q = Queue::create(256, 2).unwrap();
+        let c = &q.state().consumers.0;
+        // As if consumers had died between taking an item and counting it, many times over.
+        c.gets.store(u64::MAX - 5, Ordering::SeqCst);
+        assert_eq!(q.len(), 0);
+        q.put(b"a", Some(BOUND)).unwrap();
+        q.put(b"b", Some(BOUND)).unwrap();
+        assert!(q.is_full());
+        assert_eq!(q.put(b"c", Some(Duration::ZERO)), Err(QueueError::TimedOut));
+        let mut out = Vec::new();
+        q.get(&mut out, Some(BOUND)).unwrap();
+        q.get(&mut out, Some(BOUND)).unwrap();
+        assert!(q.is_empty());
+        // And the other way: more items counted out than ever went in.
+        q.state().producers.0.puts.store(1 << 50, Ordering::SeqCst);
+        assert_eq!(q.len(), 0);
+        q.put(b"d", Some(BOUND)).unwrap();
+        assert_eq!(q.len(), 1);
+        q.get(&mut out, Some(BOUND)).unwrap();
+        assert_eq!(out, b"d");
+    }
+
     #[test]
     fn processes_and_threads_lose_and_duplicate_nothing() {
         const PRODUCERS: u32 = 3;
@@ -415,9 +547,7 @@ mod tests {
         // Producers in child processes, consumers in child processes that report what they got.
         let mut children = Vec::new();
         for p in 0..PRODUCERS {
-            let q = Queue {
-                seg: reopen(q.segment(), Kind::Queue).unwrap(),
-            };
+            let q = reopen_queue(&q);
             children.push(fork_child(move || {
                 for i in 0..PER {
                     let item = (p * PER + i).to_le_bytes();

@@ -1,6 +1,10 @@
 //! A shared-memory segment: an anonymous memory file (`crate::memfd`) mapped shared, with a
 //! header that says which object it holds.
 //!
+//! The file's size is fixed: it is sealed against shrinking and growing once sized, so that no
+//! holder of a descriptor can `ftruncate` it under another process's mapping (`SIGBUS`), and
+//! `open` refuses a file without those seals.
+//!
 //! The file has no name in any filesystem, so nothing is left under `/dev/shm` or `/tmp` when a
 //! process dies. Another process reaches the same memory through a descriptor of the same
 //! file (opened via `/proc/<pid>/fd/<n>`, or passed over a unix socket) and `Segment::open`.
@@ -24,6 +28,8 @@ use crate::memfd::{self, Map, Share};
 /// Bytes before the object's state.
 pub const PAYLOAD: usize = 64;
 const MAGIC: u32 = 0x4650_5348; // "FPSH"
+/// The seals of every segment: its size never changes.
+const FIXED_SIZE: i32 = memfd::SEAL_SHRINK | memfd::SEAL_GROW | memfd::SEAL_SEAL;
 
 /// The object a segment holds, recorded in its header so that a reopened segment is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +62,7 @@ pub struct Segment {
     fd: OwnedFd,
 }
 
-fn random_id() -> u64 {
+pub(crate) fn random_id() -> u64 {
     let mut id = 0u64;
     // SAFETY: getrandom writes at most 8 bytes into `id`.
     let n = unsafe { libc::getrandom((&mut id as *mut u64).cast(), 8, 0) };
@@ -87,6 +93,7 @@ impl Segment {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
         let fd = memfd::create(name)?;
         memfd::resize(fd.as_fd(), len)?;
+        memfd::seal(fd.as_fd(), FIXED_SIZE)?;
         let map = Map::new(fd.as_fd(), len, 0, Share::Shared)?;
         let seg = Segment { fd, map };
         let header = Header {
@@ -103,8 +110,11 @@ impl Segment {
 
     /// Maps the memory file `fd` (taking ownership of it) and checks that it holds a `kind` object
     /// whose id is `id`. Fails with `InvalidData` when it does not (say the descriptor number was
-    /// reused for another file), or with the errno of `fstat` or `mmap`.
+    /// reused for another file) or when its size is not sealed, or with the errno of `fstat` or
+    /// `mmap`.
     pub fn open(fd: OwnedFd, kind: Kind, id: u64) -> io::Result<Segment> {
+        // Sealed first: only then does the size read next stay true while the file is mapped.
+        memfd::require_seals(fd.as_fd(), FIXED_SIZE)?;
         let st = memfd::fstat(fd.as_fd())?;
         let len = usize::try_from(st.st_size).map_err(|_| invalid("negative size"))?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG || len < PAYLOAD {
@@ -231,6 +241,23 @@ mod tests {
             .unwrap();
         assert_eq!(
             Segment::open(OwnedFd::from(file), Kind::Value, a.id() ^ 1)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+
+    #[test]
+    fn a_segment_cannot_be_resized_and_an_unsealed_file_is_refused() {
+        let a = test_segment(Kind::Value, 8);
+        for len in [0, 4096, 1 << 20] {
+            let err = memfd::resize(a.fd(), len).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EPERM), "resized to {len}");
+        }
+        let plain = memfd::create(c"ferropool-test").unwrap();
+        memfd::resize(plain.as_fd(), 4096).unwrap();
+        assert_eq!(
+            Segment::open(plain, Kind::Value, a.id())
                 .unwrap_err()
                 .kind(),
             io::ErrorKind::InvalidData

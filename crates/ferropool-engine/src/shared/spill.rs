@@ -2,22 +2,51 @@
 //! "Queue").
 //!
 //! A spill file is one anonymous memory file per queue, created with it and reached by every
-//! process that reaches the queue. It only ever grows: each buffer gets a fresh page-aligned
-//! range, whose start is taken with one atomic add on the counter in the file's first page, and
-//! is written there with `pwrite`. The consumer maps exactly that range (no copy) and, when its
-//! last reference goes, unmaps it and punches a hole over it (`fallocate`), which frees its pages.
-//! Offsets are never reused, so no range is ever written twice and no allocator state can be
-//! corrupted by a process dying mid-call; the file's size is virtual (64-bit offsets).
+//! process that reaches the queue. It only ever grows (it is sealed against shrinking, so a
+//! mapping of a range below its size stays valid): each buffer gets a fresh page-aligned range,
+//! whose start is taken with one atomic add on the counter in the file's first page. A range is
+//! a tag page, then the buffer's bytes, both written with `pwrite`. The consumer checks the range
+//! before it maps it: inside the file, and its tag page naming this very buffer (its length and
+//! a random tag that the ring entry carries too), claimed once by a compare-and-swap. So a
+//! corrupted ring entry can neither make a consumer map past the end of the file (`SIGBUS`) nor
+//! hand it another item's buffer. The consumer then maps the range (no copy) and, when its last
+//! reference goes, unmaps it and punches a hole over it (`fallocate`), which frees its pages and
+//! clears its tag. Offsets are never reused, so no range is ever written twice and no allocator
+//! state can be corrupted by a process dying mid-call; the file's size is virtual (64-bit
+//! offsets).
 //!
 //! A buffer whose consumer dies holding it, or whose producer dies between writing it and
 //! queueing its item, is not freed until every process has closed the spill file.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::memfd::{self, page_size, Map, Share};
+
+/// The first bytes of a range's tag page.
+#[repr(C)]
+struct Tag {
+    magic: u32,
+    /// `WRITTEN` until a consumer claims it (`TAKEN`); zero once the range is freed.
+    state: AtomicU32,
+    len: u64,
+    tag: u64,
+}
+
+const TAG_MAGIC: u32 = 0x4650_5350; // "FPSP"
+const WRITTEN: u32 = 1;
+const TAKEN: u32 = 2;
+
+/// A buffer written into the spill file: what a ring entry carries to name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub offset: u64,
+    pub len: usize,
+    /// Random, also in the range's tag page: a ring entry must name both to take the range.
+    pub tag: u64,
+}
 
 /// A queue's spill file, as one process holds it.
 pub struct Spill {
@@ -26,18 +55,38 @@ pub struct Spill {
     head: Map,
 }
 
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("a queue item names a bad spill range (the shared memory is corrupt): {what}"),
+    )
+}
+
+/// The bytes a range of a `len`-byte buffer spans: its tag page and its bytes, in whole pages.
+fn span(len: usize) -> Option<u64> {
+    let page = page_size();
+    let pages = len.checked_add(page - 1)? / page + 1;
+    u64::try_from(pages.checked_mul(page)?).ok()
+}
+
 impl Spill {
-    /// Creates an empty spill file.
+    /// Creates an empty spill file, sealed against shrinking.
     pub fn create() -> io::Result<Spill> {
         let fd = memfd::create(c"ferropool-queue-spill")?;
         memfd::resize(fd.as_fd(), page_size())?;
+        memfd::seal(fd.as_fd(), memfd::SEAL_SHRINK | memfd::SEAL_SEAL)?;
         let spill = Spill::open(fd)?;
         spill.next().store(page_size() as u64, Ordering::Release);
         Ok(spill)
     }
 
-    /// Maps the spill file behind `fd` (another process's, reopened).
+    /// Maps the spill file behind `fd` (another process's, reopened). Fails with `InvalidData`
+    /// unless the file is sealed against shrinking and holds at least the counter's page.
     pub fn open(fd: OwnedFd) -> io::Result<Spill> {
+        memfd::require_seals(fd.as_fd(), memfd::SEAL_SHRINK)?;
+        if size(fd.as_fd())? < page_size() as u64 {
+            return Err(invalid("the spill file is shorter than its first page"));
+        }
         let head = Map::new(fd.as_fd(), page_size(), 0, Share::Shared)?;
         Ok(Spill { fd, head })
     }
@@ -52,92 +101,130 @@ impl Spill {
         unsafe { AtomicU64::from_ptr(self.head.as_ptr().cast()) }
     }
 
-    /// Writes `data` into a fresh range of the file; returns the range's offset.
-    pub fn write(&self, data: &[u8]) -> io::Result<u64> {
-        let page = page_size();
-        let span = data.len().div_ceil(page).max(1) * page;
-        let offset = self.next().fetch_add(span as u64, Ordering::AcqRel);
-        if let Err(e) = memfd::write_at(self.fd.as_fd(), data, as_usize(offset)?) {
-            self.free(offset, data.len());
+    /// Writes `data` into a fresh range of the file, behind its tag page.
+    pub fn write(&self, data: &[u8]) -> io::Result<Written> {
+        let span = span(data.len())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "buffer too large"))?;
+        let offset = self.next().fetch_add(span, Ordering::AcqRel);
+        let written = Written {
+            offset,
+            len: data.len(),
+            tag: super::segment::random_id(),
+        };
+        let tag = Tag {
+            magic: TAG_MAGIC,
+            state: AtomicU32::new(WRITTEN),
+            len: data.len() as u64,
+            tag: written.tag,
+        };
+        // SAFETY: `Tag` is `repr(C)` plain data without padding (u32, u32, u64, u64); viewing it
+        // as its bytes reads only initialised memory.
+        let tag_bytes = unsafe {
+            std::slice::from_raw_parts((&tag as *const Tag).cast::<u8>(), size_of::<Tag>())
+        };
+        // The bytes first, then the tag that makes them claimable.
+        let at = as_usize(offset)?;
+        let outcome = memfd::write_at(self.fd.as_fd(), data, at + page_size())
+            .and_then(|()| memfd::write_at(self.fd.as_fd(), tag_bytes, at));
+        if let Err(e) = outcome {
+            self.free(&written);
             return Err(e); // ENOSPC/ENOMEM: out of memory for shared pages
         }
-        Ok(offset)
+        Ok(written)
     }
 
-    /// Maps the `len` bytes at `offset` (written by `write`) shared; the range is freed when the
-    /// returned value is dropped.
-    pub fn take(self: &Arc<Self>, offset: u64, len: usize) -> io::Result<SpillRange> {
+    /// Checks that `w` (read from a ring entry) names a range written for it and not yet
+    /// taken, claims it, and maps its bytes shared; the range is freed when the returned value is
+    /// dropped. Fails with `InvalidData` for anything else: the shared memory was overwritten.
+    pub fn take(self: &Arc<Self>, w: Written) -> io::Result<SpillRange> {
         let page = page_size() as u64;
-        if offset < page
-            || !offset.is_multiple_of(page)
-            || offset >= self.next().load(Ordering::Acquire)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a queue item names a spill range that was never written",
-            ));
+        let span = span(w.len).ok_or_else(|| invalid("length too large"))?;
+        let end = w
+            .offset
+            .checked_add(span)
+            .ok_or_else(|| invalid("offset too large"))?;
+        if w.offset < page || !w.offset.is_multiple_of(page) {
+            return Err(invalid("offset not a range start"));
         }
-        let map = if len == 0 {
-            None
-        } else {
-            Some(Map::new(
-                self.fd.as_fd(),
-                len,
-                as_usize(offset)?,
-                Share::SharedPopulated,
-            )?)
-        };
+        if end > self.next().load(Ordering::Acquire) {
+            return Err(invalid("a range that was never handed out"));
+        }
+        // The file only grows (sealed), so a range inside it now stays inside it.
+        if w.offset + page + w.len as u64 > size(self.fd.as_fd())? {
+            return Err(invalid("a range past the end of the file"));
+        }
+        let map = Map::new(
+            self.fd.as_fd(),
+            page_size() + w.len,
+            as_usize(w.offset)?,
+            Share::SharedPopulated,
+        )?;
+        // SAFETY: the mapping starts with the range's tag page, page-aligned and inside the file
+        // (checked above); `Tag` is valid for any bits but its `state`, which is only ever
+        // accessed atomically by every process.
+        let tag = unsafe { &*map.as_ptr().cast::<Tag>() };
+        if tag.magic != TAG_MAGIC || tag.len != w.len as u64 || tag.tag != w.tag {
+            return Err(invalid("the range belongs to no such buffer"));
+        }
+        if tag
+            .state
+            .compare_exchange(WRITTEN, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(invalid("the range was taken already"));
+        }
         Ok(SpillRange {
             spill: Arc::clone(self),
-            offset,
-            len,
+            written: w,
             map,
         })
     }
 
-    /// Frees the pages of the range at `offset` (a buffer whose item was never queued).
-    pub fn free(&self, offset: u64, len: usize) {
+    /// Frees the pages (tag included) of range `w` (a buffer whose item was never queued).
+    pub fn free(&self, w: &Written) {
         // Only this range's owner calls it, so no live buffer loses its bytes.
-        let span = len.div_ceil(page_size()).max(1) * page_size();
-        memfd::punch_hole(self.fd.as_fd(), offset, span);
+        if let Some(span) = span(w.len).and_then(|s| usize::try_from(s).ok()) {
+            memfd::punch_hole(self.fd.as_fd(), w.offset, span);
+        }
     }
 }
 
+fn size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    u64::try_from(memfd::fstat(fd)?.st_size).map_err(|_| invalid("negative file size"))
+}
+
 fn as_usize(offset: u64) -> io::Result<usize> {
-    usize::try_from(offset)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "spill offset out of range"))
+    usize::try_from(offset).map_err(|_| invalid("offset out of range"))
 }
 
 /// One received buffer of a queue item: its range of the spill file, mapped; unmapped and freed
 /// on drop.
 pub struct SpillRange {
     spill: Arc<Spill>,
-    offset: u64,
-    len: usize,
-    map: Option<Map>,
+    written: Written,
+    /// The tag page, then the bytes.
+    map: Map,
 }
 
 impl SpillRange {
-    /// Start of the bytes (dangling, never to be read, when `len()` is 0).
+    /// Start of the bytes (one past the tag page; never to be read when `len()` is 0).
     pub fn as_ptr(&self) -> *mut u8 {
-        self.map
-            .as_ref()
-            .map_or(std::ptr::NonNull::dangling().as_ptr(), Map::as_ptr)
+        self.map.as_ptr().wrapping_add(page_size())
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.written.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.written.len == 0
     }
 }
 
 impl Drop for SpillRange {
     fn drop(&mut self) {
-        drop(self.map.take());
-        self.spill.free(self.offset, self.len);
+        // The hole clears the tag too, so the range can never be taken again.
+        self.spill.free(&self.written);
     }
 }
 
@@ -155,11 +242,11 @@ mod tests {
         let consumer = Arc::new(Spill::open(producer.fd().try_clone_to_owned().unwrap()).unwrap());
         let a: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let b = vec![9u8; 5000];
-        let (oa, ob) = (producer.write(&a).unwrap(), producer.write(&b).unwrap());
-        assert!(ob >= oa + a.len() as u64, "ranges overlap");
+        let (wa, wb) = (producer.write(&a).unwrap(), producer.write(&b).unwrap());
+        assert!(wb.offset >= wa.offset + a.len() as u64, "ranges overlap");
         let before = resident_pages(&producer);
-        let ra = consumer.take(oa, a.len()).unwrap();
-        let rb = consumer.take(ob, b.len()).unwrap();
+        let ra = consumer.take(wa).unwrap();
+        let rb = consumer.take(wb).unwrap();
         // SAFETY: the ranges are mapped for `len` bytes and nothing writes them meanwhile.
         unsafe {
             assert_eq!(std::slice::from_raw_parts(ra.as_ptr(), ra.len()), &a[..]);
@@ -171,15 +258,49 @@ mod tests {
             "dropping a range did not free its pages"
         );
         drop(rb);
+        assert!(consumer.take(wa).is_err(), "a freed range was taken again");
     }
 
     #[test]
     fn a_range_that_was_never_written_is_refused() {
         let spill = Arc::new(Spill::create().unwrap());
-        assert!(spill.take(page_size() as u64 * 100, 10).is_err());
-        assert!(spill.take(1, 10).is_err());
-        let off = spill.write(b"x").unwrap();
-        assert!(spill.take(off, 1).is_ok());
+        let w = |offset, len, tag| Written { offset, len, tag };
+        assert!(spill.take(w(page_size() as u64 * 100, 10, 0)).is_err());
+        assert!(spill.take(w(1, 10, 0)).is_err());
+        let ok = spill.write(b"x").unwrap();
+        assert!(spill.take(ok).is_ok());
+    }
+
+    #[test]
+    fn a_corrupted_range_is_refused_before_it_is_mapped() {
+        let spill = Arc::new(Spill::create().unwrap());
+        let a = spill.write(&[1u8; 10_000]).unwrap();
+        let b = spill.write(&[2u8; 10_000]).unwrap();
+        // Longer than the file: mapping it and reading would raise SIGBUS.
+        for len in [10_000 + 3 * page_size(), 1 << 40, usize::MAX] {
+            assert!(spill.take(Written { len, ..a }).is_err(), "len {len}");
+        }
+        // The counter claims more than was written: still refused by the file's size.
+        spill.next().fetch_add(1 << 30, Ordering::AcqRel);
+        assert!(spill.take(Written { len: 1 << 29, ..b }).is_err());
+        // Another item's range, or this one's under another tag.
+        assert!(spill.take(Written { tag: a.tag, ..b }).is_err());
+        assert!(spill.take(Written { len: 9_999, ..a }).is_err());
+        let got = spill.take(a).unwrap();
+        assert!(spill.take(a).is_err(), "one range taken twice");
+        drop(got);
+        assert!(spill.take(b).is_ok());
+    }
+
+    #[test]
+    fn the_spill_file_cannot_shrink() {
+        let spill = Spill::create().unwrap();
+        spill.write(&[1u8; 10_000]).unwrap();
+        let err = memfd::resize(spill.fd(), page_size()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        let plain = memfd::create(c"ferropool-test").unwrap();
+        memfd::resize(plain.as_fd(), page_size()).unwrap();
+        assert!(Spill::open(plain).is_err(), "an unsealed file was accepted");
     }
 
     #[test]
@@ -195,8 +316,8 @@ mod tests {
                 })
             })
             .collect();
-        for (t, off) in threads.into_iter().flat_map(|h| h.join().unwrap()) {
-            let r = spill.take(off, 10_000).unwrap();
+        for (t, w) in threads.into_iter().flat_map(|h| h.join().unwrap()) {
+            let r = spill.take(w).unwrap();
             // SAFETY: mapped for 10,000 bytes; nothing writes it any more.
             let bytes = unsafe { std::slice::from_raw_parts(r.as_ptr(), r.len()) };
             assert!(bytes.iter().all(|&x| x == t), "a range was overwritten");
