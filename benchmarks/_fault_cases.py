@@ -66,6 +66,17 @@ def kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def fork_then_exit() -> None:
+    """Leaves a descendant holding every descriptor the worker had, then kills the worker. The
+    descendant starts its own session (so the harness does not count it as left over) and
+    exits after 8 s."""
+    if os.fork() == 0:
+        os.setsid()
+        time.sleep(8)
+        os._exit(0)
+    os._exit(1)
+
+
 def return_lock() -> threading.Lock:
     return threading.Lock()
 
@@ -476,6 +487,28 @@ def case_bad_task(bad: Callable, *args: Any) -> Callable:
     return run
 
 
+def case_sigchld_ignored(ad: FutureAdapter, settle: float) -> dict:
+    """Case 16: the program ignores SIGCHLD (the kernel reaps its children), then a task kills
+    its worker."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    return case_bad_task(exit_now)(ad, settle)
+
+
+def case_crash_after_finished(ad: FutureAdapter, settle: float) -> dict:
+    """Case 17: 200 tiny tasks, then one that kills its worker: the tasks submitted before it
+    count as the others, so each must keep its result."""
+    pool = ad.open()
+    rep: dict = {}
+    goods = [ad.submit(pool, square, i) for i in range(200)]
+    bad = ad.submit(pool, exit_now)
+    deadline = time.monotonic() + settle
+    rep["bad"] = outcome(ad, bad, deadline)
+    rep["others"] = [outcome(ad, h, deadline) for h in goods]
+    rep["after"] = submit_and_wait(ad, pool, settle, square, 7)
+    close(ad, pool, rep, settle)
+    return rep
+
+
 def case_control(ad: FutureAdapter, settle: float) -> dict:
     """Case 0: a plain task, to show the library and the task module work at all."""
     pool = ad.open()
@@ -685,6 +718,9 @@ CASES: dict = {
     "11b": case_stop_stuck_task,
     "11c": case_exit_with_stuck_task,
     "14": case_initializer,
+    "15": case_bad_task(fork_then_exit),
+    "16": case_sigchld_ignored,
+    "17": case_crash_after_finished,
 }
 
 

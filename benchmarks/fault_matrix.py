@@ -70,6 +70,9 @@ CASES = {
     "12": "12. recycling (`max_tasks_per_child`, memory limit)",
     "13": "13. backpressure (`max_pending`)",
     "14": "14. initializer raises",
+    "15": "15. task forks a long-lived child, then calls `os._exit(1)`",
+    "16": "16. the program ignores SIGCHLD, then a task calls `os._exit(1)`",
+    "17": "17. 200 tiny tasks, then one calls `os._exit(1)`: earlier tasks keep their results",
 }
 
 NOT_MEASURED = {
@@ -277,6 +280,7 @@ VERDICTS = {
     "11b": _stuck_shutdown,
     "11c": _exit_with_stuck_task,
     "14": _initializer,
+    **{c: _bad_task for c in ("15", "16", "17")},
 }
 
 

@@ -336,6 +336,37 @@ with ProcessPool(1) as pool:
     assert out == ["True True", "[] []"]
 
 
+def worker_buffer_fds_and_maps() -> tuple[list[str], list[str]]:
+    return buffer_fds(), buffer_maps()
+
+
+def test_an_idle_worker_gives_its_spare_memory_back(tmp_path):
+    out = run_code(
+        tmp_path,
+        """
+import time
+import numpy as np
+import helpers
+from test_zero_copy import worker_buffer_fds_and_maps
+from ferropool import ProcessPool
+
+with ProcessPool(1) as pool:
+    back = pool.submit(helpers.echo, np.ones(1 << 20)).result(30)
+    del back  # the worker's result file comes back to it as a spare
+    fds, maps = pool.submit(worker_buffer_fds_and_maps).result(30)
+    print(bool(fds or maps))
+    # Trimmed on the worker's idle tick (every second it waits), a time-based event: poll for
+    # it, bounded, leaving the worker idle longer than a tick between polls.
+    deadline = time.monotonic() + 20
+    while (fds or maps) and time.monotonic() < deadline:
+        time.sleep(1.5)
+        fds, maps = pool.submit(worker_buffer_fds_and_maps).result(30)
+    print(fds, maps)
+""",
+    )
+    assert out == ["True", "[] []"]
+
+
 def test_a_child_forked_after_using_a_pool_uses_its_own_memory_files(tmp_path):
     out = run_code(
         tmp_path,

@@ -44,6 +44,8 @@ pub const MAX_HOLD: Duration = Duration::from_millis(1);
 const FLUSHER_IDLE_AFTER: Duration = Duration::from_millis(20);
 /// Most bytes of answers held back; past this they are written at once.
 const MAX_HELD_BYTES: usize = journal::CAPACITY;
+/// How often a worker waiting for its next task gives spare memory back.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 /// How stale the worker's view of its socket may be when it starts a task.
 const CANCEL_CHECK_AGE: Duration = Duration::from_millis(1);
 
@@ -168,7 +170,8 @@ impl Connection {
     }
 
     /// Returns the next frame, blocking until one arrives; `None` at end of stream.
-    /// Everything queued is written before blocking, so the peer never waits on us.
+    /// Everything queued is written before blocking, so the peer never waits on us. While it
+    /// waits, every `IDLE_TICK` it gives spare memory files back (`buffer::trim_idle`).
     pub fn recv(&mut self) -> io::Result<Option<Frame>> {
         loop {
             if let Some(f) = self.try_recv()? {
@@ -178,8 +181,24 @@ impl Connection {
                 return Ok(None);
             }
             self.flush()?;
+            if !self.wait_readable(IDLE_TICK)? {
+                crate::buffer::trim_idle();
+                continue;
+            }
             self.reader.fill(self.sock.as_fd())?;
             self.last_read = Instant::now();
+        }
+    }
+
+    /// Waits up to `limit` for the socket to become readable; false if it did not.
+    fn wait_readable(&self, limit: Duration) -> io::Result<bool> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+        let ms = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, ms) {
+            Ok(n) => Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => Ok(true), // let the read find out
+            Err(e) => Err(e.into()),
         }
     }
 
