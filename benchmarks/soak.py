@@ -58,6 +58,7 @@ import concurrent.futures as cf
 import faulthandler
 import functools
 import gc
+import mmap
 import os
 import sys
 import tempfile
@@ -231,8 +232,6 @@ class Soak:
         self.stalled: list = []
         self.hybrid = cfg.pool == "hybrid"
         with open(runs_path, "rb") as f:
-            import mmap
-
             self.runs = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
 
     def _callback(self, tid: int) -> Callable[[cf.Future], None]:
@@ -635,7 +634,7 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--tasks", type=int, default=None, help="number of tasks (default 300,000; 5,000 with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke run: 5,000 tasks, seconds")
     p.add_argument("--pool", choices=("process", "hybrid"), default="process", help="ProcessPool or HybridPool")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: usable cores)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: usable cores, at least 2)")
     p.add_argument("--window", type=int, default=1000, help="most futures unfinished at once (default 1000)")
     p.add_argument("--seed", type=int, default=1, help="seed of the plan of kinds (default 1)")
     p.add_argument("--stall", type=float, default=120.0, help="seconds without a finished future that fail the run")
