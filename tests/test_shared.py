@@ -121,10 +121,15 @@ def worker_pid(_):
 # ----------------------------------------------------------------- helpers
 
 
+#: A live pool's own file per worker (where the worker keeps the answers it holds back), not
+#: memory of any shared object: it goes with the pool.
+POOL_FILE = "/memfd:ferropool-held-answers"
+
+
 def memfd_mappings(pid="self"):
     """The lines of /proc/<pid>/maps that map a ferropool shared segment."""
     with open(f"/proc/{pid}/maps") as f:
-        return [line for line in f if "/memfd:ferropool" in line]
+        return [line for line in f if "/memfd:ferropool" in line and POOL_FILE not in line]
 
 
 def memfd_descriptors(pid="self"):
@@ -134,7 +139,7 @@ def memfd_descriptors(pid="self"):
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
-        if target.startswith("/memfd:ferropool"):
+        if target.startswith("/memfd:ferropool") and not target.startswith(POOL_FILE):
             found.append(target)
     return found
 

@@ -306,6 +306,13 @@ impl Worker {
         }
         if let Some(front) = self.inflight.front_mut() {
             front.started.get_or_insert_with(Instant::now);
+            if front.cancelled && front.stop_asked.is_none() {
+                // Cancelled while it waited here: the worker skips it (answering `Cancel`)
+                // unless it had already begun it, while the answer before it was held back.
+                // Only that answer's absence tells: past `stop_grace` the worker is stopped.
+                front.stop_asked = Some(Instant::now());
+                self.stop_asks += 1;
+            }
         }
     }
 
