@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: help compare test test-rust test-python install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest clean
+.PHONY: help compare test test-rust test-python test-joblib-suite install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest clean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,13 +21,20 @@ install: $(PY)  ## build the wheel and install it with the test extra
 compare: install  ## build, install and run `ferropool compare` on the built-in workloads
 	$(VENV)/bin/ferropool compare
 
-test: install test-rust test-python  ## build, install and run every test (cargo test, then pytest)
+test: install test-rust test-python test-joblib-suite  ## build, install and run every test (cargo test, pytest, joblib's suite)
 
 test-rust:  ## engine unit and end-to-end tests
 	timeout 900 cargo test --workspace --exclude ferropool-py
 
 test-python:  ## pytest against the installed package (not the source tree)
 	$(PY) -m pytest tests -p no:cacheprovider
+
+# joblib's own test_parallel, its backend tests run on "ferropool" and "ferropool-threads"
+# (tests/joblib_suite/ferropool_joblib_suite.py registers them and lists the skipped tests).
+# FERROPOOL_JOBLIB_SUITE=joblib runs joblib's own backends under the two names: the reference.
+test-joblib-suite:  ## joblib's test_parallel against the ferropool joblib backends
+	PYTHONPATH=tests/joblib_suite $(PY) -m pytest -p ferropool_joblib_suite -p no:cacheprovider \
+		--pyargs joblib.test.test_parallel -q --durations=5
 
 lint: lint-rust lint-python  ## every check CI runs before the tests: formatters, clippy, ruff, mypy
 

@@ -185,3 +185,70 @@ def test_nested_parallel_in_forked_workers_gets_fresh_pools(tmp_path):
         "ferropool-threads 45",
         "ferropool-threads [45, 45, 45]",
     ]
+
+
+def test_unordered_results_do_not_wait_behind_a_long_batch(gate_factory):
+    # joblib's test_parallel_unordered_generator_returns_fastest_first. The pool sends a worker
+    # a second task while it runs one whose length it cannot know yet; the backend holds each
+    # call's batches until a worker is free, so the short ones go to the other worker.
+    release = gate_factory()
+    values = [0, helpers.BLOCK, *range(2, 10)]
+    with parallel_config(backend="ferropool"):
+        start = time.monotonic()
+        gen = Parallel(n_jobs=2, return_as="generator_unordered")(delayed(helpers.block_on)(v, release) for v in values)
+        quick = sorted(next(gen) for _ in range(9))
+        elapsed = time.monotonic() - start
+        release.set()
+        assert list(gen) == [helpers.BLOCK]
+    assert quick == [0, *range(2, 10)]
+    assert elapsed < helpers.TASK_WAIT_TIMEOUT / 2  # not held until the blocked task gave up
+
+
+def test_aborted_thread_call_leaves_the_next_call_free_threads(gate_factory):
+    # Running threads cannot be stopped: a call that times out must not leave them in the pool
+    # the next call takes (joblib's test_parallel_timeout_fail_with_generator).
+    release = gate_factory()
+    with parallel_config(backend="ferropool-threads"):
+        with pytest.raises(multiprocessing.TimeoutError):
+            Parallel(n_jobs=2, timeout=0.2)(delayed(helpers.block_on)(helpers.BLOCK, release) for _ in range(4))
+        start = time.monotonic()
+        assert Parallel(n_jobs=2, timeout=WAIT)(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+        assert time.monotonic() - start < helpers.TASK_WAIT_TIMEOUT / 2
+    release.set()
+
+
+NESTED = """
+import sys
+from joblib import Parallel, delayed
+import ferropool.joblib
+
+def inner(backend):
+    return sum(Parallel(n_jobs=2, backend=backend)(delayed(abs)(-i) for i in range(10)))
+
+if __name__ == "__main__":
+    outer, inner_backend = sys.argv[1:]
+    print(Parallel(n_jobs=2, backend=outer)(delayed(inner)(inner_backend) for _ in range(4)))
+"""
+
+
+@pytest.mark.parametrize(
+    "outer, inner",
+    [
+        # Threads: each call takes a pool of its own, so the inner calls do not queue behind
+        # the outer batches that wait for them.
+        ("ferropool-threads", "ferropool-threads"),
+        # Processes: the worker is a fresh interpreter and ``inner`` is pickled by value; the
+        # batch wrapper imports ferropool.joblib there, registering the backends.
+        ("ferropool", "ferropool"),
+        ("ferropool", "ferropool-threads"),
+    ],
+)
+def test_nested_parallel_calls(tmp_path, outer, inner):
+    # joblib's test_nested_loop, in a child process: a deadlock there must not hang this one.
+    script = tmp_path / "nested.py"
+    script.write_text(NESTED)
+    proc = subprocess.run(
+        [sys.executable, str(script), outer, inner], capture_output=True, text=True, timeout=WAIT, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[45, 45, 45, 45]"
