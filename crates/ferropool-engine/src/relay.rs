@@ -17,7 +17,7 @@ use std::sync::Arc;
 /// Bytes kept of the worker's last output lines.
 pub const TAIL_BYTES: usize = 4096;
 /// Longest piece written at once; longer lines are forwarded in pieces.
-const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// Where a relay forwards lines.
 #[derive(Clone, Debug)]
