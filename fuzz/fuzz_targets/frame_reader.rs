@@ -6,8 +6,9 @@
 //! one in the stream, with exactly the descriptors its header announces, each sent with a
 //! message whose first byte came in the same read as the frame's first byte, in sending order;
 //! `None` only when the next frame is incomplete, an error only for a corrupt header or missing
-//! descriptors; the buffer never grows beyond twice what arrived plus 512 KiB; in the end
-//! every descriptor sent is closed and none is left open.
+//! descriptors; the buffer never grows beyond twice what arrived plus 512 KiB; once the stream
+//! has ended on a frame boundary every descriptor no frame took is closed, and in the end none
+//! is left open.
 
 #![no_main]
 
@@ -304,6 +305,17 @@ fuzz_target!(|ops: Vec<Op>| {
             None => {}
             Some(Ok(h)) => assert!(run.pos + HEADER_LEN as u64 + h.len > run.received),
             Some(Err(())) => panic!("a corrupt header at end of stream went unreported"),
+        }
+        if run.pos == run.received {
+            // Every byte went out in frames, so no descriptor can be claimed any more: each one
+            // sent is closed already, the reader still alive (the frames were dropped).
+            for (i, p) in run.probes.iter_mut().enumerate() {
+                p.write = None;
+                assert!(
+                    p.all_writers_closed(),
+                    "descriptor {i} held after the last frame"
+                );
+            }
         }
     }
     let Run {
