@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: help compare test test-rust test-python test-joblib-suite install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest clean
+.PHONY: help compare test test-rust test-python test-joblib-suite fuzz-smoke fuzz fuzz-tools install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest clean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,7 @@ lint: lint-rust lint-python  ## every check CI runs before the tests: formatters
 
 lint-rust:  ## rustfmt (check only) and clippy with warnings as errors
 	cargo fmt --all --check
+	cd fuzz && cargo fmt --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
 # mypy reads the installed third-party packages' types, so it runs where the tests run.
@@ -53,6 +54,7 @@ lint-tools: $(PY)
 
 fix: lint-tools  ## apply the formatters and ruff's safe fixes
 	cargo fmt --all
+	cd fuzz && cargo fmt
 	$(VENV)/bin/ruff check --fix python tests benchmarks
 	$(VENV)/bin/ruff format python tests benchmarks
 
@@ -71,5 +73,41 @@ stubtest: install  ## check that _core.pyi matches the extension module
 	$(PIP) install --quiet mypy
 	$(PY) -m mypy.stubtest ferropool._core
 
+# Fuzzing (docs/development.md, "Fuzzing"). cargo-fuzz needs nightly compiler flags; the stable
+# toolchain accepts them under RUSTC_BOOTSTRAP=1. Each run starts from the committed corpus in
+# fuzz/corpus/<target>/; a crash leaves its input in fuzz/artifacts/<target>/ and fails the run.
+FUZZ := env RUSTC_BOOTSTRAP=1 cargo fuzz
+FUZZ_LIMITS := -rss_limit_mb=1024 -malloc_limit_mb=512
+# Every target; `fuzz-smoke` runs those that pass on this tree. Left out until the shared-memory
+# hardening lands: shared_queue (a capacity rewritten after `open` makes `get` copy outside the
+# mapping; record indices near 2^64 overflow `tail + 4`) and queue_spill (a range past the end of
+# the spill file is mapped, and faults on first touch; the hardened spill API needs the target
+# ported).
+FUZZ_TARGETS ?= frame_reader connection segment_open line_relay shared_queue queue_spill
+FUZZ_SMOKE_TARGETS := frame_reader connection segment_open line_relay
+FUZZ_SMOKE_TIME ?= 20
+FUZZ_TIME ?= 600
+
+fuzz-tools:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version '^0.13'
+
+fuzz-smoke: fuzz-tools  ## build the fuzz targets, run each for FUZZ_SMOKE_TIME s on its corpus (CI)
+	cd fuzz && cargo clippy --all-targets -- -D warnings
+	cd fuzz && $(FUZZ) build
+	@scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
+	for t in $(FUZZ_SMOKE_TARGETS); do \
+		mkdir -p "$$scratch/$$t" && \
+		(cd fuzz && timeout $$(( $(FUZZ_SMOKE_TIME) + 120 )) $(FUZZ) run $$t "$$scratch/$$t" corpus/$$t -- \
+			-max_total_time=$(FUZZ_SMOKE_TIME) $(FUZZ_LIMITS) >"$$scratch/$$t.log" 2>&1) || { \
+			tail -n 80 "$$scratch/$$t.log"; echo "fuzz-smoke: $$t FAILED (a crash leaves its input in fuzz/artifacts/$$t/)"; exit 1; }; \
+		echo "fuzz-smoke: $$t: $$(grep -E '^Done [0-9]+ runs' "$$scratch/$$t.log")"; \
+	done
+
+fuzz: fuzz-tools  ## fuzz each of FUZZ_TARGETS for FUZZ_TIME s, adding what it finds to fuzz/corpus
+	@cd fuzz && failed= && for t in $(FUZZ_TARGETS); do \
+		$(FUZZ) run $$t corpus/$$t -- -max_total_time=$(FUZZ_TIME) $(FUZZ_LIMITS) || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: crashed:$$failed (inputs in fuzz/artifacts/)"; exit 1; fi
+
 clean:  ## remove build outputs and the virtual environment
-	rm -rf target $(VENV) python/ferropool/*.so
+	rm -rf target fuzz/target $(VENV) python/ferropool/*.so

@@ -83,6 +83,12 @@ impl FrameReader {
         FrameReader::default()
     }
 
+    /// Returns the bytes allocated for the receive buffer (its growth is bounded by what has
+    /// arrived; the fuzz targets check it).
+    pub fn buffered_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Returns true once the peer has closed its end and every byte has been read.
     pub fn at_eof(&self) -> bool {
         self.eof
@@ -128,6 +134,9 @@ impl FrameReader {
         }
         if self.buf.len() - self.start < want || self.buf.len() - self.end < 4096 {
             let new_len = (self.start + want).max(self.end + READ_CHUNK);
+            // Exactly: `resize` alone may double the capacity past what arrived. `want` grows
+            // geometrically already, so this costs no repeated copying.
+            self.buf.reserve_exact(new_len - self.buf.len());
             self.buf.resize(new_len, 0);
         }
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);

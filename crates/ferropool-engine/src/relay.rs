@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 /// Bytes kept of the worker's last output lines.
 pub const TAIL_BYTES: usize = 4096;
 /// Longest piece written at once; longer lines are forwarded in pieces.
-const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = 64 * 1024;
 /// Most bytes of output waiting for a slow reader; past this, output is dropped and counted.
 pub const MAX_PENDING: usize = 1 << 20;
 /// Largest single write once the descriptor polls writable: `PIPE_BUF`, which a pipe with room
