@@ -310,7 +310,7 @@ impl Queue {
         // SAFETY: we hold put_lock and `has_room` proved `need` free bytes from `head`.
         unsafe {
             self.write_at(head, &(item.len() as u32).to_le_bytes());
-            self.write_at(head + LEN as u64, item);
+            self.write_at(head.wrapping_add(LEN as u64), item);
         }
         p.head.store(head.wrapping_add(need), Ordering::SeqCst);
         p.puts.store(puts.wrapping_add(1), Ordering::SeqCst);
@@ -377,7 +377,7 @@ impl Queue {
         into.clear();
         into.resize(len, 0);
         // SAFETY: as above; the record's `len` bytes are published (checked against `used`).
-        unsafe { self.read_at(tail + LEN as u64, into) };
+        unsafe { self.read_at(tail.wrapping_add(LEN as u64), into) };
         c.tail
             .store(tail.wrapping_add((LEN + len) as u64), Ordering::SeqCst);
         c.gets.store(gets.wrapping_add(1), Ordering::SeqCst);
