@@ -129,7 +129,7 @@ impl Outlet {
 /// nobody to write it to.
 fn write_now(fd: RawFd, bytes: &[u8]) -> usize {
     let mut done = 0;
-    while done < bytes.len() && has_room(fd) {
+    while done < bytes.len() && wait_for_room(fd, Duration::ZERO) {
         let end = bytes.len().min(done + WRITE_CHUNK);
         let piece = &bytes[done..end];
         // SAFETY: `piece` is valid for reads of its length for the duration of the call.
@@ -147,16 +147,17 @@ fn write_now(fd: RawFd, bytes: &[u8]) -> usize {
     done
 }
 
-/// Whether a write to `fd` would not block now (an error condition counts: the write then
-/// fails at once).
-fn has_room(fd: RawFd) -> bool {
+/// Waits up to `limit` (zero: not at all) until a write to `fd` would not block; returns
+/// whether it would (an error condition counts: the write then fails at once).
+fn wait_for_room(fd: RawFd, limit: Duration) -> bool {
     let mut pfd = libc::pollfd {
         fd,
         events: libc::POLLOUT,
         revents: 0,
     };
-    // SAFETY: one valid pollfd for the duration of the call; a zero timeout never waits.
-    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+    let ms = libc::c_int::try_from(limit.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
     ready > 0 && pfd.revents != 0
 }
 
@@ -169,13 +170,7 @@ impl Drop for Outlet {
             if left.is_zero() {
                 return;
             }
-            let mut pfd = libc::pollfd {
-                fd: self.raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
+            wait_for_room(self.raw_fd(), left.max(Duration::from_millis(1)));
             self.write_ready();
         }
     }
@@ -390,15 +385,9 @@ mod tests {
     }
 
     /// Waits (at most 5 s) until the outlet's descriptor has room.
-    fn wait_for_room(outlet: &Outlet) {
-        let mut pfd = libc::pollfd {
-            fd: outlet.raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&mut pfd, 1, 5000) };
-        assert!(ready > 0, "the reader made no room in 5 s");
+    fn room_within_5s(outlet: &Outlet) {
+        let room = super::wait_for_room(outlet.raw_fd(), std::time::Duration::from_secs(5));
+        assert!(room, "the reader made no room in 5 s");
     }
 
     /// Reads everything written to a pipe until every writer has closed it.
@@ -431,7 +420,7 @@ mod tests {
                     // As the dispatcher does: write what waits once the reader makes room.
                     let mut outlet = sink.outlet();
                     while outlet.wants_write() {
-                        wait_for_room(&outlet);
+                        room_within_5s(&outlet);
                         outlet.write_ready();
                     }
                 }
