@@ -34,6 +34,12 @@ def die_after(barrier) -> None:
     os._exit(4)
 
 
+def meet_then_block(barrier) -> None:
+    """Meets ``barrier``, then blocks: it is still running when a task beside it ends the process."""
+    barrier.wait(20)
+    time.sleep(3600)
+
+
 def sleep_long() -> None:
     time.sleep(3600)  # blocked in C: only stopping its worker ends it
 
@@ -104,7 +110,7 @@ def test_a_dying_process_fails_its_running_tasks_and_the_pool_heals():
     with HybridPool(1, 2) as pool:
         barrier = shared.Barrier(2)
         doomed = pool.submit(die_after, barrier)
-        beside = pool.submit(meet, barrier)  # running on the same process when it dies
+        beside = pool.submit(meet_then_block, barrier)  # running on the same process when it dies
         queued = [pool.submit(helpers.mul, i, 2) for i in range(4)]
         with pytest.raises(WorkerDiedError):
             doomed.result(timeout=RESULT_TIMEOUT)
