@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._core import PrefixedMap
-from .._executor import PoolExecutor, run_chunk
+from .._executor import PoolExecutor, check_buffersize, run_chunk
 from .._util import usable_cpu_count
 from .backends import CoroutineAdapter, EventLoop, Serial, hybrid_class
 from .decide import MAP_PROBE_AHEAD, PROBE_CALLS, STRATEGIES, Decision
@@ -168,6 +168,7 @@ class Pool(PoolExecutor):
         *iterables: Any,
         timeout: float | None = None,
         chunksize: int | None = None,
+        buffersize: int | None = None,
         progress: Any = None,
     ) -> Iterator[Any]:
         """Returns an iterator of ``fn(*args)`` for ``args`` in ``zip(*iterables)``, in order.
@@ -178,15 +179,18 @@ class Pool(PoolExecutor):
         strategy, to the built-in ``map`` in the consuming thread, which no ``timeout`` can
         interrupt. An exception raised by ``fn`` is raised when its item is reached; leaving
         the loop early cancels what has not started. Raises ``RuntimeError`` after ``shutdown``.
+        ``buffersize`` (checked as Python 3.14 does) bounds the chosen pool's map; while ``fn``
+        is being measured, the probe's own bound (above) applies instead.
         """
+        check_buffersize(buffersize)
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         plan = self._plan(fn)
         deadline = None if timeout is None else time.monotonic() + timeout
         its = [iter(it) for it in iterables]
         if plan.backend is None or self._closed:
-            return self._probing_map(plan, fn, its, deadline, chunksize, progress)
-        return self._decided_map(plan, fn, its, deadline, chunksize, progress)
+            return self._probing_map(plan, fn, its, deadline, chunksize, progress, buffersize)
+        return self._decided_map(plan, fn, its, deadline, chunksize, progress, buffersize)
 
     def explain(self) -> str:
         """Returns, in a few lines per function, the strategy chosen and the figures and rule
@@ -245,13 +249,18 @@ class Pool(PoolExecutor):
         deadline: float | None,
         chunksize: int | None,
         progress: Any,
+        buffersize: int | None = None,
     ) -> Iterator[Any]:
         backend = plan.backend
         if isinstance(backend, Serial):
-            return map(fn, *its)
+            return map(fn, *its) if its else iter(())  # the built-in map needs an iterable
         if isinstance(backend, (EventLoop, CoroutineAdapter)):
-            return PoolExecutor.map(self, fn, *its, timeout=left(deadline), chunksize=chunksize, progress=progress)
-        return backend.map(fn, *its, timeout=left(deadline), chunksize=chunksize, progress=progress)  # type: ignore[no-any-return]
+            return PoolExecutor.map(
+                self, fn, *its, timeout=left(deadline), chunksize=chunksize, buffersize=buffersize, progress=progress
+            )
+        return backend.map(  # type: ignore[no-any-return]
+            fn, *its, timeout=left(deadline), chunksize=chunksize, buffersize=buffersize, progress=progress
+        )
 
     def _probing_map(
         self,
@@ -261,6 +270,7 @@ class Pool(PoolExecutor):
         deadline: float | None,
         chunksize: int | None,
         progress: Any,
+        buffersize: int | None = None,
     ) -> Iterator[Any]:
         """Feeds the first items to the probe until ``fn`` is decided or the input ends (this
         blocks for the probe: a few calls), then returns their results chained with the chosen
@@ -351,7 +361,7 @@ class Pool(PoolExecutor):
             # Serial, and every probed call finished without raising (always so after the probe
             # ran here): one iterator does both, as cheaply per item as the built-in map.
             return PrefixedMap(values, fn, its[0])
-        rest = iter(()) if done else self._decided_map(plan, fn, its, deadline, chunksize, progress)
+        rest = iter(()) if done else self._decided_map(plan, fn, its, deadline, chunksize, progress, buffersize)
         if values is not None:
             # Their values, as a list, in front of the rest (a generator over their futures
             # would cost every later item a step more).
