@@ -65,8 +65,9 @@ class ExecutorKind:
 
     @property
     def stops_running_tasks(self) -> bool:
-        """``cancel()`` and ``shutdown(cancel_futures=True)`` stop running tasks (ferropool's
-        ``ProcessPool``); elsewhere a running task cannot be cancelled and runs to its end."""
+        """``cancel()`` stops a running task (ferropool's ``ProcessPool``); elsewhere a running
+        task cannot be cancelled and runs to its end. ``shutdown(cancel_futures=True)`` never
+        stops running tasks, as in the standard library."""
         return self.is_process and not self.is_stdlib
 
     def create(self, **kwargs):

@@ -6,8 +6,9 @@ Two things differ from the base class, both invisible to code that uses the publ
 has yet is removed from the queue, one waiting at a worker is skipped there, and a running one
 has its worker stopped and replaced (see ``docs/worker-lifecycle.md``). This is where a
 ``ProcessPool`` deliberately differs from ``ProcessPoolExecutor``, whose ``cancel()`` returns
-False once a task runs: here ``asyncio`` cancellation of an awaited ``wrap_future``, or
-``shutdown(cancel_futures=True)``, really stops the task. Who finishes a future is decided by
+False once a task runs: here ``asyncio`` cancellation of an awaited ``wrap_future`` really
+stops the task (``shutdown(cancel_futures=True)`` leaves running tasks alone, as in the
+standard library; ``terminate_workers()`` stops them). Who finishes a future is decided by
 one atomic step, popping it from the pool's ``futures`` dict: the result thread pops before it
 delivers, ``cancel()`` pops before it cancels, and whoever comes second leaves the future alone.
 
