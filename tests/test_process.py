@@ -583,3 +583,14 @@ def test_thread_pool_has_no_terminate_or_kill_workers():
     with ThreadPool(1) as p:
         assert not hasattr(p, "terminate_workers") and not hasattr(p, "kill_workers")
         assert p._max_workers == 1
+
+
+def test_the_first_listed_process_runs_a_lone_task(pool, gate_factory):
+    # CPython's test_killed_child signals next(iter(_processes.values())), which with on-demand
+    # workers is the one running its task.
+    started = gate_factory()
+    running = pool.submit(helpers.started_then_sleep, started, 3600)
+    assert started.wait(RESULT_TIMEOUT)
+    next(iter(pool._processes.values())).terminate()
+    with pytest.raises(cf.process.BrokenProcessPool):
+        running.result(timeout=RESULT_TIMEOUT)

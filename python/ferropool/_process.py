@@ -392,21 +392,25 @@ class ProcessPool(PoolExecutor):
         """The live worker processes by pid: a compatibility shim for code written against
         ``ProcessPoolExecutor._processes`` (``len(pool._processes)``, ``for p in
         pool._processes.values(): p.terminate()``). A new dict on each read; the same handle
-        for the same process each time. See ``WorkerProcess``."""
+        for the same process each time. See ``WorkerProcess``.
+
+        Listed in the order the engine hands out work to idle workers (it picks the highest
+        slot first), so that ``next(iter(pool._processes.values()))`` is the worker running a
+        lone task, as with the standard library, which starts its workers on demand."""
         if self._engine.join(0):  # ended: no workers left
             return {}
-        pids = {w["pid"] for w in self._engine.stats(1.0) if w["pid"] is not None}
+        slots = sorted(self._engine.stats(1.0), key=lambda w: w["worker"], reverse=True)
+        pids = [w["pid"] for w in slots if w["pid"] is not None]
         with self._handles_lock:
             handles = self._handles
-            for pid in list(handles):
-                if pid not in pids:
-                    del handles[pid]
+            for pid in set(handles) - set(pids):
+                del handles[pid]
             for pid in pids:
                 if pid not in handles:
                     handle = WorkerProcess.open(pid)
                     if handle is not None:
                         handles[pid] = handle
-            return {pid: h for pid, h in handles.items() if h.is_alive()}
+            return {pid: handles[pid] for pid in pids if pid in handles and handles[pid].is_alive()}
 
     def _join(self, timeout: float | None = None) -> bool:
         return self._running.join(timeout)
