@@ -12,7 +12,7 @@ import threading
 import pytest
 
 import helpers
-from helpers import mul, shutdown_bounded, signal_and_wait, sleep_and_return
+from helpers import mul, shutdown_bounded, signal_and_wait, sleep_and_return, started_then_sleep
 
 from .util import T, warm_up
 
@@ -142,11 +142,15 @@ def test_interpreter_exit_runs_submitted_work(executor_kind):
     assert proc.stderr == ""
 
 
-def test_cancel_futures_cancels_queued_and_finishes_running(make_executor):
-    # CPython's test_cancel_futures: many queued calls, few workers.
+def test_cancel_futures_cancels_queued_and_finishes_running(make_executor, make_gate):
+    # CPython's test_cancel_futures: many queued calls, few workers; here the first one has
+    # surely started when the pool shuts down.
     ex = make_executor(max_workers=2)
     warm_up(ex, 2)
-    fs = [ex.submit(sleep_and_return, 0.1, i) for i in range(50)]
+    started = make_gate()
+    fs = [ex.submit(started_then_sleep, started, 0.1)]
+    fs += [ex.submit(sleep_and_return, 0.1, i) for i in range(49)]
+    assert started.wait(T)
     shutdown_bounded(ex, wait=True, cancel_futures=True)
     cancelled = [f for f in fs if f.cancelled()]
     others = [f for f in fs if not f.cancelled()]
