@@ -163,6 +163,12 @@ class EventLoopThread:
             self.thread.join()
 
 
+def _is_async_function(fn) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+
+
 def _close_if_never_started(coroutine) -> None:
     # Cancelled before the loop took it: close it, or it warns that it was never awaited.
     import inspect
@@ -206,6 +212,13 @@ class ThreadPool(PoolExecutor):
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        if initializer is not None and _is_async_function(initializer):
+            raise TypeError(
+                "ThreadPool does not take an async initializer: it runs the initializer in each of its "
+                "threads, and its coroutine tasks share one event loop; create the resource in a "
+                "coroutine of your own, or use ProcessPool or HybridPool, whose workers run an async "
+                f"initializer on their event loop (got {initializer!r})"
+            )
         if max_pending is not None:
             if isinstance(max_pending, bool) or not isinstance(max_pending, int):
                 raise TypeError("max_pending must be an integer")
