@@ -1,5 +1,5 @@
-"""Async database work against a real MariaDB server (``tests/mariadb.py``, started once per
-session by the ``mariadb_server`` fixture): an async initializer opens each worker's ``aiomysql``
+"""Async database work against a real MariaDB server (``tests/mariadb_server.py``, started once per
+session by the ``mariadb_server`` fixture in ``conftest.py``): an async initializer opens each worker's ``aiomysql``
 pool on the worker's event loop, ``async def`` tasks use it, and closing the pool closes the
 connections; a cancelled or timed-out query leaves no connection behind on the server and the
 worker's pool usable; a worker that dies drops its connections.
@@ -129,7 +129,7 @@ def test_async_initializer_opens_a_pool_per_worker_and_shutdown_closes_it(mariad
 @pytest.mark.parametrize("make", POOLS)
 def test_a_plain_async_def_initializer_works_and_the_exit_drops_its_connections(mariadb_server, connect, make):
     with make(initializer=open_db_no_cleanup, initargs=(connect,)) as pool:
-        pid, cid, on_init_loop = pool.submit(whoami).result(timeout=RESULT_TIMEOUT)
+        _, cid, on_init_loop = pool.submit(whoami).result(timeout=RESULT_TIMEOUT)
         assert on_init_loop
         assert cid in {row[0] for row in connections(mariadb_server, connect)}
     mariadb_server.wait_connections(lambda rows: not rows, timeout=SERVER_SEES_IT, user=connect["user"])
@@ -262,3 +262,73 @@ def test_a_worker_that_dies_drops_its_connections(mariadb_server, connect, make)
         answers = [pool.submit(whoami).result(timeout=RESULT_TIMEOUT) for _ in range(8)]
         assert all(p != pid for p, _, _ in answers)
     mariadb_server.wait_connections(lambda rows: not rows, timeout=SERVER_SEES_IT, user=connect["user"])
+
+
+# ------------------------------------------------------------------ ferropool compare --mysql and bench_db
+
+
+def _cli(*args: str, timeout: float = RESULT_TIMEOUT * 3) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ferropool", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_compare_adds_the_database_workloads_to_its_table(mariadb_server):
+    dsn = mariadb_server.dsn
+    proc = _cli(
+        "compare", "--quick", "--json", "--quiet", "--workload", "tiny", "--workers", "1,4",
+        "--strategy", "ferropool.ThreadPool,ferropool.HybridPool,asyncio", "--mysql", dsn,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    workloads = json.loads(proc.stdout)["workloads"]
+    assert set(workloads) == {"tiny", "mysql", "async_mysql"}
+    for name in ("mysql", "async_mysql"):
+        wl = workloads[name]
+        assert wl["available"] and "SELECT SLEEP(0.005)" in wl["description"], wl
+        for strategy in ("serial", "ferropool.ThreadPool", "ferropool.HybridPool", "asyncio"):
+            assert wl["strategies"][strategy]["available"], (name, strategy, wl["strategies"][strategy])
+    # Every connection compare opened is gone once it has exited.
+    mariadb_server.wait_connections(lambda rows: not rows, timeout=SERVER_SEES_IT)
+
+
+@pytest.mark.parametrize(
+    "dsn, says",
+    [
+        ("postgres://localhost/x", "a MySQL DSN looks like mysql://"),
+        ("mysql://root@localhost:port/x", "is not a number"),
+        ("mysql://root@localhost/x?sslmode=1", "unknown DSN parameter 'sslmode'"),
+        ("mysql://root:secret@localhost/x?unix_socket=/nonexistent/mysqld.sock", "cannot query mysql://root:***@"),
+    ],
+)
+def test_compare_names_a_bad_dsn_and_never_starts_a_server(dsn, says):
+    pytest.importorskip("pymysql")
+    pytest.importorskip("aiomysql")
+    proc = _cli("compare", "--quick", "--workload", "tiny", "--mysql", dsn)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ferropool compare: --mysql"), proc.stderr
+    assert says in lines[0] and "secret" not in lines[0]
+    assert proc.stdout == ""
+
+
+def test_bench_db_runs_every_strategy(mariadb_server, tmp_path):
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "bench_db.py")
+    out = tmp_path / "db.json"
+    proc = subprocess.run(
+        [sys.executable, bench, "--quick", "--repeats", "1", "--mysql", mariadb_server.dsn, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=RESULT_TIMEOUT * 3,
+    )
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    figures = json.loads(out.read_text())["workloads"]
+    assert set(figures) == {"short", "sleep"}
+    for workload in figures.values():
+        strategies = workload["strategies"]
+        assert {"serial pymysql", "ferropool.ThreadPool + pymysql", "asyncio + aiomysql"} <= set(strategies)
+        assert any(s.startswith("ferropool.ProcessPool") for s in strategies)
+        assert any(s.startswith("ferropool.HybridPool") for s in strategies)
+        assert all(s["qps"] > 0 for s in strategies.values())
+    mariadb_server.wait_connections(lambda rows: not rows, timeout=SERVER_SEES_IT)

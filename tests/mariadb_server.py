@@ -91,7 +91,11 @@ class MariaDB:
         """Returns ``SHOW PROCESSLIST``'s client rows (id, user, host, db, command, time, state,
         info), without the one asking and without the server's own threads."""
         rows = self.query("SHOW FULL PROCESSLIST")
-        return [r for r in rows if r[7] != "SHOW FULL PROCESSLIST" and r[1] != "system user" and (user is None or r[1] == user)]
+        return [
+            r
+            for r in rows
+            if r[7] != "SHOW FULL PROCESSLIST" and r[1] != "system user" and (user is None or r[1] == user)
+        ]
 
     def wait_connections(self, predicate, *, timeout: float, user: str | None = None) -> list[tuple[Any, ...]]:
         """Polls ``connections()`` until ``predicate(rows)`` holds; returns those rows, or raises
