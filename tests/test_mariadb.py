@@ -203,6 +203,53 @@ def test_thread_pool_refuses_an_async_initializer(initializer):
         ThreadPool(2, initializer=initializer, initargs=({},))
 
 
+async def note_shutdown(path: str, raise_at_exit: bool = False):
+    """An async generator initializer that appends "<pid> <same loop>" to ``path`` at shutdown."""
+    loop = asyncio.get_running_loop()
+    yield
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()} {asyncio.get_running_loop() is loop}\n")
+    if raise_at_exit:
+        raise ValueError("cleanup failed on purpose")
+
+
+async def never_yields():
+    if False:
+        yield
+
+
+async def loop_pid() -> int:
+    await asyncio.sleep(0)
+    return os.getpid()
+
+
+def test_the_cleanup_runs_on_the_same_loop_at_every_worker_exit(tmp_path):
+    # max_tasks_per_child=2: six tasks on one slot are three workers, each shut down in turn.
+    path = str(tmp_path / "exits")
+    with ProcessPool(1, initializer=note_shutdown, initargs=(path,), max_tasks_per_child=2) as pool:
+        pids = [pool.submit(loop_pid).result(timeout=RESULT_TIMEOUT) for _ in range(6)]
+    assert len(set(pids)) == 3
+    with open(path) as f:
+        lines = sorted(f.read().split("\n")[:-1])
+    assert lines == sorted(f"{pid} True" for pid in set(pids))
+
+
+def test_a_failing_cleanup_is_reported_and_the_pool_still_closes(tmp_path, capfd):
+    path = str(tmp_path / "exits")
+    with ProcessPool(1, initializer=note_shutdown, initargs=(path, True)) as pool:
+        pid = pool.submit(loop_pid).result(timeout=RESULT_TIMEOUT)
+    assert open(path).read() == f"{pid} True\n"
+    err = capfd.readouterr().err
+    assert "the async initializer's cleanup raised" in err and "cleanup failed on purpose" in err, err
+
+
+def test_an_async_generator_initializer_must_yield():
+    with ProcessPool(1, initializer=never_yields) as pool:
+        with pytest.raises(BrokenPoolError) as info:
+            pool.submit(loop_pid).result(timeout=RESULT_TIMEOUT)
+    assert "must yield once" in str(info.value.__cause__)
+
+
 # ------------------------------------------------------------------ faults
 
 

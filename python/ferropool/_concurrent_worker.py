@@ -46,8 +46,8 @@ class Runner:
 
     def __init__(self, conn, threads: int, setup: AsyncInitializer | None = None):
         self.sender = conn.sender()
-        # The async initializer's loop is the only one: what it opened is bound to it.
         self.plain_threads = max(1, threads)
+        # The async initializer's loop is the only one: what it opened is bound to it.
         self.max_loops = 1 if setup is not None else self.plain_threads
         self.cond = threading.Condition()
         self.unanswered = 0  # tasks handed to this runner and not answered
@@ -188,11 +188,6 @@ class Runner:
 
 
 # ---------------------------------------------------------------------- the async initializer
-
-
-def is_async_initializer(initializer) -> bool:
-    """Returns whether ``initializer`` is an ``async def`` or an async generator function."""
-    return inspect.iscoroutinefunction(initializer) or inspect.isasyncgenfunction(initializer)
 
 
 class AsyncInitializer:

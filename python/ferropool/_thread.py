@@ -184,7 +184,8 @@ class ThreadPool(PoolExecutor):
     ``ValueError``. Worker threads are named ``f"{thread_name_prefix}_{n}"``. ``initializer``
     runs once in each worker thread; if it raises, the pool becomes broken: queued futures fail
     with ``BrokenThreadPool``, ``submit`` raises it, and its ``__cause__`` is the initializer's
-    exception. ``max_pending`` bounds the tasks submitted and not yet finished: ``submit``
+    exception; an async initializer raises ``TypeError`` (a process pool's workers run one on
+    their event loop). ``max_pending`` bounds the tasks submitted and not yet finished: ``submit``
     blocks (interruptibly) while there are that many, so a fast producer cannot grow memory
     without bound; ``shutdown`` releases a blocked ``submit`` with ``RuntimeError``. ``map`` is
     always bounded.
