@@ -12,6 +12,7 @@ checks of what it sees poll it (``MariaDB.wait_connections``) under a timeout.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import signal
@@ -124,6 +125,14 @@ def test_async_initializer_opens_a_pool_per_worker_and_shutdown_closes_it(mariad
         pool.shutdown(wait=True)
     # The cleanup after ``yield`` ran before the workers exited: every connection said goodbye.
     mariadb_server.wait_connections(lambda rows: not rows, timeout=SERVER_SEES_IT, user=connect["user"])
+
+
+@pytest.mark.parametrize("make", POOLS)
+def test_a_coroutine_from_a_plain_callable_runs_on_the_initializers_loop(mariadb_server, connect, make):
+    # A partial is not flagged async: the worker awaits the coroutine it returns, on that loop.
+    with make(initializer=open_db, initargs=(connect,)) as pool:
+        _, _, on_init_loop = pool.submit(functools.partial(whoami)).result(timeout=RESULT_TIMEOUT)
+    assert on_init_loop
 
 
 @pytest.mark.parametrize("make", POOLS)

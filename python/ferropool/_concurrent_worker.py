@@ -108,6 +108,8 @@ class Runner:
         self.plain.put((task_id, payload, buffers))
 
     def _plain_thread(self) -> None:
+        from ._worker import _Coroutine, _run_here
+
         assert self.plain is not None
         while True:
             task_id, payload, buffers = self.plain.get()
@@ -126,10 +128,13 @@ class Runner:
             start = _perf()
             try:
                 fn, args, kwargs = loads(payload, buffers=buffers)
-                out, out_buffers, kind = *dumps_result(fn(*args, **kwargs)), OK
+                value = fn(*args, **kwargs)
+                if type(value) is _Coroutine:  # from a callable not flagged async (a partial...)
+                    value = _run_here(value)
+                out, out_buffers, kind = *dumps_result(value), OK
             except BaseException as exc:
                 out, out_buffers, kind = dumps_exception(exc), None, ERR
-            fn = args = kwargs = buffers = None  # a received buffer is unmapped when unused
+            fn = args = kwargs = buffers = value = None  # a received buffer is unmapped when unused
             self._answer(kind, task_id, out, _run_us(start), out_buffers)
 
     # ------------------------------------------------------------------ coroutines on loops
@@ -213,6 +218,10 @@ class AsyncInitializer:
             await self.generator.__anext__()
         except StopAsyncIteration:
             raise RuntimeError("an async generator initializer must yield once, before the worker's tasks") from None
+
+    def run(self, coroutine):
+        """Runs ``coroutine`` on the worker's loop; blocks until it is done, returns its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def finish(self) -> None:
         """Runs the initializer's cleanup (an async generator's code after ``yield``) on the

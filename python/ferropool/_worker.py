@@ -43,7 +43,10 @@ _AsyncGenerator = type(_probe_generator())
 
 
 def _run_here(coroutine):
-    """Runs a coroutine a plain task returned to completion, on this thread."""
+    """Runs a coroutine a plain task returned to completion: on the async initializer's loop if
+    there is one (what it opened belongs to that loop), else on this thread."""
+    if _async_setup is not None:
+        return _async_setup.run(coroutine)
     import asyncio
 
     return asyncio.run(coroutine)
