@@ -56,8 +56,9 @@ def required() -> bool:
 
 
 class MariaDB:
-    """One running server. ``socket`` is its unix socket; ``connect_kwargs()`` what ``pymysql``
-    and ``aiomysql`` take to reach it; ``dsn`` what ``ferropool compare --mysql`` takes."""
+    """One running server. ``socket`` is its unix socket; ``connect_kwargs()`` what ``aiomysql``
+    takes to reach it (``pymysql`` the same, with ``database`` for ``db``); ``dsn`` what
+    ``ferropool compare --mysql`` and ``benchmarks/bench_db.py --mysql`` take."""
 
     database = "ferropool"
     user = "root"
