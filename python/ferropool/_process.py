@@ -86,7 +86,10 @@ class ProcessPool(PoolExecutor):
     closures work without an ``if __name__ == "__main__"`` guard.
 
     ``initializer(*initargs)`` runs once in each worker; if it raises, every task fails with
-    ``BrokenPoolError`` whose ``__cause__`` is that exception. ``max_tasks_per_child`` replaces
+    ``BrokenPoolError`` whose ``__cause__`` is that exception. An ``async def`` initializer runs
+    on the worker's event loop, the one its ``async def`` tasks then run on; an async generator's
+    code after its ``yield`` runs there at the worker's shutdown (``docs/usage.md``, "Async
+    initializers"). ``max_tasks_per_child`` replaces
     a worker after that many tasks, ``max_memory_per_child`` (bytes) once its resident memory
     exceeds that, checked as it answers: either way between tasks, failing none.
     ``max_pending`` bounds the tasks submitted and not yet finished: ``submit`` blocks
