@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["check_path", "write"]
+__all__ = ["check_path", "svg", "write"]
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 W, H, LEFT, RIGHT, TOP, BOTTOM = 560, 300, 60, 190, 30, 40
@@ -28,7 +28,7 @@ def check_path(path: str) -> str | None:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            return f"cannot write plot {path!r}: .png needs matplotlib, which is not installed (use .html)"
+            return f"compare --plot {path} needs matplotlib: pip install 'ferropool[plot]' (or write .html)"
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         return f"cannot write plot {path!r}: {folder} is not a writable folder"
@@ -45,6 +45,12 @@ def _series(wl: dict[str, Any]) -> Iterator[tuple[str, list[tuple[int, float]]]]
         ]
         if points:
             yield name, points
+
+
+def svg(title: str, wl: dict[str, Any]) -> str:
+    """The chart of one workload's report as an SVG element (what ``.html`` holds, and what a
+    notebook shows inline)."""
+    return _svg(title, wl)
 
 
 def _svg(title: str, wl: dict[str, Any]) -> str:
