@@ -28,7 +28,7 @@ def check_path(path: str) -> str | None:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            return f"compare --plot {path} needs matplotlib: pip install 'ferropool[plot]' (or write .html)"
+            return f"--plot {path} needs matplotlib: pip install 'ferropool[plot]' (or write .html)"
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         return f"cannot write plot {path!r}: {folder} is not a writable folder"
