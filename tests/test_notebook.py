@@ -158,6 +158,12 @@ def test_map_progress_in_a_notebook(tmp_path, widgets, tqdm):
     in_kernel(body, tmp_path)
 
 
+def _have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def _alive(pid: int) -> bool:
     try:
         state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -271,5 +277,24 @@ def test_stats_explain_and_compare_show_as_html(tmp_path):
         out = await notebook.run("result")
         page = html_of(out)
         assert "<svg" in page and "ferropool.ThreadPool" in page and name.split(":")[1] in page, page
+
+        # What --json wrote shows the same way.
+        out = await notebook.run(
+            "import json\n"
+            "with open('report.json', 'w') as f:\n"
+            "    json.dump(result, f)\n"
+            "compare.Comparison.load('report.json').chart()"
+        )
+        assert html_of(out).count("<polyline") == 1, out
+
+        if _have("matplotlib"):  # the .png file, written without taking the notebook's inline plots away
+            out = await notebook.run(
+                "import matplotlib\n"
+                "before = matplotlib.get_backend()\n"
+                "result.plot('chart.png')\n"
+                "print(matplotlib.get_backend() == before, os.path.getsize('chart.png') > 1000)"
+            )
+            assert not errors(out), out
+            assert text(out) == "True True\n", out
 
     in_kernel(body, tmp_path)

@@ -121,13 +121,13 @@ def _html(report: dict[str, Any]) -> str:
 
 
 def _png(report: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure without pyplot draws with Agg and leaves the process's backend alone: a notebook
+    # that writes a .png keeps its inline plots.
+    from matplotlib.figure import Figure
 
     shown = [(n, wl) for n, wl in report["workloads"].items() if wl.get("available")]
-    fig, axes = plt.subplots(len(shown) or 1, 1, figsize=(8, 3.2 * max(1, len(shown))), squeeze=False)
+    fig = Figure(figsize=(8, 3.2 * max(1, len(shown))))
+    axes = fig.subplots(len(shown) or 1, 1, squeeze=False)
     for ax, (name, wl) in zip(axes[:, 0], shown, strict=False):  # one spare axis when nothing ran
         for strategy, pts in _series(wl):
             if strategy == "serial" and len(pts) == 1:
@@ -141,7 +141,6 @@ def _png(report: dict[str, Any], path: str) -> None:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write(report: dict[str, Any], path: str) -> None:

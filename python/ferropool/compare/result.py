@@ -5,13 +5,15 @@ strategies, worker counts and repeats) and returns a :class:`Comparison`: the re
 ``--json`` prints, as a ``dict``. Its ``str()`` is the command's table; a notebook shows it as
 the chart of time against workers for each workload, inline, above the table
 (``_repr_html_``); ``chart()`` returns the charts alone and ``plot(path)`` writes the file of
-``--plot``. Everything here but ``plot(".png")`` needs only the standard library.
+``--plot``; ``Comparison.load(path)`` reads what ``--json`` wrote. Everything here but
+``plot(".png")`` needs only the standard library.
 """
 
 from __future__ import annotations
 
 import html
 import inspect
+import json
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from typing import Any
@@ -44,6 +46,12 @@ class Chart:
 class Comparison(dict[str, Any]):
     """What ``run`` returns: the JSON-ready report of ``ferropool compare --json``, which prints
     as the command's table and shows in a notebook as charts and that table."""
+
+    @classmethod
+    def load(cls, path: str) -> Comparison:
+        """Reads a report that ``ferropool compare --json > path`` wrote, to show it here."""
+        with open(path, encoding="utf-8") as f:
+            return cls(json.load(f))
 
     def __str__(self) -> str:
         return format_report(self)
