@@ -24,8 +24,10 @@ nbformat = pytest.importorskip("nbformat", reason="needs the test extra: pip ins
 nbclient = pytest.importorskip("nbclient", reason="needs the test extra: pip install 'ferropool[test]'")
 pytest.importorskip("ipykernel", reason="needs the test extra: pip install 'ferropool[test]'")
 
-# Kernel start-up takes a second or two, more on a loaded machine; every cell is bounded.
+# Kernel start-up takes a second or two, more on a loaded machine; every cell is bounded, and
+# each test (a kernel and a few cells, 2-7 s here) gets more than the default 60 s.
 CELL_TIMEOUT = 60
+pytestmark = pytest.mark.timeout(180)
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
@@ -82,7 +84,7 @@ def in_kernel(body: Callable[[Notebook], Awaitable[None]], cwd: pathlib.Path) ->
         async with client.async_setup_kernel():
             await body(Notebook(client, nb))
 
-    asyncio.run(asyncio.wait_for(main(), timeout=4 * CELL_TIMEOUT))
+    asyncio.run(asyncio.wait_for(main(), timeout=170))
 
 
 def text(outputs: list[Any], name: str = "stdout") -> str:

@@ -26,6 +26,8 @@ from test_readme import BLOCKS, PROMISE
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The oldest glibc the wheel may need: manylinux_2_28 is what `make wheel` asks for.
 MAX_GLIBC = (2, 28)
+# Making the venv and installing into it (pip may download cloudpickle) run in the first test.
+pytestmark = pytest.mark.timeout(180)
 SOURCES = ("python", "src", "crates/ferropool-engine/src", "Cargo.toml", "Cargo.lock", "pyproject.toml")
 
 
