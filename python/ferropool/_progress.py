@@ -57,8 +57,9 @@ def progress(
       ``len(fs)``) to get a percentage and an ETA; without it the bar shows a count and a rate.
 
     The bar is drawn on ``file`` (default ``sys.stderr``; in a Jupyter notebook, a widget where
-    ipywidgets is installed, unless ``file`` is given). Over an iterator it closes when the iteration ends or raises, or the returned
-    iterator is closed (``close()``, the end of a ``with`` block) or dropped.
+    ipywidgets is installed, unless ``file`` is given). Over an iterator it closes when the
+    iteration ends or raises, or the returned iterator is closed (``close()``, the end of a
+    ``with`` block) or dropped.
     ``options`` go to ``tqdm`` (``unit``, ``leave``, ``mininterval`` ...). Without tqdm
     installed (``pip install ferropool[progress]``) a plain text bar is drawn instead and
     ``options`` are ignored.
