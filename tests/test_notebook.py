@@ -300,3 +300,27 @@ def test_stats_explain_and_compare_show_as_html(tmp_path):
             assert text(out) == "True True\n", out
 
     in_kernel(body, tmp_path)
+
+
+def test_stats_html_of_a_cluster_pool_lists_its_own_figures():
+    """DaskPool and RayPool have no per-worker rows: their figures are a table of their own, and
+    every value is escaped."""
+    import types
+
+    from ferropool import PoolStats
+
+    stats = PoolStats(
+        kind="DaskPool",
+        tasks=3,
+        failed=1,
+        busy_s=0.3,
+        max_task_s=None,
+        restarts=0,
+        extra=types.MappingProxyType({"submitted": 4, "cancelled": "<1>"}),
+    )
+    page = stats._repr_html_()
+    assert "<b>DaskPool: 0 workers, 3 tasks (1 failed), 0 restarts" in page, page
+    assert re.findall(r"<tr><th>(\w+)</th><td>(.*?)</td></tr>", page) == [
+        ("submitted", "4"),
+        ("cancelled", "&lt;1&gt;"),
+    ]

@@ -193,10 +193,13 @@ class PoolStats:
 
     def _repr_html_(self) -> str:
         """The table of ``str()`` as HTML, which Jupyter shows for a cell ending in ``pool.stats()``."""
-        head, extra, rows = self._table()
+        head, _, rows = self._table()
         out = [f"<div><p><b>{_html.escape(head)}</b></p>"]
-        if extra:
-            out.append(f"<p>{_html.escape(extra)}</p>")
+        if self.extra:  # the cluster pools' own figures: one row each
+            out.append('<table class="ferropool-stats-extra"><tbody>')
+            for key, value in self.extra.items():
+                out.append(f"<tr><th>{_html.escape(str(key))}</th><td>{_html.escape(str(value))}</td></tr>")
+            out.append("</tbody></table>")
         if rows:
             out.append('<table class="ferropool-stats">')
             out.append("<thead><tr>" + "".join(f"<th>{_html.escape(c)}</th>" for c in rows[0]) + "</tr></thead><tbody>")
