@@ -18,6 +18,12 @@ This file imports nothing: worker processes import :mod:`.tasks` by name to run 
 must not load the rest of the command with it (``run`` and ``Comparison`` load on first use).
 """
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for type checkers only: at run time ``__getattr__`` loads them
+    from .result import Comparison, run
+
+__all__ = ["Comparison", "run"]
+
 
 def __getattr__(name: str) -> object:
     if name in ("run", "Comparison"):
