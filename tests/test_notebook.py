@@ -11,9 +11,11 @@ interrupt of the kernel during ``map`` stops the pool's workers and leaves the k
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +30,7 @@ pytest.importorskip("ipykernel", reason="needs the test extra: pip install 'ferr
 # each test (a kernel and a few cells, 2-7 s here) gets more than the default 60 s.
 CELL_TIMEOUT = 60
 pytestmark = pytest.mark.timeout(180)
+KERNEL = "ferropool-test-python"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
@@ -69,13 +72,25 @@ class Notebook:
         return [m["state"] | {"_model_name": m["model_name"]} for m in stored.values()]
 
 
+@pytest.fixture(autouse=True)
+def this_python_kernel(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel spec that runs this very Python (so the ferropool under test), found first
+    whatever other ``python3`` kernels this machine has installed."""
+    home = tmp_path_factory.mktemp("jupyter")
+    spec = home / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": KERNEL, "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(home))
+
+
 def in_kernel(body: Callable[[Notebook], Awaitable[None]], cwd: pathlib.Path) -> None:
     """Runs ``body`` with a fresh kernel whose working directory is ``cwd``, then stops it."""
     nb = nbformat.v4.new_notebook()
     client = nbclient.NotebookClient(
         nb,
         timeout=CELL_TIMEOUT,
-        kernel_name="python3",
+        kernel_name=KERNEL,
         allow_errors=True,
         resources={"metadata": {"path": str(cwd)}},
     )
@@ -105,7 +120,8 @@ def test_cell_function_runs_in_process_and_hybrid_pools(tmp_path):
     expect = sum(x**3 for x in range(200))
 
     async def body(notebook: Notebook) -> None:
-        assert not errors(await notebook.run(DEFINE))
+        out = await notebook.run(DEFINE + "import sys\nprint(sys.executable)")
+        assert text(out) == f"{sys.executable}\n", out  # the kernel runs the Python under test
         out = await notebook.run(
             "from ferropool import HybridPool, ProcessPool\n"
             "with ProcessPool(2) as pool:\n"
