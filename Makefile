@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: help compare test test-rust test-python test-joblib-suite fuzz-smoke fuzz fuzz-tools install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest clean
+.PHONY: help compare test test-rust test-python wheel test-wheel test-joblib-suite fuzz-smoke fuzz fuzz-tools install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest clean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,13 +21,30 @@ install: $(PY)  ## build the wheel and install it with the test extra
 compare: install  ## build, install and run `ferropool compare` on the built-in workloads
 	$(VENV)/bin/ferropool compare
 
-test: install test-rust test-python test-joblib-suite  ## build, install and run every test (cargo test, pytest, joblib's suite)
+test: install test-rust test-python test-joblib-suite test-wheel  ## build, install and run every test (cargo test, pytest, joblib's suite, the wheel)
 
 test-rust:  ## engine unit and end-to-end tests
 	timeout 900 cargo test --workspace --exclude ferropool-py
 
 test-python:  ## pytest against the installed package (not the source tree)
-	$(PY) -m pytest tests -p no:cacheprovider
+	$(PY) -m pytest tests -p no:cacheprovider --ignore=tests/test_wheel.py
+
+# The wheel anyone can install: abi3 (CPython 3.11+), linked by zig against glibc 2.28 so that it
+# is a manylinux_2_28 wheel whatever this machine's glibc; auditwheel checks the tag holds.
+DIST := dist
+WHEEL_TOOLS := maturin==1.16.0 ziglang==0.17.1 auditwheel==6.8.2
+
+wheel: $(PY)  ## build the portable wheel (manylinux_2_28, abi3) and the sdist into dist/
+	$(PIP) install --quiet $(WHEEL_TOOLS)
+	rm -rf $(DIST)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --zig --compatibility manylinux_2_28 --out $(DIST)
+	$(VENV)/bin/maturin sdist --out $(DIST)
+	$(VENV)/bin/auditwheel show $(DIST)/*.whl | tr -s ' \n' ' ' | grep -q 'platform tag: "manylinux_2_28_' \
+		|| { $(VENV)/bin/auditwheel show $(DIST)/*.whl; echo "wheel: not a manylinux_2_28 wheel"; exit 1; }
+	@ls -l $(DIST)
+
+test-wheel: install wheel  ## install the wheel into a fresh venv with no Rust on PATH; run the README there
+	FERROPOOL_WHEEL_DIR=$(DIST) $(PY) -m pytest tests/test_wheel.py -p no:cacheprovider -q
 
 # joblib's own test_parallel, its backend tests run on "ferropool" and "ferropool-threads"
 # (tests/joblib_suite/ferropool_joblib_suite.py registers them and lists the skipped tests).
@@ -106,4 +123,4 @@ fuzz: fuzz-tools  ## fuzz each of FUZZ_TARGETS for FUZZ_TIME s, adding what it f
 	if [ -n "$$failed" ]; then echo "fuzz: crashed:$$failed (inputs in fuzz/artifacts/)"; exit 1; fi
 
 clean:  ## remove build outputs and the virtual environment
-	rm -rf target fuzz/target $(VENV) python/ferropool/*.so
+	rm -rf target fuzz/target $(DIST) $(VENV) python/ferropool/*.so

@@ -491,3 +491,46 @@ def test_auto_warms_up_on_the_real_items_and_decides_for_them():
         assert timed is not None, rows
         decision = timed.runner.executor.decisions["ferropool.compare.tasks.sleep_task"]
         assert decision.strategy == "threads", decision
+
+
+# ---------------------------------------------------------------- compare.run() from Python
+
+
+def _negate(x):
+    return -x
+
+
+def test_run_from_python_returns_the_report_with_its_table():
+    from ferropool.compare import Comparison, run
+
+    result = run(_negate, items=[3, 4, 5], strategies=["ThreadPoolExecutor"], workers=[2], repeats=1)
+    assert isinstance(result, Comparison)
+    (name,) = result["workloads"]
+    assert name.endswith(":_negate")
+    wl = result["workloads"][name]
+    assert wl["tasks"] == 3 and wl["sweep"] == [2]
+    assert sorted(wl["strategies"]) == ["ThreadPoolExecutor", "serial"]
+    assert str(result) == compare_report.format_report(result)
+    assert result.recommendations() == {name: wl["recommendation"]}
+    assert json.loads(json.dumps(result)) == dict(result)  # still the --json report
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"target": _negate, "strategies": ["threads"]}, ValueError, "unknown strategy 'threads'"),
+        ({"workloads": ["nope"]}, ValueError, "unknown workload 'nope'"),
+        ({"target": _negate, "workloads": ["cpu"]}, ValueError, "either a target or workloads"),
+        ({"target": _negate, "items": 0}, ValueError, "items must be >= 1"),
+        ({"target": _negate, "items": []}, ValueError, "items is empty"),
+        ({"target": _negate, "workers": [0]}, ValueError, "workers must be positive integers"),
+        ({"target": _negate, "repeats": 0}, ValueError, "repeats must be >= 1"),
+        ({"target": 42}, ValueError, "target must be a function or 'module:function', not int"),
+        ({"target": "nosuch_module_xyz:f"}, Exception, "cannot import 'nosuch_module_xyz:f'"),
+    ],
+)
+def test_run_from_python_names_bad_input(kwargs, error, words):
+    from ferropool.compare import run
+
+    with pytest.raises(error, match=words):
+        run(**kwargs)

@@ -343,7 +343,7 @@ def test_array_without_numpy_names_it(tmp_path):
         stdout=subprocess.PIPE,
     )
     out, _ = proc.communicate(timeout=BOUND)
-    assert "numpy" in out and "pip install numpy" in out
+    assert "numpy" in out and "pip install 'ferropool[numpy]'" in out
 
 
 # ----------------------------------------------------------------- threading-compatible behaviour

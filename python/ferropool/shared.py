@@ -339,7 +339,7 @@ def _numpy() -> Any:
     try:
         import numpy
     except ImportError as exc:
-        raise ImportError("ferropool.shared.Array needs numpy, which is not installed: pip install numpy") from exc
+        raise ImportError("ferropool.shared.Array needs numpy: pip install 'ferropool[numpy]'") from exc
     return numpy
 
 

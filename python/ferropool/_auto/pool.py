@@ -39,7 +39,7 @@ from .._executor import PoolExecutor, check_buffersize, run_chunk
 from .._util import usable_cpu_count
 from .backends import CoroutineAdapter, EventLoop, Serial, hybrid_class
 from .decide import MAP_PROBE_AHEAD, PROBE_CALLS, STRATEGIES, Decision
-from .explain import describe
+from .explain import Explanation, describe, row
 from .futures import copy_outcome, gather_chunk, left, results_in_order, values_if_settled
 from .measure import Call, queued_since, run_measured, runqueue_wait_s
 from .probe import Decide, PairRun, Probe, RunPair, RunSolo, Sizes
@@ -192,16 +192,17 @@ class Pool(PoolExecutor):
             return self._probing_map(plan, fn, its, deadline, chunksize, progress, buffersize)
         return self._decided_map(plan, fn, its, deadline, chunksize, progress, buffersize)
 
-    def explain(self) -> str:
+    def explain(self) -> Explanation:
         """Returns, in a few lines per function, the strategy chosen and the figures and rule
-        it came from (or how far its probe got)."""
+        it came from (or how far its probe got): a ``str``, which a notebook shows as a table."""
         with self._lock:
             lines = [f"ferropool.Pool(strategy={self._strategy!r}) on {self._cores} cores"]
             if not self._plans:
                 lines.append("  no function has run yet")
             for plan in self._plans.values():
                 lines.extend(describe(plan.name, plan.decision, plan.probe))
-        return "\n".join(lines)
+            rows = [row(plan.name, plan.decision, plan.probe) for plan in self._plans.values()]
+        return Explanation(lines[0], rows, "\n".join(lines))
 
     @property
     def decisions(self) -> dict[str, Decision]:
