@@ -93,8 +93,9 @@ unsafe fn next_value(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
         return ptr::null_mut();
     };
     // SAFETY: `head` is a list (checked by tp_new) that we hold a reference to. The compat
-    // PyList_GetItemRef is the 3.13 function where it exists (safe against another thread
-    // resizing the list) and GetItem plus an incref on 3.11 and 3.12, whose GIL rules that out.
+    // PyList_GetItemRef is CPython's (safe against another thread resizing the list) when built
+    // for 3.13 or later, as every free-threaded build is; the abi3-py311 build, for GIL
+    // interpreters only, gets GetItem plus an incref, and its GIL rules the resize out.
     unsafe {
         if index < ffi::PyList_Size(head) {
             let value = ffi::compat::PyList_GetItemRef(head, index);
