@@ -380,3 +380,16 @@ def test_describe_build_names_the_interpreter_and_the_gil():
     version = f"{platform.python_implementation()} {platform.python_version()}"
     assert describe_build(gil=True, free_threaded=False) == f"{version}, GIL enabled"
     assert describe_build(gil=False, free_threaded=True) == f"{version} free-threaded, GIL disabled"
+
+
+def test_explain_says_when_the_gil_was_off():
+    from ferropool._auto.explain import describe
+
+    lines = {}
+    for gil in (True, False):
+        p = probe(gil_enabled=gil)
+        p.add_sizes(SMALL)
+        solo(p, 0.01, n=PROBE_CALLS)
+        lines[gil] = "\n".join(describe("f", p.decide(), p))
+    assert "GIL disabled: threads run in parallel" in lines[False]
+    assert "GIL disabled" not in lines[True]
