@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: help compare test test-rust test-python wheel test-wheel test-joblib-suite fuzz-smoke fuzz fuzz-tools install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest clean
+.PHONY: help compare test test-rust test-python wheel test-wheel test-joblib-suite fuzz-smoke fuzz fuzz-tools install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest check-freethreaded clean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -89,6 +89,16 @@ bench-scaleout: install  ## DaskPool, RayPool and the joblib backend beside the 
 stubtest: install  ## check that _core.pyi matches the extension module
 	$(PIP) install --quiet mypy
 	$(PY) -m mypy.stubtest ferropool._core
+
+# Free-threaded CPython 3.14 has no stable ABI, and no 3.14t interpreter is needed to compile for
+# it: PyO3 reads the build from PYO3_CONFIG_FILE (Py_GIL_DISABLED). Without the `abi3` feature,
+# as a 3.14t wheel is built; FERROPOOL_REQUIRE_FREE_THREADED makes build.rs refuse any other
+# configuration. docs/free-threading.md says what this checks and what it cannot.
+FREETHREADED_ENV := PYO3_CONFIG_FILE=$(CURDIR)/ci/pyo3-freethreaded-3.14.txt FERROPOOL_REQUIRE_FREE_THREADED=1
+
+check-freethreaded:  ## compile and clippy the binding for free-threaded CPython 3.14 (no interpreter needed)
+	$(FREETHREADED_ENV) cargo check -p ferropool-py --no-default-features --lib
+	$(FREETHREADED_ENV) cargo clippy -p ferropool-py --no-default-features --all-targets -- -D warnings
 
 # Fuzzing (docs/development.md, "Fuzzing"). cargo-fuzz needs nightly compiler flags; the stable
 # toolchain accepts them under RUSTC_BOOTSTRAP=1. Each run starts from the committed corpus in

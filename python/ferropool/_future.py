@@ -28,7 +28,8 @@ other's write: either the waiter finds the future finished and never waits, or t
 finds the condition and notifies under it (``_wake_after_fast_finish``), after the waiter either
 checked the state or started waiting, since it holds the lock until ``wait`` releases it.
 Callbacks and ``wait()`` waiters are only ever registered under the condition, so they are
-found the same way.
+found the same way. "Sees the other's write" is what the GIL guarantees; a free-threaded build
+does not promise it, so there every future is finished by ``set_result`` (docs/free-threading.md).
 """
 
 from __future__ import annotations

@@ -87,6 +87,7 @@ def describe(name: str, decision: Decision | None, probe: Probe) -> list[str]:
         + (f"; {_secs(queued)} queued for a CPU behind other programs left out" if queued > 0.05 * f.wall_s else "")
         + ")"
         + (f"; GIL: another thread waited {_secs(late)} for it" if late is not None else "")
+        + ("; GIL disabled: threads run in parallel" if not f.gil_enabled else "")
         + f"; 2 threads: {speed}"
         + (f"; free cores during the pair: {f.free_cores:.1f}" if f.free_cores is not None else "")
         + f"; pickled: {sizes}"

@@ -36,6 +36,7 @@ from typing import Any
 
 from .._core import PrefixedMap
 from .._executor import PoolExecutor, check_buffersize, run_chunk
+from .._interpreter import gil_enabled
 from .._util import usable_cpu_count
 from .backends import CoroutineAdapter, EventLoop, Serial, hybrid_class
 from .decide import MAP_PROBE_AHEAD, PROBE_CALLS, STRATEGIES, Decision
@@ -299,7 +300,8 @@ class Pool(PoolExecutor):
             queued: list[Call] = []
             sizes = None
             q0, queued_s = runqueue_wait_s(), None
-            sampler = GilSampler()
+            # No GIL, nothing to sample: the sampler's thread would only take a core.
+            sampler = GilSampler() if probe.gil_enabled else None
             t0 = time.perf_counter()
             try:
                 # The probe's limits are constants: read without the lock, which this step holds
@@ -324,7 +326,7 @@ class Pool(PoolExecutor):
                         if len(queued) < 2 * per:
                             exhausted = True
             finally:
-                gil_late = sampler.stop()
+                gil_late = sampler.stop() if sampler is not None else None
                 with self._lock:
                     if sizes is not None:
                         probe.add_sizes(sizes)
@@ -390,6 +392,7 @@ class Pool(PoolExecutor):
                     io_workers=self._io_workers,
                     hybrid=hybrid_class() is not None,
                     switch_interval=sys.getswitchinterval(),
+                    gil_enabled=gil_enabled(),
                 )
                 plan = _Plan(_name_of(fn), self._lock, probe)
                 is_async = inspect.iscoroutinefunction(fn)
@@ -559,7 +562,7 @@ class Pool(PoolExecutor):
             t0, c0, ran, recorded = time.perf_counter(), time.thread_time(), 0, 0
             calls = step.groups[index]
             solo = step.measure and not step.pair
-            sampler = GilSampler() if solo else None
+            sampler = GilSampler() if solo and probe.gil_enabled else None
 
             def record(sample: tuple[float, float], sizes: Sizes | None) -> None:
                 nonlocal recorded
