@@ -369,10 +369,11 @@ impl Dispatcher {
 
     fn flush_all(&mut self) {
         for w in self.slots.iter_mut().flatten() {
-            if w.writer.pending() > 0 && !w.sock_closed {
-                // A write error means the worker is gone; its pidfd will tell us how.
+            if w.writer.pending() > 0 && !w.sock_closed && !w.write_closed {
+                // A write error means the worker is gone; its pidfd will tell us how. Reading
+                // goes on: the answers it wrote before it died are still in the socket.
                 if w.flush().is_err() {
-                    w.sock_closed = true;
+                    w.write_closed = true;
                 }
             }
         }
@@ -386,7 +387,7 @@ impl Dispatcher {
             let Some(w) = w else { continue };
             if !w.sock_closed {
                 let mut ev = PollFlags::POLLIN;
-                if w.writer.pending() > 0 {
+                if w.writer.pending() > 0 && !w.write_closed {
                     ev |= PollFlags::POLLOUT;
                 }
                 fds.push(PollFd::new(w.sock(), ev));
@@ -654,6 +655,7 @@ impl Dispatcher {
         let was_starting = w.phase == Phase::Starting;
         let reason = w.corrupt.take();
         let was_stopped = w.stop.is_some();
+        let sent = w.writer_sent();
         let orphans = w.take_all();
         drop(w);
         if was_starting {
@@ -666,7 +668,9 @@ impl Dispatcher {
             if s.cancelled {
                 continue; // reported when cancelled
             }
-            if s.started.is_some() && !was_stopped {
+            // A task whose frame did not wholly leave (a write failed as the worker went)
+            // never reached it, whatever the order of answers suggested.
+            if s.started.is_some() && !was_stopped && s.frame_end <= sent {
                 // It was running when the worker died: the likely culprit.
                 self.done.push(Done::new(
                     s.id,
@@ -840,7 +844,7 @@ impl Dispatcher {
 /// The figures of worker `w` that `placement` decides on.
 fn load(w: &Worker) -> Load {
     Load {
-        accepting: w.phase != Phase::Draining && !w.sock_closed,
+        accepting: w.phase != Phase::Draining && !w.sock_closed && !w.write_closed,
         task_us: w.task_us,
         threads: w.threads,
         tasks: w.inflight.len() - w.coroutines,
