@@ -130,8 +130,10 @@ mod tests {
 #[cfg(all(test, loom))]
 mod model {
     use super::*;
-    use loom::sync::{Arc, Condvar, Mutex};
+    use loom::sync::{Condvar, Mutex};
     use loom::thread;
+    // Not loom's: see `shared::sleepers::model`.
+    use std::sync::Arc;
 
     /// An eventfd: a counter that `poll` waits on until it is non-zero.
     #[derive(Default)]
