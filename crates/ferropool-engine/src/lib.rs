@@ -7,6 +7,7 @@
 //! - `buffer`: out-of-band buffers of arguments and results, lent in memory files.
 //! - `channel`: buffered frame transport over unix sockets, with descriptor passing.
 //! - `connection`: the worker's end of its socket (cancelled tasks skipped, answers batched).
+//! - `flush_schedule`: when a worker's held answers leave, and when its flusher must be woken.
 //! - `worker`: one worker process as the parent sees it.
 //! - `pool`: the process pool's API (`ProcessPool`) and the state it shares with the dispatcher.
 //! - `dispatcher`: the thread that schedules tasks onto workers and supervises them.
@@ -24,6 +25,7 @@ pub mod channel;
 pub mod connection;
 mod dispatcher;
 mod doorbell;
+mod flush_schedule;
 pub mod frame;
 pub mod journal;
 pub mod memfd;
