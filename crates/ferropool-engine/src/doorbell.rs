@@ -15,9 +15,9 @@
 //! the two would see the flag clear and write, the drain would swallow the write and leave the
 //! flag set, and every later ring would skip its write while the dispatcher sleeps.
 //!
-//! Model-checked (`model` below, under `cfg(loom)`): `ring` and `answer` as written here, with the
-//! eventfd and `poll` replaced by a counter under a loom mutex and condition variable; the wrong
-//! order above is checked to fail.
+//! Model-checked (`loom_model` below, under `cfg(loom)`): `ring` and `answer` as written here,
+//! with the eventfd and `poll` replaced by a counter under a loom mutex and condition variable;
+//! the wrong order above is checked to fail.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -128,11 +128,11 @@ mod tests {
 /// `PoolConfig::idle_tick = None`). A lost wake-up leaves the dispatcher waiting with nobody
 /// left to wake it, which loom reports as a deadlock.
 #[cfg(all(test, loom))]
-mod model {
+mod loom_model {
     use super::*;
     use loom::sync::{Condvar, Mutex};
     use loom::thread;
-    // Not loom's: see `shared::sleepers::model`.
+    // Not loom's: see `shared::sleepers::loom_model`.
     use std::sync::Arc;
 
     /// An eventfd: a counter that `poll` waits on until it is non-zero.
@@ -173,7 +173,7 @@ mod model {
     /// until it has all three, answering the doorbell with `answer`.
     fn check(answer: fn(&Doorbell<Arc<ModelEventFd>>)) {
         let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(3);
+        builder.preemption_bound = Some(5);
         builder.check(move || {
             let eventfd = Arc::new(ModelEventFd::default());
             let pool = Arc::new(Pool {

@@ -11,14 +11,16 @@
 //! it could: the change and the bump may fall between the caller's first check and the read of
 //! the word, before the registration, so nobody wakes it and the word it waits on stays put.
 //!
-//! Model-checked (`model` below, under `cfg(loom)`): `sleep` and `wake_one` as written here,
-//! driving a one-producer one-consumer byte ring that copies `queue.rs`'s publication order
+//! Model-checked (`loom_model` below, under `cfg(loom)`): `sleep` and `wake_one` as written
+//! here, driving a one-producer one-consumer byte ring that copies `queue.rs`'s publication order
 //! (record bytes, then `head`; read, then `tail`), with the futex replaced by a loom mutex and
 //! condition variable, with no timeouts, and with a `SeqCst` fence after each side's write
-//! (`seq_cst_in_model`), since loom weakens `SeqCst` accesses. Not modelled: the robust locks (only their holder
-//! sleeps, so one producer and one consumer stand for each side), the spin before sleeping,
-//! corruption checks and other processes' deaths. Sleeping without the re-check is checked to
-//! fail, and so is publishing `head` with a relaxed store (the consumer reads a torn record).
+//! (`seq_cst_in_model`), since loom weakens `SeqCst` accesses. Not modelled: the robust locks
+//! (only their holder sleeps, so one producer and one consumer stand for each side), the spin
+//! before sleeping, corruption checks and other processes' deaths. Sleeping without the re-check
+//! is checked to fail, and so is publishing `head` with a relaxed store (the consumer then reads
+//! a torn record). The ring is the model's copy, not `queue.rs`'s code: it checks the order that
+//! `queue.rs` follows, not that `queue.rs` follows it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -103,7 +105,7 @@ fn seq_cst_in_model() {
 /// record is a read of ring bytes not ordered after their write, which loom reports as a
 /// causality violation.
 #[cfg(all(test, loom))]
-mod model {
+mod loom_model {
     use super::*;
     use loom::cell::UnsafeCell;
     use loom::sync::atomic::{AtomicU32, AtomicU64};
@@ -166,6 +168,11 @@ mod model {
         bytes: [UnsafeCell<u8>; CAPACITY as usize],
     }
 
+    // SAFETY: as in the shared queue, the producer writes only free bytes and the consumer reads
+    // only published ones (`put`, `get`); loom's cells check that every read is ordered after
+    // the write it reads, which is what this model is for.
+    unsafe impl Sync for Ring {}
+
     /// How a side sleeps: `sleep`, or a wrong variant.
     type Sleep = fn(&ModelWord, &ModelWord, &dyn Fn() -> bool);
 
@@ -219,7 +226,7 @@ mod model {
 
     fn check(sleep: Sleep, publish: Ordering) {
         let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(2);
+        builder.preemption_bound = Some(4);
         builder.check(move || {
             let ring = Arc::new(Ring::default());
             let producer = {
@@ -227,10 +234,12 @@ mod model {
                 thread::spawn(move || {
                     ring.put([1, 2], sleep, publish);
                     ring.put([3, 4], sleep, publish);
+                    ring.put([5, 6], sleep, publish);
                 })
             };
             assert_eq!(ring.get(sleep), [1, 2]);
             assert_eq!(ring.get(sleep), [3, 4]);
+            assert_eq!(ring.get(sleep), [5, 6]);
             producer.join().unwrap();
         });
     }
