@@ -121,84 +121,137 @@ mod tests {
     }
 }
 
-/// The loom model: callers push tasks and ring, the dispatcher scans the queue and sleeps until
-/// the counter is readable, as `dispatcher::Dispatcher` does around `poll`. Not modelled: the
-/// other descriptors `poll` watches (worker sockets, pidfds), `Queue::wants_tasks` (taken as
-/// always true, the case in which every submit rings), and `poll`'s timeout (none, as with
-/// `PoolConfig::idle_tick = None`). A lost wake-up leaves the dispatcher waiting with nobody
-/// left to wake it, which loom reports as a deadlock.
+/// The loom models: callers push tasks and ring; the dispatcher scans the queue and sleeps in
+/// `poll` until the eventfd (or a worker's socket) is readable, as `dispatcher::Dispatcher` does.
+/// The first model has no workers and every submit rings; the second has one worker that holds
+/// one task at a time, so the dispatcher publishes `Queue::wants_tasks` under the queue's lock
+/// as `assign` does, submit rings only when it is set (as `ProcessPool::submit_within` does),
+/// and a worker's answer wakes the dispatcher through its socket. Both copy those few lines of
+/// `pool.rs` and `dispatcher/mod.rs` rather than run them. Not modelled: pidfds, timers and
+/// `poll`'s timeout (none, as with `PoolConfig::idle_tick = None`). A lost wake-up leaves the
+/// dispatcher waiting with nobody left to wake it, which loom reports as a deadlock.
 #[cfg(all(test, loom))]
 mod loom_model {
     use super::*;
     use loom::sync::{Condvar, Mutex};
     use loom::thread;
+    use std::collections::VecDeque;
     // Not loom's: see `shared::sleepers::loom_model`.
     use std::sync::Arc;
 
-    /// An eventfd: a counter that `poll` waits on until it is non-zero.
+    /// What `poll` watches: the eventfd's counter and the bytes waiting in the worker's socket.
     #[derive(Default)]
-    struct ModelEventFd {
-        count: Mutex<u64>,
-        readable: Condvar,
+    struct Readiness {
+        eventfd: u64,
+        socket: u64,
     }
 
-    impl Counter for Arc<ModelEventFd> {
+    #[derive(Default)]
+    struct Poller {
+        ready: Mutex<Readiness>,
+        changed: Condvar,
+    }
+
+    impl Poller {
+        /// `poll` with no timeout: waits until a descriptor is readable, returns which.
+        fn poll(&self) -> (bool, bool) {
+            let mut ready = self.ready.lock().unwrap();
+            while ready.eventfd == 0 && ready.socket == 0 {
+                ready = self.changed.wait(ready).unwrap();
+            }
+            (ready.eventfd > 0, ready.socket > 0)
+        }
+
+        fn update(&self, f: impl FnOnce(&mut Readiness)) {
+            f(&mut self.ready.lock().unwrap());
+            self.changed.notify_all();
+        }
+    }
+
+    /// The eventfd behind the doorbell.
+    struct EventFd(Arc<Poller>);
+
+    impl Counter for EventFd {
         fn add(&self) {
-            *self.count.lock().unwrap() += 1;
-            self.readable.notify_all();
+            self.0.update(|r| r.eventfd += 1);
         }
 
         fn drain(&self) {
-            *self.count.lock().unwrap() = 0;
+            self.0.update(|r| r.eventfd = 0);
         }
     }
 
-    impl ModelEventFd {
-        /// `poll` with no timeout, on this descriptor alone.
-        fn poll(&self) {
-            let mut count = self.count.lock().unwrap();
-            while *count == 0 {
-                count = self.readable.wait(count).unwrap();
+    #[derive(Default)]
+    struct Queue {
+        tasks: VecDeque<u32>,
+        wants_tasks: bool,
+    }
+
+    struct Pool {
+        queue: Mutex<Queue>,
+        bell: Doorbell<EventFd>,
+        poller: Arc<Poller>,
+    }
+
+    impl Pool {
+        fn new() -> Arc<Pool> {
+            let poller = Arc::new(Poller::default());
+            Arc::new(Pool {
+                queue: Mutex::new(Queue {
+                    wants_tasks: true,
+                    ..Queue::default()
+                }),
+                bell: Doorbell::on(EventFd(poller.clone())),
+                poller,
+            })
+        }
+
+        /// `ProcessPool::submit_within`: push, read `wants_tasks` under the same lock, ring.
+        fn submit(&self, task: u32) {
+            let mut q = self.queue.lock().unwrap();
+            q.tasks.push_back(task);
+            let wake = q.wants_tasks;
+            drop(q);
+            if wake {
+                self.bell.ring();
             }
         }
     }
 
-    struct Pool {
-        queue: Mutex<Vec<u32>>,
-        bell: Doorbell<Arc<ModelEventFd>>,
-        eventfd: Arc<ModelEventFd>,
+    /// Spawns one thread per list of tasks, each submitting its tasks in order with `submit`.
+    fn callers(
+        pool: &Arc<Pool>,
+        tasks: &[&'static [u32]],
+        submit: fn(&Pool, u32),
+    ) -> Vec<thread::JoinHandle<()>> {
+        tasks
+            .iter()
+            .map(|&tasks| {
+                let pool = pool.clone();
+                thread::spawn(move || tasks.iter().for_each(|&t| submit(&pool, t)))
+            })
+            .collect()
     }
 
-    /// Runs the model: one caller submits task 0, another 1 then 2; the dispatcher takes tasks
-    /// until it has all three, answering the doorbell with `answer`.
-    fn check(answer: fn(&Doorbell<Arc<ModelEventFd>>)) {
+    fn builder(preemption_bound: usize) -> loom::model::Builder {
         let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(5);
-        builder.check(move || {
-            let eventfd = Arc::new(ModelEventFd::default());
-            let pool = Arc::new(Pool {
-                queue: Mutex::new(Vec::new()),
-                bell: Doorbell::on(eventfd.clone()),
-                eventfd,
-            });
-            let submit = |pool: &Pool, task: u32| {
-                pool.queue.lock().unwrap().push(task);
-                pool.bell.ring();
-            };
-            let callers: Vec<_> = [vec![0], vec![1, 2]]
-                .into_iter()
-                .map(|tasks| {
-                    let pool = pool.clone();
-                    thread::spawn(move || tasks.into_iter().for_each(|t| submit(&pool, t)))
-                })
-                .collect();
+        builder.preemption_bound = Some(preemption_bound);
+        builder
+    }
+
+    /// The first model: one caller submits task 0, another 1 then 2; the dispatcher takes tasks
+    /// until it has all three, answering the doorbell with `answer`.
+    fn check(answer: fn(&Doorbell<EventFd>)) {
+        builder(5).check(move || {
+            let pool = Pool::new();
+            let callers = callers(&pool, &[&[0], &[1, 2]], Pool::submit);
             let mut taken = Vec::new();
             loop {
-                taken.append(&mut pool.queue.lock().unwrap());
+                taken.extend(pool.queue.lock().unwrap().tasks.drain(..));
                 if taken.len() == 3 {
                     break;
                 }
-                pool.eventfd.poll();
+                pool.poller.poll();
                 answer(&pool.bell);
             }
             taken.sort_unstable();
@@ -218,6 +271,76 @@ mod loom_model {
         check(|bell| {
             bell.pending.swap(false, Ordering::AcqRel);
             bell.counter.drain();
+        });
+    }
+
+    /// The second model: two callers submit a task each (with `submit`); one worker runs them
+    /// one at a time and answers through its socket; the dispatcher assigns a task whenever the
+    /// worker is free, until both are answered.
+    fn check_with_worker(submit: fn(&Pool, u32)) {
+        builder(3).check(move || {
+            let pool = Pool::new();
+            let to_worker = Arc::new((Mutex::new(None::<u32>), Condvar::new()));
+            let worker = {
+                let (to_worker, poller) = (to_worker.clone(), pool.poller.clone());
+                thread::spawn(move || {
+                    for _ in 0..2 {
+                        let mut slot = to_worker.0.lock().unwrap();
+                        while slot.take().is_none() {
+                            slot = to_worker.1.wait(slot).unwrap();
+                        }
+                        drop(slot);
+                        poller.update(|r| r.socket += 1);
+                    }
+                })
+            };
+            let callers = callers(&pool, &[&[0], &[1]], submit);
+            let (mut free, mut answered) = (true, 0);
+            loop {
+                // `Dispatcher::assign`: take what fits and publish whether room is left, under
+                // one lock.
+                let mut q = pool.queue.lock().unwrap();
+                if free {
+                    if let Some(task) = q.tasks.pop_front() {
+                        *to_worker.0.lock().unwrap() = Some(task);
+                        to_worker.1.notify_one();
+                        free = false;
+                    }
+                }
+                q.wants_tasks = free;
+                drop(q);
+                if answered == 2 {
+                    break;
+                }
+                let (bell, socket) = pool.poller.poll();
+                if bell {
+                    pool.bell.answer();
+                }
+                if socket {
+                    let mut ready = pool.poller.ready.lock().unwrap();
+                    answered += std::mem::take(&mut ready.socket);
+                    free = true;
+                }
+            }
+            worker.join().unwrap();
+            callers.into_iter().for_each(|c| c.join().unwrap());
+        });
+    }
+
+    #[test]
+    fn no_submit_is_left_unseen_while_the_worker_is_busy() {
+        check_with_worker(Pool::submit);
+    }
+
+    #[test]
+    #[should_panic(expected = "deadlock")]
+    fn reading_wants_tasks_outside_the_push_loses_a_wake_up() {
+        check_with_worker(|pool, task| {
+            let wake = pool.queue.lock().unwrap().wants_tasks;
+            pool.queue.lock().unwrap().tasks.push_back(task);
+            if wake {
+                pool.bell.ring();
+            }
         });
     }
 }
