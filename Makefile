@@ -106,7 +106,10 @@ check-freethreaded:  ## compile and clippy the binding for free-threaded CPython
 # compile only under `--cfg loom`, so they are linted here rather than by `make lint-rust`.
 LOOM_TARGET_DIR ?= target/loom
 
-LOOM_ENV := RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=$(LOOM_TARGET_DIR)
+# Optimised (loom runs each model thousands of times) but without the release profile's
+# link-time optimisation and single codegen unit, which only slow the build down here.
+LOOM_ENV := RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=$(LOOM_TARGET_DIR) \
+	CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 
 loom:  ## model-check the wake-up protocols with loom (the engine's `loom_model` tests)
 	$(LOOM_ENV) cargo clippy -p ferropool-engine --lib --tests -- -D warnings
