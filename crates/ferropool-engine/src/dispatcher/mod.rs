@@ -26,7 +26,7 @@
 //! thread touches, and copied to `Shared::stats` when a caller asks. Log records workers send
 //! are passed on with the finished tasks, before them.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -381,7 +381,7 @@ impl Dispatcher {
 
     /// Sleeps until a worker or a caller has news, or until `next_timer`.
     fn wait_and_handle(&mut self, next_timer: Option<Instant>) {
-        let mut fds = vec![PollFd::new(self.shared.wake_fd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(self.shared.doorbell.fd(), PollFlags::POLLIN)];
         let mut owners = Vec::new();
         for (slot, w) in self.slots.iter().enumerate() {
             let Some(w) = w else { continue };
@@ -449,14 +449,8 @@ impl Dispatcher {
             .revents()
             .is_some_and(|r| r.contains(PollFlags::POLLIN))
         {
-            // Drain the counter first, then clear the flag. The other order loses wake-ups: a
-            // submit between the two would see the flag clear, write, and have its write
-            // swallowed by our read, leaving the flag set and nobody to wake us. In this order
-            // a submit that still sees the flag set pushed its task before we clear it, and
-            // `assign` runs after that.
-            let mut buf = [0u8; 8];
-            let _ = nix::unistd::read(&self.shared.wake_fd, &mut buf);
-            self.shared.wake_pending.store(false, Ordering::Release);
+            // Before the next `assign` looks at the queue (`doorbell.rs` says why).
+            self.shared.doorbell.answer();
         }
         drop(fds);
         for (slot, _, _) in ready.iter().filter(|r| !r.1) {
