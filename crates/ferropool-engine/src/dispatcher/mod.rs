@@ -143,7 +143,6 @@ impl Dispatcher {
             self.cancel_waiting();
         }
         for id in ids {
-            // Not found: it finished (or was cancelled) before we got here; nothing to do.
             let Some((slot, pos)) = self.slots.iter().enumerate().find_map(|(slot, w)| {
                 let pos = w
                     .as_ref()?
@@ -152,6 +151,14 @@ impl Dispatcher {
                     .position(|s| s.id == id && !s.cancelled)?;
                 Some((slot, pos))
             }) else {
+                // Back in the queue: the worker that held it died after the caller looked, and
+                // it was requeued. Otherwise it finished (or was cancelled) before we got here.
+                let mut q = self.shared.queue.lock().expect("queue poisoned");
+                if let Some(at) = q.tasks.iter().position(|t| t.id == id) {
+                    q.tasks.remove(at);
+                    drop(q);
+                    self.done.push(Done::new(id, Outcome::Cancelled));
+                }
                 continue;
             };
             let w = self.slots[slot].as_mut().expect("found above");
