@@ -309,8 +309,13 @@ impl Worker {
     }
 
     /// Dates the front task's start (now) if the worker is ready and it was not dated yet.
+    ///
+    /// Only for a worker that runs one task at a time: with several threads the oldest task
+    /// need not have begun (its thread may still wait for the GIL while another runs the tasks
+    /// behind it), so such a worker announces each task it begins (`Start`, see
+    /// `announced_start`), and a task it dies before announcing runs again elsewhere.
     pub fn front_started(&mut self) {
-        if self.phase == Phase::Starting {
+        if self.phase == Phase::Starting || self.threads > 1 {
             return;
         }
         if let Some(front) = self.inflight.front_mut() {
@@ -322,6 +327,20 @@ impl Worker {
                 front.stop_asked = Some(Instant::now());
                 self.stop_asks += 1;
             }
+        }
+    }
+
+    /// The worker says it began task `id` (a `Start` frame). One cancelled while it waited
+    /// here had begun before the `Cancel` arrived: it is asked to stop, and past `stop_grace`
+    /// its worker is stopped.
+    pub fn announced_start(&mut self, id: u64) {
+        let Some(s) = self.inflight.iter_mut().find(|s| s.id == id) else {
+            return;
+        };
+        s.started.get_or_insert_with(Instant::now);
+        if s.cancelled && s.stop_asked.is_none() {
+            s.stop_asked = Some(Instant::now());
+            self.stop_asks += 1;
         }
     }
 

@@ -540,11 +540,7 @@ impl Dispatcher {
                 self.startup_failures = 0;
             }
             Kind::InitFailed => self.break_pool(frame.payload),
-            Kind::Start => {
-                if let Some(s) = w.inflight.iter_mut().find(|s| s.id == frame.id) {
-                    s.started.get_or_insert_with(Instant::now);
-                }
-            }
+            Kind::Start => w.announced_start(frame.id),
             Kind::Cancel => {
                 // The worker skipped (or stopped) a task cancelled there, reported already.
                 if w.inflight.iter().any(|s| s.id == frame.id && s.cancelled) {
