@@ -270,6 +270,24 @@ def test_large_bytes_stay_in_the_pickle_and_still_travel():
     assert type(back) is bytearray and back == b"y" * 200_000
 
 
+def take_one(q):
+    return q.get(timeout=BOUND)
+
+
+def test_empty_items_round_trip_in_the_ring_and_beside_spilled_buffers(make_pool):
+    q = shared.Queue()
+    spilled = bytearray(b"z" * 100_000)  # out of band: to the spill file
+    items = [b"", bytearray(), "", (), (b"", spilled, bytearray(), b""), b""]
+    for item in items:
+        q.put(item)
+    assert [q.get(timeout=BOUND) for _ in items] == items
+    # The same through another process, the empty item last in the spill file too.
+    pool = make_pool(1)
+    for item in items:
+        q.put(item)
+        assert pool.submit(take_one, q).result(BOUND) == item
+
+
 def test_queue_keeps_each_producers_order():
     q = shared.Queue()
     for i in range(1000):
