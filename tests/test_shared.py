@@ -815,6 +815,48 @@ def test_a_corrupted_spilled_item_is_refused_not_mapped_past_its_file(tmp_path):
     assert out.splitlines() == ["refused", "got 100000 bytes"]
 
 
+def test_a_segment_smaller_than_its_object_is_refused_when_opened(tmp_path):
+    # Another process hands over a memory file whose header names the right kind and id but
+    # whose size does not cover the object's state.
+    out = run_to_end(
+        tmp_path,
+        """
+        import fcntl, os, struct
+        from ferropool import _core, shared
+
+        MAGIC, ID = 0x46505348, 12345
+        SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+        def forged(kind, payload):
+            fd = os.memfd_create("forged", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+            os.ftruncate(fd, 64 + payload)
+            os.pwrite(fd, struct.pack("<IIQQ", MAGIC, kind, ID, payload), 0)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+            return (fd, ID)
+
+        q = shared.Queue()
+        opens = {
+            "Lock": (1, lambda a: _core.SharedLock(_attach=a)),
+            "RLock": (2, lambda a: _core.SharedRLock(_attach=a)),
+            "Event": (3, lambda a: _core.SharedEvent(_attach=a)),
+            "Semaphore": (4, lambda a: _core.SharedSemaphore(_attach=a)),
+            "Barrier": (5, lambda a: _core.SharedBarrier(1, _attach=a)),
+            "Queue": (6, lambda a: _core.SharedQueue(_attach=a, _spill=os.dup(q._spill_fd))),
+            "Value": (7, lambda a: _core.SharedValue("q", _attach=a)),
+        }
+        for name, (kind, open_) in opens.items():
+            for payload in (0, 2):
+                try:
+                    open_(forged(kind, payload))
+                    print(name, "opened")
+                except OSError as e:
+                    print(name, "refused" if "bytes of state" in str(e) else e)
+    """,
+    )
+    names = ["Lock", "RLock", "Event", "Semaphore", "Barrier", "Queue", "Value"]
+    assert out.splitlines() == [f"{name} refused" for name in names for _ in range(2)]
+
+
 def test_no_holder_can_shrink_a_shared_objects_memory(tmp_path):
     out = run_to_end(
         tmp_path,

@@ -79,12 +79,13 @@ impl Barrier {
     /// Maps an existing barrier's segment (see `Segment::open`).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<Barrier> {
         Ok(Barrier {
-            seg: Segment::open(fd, Kind::Barrier, id)?,
+            seg: Segment::open(fd, Kind::Barrier, id, std::mem::size_of::<State>())?,
         })
     }
 
     fn state(&self) -> &State {
-        // SAFETY: a Kind::Barrier segment's payload is a `State` of atomics.
+        // SAFETY: a Kind::Barrier segment's payload is a `State` of atomics (`open` checks its
+        // size).
         unsafe { self.seg.state::<State>() }
     }
 
