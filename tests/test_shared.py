@@ -815,6 +815,44 @@ def test_a_corrupted_spilled_item_is_refused_not_mapped_past_its_file(tmp_path):
     assert out.splitlines() == ["refused", "got 100000 bytes"]
 
 
+# Byte offsets in a Barrier's memory file: the header, then `barrier.rs`'s State.
+BARRIER_COUNT = 64 + 8
+BARRIER_PARTIES = 64 + 12
+
+
+def test_a_barrier_whose_state_is_overwritten_neither_hangs_nor_crashes(tmp_path):
+    out = run_to_end(
+        tmp_path,
+        f"""
+        import os, struct, threading
+        from ferropool import _core, shared
+
+        b = shared.Barrier(1)
+        os.pwrite(b._fd, struct.pack("<I", 0), {BARRIER_PARTIES})
+        print(b.parties, b.wait(timeout=5), b.n_waiting)  # this handle keeps its parties
+        try:
+            _core.SharedBarrier.__new__(shared.Barrier, 1, _attach=(os.dup(b._fd), b._id))
+            print("opened")
+        except OSError as e:
+            print("open refused:", "parties" in str(e))
+        b = shared.Barrier(2)
+        os.pwrite(b._fd, struct.pack("<I", 0xFFFFFFFF), {BARRIER_COUNT})
+        print(b.n_waiting)
+        try:
+            b.wait(timeout=5)
+            print("passed")
+        except threading.BrokenBarrierError:
+            print("broken")
+        b.reset()
+        other = threading.Thread(target=b.wait, args=(5,))
+        other.start()
+        print(b.wait(timeout=5) in (0, 1))
+        other.join(5)
+    """,
+    )
+    assert out.splitlines() == ["1 0 0", "open refused: True", "1", "broken", "True"]
+
+
 def test_a_segment_smaller_than_its_object_is_refused_when_opened(tmp_path):
     # Another process hands over a memory file whose header names the right kind and id but
     # whose size does not cover the object's state.
