@@ -276,12 +276,13 @@ def take_one(q):
 
 def test_empty_items_round_trip_in_the_ring_and_beside_spilled_buffers(make_pool):
     q = shared.Queue()
-    spilled = bytearray(b"z" * 100_000)  # out of band: to the spill file
+    # Empty buffers stay in the pickle (only buffers of 64 KiB or more spill), beside a spilled one.
+    spilled = bytearray(b"z" * 100_000)
     items = [b"", bytearray(), "", (), (b"", spilled, bytearray(), b""), b""]
     for item in items:
         q.put(item)
     assert [q.get(timeout=BOUND) for _ in items] == items
-    # The same through another process, the empty item last in the spill file too.
+    # The same taken by another process.
     pool = make_pool(1)
     for item in items:
         q.put(item)
