@@ -270,6 +270,25 @@ def test_large_bytes_stay_in_the_pickle_and_still_travel():
     assert type(back) is bytearray and back == b"y" * 200_000
 
 
+def take_one(q):
+    return q.get(timeout=BOUND)
+
+
+def test_empty_items_round_trip_in_the_ring_and_beside_spilled_buffers(make_pool):
+    q = shared.Queue()
+    # Empty buffers stay in the pickle (only buffers of 64 KiB or more spill), beside a spilled one.
+    spilled = bytearray(b"z" * 100_000)
+    items = [b"", bytearray(), "", (), (b"", spilled, bytearray(), b""), b""]
+    for item in items:
+        q.put(item)
+    assert [q.get(timeout=BOUND) for _ in items] == items
+    # The same taken by another process.
+    pool = make_pool(1)
+    for item in items:
+        q.put(item)
+        assert pool.submit(take_one, q).result(BOUND) == item
+
+
 def test_queue_keeps_each_producers_order():
     q = shared.Queue()
     for i in range(1000):
@@ -795,6 +814,86 @@ def test_a_corrupted_spilled_item_is_refused_not_mapped_past_its_file(tmp_path):
     """,
     )
     assert out.splitlines() == ["refused", "got 100000 bytes"]
+
+
+# Byte offsets in a Barrier's memory file: the header, then `barrier.rs`'s State.
+BARRIER_COUNT = 64 + 8
+BARRIER_PARTIES = 64 + 12
+
+
+def test_a_barrier_whose_state_is_overwritten_neither_hangs_nor_crashes(tmp_path):
+    out = run_to_end(
+        tmp_path,
+        f"""
+        import os, struct, threading
+        from ferropool import _core, shared
+
+        b = shared.Barrier(1)
+        os.pwrite(b._fd, struct.pack("<I", 0), {BARRIER_PARTIES})
+        print(b.parties, b.wait(timeout=5), b.n_waiting)  # this handle keeps its parties
+        try:
+            _core.SharedBarrier.__new__(shared.Barrier, 1, _attach=(os.dup(b._fd), b._id))
+            print("opened")
+        except OSError as e:
+            print("open refused:", "parties" in str(e))
+        b = shared.Barrier(2)
+        os.pwrite(b._fd, struct.pack("<I", 0xFFFFFFFF), {BARRIER_COUNT})
+        print(b.n_waiting)
+        try:
+            b.wait(timeout=5)
+            print("passed")
+        except threading.BrokenBarrierError:
+            print("broken")
+        b.reset()
+        other = threading.Thread(target=b.wait, args=(5,))
+        other.start()
+        print(b.wait(timeout=5) in (0, 1))
+        other.join(5)
+    """,
+    )
+    assert out.splitlines() == ["1 0 0", "open refused: True", "1", "broken", "True"]
+
+
+def test_a_segment_smaller_than_its_object_is_refused_when_opened(tmp_path):
+    # Another process hands over a memory file whose header names the right kind and id but
+    # whose size does not cover the object's state.
+    out = run_to_end(
+        tmp_path,
+        """
+        import fcntl, os, struct
+        from ferropool import _core, shared
+
+        MAGIC, ID = 0x46505348, 12345
+        SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+        def forged(kind, payload):
+            fd = os.memfd_create("forged", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+            os.ftruncate(fd, 64 + payload)
+            os.pwrite(fd, struct.pack("<IIQQ", MAGIC, kind, ID, payload), 0)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+            return (fd, ID)
+
+        q = shared.Queue()
+        opens = {
+            "Lock": (1, lambda a: _core.SharedLock(_attach=a)),
+            "RLock": (2, lambda a: _core.SharedRLock(_attach=a)),
+            "Event": (3, lambda a: _core.SharedEvent(_attach=a)),
+            "Semaphore": (4, lambda a: _core.SharedSemaphore(_attach=a)),
+            "Barrier": (5, lambda a: _core.SharedBarrier(1, _attach=a)),
+            "Queue": (6, lambda a: _core.SharedQueue(_attach=a, _spill=os.dup(q._spill_fd))),
+            "Value": (7, lambda a: _core.SharedValue("q", _attach=a)),
+        }
+        for name, (kind, open_) in opens.items():
+            for payload in (0, 2):
+                try:
+                    open_(forged(kind, payload))
+                    print(name, "opened")
+                except OSError as e:
+                    print(name, "refused" if "bytes of state" in str(e) else e)
+    """,
+    )
+    names = ["Lock", "RLock", "Event", "Semaphore", "Barrier", "Queue", "Value"]
+    assert out.splitlines() == [f"{name} refused" for name in names for _ in range(2)]
 
 
 def test_no_holder_can_shrink_a_shared_objects_memory(tmp_path):

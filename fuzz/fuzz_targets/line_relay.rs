@@ -140,6 +140,8 @@ impl Run {
         if self.keep_tail {
             let all = [forwarded.as_slice(), rest].concat();
             assert!(tail == model_tail(&all), "the tail differs");
+        } else {
+            assert!(tail.is_empty(), "a tail kept without keep_tail");
         }
     }
 }

@@ -26,7 +26,7 @@ enum Take {
 
 #[derive(Arbitrary, Debug)]
 struct Input {
-    /// Buffers written first: `1 + len % 64 KiB` copies of the byte.
+    /// Buffers written first: `len % 64 KiB` copies of the byte (none at all, too).
     buffers: Vec<(u16, u8)>,
     /// Another process's value of the file's next-offset counter, written after the buffers.
     next: Option<u64>,
@@ -44,8 +44,8 @@ fuzz_target!(|input: Input| {
     let spill = Arc::new(Spill::create().expect("a spill file"));
     let mut written = Vec::new();
     for (len, byte) in input.buffers.iter().take(64) {
-        // At least one byte: a queue spills only large buffers, never an empty one.
-        let data = vec![*byte; 1 + *len as usize % (64 << 10)];
+        // Empty ones too: a range that ends with its tag page must be taken like any other.
+        let data = vec![*byte; *len as usize % (64 << 10)];
         let w = spill.write(&data).expect("room for a small buffer");
         written.push((w.offset, w.tag, data));
     }

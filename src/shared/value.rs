@@ -223,7 +223,7 @@ impl SharedMemory {
     fn new(size: usize, _attach: Option<(i32, u64)>) -> PyResult<Self> {
         let seg = match _attach {
             Some(a) => adopt(a)
-                .and_then(|(fd, id)| Segment::open(fd, Kind::Array, id).map_err(io_error))?,
+                .and_then(|(fd, id)| Segment::open(fd, Kind::Array, id, 0).map_err(io_error))?,
             None => Segment::create(c"ferropool-array", Kind::Array, size).map_err(io_error)?,
         };
         Ok(SharedMemory { seg })

@@ -265,6 +265,9 @@ impl LineRelay {
     /// Returns the last bytes the worker wrote (at most `TAIL_BYTES`, starting at a line);
     /// empty unless made with `keep_tail`.
     pub fn tail(&self) -> Vec<u8> {
+        if !self.keep_tail {
+            return Vec::new();
+        }
         let mut out: Vec<u8> = self.tail.iter().copied().collect();
         out.extend_from_slice(&self.partial);
         let mut cut = self.cut;
@@ -513,6 +516,25 @@ mod tests {
                  stream did not keep up"
             )
         );
+    }
+
+    #[test]
+    fn no_tail_is_kept_without_keep_tail_not_even_an_unterminated_line() {
+        let (sink_r, sink_w) = pipe();
+        let reader = std::thread::spawn(move || read_to_end(sink_r));
+        let (r, w) = pipe();
+        let mut relay = LineRelay::new(r, Sink::new(Target::Fd(Arc::new(sink_w))), false).unwrap();
+        let mut w = std::fs::File::from(w);
+        w.write_all(b"a line\nhalf a li").unwrap();
+        relay.pump();
+        assert!(!relay.at_eof());
+        assert_eq!(relay.tail(), b"", "the tail of a relay that keeps none");
+        w.write_all(b"ne\n").unwrap();
+        drop(w);
+        pump_to_eof(&mut relay);
+        assert_eq!(relay.tail(), b"");
+        drop(relay);
+        assert_eq!(reader.join().unwrap(), "a line\nhalf a line\n");
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub enum ArriveError {
 #[derive(Debug)]
 pub struct Barrier {
     seg: Segment,
+    /// As created (at least 1); never re-read from the segment, which any process may overwrite.
+    parties: u32,
 }
 
 impl Barrier {
@@ -71,20 +73,32 @@ impl Barrier {
                 Kind::Barrier,
                 std::mem::size_of::<State>(),
             )?,
+            parties,
         };
         b.state().parties.store(parties, Ordering::Relaxed);
         Ok(b)
     }
 
-    /// Maps an existing barrier's segment (see `Segment::open`).
+    /// Maps an existing barrier's segment (see `Segment::open`); `InvalidData` if it says zero
+    /// parties (overwritten by another process).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<Barrier> {
-        Ok(Barrier {
-            seg: Segment::open(fd, Kind::Barrier, id)?,
-        })
+        let seg = Segment::open(fd, Kind::Barrier, id, std::mem::size_of::<State>())?;
+        // SAFETY: a Kind::Barrier segment's payload is a `State` of atomics (size just checked).
+        let parties = unsafe { seg.state::<State>() }
+            .parties
+            .load(Ordering::Relaxed);
+        if parties == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the shared barrier's memory is corrupt: it has 0 parties",
+            ));
+        }
+        Ok(Barrier { seg, parties })
     }
 
     fn state(&self) -> &State {
-        // SAFETY: a Kind::Barrier segment's payload is a `State` of atomics.
+        // SAFETY: a Kind::Barrier segment's payload is a `State` of atomics (`open` checks its
+        // size).
         unsafe { self.seg.state::<State>() }
     }
 
@@ -99,16 +113,20 @@ impl Barrier {
 
     /// The number of participants.
     pub fn parties(&self) -> u32 {
-        self.state().parties.load(Ordering::Relaxed)
+        self.parties
     }
 
     /// Arrives at the barrier. Blocks (up to `timeout`) only while a completed generation is
-    /// being released; fails at once if the barrier is broken.
+    /// being released; fails at once if the barrier is broken. Breaks it when more than
+    /// `parties` arrivals are counted (the count was overwritten), so that no one waits for a
+    /// release that cannot come; `reset` repairs it.
     pub fn arrive(&self, timeout: Option<Duration>) -> Result<Arrival, ArriveError> {
         /// What one look under the lock found.
         enum Step {
             Arrived(Arrival),
             Broken,
+            /// The count is impossible: the barrier was just broken, its waiters are to be woken.
+            Corrupt,
             /// A completed generation (its phase) is still being released.
             Draining(u32),
         }
@@ -119,9 +137,13 @@ impl Barrier {
                 if phase & 1 != 0 {
                     return Step::Broken;
                 }
-                let parties = s.parties.load(Ordering::Relaxed);
+                let parties = self.parties;
                 let index = s.count.load(Ordering::Relaxed);
-                if index >= parties {
+                if index > parties {
+                    s.phase.fetch_or(1, Ordering::Release);
+                    return Step::Corrupt;
+                }
+                if index == parties {
                     return Step::Draining(phase);
                 }
                 s.count.store(index + 1, Ordering::Relaxed);
@@ -137,6 +159,10 @@ impl Barrier {
             match step {
                 Step::Arrived(arrival) => return Ok(arrival),
                 Step::Broken => return Err(ArriveError::Broken),
+                Step::Corrupt => {
+                    futex::wake_all(&self.state().phase);
+                    return Err(ArriveError::Broken);
+                }
                 Step::Draining(phase) => {
                     let left = remaining(deadline).map_err(|()| ArriveError::TimedOut)?;
                     futex::wait(&self.state().phase, phase, left);
@@ -216,9 +242,7 @@ impl Barrier {
             if s.phase.load(Ordering::Relaxed) & 1 != 0 {
                 0
             } else {
-                s.count
-                    .load(Ordering::Relaxed)
-                    .min(s.parties.load(Ordering::Relaxed) - 1)
+                s.count.load(Ordering::Relaxed).min(self.parties - 1)
             }
         })
     }
@@ -233,6 +257,7 @@ impl Barrier {
 mod tests {
     use super::*;
     use crate::shared::lock::tests::{fork_child, reap, BOUND};
+    use crate::shared::segment::reopen_fd;
     use std::sync::Arc;
 
     /// One full `threading.Barrier.wait` without an action; returns the arrival index.
@@ -280,6 +305,36 @@ mod tests {
         assert!(mine.iter().chain(&theirs).all(|&i| i < 4));
         assert_eq!(b.n_waiting(), 0);
         assert!(!b.is_broken());
+    }
+
+    #[test]
+    fn overwritten_parties_or_count_neither_panic_nor_hang() {
+        let b = Barrier::create(2).unwrap();
+        assert!(matches!(b.arrive(None), Ok(Arrival::Wait { index: 0, .. })));
+        // Another process writes zero parties: this handle keeps the parties it was made with.
+        b.state().parties.store(0, Ordering::Relaxed);
+        assert_eq!(b.n_waiting(), 1);
+        assert_eq!(b.parties(), 2);
+        assert_eq!(b.arrive(Some(BOUND)), Ok(Arrival::Last(1)));
+        b.pass();
+        // A process that opens it now is refused.
+        let err = Barrier::open(reopen_fd(b.segment()), b.segment().id()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        // More arrivals than parties: broken at once, for every waiter, until reset.
+        let waiter = b.arrive(None);
+        assert!(matches!(waiter, Ok(Arrival::Wait { index: 0, .. })));
+        b.state().count.store(u32::MAX, Ordering::Relaxed);
+        assert_eq!(b.n_waiting(), 1);
+        assert_eq!(
+            b.arrive(Some(Duration::from_millis(200))),
+            Err(ArriveError::Broken)
+        );
+        let Ok(Arrival::Wait { generation, .. }) = waiter else {
+            unreachable!()
+        };
+        assert_eq!(b.wait_pass(generation, Some(BOUND)), Err(Ok(Broken)));
+        b.reset();
+        assert!(matches!(b.arrive(None), Ok(Arrival::Wait { index: 0, .. })));
     }
 
     #[test]

@@ -33,12 +33,12 @@ impl Event {
     /// Maps an existing event's segment (see `Segment::open`).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<Event> {
         Ok(Event {
-            seg: Segment::open(fd, Kind::Event, id)?,
+            seg: Segment::open(fd, Kind::Event, id, std::mem::size_of::<AtomicU32>())?,
         })
     }
 
     fn word(&self) -> &AtomicU32 {
-        // SAFETY: a Kind::Event segment's payload is one atomic u32.
+        // SAFETY: a Kind::Event segment's payload is one atomic u32 (`open` checks its size).
         unsafe { self.seg.state::<AtomicU32>() }
     }
 

@@ -156,7 +156,7 @@ impl Lock {
     /// Maps an existing lock's segment (see `Segment::open`).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<Lock> {
         Ok(Lock {
-            seg: Segment::open(fd, Kind::Lock, id)?,
+            seg: Segment::open(fd, Kind::Lock, id, std::mem::size_of::<State>())?,
         })
     }
 

@@ -135,14 +135,8 @@ impl Queue {
 
     /// Maps an existing queue's segment (see `Segment::open`).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<Queue> {
-        let seg = Segment::open(fd, Kind::Queue, id)?;
-        if seg.payload_len() < RING {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "queue segment smaller than its state",
-            ));
-        }
-        // SAFETY: the payload holds at least a `State` of atomics (checked just above).
+        let seg = Segment::open(fd, Kind::Queue, id, RING)?;
+        // SAFETY: the payload holds at least a `State` of atomics (`open` checked the size).
         let config = &unsafe { seg.state::<State>() }.config.0;
         let capacity = config.capacity.load(Ordering::Relaxed);
         if capacity < 2 * LEN as u64 || capacity > (seg.payload_len() - RING) as u64 {

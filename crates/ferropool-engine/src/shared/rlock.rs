@@ -44,12 +44,12 @@ impl RLock {
     /// Maps an existing recursive lock's segment (see `Segment::open`).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<RLock> {
         Ok(RLock {
-            seg: Segment::open(fd, Kind::RLock, id)?,
+            seg: Segment::open(fd, Kind::RLock, id, std::mem::size_of::<State>())?,
         })
     }
 
     fn state(&self) -> &State {
-        // SAFETY: a Kind::RLock segment's payload is a `State` of atomics.
+        // SAFETY: a Kind::RLock segment's payload is a `State` of atomics (`open` checks its size).
         unsafe { self.seg.state::<State>() }
     }
 

@@ -109,10 +109,11 @@ impl Segment {
     }
 
     /// Maps the memory file `fd` (taking ownership of it) and checks that it holds a `kind` object
-    /// whose id is `id`. Fails with `InvalidData` when it does not (say the descriptor number was
-    /// reused for another file) or when its size is not sealed, or with the errno of `fstat` or
-    /// `mmap`.
-    pub fn open(fd: OwnedFd, kind: Kind, id: u64) -> io::Result<Segment> {
+    /// whose id is `id`, with at least `state` bytes of state. Fails with `InvalidData` when it
+    /// does not (say the descriptor number was reused for another file, or another process made
+    /// the file too small for the object) or when its size is not sealed, or with the errno of
+    /// `fstat` or `mmap`.
+    pub fn open(fd: OwnedFd, kind: Kind, id: u64, state: usize) -> io::Result<Segment> {
         // Sealed first: only then does the size read next stay true while the file is mapped.
         memfd::require_seals(fd.as_fd(), FIXED_SIZE)?;
         let st = memfd::fstat(fd.as_fd())?;
@@ -138,6 +139,12 @@ impl Segment {
         }
         if h.payload > (len - PAYLOAD) as u64 {
             return Err(invalid("payload larger than the file"));
+        }
+        if h.payload < state as u64 {
+            return Err(invalid(&format!(
+                "it holds {} bytes of state, fewer than a {kind:?} needs ({state})",
+                h.payload
+            )));
         }
         Ok(seg)
     }
@@ -205,14 +212,22 @@ pub(crate) fn test_segment(kind: Kind, payload: usize) -> Segment {
     Segment::create(c"ferropool-test", kind, payload).unwrap()
 }
 
-/// Reopens `seg` the way another process would: through `/proc/self/fd/<n>`.
+/// A new descriptor of `seg`'s file, opened the way another process would: through
+/// `/proc/self/fd/<n>`.
 #[cfg(test)]
-pub(crate) fn reopen(seg: &Segment, kind: Kind) -> io::Result<Segment> {
+pub(crate) fn reopen_fd(seg: &Segment) -> OwnedFd {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(format!("/proc/self/fd/{}", seg.fd().as_raw_fd()))?;
-    Segment::open(OwnedFd::from(file), kind, seg.id())
+        .open(format!("/proc/self/fd/{}", seg.fd().as_raw_fd()))
+        .unwrap();
+    OwnedFd::from(file)
+}
+
+/// Reopens `seg` the way another process would: through `/proc/self/fd/<n>`.
+#[cfg(test)]
+pub(crate) fn reopen(seg: &Segment, kind: Kind) -> io::Result<Segment> {
+    Segment::open(reopen_fd(seg), kind, seg.id(), 0)
 }
 
 #[cfg(test)]
@@ -240,7 +255,7 @@ mod tests {
             .open(format!("/proc/self/fd/{}", a.fd().as_raw_fd()))
             .unwrap();
         assert_eq!(
-            Segment::open(OwnedFd::from(file), Kind::Value, a.id() ^ 1)
+            Segment::open(OwnedFd::from(file), Kind::Value, a.id() ^ 1, 0)
                 .unwrap_err()
                 .kind(),
             io::ErrorKind::InvalidData
@@ -257,11 +272,51 @@ mod tests {
         let plain = memfd::create(c"ferropool-test").unwrap();
         memfd::resize(plain.as_fd(), 4096).unwrap();
         assert_eq!(
-            Segment::open(plain, Kind::Value, a.id())
+            Segment::open(plain, Kind::Value, a.id(), 0)
                 .unwrap_err()
                 .kind(),
             io::ErrorKind::InvalidData
         );
+    }
+
+    #[test]
+    fn an_object_whose_state_the_segment_does_not_cover_is_refused() {
+        use crate::shared::{barrier, event, lock, queue, rlock, semaphore, value};
+        fn open_as(kind: Kind, fd: OwnedFd, id: u64) -> io::Result<()> {
+            match kind {
+                Kind::Lock => lock::Lock::open(fd, id).map(drop),
+                Kind::RLock => rlock::RLock::open(fd, id).map(drop),
+                Kind::Event => event::Event::open(fd, id).map(drop),
+                Kind::Semaphore => semaphore::Semaphore::open(fd, id).map(drop),
+                Kind::Barrier => barrier::Barrier::open(fd, id).map(drop),
+                Kind::Queue => queue::Queue::open(fd, id).map(drop),
+                Kind::Value => value::Value::open(fd, id).map(drop),
+                Kind::Array => Segment::open(fd, kind, id, 0).map(drop),
+            }
+        }
+        let kinds = [
+            Kind::Lock,
+            Kind::RLock,
+            Kind::Event,
+            Kind::Semaphore,
+            Kind::Barrier,
+            Kind::Queue,
+            Kind::Value,
+        ];
+        for kind in kinds {
+            // A header naming the right kind and id, over less state than the object has (the
+            // mapping still spans a page, so reading past the state would not even fault).
+            for payload in [0, 1, 3] {
+                let small = test_segment(kind, payload);
+                let fd = reopen_fd(&small);
+                let err = open_as(kind, fd, small.id()).unwrap_err();
+                assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{kind:?}: {err}");
+            }
+        }
+        let array = test_segment(Kind::Array, 0);
+        open_as(Kind::Array, reopen_fd(&array), array.id()).unwrap();
+        let err = Segment::open(reopen_fd(&array), Kind::Array, array.id(), 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

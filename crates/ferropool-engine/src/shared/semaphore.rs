@@ -52,12 +52,13 @@ impl Semaphore {
     /// Maps an existing semaphore's segment (see `Segment::open`).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<Semaphore> {
         Ok(Semaphore {
-            seg: Segment::open(fd, Kind::Semaphore, id)?,
+            seg: Segment::open(fd, Kind::Semaphore, id, std::mem::size_of::<State>())?,
         })
     }
 
     fn state(&self) -> &State {
-        // SAFETY: a Kind::Semaphore segment's payload is a `State` of atomics.
+        // SAFETY: a Kind::Semaphore segment's payload is a `State` of atomics (`open` checks its
+        // size).
         unsafe { self.seg.state::<State>() }
     }
 

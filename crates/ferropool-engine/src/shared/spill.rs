@@ -149,8 +149,14 @@ impl Spill {
         if end > self.next().load(Ordering::Acquire) {
             return Err(invalid("a range that was never handed out"));
         }
-        // The file only grows (sealed), so a range inside it now stays inside it.
-        if w.offset + page + w.len as u64 > size(self.fd.as_fd())? {
+        // The file only grows (sealed), so a range inside it now stays inside it. An empty
+        // buffer's range ends with its tag: nothing was written past it.
+        let written_end = if w.len == 0 {
+            w.offset + size_of::<Tag>() as u64
+        } else {
+            w.offset + page + w.len as u64
+        };
+        if written_end > size(self.fd.as_fd())? {
             return Err(invalid("a range past the end of the file"));
         }
         let map = Map::new(
@@ -259,6 +265,37 @@ mod tests {
         );
         drop(rb);
         assert!(consumer.take(wa).is_err(), "a freed range was taken again");
+    }
+
+    #[test]
+    fn an_empty_buffer_round_trips_even_as_the_last_range_of_the_file() {
+        let producer = Spill::create().unwrap();
+        let consumer = Arc::new(Spill::open(producer.fd().try_clone_to_owned().unwrap()).unwrap());
+        // Alone at the end of the file: nothing was written past its tag.
+        let empty = producer.write(b"").unwrap();
+        let got = consumer.take(empty).unwrap();
+        assert!(got.is_empty());
+        drop(got);
+        assert!(
+            consumer.take(empty).is_err(),
+            "a freed range was taken again"
+        );
+        // Between two others.
+        let a = producer.write(&[1u8; 10]).unwrap();
+        let empty = producer.write(b"").unwrap();
+        let b = producer.write(&[2u8; 10]).unwrap();
+        for w in [empty, a, b] {
+            assert_eq!(consumer.take(w).unwrap().len(), w.len);
+        }
+        // An empty range past the end of the file is still refused before it is mapped.
+        let past = Written {
+            offset: b.offset + 16 * page_size() as u64,
+            ..empty
+        };
+        consumer
+            .next()
+            .fetch_add(32 * page_size() as u64, Ordering::AcqRel);
+        assert!(consumer.take(past).is_err());
     }
 
     #[test]

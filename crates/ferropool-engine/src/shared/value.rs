@@ -92,8 +92,9 @@ impl Value {
 
     /// Maps an existing number's segment (see `Segment::open`).
     pub fn open(fd: std::os::fd::OwnedFd, id: u64) -> std::io::Result<Value> {
-        let seg = Segment::open(fd, Kind::Value, id)?;
-        // SAFETY: a Kind::Value segment's payload is a `State` of atomics.
+        let seg = Segment::open(fd, Kind::Value, id, std::mem::size_of::<State>())?;
+        // SAFETY: a Kind::Value segment's payload is a `State` of atomics (checked by
+        // `Segment::open`).
         let code = unsafe { seg.state::<State>() }.ty.load(Ordering::Relaxed);
         let ty = Type::decode(code).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidData, "unknown value type")
@@ -102,7 +103,7 @@ impl Value {
     }
 
     fn state(&self) -> &State {
-        // SAFETY: a Kind::Value segment's payload is a `State` of atomics.
+        // SAFETY: a Kind::Value segment's payload is a `State` of atomics (`open` checks its size).
         unsafe { self.seg.state::<State>() }
     }
 
