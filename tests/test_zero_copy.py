@@ -218,6 +218,32 @@ def test_a_result_file_is_reused_once_the_caller_drops_the_result(make_pool):
     assert (second == 2.0).all()
 
 
+def arange_from(n, start):
+    return np.arange(start, start + n, dtype=np.int64)
+
+
+def test_a_large_result_arrives_whole_each_time_its_file_is_reused(make_pool):
+    # The caller maps a result's file without prefaulting: pages come in as they are touched,
+    # and a kept mapping is reused for the file's next result. Every byte must be the new one,
+    # whether the caller read, wrote or never touched that page of the previous result.
+    pool = make_pool(1)
+    shm_before = helpers.dev_shm_files()
+    n = 8 * MIB // 8 + 123  # not a whole number of pages
+    inodes = set()
+    for round_ in range(4):
+        got = pool.submit(arange_from, n, round_ * n).result(timeout=RESULT_TIMEOUT)
+        assert got.shape == (n,) and got.dtype == np.int64
+        assert np.array_equal(got[: n // 3], np.arange(round_ * n, round_ * n + n // 3)), round_
+        if round_ % 2 == 0:
+            assert np.array_equal(got, np.arange(round_ * n, (round_ + 1) * n)), round_
+            got[n // 2 :] = -1  # the caller writes into the shared mapping it now owns
+        inodes.add(buffer_inode(got))
+        del got
+    assert len(inodes) == 1, "the result's memory file was not reused"
+    assert nothing_left()
+    assert helpers.dev_shm_files() == shm_before
+
+
 def test_a_result_the_caller_holds_is_never_overwritten(pool):
     held = [pool.submit(full, MIB // 8, float(i)).result(timeout=RESULT_TIMEOUT) for i in range(6)]
     inodes = {buffer_inode(a) for a in held}

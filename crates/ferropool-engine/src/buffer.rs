@@ -550,11 +550,13 @@ impl Mapping {
             }
         }
         let header = Map::new(fd, head, 0, Share::Shared)?;
-        // Shared: map every page now, in one call. Private: no prefaulting — populating a
-        // private writable mapping would copy every page, and MADV_POPULATE_READ measured
-        // slower than the kernel's fault-around as the task reads.
+        // No prefaulting either way. Private: populating a writable private mapping would copy
+        // every page. Shared: `MAP_POPULATE` of a fresh 64 MiB result cost more than the
+        // kernel's fault-around as the caller first reads or writes it (map and read: 3.9-5.1
+        // against 6.2-7.3 GB/s, docs/shared-memory.md), and held the result back until done. A
+        // kept mapping keeps the pages the caller touched mapped for the file's next buffer.
         let share = if shared {
-            Share::SharedPopulated
+            Share::Shared
         } else {
             Share::Private
         };
