@@ -37,7 +37,14 @@ from ._core import (
 from ._executor import PoolExecutor, TaskOptions, chunk_runner, is_coroutine_function, run_items
 from ._future import TaskFuture, cancel_removed
 from ._logs import RecordCounter
-from ._serialize import DEFAULT_ZERO_COPY_THRESHOLD, dumps, dumps_call, loads, loads_exception
+from ._serialize import (
+    DEFAULT_ZERO_COPY_THRESHOLD,
+    dumps,
+    dumps_call,
+    dumps_call_by_reference,
+    loads,
+    loads_exception,
+)
 from ._util import check_seconds, usable_cpu_count
 from ._worker import bootstrap_command
 from .errors import SerializationError, TaskTimeoutError
@@ -258,11 +265,16 @@ class ProcessPool(PoolExecutor):
         if self._state.broken is not None:
             raise self._broken_error()
         tid = next(self._ids)
-        if tid % SERIALIZE_SAMPLE_EVERY:
+        sampled = not tid % SERIALIZE_SAMPLE_EVERY
+        if sampled:
+            started = _perf()
+        # A function sent by name with plain values, the common tiny task: its cached opcodes.
+        payload = None if kwargs else dumps_call_by_reference(fn, args)
+        if payload is None:
             payload, buffers = dumps_call(fn, args, kwargs, self._zero_copy_threshold)
         else:
-            started = _perf()
-            payload, buffers = dumps_call(fn, args, kwargs, self._zero_copy_threshold)
+            buffers = None
+        if sampled:
             self._state.sampled_dumps_ns += _perf() - started
         is_async = is_coroutine_function(fn)
         fut = TaskFuture(self._engine, tid, self._futures, shown)
