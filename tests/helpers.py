@@ -183,6 +183,12 @@ def raise_value_error(text):
     raise ValueError(text)
 
 
+def raise_value_error_if_five(x):
+    if x == 5:
+        raise ValueError(str(x))
+    return x
+
+
 def raise_key_error(key):
     raise KeyError(key)
 

@@ -30,6 +30,7 @@ from ferropool._executor import (
     is_coroutine_function,
     run_chunk,
     run_chunk_async,
+    run_items,
     window_for,
 )
 
@@ -99,6 +100,15 @@ def test_run_chunk_attaches_the_results_before_the_failing_item():
     with pytest.raises(ZeroDivisionError) as info:
         run_chunk(divmod, [(7, 2), (9, 3), (1, 0), (5, 5)])
     assert getattr(info.value, _PARTIAL) == [(3, 1), (3, 0)]
+
+
+def test_run_items_calls_fn_with_each_item_and_attaches_the_results_before_a_failure():
+    values, ns = run_items(abs, [-2, 3, -4])
+    assert values == [2, 3, 4]
+    assert type(ns) is int and ns >= 0
+    with pytest.raises(ZeroDivisionError) as info:
+        run_items((10).__floordiv__, [5, 2, 0, 1])
+    assert getattr(info.value, _PARTIAL) == [2, 5]
 
 
 def test_run_chunk_failing_first_item_attaches_no_results():

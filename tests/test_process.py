@@ -282,6 +282,15 @@ def test_map_yields_items_before_a_failing_one_then_raises(pool):
         next(results)
 
 
+def test_map_of_one_iterable_yields_items_before_a_failing_one_then_raises(pool):
+    # One iterable: chunks carry the items themselves (run_items), not 1-tuples.
+    results = pool.map(helpers.raise_value_error_if_five, range(10), chunksize=10)
+    assert [next(results) for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="5"):
+        next(results)
+    assert list(pool.map(helpers.echo, [(1,), "a", None, [2]])) == [(1,), "a", None, [2]]
+
+
 def test_map_rejects_bad_chunksize(pool):
     with pytest.raises(ValueError):
         pool.map(helpers.echo, [1], chunksize=0)

@@ -5,6 +5,7 @@ go out of band, how exceptions travel, and how a failure names the part that can
 
 from __future__ import annotations
 
+import functools
 import pickle
 import sys
 import threading
@@ -564,3 +565,32 @@ def test_garbage_instead_of_an_exception_arrives_as_remote_error():
     assert exc.type_name == "UnpicklingError"
     assert exc.message.startswith("the worker's exception could not be unpickled: ")
     assert isinstance(exc.__cause__, RemoteTraceback)
+
+
+def test_dumps_call_by_reference_loads_as_dumps_calls_pickle():
+    import os.path
+
+    from ferropool._serialize import dumps_call, dumps_call_by_reference
+
+    shared = "repeated" * 10
+    for fn, args in (
+        (helpers.echo, (1,)),
+        (pow, (2, 10, 1000)),
+        (os.path.join, ("a", "b")),
+        # The same string twice: the second is a memo reference, numbered as in a pickle of args.
+        (helpers.capture, (shared, 1.5, None, True, shared, 2**100, 3j, "é")),
+    ):
+        fast = dumps_call_by_reference(fn, args)
+        assert fast is not None, fn
+        assert pickle.loads(fast) == pickle.loads(dumps_call(fn, args, {})[0])
+        again = dumps_call_by_reference(fn, args)  # from the cached opcodes
+        assert again == fast
+
+
+def test_dumps_call_by_reference_declines_what_dumps_call_must_handle():
+    from ferropool._serialize import dumps_call_by_reference
+
+    assert dumps_call_by_reference(lambda x: x, (1,)) is None  # by value
+    assert dumps_call_by_reference(helpers.echo, ([1],)) is None  # not an atomic value
+    assert dumps_call_by_reference(helpers.echo, ("x" * 70_000,)) is None  # more than one frame
+    assert dumps_call_by_reference(functools.partial(helpers.echo), (1,)) is None  # not a function

@@ -49,6 +49,21 @@ def test_map(pool):
     assert list(pool.map(pow, [2, 3], [5, 2], timeout=BOUND)) == [32, 9]
 
 
+def test_tasks_queued_once_every_thread_runs_are_waited_for_by_shutdown():
+    # With max_workers threads started, submit queues without the pool's lock: shutdown must
+    # still run (and wait for) everything queued before it, and refuse what comes after.
+    pool = ThreadPool(2)
+    gate = threading.Event()
+    busy = [pool.submit(gate.wait, BOUND) for _ in range(2)]
+    queued = [pool.submit(add_one, i) for i in range(50)]
+    gate.set()
+    pool.shutdown(wait=True)
+    assert all(f.done() for f in busy + queued)
+    assert [f.result() for f in queued] == list(range(1, 51))
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(add_one, 1)
+
+
 def test_exceptions_propagate_with_original_type(pool):
     def boom():
         raise KeyError("missing")

@@ -29,16 +29,18 @@ import functools
 import itertools
 import weakref
 from collections.abc import AsyncIterable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
 
 from . import _executor
 
+TYPE_CHECKING = False  # typing is not imported at run time: it costs a pool's start-up
 if TYPE_CHECKING:
     import asyncio
+    from typing import Any
 
 #: Input for ``map_async``: ordinary iterables are read on the event loop (so they must not
 #: block); async iterables are awaited.
-AnyIterable = Iterable[Any] | AsyncIterable[Any]
+if TYPE_CHECKING:
+    AnyIterable = Iterable[Any] | AsyncIterable[Any]
 
 
 class AsyncMixin:

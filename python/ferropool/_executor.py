@@ -14,7 +14,10 @@ after that each is sized to run for about ``TARGET_CHUNK_S`` in a worker, judged
 ``GROWTH``-fold per chunk and never past ``MAX_CHUNK``. When the input has a length, chunks are
 also capped so that every worker gets several, which keeps the tail balanced.
 
-A chunk is one ordinary task running ``run_chunk(fn, items)``. If an item raises, the chunk stops
+A chunk is one ordinary task running ``run_chunk(fn, items)``; with one input iterable on a pool
+that offers ``_submit_items`` (``ProcessPool``, ``ThreadPool``), ``run_items(fn, items)`` instead,
+whose items are the input's own values rather than 1-tuples of them: a process pool then pickles
+a plain list (no tuple per item, no memo entry per tuple), and the worker calls ``fn`` from C. If an item raises, the chunk stops
 there and the exception carries the results before it, so ``map`` yields exactly the items
 before the failing one and then raises, as with ``chunksize=1``.
 """
@@ -28,9 +31,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 from ._asyncio import AsyncMixin
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs a pool's start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 TARGET_CHUNK_S = 0.005
 GROWTH = 4
@@ -52,6 +58,22 @@ def run_chunk(fn: Callable[..., Any], items: list) -> tuple[list, int]:
     try:
         for args in items:
             append(fn(*args))
+    except BaseException as exc:
+        try:
+            setattr(exc, _PARTIAL, out)
+        except Exception:
+            pass
+        raise
+    return out, _perf() - start
+
+
+def run_items(fn: Callable[..., Any], items: list) -> tuple[list, int]:
+    """``run_chunk`` for one input iterable: calls ``fn(item)`` for each item."""
+    start = _perf()
+    out: list = []
+    try:
+        # list.extend keeps what it appended before ``fn`` raised (CPython 3.9 to 3.14).
+        out.extend(map(fn, items))
     except BaseException as exc:
         try:
             setattr(exc, _PARTIAL, out)
@@ -157,7 +179,12 @@ class PoolExecutor(AsyncMixin, cf.Executor):
             from ._progress import map_bar
 
             bar = map_bar(progress, total)
-        mapper = _Mapper(self, fn, zip(*iterables, strict=False), deadline, chunksize, total, bar, buffersize)
+        submit_items = getattr(self, "_submit_items", None)
+        if len(iterables) == 1 and submit_items is not None and not is_coroutine_function(fn):
+            items: Iterator[Any] = iter(iterables[0])
+        else:
+            items, submit_items = zip(*iterables, strict=False), None
+        mapper = _Mapper(self, fn, items, deadline, chunksize, total, bar, buffersize, submit_items)
         try:
             mapper.start()
         except BaseException:
@@ -191,9 +218,21 @@ class _Mapper:
     """
 
     def __init__(
-        self, pool: PoolExecutor, fn, items: Iterator[tuple], deadline, chunksize, total, bar=None, buffersize=None
+        self,
+        pool: PoolExecutor,
+        fn,
+        items: Iterator[Any],
+        deadline,
+        chunksize,
+        total,
+        bar=None,
+        buffersize=None,
+        submit_items=None,
     ):
         self.pool = pool
+        #: Submits a chunk of ``items``: ``pool._submit_chunk`` (each item a tuple of arguments),
+        #: or ``pool._submit_items`` (each item the one argument).
+        self.submit_chunk = submit_items if submit_items is not None else pool._submit_chunk
         self.fn = fn
         self.items = items
         self.deadline = deadline
@@ -253,7 +292,7 @@ class _Mapper:
 
     def _submit(self, chunk: list) -> None:
         n = len(chunk)
-        fut = self.pool._submit_chunk(self.fn, chunk)
+        fut = self.submit_chunk(self.fn, chunk)
         with self.cond:
             self.inflight.append((fut, n))
             self.cond.notify_all()
@@ -363,7 +402,11 @@ class _Mapper:
                     self.inflight.popleft()
                     self.consumed += len(values)
                     self.cond.notify_all()
-                yield from _drain(values)
+                # _drain's loop, inline: one generator frame less per item.
+                values.reverse()
+                pop = values.pop
+                while values:
+                    yield pop()
         finally:
             self.stop()
 

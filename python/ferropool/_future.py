@@ -38,9 +38,11 @@ import concurrent.futures as cf
 import threading
 from collections.abc import Callable
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing is not imported at run time: it costs a pool's start-up
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._core import ProcessPoolEngine
 
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)

@@ -20,9 +20,12 @@ the ``ferropool`` logger).
 
 from __future__ import annotations
 
+import _pickle as pickle  # not pickle: that imports re, struct and more, for the same functions
 import logging
-import pickle
-from typing import Any
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs a pool's start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Logger of ferropool's own messages.
 LOGGER = logging.getLogger("ferropool")
@@ -57,10 +60,10 @@ class ShipToParent(logging.Handler):
         fields["exc_info"] = None
         fields.pop("message", None)
         try:
-            return pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+            return pickle.dumps(fields, protocol=5)
         except Exception:
             plain = {k: v if isinstance(v, _PLAIN) else repr(v) for k, v in fields.items()}
-            return pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
+            return pickle.dumps(plain, protocol=5)
 
 
 def install_in_worker(sender: Any, level: int | None) -> None:

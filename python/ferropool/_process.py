@@ -25,9 +25,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
 
-from . import _core
+from . import _core, errors
 from ._core import (
     OUTCOME_CANCELLED,
     OUTCOME_RAISED,
@@ -35,15 +34,30 @@ from ._core import (
     OUTCOME_WORKER_DIED,
     SERIALIZE_SAMPLE_EVERY,
 )
-from ._executor import PoolExecutor, TaskOptions, chunk_runner, is_coroutine_function
+from ._executor import PoolExecutor, TaskOptions, chunk_runner, is_coroutine_function, run_items
 from ._future import TaskFuture, cancel_removed
 from ._logs import RecordCounter
-from ._process_handle import WorkerProcess
-from ._serialize import DEFAULT_ZERO_COPY_THRESHOLD, dumps, dumps_call, loads, loads_exception
-from ._stats import PoolStats, WorkerStats
+from ._serialize import (
+    DEFAULT_ZERO_COPY_THRESHOLD,
+    dumps,
+    dumps_call,
+    dumps_call_by_reference,
+    loads,
+    loads_exception,
+)
 from ._util import check_seconds, usable_cpu_count
 from ._worker import bootstrap_command
-from .errors import BrokenPoolError, RemoteTraceback, SerializationError, TaskTimeoutError, WorkerDiedError
+from .errors import SerializationError, TaskTimeoutError
+
+# Imported where first needed, not here: what they import (concurrent.futures.process, and so
+# multiprocessing; dataclasses and inspect) would add about a third to ``import`` + first result.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._process_handle import WorkerProcess
+    from ._stats import PoolStats
+    from .errors import BrokenPoolError, WorkerDiedError
 
 #: ``_force_shutdown`` operations, named as in Python 3.14's ``concurrent.futures.process``.
 _TERMINATE = "terminate"
@@ -235,6 +249,9 @@ class ProcessPool(PoolExecutor):
     def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
         return self._submit(chunk_runner(fn), (fn, items), {}, self._task_timeout, fn)
 
+    def _submit_items(self, fn: Callable[..., Any], items: list) -> cf.Future:
+        return self._submit(run_items, (fn, items), {}, self._task_timeout, fn)
+
     #: What runs a chunk of ``map`` in a worker (``TaskOptions`` asks for it).
     _chunk_runner = staticmethod(chunk_runner)
 
@@ -248,11 +265,16 @@ class ProcessPool(PoolExecutor):
         if self._state.broken is not None:
             raise self._broken_error()
         tid = next(self._ids)
-        if tid % SERIALIZE_SAMPLE_EVERY:
+        sampled = not tid % SERIALIZE_SAMPLE_EVERY
+        if sampled:
+            started = _perf()
+        # A function sent by name with plain values, the common tiny task: its cached opcodes.
+        payload = None if kwargs else dumps_call_by_reference(fn, args)
+        if payload is None:
             payload, buffers = dumps_call(fn, args, kwargs, self._zero_copy_threshold)
         else:
-            started = _perf()
-            payload, buffers = dumps_call(fn, args, kwargs, self._zero_copy_threshold)
+            buffers = None
+        if sampled:
             self._state.sampled_dumps_ns += _perf() - started
         is_async = is_coroutine_function(fn)
         fut = TaskFuture(self._engine, tid, self._futures, shown)
@@ -286,6 +308,8 @@ class ProcessPool(PoolExecutor):
         turn of its loop), then returns the latest it had. Works after ``shutdown`` too (the
         figures at the end). See ``ferropool.PoolStats``.
         """
+        from ._stats import PoolStats, WorkerStats
+
         workers = tuple(WorkerStats.from_engine(w) for w in self._engine.stats(timeout))
         sampled = self._state.sampled_dumps_ns + self._engine.sampled_loads_ns
         return PoolStats.of_workers(
@@ -298,7 +322,7 @@ class ProcessPool(PoolExecutor):
 
     def _broken_error(self) -> BrokenPoolError:
         cause = self._state.broken
-        err = BrokenPoolError(f"the pool is broken: {cause}")
+        err = errors.BrokenPoolError(f"the pool is broken: {cause}")
         err.__cause__ = cause
         return err
 
@@ -382,7 +406,7 @@ class ProcessPool(PoolExecutor):
                 self._engine.cancel(tid)
                 _fail(
                     fut,
-                    BrokenPoolError(
+                    errors.BrokenPoolError(
                         f"{_function_name(fut)} was running or waiting at a worker when "
                         f"{operation}_workers() stopped the pool"
                     ),
@@ -410,6 +434,8 @@ class ProcessPool(PoolExecutor):
                 del handles[pid]
             for pid in pids:
                 if pid not in handles:
+                    from ._process_handle import WorkerProcess
+
                     handle = WorkerProcess.open(pid)
                     if handle is not None:
                         handles[pid] = handle
@@ -525,7 +551,7 @@ def _collect(engine, futures: dict, state: _State, running: _Running) -> None:
     for tid in list(futures):
         fut = futures.pop(tid, None)
         if fut is not None:
-            _fail(fut, BrokenPoolError("the pool ended without an outcome for this task; the pool is broken"))
+            _fail(fut, errors.BrokenPoolError("the pool ended without an outcome for this task; the pool is broken"))
     _unfinished.discard(running)
 
 
@@ -566,7 +592,7 @@ def _died(
     if tail:
         lines = tail.splitlines()[-_TAIL_LINES:]
         message += "; the last lines it wrote to stderr:\n" + "\n".join("    " + line for line in lines)
-    err = WorkerDiedError(message, pid=pid, exitcode=code, signal=sig, function=function, stderr_tail=tail)
+    err = errors.WorkerDiedError(message, pid=pid, exitcode=code, signal=sig, function=function, stderr_tail=tail)
     # What the standard library attaches to its BrokenProcessPool (from Python 3.15), in its
     # words and with multiprocessing's exit code (minus the signal number if killed); the
     # stderr tail is in the message already.
@@ -574,7 +600,7 @@ def _died(
     remote = f"A worker process (pid {pid}) terminated abruptly"
     if exitcode is not None:
         remote += f" with exit code {exitcode}"
-    err.__cause__ = RemoteTraceback(f'\n"""\n{remote}\n"""')
+    err.__cause__ = errors.RemoteTraceback(f'\n"""\n{remote}\n"""')
     return err
 
 
@@ -602,7 +628,7 @@ def _broken(state: _State, detail: bytes) -> BrokenPoolError:
             state.broken = loads_exception(detail)
         else:
             state.broken = RuntimeError(detail.decode("utf-8", "replace"))
-    err = BrokenPoolError(f"the pool is broken: {type(state.broken).__name__}: {state.broken}")
+    err = errors.BrokenPoolError(f"the pool is broken: {type(state.broken).__name__}: {state.broken}")
     err.__cause__ = state.broken
     return err
 

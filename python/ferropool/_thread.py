@@ -24,7 +24,7 @@ from concurrent.futures import Future, _base
 from concurrent.futures.thread import BrokenThreadPool
 
 from ferropool._core import ThreadWorkQueue
-from ferropool._executor import PoolExecutor, is_coroutine_function
+from ferropool._executor import PoolExecutor, is_coroutine_function, run_items
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,8 +56,19 @@ def _python_exit() -> None:
 # (same hook as concurrent.futures.thread).
 threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
 
+#: This process's id, kept current across ``fork``: ``submit`` compares it with the pool's owner
+#: on every call, and ``os.getpid()`` is a system call.
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+    _threads_queues.clear()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_threads_queues.clear)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _default_max_workers() -> int:
@@ -231,6 +242,8 @@ class ThreadPool(PoolExecutor):
         self._queue = ThreadWorkQueue(max_workers)
         self._put = self._queue.put
         self._threads: set[threading.Thread] = set()
+        #: Set once ``max_workers`` threads run: then ``submit`` needs no lock (see there).
+        self._all_started = False
         self._broken: str | bool = False
         self._initializer_error: BaseException | None = None
         self._shutdown = False
@@ -248,7 +261,7 @@ class ThreadPool(PoolExecutor):
         inherited the pool through ``fork`` (its threads stayed in the parent), and
         ``BrokenThreadPool`` once an initializer has failed.
         """
-        if _shutdown or self._owner_pid != os.getpid():
+        if _shutdown or self._owner_pid != _pid:
             raise self._closed_error()
         if is_coroutine_function(fn):
             return self._submit_coroutine(fn, args, kwargs)
@@ -258,6 +271,16 @@ class ThreadPool(PoolExecutor):
         future: Future[Any] = Future()
         if room is not None:
             future.add_done_callback(room.give)
+        if self._all_started:
+            # Every thread runs already, so this put cannot ask for one: queueing is the whole
+            # step, and the queue's own lock orders it against shutdown's close.
+            try:
+                self._put(future, fn, args, kwargs)
+            except RuntimeError:
+                if room is not None:
+                    room.give()
+                raise self._closed_error()  # noqa: B904 (the queue's own error is noise)
+            return future
         # The lock makes "queued" and "thread started" one step, so shutdown(wait=True) waits for
         # every task whose submit returned (the standard library holds the same lock here).
         with self._shutdown_lock:
@@ -270,6 +293,10 @@ class ThreadPool(PoolExecutor):
             if start_thread:
                 self._start_thread()
         return future
+
+    def _submit_items(self, fn, items: list) -> Future:
+        # ``map`` over one iterable: each item is the argument itself, not a 1-tuple.
+        return self.submit(run_items, fn, items)
 
     def _submit_coroutine(self, fn, args, kwargs) -> Future:
         with self._shutdown_lock:
@@ -318,6 +345,7 @@ class ThreadPool(PoolExecutor):
             t.start()
             self._threads.add(t)
             _threads_queues[t] = queue
+            self._all_started = len(self._threads) >= self._max_workers
 
     def stats(self) -> PoolStats:
         """Returns a snapshot of what each worker thread has done: tasks and busy time (each

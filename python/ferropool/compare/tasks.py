@@ -26,9 +26,11 @@ them, so that a worker pays for them only if it runs such a task.
 
 from __future__ import annotations
 
-import hashlib
-import threading
+import _thread
 import time
+
+# hashlib is imported by the task that uses it, and _thread's local instead of threading's (the
+# same class): a worker imports this module before its first task, and pays for what it imports.
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers import this module, and typing is slow
 if TYPE_CHECKING:
@@ -106,7 +108,7 @@ def sleep_task(seconds: float) -> float:
     return seconds
 
 
-_HASH_BLOCK = bytes(range(256)) * 4096  # 1 MiB, built once per process
+_hash_block: list[bytes] = []  # the 1 MiB pattern, built by the first hash_task of a process
 
 
 def hash_task(mib: int) -> str:
@@ -115,9 +117,14 @@ def hash_task(mib: int) -> str:
     hashlib releases the GIL while it hashes buffers over 2 KiB, so threads run
     this in parallel.  The buffer is built in the worker: only an int travels.
     """
+    import hashlib
+
+    if not _hash_block:
+        _hash_block.append(bytes(range(256)) * 4096)
+    block = _hash_block[0]
     h = hashlib.sha256()
     for _ in range(mib):
-        h.update(_HASH_BLOCK)
+        h.update(block)
     return h.hexdigest()
 
 
@@ -203,7 +210,7 @@ def mysql_connect_args(dsn: str) -> dict[str, Any]:
 
 
 _mysql_args: dict[str, dict[str, Any]] = {}
-_thread_local = threading.local()  # this thread's pymysql connections, by DSN
+_thread_local = _thread._local()  # this thread's pymysql connections, by DSN
 
 
 def _mysql_args_of(dsn: str) -> dict[str, Any]:
