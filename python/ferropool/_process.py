@@ -39,6 +39,8 @@ from ._executor import PoolExecutor, TaskOptions, chunk_runner, is_coroutine_fun
 from ._future import TaskFuture, cancel_removed
 from ._logs import RecordCounter
 from ._serialize import DEFAULT_ZERO_COPY_THRESHOLD, dumps, dumps_call, loads, loads_exception
+from ._spawning import dumps_for_start, parent_authkey
+from ._spawning import release as release_shared_fds
 from ._stats import PoolStats, WorkerStats
 from ._util import check_seconds, usable_cpu_count
 from ._worker import bootstrap_command
@@ -170,7 +172,12 @@ class ProcessPool(PoolExecutor):
         self._owner_pid = os.getpid()
         # The initializer is pickled on its own: the worker can only unpickle it after it has
         # taken our sys.path and working directory from the outer, plain part.
-        call = dumps((initializer, tuple(initargs)), "initializer") if initializer is not None else None
+        # multiprocessing's objects among initargs travel as spawn sends them (_spawning.py).
+        call = None
+        if initializer is not None:
+            call, shared_fds = dumps_for_start((initializer, tuple(initargs)), "initializer")
+            if shared_fds:
+                weakref.finalize(self, release_shared_fds, shared_fds)
         init = dumps(
             {
                 "sys_path": list(sys.path),
@@ -180,6 +187,7 @@ class ProcessPool(PoolExecutor):
                 "native_threads": native_threads,
                 "threads": _threads_per_worker,
                 "log_level": logging.getLogger().getEffectiveLevel(),
+                "authkey": parent_authkey(),
             }
         )
         self._engine = _core.ProcessPoolEngine(
