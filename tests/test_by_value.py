@@ -127,8 +127,12 @@ def test_a_global_the_parent_rebinds_reaches_the_workers(tmp_path):
 def test_functions_of_one_module_rebuild_into_one_namespace():
     namespace = {"__name__": "by_value_test_module"}
     exec("def setter(v):\n    global shared\n    shared = v\ndef getter():\n    return shared\n", namespace)
-    setter = _by_value.make_function(namespace["setter"].__code__, {"__name__": "by_value_test_module"}, None, None, None)
-    getter = _by_value.make_function(namespace["getter"].__code__, {"__name__": "by_value_test_module"}, None, None, None)
+    setter = _by_value.make_function(
+        namespace["setter"].__code__, {"__name__": "by_value_test_module"}, None, None, None
+    )
+    getter = _by_value.make_function(
+        namespace["getter"].__code__, {"__name__": "by_value_test_module"}, None, None, None
+    )
     setter(42)
     assert getter() == 42
     assert setter.__globals__ is getter.__globals__

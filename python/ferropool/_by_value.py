@@ -30,6 +30,7 @@ import _thread
 import io
 import types
 import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cloudpickle
@@ -65,7 +66,9 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def _merge(current: dict[str, Any], marks: dict[str, Any], incoming: dict[str, Any], assign) -> None:
+def _merge(
+    current: Mapping[str, Any], marks: dict[str, Any], incoming: dict[str, Any], assign: Callable[[str, Any], Any]
+) -> None:
     for name, value in incoming.items():
         mark = _fingerprint(value)
         if name in current and mark is not None and _same(marks.get(name), mark):
@@ -74,7 +77,13 @@ def _merge(current: dict[str, Any], marks: dict[str, Any], incoming: dict[str, A
         marks[name] = mark
 
 
-def make_function(code, base_globals: dict[str, Any], name, argdefs, closure) -> types.FunctionType:
+def make_function(
+    code: types.CodeType,
+    base_globals: dict[str, Any],
+    name: str | None,
+    argdefs: tuple[Any, ...] | None,
+    closure: tuple[Any, ...] | None,
+) -> types.FunctionType:
     """``cloudpickle``'s ``_make_function``, binding the function to its module's namespace."""
     module = base_globals.get("__name__")
     if isinstance(module, str):
@@ -87,7 +96,7 @@ def make_function(code, base_globals: dict[str, Any], name, argdefs, closure) ->
     return types.FunctionType(code, namespace, name, argdefs, closure)
 
 
-def set_function_state(fn: types.FunctionType, state: tuple[dict, dict]) -> None:
+def set_function_state(fn: types.FunctionType, state: tuple[dict[str, Any], dict[str, Any]]) -> None:
     """``cloudpickle``'s ``_function_setstate``, merging the globals (see the module doc)."""
     attributes, slots = state
     slots = dict(slots)
@@ -103,20 +112,21 @@ def set_function_state(fn: types.FunctionType, state: tuple[dict, dict]) -> None
             namespace.update(incoming)
 
 
-def set_class_state(cls: type, state: tuple[dict, dict]) -> type:
+def set_class_state(cls: type, state: tuple[dict[str, Any], dict[str, Any]]) -> type:
     """``cloudpickle``'s ``_class_setstate`` the first time a class is rebuilt here; later, the
     attributes merge (see the module doc), so an attribute set in this process survives."""
     with _lock:
         marks = _class_marks.get(cls)
         if marks is None:
             _class_marks[cls] = {name: _fingerprint(value) for name, value in state[0].items()}
-            return _cloudpickle._class_setstate(cls, state)
+            _cloudpickle._class_setstate(cls, state)
+            return cls
         attributes = {k: v for k, v in state[0].items() if k not in ("_abc_impl", "__firstlineno__", "__dict__")}
         _merge(cls.__dict__, marks, attributes, lambda name, value: setattr(cls, name, value))
     return cls
 
 
-class Pickler(cloudpickle.Pickler):
+class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     """``cloudpickle.Pickler`` whose functions and classes rebuild through this module."""
 
     def reducer_override(self, obj: Any) -> Any:

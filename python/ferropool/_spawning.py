@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import SerializationError
 
@@ -125,7 +124,7 @@ class _Start:
     def duplicate_for_child(self, fd: int) -> int:
         return fd
 
-    def DupFd(self, fd: int) -> SharedFd:  # noqa: N802 (multiprocessing's name)
+    def DupFd(self, fd: int) -> SharedFd:  # multiprocessing's name
         shared = _fd_server().share(fd)
         self.keys.append(shared.key)
         return shared
@@ -152,7 +151,7 @@ def set_authkey(authkey: bytes) -> None:
     current_process().authkey = authkey
 
 
-def dumps_for_start(obj: tuple, what: str) -> tuple[bytes, list[int]]:
+def dumps_for_start(obj: tuple[Any, tuple[Any, ...]], what: str) -> tuple[bytes, list[int]]:
     """Pickles a pool's ``(initializer, initargs)`` as spawn pickles a new process's data (see
     the module doc). Returns the pickle and the keys of the descriptors it shares (for
     ``release``); raises ``SerializationError`` naming the argument that cannot be sent."""
@@ -162,11 +161,15 @@ def dumps_for_start(obj: tuple, what: str) -> tuple[bytes, list[int]]:
     from . import _by_value
 
     class StartPickler(_by_value.Pickler):
-        dispatch_table = ChainMap(reduction.ForkingPickler._extra_reducers, _by_value.Pickler.dispatch_table)  # type: ignore[attr-defined]
+        # ForkingPickler's own reducers (connections, sockets, arenas) come first.
+        dispatch_table: ClassVar = ChainMap(
+            reduction.ForkingPickler._extra_reducers,  # type: ignore[attr-defined]
+            _by_value.Pickler.dispatch_table,
+        )
 
     def pickled(part: Any, start: _Start) -> bytes:
         previous = context.get_spawning_popen()
-        context.set_spawning_popen(start)
+        context.set_spawning_popen(start)  # type: ignore[arg-type]
         try:
             return _by_value.dumps(part, pickler=StartPickler)
         finally:
@@ -197,9 +200,3 @@ def dumps_for_start(obj: tuple, what: str) -> tuple[bytes, list[int]]:
                 "make it with multiprocessing.get_context('spawn') (or 'forkserver')"
             )
         raise SerializationError(message) from exc
-
-
-def uses_multiprocessing() -> bool:
-    """Tells whether this process has imported ``multiprocessing`` (else nothing of it can be
-    among the initializer's arguments)."""
-    return "multiprocessing.context" in sys.modules

@@ -13,11 +13,10 @@ and ``ferropool.ProcessPool``. ferropool has one way of starting a worker (a fre
 as spawn), so only the spawn classes run; the fork and forkserver ones would repeat them and are
 deselected (they still get their ``mp_context``, which ``ProcessPool`` ignores).
 
-``SKIPPED`` lists the tests that do not apply, each with its reason, in four groups: tests that
+``SKIPPED`` lists the tests that do not apply, each with its reason, in three groups: tests that
 read a ``concurrent.futures`` executor's private internals, deliberate differences (documented
-in ``docs/usage.md``), tests that the standard-library semantics change (``BrokenProcessPool``
-errors, ``cancel_futures``, ``_RemoteTraceback``, ``_processes``) will make pass, and known gaps
-still to fix. They show
+in ``docs/usage.md``), and tests that the standard-library semantics change (``BrokenProcessPool``
+errors, ``cancel_futures``, ``_RemoteTraceback``, ``_processes``) will make pass. They show
 as skipped. ``FERROPOOL_CPYTHON_SUITE_NO_SKIP=1`` runs them too, and
 ``FERROPOOL_CPYTHON_SUITE=stdlib`` runs the suite on the standard library's executors: the
 reference.
@@ -51,8 +50,7 @@ INTERNALS: dict[str, str] = {
     "FailingInitializerResourcesTest::test_forkserver": "runs FailingInitializerTest.test_initializer, which reads _broken",
     _PROCESS + "test_max_tasks_per_child_defaults_to_spawn_context": _private("_mp_context"),
     _PROCESS + "test_python_finalization_error": (
-        "makes the second thread the standard library's executor starts fail; ferropool's "
-        "threads are not those"
+        "makes the second thread the standard library's executor starts fail; ferropool's threads are not those"
     ),
 }
 # The test's child interpreter (python -I) imports its executor as concurrent.futures.<name>,
@@ -90,7 +88,8 @@ STDLIB_SEMANTICS: dict[str, str] = {
     _DEADLOCK + "test_crash_during_func_exec_on_worker": _DIED,
     _DEADLOCK + "test_crash_during_result_pickle_on_worker": _DIED,
     _DEADLOCK + "test_shutdown_deadlock": _DIED,
-    _PROCESS + "test_traceback": "the cause is ferropool.errors.RemoteTraceback, not concurrent.futures.process._RemoteTraceback",
+    _PROCESS
+    + "test_traceback": "the cause is ferropool.errors.RemoteTraceback, not concurrent.futures.process._RemoteTraceback",
     _SHUTDOWN + "test_cancel_futures": "shutdown(cancel_futures=True) semantics",
     _PROCESS + "test_idle_process_reuse_one": "reads _processes",
     _PROCESS + "test_idle_process_reuse_multiple": "reads _processes",
@@ -98,15 +97,7 @@ STDLIB_SEMANTICS: dict[str, str] = {
     _PROCESS + "test_max_tasks_per_child": "reads _processes",
 }
 
-#: Differences not meant to stay, each to be fixed in ferropool.
-KNOWN_GAPS: dict[str, str] = {
-    "ThreadPoolExecutorTest::test_idle_thread_reuse": (
-        "a ThreadPool worker counts itself idle only once it waits for the next task, after it "
-        "has set the result, so a submit right after result() can start a second thread"
-    ),
-}
-
-SKIPPED: dict[str, str] = {**INTERNALS, **DIFFERENCES, **STDLIB_SEMANTICS, **KNOWN_GAPS}
+SKIPPED: dict[str, str] = {**INTERNALS, **DIFFERENCES, **STDLIB_SEMANTICS}
 
 #: Executor mixins whose classes are deselected: ferropool starts every worker as spawn does.
 _OTHER_START_METHODS = ("ProcessPoolFork", "ProcessPoolForkserver")
