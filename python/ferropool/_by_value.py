@@ -44,7 +44,7 @@ _namespaces: dict[str, dict[str, Any]] = {}
 _namespace_marks: dict[str, dict[str, Any]] = {}
 #: Class -> {attribute name: fingerprint}, for classes whose state has been applied once.
 _class_marks: weakref.WeakKeyDictionary[type, dict[str, Any]] = weakref.WeakKeyDictionary()
-_lock = _thread.allocate_lock()
+_lock = _thread.RLock()  # fingerprinting pickles values, whose reducers may come back here
 
 
 def _fingerprint(value: Any) -> Any:
