@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: help compare test test-rust test-python test-joblib-suite test-cpython-suite test-pythons fuzz-smoke fuzz fuzz-tools install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest clean
+.PHONY: help compare test test-rust test-python wheel test-wheel test-joblib-suite test-cpython-suite test-pythons fuzz-smoke fuzz fuzz-tools install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest check-freethreaded clean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,13 +21,30 @@ install: $(PY)  ## build the wheel and install it with the test extra
 compare: install  ## build, install and run `ferropool compare` on the built-in workloads
 	$(VENV)/bin/ferropool compare
 
-test: install test-rust test-python test-joblib-suite test-cpython-suite test-pythons  ## build, install and run every test (cargo test, pytest, joblib's and CPython's suites, other Pythons)
+test: install test-rust test-python test-joblib-suite test-wheel test-cpython-suite test-pythons  ## build, install and run every test (cargo test, pytest, joblib's and CPython's suites, the wheel, other Pythons)
 
 test-rust:  ## engine unit and end-to-end tests
 	timeout 900 cargo test --workspace --exclude ferropool-py
 
 test-python:  ## pytest against the installed package (not the source tree)
-	$(PY) -m pytest tests -p no:cacheprovider
+	$(PY) -m pytest tests -p no:cacheprovider --ignore=tests/test_wheel.py
+
+# The wheel anyone can install: abi3 (CPython 3.11+), linked by zig against glibc 2.28 so that it
+# is a manylinux_2_28 wheel whatever this machine's glibc; auditwheel checks the tag holds.
+DIST := dist
+WHEEL_TOOLS := maturin==1.16.0 ziglang==0.17.1 auditwheel==6.8.2
+
+wheel: $(PY)  ## build the portable wheel (manylinux_2_28, abi3) and the sdist into dist/
+	$(PIP) install --quiet $(WHEEL_TOOLS)
+	rm -rf $(DIST)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --zig --compatibility manylinux_2_28 --out $(DIST)
+	$(VENV)/bin/maturin sdist --out $(DIST)
+	$(VENV)/bin/auditwheel show $(DIST)/*.whl | tr -s ' \n' ' ' | grep -q 'platform tag: "manylinux_2_28_' \
+		|| { $(VENV)/bin/auditwheel show $(DIST)/*.whl; echo "wheel: not a manylinux_2_28 wheel"; exit 1; }
+	@ls -l $(DIST)
+
+test-wheel: install wheel  ## install the wheel into a fresh venv with no Rust on PATH; run the README there
+	FERROPOOL_WHEEL_DIR=$(DIST) $(PY) -m pytest tests/test_wheel.py -p no:cacheprovider -q
 
 # joblib's own test_parallel, its backend tests run on "ferropool" and "ferropool-threads"
 # (tests/joblib_suite/ferropool_joblib_suite.py registers them and lists the skipped tests).
@@ -60,7 +77,7 @@ test-pythons: install  ## pytest on the other Pythons of PYTHON_VERSIONS (a .ven
 		py=$$(tests/python_venv.sh $$v); \
 		if [ -z "$$py" ]; then echo "test-pythons: SKIPPED Python $$v: not installed"; continue; fi; \
 		echo "test-pythons: Python $$v"; \
-		$$py -m pytest tests -p no:cacheprovider -q || exit 1; \
+		$$py -m pytest tests -p no:cacheprovider -q --ignore=tests/test_wheel.py || exit 1; \
 	done
 
 lint: lint-rust lint-python  ## every check CI runs before the tests: formatters, clippy, ruff, mypy
@@ -100,6 +117,16 @@ stubtest: install  ## check that _core.pyi matches the extension module
 	$(PIP) install --quiet mypy
 	$(PY) -m mypy.stubtest ferropool._core
 
+# Free-threaded CPython 3.14 has no stable ABI, and no 3.14t interpreter is needed to compile for
+# it: PyO3 reads the build from PYO3_CONFIG_FILE (Py_GIL_DISABLED). Without the `abi3` feature,
+# as a 3.14t wheel is built; FERROPOOL_REQUIRE_FREE_THREADED makes build.rs refuse any other
+# configuration. docs/free-threading.md says what this checks and what it cannot.
+FREETHREADED_ENV := PYO3_CONFIG_FILE=$(CURDIR)/ci/pyo3-freethreaded-3.14.txt FERROPOOL_REQUIRE_FREE_THREADED=1
+
+check-freethreaded:  ## compile and clippy the binding for free-threaded CPython 3.14 (no interpreter needed)
+	$(FREETHREADED_ENV) cargo check -p ferropool-py --no-default-features --lib
+	$(FREETHREADED_ENV) cargo clippy -p ferropool-py --no-default-features --all-targets -- -D warnings
+
 # Fuzzing (docs/development.md, "Fuzzing"). cargo-fuzz needs nightly compiler flags; the stable
 # toolchain accepts them under RUSTC_BOOTSTRAP=1. Each run starts from the committed corpus in
 # fuzz/corpus/<target>/; a crash leaves its input in fuzz/artifacts/<target>/ and fails the run.
@@ -133,4 +160,4 @@ fuzz: fuzz-tools  ## fuzz each of FUZZ_TARGETS for FUZZ_TIME s, adding what it f
 	if [ -n "$$failed" ]; then echo "fuzz: crashed:$$failed (inputs in fuzz/artifacts/)"; exit 1; fi
 
 clean:  ## remove build outputs and the virtual environment
-	rm -rf target fuzz/target $(VENV) .venv-* python/ferropool/*.so
+	rm -rf target fuzz/target $(DIST) $(VENV) .venv-* python/ferropool/*.so

@@ -273,6 +273,11 @@ class Ferropool(FutureAdapter):
         kw = {"task_timeout": task_timeout} if task_timeout is not None else {}
         return self.cls(workers, initializer=initializer, **kw)
 
+    def stop(self, pool: Pool) -> None:
+        # Python 3.14's way: shutdown(cancel_futures=True) lets running tasks finish.
+        pool.raw.kill_workers()
+        pool.raw.shutdown(wait=True)
+
 
 class Stdlib(FutureAdapter):
     name = "stdlib"
@@ -623,7 +628,7 @@ def case_stuck_at_exit(ad: FutureAdapter, settle: float) -> dict:
 
 
 def case_stop_stuck_task(ad: FutureAdapter, settle: float) -> dict:
-    """Case 11b: stop the pool now (ferropool and stdlib ``shutdown(cancel_futures=True)``, loky
+    """Case 11b: stop the pool now (ferropool ``kill_workers()``, stdlib ``shutdown(cancel_futures=True)``, loky
     ``kill_workers=True``, pebble ``stop()``, ``terminate()`` elsewhere) while a task sleeps 60 s
     in C, ignoring SIGTERM."""
     pool = ad.open()

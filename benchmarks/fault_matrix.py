@@ -65,7 +65,7 @@ CASES = {
     "9": "9. parent SIGKILLed: workers gone within 1 s",
     "10": "10. Ctrl-C during `map`",
     "11a": "11a. `shutdown(wait=True)`, a worker that cannot exit (thread stuck in C, SIGTERM ignored)",
-    "11b": "11b. stop now (`shutdown(cancel_futures=True)` or the like), task stuck in C ignoring SIGTERM",
+    "11b": "11b. stop now (`kill_workers()`, `shutdown(cancel_futures=True)` or the like), task stuck in C ignoring SIGTERM",
     "11c": "11c. program ends without shutdown, task stuck in C ignoring SIGTERM",
     "12": "12. recycling (`max_tasks_per_child`, memory limit)",
     "13": "13. backpressure (`max_pending`)",

@@ -6,7 +6,9 @@
 //! does exactly that, holding that same lock; in any other state (a waiter, a callback,
 //! cancelled, unexpected) it changes nothing and the caller uses the real method. The private
 //! attributes relied on (`_condition._lock`, `_state`, `_result`, `_exception`, `_waiters`,
-//! `_condition._waiters`, `_done_callbacks`) are the same in CPython 3.9 through 3.13.
+//! `_condition._waiters`, `_done_callbacks`) are the same in CPython 3.9 through 3.13. Holding
+//! the future's own lock, not the GIL, is what makes this sound, so it stays on for
+//! free-threaded builds; `finish_task_future`'s lock-free protocol does not (see there).
 //!
 //! It applies to exact `concurrent.futures.Future` objects. `ferropool.TaskFuture` has a
 //! cheaper protocol of its own (see `python/ferropool/_future.py` and `finish_task_future`).
@@ -30,8 +32,8 @@ static TASK_FUTURE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 /// Finishes a `ferropool.TaskFuture` with `result` by its lock-free protocol (documented in
 /// `python/ferropool/_future.py`): if no condition exists, sets `_result` then `_state`, then
 /// wakes whoever created a condition meanwhile (`_wake_after_fast_finish`). Returns
-/// `Ok(None)` if `future` is not a `TaskFuture`, `Ok(Some(false))` if its condition exists (use
-/// `set_result`), `Ok(Some(true))` once finished.
+/// `Ok(None)` if `future` is not a `TaskFuture`, `Ok(Some(false))` if its condition exists or
+/// the interpreter is free-threaded (use `set_result`), `Ok(Some(true))` once finished.
 pub(crate) fn finish_task_future(
     future: &Bound<'_, PyAny>,
     result: &Bound<'_, PyAny>,
@@ -46,6 +48,16 @@ pub(crate) fn finish_task_future(
     })?;
     if !future.get_type().is(task_future.bind(py)) {
         return Ok(None);
+    }
+    // The protocol is store `_state`, then load `_lazy_condition`, against the waiter's store
+    // of the condition, then load of `_state`: each side must see the other's store, which the
+    // GIL guarantees by running one side at a time. Without it the two stores go through
+    // different locks (the future's attributes and its `__dict__`) and the loads take none, and
+    // nothing documented orders a store before a later load of another location, so a wake-up
+    // could be lost. The free-threaded build therefore finishes every `TaskFuture` with
+    // `set_result`, under its condition.
+    if cfg!(Py_GIL_DISABLED) {
+        return Ok(Some(false));
     }
     let protocol = protocol(py)?;
     let dict = future.getattr(intern!(py, "__dict__"))?;

@@ -17,6 +17,7 @@ use std::ptr;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::sync::critical_section::with_critical_section;
 
 /// The instance layout: the object header, then the fields (all owned references or null).
 #[repr(C)]
@@ -42,7 +43,8 @@ type VectorcallFunc = unsafe extern "C" fn(
 
 // Both are exported by CPython 3.11 (declared in its cpython/abstract.h) and part of the stable
 // ABI from 3.12; pyo3-ffi declares them only for 3.12 when building abi3. This module requires
-// 3.11 or later (abi3-py311), so the symbols are always there to bind at import.
+// 3.11 or later (abi3-py311; free-threaded builds are 3.14 or later), so the symbols are always
+// there to bind at import. Neither reads more of `callable` than its type's slots.
 extern "C" {
     /// The callable's vectorcall function, if it has one (its type sets the flag).
     fn PyVectorcall_Function(callable: *mut ffi::PyObject) -> Option<VectorcallFunc>;
@@ -58,26 +60,82 @@ extern "C" {
 /// saves bound methods a copy of the arguments.
 const ARGUMENTS_OFFSET: usize = 1 << (usize::BITS - 1);
 
-unsafe extern "C" fn next(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
+/// Takes the next of the prefixed values: a new reference, or null once they are all yielded
+/// (no exception set).
+///
+/// Without a GIL several threads may call `next` on one instance at once (the GIL build never
+/// runs two at once), so `head` and `next_head` are read and written only inside a critical
+/// section on the instance, which serialises them on the free-threaded build and costs nothing
+/// on the GIL build. Nothing inside it can suspend it (no call that may run Python code or take
+/// another lock): each caller claims an index and takes its own reference to the list there,
+/// and reads the item outside, so a list dropped by a thread that found it exhausted is never
+/// read by another. Concurrent callers each get a different item, as with a list iterator.
+unsafe fn next_value(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
     let this = slf.cast::<Raw>();
-    // SAFETY: CPython calls tp_iternext with the GIL held and `slf` a live instance of this
-    // type, so `slf` points to a `Raw` whose fields are null or owned references (tp_new set
-    // them; clear only nulls them). PyList_GetItem bounds-checks and returns a borrowed
-    // reference that we take a new reference to before returning it. `func` and `source` stay
-    // alive during the call: the caller holds `slf`, which owns them, and nothing but clear
-    // (never run on an object someone still references) takes them away.
-    unsafe {
-        let head = (*this).head;
-        if !head.is_null() {
+    // SAFETY: `slf` is a live instance (the caller holds it) and the thread is attached.
+    let obj = unsafe { Borrowed::from_ptr(Python::assume_attached(), slf) };
+    let claimed = with_critical_section(&obj, || {
+        // SAFETY: fields of a live instance, only touched under this critical section (or by
+        // tp_clear and dealloc, which run when no thread can be here: no reference remains, or
+        // the collector found the object unreachable). Py_INCREF cannot run code or block.
+        unsafe {
+            let head = (*this).head;
+            if head.is_null() {
+                return None;
+            }
+            ffi::Py_INCREF(head);
             let index = (*this).next_head;
-            if index < ffi::PyList_Size(head) {
-                let value = ffi::PyList_GetItem(head, index);
-                (*this).next_head = index + 1;
-                ffi::Py_XINCREF(value);
+            (*this).next_head = index + 1;
+            Some((head, index))
+        }
+    });
+    let Some((head, index)) = claimed else {
+        return ptr::null_mut();
+    };
+    // SAFETY: `head` is a list (checked by tp_new) that we hold a reference to. The compat
+    // PyList_GetItemRef is CPython's (safe against another thread resizing the list) when built
+    // for 3.13 or later, as every free-threaded build is; the abi3-py311 build, for GIL
+    // interpreters only, gets GetItem plus an incref, and its GIL rules the resize out.
+    unsafe {
+        if index < ffi::PyList_Size(head) {
+            let value = ffi::compat::PyList_GetItemRef(head, index);
+            if !value.is_null() {
+                ffi::Py_DECREF(head);
                 return value;
             }
-            (*this).head = ptr::null_mut();
+            // The list shrank after the size check (only another thread can do that): its
+            // end has been reached.
+            ffi::PyErr_Clear();
+        }
+        // Exhausted: whichever caller comes first drops the instance's reference. The drops
+        // happen outside the critical section, since a list's destructor can run any code.
+        let owned = with_critical_section(&obj, || {
+            let mine = (*this).head == head;
+            if mine {
+                (*this).head = ptr::null_mut();
+            }
+            mine
+        });
+        if owned {
             ffi::Py_DECREF(head);
+        }
+        ffi::Py_DECREF(head);
+    }
+    ptr::null_mut()
+}
+
+unsafe extern "C" fn next(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    let this = slf.cast::<Raw>();
+    // SAFETY: CPython calls tp_iternext on an attached thread with `slf` a live instance of
+    // this type, so `slf` points to a `Raw` whose fields are null or owned references (tp_new
+    // set them; clear only nulls them). `func`, `source` and `source_next` are written only by
+    // tp_new and tp_clear and stay alive during the call: the caller holds `slf`, which owns
+    // them, and tp_clear never runs on an object someone still references. Calling `source`'s
+    // tp_iternext from several threads at once is as safe as that iterator is, as for `map`.
+    unsafe {
+        let value = next_value(slf);
+        if !value.is_null() {
+            return value;
         }
         let source = (*this).source;
         if source.is_null() {
@@ -128,8 +186,9 @@ unsafe extern "C" fn traverse(
     arg: *mut c_void,
 ) -> c_int {
     let this = slf.cast::<Raw>();
-    // SAFETY: called by the garbage collector with the GIL held on a live instance; each field
-    // is null (skipped) or an owned reference, which is what `visit` expects.
+    // SAFETY: called by the garbage collector on a live instance, with the GIL held or, on the
+    // free-threaded build, with every other thread stopped; each field is null (skipped) or an
+    // owned reference, which is what `visit` expects.
     unsafe {
         for field in [(*this).head, (*this).func, (*this).source] {
             if !field.is_null() {
@@ -145,9 +204,10 @@ unsafe extern "C" fn traverse(
 
 unsafe extern "C" fn clear(slf: *mut ffi::PyObject) -> c_int {
     let this = slf.cast::<Raw>();
-    // SAFETY: GIL held, live instance. Each field is nulled before its reference is dropped,
-    // so a destructor that runs during the drop and reaches this object sees null, not a
-    // dangling pointer.
+    // SAFETY: a live instance that no thread is iterating: tp_clear runs on objects the
+    // collector found unreachable, and from dealloc once no reference is left. Each field is
+    // nulled before its reference is dropped, so a destructor that runs during the drop and
+    // reaches this object sees null, not a dangling pointer.
     unsafe {
         for field in [
             &raw mut (*this).head,
@@ -163,7 +223,8 @@ unsafe extern "C" fn clear(slf: *mut ffi::PyObject) -> c_int {
 }
 
 unsafe extern "C" fn dealloc(slf: *mut ffi::PyObject) {
-    // SAFETY: called once, with the GIL held, when the last reference goes. Untracking first
+    // SAFETY: called once, when the last reference goes (so no other thread can reach the
+    // object, with or without a GIL). Untracking first
     // keeps the collector from visiting a half-destroyed object; the instance was allocated by
     // PyType_GenericAlloc for a GC type, so PyObject_GC_Del frees it; a heap type's instance
     // owns a reference to its type, dropped last.
@@ -181,10 +242,11 @@ unsafe extern "C" fn new(
     args: *mut ffi::PyObject,
     kwargs: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls tp_new with the GIL held, `args` a tuple and `kwargs` null or a
-    // dict. Borrowed items of `args` are used only while `args` lives (this call); the
-    // instance is zeroed by PyType_GenericAlloc, and every field gets an owned reference before
-    // anything else can run (no Python code runs between the allocation and the stores).
+    // SAFETY: CPython calls tp_new on an attached thread, `args` a tuple and `kwargs` null or a
+    // dict. Borrowed items of `args` are used only while `args` lives (this call; a tuple never
+    // changes); the instance is zeroed by PyType_GenericAlloc and no other thread can see it
+    // before we return it, and every field gets an owned reference before anything else can
+    // run (no Python code runs between the allocation and the stores).
     // PyType_GetSlot(Py_tp_iternext) returns the iterator type's `iternextfunc` or null, which
     // is what `Option<iternextfunc>` is in memory. Caching it is sound even if the iterator's
     // class is later reassigned: only heap types allow that, and theirs is the generic slot

@@ -152,6 +152,10 @@ impl ProcessPoolEngine {
         self.pool.cancel_all()
     }
 
+    fn cancel_waiting(&self) -> Vec<u64> {
+        self.pool.cancel_waiting()
+    }
+
     #[pyo3(signature = (*, abort=false))]
     fn close(&self, abort: bool) {
         self.pool.close(abort)

@@ -65,8 +65,9 @@ class ExecutorKind:
 
     @property
     def stops_running_tasks(self) -> bool:
-        """``cancel()`` and ``shutdown(cancel_futures=True)`` stop running tasks (ferropool's
-        ``ProcessPool``); elsewhere a running task cannot be cancelled and runs to its end."""
+        """``cancel()`` stops a running task (ferropool's ``ProcessPool``); elsewhere a running
+        task cannot be cancelled and runs to its end. ``shutdown(cancel_futures=True)`` never
+        stops running tasks, as in the standard library."""
         return self.is_process and not self.is_stdlib
 
     def create(self, **kwargs):
@@ -314,3 +315,32 @@ def no_leaked_children():
             f"child processes still present {CHILD_EXIT_TIMEOUT} s after the test: {listing}",
             pytrace=False,
         )
+
+
+# ------------------------------------------------------------ a MariaDB server
+
+
+@pytest.fixture(scope="session")
+def mariadb_server():
+    """A throwaway MariaDB server for the session (``tests/mariadb_server.py``); skips the tests that
+    use it where the server or the client libraries are not installed, unless
+    ``FERROPOOL_REQUIRE_MARIADB=1`` (set by ``.ci/run``) makes that a failure."""
+    import mariadb_server as helper  # not "mariadb": that is MariaDB's own client package
+
+    missing = [name for name in ("aiomysql", "pymysql") if not _importable(name)]
+    if helper.server_binary() is None:
+        missing.append("mariadbd (Debian: apt-get install mariadb-server)")
+    if missing:
+        message = f"needs a MariaDB server and its clients; missing: {', '.join(missing)}"
+        if helper.required():
+            pytest.fail(f"FERROPOOL_REQUIRE_MARIADB is set, but this {message}", pytrace=False)
+        pytest.skip(message)
+    server = helper.MariaDB.start()
+    yield server
+    server.stop()
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

@@ -307,3 +307,89 @@ def test_no_early_decision_before_probe_calls_are_measured():
     p.add_sizes(SMALL)
     solo(p, 4 * EARLY_MIN_S, gil_late=SWITCH)
     assert p.next_action(2) == RunPair(per=1)  # 1 solo + 2 in the pair: fewer than 5
+
+
+# ------------------------------------------------- free-threaded builds (the GIL off)
+
+
+def test_decide_without_the_gil_runs_cpu_bound_calls_on_threads():
+    # The same figures that send GIL-bound calls to processes: without a GIL nothing serialises
+    # the threads, so they are parallel and need no pickling.
+    with_gil = decide(figures())
+    without = decide(figures(gil_enabled=False))
+    assert with_gil.strategy == "processes"
+    assert (without.strategy, without.workers) == ("threads", 4)
+    assert "GIL is disabled" in without.rule
+    assert without.estimates["threads"] < with_gil.estimates["threads"]
+
+
+def test_decide_without_the_gil_does_not_take_unmeasured_cpu_time_as_held():
+    # No pair measured: with a GIL the CPU time counts as held; without one it does not.
+    assert decide(figures(pair_speedup=None)).strategy == "processes"
+    assert decide(figures(pair_speedup=None, gil_enabled=False)).strategy == "threads"
+
+
+def test_decide_without_the_gil_still_keeps_tiny_calls_serial():
+    d = decide(figures(wall_s=1e-6, cpu_s=1e-6, gil_enabled=False))
+    assert d.strategy == "serial" and "tiny" in d.rule
+
+
+def test_a_probe_without_the_gil_goes_to_threads_where_one_with_it_goes_to_processes():
+    outcomes = {}
+    for gil in (True, False):
+        p = probe(gil_enabled=gil)
+        p.add_sizes(SMALL)
+        solo(p, 0.01)
+        assert p.next_action(10) == RunPair(per=1)
+        p.add_pair(pair(per=1, span=0.02, cores_used=1.0))  # the pair showed no speedup
+        action = p.next_action(8)
+        assert isinstance(action, Decide)
+        assert action.decision.figures.gil_enabled is gil
+        outcomes[gil] = action.decision.strategy
+    assert outcomes == {True: "processes", False: "threads"}
+
+
+def test_a_probe_without_the_gil_never_decides_early_for_processes():
+    # A late sampler means nothing without a GIL (and the pool runs none): the pair runs first.
+    p = probe(gil_enabled=False)
+    p.add_sizes(SMALL)
+    solo(p, 4 * EARLY_MIN_S, gil_late=SWITCH)
+    assert not p.held_gil_alone()
+    action = p.next_action(10)
+    assert isinstance(action, RunPair) and action.decision is None
+
+
+def test_gil_enabled_reads_sys_is_gil_enabled_where_it_exists(monkeypatch):
+    import sys
+
+    from ferropool import _interpreter
+
+    monkeypatch.delattr(sys, "_is_gil_enabled", raising=False)
+    assert _interpreter.gil_enabled() is True  # before 3.13: always a GIL
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    assert _interpreter.gil_enabled() is False
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: True, raising=False)
+    assert _interpreter.gil_enabled() is True
+
+
+def test_describe_build_names_the_interpreter_and_the_gil():
+    import platform
+
+    from ferropool._interpreter import describe_build
+
+    version = f"{platform.python_implementation()} {platform.python_version()}"
+    assert describe_build(gil=True, free_threaded=False) == f"{version}, GIL enabled"
+    assert describe_build(gil=False, free_threaded=True) == f"{version} free-threaded, GIL disabled"
+
+
+def test_explain_says_when_the_gil_was_off():
+    from ferropool._auto.explain import describe
+
+    lines = {}
+    for gil in (True, False):
+        p = probe(gil_enabled=gil)
+        p.add_sizes(SMALL)
+        solo(p, 0.01, n=PROBE_CALLS)
+        lines[gil] = "\n".join(describe("f", p.decide(), p))
+    assert "GIL disabled: threads run in parallel" in lines[False]
+    assert "GIL disabled" not in lines[True]

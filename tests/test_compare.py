@@ -323,6 +323,38 @@ def test_recommendation_follows_the_measurements(wl, expected):
     assert expected in rec and "\n" not in rec, rec
 
 
+def test_recommendation_without_the_gil_takes_threads_as_parallel():
+    # Threads that scale: the reason is the disabled GIL, not the work releasing it.
+    rec = compare_report.recommend("w", _wl(3.8, 1.9), cores=2, gil_enabled=False)
+    assert "the GIL is disabled, so threads run the work in parallel: threads give 3.8x" in rec, rec
+    assert "-> use ferropool.ThreadPool(max_workers=2)" in rec
+    # Threads that do not scale without a GIL: the work serialises them, not the GIL.
+    rec = compare_report.recommend("w", _wl(1.0, 1.9), cores=2, gil_enabled=False)
+    assert "threads do not scale (1.0x) although the GIL is disabled" in rec, rec
+    assert "the GIL serialises" not in rec and "-> use ferropool.ProcessPool(max_workers=2)" in rec
+    # With the GIL on, the same figures read as before.
+    assert "the GIL serialises threads" in compare_report.recommend("w", _wl(1.0, 1.9), cores=2, gil_enabled=True)
+    assert "releases the GIL or waits" in compare_report.recommend("w", _wl(3.8, 1.9), cores=2, gil_enabled=True)
+
+
+def test_recommendation_defaults_to_this_interpreters_gil(monkeypatch):
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    assert "the GIL is disabled" in compare_report.recommend("w", _wl(3.8, 1.9), cores=2)
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: True, raising=False)
+    assert "releases the GIL or waits" in compare_report.recommend("w", _wl(3.8, 1.9), cores=2)
+
+
+@pytest.mark.timeout(QUICK_TIMEOUT_S)
+def test_report_names_the_build_it_ran_on(quick_report):
+    from ferropool._interpreter import describe_build
+
+    machine = quick_report["machine"]
+    assert machine["build"] == describe_build()  # e.g. "CPython 3.11.7, GIL enabled"
+    assert machine["gil_enabled"] is (getattr(sys, "_is_gil_enabled", lambda: True)())
+    first = compare_report.format_report(quick_report).splitlines()[0]
+    assert f", {describe_build()}, " in first, first
+
+
 def test_recommendation_cautions_when_serial_did_not_get_a_whole_core():
     wl = {**_wl(1.0, 1.9), "kind": "cpu"}
     wl["strategies"]["serial"]["by_workers"][0]["cpu_utilisation"] = 0.3  # 0.6 of a core on 2 cores
@@ -491,3 +523,46 @@ def test_auto_warms_up_on_the_real_items_and_decides_for_them():
         assert timed is not None, rows
         decision = timed.runner.executor.decisions["ferropool.compare.tasks.sleep_task"]
         assert decision.strategy == "threads", decision
+
+
+# ---------------------------------------------------------------- compare.run() from Python
+
+
+def _negate(x):
+    return -x
+
+
+def test_run_from_python_returns_the_report_with_its_table():
+    from ferropool.compare import Comparison, run
+
+    result = run(_negate, items=[3, 4, 5], strategies=["ThreadPoolExecutor"], workers=[2], repeats=1)
+    assert isinstance(result, Comparison)
+    (name,) = result["workloads"]
+    assert name.endswith(":_negate")
+    wl = result["workloads"][name]
+    assert wl["tasks"] == 3 and wl["sweep"] == [2]
+    assert sorted(wl["strategies"]) == ["ThreadPoolExecutor", "serial"]
+    assert str(result) == compare_report.format_report(result)
+    assert result.recommendations() == {name: wl["recommendation"]}
+    assert json.loads(json.dumps(result)) == dict(result)  # still the --json report
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"target": _negate, "strategies": ["threads"]}, ValueError, "unknown strategy 'threads'"),
+        ({"workloads": ["nope"]}, ValueError, "unknown workload 'nope'"),
+        ({"target": _negate, "workloads": ["cpu"]}, ValueError, "either a target or workloads"),
+        ({"target": _negate, "items": 0}, ValueError, "items must be >= 1"),
+        ({"target": _negate, "items": []}, ValueError, "items is empty"),
+        ({"target": _negate, "workers": [0]}, ValueError, "workers must be positive integers"),
+        ({"target": _negate, "repeats": 0}, ValueError, "repeats must be >= 1"),
+        ({"target": 42}, ValueError, "target must be a function or 'module:function', not int"),
+        ({"target": "nosuch_module_xyz:f"}, Exception, "cannot import 'nosuch_module_xyz:f'"),
+    ],
+)
+def test_run_from_python_names_bad_input(kwargs, error, words):
+    from ferropool.compare import run
+
+    with pytest.raises(error, match=words):
+        run(**kwargs)

@@ -56,7 +56,10 @@ def test_a_dying_worker_fails_only_its_task(one_worker, crash, how, stderr_has):
     with pytest.raises(WorkerDiedError) as info:
         doomed.result(timeout=RESULT_TIMEOUT)
     err = info.value
-    assert not isinstance(err, BrokenProcessPool), "the pool is not broken: see WorkerDiedError's docstring"
+    # A BrokenProcessPool, so that stdlib-style handlers catch it, though the pool is not broken.
+    assert isinstance(err, BrokenProcessPool)
+    assert type(err.__cause__) is cf.process._RemoteTraceback
+    assert "terminated abruptly" in err.__cause__.tb
     assert how in str(err)
     assert err.function == f"{crash.__module__}.{crash.__qualname__}" and err.function in str(err)
     assert err.pid and f"pid {err.pid}" in str(err)
@@ -512,17 +515,54 @@ def test_shutdown_does_not_wait_for_a_worker_stuck_at_exit(make_pool):
     assert helpers.gone_within([pid], 1.0)
 
 
-@pytest.mark.parametrize("wait", [True, False])
-def test_shutdown_with_cancel_futures_stops_running_tasks(make_pool, gate_factory, wait):
+@pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
+def test_terminate_and_kill_workers_stop_running_tasks(make_pool, gate_factory, how):
     pool = make_pool(1)
     pid = pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT)
     started = gate_factory()
+    # SIGTERM is ignored: terminate_workers still ends the task (SIGKILL a second later).
     running = pool.submit(helpers.ignore_sigterm_then_sleep, started, 3600)
     queued = [pool.submit(helpers.mul, i, 1) for i in range(10)]
     assert started.wait(RESULT_TIMEOUT)
-    helpers.shutdown_bounded(pool, wait=wait, cancel_futures=True)
-    assert running.cancelled() and all(f.cancelled() for f in queued)
-    assert helpers.gone_within([pid], 5.0), "the running task's worker survived shutdown(cancel_futures=True)"
+    assert getattr(pool, how)() is None
+    with pytest.raises(BrokenProcessPool):
+        running.result(timeout=RESULT_TIMEOUT)
+    for f in queued:  # cancelled, or failed with the pool if the worker held it
+        assert f.cancelled() or isinstance(f.exception(timeout=RESULT_TIMEOUT), BrokenProcessPool)
+    assert helpers.gone_within([pid], 5.0), f"the running task's worker survived {how}()"
+    with pytest.raises(RuntimeError):
+        pool.submit(helpers.mul, 1, 1)
+    getattr(pool, how)()  # again, and after shutdown: never an error
+    helpers.shutdown_bounded(pool, wait=True)
+    getattr(pool, how)()
+
+
+def test_terminating_processes_by_hand_heals_the_pool(make_pool, gate_factory):
+    # The recipe for a hung ProcessPoolExecutor: signal every process in pool._processes.
+    pool = make_pool(2)
+    started = gate_factory()
+    hung = pool.submit(helpers.started_then_sleep, started, 3600)
+    assert started.wait(RESULT_TIMEOUT)
+    handles = pool._processes
+    assert len(handles) == 2 and all(h.pid == pid and h.is_alive() for pid, h in handles.items())
+    for p in handles.values():
+        p.terminate()
+    for p in handles.values():
+        p.join(RESULT_TIMEOUT)
+        assert not p.is_alive()
+    with pytest.raises(WorkerDiedError, match="SIGTERM"):
+        hung.result(timeout=RESULT_TIMEOUT)
+    assert pool.submit(helpers.mul, 6, 7).result(timeout=RESULT_TIMEOUT) == 42, "the pool healed"
+    assert not set(pool._processes) & set(handles), "the workers were replaced"
+    # Killing idle workers fails nothing; once the pool has seen them go, it runs tasks again.
+    killed = pool._processes
+    for p in killed.values():
+        p.kill()
+    deadline = time.monotonic() + RESULT_TIMEOUT
+    while set(pool._processes) & set(killed):
+        assert time.monotonic() < deadline, "the killed workers were never replaced"
+        time.sleep(0.01)
+    assert pool.submit(helpers.mul, 2, 3).result(timeout=RESULT_TIMEOUT) == 6
 
 
 @pytest.mark.parametrize("dropped", [False, True], ids=["pool-alive", "pool-dropped"])

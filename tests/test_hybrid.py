@@ -4,9 +4,11 @@ concurrently inside a worker process, on threads or an event loop."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import os
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
@@ -212,3 +214,47 @@ def test_many_http_requests_run_concurrently_across_processes():
         box["loop"].call_soon_threadsafe(box["loop"].stop)
         server.join(10)
     del aiohttp
+
+
+@pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
+def test_terminate_and_kill_workers_stop_every_thread_of_every_process(gate_factory, how):
+    pool = HybridPool(2, 2)
+    try:
+        gates = [gate_factory() for _ in range(4)]
+        running = [pool.submit(helpers.started_then_sleep, g, 3600) for g in gates]
+        queued = [pool.submit(helpers.mul, i, 1) for i in range(8)]
+        assert all(g.wait(RESULT_TIMEOUT) for g in gates)
+        handles = pool._processes
+        assert len(handles) == 2, "_processes counts processes, not task threads"
+        assert pool._max_workers == 4, "_max_workers counts tasks that run at once"
+        getattr(pool, how)()
+        for f in running:
+            with pytest.raises(BrokenProcessPool):
+                f.result(timeout=RESULT_TIMEOUT)
+        assert all(f.cancelled() or isinstance(f.exception(timeout=RESULT_TIMEOUT), BrokenProcessPool) for f in queued)
+        for h in handles.values():
+            h.join(RESULT_TIMEOUT)
+            assert not h.is_alive()
+    finally:
+        helpers.shutdown_bounded(pool)
+
+
+def test_shutdown_with_cancel_futures_lets_running_threads_finish(gate_factory):
+    pool = HybridPool(1, 2)
+    try:
+        started, release = [gate_factory(), gate_factory()], gate_factory()
+        running = [pool.submit(helpers.signal_and_wait, started[i], release, i) for i in range(2)]
+        assert all(g.wait(RESULT_TIMEOUT) for g in started)
+        queued = [pool.submit(helpers.mul, i, 1) for i in range(20)]
+        stopper = threading.Thread(target=pool.shutdown, kwargs={"cancel_futures": True}, daemon=True)
+        stopper.start()
+        done, _ = cf.wait(queued, timeout=RESULT_TIMEOUT)
+        assert len(done) == len(queued), "the queued tasks were not cancelled while the others ran"
+        assert all(f.cancelled() for f in queued)
+        assert stopper.is_alive() and not any(f.done() for f in running)
+        release.set()
+        stopper.join(RESULT_TIMEOUT)
+        assert not stopper.is_alive()
+        assert [f.result(timeout=0) for f in running] == [0, 1], "running tasks finish"
+    finally:
+        helpers.shutdown_bounded(pool)

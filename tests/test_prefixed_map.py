@@ -151,3 +151,29 @@ def test_a_values_list_shrunk_behind_its_back_does_not_crash():
     values = next(r for r in gc.get_referents(it) if isinstance(r, list))
     values.clear()
     assert list(it) == [10]
+
+
+def test_threads_sharing_one_iterator_get_every_item_exactly_once():
+    # On a free-threaded build the threads really call next() at once: the prefixed values are
+    # claimed under a critical section, so none is yielded twice or lost and the list is freed
+    # once. With a GIL this checks the same contract, one thread at a time. (The input iterator
+    # is empty: sharing one between threads is only as safe as that iterator is.)
+    import threading
+
+    values = list(range(4000))
+    it = PrefixedMap(values, int, [])
+    del values
+    start = threading.Barrier(4)
+    got: list[list[int]] = [[] for _ in range(4)]
+
+    def consume(mine: list[int]) -> None:
+        start.wait(timeout=10)
+        mine.extend(it)
+
+    threads = [threading.Thread(target=consume, args=(mine,)) for mine in got]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert sorted(itertools.chain.from_iterable(got)) == list(range(4000))

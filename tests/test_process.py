@@ -478,3 +478,119 @@ def test_workers_take_the_interpreter_flags_and_never_import_from_the_current_di
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("True "), out.stdout
     assert not marker.exists(), "a worker imported reprlib.py from the current directory"
+
+
+# ------------------------------------------------- compatibility with ProcessPoolExecutor
+
+
+def test_private_attributes_that_popular_code_reads(pool):
+    assert pool._max_workers == 2
+    processes = pool._processes
+    assert len(processes) == 2
+    assert pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT) in processes
+    for pid, handle in processes.items():
+        assert handle.pid == pid and handle.is_alive()
+        assert processes is not pool._processes and pool._processes[pid] is handle, "a snapshot of the same handles"
+    pool.shutdown(wait=True)
+    assert pool._processes == {}
+    assert not any(h.is_alive() for h in processes.values())
+
+
+def test_worker_died_error_is_a_broken_process_pool_that_leaves_the_pool_working(pool):
+    with pytest.raises(cf.process.BrokenProcessPool) as info:
+        pool.submit(os._exit, 99).result(timeout=RESULT_TIMEOUT)
+    assert isinstance(info.value, WorkerDiedError) and info.value.exitcode == 99
+    cause = info.value.__cause__
+    assert type(cause) is cf.process._RemoteTraceback
+    assert "terminated abruptly with exit code 99" in cause.tb
+    assert pool.submit(helpers.mul, 3, 4).result(timeout=RESULT_TIMEOUT) == 12
+    # Pickled and back (a result handed to another process), it is still the same class.
+    assert type(pickle.loads(pickle.dumps(info.value))) is WorkerDiedError
+
+
+@pytest.mark.parametrize("operation, method", [("terminate", "terminate"), ("kill", "kill")])
+def test_force_shutdown_signals_every_worker_through_its_handle(gate_factory, operation, method):
+    # CPython's test_force_shutdown_workers: the handles in _processes are the ones signalled.
+    from unittest import mock
+
+    with ProcessPool(1) as p:
+        started = gate_factory()
+        running = p.submit(helpers.started_then_sleep, started, 3600)
+        assert started.wait(RESULT_TIMEOUT)
+        [worker] = p._processes.values()
+        setattr(worker, method, mock.Mock(wraps=getattr(worker, method)))
+        getattr(p, f"{operation}_workers")()
+        worker.join(RESULT_TIMEOUT)
+        getattr(worker, method).assert_called()
+        assert not worker.is_alive()
+        with pytest.raises(BrokenPoolError, match=f"{operation}_workers"):
+            running.result(timeout=RESULT_TIMEOUT)
+        p.shutdown(wait=True)
+        assert all(w.restarts == 0 for w in p.stats().workers), "no replacement escaped the signal"
+
+
+def test_force_shutdown_refuses_an_unknown_operation(pool):
+    with pytest.raises(ValueError, match="Unsupported operation: 'invalid operation'"):
+        pool._force_shutdown(operation="invalid operation")
+    assert pool.submit(helpers.mul, 2, 2).result(timeout=RESULT_TIMEOUT) == 4, "the pool is untouched"
+
+
+def test_terminate_workers_on_a_pool_that_never_ran_anything():
+    p = ProcessPool(2)
+    assert p.terminate_workers() is None
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        p.submit(helpers.mul, 1, 1)
+    helpers.shutdown_bounded(p)
+
+
+def test_killing_a_hung_pool_through_processes_does_not_hang_the_program(tmp_path):
+    # The recipe of many answers for a hung ProcessPoolExecutor, in a program of its own.
+    out = run_script(
+        tmp_path,
+        f"""
+        import os, sys
+        sys.path.insert(0, {os.path.dirname(os.path.abspath(helpers.__file__))!r})
+        from concurrent.futures.process import BrokenProcessPool
+        from ferropool import ProcessPool
+        import helpers
+
+        pool = ProcessPool(2)
+        started = [helpers.Gate(os.path.abspath(f"gate-{{i}}")) for i in range(2)]
+        hung = [pool.submit(helpers.started_then_sleep, gate, 3600) for gate in started]
+        queued = pool.submit(helpers.mul, 6, 7)
+        assert all(gate.wait(30) for gate in started)
+        for p in pool._processes.values():
+            p.terminate()
+        for f in hung:
+            try:
+                f.result(timeout=30)
+            except BrokenProcessPool as exc:
+                print(type(exc).__name__)
+        print(queued.result(timeout=30))
+        pool.shutdown()
+        print("done")
+        """,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["WorkerDiedError", "WorkerDiedError", "42", "done"]
+
+
+def test_thread_pool_has_no_terminate_or_kill_workers():
+    # As the standard library's ThreadPoolExecutor: a thread cannot be stopped from outside.
+    from ferropool import ThreadPool
+
+    with ThreadPool(1) as p:
+        assert not hasattr(p, "terminate_workers") and not hasattr(p, "kill_workers")
+        assert p._max_workers == 1
+
+
+def test_the_first_listed_process_runs_a_lone_task(pool, gate_factory):
+    # CPython's test_killed_child signals next(iter(_processes.values())), which with on-demand
+    # workers is the one running its task.
+    started = gate_factory()
+    running = pool.submit(helpers.started_then_sleep, started, 3600)
+    assert started.wait(RESULT_TIMEOUT)
+    next(iter(pool._processes.values())).terminate()
+    with pytest.raises(cf.process.BrokenProcessPool):
+        running.result(timeout=RESULT_TIMEOUT)

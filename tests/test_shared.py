@@ -343,7 +343,7 @@ def test_array_without_numpy_names_it(tmp_path):
         stdout=subprocess.PIPE,
     )
     out, _ = proc.communicate(timeout=BOUND)
-    assert "numpy" in out and "pip install numpy" in out
+    assert "numpy" in out and "pip install 'ferropool[numpy]'" in out
 
 
 # ----------------------------------------------------------------- threading-compatible behaviour
@@ -830,3 +830,27 @@ def test_no_holder_can_shrink_a_shared_objects_memory(tmp_path):
         "array sealed",
         "6 2000.0 0.0 10000.0",
     ]
+
+
+def test_threads_unpickling_one_object_at_once_get_the_same_object(monkeypatch):
+    # Unpickling looks the segment up in this process and maps it only if absent. Two threads
+    # that both miss must not both map it: the second waits for the first and gets its object.
+    # The reopen below waits (bounded) for the other thread to reach it too, which happens only
+    # if the lookup and the registration are not one step.
+    value = shared.Value(int, 7)
+    blob = pickle.dumps(value)
+    monkeypatch.setattr(shared, "_live", __import__("weakref").WeakValueDictionary())
+    both_inside = threading.Barrier(2)
+    reopen = shared._reopen_segment
+
+    def reopen_when_both_inside(pid, fd):
+        try:
+            both_inside.wait(timeout=1.0)
+        except threading.BrokenBarrierError:
+            pass  # the other thread is not inside: the lookup and the mapping are one step
+        return reopen(pid, fd)
+
+    monkeypatch.setattr(shared, "_reopen_segment", reopen_when_both_inside)
+    with cf.ThreadPoolExecutor(2) as ex:
+        a, b = ex.map(lambda _: pickle.loads(blob), range(2))
+    assert a is b and a.value == 7

@@ -14,7 +14,7 @@ import importlib
 
 from . import errors
 from ._core import __version__
-from .errors import FerropoolError, RemoteError, SerializationError, TaskTimeoutError, WorkerDiedError
+from .errors import FerropoolError, RemoteError, SerializationError, TaskTimeoutError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs workers ~10 ms
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ._progress import progress
     from ._stats import PoolStats, Restart, WorkerStats
     from ._thread import ThreadPool
-    from .errors import BrokenPoolError
+    from .errors import BrokenPoolError, WorkerDiedError
 
 # Imported on first use, so that worker processes (which import ``ferropool._worker``, and so
 # this package) start without loading concurrent.futures and multiprocessing.
@@ -38,6 +38,7 @@ _LAZY = {
     "TaskFuture": "._future",
     "ThreadPool": "._thread",
     "BrokenPoolError": ".errors",
+    "WorkerDiedError": ".errors",
     "progress": "._progress",
     "PoolStats": "._stats",
     "WorkerStats": "._stats",

@@ -13,14 +13,22 @@ Answers leave through a ``WorkerSender``, which writes on the worker's socket fr
 The parent dates a task's start by the order it sent tasks, unless the worker tells it otherwise:
 a task started while another task of this worker is still unanswered is announced with a
 ``Start`` frame (``docs/wire-format.md``), so timeouts count from the real start.
+
+An **async initializer** (``AsyncInitializer``) runs on the worker's first event loop before the
+worker says ``Ready``; that loop then runs every coroutine task of the worker, so what the
+initializer opened (a connection pool, a client session) belongs to the loop the tasks use. An
+async generator initializer's code after its ``yield`` runs on that loop at ``Shutdown``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import queue
+import sys
 import threading
 import time
+import traceback
 
 from . import _core
 from ._serialize import dumps_exception, dumps_result, loads
@@ -36,13 +44,15 @@ def _run_us(start: int) -> int:
 class Runner:
     """Runs the tasks that do not run on the main thread (see the module doc)."""
 
-    def __init__(self, conn, threads: int):
+    def __init__(self, conn, threads: int, setup: AsyncInitializer | None = None):
         self.sender = conn.sender()
-        self.threads = max(1, threads)
+        self.plain_threads = max(1, threads)
+        # The async initializer's loop is the only one: what it opened is bound to it.
+        self.max_loops = 1 if setup is not None else self.plain_threads
         self.cond = threading.Condition()
         self.unanswered = 0  # tasks handed to this runner and not answered
         self.skip: set[int] = set()  # queued plain tasks cancelled before they began
-        self.loops: list[asyncio.AbstractEventLoop] = []
+        self.loops: list[asyncio.AbstractEventLoop] = [setup.loop] if setup is not None else []
         self.next_loop = 0
         self.coroutines: dict[int, asyncio.Task] = {}  # running coroutine tasks, by id
         self.plain: queue.SimpleQueue | None = None
@@ -89,7 +99,7 @@ class Runner:
     def submit_plain(self, task_id: int, payload: bytes, buffers) -> None:
         if self.plain is None:
             self.plain = queue.SimpleQueue()
-            for n in range(self.threads):
+            for n in range(self.plain_threads):
                 t = threading.Thread(target=self._plain_thread, name=f"ferropool-task-{n}", daemon=True)
                 t.start()
                 self.pool_threads.append(t)
@@ -98,6 +108,8 @@ class Runner:
         self.plain.put((task_id, payload, buffers))
 
     def _plain_thread(self) -> None:
+        from ._worker import _Coroutine, _run_here
+
         assert self.plain is not None
         while True:
             task_id, payload, buffers = self.plain.get()
@@ -116,10 +128,13 @@ class Runner:
             start = _perf()
             try:
                 fn, args, kwargs = loads(payload, buffers=buffers)
-                out, out_buffers, kind = *dumps_result(fn(*args, **kwargs)), OK
+                value = fn(*args, **kwargs)
+                if type(value) is _Coroutine:  # from a callable not flagged async (a partial...)
+                    value = _run_here(value)
+                out, out_buffers, kind = *dumps_result(value), OK
             except BaseException as exc:
                 out, out_buffers, kind = dumps_exception(exc), None, ERR
-            fn = args = kwargs = buffers = None  # a received buffer is unmapped when unused
+            fn = args = kwargs = buffers = value = None  # a received buffer is unmapped when unused
             self._answer(kind, task_id, out, _run_us(start), out_buffers)
 
     # ------------------------------------------------------------------ coroutines on loops
@@ -131,7 +146,7 @@ class Runner:
         loop.call_soon_threadsafe(self._create, task_id, payload, buffers)
 
     def _loop(self) -> asyncio.AbstractEventLoop:
-        if len(self.loops) < self.threads:
+        if len(self.loops) < self.max_loops:
             from ._thread import EventLoopThread
 
             loop = EventLoopThread(f"ferropool-loop-{len(self.loops)}").loop
@@ -175,3 +190,55 @@ class Runner:
         task = self.coroutines.get(task_id)
         if task is not None:
             task.cancel()
+
+
+# ---------------------------------------------------------------------- the async initializer
+
+
+class AsyncInitializer:
+    """Runs an async initializer on a new event loop thread, the worker's loop from then on.
+
+    ``started`` is what calling the initializer returned: a coroutine, awaited to the end, or an
+    async generator, run to its first ``yield`` now and resumed by ``finish`` at ``Shutdown``
+    (its code after ``yield`` is the cleanup). Raises what the initializer raised.
+    """
+
+    def __init__(self, started) -> None:
+        from ._thread import EventLoopThread
+
+        self.loop = EventLoopThread("ferropool-loop-0").loop
+        self.generator = started if inspect.isasyncgen(started) else None
+        asyncio.run_coroutine_threadsafe(self._start(started), self.loop).result()
+
+    async def _start(self, started) -> None:
+        if self.generator is None:
+            await started
+            return
+        try:
+            await self.generator.__anext__()
+        except StopAsyncIteration:
+            raise RuntimeError("an async generator initializer must yield once, before the worker's tasks") from None
+
+    def run(self, coroutine):
+        """Runs ``coroutine`` on the worker's loop; blocks until it is done, returns its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def finish(self) -> None:
+        """Runs the initializer's cleanup (an async generator's code after ``yield``) on the
+        worker's loop; prints its error, if any, to stderr (the parent relays it)."""
+        if self.generator is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._finish(), self.loop).result()
+        except BaseException:
+            print("ferropool: the async initializer's cleanup raised:", file=sys.stderr)
+            traceback.print_exc()
+
+    async def _finish(self) -> None:
+        assert self.generator is not None
+        try:
+            await self.generator.__anext__()
+        except StopAsyncIteration:
+            return
+        await self.generator.aclose()
+        raise RuntimeError("an async generator initializer must yield only once")

@@ -136,6 +136,11 @@ class ProcessPoolEngine:
         """Returns whether task ``id`` still waits in the pool's queue."""
     def cancel_all(self) -> list[int]:
         """Removes every task no worker has yet and returns their ids."""
+    def cancel_waiting(self) -> list[int]:
+        """Removes every task no worker has yet and returns their ids, as ``cancel_all``; then
+        the dispatcher cancels every task a worker holds but has not started, on its next turn:
+        each is skipped by its worker and ends with outcome 4 (cancelled). Running tasks are left
+        to finish."""
     def close(self, *, abort: bool = False) -> None:
         """Stops accepting tasks; queued ones still run, then workers exit. With ``abort``,
         kills the workers now and reports every unfinished task as cancelled. Returns

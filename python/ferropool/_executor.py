@@ -115,6 +115,7 @@ class PoolExecutor(AsyncMixin, cf.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
+        buffersize: int | None = None,
         progress: bool | str | dict | None = None,
     ) -> Iterator[Any]:
         """Returns an iterator equivalent to ``map(fn, *iterables)`` run on the pool.
@@ -125,6 +126,14 @@ class PoolExecutor(AsyncMixin, cf.Executor):
         raised when its item is reached. Breaking out of the loop cancels the rest (on a process
         pool, chunks that are running are stopped).
 
+        ``buffersize`` (Python 3.14's, on every version) bounds the tasks submitted whose results
+        have not been yielded: at most that many are submitted ahead of the consumer, the first
+        ones before ``map`` returns and more as the consumer takes results, so the input is read
+        no further ahead than that. With ``chunksize`` a task is a chunk, as in the standard
+        library; with automatic chunking it is an item (chunks are cut to fit), as with the
+        standard library's default ``chunksize=1``. It must be a positive integer or None
+        (``TypeError`` or ``ValueError`` otherwise, with the standard library's messages).
+
         With a task timeout (``ProcessPool(task_timeout=...)`` or ``pool.options``), each item
         is a task of its own, so the limit applies per item, unless ``chunksize`` is given: then
         it applies to each chunk as a whole.
@@ -133,6 +142,7 @@ class PoolExecutor(AsyncMixin, cf.Executor):
         a bar on stderr that counts items as their chunks finish; it closes when the iterator
         ends, raises or is dropped.
         """
+        check_buffersize(buffersize)
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize is None and self._task_timeout is not None:
@@ -147,7 +157,7 @@ class PoolExecutor(AsyncMixin, cf.Executor):
             from ._progress import map_bar
 
             bar = map_bar(progress, total)
-        mapper = _Mapper(self, fn, zip(*iterables, strict=False), deadline, chunksize, total, bar)
+        mapper = _Mapper(self, fn, zip(*iterables, strict=False), deadline, chunksize, total, bar, buffersize)
         try:
             mapper.start()
         except BaseException:
@@ -157,6 +167,15 @@ class PoolExecutor(AsyncMixin, cf.Executor):
         # An iterator dropped unfinished (or never started) stops its feeder thread.
         weakref.finalize(results, mapper.stop)
         return results
+
+
+def check_buffersize(buffersize: Any) -> None:
+    """Raises as Python 3.14's ``Executor.map`` does for a ``buffersize`` that is not a positive
+    integer or None."""
+    if buffersize is not None and not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
 
 
 def window_for(workers: int) -> int:
@@ -171,7 +190,9 @@ class _Mapper:
     chunk finishes, the consumer takes a chunk, the feeder ends, or the consumer stops.
     """
 
-    def __init__(self, pool: PoolExecutor, fn, items: Iterator[tuple], deadline, chunksize, total, bar=None):
+    def __init__(
+        self, pool: PoolExecutor, fn, items: Iterator[tuple], deadline, chunksize, total, bar=None, buffersize=None
+    ):
         self.pool = pool
         self.fn = fn
         self.items = items
@@ -193,15 +214,28 @@ class _Mapper:
         self.stopped = False
         self.error: BaseException | None = None
         self.bar = bar  # a ferropool._progress._Bar: counts items per finished chunk
+        #: Most tasks submitted ahead of the consumer (see ``_ahead``); None: ``2 * window`` chunks.
+        self.buffersize = buffersize
         self.consumed = 0  # items in chunks the consumer has taken
 
     def start(self) -> None:
-        """Submits the first item in the caller's thread, then starts the feeder."""
+        """Submits the first item in the caller's thread (with a ``buffersize``, the first
+        ``buffersize`` chunks, as the standard library does), then starts the feeder."""
         first = list(itertools.islice(self.items, 1))
         if not first:
             self.feeding = False
             return
         self._submit(first)
+        while self.buffersize is not None:
+            with self.cond:
+                if not self._has_room():
+                    break
+                size = self._next_size()
+            chunk = list(itertools.islice(self.items, size))
+            if not chunk:
+                self.feeding = False
+                return
+            self._submit(chunk)
         threading.Thread(target=self._feed, name="ferropool-map-feeder", daemon=True).start()
 
     def stop(self) -> None:
@@ -237,8 +271,18 @@ class _Mapper:
             self.cond.notify_all()
 
     def _has_room(self) -> bool:
+        if self.buffersize is not None and self._ahead() >= self.buffersize:
+            return False
         running = sum(1 for f, _ in self.inflight if not f.done())
         return running < self.window and len(self.inflight) < 2 * self.window
+
+    def _ahead(self) -> int:
+        """What ``buffersize`` counts: chunks submitted and not taken by the consumer when
+        ``chunksize`` was given (the standard library's tasks), else their items (automatic
+        chunks stand in for the standard library's one task per item)."""
+        if self.fixed:
+            return len(self.inflight)
+        return sum(n for _, n in self.inflight)
 
     def _next_size(self) -> int:
         if self.fixed:
@@ -248,6 +292,8 @@ class _Mapper:
             self.size = min(wanted, self.size * GROWTH, MAX_CHUNK)
             if self.cap:
                 self.size = min(self.size, self.cap)
+        if self.buffersize is not None:
+            return max(1, min(self.size, self.buffersize - self._ahead()))
         return self.size
 
     def _feed(self) -> None:

@@ -6,8 +6,9 @@ Two things differ from the base class, both invisible to code that uses the publ
 has yet is removed from the queue, one waiting at a worker is skipped there, and a running one
 has its worker stopped and replaced (see ``docs/worker-lifecycle.md``). This is where a
 ``ProcessPool`` deliberately differs from ``ProcessPoolExecutor``, whose ``cancel()`` returns
-False once a task runs: here ``asyncio`` cancellation of an awaited ``wrap_future``, or
-``shutdown(cancel_futures=True)``, really stops the task. Who finishes a future is decided by
+False once a task runs: here ``asyncio`` cancellation of an awaited ``wrap_future`` really
+stops the task (``shutdown(cancel_futures=True)`` leaves running tasks alone, as in the
+standard library; ``terminate_workers()`` stops them). Who finishes a future is decided by
 one atomic step, popping it from the pool's ``futures`` dict: the result thread pops before it
 delivers, ``cancel()`` pops before it cancels, and whoever comes second leaves the future alone.
 
@@ -27,7 +28,8 @@ other's write: either the waiter finds the future finished and never waits, or t
 finds the condition and notifies under it (``_wake_after_fast_finish``), after the waiter either
 checked the state or started waiting, since it holds the lock until ``wait`` releases it.
 Callbacks and ``wait()`` waiters are only ever registered under the condition, so they are
-found the same way.
+found the same way. "Sees the other's write" is what the GIL guarantees; a free-threaded build
+does not promise it, so there every future is finished by ``set_result`` (docs/free-threading.md).
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ class HybridPool(ProcessPool):
             if value <= 0:
                 raise ValueError(f"{name} must be greater than 0")
         super().__init__(processes, None, initializer, initargs, _threads_per_worker=threads_per_process, **options)
-        self._processes = processes
+        self._process_count = processes
         self._threads_per_process = threads_per_process
         # Tasks that run at once: what map sizes its window by.
         self._max_workers = processes * threads_per_process
@@ -71,7 +71,7 @@ class HybridPool(ProcessPool):
     @property
     def processes(self) -> int:
         """The number of worker processes."""
-        return self._processes
+        return self._process_count
 
     @property
     def threads_per_process(self) -> int:
@@ -84,4 +84,4 @@ class HybridPool(ProcessPool):
         return self._max_workers
 
     def __repr__(self) -> str:
-        return f"<HybridPool processes={self._processes} threads_per_process={self._threads_per_process}>"
+        return f"<HybridPool processes={self._process_count} threads_per_process={self._threads_per_process}>"

@@ -38,14 +38,18 @@ from ._core import (
 from ._executor import PoolExecutor, TaskOptions, chunk_runner, is_coroutine_function
 from ._future import TaskFuture, cancel_removed
 from ._logs import RecordCounter
+from ._process_handle import WorkerProcess
 from ._serialize import DEFAULT_ZERO_COPY_THRESHOLD, dumps, dumps_call, loads, loads_exception
 from ._spawning import dumps_for_start, parent_authkey
 from ._spawning import release as release_shared_fds
 from ._stats import PoolStats, WorkerStats
 from ._util import check_seconds, usable_cpu_count
 from ._worker import bootstrap_command
-from .errors import BrokenPoolError, SerializationError, TaskTimeoutError, WorkerDiedError
+from .errors import BrokenPoolError, RemoteTraceback, SerializationError, TaskTimeoutError, WorkerDiedError
 
+#: ``_force_shutdown`` operations, named as in Python 3.14's ``concurrent.futures.process``.
+_TERMINATE = "terminate"
+_KILL = "kill"
 #: Seconds a pool left running at interpreter exit gets to finish its tasks by default.
 DEFAULT_EXIT_TIMEOUT = 5.0
 # Lines of a dead worker's stderr quoted in its WorkerDiedError message (all are in stderr_tail).
@@ -84,7 +88,10 @@ class ProcessPool(PoolExecutor):
     closures work without an ``if __name__ == "__main__"`` guard.
 
     ``initializer(*initargs)`` runs once in each worker; if it raises, every task fails with
-    ``BrokenPoolError`` whose ``__cause__`` is that exception. ``max_tasks_per_child`` replaces
+    ``BrokenPoolError`` whose ``__cause__`` is that exception. An ``async def`` initializer runs
+    on the worker's event loop, the one its ``async def`` tasks then run on; an async generator's
+    code after its ``yield`` runs there at the worker's shutdown (``docs/usage.md``, "Async
+    initializers"). ``max_tasks_per_child`` replaces
     a worker after that many tasks, ``max_memory_per_child`` (bytes) once its resident memory
     exceeds that, checked as it answers: either way between tasks, failing none.
     ``max_pending`` bounds the tasks submitted and not yet finished: ``submit`` blocks
@@ -205,6 +212,8 @@ class ProcessPool(PoolExecutor):
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._shutdown_reason = "cannot schedule new futures after shutdown"
+        self._handles: dict[int, WorkerProcess] = {}  # for _processes
+        self._handles_lock = threading.Lock()
         self._running = _Running(self._engine, self._futures, self._exit_timeout)
         self._collector = threading.Thread(
             target=_collect,
@@ -303,8 +312,9 @@ class ProcessPool(PoolExecutor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stops accepting tasks; queued and running tasks still finish, unless
-        ``cancel_futures``, which cancels every unfinished future and stops the running tasks
-        (their workers are killed) instead of waiting for them.
+        ``cancel_futures``, which cancels every task that has not started (running tasks still
+        finish), as in the standard library. To stop running tasks too, call ``terminate_workers()`` or ``kill_workers()``, or ``cancel()``
+        their futures.
 
         With ``wait``, returns once every task has finished and every worker has exited; a
         worker that does not exit after its last task (a thread stuck in native code, SIGTERM
@@ -317,17 +327,101 @@ class ProcessPool(PoolExecutor):
         with self._shutdown_lock:
             self._shutdown = True
             if cancel_futures:
-                self._cancel_all_futures()
-            self._engine.close(abort=cancel_futures)
+                # Tasks a worker holds but has not started are cancelled too (their futures by
+                # the result thread): the engine sends a worker many short tasks at once.
+                self._cancel_queued_futures(self._engine.cancel_waiting())
+            self._engine.close()
         if wait:
             self._join()
             _core.drop_spare_buffers()  # idle memory back now, not when the next pool sends
 
-    def _cancel_all_futures(self) -> None:
-        for tid in list(self._futures):
+    def _cancel_queued_futures(self, ids: list[int]) -> None:
+        for tid in ids:
             fut = self._futures.pop(tid, None)
-            if fut is not None:  # else the result thread took it first and finishes it
+            if fut is not None:  # else cancel() took it first
                 cancel_removed(fut)
+
+    def terminate_workers(self) -> None:
+        """Shuts the pool down and sends every worker process SIGTERM, as Python 3.14's
+        ``ProcessPoolExecutor.terminate_workers()`` does (on every Python version here).
+
+        Tasks no worker has taken are cancelled; the futures of running tasks, and of those a
+        worker holds, fail at once with ``BrokenPoolError`` (a ``BrokenProcessPool``); a task
+        that ignores SIGTERM is killed a second later. Returns None without waiting for the
+        workers to exit (``shutdown(wait=True)`` waits). The pool accepts no more tasks:
+        ``submit`` raises ``RuntimeError``. Calling it after ``shutdown`` still stops the
+        workers that are left, and is never an error.
+        """
+        self._force_shutdown(operation=_TERMINATE)
+
+    def kill_workers(self) -> None:
+        """As ``terminate_workers()``, but sends SIGKILL (Python 3.14's
+        ``ProcessPoolExecutor.kill_workers()``): workers end at once, without running any
+        handler or cleanup."""
+        self._force_shutdown(operation=_KILL)
+
+    def _force_shutdown(self, operation: str) -> None:
+        """Shuts the pool down and signals every worker: ``operation`` is ``"terminate"``
+        (SIGTERM) or ``"kill"`` (SIGKILL); anything else raises ``ValueError`` (the hook and
+        names Python 3.14's ``ProcessPoolExecutor`` has)."""
+        if operation not in (_TERMINATE, _KILL):
+            raise ValueError(f"Unsupported operation: {operation!r}")
+        if self._owner_pid != os.getpid():
+            self._shutdown = True
+            return
+        processes = self._processes  # before the pool stops: then its workers start to exit
+        with self._shutdown_lock:
+            self._shutdown = True
+            self._cancel_queued_futures(self._engine.cancel_all())
+            self._engine.close()
+        # Signalled through the handles (as the standard library does), before the engine
+        # stops anything itself, so that each worker gets this very signal.
+        for proc in processes.values():
+            if proc.is_alive():
+                proc.terminate() if operation == _TERMINATE else proc.kill()
+        with self._shutdown_lock:
+            # Every task still here was running, or held by a worker just signalled: fail it
+            # now, and make sure the engine neither runs it nor runs it again elsewhere (a task
+            # that ignores SIGTERM is stopped as a cancelled one is: SIGKILL a second later).
+            for tid in list(self._futures):
+                fut = self._futures.pop(tid, None)
+                if fut is None:
+                    continue  # its outcome is being delivered
+                self._engine.cancel(tid)
+                _fail(
+                    fut,
+                    BrokenPoolError(
+                        f"{_function_name(fut)} was running or waiting at a worker when "
+                        f"{operation}_workers() stopped the pool"
+                    ),
+                )
+            if operation == _KILL:
+                self._engine.close(abort=True)
+
+    @property
+    def _processes(self) -> dict[int, WorkerProcess]:
+        """The live worker processes by pid: a compatibility shim for code written against
+        ``ProcessPoolExecutor._processes`` (``len(pool._processes)``, ``for p in
+        pool._processes.values(): p.terminate()``). A new dict on each read; the same handle
+        for the same process each time. See ``WorkerProcess``.
+
+        Listed in the order the engine hands out work to idle workers (it picks the highest
+        slot first), so that ``next(iter(pool._processes.values()))`` is the worker running a
+        lone task, as with the standard library, which starts its workers on demand."""
+        if self._engine.join(0):  # ended: no workers left
+            return {}
+        slots = sorted(self._engine.stats(1.0), key=lambda w: w["worker"], reverse=True)
+        pids = [w["pid"] for w in slots if w["pid"] is not None]
+        with self._handles_lock:
+            handles = self._handles
+            for pid in set(handles) - set(pids):
+                del handles[pid]
+            for pid in pids:
+                if pid not in handles:
+                    handle = WorkerProcess.open(pid)
+                    if handle is not None:
+                        handles[pid] = handle
+            return {pid: handles[pid] for pid in pids if pid in handles and handles[pid].is_alive()}
 
     def _join(self, timeout: float | None = None) -> bool:
         return self._running.join(timeout)
@@ -480,7 +574,16 @@ def _died(
     if tail:
         lines = tail.splitlines()[-_TAIL_LINES:]
         message += "; the last lines it wrote to stderr:\n" + "\n".join("    " + line for line in lines)
-    return WorkerDiedError(message, pid=pid, exitcode=code, signal=sig, function=function, stderr_tail=tail)
+    err = WorkerDiedError(message, pid=pid, exitcode=code, signal=sig, function=function, stderr_tail=tail)
+    # What the standard library attaches to its BrokenProcessPool (from Python 3.15), in its
+    # words and with multiprocessing's exit code (minus the signal number if killed); the
+    # stderr tail is in the message already.
+    exitcode = -sig if sig is not None else code
+    remote = f"A worker process (pid {pid}) terminated abruptly"
+    if exitcode is not None:
+        remote += f" with exit code {exitcode}"
+    err.__cause__ = RemoteTraceback(f'\n"""\n{remote}\n"""')
+    return err
 
 
 def _function_name(fut: TaskFuture) -> str:

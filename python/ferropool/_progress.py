@@ -7,19 +7,22 @@ Where counts come from and where they go::
                                                             ▼
         _Bar.add(k) (n += k under a lock) or _Bar.tick(); redraw at most every INTERVAL s
                                                             ▼
-                          tqdm (``tqdm.auto``: a widget in Jupyter, text on stderr elsewhere)
-                          or, without tqdm installed, _TextBar (one line on stderr)
+          in Jupyter with ipywidgets: tqdm's widget (``tqdm.notebook``), or _WidgetBar without tqdm
+          anywhere else:              tqdm's text bar on stderr, or _TextBar without tqdm
 
 Every count goes through ``_Bar``: ``add`` costs an addition, a lock and a clock read, and
 ``tick`` (an iterator's items, counted by its one consumer) skips the lock. The bar itself is
 redrawn at most every ``INTERVAL`` seconds, and ``map`` counts per chunk, never per item, so a
 bar costs tiny tasks almost nothing. tqdm is an optional dependency (the ``progress`` extra);
-without it the same calls draw a plain text bar.
+without it the same calls draw a plain text bar. In a Jupyter kernel the bar is a widget when
+ipywidgets is installed (the ``notebook`` extra) and a text bar on the cell's stderr, redrawn in
+place, when it is not: never tqdm's "IProgress not found" warning.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import html
 import queue
 import sys
 import threading
@@ -53,9 +56,10 @@ def progress(
       (tqdm's semantics) and counts one per item yielded. Give ``total`` (for example
       ``len(fs)``) to get a percentage and an ETA; without it the bar shows a count and a rate.
 
-    The bar is drawn on ``file`` (default ``sys.stderr``; in Jupyter, a widget unless ``file``
-    is given). Over an iterator it closes when the iteration ends or raises, or the returned
-    iterator is closed (``close()``, the end of a ``with`` block) or dropped.
+    The bar is drawn on ``file`` (default ``sys.stderr``; in a Jupyter notebook, a widget where
+    ipywidgets is installed, unless ``file`` is given). Over an iterator it closes when the
+    iteration ends or raises, or the returned iterator is closed (``close()``, the end of a
+    ``with`` block) or dropped.
     ``options`` go to ``tqdm`` (``unit``, ``leave``, ``mininterval`` ...). Without tqdm
     installed (``pip install ferropool[progress]``) a plain text bar is drawn instead and
     ``options`` are ignored.
@@ -143,64 +147,131 @@ class _Bar:
 
 
 def _open_view(total: int | None, desc: str | None, file: Any, options: dict[str, Any]) -> Any:
+    notebook = file is None and in_notebook()
+    widgets = notebook and _have_ipywidgets()
     try:
-        if file is None:
-            from tqdm.auto import tqdm  # a widget in Jupyter, text on stderr elsewhere
+        if widgets:
+            from tqdm.notebook import tqdm  # a widget in the cell's output
         else:
-            from tqdm import tqdm  # a stream was asked for: a widget would ignore it
+            from tqdm import tqdm  # text, on ``file`` or stderr
     except ImportError:
-        return _TextBar(total, desc, file)
+        if widgets:
+            return _WidgetBar(total, desc)
+        return _TextBar(total, desc, file, redraw=notebook)
     # We rate-limit ourselves (every update we pass is one we want drawn), so tqdm must not
     # drop any: with its own mininterval it would skip about every other one.
     options.setdefault("miniters", 1)
     return tqdm(total=total, desc=desc, file=file, mininterval=0, **options)
 
 
+def in_notebook() -> bool:
+    """True when this code runs in a Jupyter kernel (a notebook, JupyterLab, VS Code...), whose
+    front end can show widgets and HTML; False in a terminal, an IPython shell or a script."""
+    ipython = sys.modules.get("IPython")  # never imported here: a kernel has always loaded it
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+        return shell is not None and "IPKernelApp" in shell.config
+    except Exception:
+        return False
+
+
+def _have_ipywidgets() -> bool:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _WidgetBar:
+    """The bar drawn in a notebook with ipywidgets but without tqdm: a progress bar widget and
+    a label with the count, rate and ETA (``_TextBar``'s words)."""
+
+    def __init__(self, total: int | None, desc: str | None) -> None:
+        import ipywidgets
+        from IPython.display import display
+
+        self.text = _TextBar(total, desc, file=None, redraw=False, quiet=True)
+        self.bar = ipywidgets.IntProgress(value=0, min=0, max=total or 1, description=desc or "")
+        if not total:
+            self.bar.bar_style = "info"  # no total: the bar shows activity, the label the count
+        self.label = ipywidgets.HTML(value=html.escape(self.text.figures(_monotonic())))
+        display(ipywidgets.HBox([self.bar, self.label]))  # type: ignore[no-untyped-call]
+
+    def update(self, k: int) -> None:
+        self.text.n += k
+        if self.text.total:
+            self.bar.value = min(self.text.n, self.text.total)
+        self.label.value = html.escape(self.text.figures(_monotonic()))
+
+    def close(self) -> None:
+        self.update(0)
+        if not self.text.total or self.text.n >= self.text.total:
+            self.bar.value = self.bar.max
+            self.bar.bar_style = "success"
+        else:
+            self.bar.bar_style = "danger"  # stopped early: an error, or the loop was left
+
+
 class _TextBar:
-    """The bar drawn when tqdm is not installed: one line, rewritten in place on a terminal;
-    elsewhere (a log file, a pipe) a line every ``TEXT_LINE_INTERVAL`` seconds and at the end."""
+    """The bar drawn when tqdm is not installed: one line, rewritten in place on a terminal and
+    in a notebook cell (``redraw``; Jupyter renders a carriage return as a rewrite); elsewhere (a
+    log file, a pipe) a line every ``TEXT_LINE_INTERVAL`` seconds and at the end."""
 
     WIDTH = 20
 
-    def __init__(self, total: int | None, desc: str | None, file: Any) -> None:
+    def __init__(
+        self, total: int | None, desc: str | None, file: Any, *, redraw: bool = False, quiet: bool = False
+    ) -> None:
         self.file = sys.stderr if file is None else file
         try:
             self.tty = bool(self.file.isatty())
         except Exception:
             self.tty = False
+        self.redraw = redraw or self.tty
+        self.erase = "\x1b[K" if self.tty else ""  # a notebook rewrites the whole line anyway
+        self.quiet = quiet  # only counts and words: _WidgetBar draws them
         self.total = total
         self.prefix = f"{desc}: " if desc else ""
         self.n = 0
         self.start = self.last_line = _monotonic()
-        if self.tty:
+        if self.redraw:
             self._write("\r" + self.line(self.start))
 
-    def line(self, now: float) -> str:
+    def figures(self, now: float) -> str:
         elapsed = now - self.start
         rate = self.n / elapsed if elapsed > 0 else 0.0
-        text = f"{self.prefix}{self.n}"
-        if self.total:
-            done = min(1.0, self.n / self.total)
-            filled = int(done * self.WIDTH)
-            text = f"{self.prefix}[{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.n}/{self.total} {done:4.0%}"
+        text = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         text += f" {_clock(elapsed)} elapsed, {rate:.1f}/s"
         if self.total and 0 < self.n < self.total and rate > 0:
             text += f", {_clock((self.total - self.n) / rate)} left"
         return text
 
+    def line(self, now: float) -> str:
+        if not self.total:
+            return self.prefix + self.figures(now)
+        done = min(1.0, self.n / self.total)
+        filled = int(done * self.WIDTH)
+        count, _, rest = self.figures(now).partition(" ")
+        return f"{self.prefix}[{'#' * filled}{'.' * (self.WIDTH - filled)}] {count} {done:4.0%} {rest}"
+
     def update(self, k: int) -> None:
         self.n += k
         now = _monotonic()
-        if self.tty:
-            self._write("\r" + self.line(now) + "\x1b[K")
+        if self.redraw:
+            self._write("\r" + self.line(now) + self.erase)
         elif now - self.last_line >= TEXT_LINE_INTERVAL:
             self.last_line = now
             self._write(self.line(now) + "\n")
 
     def close(self) -> None:
-        self._write(("\r" if self.tty else "") + self.line(_monotonic()) + ("\x1b[K\n" if self.tty else "\n"))
+        self._write(("\r" if self.redraw else "") + self.line(_monotonic()) + self.erase + "\n")
 
     def _write(self, text: str) -> None:
+        if self.quiet:
+            return
         try:
             self.file.write(text)
             self.file.flush()

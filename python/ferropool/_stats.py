@@ -4,7 +4,8 @@ Every pool kind returns a ``PoolStats``: ``ProcessPool`` with one ``WorkerStats`
 slot (figures the Rust dispatcher counts, see ``crates/ferropool-engine/src/stats.rs``),
 ``ThreadPool`` one per thread, ``DaskPool`` and ``RayPool`` pool totals only (their own keys,
 ``submitted``, ``done``..., are in ``extra`` and in ``as_dict()``). ``str()`` gives a table for
-people, ``as_dict()`` plain JSON-serialisable data for programs.
+people, ``as_dict()`` plain JSON-serialisable data for programs, and in a notebook the same
+table shows as HTML (``_repr_html_``).
 
 Times are in seconds. A slot's figures add up over every process that held it: ``restarts``
 counts replacements, ``recent_restarts`` keeps the last 16 with their cause.
@@ -12,6 +13,7 @@ counts replacements, ``recent_restarts`` keeps the last 16 with their cause.
 
 from __future__ import annotations
 
+import html as _html
 import signal as _signal
 import types
 from collections.abc import Mapping
@@ -179,6 +181,37 @@ class PoolStats:
         return out
 
     def __str__(self) -> str:
+        head, extra, rows = self._table()
+        lines = [head]
+        if extra:
+            lines.append("  " + extra)
+        if rows:
+            widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+            for r in rows:
+                lines.append("  " + "  ".join(c.rjust(wd) for c, wd in zip(r, widths, strict=False)) + "  " + r[-1])
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The table of ``str()`` as HTML, which Jupyter shows for a cell ending in ``pool.stats()``."""
+        head, _, rows = self._table()
+        out = [f"<div><p><b>{_html.escape(head)}</b></p>"]
+        if self.extra:  # the cluster pools' own figures: one row each
+            out.append('<table class="ferropool-stats-extra"><tbody>')
+            for key, value in self.extra.items():
+                out.append(f"<tr><th>{_html.escape(str(key))}</th><td>{_html.escape(str(value))}</td></tr>")
+            out.append("</tbody></table>")
+        if rows:
+            out.append('<table class="ferropool-stats">')
+            out.append("<thead><tr>" + "".join(f"<th>{_html.escape(c)}</th>" for c in rows[0]) + "</tr></thead><tbody>")
+            for r in rows[1:]:
+                out.append("<tr>" + "".join(f"<td>{_html.escape(c)}</td>" for c in r) + "</tr>")
+            out.append("</tbody></table>")
+        out.append("</div>")
+        return "\n".join(out)
+
+    def _table(self) -> tuple[str, str, list[tuple[str, ...]]]:
+        """The heading line, the ``extra`` figures line and the rows (column names first; no rows
+        without workers) that ``str()`` and ``_repr_html_`` lay out."""
         head = f"{self.kind}: {len(self.workers)} workers, {self.tasks} tasks ({self.failed} failed), {self.restarts} restarts"
         if self.mean_task_s is not None:
             head += f", mean task {_ms(self.mean_task_s)} ms"
@@ -186,24 +219,24 @@ class PoolStats:
             head += f", pickling here ~{_ms(self.parent_serialize_s)} ms"
         if self.dropped_log_records:
             head += f", {self.dropped_log_records} worker log records dropped"
-        lines = [head]
-        if self.extra:
-            lines.append("  " + ", ".join(f"{k}={v}" for k, v in self.extra.items()))
+        extra = ", ".join(f"{k}={v}" for k, v in self.extra.items())
+        rows: list[tuple[str, ...]] = []
         if self.workers:
-            columns = (
-                "worker",
-                "pid",
-                "tasks",
-                "failed",
-                "busy_s",
-                "idle_s",
-                "mean_ms",
-                "max_ms",
-                "pickle_ms",
-                "transport_ms",
-                "restarts",
+            rows.append(
+                (
+                    "worker",
+                    "pid",
+                    "tasks",
+                    "failed",
+                    "busy_s",
+                    "idle_s",
+                    "mean_ms",
+                    "max_ms",
+                    "pickle_ms",
+                    "transport_ms",
+                    "restarts",
+                )
             )
-            rows = [columns]
             for w in self.workers:
                 restarts = str(w.restarts)
                 if w.recent_restarts:
@@ -223,10 +256,7 @@ class PoolStats:
                         restarts,
                     )
                 )
-            widths = [max(len(r[i]) for r in rows) for i in range(len(columns) - 1)]
-            for r in rows:
-                lines.append("  " + "  ".join(c.rjust(wd) for c, wd in zip(r, widths, strict=False)) + "  " + r[-1])
-        return "\n".join(lines)
+        return head, extra, rows
 
 
 def _ms(seconds: float) -> str:

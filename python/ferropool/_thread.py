@@ -163,6 +163,12 @@ class EventLoopThread:
             self.thread.join()
 
 
+def _is_async_function(fn) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+
+
 def _close_if_never_started(coroutine) -> None:
     # Cancelled before the loop took it: close it, or it warns that it was never awaited.
     import inspect
@@ -178,7 +184,8 @@ class ThreadPool(PoolExecutor):
     ``ValueError``. Worker threads are named ``f"{thread_name_prefix}_{n}"``. ``initializer``
     runs once in each worker thread; if it raises, the pool becomes broken: queued futures fail
     with ``BrokenThreadPool``, ``submit`` raises it, and its ``__cause__`` is the initializer's
-    exception. ``max_pending`` bounds the tasks submitted and not yet finished: ``submit``
+    exception; an async initializer raises ``TypeError`` (a process pool's workers run one on
+    their event loop). ``max_pending`` bounds the tasks submitted and not yet finished: ``submit``
     blocks (interruptibly) while there are that many, so a fast producer cannot grow memory
     without bound; ``shutdown`` releases a blocked ``submit`` with ``RuntimeError``. ``map`` is
     always bounded.
@@ -206,6 +213,13 @@ class ThreadPool(PoolExecutor):
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        if initializer is not None and _is_async_function(initializer):
+            raise TypeError(
+                "ThreadPool does not take an async initializer: it runs the initializer in each of its "
+                "threads, and its coroutine tasks share one event loop; create the resource in a "
+                "coroutine of your own, or use ProcessPool or HybridPool, whose workers run an async "
+                f"initializer on their event loop (got {initializer!r})"
+            )
         if max_pending is not None:
             if isinstance(max_pending, bool) or not isinstance(max_pending, int):
                 raise TypeError("max_pending must be an integer")

@@ -35,8 +35,18 @@ _Coroutine = type(_probe_coroutine)
 _probe_coroutine.close()
 
 
+async def _probe_generator():
+    yield
+
+
+_AsyncGenerator = type(_probe_generator())
+
+
 def _run_here(coroutine):
-    """Runs a coroutine a plain task returned to completion, on this thread."""
+    """Runs a coroutine a plain task returned to completion: on the async initializer's loop if
+    there is one (what it opened belongs to that loop), else on this thread."""
+    if _async_setup is not None:
+        return _async_setup.run(coroutine)
     import asyncio
 
     return asyncio.run(coroutine)
@@ -78,7 +88,12 @@ def _initialize(conn, payload: bytes) -> int:
             _take_authkey(config["authkey"])
         if config["initializer"] is not None:
             initializer, initargs = loads(config["initializer"])
-            initializer(*initargs)
+            started = initializer(*initargs)
+            if type(started) in (_Coroutine, _AsyncGenerator):  # an async initializer
+                from ._concurrent_worker import AsyncInitializer
+
+                global _async_setup
+                _async_setup = AsyncInitializer(started)
         if config.get("native_threads") and "threadpoolctl" not in sys.modules and _any_native_loaded():
             _limit_loaded_native_threads(config["native_threads"])
         # After the initializer, so that its own logging configuration (basicConfig...) holds.
@@ -92,6 +107,10 @@ def _initialize(conn, payload: bytes) -> int:
     conn.send(_core.KIND_READY, 0, b"")
     conn.flush()
     return max(1, int(config.get("threads", 1)))
+
+
+#: The async initializer's loop and cleanup (``_concurrent_worker.AsyncInitializer``), if any.
+_async_setup = None
 
 
 def _ship_logs_once_imported(sender, level: int | None) -> None:
@@ -185,7 +204,7 @@ def _serve(conn, threads: int) -> None:
                 if runner is None:
                     from ._concurrent_worker import Runner
 
-                    runner = Runner(conn, threads)
+                    runner = Runner(conn, threads, _async_setup)
                 if flags & ASYNC:
                     runner.submit_coroutine(task_id, payload, buffers)
                 else:
@@ -228,6 +247,8 @@ def _serve(conn, threads: int) -> None:
         elif kind == SHUTDOWN:
             if runner is not None:
                 runner.wait_idle()
+            if _async_setup is not None:
+                _async_setup.finish()
             conn.flush()
             return
 

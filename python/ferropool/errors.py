@@ -4,9 +4,10 @@ Every class says when it is raised and what to do about it. They subclass the st
 exceptions they refine, so ``except TypeError`` or ``except BrokenProcessPool`` clauses written
 for ``concurrent.futures`` keep working.
 
-``BrokenPoolError`` is created on first use (PEP 562 ``__getattr__``): its base class lives in
-``concurrent.futures.process``, which imports all of ``multiprocessing`` (about 30 ms), and
-worker processes, which import this module, never need it.
+``BrokenPoolError``, ``WorkerDiedError`` and ``RemoteTraceback`` are created on first use (PEP
+562 ``__getattr__``): their base classes live in ``concurrent.futures.process``, which imports all
+of ``multiprocessing`` (about 30 ms), and worker processes, which import this module, never need
+them.
 """
 
 from __future__ import annotations
@@ -41,41 +42,6 @@ class SerializationError(FerropoolError, _pickle.PicklingError, TypeError):
     """
 
 
-class WorkerDiedError(FerropoolError):
-    """The worker process running this task died before the task finished.
-
-    Only this task fails: tasks queued behind it run on other workers, and the dead worker is
-    replaced. ``exitcode`` or ``signal`` says how it ended, ``pid`` which process it was,
-    ``function`` what it was running, and ``stderr_tail`` the last lines it wrote to stderr (for a
-    crash in native code, the Python stack as dumped by faulthandler). A ``SIGKILL`` nobody sent
-    on purpose usually comes from the kernel's out-of-memory killer.
-
-    It is deliberately *not* a ``concurrent.futures.process.BrokenProcessPool``: that exception
-    means "the pool is unusable, every pending task failed, make a new pool", and code that
-    catches it typically rebuilds the executor. Here nothing is broken — the pool has already
-    healed and the other tasks run on — so such a handler would throw away a working pool. Catch
-    ``WorkerDiedError`` (or ``FerropoolError``) to retry one task; ``BrokenPoolError``, which
-    *is* a ``BrokenProcessPool``, is kept for a pool that really cannot run tasks.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        pid: int | None = None,
-        exitcode: int | None = None,
-        signal: int | None = None,
-        function: str | None = None,
-        stderr_tail: str = "",
-    ):
-        super().__init__(message)
-        self.pid = pid
-        self.exitcode = exitcode
-        self.signal = signal
-        self.function = function
-        self.stderr_tail = stderr_tail
-
-
 class TaskTimeoutError(FerropoolError, TimeoutError):
     """The task ran longer than its timeout and was stopped.
 
@@ -85,7 +51,8 @@ class TaskTimeoutError(FerropoolError, TimeoutError):
     tasks are unaffected. ``timeout`` is the limit in seconds, ``pid`` the stopped worker,
     ``function`` the task's function. It is a ``TimeoutError`` (which
     ``concurrent.futures.TimeoutError`` is, from Python 3.11), so ``except TimeoutError``
-    catches it. Raise the limit, or make the task do less per call.
+    catches it. Raise the limit, or make the task do less per call. It is not a
+    ``BrokenProcessPool``: the standard library has no task timeout, and the pool is unaffected.
     """
 
     def __init__(
@@ -114,43 +81,108 @@ class RemoteError(FerropoolError):
         return (RemoteError, (self.type_name, self.message))
 
 
-class RemoteTraceback(Exception):
-    """Carries a worker's formatted traceback; set as ``__cause__`` of re-raised exceptions."""
-
-    def __init__(self, tb: str):
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
-
-
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers import this module, and typing is slow
 if TYPE_CHECKING:
-    from concurrent.futures.process import BrokenProcessPool
+    from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
+
+    class RemoteTraceback(_RemoteTraceback):
+        """Declared for type checkers: at run time this is the standard library's
+        ``_RemoteTraceback`` itself, which takes the formatted traceback (typeshed says a
+        ``TracebackType``)."""
+
+        tb: str
+
+        def __init__(self, tb: str) -> None: ...
 
     class BrokenPoolError(FerropoolError, BrokenProcessPool):
-        """Declared for type checkers and linters; the class is made by ``_make_broken_pool_error``."""
+        """Declared for type checkers and linters; the class is made by ``_make_stdlib_subclasses``."""
+
+    class WorkerDiedError(FerropoolError, BrokenProcessPool):
+        """Declared for type checkers and linters; the class is made by ``_make_stdlib_subclasses``."""
+
+        pid: int | None
+        exitcode: int | None
+        signal: int | None
+        function: str | None
+        stderr_tail: str
+
+        def __init__(
+            self,
+            message: str,
+            *,
+            pid: int | None = None,
+            exitcode: int | None = None,
+            signal: int | None = None,
+            function: str | None = None,
+            stderr_tail: str = "",
+        ) -> None: ...
 
 
-def _make_broken_pool_error() -> type:
-    from concurrent.futures.process import BrokenProcessPool
+def _make_stdlib_subclasses() -> dict[str, type]:
+    """Makes the classes whose bases live in ``concurrent.futures.process``."""
+    from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 
     class BrokenPoolError(FerropoolError, BrokenProcessPool):
         """The pool cannot run tasks any more.
 
         Raised for every pending and later task when a worker's ``initializer`` raised (its
-        exception is the ``__cause__``) or when worker processes cannot be started at all. Fix
-        the initializer or the environment and create a new pool.
+        exception is the ``__cause__``) or when worker processes cannot be started at all, and
+        for the tasks that were running or waiting at a worker when ``terminate_workers()`` or
+        ``kill_workers()`` stopped the pool. Fix the initializer or the environment and create a
+        new pool.
         """
 
-    BrokenPoolError.__module__ = __name__
-    BrokenPoolError.__qualname__ = "BrokenPoolError"
-    return BrokenPoolError
+    class WorkerDiedError(FerropoolError, BrokenProcessPool):
+        """The worker process running this task died before the task finished.
+
+        Only this task fails: tasks queued behind it run on other workers, and the dead worker is
+        replaced, so the pool stays healthy and keeps accepting tasks. ``exitcode`` or
+        ``signal`` says how it ended, ``pid`` which process it was, ``function`` what it was
+        running, and ``stderr_tail`` the last lines it wrote to stderr (for a crash in native
+        code, the Python stack as dumped by faulthandler); in a process pool, the ``__cause__`` is
+        a ``concurrent.futures.process._RemoteTraceback`` saying the same, as in the standard
+        library. A ``SIGKILL`` nobody
+        sent on purpose usually comes from the kernel's out-of-memory killer.
+
+        It is a ``concurrent.futures.process.BrokenProcessPool``, as loky's
+        ``TerminatedWorkerError`` is, so that ``except BrokenProcessPool`` clauses written for
+        the standard library, where a crashed worker breaks the whole pool, still catch the
+        crash. Unlike there, the pool is *not* broken: a handler that rebuilds the executor on
+        ``BrokenProcessPool`` still works, but need not; catch ``WorkerDiedError`` (or
+        ``FerropoolError``) to retry just this task on the same pool. ``BrokenPoolError`` is
+        the one raised when the pool really cannot run tasks.
+        """
+
+        def __init__(
+            self,
+            message: str,
+            *,
+            pid: int | None = None,
+            exitcode: int | None = None,
+            signal: int | None = None,
+            function: str | None = None,
+            stderr_tail: str = "",
+        ):
+            super().__init__(message)
+            self.pid = pid
+            self.exitcode = exitcode
+            self.signal = signal
+            self.function = function
+            self.stderr_tail = stderr_tail
+
+    classes: dict[str, type] = {"BrokenPoolError": BrokenPoolError, "WorkerDiedError": WorkerDiedError}
+    for name, cls in classes.items():
+        cls.__module__ = __name__
+        cls.__qualname__ = name
+    # The standard library's own class, so that code checking for it (``isinstance(exc.__cause__,
+    # _RemoteTraceback)``, CPython's tests) finds the workers' tracebacks.
+    classes["RemoteTraceback"] = _RemoteTraceback
+    return classes
 
 
 def __getattr__(name: str) -> type:
-    if name == "BrokenPoolError":
-        cls = globals()["BrokenPoolError"] = _make_broken_pool_error()
-        return cls
+    if name in ("BrokenPoolError", "WorkerDiedError", "RemoteTraceback"):
+        made = _make_stdlib_subclasses()
+        globals().update(made)
+        return made[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -43,8 +43,11 @@ import threading
 import weakref
 from concurrent.futures import CancelledError, Future, InvalidStateError
 
-from joblib import register_parallel_backend
-from joblib.parallel import AutoBatchingMixin, ParallelBackendBase
+try:
+    from joblib import register_parallel_backend
+    from joblib.parallel import AutoBatchingMixin, ParallelBackendBase
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    raise ImportError("ferropool.joblib needs joblib: pip install 'ferropool[joblib]'", name=exc.name) from exc
 
 from ._util import usable_cpu_count
 

@@ -42,6 +42,7 @@ a blocked ``acquire``, ``wait``, ``put`` or ``get`` with ``KeyboardInterrupt``.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 
 from . import _core
@@ -74,6 +75,9 @@ class SegmentUnavailableError(OSError):
 
 #: Objects of this process by segment id, so that unpickling one here returns it.
 _live: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+#: Makes "look up, else map and register" one step, so that two threads unpickling the same
+#: object get the same one (reentrant: restoring an object's state may unpickle another).
+_live_lock = threading.RLock()
 
 
 def _reopen_segment(pid: int, fd: int) -> int:
@@ -100,13 +104,14 @@ def _core_base(cls: type) -> type:
 
 def _rebuild(cls: type, pid: int, fd: int, segment_id: int, args: tuple[Any, ...], state: Any = None) -> Any:
     """Unpickle a shared object: the one already in this process, or a new mapping of it."""
-    obj = _live.get(segment_id)
-    if obj is None or type(obj) is not cls:
-        obj = _core_base(cls).__new__(cls, *args, _attach=(_reopen_segment(pid, fd), segment_id))
-        _live[segment_id] = obj
-        if state is not None:
-            obj._set_state(state)
-    return obj
+    with _live_lock:
+        obj = _live.get(segment_id)
+        if obj is None or type(obj) is not cls:
+            obj = _core_base(cls).__new__(cls, *args, _attach=(_reopen_segment(pid, fd), segment_id))
+            _live[segment_id] = obj
+            if state is not None:
+                obj._set_state(state)
+        return obj
 
 
 class _Shared:
@@ -264,17 +269,18 @@ class Queue(_Shared, _core.SharedQueue):
 
 def _rebuild_queue(cls: type[Queue], pid: int, fd: int, segment_id: int, spill_fd: int) -> Queue:
     """Unpickle a ``Queue``: as ``_rebuild``, with the queue's spill file beside its segment."""
-    obj = _live.get(segment_id)
-    if obj is None or type(obj) is not cls:
-        spill = _reopen_segment(pid, spill_fd)
-        try:
-            segment = _reopen_segment(pid, fd)
-        except BaseException:
-            os.close(spill)
-            raise
-        obj = _core.SharedQueue.__new__(cls, _attach=(segment, segment_id), _spill=spill)
-        _live[segment_id] = obj
-    return obj
+    with _live_lock:
+        obj = _live.get(segment_id)
+        if obj is None or type(obj) is not cls:
+            spill = _reopen_segment(pid, spill_fd)
+            try:
+                segment = _reopen_segment(pid, fd)
+            except BaseException:
+                os.close(spill)
+                raise
+            obj = _core.SharedQueue.__new__(cls, _attach=(segment, segment_id), _spill=spill)
+            _live[segment_id] = obj
+        return obj
 
 
 _TYPES = {int: "q", float: "d"}
@@ -339,7 +345,7 @@ def _numpy() -> Any:
     try:
         import numpy
     except ImportError as exc:
-        raise ImportError("ferropool.shared.Array needs numpy, which is not installed: pip install numpy") from exc
+        raise ImportError("ferropool.shared.Array needs numpy: pip install 'ferropool[numpy]'") from exc
     return numpy
 
 
@@ -359,6 +365,14 @@ class _Memory:
 
 
 def _shared_array_class() -> Any:
+    global _array_class
+    if _array_class is not None:
+        return _array_class
+    with _live_lock:  # one class per process, or isinstance would tell arrays apart
+        return _make_shared_array_class()
+
+
+def _make_shared_array_class() -> Any:
     global _array_class
     if _array_class is None:
         np = _numpy()

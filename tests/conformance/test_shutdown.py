@@ -12,9 +12,9 @@ import threading
 import pytest
 
 import helpers
-from helpers import mul, shutdown_bounded, signal_and_wait, sleep_and_return
+from helpers import mul, shutdown_bounded, signal_and_wait, sleep_and_return, started_then_sleep
 
-from .util import T
+from .util import T, warm_up
 
 
 def test_submit_after_shutdown_raises_runtime_error(make_executor):
@@ -56,9 +56,7 @@ def test_shutdown_wait_false_returns_while_task_runs(make_executor, make_gate):
 
 
 @pytest.mark.parametrize("wait", [False, True])
-def test_shutdown_cancel_futures(make_executor, make_gate, wait, executor_kind):
-    if executor_kind.stops_running_tasks:
-        pytest.skip("ProcessPool also stops the running task: test_faults.py covers it")
+def test_shutdown_cancel_futures(make_executor, make_gate, wait):
     ex = make_executor(max_workers=1)
     started, release = make_gate(), make_gate()
     blocker = ex.submit(signal_and_wait, started, release, "blocker")
@@ -142,3 +140,22 @@ def test_interpreter_exit_runs_submitted_work(executor_kind):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "apple"
     assert proc.stderr == ""
+
+
+def test_cancel_futures_cancels_queued_and_finishes_running(make_executor, make_gate):
+    # CPython's test_cancel_futures: many queued calls, few workers; here the first one has
+    # surely started when the pool shuts down.
+    ex = make_executor(max_workers=2)
+    warm_up(ex, 2)
+    started = make_gate()
+    fs = [ex.submit(started_then_sleep, started, 0.1)]
+    fs += [ex.submit(sleep_and_return, 0.1, i) for i in range(49)]
+    assert started.wait(T)
+    shutdown_bounded(ex, wait=True, cancel_futures=True)
+    cancelled = [f for f in fs if f.cancelled()]
+    others = [f for f in fs if not f.cancelled()]
+    assert len(cancelled) > 20
+    assert others, "running calls were cancelled"
+    for f in others:
+        assert f.done()
+        assert f.exception(timeout=0) is None

@@ -7,6 +7,7 @@ import concurrent.futures as cf
 import gc
 import itertools
 import os
+import sys
 import threading
 import weakref
 
@@ -237,3 +238,65 @@ def test_map_many_tiny_items(make_executor):
     ex = make_executor()
     n = 10_000
     assert list(ex.map(mul, range(n), itertools.repeat(3), timeout=30)) == [i * 3 for i in range(n)]
+
+
+def _needs_buffersize(executor_kind) -> None:
+    if executor_kind.is_stdlib and sys.version_info < (3, 14):
+        pytest.skip("Executor.map(buffersize=) is new in Python 3.14")
+
+
+@pytest.mark.parametrize("buffersize", ["foo", 2.0])
+def test_map_buffersize_of_wrong_type_raises_type_error(make_executor, executor_kind, buffersize):
+    _needs_buffersize(executor_kind)
+    with pytest.raises(TypeError, match="buffersize must be an integer or None"):
+        make_executor().map(str, range(4), buffersize=buffersize)
+
+
+@pytest.mark.parametrize("buffersize", [0, -1])
+def test_map_buffersize_below_one_raises_value_error(make_executor, executor_kind, buffersize):
+    _needs_buffersize(executor_kind)
+    with pytest.raises(ValueError, match=r"buffersize must be None or > 0"):
+        make_executor().map(str, range(4), buffersize=buffersize)
+
+
+@pytest.mark.parametrize("buffersize", [1, 2, 4, 8])
+def test_map_buffersize_gives_every_result_in_order(make_executor, executor_kind, buffersize):
+    _needs_buffersize(executor_kind)
+    ex = make_executor()
+    assert list(ex.map(str, range(4), buffersize=buffersize)) == ["0", "1", "2", "3"]
+    assert list(ex.map(mul, range(4), range(4), buffersize=buffersize)) == [0, 1, 4, 9]
+    assert list(ex.map(str, range(40), chunksize=3, buffersize=buffersize)) == [str(i) for i in range(40)]
+    assert next(ex.map(str, [], buffersize=buffersize), None) is None
+    assert next(ex.map(str, buffersize=buffersize), None) is None
+
+
+def test_map_buffersize_on_endless_input(make_executor, executor_kind):
+    _needs_buffersize(executor_kind)
+    results = make_executor().map(str, itertools.count(), buffersize=2)
+    assert [next(results), next(results), next(results)] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("buffersize", [1, 3])
+def test_map_buffersize_reads_only_that_far_ahead(make_executor, executor_kind, buffersize):
+    # CPython's test_map_buffersize_when_buffer_is_full, and the bound as results are taken.
+    _needs_buffersize(executor_kind)
+    ex = make_executor()
+    read = []
+
+    def numbers():
+        for i in itertools.count():
+            read.append(i)
+            yield i
+
+    results = ex.map(str, numbers(), buffersize=buffersize)
+    assert len(read) == buffersize, "map must submit exactly buffersize tasks before returning"
+    for taken in range(1, 20):
+        assert next(results) == str(taken - 1)
+        # Automatic chunks count as their items. The bound is an upper one: the feeder
+        # thread may not have refilled yet (the standard library refills in next()).
+        assert len(read) <= taken + buffersize
+    results.close()
+    ints = iter(range(10))
+    ex.map(str, ints, buffersize=buffersize)
+    shutdown_bounded(ex, wait=True)
+    assert next(ints) == buffersize

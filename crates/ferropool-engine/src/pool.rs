@@ -211,6 +211,9 @@ pub(crate) struct Queue {
     pub unfinished: usize,
     /// Tasks already at workers that callers asked to cancel, for the dispatcher to act on.
     pub cancels: Vec<u64>,
+    /// A caller asked to cancel every task a worker holds but has not started
+    /// (`cancel_waiting`), for the dispatcher to act on.
+    pub cancel_waiting: bool,
 }
 
 #[derive(Default)]
@@ -449,6 +452,21 @@ impl ProcessPool {
         let ids: Vec<u64> = q.tasks.drain(..).map(|t| t.id).collect();
         drop(q);
         self.shared.finished(ids.len());
+        ids
+    }
+
+    /// Cancels every task that no worker has yet, as `cancel_all` does (returning their ids),
+    /// and has the dispatcher cancel, on its next turn, every task a worker holds but has not
+    /// started: those are reported as `Cancelled` outcomes and skipped by their worker. Running
+    /// tasks are left to finish. This is `shutdown(cancel_futures=True)`: queued work is
+    /// cancelled, running work is not.
+    pub fn cancel_waiting(&self) -> Vec<u64> {
+        let mut q = self.shared.queue.lock().expect("queue poisoned");
+        let ids: Vec<u64> = q.tasks.drain(..).map(|t| t.id).collect();
+        q.cancel_waiting = true;
+        drop(q);
+        self.shared.finished(ids.len());
+        self.shared.wake();
         ids
     }
 

@@ -413,6 +413,33 @@ fn a_task_cancelled_while_queued_at_a_worker_is_skipped_there() {
 }
 
 #[test]
+fn cancel_waiting_cancels_held_and_queued_tasks_but_not_the_running_one() {
+    let pool = ProcessPool::start(config(1)).unwrap();
+    let before = worker_pid(&pool, 0);
+    // Task 1 runs; task 2 is held by the worker behind it (had it run, the worker would have
+    // exited); the rest wait in the queue or at the worker.
+    pool.submit(1, b"sleep:300".to_vec()).unwrap();
+    pool.submit(2, b"exit:3".to_vec()).unwrap();
+    for id in 3..20 {
+        pool.submit(id, b"echo:x".to_vec()).unwrap();
+    }
+    wait_until_sent(&pool, 2);
+    let queued = pool.cancel_waiting();
+    let got = collect(&pool, 19 - queued.len());
+    assert_eq!(returned(&got[&1]), "", "the running task finishes");
+    for id in 2..20 {
+        assert!(
+            queued.contains(&id) || got[&id] == Outcome::Cancelled,
+            "task {id} was neither removed nor cancelled: {:?}",
+            got.get(&id)
+        );
+    }
+    assert_eq!(worker_pid(&pool, 20), before, "the worker lives on");
+    pool.close(false);
+    assert!(pool.join(Some(LIMIT)));
+}
+
+#[test]
 fn close_does_not_wait_for_a_worker_stuck_at_exit_that_ignores_sigterm() {
     let mut c = config(1);
     c.stop_grace = Duration::from_millis(200);

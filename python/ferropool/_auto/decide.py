@@ -3,7 +3,7 @@ first calls to a strategy, and the words ``explain()`` uses to say why.
 
 ``decide`` estimates the time per call of each strategy — serial, threads, processes, hybrid,
 asyncio — from ``Figures`` (wall and CPU time per call, the 2-thread speedup, pickled sizes, free
-cores) and the per-task overheads in ``OVERHEAD_S``, and takes the simplest one within
+cores, whether the GIL is on) and the per-task overheads in ``OVERHEAD_S``, and takes the simplest one within
 ``TOLERANCE`` of the fastest. It measures nothing itself (``probe.py`` and ``measure.py`` do), so it
 is tested with made-up figures.
 """
@@ -76,6 +76,7 @@ class Figures:
     via_map: bool  # the calls came from map (batched) rather than submit
     cores: int  # usable by this process
     free_cores: float | None = None  # busy with the pair or idle during it (others' load excluded)
+    gil_enabled: bool = True  # False on a free-threaded build running without the GIL
 
     @property
     def cpu_ratio(self) -> float:
@@ -107,7 +108,8 @@ def decide(
     - serial: ``d``;
     - threads (n): ``max(d / n, c / P, h)`` + overhead, where ``h``, the time a call holds the
       GIL, comes from the 2-thread speedup ``g`` (Amdahl: ``h = d * (2 / g - 1)``); unmeasured,
-      ``h`` is the CPU time ``c``;
+      ``h`` is the CPU time ``c``. With the GIL off (``fig.gil_enabled`` False) ``h`` is 0:
+      threads run CPU-bound calls in parallel, and the pair's speedup only informs free cores;
     - processes (n <= P): ``max(d / n, c / P)`` + overhead + pickling + shared-memory copies,
       all paid by the calling process; impossible if the call or its result cannot be pickled;
     - hybrid (P x T): as processes, with ``P * T`` calls in flight and ``h / P`` per call.
@@ -120,7 +122,9 @@ def decide(
         cores = max(1.0, min(float(usable), fig.free_cores))
     d, c = fig.wall_s, min(fig.cpu_s, fig.wall_s)
     waiting = fig.cpu_ratio < WAITING
-    if fig.pair_speedup is None:
+    if not fig.gil_enabled:
+        held = 0.0
+    elif fig.pair_speedup is None:
         held = c
     else:
         held = d * min(1.0, max(0.0, 2.0 / max(fig.pair_speedup, 1e-9) - 1.0))
@@ -154,6 +158,8 @@ def decide(
 def _rule(choice: str, fig: Figures, held: float, transfer: float) -> str:
     """Names, in words, why ``choice`` won."""
     d = fig.wall_s
+    if not fig.gil_enabled:
+        return _rule_without_gil(choice, fig, transfer)
     if choice == "serial":
         if d < OVERHEAD_S["threads"][1 if fig.via_map else 0] * 4:
             return "tiny calls: any pool's per-task overhead costs more than the call itself"
@@ -169,3 +175,18 @@ def _rule(choice: str, fig: Figures, held: float, transfer: float) -> str:
     if choice == "processes":
         return "holds the GIL: only processes run it in parallel"
     return "waits and holds the GIL in turns: processes for the GIL, threads in each for the waits"
+
+
+def _rule_without_gil(choice: str, fig: Figures, transfer: float) -> str:
+    """``_rule`` for a free-threaded interpreter running without the GIL."""
+    if choice == "serial":
+        if fig.wall_s < OVERHEAD_S["threads"][1 if fig.via_map else 0] * 4:
+            return "tiny calls: any pool's per-task overhead costs more than the call itself"
+        return "no pool is estimated to beat a plain loop by more than 10%"
+    if choice == "threads":
+        if fig.cpu_ratio < WAITING:
+            return "waiting (CPU/wall below 0.5): threads overlap the waits, more threads than cores"
+        if transfer > 0.25 * fig.wall_s:
+            return "GIL disabled: threads run the calls in parallel and share their data, processes would copy it"
+        return "CPU-bound and the GIL is disabled: threads run the calls in parallel, no pickling"
+    return "GIL disabled, yet processes are estimated faster than threads here"

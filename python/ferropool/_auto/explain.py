@@ -1,12 +1,63 @@
 """The words of ``Pool.explain()``: per function, the strategy chosen, the rule that fired and the
-figures it came from, or how far the probe got."""
+figures it came from, or how far the probe got; ``Explanation`` is that text, shown as an HTML
+table in a notebook."""
 
 from __future__ import annotations
+
+import html
+from typing import Any
 
 from .decide import OVERHEAD_S, Decision
 from .probe import Probe
 
-__all__ = ["describe"]
+__all__ = ["Explanation", "describe", "row"]
+
+
+class Explanation(str):
+    """What ``Pool.explain()`` returns: its text (a ``str``: print it, search it) that a notebook
+    shows as an HTML table, one row per function (``_repr_html_``)."""
+
+    heading: str
+    rows: tuple[tuple[str, str, str, str, tuple[str, ...]], ...]
+
+    def __new__(cls, heading: str, rows: list[tuple[str, str, str, str, tuple[str, ...]]], text: str) -> Explanation:
+        self = super().__new__(cls, text)
+        self.heading = heading
+        self.rows = tuple(rows)
+        return self
+
+    def _repr_html_(self) -> str:
+        out = [f"<div><p><b>{html.escape(self.heading)}</b></p>"]
+        if not self.rows:
+            out.append("<p>no function has run yet</p></div>")
+            return "\n".join(out)
+        out.append('<table class="ferropool-explain"><thead><tr>')
+        out.append("".join(f"<th>{c}</th>" for c in ("function", "strategy", "workers", "rule", "figures")))
+        out.append("</tr></thead><tbody>")
+        for name, strategy, workers, rule, figures in self.rows:
+            cells = [html.escape(c) for c in (name, strategy, workers, rule)]
+            cells.append("<br>".join(html.escape(f) for f in figures))
+            out.append("<tr>" + "".join(f'<td style="text-align:left">{c}</td>' for c in cells) + "</tr>")
+        out.append("</tbody></table></div>")
+        return "\n".join(out)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Explanation, (self.heading, list(self.rows), str(self))
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))  # the text as printed, not a quoted string full of \n
+
+
+def row(name: str, decision: Decision | None, probe: Probe) -> tuple[str, str, str, str, tuple[str, ...]]:
+    """Returns the HTML table's row for the function ``name``: its name, strategy, workers, rule
+    and the lines of figures under ``describe``'s first line."""
+    lines = describe(name, decision, probe)
+    figures = tuple(line.strip() for line in lines[1:])
+    if decision is None:
+        return name, "still measuring", "", lines[0].split(": ", 1)[1], figures
+    w = decision.workers
+    workers = f"{w[0]} x {w[1]}" if isinstance(w, tuple) else str(w)
+    return name, decision.strategy, workers, decision.rule, figures
 
 
 def describe(name: str, decision: Decision | None, probe: Probe) -> list[str]:
@@ -36,6 +87,7 @@ def describe(name: str, decision: Decision | None, probe: Probe) -> list[str]:
         + (f"; {_secs(queued)} queued for a CPU behind other programs left out" if queued > 0.05 * f.wall_s else "")
         + ")"
         + (f"; GIL: another thread waited {_secs(late)} for it" if late is not None else "")
+        + ("; GIL disabled: threads run in parallel" if not f.gil_enabled else "")
         + f"; 2 threads: {speed}"
         + (f"; free cores during the pair: {f.free_cores:.1f}" if f.free_cores is not None else "")
         + f"; pickled: {sizes}"

@@ -35,11 +35,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._core import PrefixedMap
-from .._executor import PoolExecutor, run_chunk
+from .._executor import PoolExecutor, check_buffersize, run_chunk
+from .._interpreter import gil_enabled
 from .._util import usable_cpu_count
 from .backends import CoroutineAdapter, EventLoop, Serial, hybrid_class
 from .decide import MAP_PROBE_AHEAD, PROBE_CALLS, STRATEGIES, Decision
-from .explain import describe
+from .explain import Explanation, describe, row
 from .futures import copy_outcome, gather_chunk, left, results_in_order, values_if_settled
 from .measure import Call, queued_since, run_measured, runqueue_wait_s
 from .probe import Decide, PairRun, Probe, RunPair, RunSolo, Sizes
@@ -168,6 +169,7 @@ class Pool(PoolExecutor):
         *iterables: Any,
         timeout: float | None = None,
         chunksize: int | None = None,
+        buffersize: int | None = None,
         progress: Any = None,
     ) -> Iterator[Any]:
         """Returns an iterator of ``fn(*args)`` for ``args`` in ``zip(*iterables)``, in order.
@@ -178,26 +180,30 @@ class Pool(PoolExecutor):
         strategy, to the built-in ``map`` in the consuming thread, which no ``timeout`` can
         interrupt. An exception raised by ``fn`` is raised when its item is reached; leaving
         the loop early cancels what has not started. Raises ``RuntimeError`` after ``shutdown``.
+        ``buffersize`` (checked as Python 3.14 does) bounds the chosen pool's map; while ``fn``
+        is being measured, the probe's own bound (above) applies instead.
         """
+        check_buffersize(buffersize)
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         plan = self._plan(fn)
         deadline = None if timeout is None else time.monotonic() + timeout
         its = [iter(it) for it in iterables]
         if plan.backend is None or self._closed:
-            return self._probing_map(plan, fn, its, deadline, chunksize, progress)
-        return self._decided_map(plan, fn, its, deadline, chunksize, progress)
+            return self._probing_map(plan, fn, its, deadline, chunksize, progress, buffersize)
+        return self._decided_map(plan, fn, its, deadline, chunksize, progress, buffersize)
 
-    def explain(self) -> str:
+    def explain(self) -> Explanation:
         """Returns, in a few lines per function, the strategy chosen and the figures and rule
-        it came from (or how far its probe got)."""
+        it came from (or how far its probe got): a ``str``, which a notebook shows as a table."""
         with self._lock:
             lines = [f"ferropool.Pool(strategy={self._strategy!r}) on {self._cores} cores"]
             if not self._plans:
                 lines.append("  no function has run yet")
             for plan in self._plans.values():
                 lines.extend(describe(plan.name, plan.decision, plan.probe))
-        return "\n".join(lines)
+            rows = [row(plan.name, plan.decision, plan.probe) for plan in self._plans.values()]
+        return Explanation(lines[0], rows, "\n".join(lines))
 
     @property
     def decisions(self) -> dict[str, Decision]:
@@ -245,13 +251,18 @@ class Pool(PoolExecutor):
         deadline: float | None,
         chunksize: int | None,
         progress: Any,
+        buffersize: int | None = None,
     ) -> Iterator[Any]:
         backend = plan.backend
         if isinstance(backend, Serial):
-            return map(fn, *its)
+            return map(fn, *its) if its else iter(())  # the built-in map needs an iterable
         if isinstance(backend, (EventLoop, CoroutineAdapter)):
-            return PoolExecutor.map(self, fn, *its, timeout=left(deadline), chunksize=chunksize, progress=progress)
-        return backend.map(fn, *its, timeout=left(deadline), chunksize=chunksize, progress=progress)  # type: ignore[no-any-return]
+            return PoolExecutor.map(
+                self, fn, *its, timeout=left(deadline), chunksize=chunksize, buffersize=buffersize, progress=progress
+            )
+        return backend.map(  # type: ignore[no-any-return]
+            fn, *its, timeout=left(deadline), chunksize=chunksize, buffersize=buffersize, progress=progress
+        )
 
     def _probing_map(
         self,
@@ -261,6 +272,7 @@ class Pool(PoolExecutor):
         deadline: float | None,
         chunksize: int | None,
         progress: Any,
+        buffersize: int | None = None,
     ) -> Iterator[Any]:
         """Feeds the first items to the probe until ``fn`` is decided or the input ends (this
         blocks for the probe: a few calls), then returns their results chained with the chosen
@@ -288,7 +300,8 @@ class Pool(PoolExecutor):
             queued: list[Call] = []
             sizes = None
             q0, queued_s = runqueue_wait_s(), None
-            sampler = GilSampler()
+            # No GIL, nothing to sample: the sampler's thread would only take a core.
+            sampler = GilSampler() if probe.gil_enabled else None
             t0 = time.perf_counter()
             try:
                 # The probe's limits are constants: read without the lock, which this step holds
@@ -313,7 +326,7 @@ class Pool(PoolExecutor):
                         if len(queued) < 2 * per:
                             exhausted = True
             finally:
-                gil_late = sampler.stop()
+                gil_late = sampler.stop() if sampler is not None else None
                 with self._lock:
                     if sizes is not None:
                         probe.add_sizes(sizes)
@@ -351,7 +364,7 @@ class Pool(PoolExecutor):
             # Serial, and every probed call finished without raising (always so after the probe
             # ran here): one iterator does both, as cheaply per item as the built-in map.
             return PrefixedMap(values, fn, its[0])
-        rest = iter(()) if done else self._decided_map(plan, fn, its, deadline, chunksize, progress)
+        rest = iter(()) if done else self._decided_map(plan, fn, its, deadline, chunksize, progress, buffersize)
         if values is not None:
             # Their values, as a list, in front of the rest (a generator over their futures
             # would cost every later item a step more).
@@ -379,6 +392,7 @@ class Pool(PoolExecutor):
                     io_workers=self._io_workers,
                     hybrid=hybrid_class() is not None,
                     switch_interval=sys.getswitchinterval(),
+                    gil_enabled=gil_enabled(),
                 )
                 plan = _Plan(_name_of(fn), self._lock, probe)
                 is_async = inspect.iscoroutinefunction(fn)
@@ -548,7 +562,7 @@ class Pool(PoolExecutor):
             t0, c0, ran, recorded = time.perf_counter(), time.thread_time(), 0, 0
             calls = step.groups[index]
             solo = step.measure and not step.pair
-            sampler = GilSampler() if solo else None
+            sampler = GilSampler() if solo and probe.gil_enabled else None
 
             def record(sample: tuple[float, float], sizes: Sizes | None) -> None:
                 nonlocal recorded

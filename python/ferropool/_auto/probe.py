@@ -116,8 +116,9 @@ class Probe:
     """The measurements of one function and the policy that turns them into the next action.
 
     ``cores`` is what the process may use; ``probe_calls`` the calls measured at least before
-    deciding; ``max_workers``, ``io_workers`` and ``hybrid`` are passed to ``decide``. Not
-    thread-safe: the pool calls it under its lock."""
+    deciding; ``max_workers``, ``io_workers`` and ``hybrid`` are passed to ``decide``;
+    ``gil_enabled`` False (a free-threaded build without the GIL) makes threads parallel for
+    CPU-bound calls. Not thread-safe: the pool calls it under its lock."""
 
     def __init__(
         self,
@@ -128,6 +129,7 @@ class Probe:
         io_workers: int | None = None,
         hybrid: bool = False,
         switch_interval: float = 0.005,
+        gil_enabled: bool = True,
     ) -> None:
         self.cores = cores
         self.probe_calls = probe_calls
@@ -135,6 +137,7 @@ class Probe:
         self.io_workers = io_workers
         self.hybrid = hybrid
         self.switch_interval = switch_interval  # sys.getswitchinterval()
+        self.gil_enabled = gil_enabled  # False: a free-threaded build without the GIL (no GIL to hold)
         self.solo: list[tuple[float, float]] = []  # (wall, CPU) seconds per call run alone
         self.solo_queued = 0.0  # seconds the solo calls sat queued for a CPU, taken out of their wall
         self.gil_late: float | None = None  # GilSampler's median delay during the solo calls
@@ -274,6 +277,7 @@ class Probe:
             picklable=sizes.picklable,
             via_map=self.via_map,
             cores=self.cores,
+            gil_enabled=self.gil_enabled,
         )
 
     def decide(self) -> Decision:
@@ -283,8 +287,8 @@ class Probe:
     def held_gil_alone(self) -> bool:
         """Whether the solo calls held the GIL throughout: the sampler got it back only when the
         interpreter forced a switch, and other programs' load was too small to have delayed the
-        sampler instead."""
-        if self.gil_late is None or not self.solo:
+        sampler instead. Never with the GIL off: there is none to hold."""
+        if not self.gil_enabled or self.gil_late is None or not self.solo:
             return False
         solo_wall = sum(w for w, _ in self.solo)
         return self.gil_late >= 0.5 * self.switch_interval and self.solo_queued <= BUSY_MACHINE * solo_wall

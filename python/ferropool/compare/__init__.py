@@ -12,6 +12,22 @@ The modules, in the order a run goes through them:
 - :mod:`.server`: the local HTTP server the HTTP workloads call;
 - :mod:`.tasks`: the functions that run inside the workers (also used by the benchmarks).
 
+- :mod:`.result`: ``ferropool.compare.run()``, the same from Python, and its report in a notebook.
+
 This file imports nothing: worker processes import :mod:`.tasks` by name to run a task, and
-must not load the rest of the command with it.
+must not load the rest of the command with it (``run`` and ``Comparison`` load on first use).
 """
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for type checkers only: at run time ``__getattr__`` loads them
+    from .result import Comparison, run
+
+__all__ = ["Comparison", "run"]
+
+
+def __getattr__(name: str) -> object:
+    if name in ("run", "Comparison"):
+        from . import result
+
+        return getattr(result, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,17 @@ from .._util import usable_cpu_count
 from .measure import run_compare
 from .report import Progress, format_report
 from .strategies import SERIAL, STRATEGIES
-from .workloads import BUILTIN, Skipped, TargetError, Workload, build_workloads, check_target, load_target
+from .workloads import (
+    BUILTIN,
+    Skipped,
+    TargetError,
+    Workload,
+    build_database_workloads,
+    build_workloads,
+    check_database,
+    check_target,
+    load_target,
+)
 
 if TYPE_CHECKING:
     from .server import DelayServer
@@ -114,6 +124,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="timed runs per strategy and worker count (default 5; 3 with --quick)",
     )
+    parser.add_argument(
+        "--mysql",
+        metavar="DSN",
+        default=None,
+        help="also time queries against this MySQL/MariaDB server, with pymysql and aiomysql: "
+        "mysql://USER[:PASSWORD]@HOST[:PORT][/DATABASE][?unix_socket=PATH] (never started here)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny workloads: a smoke run of a few seconds")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     parser.add_argument(
@@ -142,6 +159,13 @@ def run(args: argparse.Namespace) -> int:
         return _fail("give either a MODULE:FUNCTION target or --workload, not both")
     if args.items and not args.target:
         return _fail("--items applies to a MODULE:FUNCTION target only")
+    if args.mysql and args.target:
+        return _fail("--mysql adds workloads to the built-in run; it does not combine with a MODULE:FUNCTION target")
+    if args.mysql:
+        try:
+            check_database(args.mysql)
+        except TargetError as exc:
+            return _fail(str(exc))
     if args.plot:
         problem = plot.check_path(args.plot)
         if problem:
@@ -163,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
             if {"http", "async_http"} & set(names):
                 server = _start_server(stack)
             workloads = build_workloads(names, quick=args.quick, cores=usable_cpu_count(), server=server)
+            if args.mysql:
+                workloads += build_database_workloads(args.mysql, quick=args.quick)
         progress = Progress(quiet=args.quiet)
         report = run_compare(
             workloads, strategies=strategies, repeats=repeats, workers=args.workers, quick=args.quick, progress=progress

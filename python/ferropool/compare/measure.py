@@ -30,6 +30,7 @@ from contextlib import ExitStack
 from statistics import median
 from typing import Any
 
+from .._interpreter import describe_build, free_threaded_build, gil_enabled
 from .._util import usable_cpu_count
 from . import usage
 from .report import Progress, recommend
@@ -238,8 +239,9 @@ def run_compare(
             "sweep": list(sweep),
             "strategies": by_strategy,
         }
-        report_wl[wl.name]["recommendation"] = recommend(wl.name, report_wl[wl.name], cores)
+        report_wl[wl.name]["recommendation"] = recommend(wl.name, report_wl[wl.name], cores, gil_enabled=gil_enabled())
     progress.done()
+    gil = gil_enabled()  # after the run: importing an extension that needs the GIL turns it back on
     busy_at_end = usage.busy_cores()  # every pool is closed by now: what remains is other programs
     return {
         "schema": SCHEMA,
@@ -247,6 +249,9 @@ def run_compare(
             "usable_cores": cores,
             "cpu_count": os.cpu_count(),
             "python": sys.version.split()[0],
+            "build": describe_build(gil=gil),
+            "free_threaded": free_threaded_build(),
+            "gil_enabled": gil,
             "platform": sys.platform,
             "per_worker_usage": usage.HAVE_PROC,
             "busy_cores_at_start": busy_at_start,

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["check_path", "write"]
+__all__ = ["check_path", "svg", "write"]
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 W, H, LEFT, RIGHT, TOP, BOTTOM = 560, 300, 60, 190, 30, 40
@@ -28,7 +28,7 @@ def check_path(path: str) -> str | None:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            return f"cannot write plot {path!r}: .png needs matplotlib, which is not installed (use .html)"
+            return f"--plot {path} needs matplotlib: pip install 'ferropool[plot]' (or write .html)"
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         return f"cannot write plot {path!r}: {folder} is not a writable folder"
@@ -45,6 +45,12 @@ def _series(wl: dict[str, Any]) -> Iterator[tuple[str, list[tuple[int, float]]]]
         ]
         if points:
             yield name, points
+
+
+def svg(title: str, wl: dict[str, Any]) -> str:
+    """The chart of one workload's report as an SVG element (what ``.html`` holds, and what a
+    notebook shows inline)."""
+    return _svg(title, wl)
 
 
 def _svg(title: str, wl: dict[str, Any]) -> str:
@@ -115,13 +121,13 @@ def _html(report: dict[str, Any]) -> str:
 
 
 def _png(report: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure without pyplot draws with Agg and leaves the process's backend alone: a notebook
+    # that writes a .png keeps its inline plots.
+    from matplotlib.figure import Figure
 
     shown = [(n, wl) for n, wl in report["workloads"].items() if wl.get("available")]
-    fig, axes = plt.subplots(len(shown) or 1, 1, figsize=(8, 3.2 * max(1, len(shown))), squeeze=False)
+    fig = Figure(figsize=(8, 3.2 * max(1, len(shown))))
+    axes = fig.subplots(len(shown) or 1, 1, squeeze=False)
     for ax, (name, wl) in zip(axes[:, 0], shown, strict=False):  # one spare axis when nothing ran
         for strategy, pts in _series(wl):
             if strategy == "serial" and len(pts) == 1:
@@ -135,7 +141,6 @@ def _png(report: dict[str, Any], path: str) -> None:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write(report: dict[str, Any], path: str) -> None:

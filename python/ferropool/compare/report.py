@@ -9,6 +9,12 @@ the fastest, the cheapest to run wins (threads before processes; for
 ``async def`` work, asyncio first).  Within a family, ferropool's class is named
 unless the stdlib's is faster by more than ``SIGNIFICANT``; the worker count is
 the smallest within 5 % of that class's best.
+
+The reasons given depend on the interpreter: with the GIL on, threads that do not
+scale are put down to the GIL; on a free-threaded build running without it,
+threads are expected to run CPU-bound work in parallel, so they are preferred
+whenever they are within ``SIGNIFICANT`` of processes (no pickling, shared
+memory), and threads that do not scale are put down to the work itself.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from .. import _interpreter
 from .strategies import SERIAL, STRATEGIES
 
 __all__ = ["SIGNIFICANT", "WORTHWHILE", "Progress", "format_report", "recommend"]
@@ -87,12 +94,15 @@ def _use(name: str, row: dict[str, Any]) -> str:
     return f"{name}(max_workers={row['workers']})"
 
 
-def recommend(wl_name: str, wl: dict[str, Any], cores: int) -> str:
-    """Return a one-line recommendation for a workload's report, with the measured reason."""
-    return _recommend(wl_name, wl, cores) + _contention(wl, cores)
+def recommend(wl_name: str, wl: dict[str, Any], cores: int, *, gil_enabled: bool | None = None) -> str:
+    """Return a one-line recommendation for a workload's report, with the measured reason.
+
+    ``gil_enabled``: whether the GIL was on for the measurements (default: whether it is on now)."""
+    gil = _interpreter.gil_enabled() if gil_enabled is None else gil_enabled
+    return _recommend(wl_name, wl, cores, gil) + _contention(wl, cores)
 
 
-def _recommend(wl_name: str, wl: dict[str, Any], cores: int) -> str:
+def _recommend(wl_name: str, wl: dict[str, Any], cores: int, gil: bool) -> str:
     best = _family_best(wl["strategies"])
     if not best:
         return f"{wl_name}: nothing could be measured against serial -> see the errors above"
@@ -116,12 +126,23 @@ def _recommend(wl_name: str, wl: dict[str, Any], cores: int) -> str:
     workers = _workers(row)
     if family == "processes":
         if "threads" in best and best["threads"][0] < WORTHWHILE:
-            why = f"the GIL serialises threads ({fig('threads')}); processes give {speedup:.1f}x on {cores} cores"
+            if gil:
+                why = f"the GIL serialises threads ({fig('threads')}); processes give {speedup:.1f}x on {cores} cores"
+            else:
+                why = (
+                    f"threads do not scale ({fig('threads')}) although the GIL is disabled: the work "
+                    f"itself serialises them (a lock, shared objects); processes give {speedup:.1f}x on {cores} cores"
+                )
         else:
             why = f"processes scale further: {speedup:.1f}x with {workers}, threads {fig('threads')}"
     elif family == "threads":
+        reason = (
+            "the GIL is disabled, so threads run the work in parallel"
+            if not gil
+            else "the work releases the GIL or waits"
+        )
         why = (
-            f"the work releases the GIL or waits: threads give {speedup:.1f}x with {workers}, "
+            f"{reason}: threads give {speedup:.1f}x with {workers}, "
             f"processes {fig('processes')}, and threads need no pickling"
         )
     elif family == "asyncio":
@@ -169,8 +190,9 @@ HEADERS = ("strategy", "workers", "median", "min - max", "speedup", "eff/core", 
 def format_report(report: dict[str, Any]) -> str:
     """Return the human-readable table of a report from ``measure.run_compare``."""
     m, cfg = report["machine"], report["config"]
+    build = m.get("build") or f"Python {m['python']}"  # reports written before "build" existed
     lines = [
-        f"ferropool compare: {m['usable_cores']} usable cores, Python {m['python']}, "
+        f"ferropool compare: {m['usable_cores']} usable cores, {build}, "
         f"median of {cfg['repeats']} runs after a warm-up, at each worker count"
     ]
     unavailable: dict[str, str] = {}  # the same for every workload: said once, below the tables

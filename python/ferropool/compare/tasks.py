@@ -15,6 +15,9 @@ them, so that a worker pays for them only if it runs such a task.
   for blocking I/O.
 - :func:`http_get`: a blocking HTTP request (``urllib``); :func:`http_get_async`
   the same request with an ``aiohttp`` client, a coroutine.
+- :func:`mysql_query`: a query with a blocking ``pymysql`` client on this thread's connection;
+  :func:`mysql_query_async` the same with ``aiomysql``, a coroutine.  Both take a
+  ``(dsn, sql)`` pair; :func:`mysql_connect_args` reads the DSN.
 - :func:`array_task`: numpy work over a large array passed as argument,
   so a process pool pays for copying it to the worker.
 - :func:`run_async`: runs a coroutine function to completion in a new event
@@ -24,6 +27,7 @@ them, so that a worker pays for them only if it runs such a task.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers import this module, and typing is slow
@@ -42,6 +46,9 @@ __all__ = [
     "hash_task",
     "http_get",
     "http_get_async",
+    "mysql_connect_args",
+    "mysql_query",
+    "mysql_query_async",
     "run_async",
     "sleep_task",
     "spin",
@@ -147,12 +154,114 @@ async def http_get_async(url: str) -> int:
 
 
 async def close_loop_sessions() -> None:
-    """Close the aiohttp session that :func:`http_get_async` opened on the running loop, if any."""
+    """Close the aiohttp session that :func:`http_get_async` and the aiomysql pool that
+    :func:`mysql_query_async` opened on the running loop, if any."""
     import asyncio
 
-    session = _sessions.pop(asyncio.get_running_loop(), None)
+    loop = asyncio.get_running_loop()
+    session = _sessions.pop(loop, None)
     if session is not None:
         await session.close()
+    opening = _mysql_pools.pop(loop, None)
+    if opening is not None:
+        pool = await opening
+        pool.close()
+        await pool.wait_closed()
+
+
+DSN_FORM = "mysql://USER[:PASSWORD]@HOST[:PORT][/DATABASE][?unix_socket=PATH]"
+
+
+def mysql_connect_args(dsn: str) -> dict[str, Any]:
+    """Return the keyword arguments ``aiomysql.connect`` takes for ``dsn`` (``pymysql.connect``
+    the same, with ``database`` for ``db``)
+    (``DSN_FORM``; user and password percent-encoded, as in a URL). Raises ``ValueError``
+    naming what is wrong."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("mysql", "mariadb"):
+        raise ValueError(f"a MySQL DSN looks like {DSN_FORM}, got {dsn!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"the port of {dsn!r} is not a number") from None
+    args: dict[str, Any] = {
+        "host": parts.hostname or "localhost",
+        "port": port or 3306,
+        "user": unquote(parts.username or "root"),
+        "password": unquote(parts.password or ""),
+    }
+    database = parts.path.strip("/")
+    if database:
+        args["db"] = unquote(database)
+    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+        if key != "unix_socket":
+            raise ValueError(f"unknown DSN parameter {key!r} in {dsn!r} (known: unix_socket)")
+        args["unix_socket"] = values[-1]
+    return args
+
+
+_mysql_args: dict[str, dict[str, Any]] = {}
+_thread_local = threading.local()  # this thread's pymysql connections, by DSN
+
+
+def _mysql_args_of(dsn: str) -> dict[str, Any]:
+    args = _mysql_args.get(dsn)
+    if args is None:
+        args = _mysql_args[dsn] = mysql_connect_args(dsn)
+    return args
+
+
+def mysql_query(job: tuple[str, str]) -> tuple[Any, ...]:
+    """Run ``sql`` of ``job = (dsn, sql)`` with blocking ``pymysql`` and return the first row.
+
+    Uses one connection per thread (and DSN), opened on first use and kept for the thread's
+    life, as a blocking client in a thread pool is written.
+    """
+    dsn, sql = job
+    conns = _thread_local.__dict__.setdefault("mysql", {})
+    conn = conns.get(dsn)
+    if conn is None:
+        import pymysql
+
+        args = dict(_mysql_args_of(dsn))
+        if "db" in args:  # pymysql's name for it; aiomysql knows only "db"
+            args["database"] = args.pop("db")
+        conn = conns[dsn] = pymysql.connect(autocommit=True, **args)
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        row: tuple[Any, ...] = cur.fetchone()
+        return row
+
+
+# One aiomysql pool per event loop (its opening, so that concurrent first calls share it),
+# closed by close_loop_sessions().
+_mysql_pools: dict[asyncio.AbstractEventLoop, asyncio.Future[Any]] = {}
+MYSQL_POOL_SIZE = 64
+
+
+async def mysql_query_async(job: tuple[str, str]) -> tuple[Any, ...]:
+    """Run ``sql`` of ``job = (dsn, sql)`` with ``aiomysql`` and return the first row.
+
+    Uses one connection pool (up to ``MYSQL_POOL_SIZE`` connections) per running event loop;
+    call :func:`close_loop_sessions` before the loop ends.
+    """
+    import asyncio
+
+    import aiomysql
+
+    dsn, sql = job
+    loop = asyncio.get_running_loop()
+    opening = _mysql_pools.get(loop)
+    if opening is None:
+        pool_args = dict(minsize=1, maxsize=MYSQL_POOL_SIZE, autocommit=True, **_mysql_args_of(dsn))
+        opening = _mysql_pools[loop] = asyncio.ensure_future(aiomysql.create_pool(**pool_args))
+    pool = await asyncio.shield(opening)
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(sql)
+        row: tuple[Any, ...] = await cur.fetchone()
+        return row
 
 
 def array_task(array: Any) -> float:

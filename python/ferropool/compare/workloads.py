@@ -6,6 +6,9 @@ A :class:`Workload` is a batch of calls, ``fn(item)`` (sync) or ``await afn(item
 workloads that need a missing optional library (numpy, aiohttp) become a
 :class:`Skipped` with the reason.
 
+Database workloads (:data:`DATABASE`) run only against a server the user names with
+``--mysql DSN`` (:func:`build_database_workloads`); ``compare`` never starts one.
+
 User targets: ``compare mymodule:func --items N`` calls ``func(i)`` for each
 ``i`` in ``range(N)``; an ``async def`` function is awaited.  :func:`load_target`
 imports it and :func:`check_target` runs it once serially (the serial warm-up);
@@ -30,7 +33,18 @@ from .server import BODY
 if TYPE_CHECKING:
     from .server import DelayServer
 
-__all__ = ["BUILTIN", "Skipped", "TargetError", "Workload", "build_workloads", "check_target", "load_target"]
+__all__ = [
+    "BUILTIN",
+    "DATABASE",
+    "Skipped",
+    "TargetError",
+    "Workload",
+    "build_database_workloads",
+    "build_workloads",
+    "check_database",
+    "check_target",
+    "load_target",
+]
 
 # name -> (kind, one-line summary for --help)
 BUILTIN = {
@@ -43,6 +57,12 @@ BUILTIN = {
     "array": ("cpu", "numpy over a large array argument: copying costs"),
 }
 HTTP_DELAY_MS = 20
+# name -> summary; timed only with --mysql DSN, on the user's server
+DATABASE = {
+    "mysql": "queries that wait 5 ms in the server, blocking pymysql (a connection per thread)",
+    "async_mysql": "the same queries with aiomysql (async def; a connection pool per event loop)",
+}
+DATABASE_QUERY_MS = 5
 OPTIONAL = "pip install 'ferropool[compare]'"
 
 
@@ -158,6 +178,59 @@ def build_workloads(
         else:  # argparse validated the names; this guards direct callers
             raise ValueError(f"unknown workload {name!r}")
     return out
+
+
+def build_database_workloads(dsn: str, *, quick: bool) -> list[Workload]:
+    """Return the :data:`DATABASE` workloads against the server of ``dsn``: each a batch of
+    ``SELECT SLEEP(0.005)`` (a serial batch of about 0.25 s; 8 queries with ``quick``)."""
+    n = 8 if quick else 50
+    sql = f"SELECT SLEEP({DATABASE_QUERY_MS / 1000})"
+    items, warmup = ((dsn, sql),) * n, ((dsn, "SELECT 0"),)
+    where = _dsn_without_password(dsn)
+    return [
+        Workload(
+            "mysql", f"{n} x {sql}, pymysql (blocking), {where}", "io", w.mysql_query, None, items, [(0,)] * n, warmup
+        ),
+        Workload(
+            "async_mysql",
+            f"{n} x {sql}, aiomysql (async def), {where}",
+            "io",
+            None,
+            w.mysql_query_async,
+            items,
+            [(0,)] * n,
+            warmup,
+        ),
+    ]
+
+
+def check_database(dsn: str) -> None:
+    """Connect to ``dsn`` once with each client and run a query; raise TargetError saying why
+    not (a malformed DSN, a client library missing, a server that refuses)."""
+    try:
+        w.mysql_connect_args(dsn)
+    except ValueError as exc:
+        raise TargetError(f"--mysql: {exc}") from None
+    for module in ("pymysql", "aiomysql"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise TargetError(f"--mysql needs {module}, not installed ({OPTIONAL})") from None
+    job = (dsn, "SELECT 1")
+    try:
+        w.mysql_query(job)
+        w.run_async(w.mysql_query_async, job)
+    except Exception as exc:
+        raise TargetError(f"--mysql: cannot query {_dsn_without_password(dsn)}: {_one_line(exc)}") from exc
+
+
+def _dsn_without_password(dsn: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 def _same(name: str, description: str, fn: Callable[[Any], Any], arg: Any, n: int, warmup_arg: Any) -> Workload:

@@ -132,7 +132,16 @@ impl Dispatcher {
 
     /// Acts on `ProcessPool::cancel` for tasks that are already at workers.
     fn handle_cancels(&mut self) {
-        let ids = std::mem::take(&mut self.shared.queue.lock().expect("queue poisoned").cancels);
+        let (ids, waiting) = {
+            let mut q = self.shared.queue.lock().expect("queue poisoned");
+            (
+                std::mem::take(&mut q.cancels),
+                std::mem::take(&mut q.cancel_waiting),
+            )
+        };
+        if waiting {
+            self.cancel_waiting();
+        }
         for id in ids {
             // Not found: it finished (or was cancelled) before we got here; nothing to do.
             let Some((slot, pos)) = self.slots.iter().enumerate().find_map(|(slot, w)| {
@@ -154,6 +163,24 @@ impl Dispatcher {
             w.inflight[pos].cancelled = true;
             w.writer.push(Frame::new(Kind::Cancel, id, Vec::new()));
             self.done.push(Done::new(id, Outcome::Cancelled));
+        }
+    }
+
+    /// Cancels every task a worker holds and has not started (see `ProcessPool::cancel_waiting`):
+    /// each is reported `Cancelled` now and skipped by its worker.
+    fn cancel_waiting(&mut self) {
+        for w in self.slots.iter_mut().flatten() {
+            let mut cancelled = Vec::new();
+            for s in w.inflight.iter_mut() {
+                if s.started.is_none() && !s.cancelled {
+                    s.cancelled = true;
+                    cancelled.push(s.id);
+                }
+            }
+            for id in cancelled {
+                w.writer.push(Frame::new(Kind::Cancel, id, Vec::new()));
+                self.done.push(Done::new(id, Outcome::Cancelled));
+            }
         }
     }
 
@@ -665,13 +692,21 @@ impl Dispatcher {
                 });
             }
         }
-        let replaced = !self.stopping && self.startup_failures < MAX_STARTUP_FAILURES;
+        // A closed pool with nothing queued needs no new worker: the tasks left are held by
+        // the others (and a worker dying with tasks it never started requeues them, so it is
+        // replaced). `terminate_workers` relies on this: a replacement would escape its signal.
+        let idle_closed = {
+            let q = self.shared.queue.lock().expect("queue poisoned");
+            q.closed && q.tasks.is_empty()
+        };
+        let replace = !self.stopping && !idle_closed;
+        let replaced = replace && self.startup_failures < MAX_STARTUP_FAILURES;
         self.stats[slot].exited(exit, was_starting, replaced);
         if self.startup_failures >= MAX_STARTUP_FAILURES {
             self.break_pool(format!("worker processes fail to start: {exit}").into_bytes());
             return;
         }
-        if !self.stopping {
+        if replace {
             self.respawn(slot);
         }
     }
