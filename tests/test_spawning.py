@@ -187,3 +187,42 @@ def test_a_fork_context_queue_is_refused_naming_the_argument(tmp_path):
     out = output(done)
     assert out.startswith("SerializationError initargs[1]: ")
     assert "get_context('spawn')" in out
+
+
+def test_a_failing_initializer_logs_to_the_handler_it_set_up(tmp_path):
+    # As the standard library's workers do: CRITICAL on the concurrent.futures logger, which the
+    # initializer pointed at a queue the parent reads, before the parent hears of the failure.
+    # The pool breaks, and says so in _broken.
+    done = run_main(
+        tmp_path,
+        """
+        import logging, logging.handlers
+        from concurrent.futures import BrokenExecutor
+
+        def init_fail(queue):
+            logger = logging.getLogger("concurrent.futures")
+            logger.addHandler(logging.handlers.QueueHandler(queue))
+            logger.propagate = False
+            raise ValueError("error in initializer")
+
+        if __name__ == "__main__":
+            queue = ctx.Queue()
+            pool = ProcessPool(1, initializer=init_fail, initargs=(queue,))
+            assert pool._broken is False or "ValueError" in pool._broken
+            try:
+                pool.submit(abs, 1).result(timeout=30)
+            except BrokenExecutor:
+                pass
+            # Already in the queue: the worker flushed it before reporting the failure.
+            record = queue.get_nowait()
+            message = record.getMessage()  # QueueHandler formats the traceback into it
+            print(record.levelname, message.splitlines()[0], "ValueError: error in initializer" in message)
+            print(pool._broken)
+            pool.shutdown()
+        """,
+        "process",
+    )
+    assert output(done).splitlines() == [
+        "CRITICAL Exception in initializer: True",
+        "ValueError: error in initializer",
+    ]

@@ -399,6 +399,13 @@ class ProcessPool(PoolExecutor):
                 self._engine.close(abort=True)
 
     @property
+    def _broken(self) -> str | bool:
+        """False, or what broke the pool: a compatibility shim for code that polls
+        ``ProcessPoolExecutor._broken``."""
+        broken = self._state.broken
+        return False if broken is None else f"{type(broken).__name__}: {broken}"
+
+    @property
     def _processes(self) -> dict[int, WorkerProcess]:
         """The live worker processes by pid: a compatibility shim for code written against
         ``ProcessPoolExecutor._processes`` (``len(pool._processes)``, ``for p in

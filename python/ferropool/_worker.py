@@ -88,7 +88,11 @@ def _initialize(conn, payload: bytes) -> int:
             _take_authkey(config["authkey"])
         if config["initializer"] is not None:
             initializer, initargs = loads(config["initializer"])
-            started = initializer(*initargs)
+            try:
+                started = initializer(*initargs)
+            except BaseException:
+                _log_initializer_failure()
+                raise
             if type(started) in (_Coroutine, _AsyncGenerator):  # an async initializer
                 from ._concurrent_worker import AsyncInitializer
 
@@ -99,7 +103,9 @@ def _initialize(conn, payload: bytes) -> int:
         # After the initializer, so that its own logging configuration (basicConfig...) holds.
         _ship_logs_once_imported(conn.log_sender(), config.get("log_level"))
     except BaseException as exc:
-        conn.send(_core.KIND_INITFAILED, 0, dumps_exception(exc))
+        failure = dumps_exception(exc)
+        _finish_multiprocessing()
+        conn.send(_core.KIND_INITFAILED, 0, failure)
         conn.flush()
         return 0
     # Flushed before any task runs: the parent treats a death before Ready as a failure to
@@ -107,6 +113,27 @@ def _initialize(conn, payload: bytes) -> int:
     conn.send(_core.KIND_READY, 0, b"")
     conn.flush()
     return max(1, int(config.get("threads", 1)))
+
+
+def _finish_multiprocessing() -> None:
+    """Runs ``multiprocessing``'s exit handlers now, if it is loaded, for a worker about to exit:
+    a ``multiprocessing.Queue`` the initializer wrote to (its log records, say) is flushed before
+    the parent hears of the failure, as it is before a standard-library worker's exit is seen."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util._exit_function()
+
+
+def _log_initializer_failure() -> None:
+    """Logs the initializer's exception on the ``concurrent.futures`` logger at CRITICAL, as the
+    standard library's workers do, where logging has a handler here (one the initializer set up,
+    such as a ``QueueHandler`` to the parent); else the parent's ``BrokenPoolError`` says it all."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return
+    logger = logging.getLogger("concurrent.futures")
+    if logger.hasHandlers():
+        logger.critical("Exception in initializer:", exc_info=True)
 
 
 #: The async initializer's loop and cleanup (``_concurrent_worker.AsyncInitializer``), if any.

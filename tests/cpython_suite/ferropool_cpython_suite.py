@@ -13,11 +13,9 @@ and ``ferropool.ProcessPool``. ferropool has one way of starting a worker (a fre
 as spawn), so only the spawn classes run; the fork and forkserver ones would repeat them and are
 deselected (they still get their ``mp_context``, which ``ProcessPool`` ignores).
 
-``SKIPPED`` lists the tests that do not apply, each with its reason, in three groups: tests that
-read a ``concurrent.futures`` executor's private internals, deliberate differences (documented
-in ``docs/usage.md``), and tests that the standard-library semantics change (``BrokenProcessPool``
-errors, ``cancel_futures``, ``_RemoteTraceback``, ``_processes``) will make pass. They show
-as skipped. ``FERROPOOL_CPYTHON_SUITE_NO_SKIP=1`` runs them too, and
+``SKIPPED`` lists the tests that do not apply, each with its reason, in two groups: tests that
+read a ``concurrent.futures`` executor's private internals (or name it in a child interpreter),
+and deliberate differences (documented in ``docs/usage.md``). They show as skipped. ``FERROPOOL_CPYTHON_SUITE_NO_SKIP=1`` runs them too, and
 ``FERROPOOL_CPYTHON_SUITE=stdlib`` runs the suite on the standard library's executors: the
 reference.
 """
@@ -45,9 +43,6 @@ def _private(name: str) -> str:
 #: are built.
 INTERNALS: dict[str, str] = {
     _DEADLOCK + "test_shutdown_deadlock_pickle": _private("_executor_manager_thread"),
-    "ProcessPoolSpawnFailingInitializerTest::test_initializer": _private("_broken"),
-    "FailingInitializerResourcesTest::test_spawn": "runs FailingInitializerTest.test_initializer, which reads _broken",
-    "FailingInitializerResourcesTest::test_forkserver": "runs FailingInitializerTest.test_initializer, which reads _broken",
     _PROCESS + "test_max_tasks_per_child_defaults_to_spawn_context": _private("_mp_context"),
     _PROCESS + "test_python_finalization_error": (
         "makes the second thread the standard library's executor starts fail; ferropool's threads are not those"
@@ -60,6 +55,7 @@ for _name in ("test_hang_gh83386", "test_interpreter_shutdown", "test_submit_aft
         INTERNALS[_cls + _name] = "its child interpreter imports the executor from concurrent.futures by name"
 
 _AT_SUBMIT = "an argument that cannot be pickled raises at submit, not from result()"
+_EAGER = "every worker starts with the pool (the standard library starts them on demand)"
 _TASK_FAILS = "a task or result that fails to unpickle fails that task alone; the pool stays usable"
 
 #: Deliberate differences from the standard library (docs/usage.md, "CPython's test suite").
@@ -71,36 +67,23 @@ DIFFERENCES: dict[str, str] = {
     _DEADLOCK + "test_exit_at_task_unpickle": _TASK_FAILS,
     _DEADLOCK + "test_error_during_result_unpickle_in_result_handler": _TASK_FAILS,
     _DEADLOCK + "test_exit_during_result_unpickle_in_result_handler": _TASK_FAILS,
+    _PROCESS + "test_idle_process_reuse_one": _EAGER,
+    _PROCESS + "test_idle_process_reuse_multiple": _EAGER,
+    _PROCESS + "test_killed_child": (
+        "a dead worker fails only its task and the pool is not broken: submit keeps working"
+    ),
+    _SHUTDOWN + "test_cancel_futures": (
+        "shutdown(cancel_futures=True) cancels every task no worker has started; the standard "
+        "library cannot cancel the max_workers + 1 it has already queued to its workers, which "
+        "the test counts on finishing"
+    ),
     "ThreadPoolExecutorTest::test_map_submits_without_iteration": (
-        "map is lazy on its input: it submits items as their results are consumed, so an "
-        "iterator never read submits nothing"
+        "map keeps a bounded amount of work in flight and submits more as results are consumed: "
+        "a map never iterated runs only its first chunks"
     ),
 }
 
-_DIED = "a dead worker raises WorkerDiedError, not yet a BrokenProcessPool"
-
-#: Tests that the standard-library semantics change makes pass: WorkerDiedError subclassing
-#: BrokenProcessPool, shutdown(cancel_futures=True), _RemoteTraceback causes and the
-#: _max_workers/_processes attributes.
-STDLIB_SEMANTICS: dict[str, str] = {
-    _DEADLOCK + "test_crash_at_task_unpickle": _DIED,
-    _DEADLOCK + "test_crash_big_data": _DIED,
-    _DEADLOCK + "test_crash_during_func_exec_on_worker": _DIED,
-    _DEADLOCK + "test_crash_during_result_pickle_on_worker": _DIED,
-    _DEADLOCK + "test_shutdown_deadlock": _DIED,
-    _PROCESS
-    + "test_traceback": "the cause is ferropool.errors.RemoteTraceback, not concurrent.futures.process._RemoteTraceback",
-    _SHUTDOWN + "test_cancel_futures": "shutdown(cancel_futures=True) semantics",
-    _PROCESS + "test_idle_process_reuse_one": "reads _processes",
-    _PROCESS + "test_idle_process_reuse_multiple": "reads _processes",
-    _PROCESS + "test_killed_child": "reads _processes",
-    _PROCESS + "test_max_tasks_per_child": "reads _processes",
-}
-
-for _test in STDLIB_SEMANTICS:
-    STDLIB_SEMANTICS[_test] = "fixed by the stdlib-semantics change: " + STDLIB_SEMANTICS[_test]
-
-SKIPPED: dict[str, str] = {**INTERNALS, **DIFFERENCES, **STDLIB_SEMANTICS}
+SKIPPED: dict[str, str] = {**INTERNALS, **DIFFERENCES}
 
 #: Executor mixins whose classes are deselected: ferropool starts every worker as spawn does.
 _OTHER_START_METHODS = ("ProcessPoolFork", "ProcessPoolForkserver")
