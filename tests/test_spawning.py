@@ -226,3 +226,33 @@ def test_a_failing_initializer_logs_to_the_handler_it_set_up(tmp_path):
         "CRITICAL Exception in initializer: True",
         "ValueError: error in initializer",
     ]
+
+
+def test_a_manager_made_after_the_pool_shares_the_workers_authkey(tmp_path):
+    # The workers got the parent's key when they started, before the manager existed.
+    script = tmp_path / "late.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from ferropool import ProcessPool
+
+            def fill(d, i):
+                d[i] = -i
+
+            if __name__ == "__main__":
+                with ProcessPool(1) as pool:
+                    pool.submit(abs, 1).result(timeout=30)  # the worker is up
+                    import multiprocessing
+
+                    with multiprocessing.get_context("spawn").Manager() as manager:
+                        d = manager.dict()
+                        pool.submit(fill, d, 3).result(timeout=30)
+                        print(dict(d))
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, cwd=tmp_path
+    )
+    assert output(done) == "{3: -3}"

@@ -14,8 +14,8 @@ pickles them the same way:
   ``multiprocessing.resource_sharer`` but serving each descriptor as often as asked, since every
   worker the pool starts, replacements included, unpickles the same start data).
 
-Workers take the parent's ``multiprocessing`` ``authkey`` (``set_authkey``), as spawned processes
-do, so that they can also reach a ``Manager``'s server through the proxies passed to tasks.
+Workers take the parent's ``multiprocessing`` ``authkey`` (``parent_authkey``), as spawned
+processes do, so that they can also reach a ``Manager``'s server through the proxies passed to tasks.
 
 Semaphores made by the ``fork`` context (the default one on Linux before Python 3.14) are
 unlinked as soon as they are made, so no process that was not forked from their maker can open
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import threading
 from typing import Any, ClassVar
 
@@ -137,24 +138,21 @@ def release(keys: list[int]) -> None:
 
 
 def parent_authkey() -> bytes:
-    """Returns this process's ``multiprocessing`` ``authkey`` (importing the small module that
-    makes it), for the workers to take."""
+    """Returns this process's ``multiprocessing`` ``authkey``, for the workers to take (a
+    ``Manager`` made later uses the same)."""
     from multiprocessing.process import current_process
 
     return bytes(current_process().authkey)
-
-
-def set_authkey(authkey: bytes) -> None:
-    """Makes ``authkey`` this process's ``multiprocessing`` ``authkey``."""
-    from multiprocessing.process import current_process
-
-    current_process().authkey = authkey
 
 
 def dumps_for_start(obj: tuple[Any, tuple[Any, ...]], what: str) -> tuple[bytes, list[int]]:
     """Pickles a pool's ``(initializer, initargs)`` as spawn pickles a new process's data (see
     the module doc). Returns the pickle and the keys of the descriptors it shares (for
     ``release``); raises ``SerializationError`` naming the argument that cannot be sent."""
+    if "multiprocessing.context" not in sys.modules:  # then none of its objects exist here
+        from ._serialize import dumps
+
+        return dumps(obj, what), []
     from collections import ChainMap
     from multiprocessing import context, reduction
 
