@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: help compare test test-rust test-python wheel test-wheel test-joblib-suite test-cpython-suite test-pythons fuzz-smoke fuzz fuzz-tools install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest check-freethreaded clean
+.PHONY: help compare test test-rust test-python wheel test-wheel test-joblib-suite test-cpython-suite test-pythons fuzz-smoke fuzz fuzz-tools install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest check-freethreaded loom clean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -126,6 +126,21 @@ FREETHREADED_ENV := PYO3_CONFIG_FILE=$(CURDIR)/ci/pyo3-freethreaded-3.14.txt FER
 check-freethreaded:  ## compile and clippy the binding for free-threaded CPython 3.14 (no interpreter needed)
 	$(FREETHREADED_ENV) cargo check -p ferropool-py --no-default-features --lib
 	$(FREETHREADED_ENV) cargo clippy -p ferropool-py --no-default-features --all-targets -- -D warnings
+
+# Model checking (docs/development.md, "Model checking"): loom runs each wake-up protocol's model
+# in every interleaving (up to its preemption bound). `--cfg loom` changes every crate's flags, so
+# it builds in a target directory of its own instead of invalidating the usual one. The models
+# compile only under `--cfg loom`, so they are linted here rather than by `make lint-rust`.
+LOOM_TARGET_DIR ?= target/loom
+
+# Optimised (loom runs each model thousands of times) but without the release profile's
+# link-time optimisation and single codegen unit, which only slow the build down here.
+LOOM_ENV := RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=$(LOOM_TARGET_DIR) \
+	CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
+
+loom:  ## model-check the wake-up protocols with loom (the engine's `loom_model` tests)
+	$(LOOM_ENV) cargo clippy -p ferropool-engine --lib --tests -- -D warnings
+	$(LOOM_ENV) timeout 600 cargo test -p ferropool-engine --release --lib -- loom_model::
 
 # Fuzzing (docs/development.md, "Fuzzing"). cargo-fuzz needs nightly compiler flags; the stable
 # toolchain accepts them under RUSTC_BOOTSTRAP=1. Each run starts from the committed corpus in

@@ -42,6 +42,33 @@ def meet_then_block(barrier) -> None:
     time.sleep(3600)
 
 
+class SlowToLoad:
+    """An argument whose first unpickling (in a worker) blocks until ``go`` is set, after
+    setting ``loading``: its task is taken by a thread but has not begun. Later unpicklings pass."""
+
+    def __init__(self, loading, go, loads) -> None:
+        self.loading, self.go, self.loads = loading, go, loads
+
+    def __getstate__(self) -> tuple:
+        return self.loading, self.go, self.loads
+
+    def __setstate__(self, state: tuple) -> None:
+        self.loading, self.go, self.loads = state
+        self.loads.add(1)
+        if self.loads.value == 1:
+            self.loading.set()
+            self.go.wait(20)
+
+
+def loaded(arg: SlowToLoad) -> int:
+    return arg.loads.value
+
+
+def exit_once_loading(loading) -> None:
+    loading.wait(20)
+    os._exit(5)
+
+
 def sleep_long() -> None:
     time.sleep(3600)  # blocked in C: only stopping its worker ends it
 
@@ -119,6 +146,19 @@ def test_a_dying_process_fails_its_running_tasks_and_the_pool_heals():
         with pytest.raises(WorkerDiedError):
             beside.result(timeout=RESULT_TIMEOUT)
         assert [f.result(timeout=RESULT_TIMEOUT) for f in queued] == [0, 2, 4, 6]
+
+
+def test_a_task_its_thread_had_not_begun_when_the_process_died_runs_again():
+    # The task's thread is still unpickling its arguments when a task beside it ends the
+    # process: it had not begun, so it runs again elsewhere instead of failing.
+    with HybridPool(1, 2) as pool:
+        loading, go, loads = shared.Event(), shared.Event(), shared.Value("q", 0)
+        waiting = pool.submit(loaded, SlowToLoad(loading, go, loads))
+        crash = pool.submit(exit_once_loading, loading)
+        with pytest.raises(WorkerDiedError) as died:
+            crash.result(timeout=RESULT_TIMEOUT)
+        assert died.value.exitcode == 5
+        assert waiting.result(timeout=RESULT_TIMEOUT) == 2, "unpickled once in each process"
 
 
 def test_a_thread_task_past_its_timeout_stops_its_process_and_the_others_rerun():

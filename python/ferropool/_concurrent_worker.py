@@ -114,20 +114,19 @@ class Runner:
         while True:
             task_id, payload, buffers = self.plain.get()
             with self.cond:
-                if task_id in self.skip:
-                    self.skip.discard(task_id)
-                    skipped = True
-                else:
-                    skipped = False
-                    others = self.unanswered > 1
+                skipped = task_id in self.skip
+                self.skip.discard(task_id)
             if skipped:
                 self._answer(CANCEL, task_id, b"", 0, None)
                 continue
-            if others:
-                self.announce_start(task_id)
             start = _perf()
             try:
                 fn, args, kwargs = loads(payload, buffers=buffers)
+                # Every task on a thread is announced, as late as can be: if a task beside it
+                # kills the process, the parent fails the tasks it knows had begun and runs the
+                # others again elsewhere. (The oldest task need not be the one running: its
+                # thread may still wait for the GIL while another runs the tasks behind it.)
+                self.announce_start(task_id)
                 value = fn(*args, **kwargs)
                 if type(value) is _Coroutine:  # from a callable not flagged async (a partial...)
                     value = _run_here(value)
@@ -140,8 +139,10 @@ class Runner:
     # ------------------------------------------------------------------ coroutines on loops
 
     def submit_coroutine(self, task_id: int, payload: bytes, buffers) -> None:
-        if self._begin():
-            self.announce_start(task_id)
+        # Announced always: with several threads the parent does not take the oldest task for
+        # the running one (see _plain_thread).
+        self._begin()
+        self.announce_start(task_id)
         loop = self._loop()
         loop.call_soon_threadsafe(self._create, task_id, payload, buffers)
 

@@ -254,6 +254,8 @@ impl FrameReader {
 pub struct FrameWriter {
     buf: Vec<u8>,
     written: usize,
+    /// Bytes written since the writer was made (the stream offset of `buf[written]`).
+    sent: u64,
     /// Descriptors to send, each with the buffer offset of the frame that owns them.
     fds: VecDeque<(usize, Vec<OwnedFd>)>,
 }
@@ -261,6 +263,17 @@ pub struct FrameWriter {
 impl FrameWriter {
     pub fn new() -> FrameWriter {
         FrameWriter::default()
+    }
+
+    /// Returns the stream offset of the end of everything queued so far: once `sent` reaches
+    /// it, those frames have all been written.
+    pub fn queued_end(&self) -> u64 {
+        self.sent + self.pending() as u64
+    }
+
+    /// Returns the number of bytes written since the writer was made.
+    pub fn sent(&self) -> u64 {
+        self.sent
     }
 
     /// Returns the number of bytes queued but not yet written.
@@ -364,6 +377,7 @@ impl FrameWriter {
                         self.fds.pop_front();
                     }
                     self.written += n;
+                    self.sent += n as u64;
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => return Ok(false),

@@ -33,15 +33,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::channel::{set_nonblocking, FrameReader, FrameWriter};
+use crate::flush_schedule::{FlushSchedule, Step};
 use crate::frame::{Frame, Kind};
 use crate::journal::{self, Journal};
 
-/// Longest an answer is held back before the flusher writes it.
-pub const MAX_HOLD: Duration = Duration::from_millis(1);
-/// How long the flusher keeps looking every `MAX_HOLD` after it last saw an answer held, before
-/// it sleeps until woken. While tasks stream in batches it is never woken: a wake-up per batch
-/// (a futex call, two context switches) costs more than a batch of tiny tasks saves.
-const FLUSHER_IDLE_AFTER: Duration = Duration::from_millis(20);
+pub use crate::flush_schedule::MAX_HOLD;
 /// Most bytes of answers held back; past this they are written at once.
 const MAX_HELD_BYTES: usize = journal::CAPACITY;
 /// How often a worker waiting for its next task gives spare memory back.
@@ -66,15 +62,11 @@ struct Outbox {
     wake: Condvar,
 }
 
-#[derive(Default)]
 struct OutState {
     writer: FrameWriter,
-    /// When the oldest answer now held back was queued.
-    held_since: Option<Instant>,
+    /// When what is held must leave, and whether the flusher sleeps (`flush_schedule.rs`).
+    schedule: FlushSchedule,
     flusher_started: bool,
-    /// The flusher sleeps until woken (no answer was held for `FLUSHER_IDLE_AFTER`); otherwise
-    /// it looks every `MAX_HOLD` by itself and needs no wake-up.
-    flusher_idle: bool,
     closed: bool,
     /// The copy of what is held back that the parent reads if this process dies (`journal.rs`;
     /// None until `Init` brings its file, or if it could not be mapped).
@@ -86,7 +78,13 @@ impl Connection {
     pub fn new(sock: OwnedFd) -> io::Result<Connection> {
         set_nonblocking(sock.as_fd(), false)?;
         let out = Arc::new(Outbox {
-            state: Mutex::new(OutState::default()),
+            state: Mutex::new(OutState {
+                writer: FrameWriter::default(),
+                schedule: FlushSchedule::new(Instant::now()),
+                flusher_started: false,
+                closed: false,
+                journal: None,
+            }),
             wake: Condvar::new(),
         });
         Ok(Connection {
@@ -301,10 +299,7 @@ fn hold(out: &Arc<Outbox>, sock: &Arc<OwnedFd>, mut st: MutexGuard<'_, OutState>
         let _ = write_all(&mut st, sock);
         return;
     }
-    if st.held_since.is_some() {
-        return;
-    }
-    st.held_since = Some(Instant::now());
+    let wake = st.schedule.hold(Instant::now());
     if !st.flusher_started {
         let (flusher_out, flusher_sock) = (out.clone(), sock.clone());
         let spawned = std::thread::Builder::new()
@@ -316,9 +311,7 @@ fn hold(out: &Arc<Outbox>, sock: &Arc<OwnedFd>, mut st: MutexGuard<'_, OutState>
             return;
         }
         st.flusher_started = true;
-        st.flusher_idle = false;
-    } else if st.flusher_idle {
-        st.flusher_idle = false;
+    } else if wake {
         drop(st);
         out.wake.notify_one();
     }
@@ -336,37 +329,25 @@ impl Outbox {
     /// The flusher thread: writes out answers held for `MAX_HOLD` until the connection drops.
     fn run_flusher(&self, sock: &OwnedFd) {
         let mut st = self.lock();
-        let mut last_held = Instant::now();
         while !st.closed {
-            let now = Instant::now();
-            st = match st.held_since {
-                Some(since) => {
-                    last_held = now;
-                    let due = since + MAX_HOLD;
-                    if now >= due {
-                        // An error means the parent is gone; the main thread finds out itself.
-                        let _ = write_all(&mut st, sock);
-                        continue;
-                    }
+            st = match st.schedule.next(Instant::now()) {
+                Step::Write => {
+                    // An error means the parent is gone; the main thread finds out itself.
+                    let _ = write_all(&mut st, sock);
+                    continue;
+                }
+                Step::Wait(d) => {
                     self.wake
-                        .wait_timeout(st, due - now)
+                        .wait_timeout(st, d)
                         .unwrap_or_else(|p| p.into_inner())
                         .0
                 }
-                // Answers are streaming: look again in MAX_HOLD rather than be woken for each.
-                None if now.duration_since(last_held) < FLUSHER_IDLE_AFTER => {
-                    self.wake
-                        .wait_timeout(st, MAX_HOLD)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-                None => {
-                    // Quiet: sleep until `hold` wakes us (it sees `flusher_idle`). The flag is set
-                    // under the lock that `wait` releases, so no hold can slip in between.
-                    st.flusher_idle = true;
-                    let woken = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
-                    last_held = Instant::now();
-                    woken
+                Step::Sleep => {
+                    // Quiet: sleep until `hold` wakes us. `next` marked us idle under the lock
+                    // that `wait` releases, so no hold can slip in between.
+                    let mut st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                    st.schedule.woken(Instant::now());
+                    st
                 }
             };
         }
@@ -376,7 +357,7 @@ impl Outbox {
 /// Writes everything queued (blocking) and clears the hold. Once the bytes are in the socket
 /// they outlive this process, so the parent's copy of them is emptied.
 fn write_all(st: &mut OutState, sock: &OwnedFd) -> io::Result<()> {
-    st.held_since = None;
+    st.schedule.written();
     st.writer.flush(sock.as_fd())?;
     if st.writer.pending() == 0 {
         if let Some(journal) = st.journal.as_mut() {

@@ -14,13 +14,14 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::buffer::MemFile;
+use crate::doorbell::Doorbell;
 use crate::stats::{StatsBoard, WorkerStats};
 use crate::worker::Exit;
 
@@ -234,10 +235,8 @@ pub(crate) struct Shared {
     /// Signalled when unfinished tasks finish, for submitters waiting under `max_pending`.
     pub room_cv: Condvar,
     pub max_pending: Option<usize>,
-    /// An eventfd the dispatcher polls; written when there is news for it.
-    pub wake_fd: OwnedFd,
-    /// Set while a wake-up is pending, so a burst of submits costs one write.
-    pub wake_pending: AtomicBool,
+    /// Rung when there is news for the dispatcher (`doorbell.rs`).
+    pub doorbell: Doorbell,
     /// Kill workers now instead of letting them finish (shutdown without waiting).
     pub abort: AtomicBool,
     /// Snapshots of the workers' statistics, published on request.
@@ -245,11 +244,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Wakes the dispatcher unless a wake-up is already on its way.
+    /// Wakes the dispatcher unless a wake-up is already on its way. Call it after the change
+    /// the dispatcher is to see.
     pub fn wake(&self) {
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
-            let _ = nix::unistd::write(self.wake_fd.as_fd(), &1u64.to_ne_bytes());
-        }
+        self.doorbell.ring();
     }
 
     /// Counts `n` tasks as no longer pending and wakes submitters waiting for room.
@@ -322,10 +320,7 @@ impl ProcessPool {
                 "empty worker command",
             ));
         }
-        let wake_fd = nix::sys::eventfd::EventFd::from_value_and_flags(
-            0,
-            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
-        )?;
+        let doorbell = Doorbell::new()?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 wants_tasks: true,
@@ -335,8 +330,7 @@ impl ProcessPool {
             done_cv: Condvar::new(),
             room_cv: Condvar::new(),
             max_pending: config.max_pending,
-            wake_fd: wake_fd.into(),
-            wake_pending: AtomicBool::new(false),
+            doorbell,
             abort: AtomicBool::new(false),
             stats: StatsBoard::default(),
         });

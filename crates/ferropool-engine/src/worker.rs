@@ -69,6 +69,9 @@ pub struct Sent {
     /// When it was asked to stop while running beside other tasks (a `Cancel` frame was sent
     /// instead of stopping the whole worker); past the grace period the worker is stopped.
     pub stop_asked: Option<Instant>,
+    /// Stream offset of the end of its `Task` frame in the writer: the worker cannot have
+    /// begun it unless the writer's `sent` reached this.
+    pub frame_end: u64,
 }
 
 /// A worker being stopped, because its running task timed out or was cancelled, or because it
@@ -116,6 +119,10 @@ pub struct Worker {
     pub corrupt: Option<String>,
     /// The socket reached end of stream: stop polling it, wait for the pidfd.
     pub sock_closed: bool,
+    /// Writing to the socket failed: the worker is gone or going (its pidfd will say how). No
+    /// more is written, but what it sent before is still read: a write fails as soon as the
+    /// worker exits, while its answers wait in the socket.
+    pub write_closed: bool,
     /// The worker's stderr, relayed line by line; its tail goes into crash reports.
     pub stderr: LineRelay,
     /// The worker's stdout, relayed line by line.
@@ -206,6 +213,7 @@ impl Worker {
             tasks_sent: 0,
             task_us: None,
             sock_closed: false,
+            write_closed: false,
             corrupt: None,
             journal: None,
             stderr,
@@ -294,14 +302,20 @@ impl Worker {
             started: None,
             cancelled: false,
             stop_asked: None,
+            frame_end: self.writer.queued_end(),
         });
         self.tasks_sent += 1;
         self.front_started();
     }
 
     /// Dates the front task's start (now) if the worker is ready and it was not dated yet.
+    ///
+    /// Only for a worker that runs one task at a time: with several threads the oldest task
+    /// need not have begun (its thread may still wait for the GIL while another runs the tasks
+    /// behind it), so such a worker announces each task it begins (`Start`, see
+    /// `announced_start`), and a task it dies before announcing runs again elsewhere.
     pub fn front_started(&mut self) {
-        if self.phase == Phase::Starting {
+        if self.phase == Phase::Starting || self.threads > 1 {
             return;
         }
         if let Some(front) = self.inflight.front_mut() {
@@ -313,6 +327,20 @@ impl Worker {
                 front.stop_asked = Some(Instant::now());
                 self.stop_asks += 1;
             }
+        }
+    }
+
+    /// The worker says it began task `id` (a `Start` frame). One cancelled while it waited
+    /// here had begun before the `Cancel` arrived: it is asked to stop, and past `stop_grace`
+    /// its worker is stopped.
+    pub fn announced_start(&mut self, id: u64) {
+        let Some(s) = self.inflight.iter_mut().find(|s| s.id == id) else {
+            return;
+        };
+        s.started.get_or_insert_with(Instant::now);
+        if s.cancelled && s.stop_asked.is_none() {
+            s.stop_asked = Some(Instant::now());
+            self.stop_asks += 1;
         }
     }
 
@@ -350,6 +378,11 @@ impl Worker {
             sent.stop_asked = Some(Instant::now());
             self.stop_asks += 1;
         }
+    }
+
+    /// Bytes written to the worker so far (compare with `Sent::frame_end`).
+    pub fn writer_sent(&self) -> u64 {
+        self.writer.sent()
     }
 
     /// Takes every `inflight` entry (the worker is going away, or the pool is breaking).

@@ -567,3 +567,47 @@ fn log_records_arrive_before_the_outcome_of_their_task() {
     pool.close(false);
     assert!(pool.join(Some(LIMIT)));
 }
+
+/// A worker can stop reading (it is exiting, or it shut its socket's reading side) while its
+/// answers are still on their way: the parent's write to it fails, but what it wrote before
+/// must still be read. Here the parent tries to send a second task after the worker went deaf
+/// and before the worker answers the first.
+#[test]
+fn a_failed_write_to_a_worker_does_not_lose_what_it_sent() {
+    let dir = std::env::temp_dir().join(format!(
+        "ferropool-deaf-{}-{:?}",
+        std::process::id(),
+        Instant::now()
+    ));
+    std::fs::create_dir(&dir).unwrap();
+    for fifo in ["deaf", "answer"] {
+        nix::unistd::mkfifo(&dir.join(fifo), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    }
+    let pool = ProcessPool::start(config(1)).unwrap();
+    pool.submit(1, format!("deaf:{}", dir.display()).into_bytes())
+        .unwrap();
+    // Wait (opening a FIFO blocks until the worker opens its end) until it went deaf.
+    let mut deaf = std::fs::File::open(dir.join("deaf")).unwrap();
+    let mut byte = [0u8; 1];
+    std::io::Read::read_exact(&mut deaf, &mut byte).unwrap();
+    // The dispatcher writes a task in the turn that takes it from the queue, before it reads
+    // again: once task 2 has left the queue, its write has failed or is about to.
+    pool.submit(2, b"echo:two".to_vec()).unwrap();
+    wait_until_sent(&pool, 2);
+    let mut answer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("answer"))
+        .unwrap();
+    std::io::Write::write_all(&mut answer, b"a").unwrap();
+    let got = collect(&pool, 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        returned(&got[&1]),
+        "heard",
+        "the deaf worker's answer was lost"
+    );
+    // Never written to the deaf worker, it runs on its replacement.
+    assert_eq!(returned(&got[&2]), "two");
+    pool.close(false);
+    assert!(pool.join(Some(LIMIT)));
+}

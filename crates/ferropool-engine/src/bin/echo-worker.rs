@@ -6,8 +6,13 @@
 //! before it exits after `Shutdown` (a process stuck at exit), `pid` returns the worker's pid, `raise:<text>` answers `Err` with
 //! the text, `exit:<code>` prints a line to stderr and exits at once with that code (a crash
 //! mid-task), `log:<text>` sends the text as a log record from another thread and returns it.
+//! `deaf:<dir>` shuts down the reading side of its socket (so the parent's next write fails,
+//! while what the worker writes still arrives), writes a byte to the FIFO `<dir>/deaf`, waits
+//! for a byte from the FIFO `<dir>/answer`, returns `heard`, and exits once it has read what
+//! was queued before.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use ferropool_engine::connection::Connection;
 use ferropool_engine::frame::{Frame, Kind};
@@ -63,6 +68,9 @@ fn main() {
                         break;
                     }
                     (Kind::Ok, t.as_bytes().to_vec())
+                } else if let Some(dir) = cmd.strip_prefix("deaf:") {
+                    go_deaf(&conn, std::path::Path::new(dir));
+                    (Kind::Ok, b"heard".to_vec())
                 } else if cmd == "pid" {
                     (Kind::Ok, std::process::id().to_string().into_bytes())
                 } else if let Some(t) = cmd.strip_prefix("raise:") {
@@ -91,4 +99,23 @@ fn ignore_sigterm() {
     unsafe {
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
     }
+}
+
+/// Shuts down the reading side of the worker's socket, then tells the test (FIFO `deaf`) and
+/// waits for its go-ahead (FIFO `answer`). Opening a FIFO blocks until the other end opens it,
+/// so both waits are on the test's own steps.
+fn go_deaf(conn: &Connection, dir: &std::path::Path) {
+    // SAFETY: shutdown(2) on a descriptor this process owns (borrowed from `conn`, which
+    // outlives the call); it touches no memory of ours.
+    unsafe {
+        libc::shutdown(conn.as_fd().as_raw_fd(), libc::SHUT_RD);
+    }
+    let mut deaf = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("deaf"))
+        .expect("FIFO deaf");
+    deaf.write_all(b"d").expect("FIFO deaf");
+    let mut answer = std::fs::File::open(dir.join("answer")).expect("FIFO answer");
+    let mut byte = [0u8; 1];
+    answer.read_exact(&mut byte).expect("FIFO answer");
 }

@@ -26,7 +26,7 @@
 //! thread touches, and copied to `Shared::stats` when a caller asks. Log records workers send
 //! are passed on with the finished tasks, before them.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,7 +143,6 @@ impl Dispatcher {
             self.cancel_waiting();
         }
         for id in ids {
-            // Not found: it finished (or was cancelled) before we got here; nothing to do.
             let Some((slot, pos)) = self.slots.iter().enumerate().find_map(|(slot, w)| {
                 let pos = w
                     .as_ref()?
@@ -152,6 +151,14 @@ impl Dispatcher {
                     .position(|s| s.id == id && !s.cancelled)?;
                 Some((slot, pos))
             }) else {
+                // Back in the queue: the worker that held it died after the caller looked, and
+                // it was requeued. Otherwise it finished (or was cancelled) before we got here.
+                let mut q = self.shared.queue.lock().expect("queue poisoned");
+                if let Some(at) = q.tasks.iter().position(|t| t.id == id) {
+                    q.tasks.remove(at);
+                    drop(q);
+                    self.done.push(Done::new(id, Outcome::Cancelled));
+                }
                 continue;
             };
             let w = self.slots[slot].as_mut().expect("found above");
@@ -369,10 +376,11 @@ impl Dispatcher {
 
     fn flush_all(&mut self) {
         for w in self.slots.iter_mut().flatten() {
-            if w.writer.pending() > 0 && !w.sock_closed {
-                // A write error means the worker is gone; its pidfd will tell us how.
+            if w.writer.pending() > 0 && !w.sock_closed && !w.write_closed {
+                // A write error means the worker is gone; its pidfd will tell us how. Reading
+                // goes on: the answers it wrote before it died are still in the socket.
                 if w.flush().is_err() {
-                    w.sock_closed = true;
+                    w.write_closed = true;
                 }
             }
         }
@@ -380,13 +388,13 @@ impl Dispatcher {
 
     /// Sleeps until a worker or a caller has news, or until `next_timer`.
     fn wait_and_handle(&mut self, next_timer: Option<Instant>) {
-        let mut fds = vec![PollFd::new(self.shared.wake_fd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(self.shared.doorbell.fd(), PollFlags::POLLIN)];
         let mut owners = Vec::new();
         for (slot, w) in self.slots.iter().enumerate() {
             let Some(w) = w else { continue };
             if !w.sock_closed {
                 let mut ev = PollFlags::POLLIN;
-                if w.writer.pending() > 0 {
+                if w.writer.pending() > 0 && !w.write_closed {
                     ev |= PollFlags::POLLOUT;
                 }
                 fds.push(PollFd::new(w.sock(), ev));
@@ -448,14 +456,8 @@ impl Dispatcher {
             .revents()
             .is_some_and(|r| r.contains(PollFlags::POLLIN))
         {
-            // Drain the counter first, then clear the flag. The other order loses wake-ups: a
-            // submit between the two would see the flag clear, write, and have its write
-            // swallowed by our read, leaving the flag set and nobody to wake us. In this order
-            // a submit that still sees the flag set pushed its task before we clear it, and
-            // `assign` runs after that.
-            let mut buf = [0u8; 8];
-            let _ = nix::unistd::read(&self.shared.wake_fd, &mut buf);
-            self.shared.wake_pending.store(false, Ordering::Release);
+            // Before the next `assign` looks at the queue (`doorbell.rs` says why).
+            self.shared.doorbell.answer();
         }
         drop(fds);
         for (slot, _, _) in ready.iter().filter(|r| !r.1) {
@@ -538,11 +540,7 @@ impl Dispatcher {
                 self.startup_failures = 0;
             }
             Kind::InitFailed => self.break_pool(frame.payload),
-            Kind::Start => {
-                if let Some(s) = w.inflight.iter_mut().find(|s| s.id == frame.id) {
-                    s.started.get_or_insert_with(Instant::now);
-                }
-            }
+            Kind::Start => w.announced_start(frame.id),
             Kind::Cancel => {
                 // The worker skipped (or stopped) a task cancelled there, reported already.
                 if w.inflight.iter().any(|s| s.id == frame.id && s.cancelled) {
@@ -654,6 +652,7 @@ impl Dispatcher {
         let was_starting = w.phase == Phase::Starting;
         let reason = w.corrupt.take();
         let was_stopped = w.stop.is_some();
+        let sent = w.writer_sent();
         let orphans = w.take_all();
         drop(w);
         if was_starting {
@@ -666,7 +665,9 @@ impl Dispatcher {
             if s.cancelled {
                 continue; // reported when cancelled
             }
-            if s.started.is_some() && !was_stopped {
+            // A task whose frame did not wholly leave (a write failed as the worker went)
+            // never reached it, whatever the order of answers suggested.
+            if s.started.is_some() && !was_stopped && s.frame_end <= sent {
                 // It was running when the worker died: the likely culprit.
                 self.done.push(Done::new(
                     s.id,
@@ -840,7 +841,7 @@ impl Dispatcher {
 /// The figures of worker `w` that `placement` decides on.
 fn load(w: &Worker) -> Load {
     Load {
-        accepting: w.phase != Phase::Draining && !w.sock_closed,
+        accepting: w.phase != Phase::Draining && !w.sock_closed && !w.write_closed,
         task_us: w.task_us,
         threads: w.threads,
         tasks: w.inflight.len() - w.coroutines,

@@ -9,6 +9,7 @@
 //!   of a dead owner and say so.
 //! - `rlock`, `event`, `semaphore`, `barrier`: the other `threading` primitives.
 //! - `queue`: a bounded multi-producer multi-consumer queue of byte strings.
+//! - `sleepers`: how the queue's producers and consumers sleep and wake each other.
 //! - `spill`: the large buffers of queue items, out of the ring, in a memory file that only grows.
 //! - `value`: one number with atomic load, store, add and compare-and-swap.
 //!
@@ -24,6 +25,7 @@ pub mod queue;
 pub mod rlock;
 pub mod segment;
 pub mod semaphore;
+mod sleepers;
 pub mod spill;
 pub mod value;
 

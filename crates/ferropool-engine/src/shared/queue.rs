@@ -17,8 +17,9 @@
 //! sequence word, then re-checks its condition, then sleeps while the word is unchanged; the other
 //! side updates `head`/`tail` and `puts`/`gets`, bumps the sequence word, then wakes if the sleeper count is
 //! non-zero. With sequentially consistent operations, either the waker sees the registration or
-//! the sleeper's re-check (or the kernel's compare) sees the update: no lost wake-up. Only the
-//! holder of the side's lock ever sleeps on its sequence word, so waking one is enough.
+//! the sleeper's re-check (or the kernel's compare) sees the update: no lost wake-up (`sleepers.rs`
+//! holds this protocol, and its loom model). Only the holder of the side's lock ever sleeps on its
+//! sequence word, so waking one is enough.
 //!
 //! Nothing read from shared memory is trusted to stay in bounds: any process that maps the
 //! segment can write any bytes into it. The ring's size and the item limit are read once, when
@@ -38,7 +39,7 @@ use std::time::Duration;
 
 use super::lock;
 use super::segment::{Kind, Segment};
-use super::{deadline, futex, remaining, TimedOut};
+use super::{deadline, remaining, sleepers, TimedOut};
 
 /// Aligns its content to a cache line, so producers and consumers do not share one.
 #[repr(C, align(64))]
@@ -296,12 +297,7 @@ impl Queue {
             if spin_until(&has_room) {
                 break;
             }
-            c.put_sleepers.fetch_add(1, Ordering::SeqCst);
-            let seq = c.rseq.load(Ordering::SeqCst);
-            if !has_room() {
-                futex::wait(&c.rseq, seq, left);
-            }
-            c.put_sleepers.fetch_sub(1, Ordering::SeqCst);
+            sleepers::sleep(&c.rseq, &c.put_sleepers, has_room, left);
             if corrupt() {
                 let _ = lock::unlock(&p.lock);
                 return Err(QueueError::Corrupt);
@@ -314,10 +310,7 @@ impl Queue {
         }
         p.head.store(head.wrapping_add(need), Ordering::SeqCst);
         p.puts.store(puts.wrapping_add(1), Ordering::SeqCst);
-        p.wseq.fetch_add(1, Ordering::SeqCst);
-        if p.get_sleepers.load(Ordering::SeqCst) > 0 {
-            futex::wake(&p.wseq, 1);
-        }
+        sleepers::wake_one(&p.wseq, &p.get_sleepers);
         let _ = lock::unlock(&p.lock);
         Ok(())
     }
@@ -354,12 +347,7 @@ impl Queue {
             if spin_until(&has_item) {
                 break;
             }
-            p.get_sleepers.fetch_add(1, Ordering::SeqCst);
-            let seq = p.wseq.load(Ordering::SeqCst);
-            if !has_item() {
-                futex::wait(&p.wseq, seq, left);
-            }
-            p.get_sleepers.fetch_sub(1, Ordering::SeqCst);
+            sleepers::sleep(&p.wseq, &p.get_sleepers, has_item, left);
         }
         let used = p.head.load(Ordering::SeqCst).wrapping_sub(tail);
         let mut len = [0u8; LEN];
@@ -381,10 +369,7 @@ impl Queue {
         c.tail
             .store(tail.wrapping_add((LEN + len) as u64), Ordering::SeqCst);
         c.gets.store(gets.wrapping_add(1), Ordering::SeqCst);
-        c.rseq.fetch_add(1, Ordering::SeqCst);
-        if c.put_sleepers.load(Ordering::SeqCst) > 0 {
-            futex::wake(&c.rseq, 1);
-        }
+        sleepers::wake_one(&c.rseq, &c.put_sleepers);
         let _ = lock::unlock(&c.lock);
         Ok(())
     }
