@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: help compare test test-rust test-python wheel test-wheel test-joblib-suite fuzz-smoke fuzz fuzz-tools install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest check-freethreaded loom clean
+.PHONY: help compare test test-rust test-python wheel test-wheel test-joblib-suite test-cpython-suite test-pythons fuzz-smoke fuzz fuzz-tools install dev lint lint-rust lint-python lint-tools fix bench bench-scaleout stubtest check-freethreaded loom clean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ install: $(PY)  ## build the wheel and install it with the test extra
 compare: install  ## build, install and run `ferropool compare` on the built-in workloads
 	$(VENV)/bin/ferropool compare
 
-test: install test-rust test-python test-joblib-suite test-wheel  ## build, install and run every test (cargo test, pytest, joblib's suite, the wheel)
+test: install test-rust test-python test-joblib-suite test-wheel test-cpython-suite test-pythons  ## build, install and run every test (cargo test, pytest, joblib's and CPython's suites, the wheel, other Pythons)
 
 test-rust:  ## engine unit and end-to-end tests
 	timeout 900 cargo test --workspace --exclude ferropool-py
@@ -52,6 +52,33 @@ test-wheel: install wheel  ## install the wheel into a fresh venv with no Rust o
 test-joblib-suite:  ## joblib's test_parallel against the ferropool joblib backends
 	PYTHONPATH=tests/joblib_suite $(PY) -m pytest -p ferropool_joblib_suite -p no:cacheprovider \
 		--pyargs joblib.test.test_parallel -q --durations=5
+
+# CPython's own test.test_concurrent_futures (3.13's: pyenv's 3.11 and 3.12 lack it) on ThreadPool
+# and ProcessPool, in .venv-3.13; tests/cpython_suite/ferropool_cpython_suite.py swaps the
+# executors in and lists the skipped tests. FERROPOOL_CPYTHON_SUITE=stdlib runs the standard
+# library's executors instead: the reference. pytest's logging plugin would take the records
+# that the suite reads from stderr.
+CPYTHON_SUITE_PYTHON ?= 3.13
+test-cpython-suite:  ## CPython's test_concurrent_futures against ThreadPool and ProcessPool (Python 3.13)
+	@py=$$(tests/python_venv.sh $(CPYTHON_SUITE_PYTHON)); \
+	if [ -z "$$py" ]; then echo "test-cpython-suite: SKIPPED (no Python $(CPYTHON_SUITE_PYTHON))"; exit 0; fi; \
+	if ! $$py -c 'import test.test_concurrent_futures' 2>/dev/null; then \
+		echo "test-cpython-suite: SKIPPED ($$py has no test.test_concurrent_futures)"; exit 0; fi; \
+	PYTHONPATH=tests/cpython_suite timeout 900 $$py -m pytest -p ferropool_cpython_suite -p no:cacheprovider \
+		-p no:logging --pyargs test.test_concurrent_futures -q
+
+# The pytest suite on each of PYTHON_VERSIONS but .venv's own (test-python runs that one), each in
+# a .venv-X.Y; a version that is not installed is skipped, saying so.
+PYTHON_VERSIONS ?= 3.11 3.12 3.13
+test-pythons: install  ## pytest on the other Pythons of PYTHON_VERSIONS (a .venv-X.Y each)
+	@main=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	for v in $(PYTHON_VERSIONS); do \
+		if [ "$$v" = "$$main" ]; then echo "test-pythons: Python $$v is .venv's (test-python)"; continue; fi; \
+		py=$$(tests/python_venv.sh $$v); \
+		if [ -z "$$py" ]; then echo "test-pythons: SKIPPED Python $$v: not installed"; continue; fi; \
+		echo "test-pythons: Python $$v"; \
+		$$py -m pytest tests -p no:cacheprovider -q --ignore=tests/test_wheel.py || exit 1; \
+	done
 
 lint: lint-rust lint-python  ## every check CI runs before the tests: formatters, clippy, ruff, mypy
 
@@ -148,4 +175,4 @@ fuzz: fuzz-tools  ## fuzz each of FUZZ_TARGETS for FUZZ_TIME s, adding what it f
 	if [ -n "$$failed" ]; then echo "fuzz: crashed:$$failed (inputs in fuzz/artifacts/)"; exit 1; fi
 
 clean:  ## remove build outputs and the virtual environment
-	rm -rf target fuzz/target $(DIST) $(VENV) python/ferropool/*.so
+	rm -rf target fuzz/target $(DIST) $(VENV) .venv-* python/ferropool/*.so

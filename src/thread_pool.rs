@@ -36,7 +36,9 @@ struct Task {
 impl Task {
     /// Runs the call the way `concurrent.futures.thread._WorkItem.run` does. An `Err` is not the
     /// task's exception (that goes to the future) but a failure of the future itself.
-    fn run(&self, py: Python<'_>) -> PyResult<()> {
+    /// `before_finish` runs once, right before the outcome is set on the future (not for a
+    /// cancelled one).
+    fn run(&self, py: Python<'_>, before_finish: impl FnOnce()) -> PyResult<()> {
         let future = self.future.bind(py);
         let fast = FastFuture::of(future)?;
         let running = match &fast {
@@ -59,6 +61,7 @@ impl Task {
             .bind(py)
             .call(self.args.bind(py), self.kwargs.as_ref().map(|k| k.bind(py)));
         let outcome = outcome.map_err(|err| err.into_value(py).into_bound(py).into_any());
+        before_finish();
         if let Some(fast) = &fast {
             if fast.finish(&outcome)? {
                 return Ok(());
@@ -134,8 +137,9 @@ impl ThreadWorkQueue {
     }
 
     /// Pops the next task, blocking (detached from the interpreter) only when the queue is empty.
-    fn next(&self, py: Python<'_>, timeout: Option<Duration>) -> Pop<Task> {
-        match self.queue.try_pop() {
+    /// `returned`: the caller announced its return with `WorkQueue::returning`.
+    fn next(&self, py: Python<'_>, timeout: Option<Duration>, returned: bool) -> Pop<Task> {
+        match self.queue.try_pop_returned(returned) {
             Some(task) => Pop::Item(task),
             None if timeout == Some(Duration::ZERO) => {
                 if self.queue.is_closed() {
@@ -144,7 +148,7 @@ impl ThreadWorkQueue {
                     Pop::TimedOut
                 }
             }
-            None => py.detach(|| self.queue.pop(timeout)),
+            None => py.detach(|| self.queue.pop_returned(timeout, returned)),
         }
     }
 }
@@ -209,7 +213,7 @@ impl ThreadWorkQueue {
             Some(t) => Some(Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX)),
             None => None,
         };
-        match self.next(py, timeout) {
+        match self.next(py, timeout, false) {
             Pop::Item(task) => Ok(Some(task.into_tuple(py)?)),
             Pop::Closed => Ok(None),
             Pop::TimedOut => Err(PyTimeoutError::new_err("no work item arrived in time")),
@@ -226,9 +230,17 @@ impl ThreadWorkQueue {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(counters.clone());
-        while let Pop::Item(task) = self.next(py, None) {
+        let mut returned = false;
+        while let Pop::Item(task) = self.next(py, None, returned) {
             let started = Instant::now();
-            let ran = task.run(py);
+            // The worker counts as free from just before the outcome is published: a caller
+            // woken by `result()` that submits again finds it, as with the standard library's
+            // idle semaphore, instead of starting another thread.
+            returned = false;
+            let ran = task.run(py, || {
+                self.queue.returning();
+                returned = true;
+            });
             counters.add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
             if let Err(err) = ran {
                 let future = task.future.bind(py);

@@ -167,9 +167,9 @@ def test_a_by_value_function_is_cloudpickled_once(pool, monkeypatch):
 
     class Counting:
         @staticmethod
-        def dumps(obj, protocol):
+        def dumps(obj, *args, **kwargs):
             calls.append(obj)
-            return real.dumps(obj, protocol)
+            return real.dumps(obj, *args, **kwargs)
 
     monkeypatch.setattr(_serialize, "_cloud", lambda: Counting)
     fn = lambda x: x + 1  # noqa: E731

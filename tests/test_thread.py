@@ -109,6 +109,18 @@ def test_threads_start_lazily_and_are_reused():
         assert len(p._threads) == 1
 
 
+def test_a_submit_right_after_result_reuses_the_thread():
+    # The worker counts as free from just before it publishes the outcome, so the caller that
+    # result() wakes finds it, with no wait for idleness in between (CPython's
+    # test_idle_thread_reuse).
+    # Fresh pools: the race this guards against showed right after the first thread started.
+    for _ in range(20):
+        with ThreadPool(8) as p:
+            for i in range(3):
+                assert p.submit(add_one, i).result(BOUND) == i + 1
+            assert len(p._threads) == 1
+
+
 def test_threads_grow_to_max_workers_under_blocked_tasks():
     n = 3
     barrier = threading.Barrier(n + 1, timeout=BOUND)

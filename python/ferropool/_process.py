@@ -45,6 +45,8 @@ from ._serialize import (
     loads,
     loads_exception,
 )
+from ._spawning import dumps_for_start, parent_authkey
+from ._spawning import release as release_shared_fds
 from ._util import check_seconds, usable_cpu_count
 from ._worker import bootstrap_command
 from .errors import SerializationError, TaskTimeoutError
@@ -191,7 +193,12 @@ class ProcessPool(PoolExecutor):
         self._owner_pid = os.getpid()
         # The initializer is pickled on its own: the worker can only unpickle it after it has
         # taken our sys.path and working directory from the outer, plain part.
-        call = dumps((initializer, tuple(initargs)), "initializer") if initializer is not None else None
+        # multiprocessing's objects among initargs travel as spawn sends them (_spawning.py).
+        call = None
+        if initializer is not None:
+            call, shared_fds = dumps_for_start((initializer, tuple(initargs)), "initializer")
+            if shared_fds:
+                weakref.finalize(self, release_shared_fds, shared_fds)
         init = dumps(
             {
                 "sys_path": list(sys.path),
@@ -201,6 +208,7 @@ class ProcessPool(PoolExecutor):
                 "native_threads": native_threads,
                 "threads": _threads_per_worker,
                 "log_level": logging.getLogger().getEffectiveLevel(),
+                "authkey": parent_authkey(),
             }
         )
         self._engine = _core.ProcessPoolEngine(
@@ -413,6 +421,13 @@ class ProcessPool(PoolExecutor):
                 )
             if operation == _KILL:
                 self._engine.close(abort=True)
+
+    @property
+    def _broken(self) -> str | bool:
+        """False, or what broke the pool: a compatibility shim for code that polls
+        ``ProcessPoolExecutor._broken``."""
+        broken = self._state.broken
+        return False if broken is None else f"{type(broken).__name__}: {broken}"
 
     @property
     def _processes(self) -> dict[int, WorkerProcess]:

@@ -9,7 +9,8 @@ path costs one extra scan and the slow path is taken only when needed.
 Functions pickled by value are the common slow case (a ``map`` or ``submit`` loop over a
 function from ``__main__``). Each such function is cloudpickled once per parent process and
 sent as a ``_ByValue`` blob with a process-unique key; workers rebuild it once per key and
-reuse it, so the per-task cost stays that of plain pickle.
+reuse it, so the per-task cost stays that of plain pickle. Functions pickled by value from one
+module share one namespace in each worker, as the module would (``_by_value.py``).
 
 When pickling fails, ``describe_failure`` walks the object to name the innermost part that
 fails, so errors read ``args[1]['conn']: cannot pickle 'socket' object``.
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 PROTOCOL = 5
 _MAIN = b"__main__"
-_cloudpickle = None
+_by_value_module = None
 
 #: Buffers of at least this many bytes travel out of band, through shared memory, by default.
 #: Below it, copying them inside the pickle is cheaper than a memory file (see
@@ -152,12 +153,13 @@ def _wrap_raw(obj: Any, threshold: int, depth: int = 3) -> Any:
 
 
 def _cloud():
-    global _cloudpickle
-    if _cloudpickle is None:
-        import cloudpickle
+    """``_by_value``, imported on first need (it imports cloudpickle)."""
+    global _by_value_module
+    if _by_value_module is None:
+        from . import _by_value as module
 
-        _cloudpickle = cloudpickle
-    return _cloudpickle
+        _by_value_module = module
+    return _by_value_module
 
 
 def _plain(obj: Any, main_count: int = 0, buffers: _Buffers | None = None) -> bytes | None:
@@ -186,7 +188,7 @@ def dumps(obj: Any, what: str = "object") -> bytes:
     if data is not None:
         return data
     try:
-        return _cloud().dumps(obj, PROTOCOL)
+        return _cloud().dumps(obj)
     except Exception as exc:
         raise SerializationError(describe_failure(obj, what, exc)) from exc
 
@@ -234,7 +236,7 @@ def _function_by_value(fn: Any) -> Any:
         return _by_value[fn]
     except (KeyError, TypeError):
         pass
-    wrapped = _ByValue(next(_by_value_keys), _cloud().dumps(fn, PROTOCOL))
+    wrapped = _ByValue(next(_by_value_keys), _cloud().dumps(fn))
     try:
         _by_value[fn] = wrapped
     except TypeError:
@@ -268,7 +270,7 @@ def dumps_call(
         if data is not None:
             return data, _taken(buffers) if buffers is not None else None
     try:
-        data = _cloud().dumps((fn, args, kwargs), PROTOCOL, buffer_callback=buffers)
+        data = _cloud().dumps((fn, args, kwargs), buffers)
         return data, _taken(buffers) if buffers is not None else None
     except Exception as exc:
         if buffers:
@@ -296,7 +298,7 @@ def dumps_result(result: Any) -> tuple[bytes, list | None]:
     if data is not None:
         return data, _taken(buffers)
     try:
-        data = _cloud().dumps(result, PROTOCOL, buffer_callback=buffers)
+        data = _cloud().dumps(result, buffers)
         return data, _taken(buffers)
     except Exception as exc:
         buffers.clear()
@@ -305,7 +307,7 @@ def dumps_result(result: Any) -> tuple[bytes, list | None]:
 
 def _fails(obj: Any) -> BaseException | None:
     try:
-        _cloud().dumps(obj, PROTOCOL)
+        _cloud().dumps(obj)
     except Exception as exc:
         return exc
     return None

@@ -85,9 +85,15 @@ def _initialize(conn, payload: bytes) -> int:
         if config.get("cwd"):
             os.chdir(config["cwd"])
         _serialize.zero_copy_threshold = config.get("zero_copy_threshold", _serialize.DEFAULT_ZERO_COPY_THRESHOLD)
+        if config.get("authkey") is not None:
+            _take_authkey(config["authkey"])
         if config["initializer"] is not None:
             initializer, initargs = loads(config["initializer"])
-            started = initializer(*initargs)
+            try:
+                started = initializer(*initargs)
+            except BaseException:
+                _log_initializer_failure()
+                raise
             if type(started) in (_Coroutine, _AsyncGenerator):  # an async initializer
                 from ._concurrent_worker import AsyncInitializer
 
@@ -98,7 +104,9 @@ def _initialize(conn, payload: bytes) -> int:
         # After the initializer, so that its own logging configuration (basicConfig...) holds.
         _ship_logs_once_imported(conn.log_sender(), config.get("log_level"))
     except BaseException as exc:
-        conn.send(_core.KIND_INITFAILED, 0, dumps_exception(exc))
+        failure = dumps_exception(exc)
+        _finish_multiprocessing()
+        conn.send(_core.KIND_INITFAILED, 0, failure)
         conn.flush()
         return 0
     # Flushed before any task runs: the parent treats a death before Ready as a failure to
@@ -108,29 +116,71 @@ def _initialize(conn, payload: bytes) -> int:
     return max(1, int(config.get("threads", 1)))
 
 
+def _finish_multiprocessing() -> None:
+    """Runs ``multiprocessing``'s exit handlers now, if it is loaded, for a worker about to exit:
+    a ``multiprocessing.Queue`` the initializer wrote to (its log records, say) is flushed before
+    the parent hears of the failure, as it is before a standard-library worker's exit is seen."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util._exit_function()
+
+
+def _log_initializer_failure() -> None:
+    """Logs the initializer's exception on the ``concurrent.futures`` logger at CRITICAL, as the
+    standard library's workers do, where logging has a handler here (one the initializer set up,
+    such as a ``QueueHandler`` to the parent); else the parent's ``BrokenPoolError`` says it all."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return
+    logger = logging.getLogger("concurrent.futures")
+    if logger.hasHandlers():
+        logger.critical("Exception in initializer:", exc_info=True)
+
+
 #: The async initializer's loop and cleanup (``_concurrent_worker.AsyncInitializer``), if any.
 _async_setup = None
 
 
 def _ship_logs_once_imported(sender, level: int | None) -> None:
     """Installs ``_logs.ShipToParent`` now if ``logging`` is loaded, else when it first is."""
-    if "logging" in sys.modules:
+
+    def install(module) -> None:
         from ._logs import install_in_worker
 
         install_in_worker(sender, level)
+
+    _after_import("logging", install)
+
+
+def _take_authkey(authkey: bytes) -> None:
+    """Makes the parent's ``multiprocessing`` authkey ours, as a spawned process's is, now if
+    ``multiprocessing`` is loaded, else when it first is: a worker that never uses it does not
+    pay for importing it."""
+
+    def take(module) -> None:
+        module.current_process().authkey = authkey
+
+    _after_import("multiprocessing.process", take)
+
+
+def _after_import(name: str, action) -> None:
+    """Calls ``action(module)`` now if module ``name`` is loaded, else right after it is."""
+    module = sys.modules.get(name)
+    if module is not None:
+        action(module)
         return
-    sys.meta_path.insert(0, _InstallOnImport(sender, level))
+    sys.meta_path.insert(0, _AfterImport(name, action))
 
 
-class _InstallOnImport:
-    """A ``sys.meta_path`` finder that waits for ``import logging``, lets the usual finders load
-    it, and installs the handler right after the module has run. It removes itself then."""
+class _AfterImport:
+    """A ``sys.meta_path`` finder that waits for one module's import, lets the usual finders
+    load it, and calls an action right after the module has run. It removes itself then."""
 
-    def __init__(self, sender, level: int | None) -> None:
-        self.sender, self.level = sender, level
+    def __init__(self, name: str, action) -> None:
+        self.name, self.action = name, action
 
     def find_spec(self, name, path=None, target=None):
-        if name != "logging":
+        if name != self.name:
             return None
         sys.meta_path.remove(self)
         for finder in sys.meta_path:
@@ -139,16 +189,14 @@ class _InstallOnImport:
                 break
         else:
             return None
-        loader, sender, level = spec.loader, self.sender, self.level
+        loader, action = spec.loader, self.action
         if loader is None:  # nothing will run the module: nothing to hook
             return spec
         run = loader.exec_module
 
         def exec_module(module) -> None:
             run(module)
-            from ._logs import install_in_worker
-
-            install_in_worker(sender, level)
+            action(module)
 
         # Patches this spec's own loader instance, not its class.
         loader.exec_module = exec_module  # type: ignore[method-assign]

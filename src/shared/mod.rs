@@ -76,8 +76,13 @@ fn seconds(t: f64) -> Option<Duration> {
 }
 
 /// The timeout of `threading.Lock.acquire(blocking, timeout)`: zero when not blocking, `None`
-/// for `-1`; other negatives and a timeout without blocking are `ValueError`s, as in threading.
-pub(crate) fn lock_timeout(blocking: bool, timeout: f64) -> PyResult<Option<Duration>> {
+/// for `-1`; other negatives and a timeout without blocking are `ValueError`s, as in threading
+/// (whose message for a negative timeout changed in Python 3.13).
+pub(crate) fn lock_timeout(
+    py: Python<'_>,
+    blocking: bool,
+    timeout: f64,
+) -> PyResult<Option<Duration>> {
     if !blocking {
         if timeout != -1.0 {
             return Err(PyValueError::new_err(
@@ -90,7 +95,11 @@ pub(crate) fn lock_timeout(blocking: bool, timeout: f64) -> PyResult<Option<Dura
         return Ok(None);
     }
     if timeout.is_nan() || timeout < 0.0 {
-        return Err(PyValueError::new_err("timeout value must be positive"));
+        return Err(PyValueError::new_err(if py.version_info() >= (3, 13) {
+            "timeout value must be a non-negative number"
+        } else {
+            "timeout value must be positive"
+        }));
     }
     Ok(seconds(timeout))
 }

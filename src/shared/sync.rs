@@ -74,7 +74,7 @@ impl SharedLock {
             self.owner_died.store(false, Ordering::Relaxed);
             return Ok(true);
         }
-        let timeout = lock_timeout(blocking, timeout)?;
+        let timeout = lock_timeout(py, blocking, timeout)?;
         let acquired = if timeout == Some(Duration::ZERO) {
             self.lock.acquire(timeout).ok()
         } else {
@@ -153,7 +153,7 @@ impl SharedRLock {
 
     #[pyo3(signature = (blocking=true, timeout=-1.0))]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
-        let timeout = lock_timeout(blocking, timeout)?;
+        let timeout = lock_timeout(py, blocking, timeout)?;
         let acquired = match self.lock.acquire(Some(Duration::ZERO)) {
             Ok(a) => Some(a),
             Err(TimedOut) if timeout == Some(Duration::ZERO) => None,

@@ -40,6 +40,10 @@ struct State<T> {
     waiting: usize,
     /// Callers blocked in `wait_idle`; consumers signal `idle_changed` only when there are some.
     watchers: usize,
+    /// Consumers between `returning` and their next pop: done with an item, coming back for
+    /// another. `push` counts them as free, so a producer woken by the item's outcome does not
+    /// start a new consumer for work this one is about to take.
+    returning: usize,
 }
 
 /// A closable FIFO shared by any number of producers and consumers.
@@ -65,6 +69,7 @@ impl<T> WorkQueue<T> {
                 closed: false,
                 waiting: 0,
                 watchers: 0,
+                returning: 0,
             }),
             available: Condvar::new(),
             idle_changed: Condvar::new(),
@@ -89,7 +94,7 @@ impl<T> WorkQueue<T> {
         }
         s.items.push_back(item);
         let waiting = s.waiting;
-        let absorbed = waiting >= s.items.len();
+        let absorbed = waiting + s.returning >= s.items.len();
         drop(s);
         if waiting > 0 {
             self.available.notify_one();
@@ -102,15 +107,33 @@ impl<T> WorkQueue<T> {
         self.lock().items.pop_front()
     }
 
-    /// Removes the oldest item, blocking while the queue is empty and open.
-    ///
-    /// With `timeout: None` it blocks until an item arrives or the queue is closed; otherwise it
-    /// returns `Pop::TimedOut` once `timeout` has passed with the queue still empty. Items pushed
-    /// before `close` are still returned; `Pop::Closed` comes only when the queue is also empty.
-    pub fn pop(&self, timeout: Option<Duration>) -> Pop<T> {
+    /// Counts the calling consumer as free from now until its next `try_pop_returned` that
+    /// yields an item or `pop_returned`. Call it right before publishing an item's outcome:
+    /// whoever the outcome wakes and pushes next sees this consumer free (see `push`).
+    pub fn returning(&self) {
+        self.lock().returning += 1;
+    }
+
+    /// `try_pop` for a consumer that called `returning` (`returned`): taking an item ends its
+    /// return; finding none leaves it counted free until its `pop_returned`.
+    pub fn try_pop_returned(&self, returned: bool) -> Option<T> {
+        let mut s = self.lock();
+        let item = s.items.pop_front();
+        if returned && item.is_some() {
+            s.returning -= 1;
+        }
+        item
+    }
+
+    /// `pop` for a consumer that called `returning` (`returned`): its return ends under the same
+    /// lock in which it takes an item or starts waiting, so it is counted free throughout.
+    pub fn pop_returned(&self, timeout: Option<Duration>, returned: bool) -> Pop<T> {
         // A timeout too large to represent as an `Instant` is the same as none.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut s = self.lock();
+        if returned {
+            s.returning -= 1;
+        }
         loop {
             if let Some(item) = s.items.pop_front() {
                 return Pop::Item(item);
@@ -141,6 +164,15 @@ impl<T> WorkQueue<T> {
             };
             s.waiting -= 1;
         }
+    }
+
+    /// Removes the oldest item, blocking while the queue is empty and open.
+    ///
+    /// With `timeout: None` it blocks until an item arrives or the queue is closed; otherwise it
+    /// returns `Pop::TimedOut` once `timeout` has passed with the queue still empty. Items pushed
+    /// before `close` are still returned; `Pop::Closed` comes only when the queue is also empty.
+    pub fn pop(&self, timeout: Option<Duration>) -> Pop<T> {
+        self.pop_returned(timeout, false)
     }
 
     /// Refuses further pushes and wakes every blocked consumer. Queued items stay and can still
@@ -180,7 +212,7 @@ impl<T> WorkQueue<T> {
     /// how many more pushes can be taken at once without a new consumer.
     pub fn idle(&self) -> usize {
         let s = self.lock();
-        s.waiting.saturating_sub(s.items.len())
+        (s.waiting + s.returning).saturating_sub(s.items.len())
     }
 
     /// Blocks until at least `n` consumers are idle (see `idle`) or `timeout` passes; returns
@@ -285,6 +317,38 @@ mod tests {
         consumer.join().unwrap();
         // Nobody waits now, so the next item needs a new consumer.
         assert_eq!(q.push(8), Ok(false));
+    }
+
+    #[test]
+    fn a_returning_consumer_absorbs_a_push_until_it_pops() {
+        let q = WorkQueue::new();
+        q.returning();
+        assert_eq!(q.idle(), 1, "a returning consumer is free");
+        assert_eq!(
+            q.push(1),
+            Ok(true),
+            "it will take the item: no new consumer"
+        );
+        assert_eq!(
+            q.push(2),
+            Ok(false),
+            "one returning consumer absorbs one item"
+        );
+        assert_eq!(q.try_pop_returned(true), Some(1));
+        assert_eq!(q.idle(), 0, "taking an item ends the return");
+        q.returning();
+        assert_eq!(q.pop_returned(Some(Duration::ZERO), true), Pop::Item(2));
+        assert_eq!(q.try_pop_returned(false), None);
+        assert_eq!(q.idle(), 0, "popping ends the return");
+        q.returning();
+        assert_eq!(q.try_pop_returned(true), None);
+        assert_eq!(
+            q.idle(),
+            1,
+            "finding nothing keeps it counted until its blocking pop"
+        );
+        assert_eq!(q.pop_returned(Some(Duration::ZERO), true), Pop::TimedOut);
+        assert_eq!(q.idle(), 0);
     }
 
     #[test]

@@ -1,0 +1,258 @@
+"""multiprocessing's objects reach the workers as spawn passes them (``_spawning.py``): the
+synchronised ones in ``initargs``, ``Manager`` proxies as task arguments.
+
+Each scenario is a real script run in a child interpreter, under a timeout; objects come from the
+``spawn`` context (the ``fork`` one's semaphores cannot leave their process tree).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT_TIMEOUT = 60
+
+PRELUDE = """
+import multiprocessing as mp
+import os
+import sys
+from ferropool import HybridPool, ProcessPool
+ctx = mp.get_context(sys.argv[2] if len(sys.argv) > 2 else "spawn")
+make_pool = {"process": ProcessPool, "hybrid": HybridPool}[sys.argv[1]]
+
+def keep(*objects):
+    global KEPT
+    KEPT = objects
+"""
+
+
+def run_main(tmp_path, body: str, *argv: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "script.py"
+    script.write_text(PRELUDE + textwrap.dedent(body))
+    return subprocess.run(
+        [sys.executable, str(script), *argv], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, cwd=tmp_path
+    )
+
+
+def output(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("pool", ["process", "hybrid"])
+def test_workers_log_into_a_queue_the_parent_reads(tmp_path, pool):
+    done = run_main(
+        tmp_path,
+        """
+        import logging, logging.handlers
+
+        def init(queue):
+            root = logging.getLogger()
+            root.handlers[:] = [logging.handlers.QueueHandler(queue)]
+            root.setLevel(logging.INFO)
+
+        def work(i):
+            logging.getLogger("work").info("task %d in %d", i, os.getpid())
+            return i
+
+        if __name__ == "__main__":
+            queue = ctx.Queue()
+            with make_pool(2, initializer=init, initargs=(queue,)) as p:
+                assert list(p.map(work, range(4))) == [0, 1, 2, 3]
+            messages = sorted(queue.get(timeout=10).getMessage().split(" in ")[0] for _ in range(4))
+            print(messages)
+        """,
+        pool,
+    )
+    assert output(done) == "['task 0', 'task 1', 'task 2', 'task 3']"
+
+
+def test_a_lock_is_shared_by_the_parent_and_the_workers(tmp_path):
+    done = run_main(
+        tmp_path,
+        """
+        def held(_):
+            return KEPT[0].acquire(timeout=0.2)
+
+        if __name__ == "__main__":
+            lock = ctx.Lock()
+            with ProcessPool(2, initializer=keep, initargs=(lock,)) as p:
+                with lock:  # the parent holds it: no worker gets it
+                    while_held = p.submit(held, 0).result()
+                free = p.submit(held, 0).result()
+            print(while_held, free)
+        """,
+        "process",
+    )
+    assert output(done) == "False True"
+
+
+def test_an_event_and_a_semaphore_are_shared(tmp_path):
+    done = run_main(
+        tmp_path,
+        """
+        def wait_for_parent(_):
+            event, semaphore = KEPT
+            with semaphore:
+                return event.wait(10)
+
+        if __name__ == "__main__":
+            event, semaphore = ctx.Event(), ctx.Semaphore(1)
+            with ProcessPool(2, initializer=keep, initargs=(event, semaphore)) as p:
+                futures = [p.submit(wait_for_parent, i) for i in range(2)]
+                event.set()
+                print([f.result(timeout=30) for f in futures], semaphore.get_value())
+        """,
+        "process",
+    )
+    assert output(done) == "[True, True] 1"
+
+
+def test_value_and_array_written_by_workers_are_read_by_the_parent(tmp_path):
+    done = run_main(
+        tmp_path,
+        """
+        def write(i):
+            value, array = KEPT
+            with value.get_lock():
+                value.value += 1
+            array[i] = i * 10
+
+        if __name__ == "__main__":
+            value, array = ctx.Value("i", 0), ctx.Array("i", 5)
+            with ProcessPool(2, initializer=keep, initargs=(value, array)) as p:
+                list(p.map(write, range(5)))
+            print(value.value, list(array))
+        """,
+        "process",
+    )
+    assert output(done) == "5 [0, 10, 20, 30, 40]"
+
+
+def test_a_manager_dict_proxy_is_a_task_argument(tmp_path):
+    done = run_main(
+        tmp_path,
+        """
+        def fill(d, i):
+            d[i] = i * i
+
+        if __name__ == "__main__":
+            with ctx.Manager() as manager:
+                d = manager.dict()
+                with ProcessPool(2) as p:
+                    for f in [p.submit(fill, d, i) for i in range(4)]:
+                        f.result(timeout=30)
+                print(sorted(d.items()))
+        """,
+        "process",
+    )
+    assert output(done) == "[(0, 0), (1, 1), (2, 4), (3, 9)]"
+
+
+def test_workers_replaced_later_still_get_the_queue(tmp_path):
+    # Every worker the pool starts unpickles the same start data, replacements included.
+    done = run_main(
+        tmp_path,
+        """
+        def put(i):
+            KEPT[0].put(os.getpid())
+
+        if __name__ == "__main__":
+            queue = ctx.Queue()
+            with ProcessPool(1, initializer=keep, initargs=(queue,), max_tasks_per_child=1) as p:
+                list(p.map(put, range(3)))
+            print(len({queue.get(timeout=10) for _ in range(3)}))
+        """,
+        "process",
+    )
+    assert output(done) == "3"
+
+
+def test_a_fork_context_queue_is_refused_naming_the_argument(tmp_path):
+    done = run_main(
+        tmp_path,
+        """
+        if __name__ == "__main__":
+            try:
+                ProcessPool(1, initializer=keep, initargs=(1, ctx.Queue()))
+            except TypeError as exc:
+                print(type(exc).__name__, exc)
+        """,
+        "process",
+        "fork",
+    )
+    out = output(done)
+    assert out.startswith("SerializationError initargs[1]: ")
+    assert "get_context('spawn')" in out
+
+
+def test_a_failing_initializer_logs_to_the_handler_it_set_up(tmp_path):
+    # As the standard library's workers do: CRITICAL on the concurrent.futures logger, which the
+    # initializer pointed at a queue the parent reads, before the parent hears of the failure.
+    # The pool breaks, and says so in _broken.
+    done = run_main(
+        tmp_path,
+        """
+        import logging, logging.handlers
+        from concurrent.futures import BrokenExecutor
+
+        def init_fail(queue):
+            logger = logging.getLogger("concurrent.futures")
+            logger.addHandler(logging.handlers.QueueHandler(queue))
+            logger.propagate = False
+            raise ValueError("error in initializer")
+
+        if __name__ == "__main__":
+            queue = ctx.Queue()
+            pool = ProcessPool(1, initializer=init_fail, initargs=(queue,))
+            assert pool._broken is False or "ValueError" in pool._broken
+            try:
+                pool.submit(abs, 1).result(timeout=30)
+            except BrokenExecutor:
+                pass
+            # Already in the queue: the worker flushed it before reporting the failure.
+            record = queue.get_nowait()
+            message = record.getMessage()  # QueueHandler formats the traceback into it
+            print(record.levelname, message.splitlines()[0], "ValueError: error in initializer" in message)
+            print(pool._broken)
+            pool.shutdown()
+        """,
+        "process",
+    )
+    assert output(done).splitlines() == [
+        "CRITICAL Exception in initializer: True",
+        "ValueError: error in initializer",
+    ]
+
+
+def test_a_manager_made_after_the_pool_shares_the_workers_authkey(tmp_path):
+    # The workers got the parent's key when they started, before the manager existed.
+    script = tmp_path / "late.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from ferropool import ProcessPool
+
+            def fill(d, i):
+                d[i] = -i
+
+            if __name__ == "__main__":
+                with ProcessPool(1) as pool:
+                    pool.submit(abs, 1).result(timeout=30)  # the worker is up
+                    import multiprocessing
+
+                    with multiprocessing.get_context("spawn").Manager() as manager:
+                        d = manager.dict()
+                        pool.submit(fill, d, 3).result(timeout=30)
+                        print(dict(d))
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, cwd=tmp_path
+    )
+    assert output(done) == "{3: -3}"
