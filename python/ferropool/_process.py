@@ -71,6 +71,9 @@ _TAIL_LINES = 20
 _perf = time.perf_counter_ns
 
 _live_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
+#: Taken to add to ``_live_pools`` and to copy it: a pool made on another thread while it is
+#: copied would change it under the copy (a free-threaded build has no GIL to order them).
+_live_pools_lock = threading.Lock()
 #: Engines whose work is not finished, kept alive even when their ProcessPool object is dropped,
 #: so that interpreter exit still finishes (or, past exit_timeout, stops) their tasks.
 _unfinished: set[_Running] = set()
@@ -240,7 +243,8 @@ class ProcessPool(PoolExecutor):
         self._collector.start()
         # Dropping the pool without shutdown lets queued work finish in the background.
         weakref.finalize(self, self._engine.close)
-        _live_pools.add(self)
+        with _live_pools_lock:
+            _live_pools.add(self)
 
     #: Workers run coroutine functions on their event loops (``map`` keeps more of them in flight).
     _runs_coroutines = True
@@ -653,7 +657,9 @@ def _shutdown_all_at_exit() -> None:
     # before finalising) stops its pools at once instead of waiting for their running tasks.
     last_type = getattr(sys, "last_type", None)
     interrupted = isinstance(last_type, type) and issubclass(last_type, KeyboardInterrupt)
-    for pool in list(_live_pools):
+    with _live_pools_lock:
+        pools = list(_live_pools)
+    for pool in pools:
         with pool._shutdown_lock:
             pool._shutdown = True
     for running in list(_unfinished):

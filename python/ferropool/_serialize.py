@@ -217,7 +217,12 @@ def _rebuild_by_value(key: int, blob: bytes) -> Any:
     fn = _rebuilt.get(key)
     if fn is None:
         if len(_rebuilt) >= _REBUILT_MAX:  # bounded: a new lambda per call must not leak
-            del _rebuilt[next(iter(_rebuilt))]
+            # Another task thread may evict at the same moment (HybridPool; free-threaded
+            # builds): either may find the oldest gone, or the dict changing under it.
+            try:
+                _rebuilt.pop(next(iter(_rebuilt), -1), None)  # -1: no key is negative
+            except RuntimeError:
+                pass
         fn = _rebuilt[key] = pickle.loads(blob)
     return fn
 
