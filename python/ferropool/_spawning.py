@@ -137,16 +137,28 @@ def release(keys: list[int]) -> None:
         _server.release(keys)
 
 
-def parent_authkey() -> bytes | None:
-    """Returns this process's ``multiprocessing`` ``authkey``, for the workers to take (a
-    ``Manager`` made later uses the same), or None if this program has not imported
-    ``multiprocessing``: importing it only for its key would add about 14 ms to every start,
-    and a program that uses none of its objects has no use for it."""
-    if "multiprocessing" not in sys.modules:
-        return None
-    from multiprocessing.process import current_process
+_chosen_authkey: bytes | None = None
 
-    return bytes(current_process().authkey)
+
+def parent_authkey() -> bytes:
+    """Returns this process's ``multiprocessing`` ``authkey``, for the workers to take (a
+    ``Manager`` made later uses the same). Without importing ``multiprocessing`` (about 14 ms
+    of every start): until it is imported, the key is one chosen here, at random as
+    ``multiprocessing`` chooses its own, and made its key when it is imported."""
+    global _chosen_authkey
+    module = sys.modules.get("multiprocessing.process")
+    if module is not None:
+        return bytes(module.current_process().authkey)
+    if _chosen_authkey is None:
+        from ._worker import _after_import
+
+        _chosen_authkey = key = os.urandom(32)
+
+        def adopt(module: Any) -> None:
+            module.current_process().authkey = key
+
+        _after_import("multiprocessing.process", adopt)
+    return _chosen_authkey
 
 
 def dumps_for_start(obj: tuple[Any, tuple[Any, ...]], what: str) -> tuple[bytes, list[int]]:
