@@ -170,6 +170,14 @@ impl WorkerSender {
         })?;
         let fds = buffer::lend_all(py, buffers)?;
         let sender = &self.sender;
+        if hold && fds.is_empty() {
+            // Held: usually no system call, so keep the GIL. Releasing it here would hand it to
+            // another task thread right after a `Start`, before the announced task's function
+            // runs; if that thread then ends the process, a task that had not begun is blamed.
+            return sender
+                .send(kind, id, aux, payload, fds, hold)
+                .map_err(errors::io_error);
+        }
         py.detach(|| sender.send(kind, id, aux, payload, fds, hold))
             .map_err(errors::io_error)
     }
