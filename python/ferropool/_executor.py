@@ -59,10 +59,7 @@ def run_chunk(fn: Callable[..., Any], items: list) -> tuple[list, int]:
         for args in items:
             append(fn(*args))
     except BaseException as exc:
-        try:
-            setattr(exc, _PARTIAL, out)
-        except Exception:
-            pass
+        _keep_partial(exc, out)
         raise
     return out, _perf() - start
 
@@ -75,12 +72,18 @@ def run_items(fn: Callable[..., Any], items: list) -> tuple[list, int]:
         # list.extend keeps what it appended before ``fn`` raised (CPython 3.9 to 3.14).
         out.extend(map(fn, items))
     except BaseException as exc:
-        try:
-            setattr(exc, _PARTIAL, out)
-        except Exception:
-            pass
+        _keep_partial(exc, out)
         raise
     return out, _perf() - start
+
+
+def _keep_partial(exc: BaseException, out: list) -> None:
+    """Attaches the results a chunk got before ``exc`` to it (see ``run_chunk``), where the
+    exception takes attributes."""
+    try:
+        setattr(exc, _PARTIAL, out)
+    except Exception:
+        pass
 
 
 async def run_chunk_async(fn: Callable[..., Any], items: list) -> tuple[list, int]:
