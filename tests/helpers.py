@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import os
 import select
+import subprocess
+import sys
 import threading
 import time
 
@@ -264,6 +266,16 @@ def leave_a_stuck_thread() -> int:
 def die_holding(value) -> None:
     """Exit at once while holding ``value`` (a received buffer, say)."""
     os._exit(9)
+
+
+def run_script(folder, source: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Runs ``source`` as ``__main__`` of a new interpreter (``folder/script.py``, with ``folder``
+    as its working directory) under ``timeout``; returns what it did."""
+    script = folder / "script.py"
+    script.write_text(source)
+    return subprocess.run(
+        [sys.executable, str(script), *argv], capture_output=True, text=True, timeout=timeout, cwd=folder
+    )
 
 
 def dev_shm_files() -> set:

@@ -6,12 +6,11 @@ Each scenario is a real script run as ``__main__`` in a child interpreter, under
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
+import helpers
 from ferropool import _by_value
 
 SCRIPT_TIMEOUT = 60
@@ -25,11 +24,7 @@ make_pool = POOLS[sys.argv[1]]
 
 
 def run_main(tmp_path, body: str, pool: str) -> str:
-    script = tmp_path / "script.py"
-    script.write_text(PRELUDE + textwrap.dedent(body))
-    done = subprocess.run(
-        [sys.executable, str(script), pool], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, cwd=tmp_path
-    )
+    done = helpers.run_script(tmp_path, PRELUDE + textwrap.dedent(body), pool, timeout=SCRIPT_TIMEOUT)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

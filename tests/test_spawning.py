@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+import helpers
+
 SCRIPT_TIMEOUT = 60
 
 PRELUDE = """
@@ -30,11 +32,7 @@ def keep(*objects):
 
 
 def run_main(tmp_path, body: str, *argv: str) -> subprocess.CompletedProcess:
-    script = tmp_path / "script.py"
-    script.write_text(PRELUDE + textwrap.dedent(body))
-    return subprocess.run(
-        [sys.executable, str(script), *argv], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, cwd=tmp_path
-    )
+    return helpers.run_script(tmp_path, PRELUDE + textwrap.dedent(body), *argv, timeout=SCRIPT_TIMEOUT)
 
 
 def output(done: subprocess.CompletedProcess) -> str:
