@@ -202,5 +202,6 @@ pub(crate) fn register_kinds(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add(format!("KIND_{}", format!("{k:?}").to_uppercase()), k as u8)?;
     }
     m.add("FLAG_ASYNC", ferropool_engine::frame::FLAG_ASYNC)?;
+    m.add("FLAG_SKIP_ONLY", ferropool_engine::frame::FLAG_SKIP_ONLY)?;
     Ok(())
 }

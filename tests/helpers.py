@@ -225,6 +225,14 @@ def get_init_tag() -> str:
 INIT_ERROR_TEXT = "error in initializer 5f1c"
 
 
+def never_announce_starts() -> None:
+    """Initializer: the worker's task threads never tell the parent a task began, as if every
+    ``Start`` frame were still on its way."""
+    from ferropool import _concurrent_worker
+
+    _concurrent_worker.Runner.announce_start = lambda self, task_id: None  # type: ignore[method-assign]
+
+
 def init_fail() -> None:
     raise ValueError(INIT_ERROR_TEXT)
 

@@ -51,7 +51,8 @@ class Runner:
         self.max_loops = 1 if setup is not None else self.plain_threads
         self.cond = threading.Condition()
         self.unanswered = 0  # tasks handed to this runner and not answered
-        self.skip: set[int] = set()  # queued plain tasks cancelled before they began
+        self.waiting: set[int] = set()  # plain tasks queued for a thread, not yet taken
+        self.skip: set[int] = set()  # of those, the ones cancelled (and answered) since
         self.loops: list[asyncio.AbstractEventLoop] = [setup.loop] if setup is not None else []
         self.next_loop = 0
         self.coroutines: dict[int, asyncio.Task] = {}  # running coroutine tasks, by id
@@ -105,6 +106,7 @@ class Runner:
                 self.pool_threads.append(t)
         with self.cond:
             self.unanswered += 1
+            self.waiting.add(task_id)
         self.plain.put((task_id, payload, buffers))
 
     def _plain_thread(self) -> None:
@@ -114,11 +116,10 @@ class Runner:
         while True:
             task_id, payload, buffers = self.plain.get()
             with self.cond:
-                skipped = task_id in self.skip
-                self.skip.discard(task_id)
-            if skipped:
-                self._answer(CANCEL, task_id, b"", 0, None)
-                continue
+                if task_id in self.skip:
+                    self.skip.discard(task_id)
+                    continue  # answered when cancelled
+                self.waiting.discard(task_id)
             start = _perf()
             try:
                 fn, args, kwargs = loads(payload, buffers=buffers)
@@ -177,15 +178,20 @@ class Runner:
 
     # ------------------------------------------------------------------ cancellation
 
-    def cancel(self, task_id: int) -> None:
-        """Acts on a ``Cancel`` frame for a task already handed out: skips it if it waits,
-        cancels it if it is a coroutine; a running plain task cannot be stopped here (the
-        parent stops the whole worker if it does not end)."""
-        for loop in self.loops:
-            loop.call_soon_threadsafe(self._cancel_coroutine, task_id)
+    def cancel(self, task_id: int, stop: bool) -> None:
+        """Acts on a ``Cancel`` frame for a task already handed out: skips it if it waits;
+        with ``stop``, also cancels it if it is a running coroutine. A running plain task cannot
+        be stopped here (the parent stops the whole worker if it does not end)."""
+        if stop:
+            for loop in self.loops:
+                loop.call_soon_threadsafe(self._cancel_coroutine, task_id)
         with self.cond:
-            self.skip.add(task_id)
-        # A stale entry (the task ran already) is harmless: ids are never reused.
+            skipped = task_id in self.waiting
+            if skipped:
+                self.waiting.discard(task_id)
+                self.skip.add(task_id)
+        if skipped:  # answered now: the parent may be waiting on it to report the cancel
+            self._answer(CANCEL, task_id, b"", 0, None)
 
     def _cancel_coroutine(self, task_id: int) -> None:
         task = self.coroutines.get(task_id)

@@ -12,6 +12,7 @@ from typing_extensions import disjoint_base
 
 __all__ = [
     "FLAG_ASYNC",
+    "FLAG_SKIP_ONLY",
     "KIND_CANCEL",
     "KIND_ERR",
     "KIND_HEARTBEAT",
@@ -68,6 +69,7 @@ KIND_SHUTDOWN: int
 KIND_HEARTBEAT: int
 KIND_START: int
 FLAG_ASYNC: int
+FLAG_SKIP_ONLY: int
 KIND_LOG: int
 
 # The ``code`` that ``ProcessPoolEngine.deliver`` passes to ``settle`` for each outcome.

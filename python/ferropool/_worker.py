@@ -214,7 +214,7 @@ def _serve(conn, threads: int) -> None:
     (``_concurrent_worker.py``), created on first need."""
     recv, send = conn.recv, conn.send
     TASK, SHUTDOWN, OK, ERR = _core.KIND_TASK, _core.KIND_SHUTDOWN, _core.KIND_OK, _core.KIND_ERR
-    CANCEL, ASYNC = _core.KIND_CANCEL, _core.FLAG_ASYNC
+    CANCEL, ASYNC, SKIP_ONLY = _core.KIND_CANCEL, _core.FLAG_ASYNC, _core.FLAG_SKIP_ONLY
     concurrent = threads > 1
     runner = None
     # pool.stats()' serialising time: the share of the run time spent unpickling the call and
@@ -271,7 +271,7 @@ def _serve(conn, threads: int) -> None:
                 answer_unsendable(send, exc, task_id, run_us, out_buffers, share)
         elif kind == CANCEL:
             if runner is not None:
-                runner.cancel(task_id)
+                runner.cancel(task_id, stop=not flags & SKIP_ONLY)
         elif kind == SHUTDOWN:
             if runner is not None:
                 runner.wait_idle()

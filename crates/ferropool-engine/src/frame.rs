@@ -65,6 +65,10 @@ pub enum Kind {
 /// thread of the worker while it awaits.
 pub const FLAG_ASYNC: u8 = 1;
 
+/// `Cancel` flag (parent -> worker): skip the task if it has not begun, but leave it running
+/// if it has (a coroutine is not cancelled). `shutdown(cancel_futures=True)` sends it.
+pub const FLAG_SKIP_ONLY: u8 = 2;
+
 impl Kind {
     /// Decodes a kind byte; `None` for a byte no version of the protocol uses.
     pub fn from_u8(b: u8) -> Option<Kind> {

@@ -66,6 +66,10 @@ pub struct Sent {
     /// worker answers for it (a result, or a `Cancel` saying it skipped or stopped the task) is
     /// dropped.
     pub cancelled: bool,
+    /// Asked to be skipped if it has not begun (`shutdown(cancel_futures=True)`), not yet
+    /// answered: the worker's `Cancel` answer means it was skipped and is reported `Cancelled`
+    /// then; a `Start` or a result means it had begun and it runs to its own outcome.
+    pub skip_asked: bool,
     /// When it was asked to stop while running beside other tasks (a `Cancel` frame was sent
     /// instead of stopping the whole worker); past the grace period the worker is stopped.
     pub stop_asked: Option<Instant>,
@@ -301,6 +305,7 @@ impl Worker {
             timeout,
             started: None,
             cancelled: false,
+            skip_asked: false,
             stop_asked: None,
             frame_end: self.writer.queued_end(),
         });

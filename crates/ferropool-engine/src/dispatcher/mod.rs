@@ -20,7 +20,9 @@
 //! takes the failure path above, except that no task is blamed: everything still queued at it
 //! goes back to the shared queue. A task cancelled while queued at a worker is reported at once
 //! and the worker is sent `Cancel`; it skips the task (answering `Cancel`) if it has not begun
-//! it, and any answer for it is dropped.
+//! it, and any answer for it is dropped. `cancel_waiting` (`shutdown(cancel_futures=True)`)
+//! only asks for the skip and reports a task `Cancelled` when the worker answers that it
+//! skipped it: a task on a worker thread may have begun with its `Start` still on the way.
 //!
 //! Statistics (`stats.rs`) are counted here, at the points above, in `SlotStats` that only this
 //! thread touches, and copied to `Shared::stats` when a caller asks. Log records workers send
@@ -173,20 +175,19 @@ impl Dispatcher {
         }
     }
 
-    /// Cancels every task a worker holds and has not started (see `ProcessPool::cancel_waiting`):
-    /// each is reported `Cancelled` now and skipped by its worker.
+    /// Asks every worker to skip each task it holds and has not started, as far as the parent
+    /// knows (see `ProcessPool::cancel_waiting`). Not reported here: a task running on a worker
+    /// thread may have begun with its `Start` still on the way, so the worker's answer decides
+    /// (`Cancel`: skipped, reported `Cancelled`; otherwise it runs to its own outcome).
     fn cancel_waiting(&mut self) {
         for w in self.slots.iter_mut().flatten() {
-            let mut cancelled = Vec::new();
             for s in w.inflight.iter_mut() {
-                if s.started.is_none() && !s.cancelled {
-                    s.cancelled = true;
-                    cancelled.push(s.id);
+                if s.started.is_none() && !s.cancelled && !s.skip_asked {
+                    s.skip_asked = true;
+                    let mut frame = Frame::new(Kind::Cancel, s.id, Vec::new());
+                    frame.flags = crate::frame::FLAG_SKIP_ONLY;
+                    w.writer.push(frame);
                 }
-            }
-            for id in cancelled {
-                w.writer.push(Frame::new(Kind::Cancel, id, Vec::new()));
-                self.done.push(Done::new(id, Outcome::Cancelled));
             }
         }
     }
@@ -542,9 +543,17 @@ impl Dispatcher {
             Kind::InitFailed => self.break_pool(frame.payload),
             Kind::Start => w.announced_start(frame.id),
             Kind::Cancel => {
-                // The worker skipped (or stopped) a task cancelled there, reported already.
-                if w.inflight.iter().any(|s| s.id == frame.id && s.cancelled) {
+                // The worker skipped (or stopped) a task cancelled there, reported already, or
+                // skipped one it was asked to skip if it had not begun, reported now.
+                let Some(s) = w.inflight.iter().find(|s| s.id == frame.id) else {
+                    return;
+                };
+                let report = !s.cancelled && s.skip_asked;
+                if s.cancelled || report {
                     w.finish_task(frame.id, None);
+                }
+                if report {
+                    self.done.push(Done::new(frame.id, Outcome::Cancelled));
                 }
             }
             Kind::Ok | Kind::Err => {
@@ -664,6 +673,11 @@ impl Dispatcher {
         for s in orphans {
             if s.cancelled {
                 continue; // reported when cancelled
+            }
+            if s.skip_asked && s.started.is_none() {
+                // Asked to skip it and never seen to begin: cancelled, not run elsewhere.
+                self.done.push(Done::new(s.id, Outcome::Cancelled));
+                continue;
             }
             // A task whose frame did not wholly leave (a write failed as the worker went)
             // never reached it, whatever the order of answers suggested.
