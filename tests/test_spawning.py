@@ -2,7 +2,8 @@
 synchronised ones in ``initargs``, ``Manager`` proxies as task arguments.
 
 Each scenario is a real script run in a child interpreter, under a timeout; objects come from the
-``spawn`` context (the ``fork`` one's semaphores cannot leave their process tree).
+``spawn`` context, whose semaphores workers open by name, and the ``fork`` one (the default on
+Linux before Python 3.14), whose semaphores only the parent can reach and serves to the workers.
 """
 
 from __future__ import annotations
@@ -35,13 +36,17 @@ def run_main(tmp_path, body: str, *argv: str) -> subprocess.CompletedProcess:
     return helpers.run_script(tmp_path, PRELUDE + textwrap.dedent(body), *argv, timeout=SCRIPT_TIMEOUT)
 
 
+CONTEXTS = ["spawn", "fork"]
+
+
 def output(done: subprocess.CompletedProcess) -> str:
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
+@pytest.mark.parametrize("context", CONTEXTS)
 @pytest.mark.parametrize("pool", ["process", "hybrid"])
-def test_workers_log_into_a_queue_the_parent_reads(tmp_path, pool):
+def test_workers_log_into_a_queue_the_parent_reads(tmp_path, pool, context):
     done = run_main(
         tmp_path,
         """
@@ -64,11 +69,13 @@ def test_workers_log_into_a_queue_the_parent_reads(tmp_path, pool):
             print(messages)
         """,
         pool,
+        context,
     )
     assert output(done) == "['task 0', 'task 1', 'task 2', 'task 3']"
 
 
-def test_a_lock_is_shared_by_the_parent_and_the_workers(tmp_path):
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_a_lock_is_shared_by_the_parent_and_the_workers(tmp_path, context):
     done = run_main(
         tmp_path,
         """
@@ -84,11 +91,13 @@ def test_a_lock_is_shared_by_the_parent_and_the_workers(tmp_path):
             print(while_held, free)
         """,
         "process",
+        context,
     )
     assert output(done) == "False True"
 
 
-def test_an_event_and_a_semaphore_are_shared(tmp_path):
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_an_event_and_a_semaphore_are_shared(tmp_path, context):
     done = run_main(
         tmp_path,
         """
@@ -105,11 +114,13 @@ def test_an_event_and_a_semaphore_are_shared(tmp_path):
                 print([f.result(timeout=30) for f in futures], semaphore.get_value())
         """,
         "process",
+        context,
     )
     assert output(done) == "[True, True] 1"
 
 
-def test_value_and_array_written_by_workers_are_read_by_the_parent(tmp_path):
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_value_and_array_written_by_workers_are_read_by_the_parent(tmp_path, context):
     done = run_main(
         tmp_path,
         """
@@ -126,6 +137,7 @@ def test_value_and_array_written_by_workers_are_read_by_the_parent(tmp_path):
             print(value.value, list(array))
         """,
         "process",
+        context,
     )
     assert output(done) == "5 [0, 10, 20, 30, 40]"
 
@@ -150,7 +162,8 @@ def test_a_manager_dict_proxy_is_a_task_argument(tmp_path):
     assert output(done) == "[(0, 0), (1, 1), (2, 4), (3, 9)]"
 
 
-def test_workers_replaced_later_still_get_the_queue(tmp_path):
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_workers_replaced_later_still_get_the_queue(tmp_path, context):
     # Every worker the pool starts unpickles the same start data, replacements included.
     done = run_main(
         tmp_path,
@@ -165,26 +178,110 @@ def test_workers_replaced_later_still_get_the_queue(tmp_path):
             print(len({queue.get(timeout=10) for _ in range(3)}))
         """,
         "process",
+        context,
     )
     assert output(done) == "3"
 
 
-def test_a_fork_context_queue_is_refused_naming_the_argument(tmp_path):
+def test_the_default_contexts_queue_works_as_with_the_standard_library(tmp_path):
+    # The logging cookbook's pattern, unchanged: a plain multiprocessing.Queue() (the fork
+    # context's on Linux before 3.14) given to every worker through initargs.
+    done = helpers.run_script(
+        tmp_path,
+        textwrap.dedent(
+            """
+        import multiprocessing, os
+        from concurrent.futures import ProcessPoolExecutor
+        from ferropool import ProcessPool
+
+        def init(queue):
+            global QUEUE
+            QUEUE = queue
+
+        def work(i):
+            QUEUE.put(i * i)
+            return os.getpid()
+
+        if __name__ == "__main__":
+            results = []
+            for make in (ProcessPoolExecutor, ProcessPool):
+                queue = multiprocessing.Queue()
+                with make(2, initializer=init, initargs=(queue,)) as pool:
+                    list(pool.map(work, range(10)))
+                results.append(sorted(queue.get(timeout=10) for _ in range(10)))
+            print(results[0] == results[1], results[1])
+        """
+        ),
+        timeout=SCRIPT_TIMEOUT,
+    )
+    assert output(done) == "True [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]"
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_an_rlock_and_a_condition_are_shared(tmp_path, context):
     done = run_main(
         tmp_path,
         """
+        def wait_for_turn(_):
+            rlock, condition, turn = KEPT
+            with rlock:
+                with rlock:  # recursive: the same worker thread owns it
+                    mine = rlock._semlock._is_mine()
+            with condition:
+                woke = condition.wait_for(lambda: turn.value == 1, timeout=20)
+            return mine, woke
+
         if __name__ == "__main__":
-            try:
-                ProcessPool(1, initializer=keep, initargs=(1, ctx.Queue()))
-            except TypeError as exc:
-                print(type(exc).__name__, exc)
+            rlock, condition, turn = ctx.RLock(), ctx.Condition(), ctx.Value("i", 0)
+            with ProcessPool(2, initializer=keep, initargs=(rlock, condition, turn)) as p:
+                futures = [p.submit(wait_for_turn, i) for i in range(2)]
+                with condition:
+                    turn.value = 1
+                    condition.notify_all()
+                print([f.result(timeout=30) for f in futures], rlock._semlock._is_mine())
+        """,
+        "process",
+        context,
+    )
+    assert output(done) == "[(True, True), (True, True)] False"
+
+
+def test_a_worker_killed_while_waiting_for_a_fork_context_lock_never_takes_it(tmp_path):
+    # The parent waits on the lock for the worker; once the worker is gone it must not get it.
+    done = run_main(
+        tmp_path,
+        """
+        import threading, time
+
+        def serving(suffix=""):
+            return [t for t in threading.enumerate() if t.name.startswith("ferropool-semlock") and t.name.endswith(suffix)]
+
+        def take(_):
+            lock, asking = KEPT
+            asking.set()
+            lock.acquire()
+            return os.getpid()
+
+        if __name__ == "__main__":
+            lock, asking = ctx.Lock(), ctx.Event()
+            lock.acquire()
+            p = ProcessPool(1, initializer=keep, initargs=(lock, asking))
+            future = p.submit(take, 0)
+            assert asking.wait(20)
+            while not serving(" waiting"):  # the parent waits on the lock for the worker
+                time.sleep(0.01)
+            p.kill_workers()
+            for thread in serving():
+                thread.join(20)  # gives up waiting for the worker that went
+            stopped = not serving()
+            lock.release()
+            print(type(future.exception(timeout=20)).__name__, stopped, lock.acquire(timeout=5))
+            p.shutdown()
         """,
         "process",
         "fork",
     )
-    out = output(done)
-    assert out.startswith("SerializationError initargs[1]: ")
-    assert "get_context('spawn')" in out
+    assert output(done) == "BrokenPoolError True True"
 
 
 def test_a_failing_initializer_logs_to_the_handler_it_set_up(tmp_path):

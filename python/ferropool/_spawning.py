@@ -10,7 +10,7 @@ pickles them the same way:
 - inside ``multiprocessing.context.set_spawning_popen``, with ``_Start`` standing in for the
   spawning ``Popen``, and with ``ForkingPickler``'s reducers (connections, sockets, arenas);
 - a descriptor becomes a ``SharedFd``: the parent keeps a duplicate and serves it, to any process
-  holding its ``authkey``, over a ``multiprocessing.connection`` socket (``_FdServer``, like
+  holding its ``authkey``, over a ``multiprocessing.connection`` socket (``_Server``, like
   ``multiprocessing.resource_sharer`` but serving each descriptor as often as asked, since every
   worker the pool starts, replacements included, unpickles the same start data).
 
@@ -19,8 +19,12 @@ processes do, so that they can also reach a ``Manager``'s server through the pro
 
 Semaphores made by the ``fork`` context (the default one on Linux before Python 3.14) are
 unlinked as soon as they are made, so no process that was not forked from their maker can open
-them; ``dumps_for_start`` names the argument and the way out (a ``spawn`` or ``forkserver``
-context) instead.
+them. They travel as a ``SharedSemLock`` instead: the worker's lock, semaphore, queue or event
+keeps its class and its Python code, and each operation on the semaphore underneath is carried
+out by the parent, on the real one, by a thread that serves that worker thread alone (so a
+recursive lock's owner is one worker thread, as it should be). It costs a round trip per
+operation (tens of microseconds); a ``spawn`` or ``forkserver`` context's objects are used
+directly.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from .errors import SerializationError
 
 
 class SharedFd:
-    """A descriptor of the parent, fetched from its ``_FdServer`` by ``detach`` (what
+    """A descriptor of the parent, fetched from its ``_Server`` by ``detach`` (what
     ``multiprocessing.reduction.rebuild_connection`` and ``rebuild_arena`` call)."""
 
     def __init__(self, address: str, key: int) -> None:
@@ -55,8 +59,85 @@ class SharedFd:
             return reduction.recv_handle(conn)
 
 
-class _FdServer:
-    """Serves duplicates of descriptors to processes that hold this process's ``authkey``."""
+class SharedSemLock:
+    """Stands in, in a worker, for the ``_multiprocessing.SemLock`` of a lock or semaphore that
+    the parent made with the ``fork`` context: every call is made by the parent on the real one
+    (see the module doc). Each thread of the worker has its own connection, served by its own
+    thread in the parent, whose identity is the owner a recursive lock records."""
+
+    def __init__(self, address: str, key: int, kind: int, maxvalue: int, name: str | None) -> None:
+        self._address, self._key = address, key
+        self.kind, self.maxvalue, self.name = kind, maxvalue, name
+        self.handle = None
+        self._local = threading.local()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return SharedSemLock, (self._address, self._key, self.kind, self.maxvalue, self.name)
+
+    def _call(self, op: str, *args: Any) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            from multiprocessing.connection import Client
+            from multiprocessing.process import current_process
+
+            conn = Client(self._address, authkey=current_process().authkey)
+            conn.send(("semlock", self._key, os.getpid()))
+            if not conn.recv():
+                conn.close()
+                raise OSError(f"the parent no longer shares semaphore #{self._key}")
+            self._local.conn = conn
+        conn.send((op, args))
+        ok, value = conn.recv()
+        if not ok:
+            raise value
+        return value
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        return bool(self._call("acquire", block, timeout))
+
+    def release(self) -> None:
+        self._call("release")
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _count(self) -> int:
+        return int(self._call("_count"))
+
+    def _is_mine(self) -> bool:
+        return bool(self._call("_is_mine"))
+
+    def _get_value(self) -> int:
+        return int(self._call("_get_value"))
+
+    def _is_zero(self) -> bool:
+        return bool(self._call("_is_zero"))
+
+    def _after_fork(self) -> None:
+        self._local = threading.local()  # a forked child opens connections of its own
+
+
+def _rebuild_semlock(cls: Any, semlock: SharedSemLock) -> Any:
+    """Builds, in a worker, a ``multiprocessing.synchronize`` lock or semaphore of class
+    ``cls`` around ``semlock``, as its ``__setstate__`` does around a semaphore it opens."""
+    obj = cls.__new__(cls)
+    obj._semlock = semlock
+    obj._make_methods()
+    obj._is_fork_ctx = False
+    return obj
+
+
+# How long a parent thread acquiring for a worker waits at a time before it checks that the
+# worker is still there: one that died must not get the semaphore afterwards.
+_ACQUIRE_SLICE = 0.05
+
+
+class _Server:
+    """Serves, to processes that hold this process's ``authkey``, duplicates of descriptors
+    and the operations of ``fork`` context semaphores (``SharedSemLock``)."""
 
     def __init__(self) -> None:
         from multiprocessing.connection import Listener
@@ -64,9 +145,10 @@ class _FdServer:
 
         self._listener = Listener(authkey=current_process().authkey)
         self._fds: dict[int, int] = {}
+        self._semlocks: dict[int, Any] = {}
         self._keys = itertools.count(1)
         self._lock = threading.Lock()
-        threading.Thread(target=self._serve, name="ferropool-fd-server", daemon=True).start()
+        threading.Thread(target=self._serve, name="ferropool-start-server", daemon=True).start()
 
     def share(self, fd: int) -> SharedFd:
         key = next(self._keys)
@@ -74,9 +156,16 @@ class _FdServer:
             self._fds[key] = os.dup(fd)
         return SharedFd(self._listener.address, key)
 
+    def share_semlock(self, semlock: Any) -> SharedSemLock:
+        key = next(self._keys)
+        with self._lock:
+            self._semlocks[key] = semlock
+        return SharedSemLock(self._listener.address, key, semlock.kind, semlock.maxvalue, semlock.name)
+
     def release(self, keys: list[int]) -> None:
         with self._lock:
             for key in keys:
+                self._semlocks.pop(key, None)
                 fd = self._fds.pop(key, None)
                 if fd is not None:
                     os.close(fd)
@@ -91,28 +180,100 @@ class _FdServer:
                 continue  # a client without the key, or one that went away: not ours to serve
             except OSError:
                 return
-            with conn:
-                try:
-                    key, pid = conn.recv()
+            try:
+                request = conn.recv()
+                if request[0] == "semlock":
+                    with self._lock:
+                        semlock = self._semlocks.get(request[1])
+                    conn.send(semlock is not None)
+                    if semlock is not None:
+                        name = f"ferropool-semlock-{request[2]}"  # the worker's pid
+                        args = (conn, semlock)
+                        threading.Thread(target=_serve_semlock, args=args, name=name, daemon=True).start()
+                        continue  # the connection is that thread's now
+                else:
+                    key, pid = request
                     with self._lock:
                         fd = self._fds.get(key)
                         conn.send(fd is not None)
                         if fd is not None:
                             reduction.send_handle(conn, fd, pid)
-                except (OSError, EOFError, ValueError, TypeError):
-                    continue
+            except (OSError, EOFError, ValueError, TypeError, IndexError):
+                pass
+            conn.close()
 
 
-_server: _FdServer | None = None
+def _serve_semlock(conn: Any, semlock: Any) -> None:
+    """Carries out one worker thread's calls on ``semlock`` until it hangs up."""
+    with conn:
+        while True:
+            try:
+                op, args = conn.recv()
+            except (OSError, EOFError):
+                return
+            try:
+                if op == "acquire":
+                    value: Any = _acquire_for(conn, semlock, *args)
+                    if value is None:
+                        return  # the worker went while waiting
+                elif op in ("release", "_count", "_is_mine", "_get_value", "_is_zero"):
+                    value = getattr(semlock, op)()
+                else:
+                    raise ValueError(f"no semaphore operation {op!r}")
+                reply = (True, value)
+            except Exception as exc:
+                reply = (False, exc)
+            try:
+                conn.send(reply)
+            except (OSError, EOFError):
+                if op == "acquire" and reply == (True, True):
+                    semlock.release()  # the worker went before it heard it had it
+                return
+
+
+def _acquire_for(conn: Any, semlock: Any, block: bool = True, timeout: float | None = None) -> bool | None:
+    """Acquires ``semlock`` for the worker at the other end of ``conn``, as
+    ``SemLock.acquire(block, timeout)`` would; None if the worker hung up while it waited (then
+    nothing is acquired for it)."""
+    if not block:
+        return bool(semlock.acquire(False))
+    if semlock.acquire(False):
+        return True
+    me = threading.current_thread()
+    me.name += " waiting"  # says what it does, in a debugger's thread list
+    try:
+        return _wait_for(conn, semlock, timeout)
+    finally:
+        me.name = me.name.removesuffix(" waiting")
+
+
+def _wait_for(conn: Any, semlock: Any, timeout: float | None) -> bool | None:
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    while True:
+        left = _ACQUIRE_SLICE if deadline is None else min(_ACQUIRE_SLICE, deadline - time.monotonic())
+        if semlock.acquire(True, max(0.0, left)):
+            if conn.poll(0):  # got it just as the worker went: not for anyone now
+                semlock.release()
+                return None
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        if conn.poll(0):  # it sends nothing while it waits for the answer: it hung up
+            return None
+
+
+_server: _Server | None = None
 _server_pid = 0  # a forked child starts a server of its own
 _server_lock = threading.Lock()
 
 
-def _fd_server() -> _FdServer:
+def _start_server() -> _Server:
     global _server, _server_pid
     with _server_lock:
         if _server is None or _server_pid != os.getpid():
-            _server, _server_pid = _FdServer(), os.getpid()
+            _server, _server_pid = _Server(), os.getpid()
         return _server
 
 
@@ -126,9 +287,18 @@ class _Start:
         return fd
 
     def DupFd(self, fd: int) -> SharedFd:  # multiprocessing's name
-        shared = _fd_server().share(fd)
+        shared = _start_server().share(fd)
         self.keys.append(shared.key)
         return shared
+
+    def semlock(self, obj: Any) -> tuple[Any, ...]:
+        """Reduces a ``multiprocessing.synchronize`` lock or semaphore: one made by the
+        ``fork`` context as a ``SharedSemLock``, any other as spawn does."""
+        if not getattr(obj, "_is_fork_ctx", False):
+            return obj.__reduce_ex__(5)  # type: ignore[no-any-return]
+        shared = _start_server().share_semlock(obj._semlock)
+        self.keys.append(shared._key)
+        return _rebuild_semlock, (type(obj), shared)
 
 
 def release(keys: list[int]) -> None:
@@ -174,9 +344,21 @@ def dumps_for_start(obj: tuple[Any, tuple[Any, ...]], what: str) -> tuple[bytes,
 
     from . import _by_value
 
+    def reduce_semlock(obj: Any) -> tuple[Any, ...]:
+        start = context.get_spawning_popen()
+        assert isinstance(start, _Start)
+        return start.semlock(obj)
+
+    semlocks: dict[type, Any] = {}
+    synchronize = sys.modules.get("multiprocessing.synchronize")
+    if synchronize is not None:  # else none of its locks exist here
+        for cls in (synchronize.Lock, synchronize.RLock, synchronize.Semaphore, synchronize.BoundedSemaphore):
+            semlocks[cls] = reduce_semlock
+
     class StartPickler(_by_value.Pickler):
         # ForkingPickler's own reducers (connections, sockets, arenas) come first.
         dispatch_table: ClassVar = ChainMap(
+            semlocks,
             reduction.ForkingPickler._extra_reducers,  # type: ignore[attr-defined]
             _by_value.Pickler.dispatch_table,
         )
@@ -206,11 +388,4 @@ def dumps_for_start(obj: tuple[Any, tuple[Any, ...]], what: str) -> tuple[bytes,
                 break
             finally:
                 release(probe.keys)
-        message = f"{path}: {error}"
-        if "fork context" in str(error):
-            message = (
-                f"{path}: a multiprocessing lock, queue or semaphore made by the 'fork' context cannot reach "
-                "the pool's workers, which start as fresh interpreters as with the 'spawn' start method: "
-                "make it with multiprocessing.get_context('spawn') (or 'forkserver')"
-            )
-        raise SerializationError(message) from exc
+        raise SerializationError(f"{path}: {error}") from exc
