@@ -24,7 +24,6 @@ from ferropool._executor import (
     TARGET_CHUNK_S,
     PoolExecutor,
     TaskOptions,
-    _drain,
     _Mapper,
     chunk_runner,
     is_coroutine_function,
@@ -168,15 +167,6 @@ def test_run_chunk_async_attaches_the_results_before_the_first_failing_item():
         asyncio.run(run_chunk_async(fn, [(0,), (1,), (2,), (3,), (4,)]))
     assert getattr(info.value, _PARTIAL) == [0, 10]
     assert sorted(ran) == [0, 1, 2, 3, 4], "the chunk's calls run concurrently, all of them"
-
-
-def test_drain_yields_in_order_and_forgets_each_value():
-    values = ["a", "b", "c"]
-    it = _drain(values)
-    assert next(it) == "a"
-    assert values == ["c", "b"], "the yielded value is no longer held"
-    assert list(it) == ["b", "c"]
-    assert values == []
 
 
 # ------------------------------------------------------- is_coroutine_function
@@ -351,6 +341,13 @@ def test_short_known_length_keeps_chunks_of_one():
     assert sizes(mapper, 4, 0) == [1] * 4
 
 
+def test_known_length_grows_chunks_before_anything_is_measured_up_to_the_cap():
+    # The first item went alone (``start``); tiny tasks need not wait for measurements.
+    assert make_mapper(workers=2, total=10**6)._next_size() == 2
+    mapper = make_mapper(workers=2, total=100)
+    assert [mapper._next_size() for _ in range(5)] == [2, 4, 8, 12, 12]
+
+
 def test_fixed_chunksize_ignores_measurements():
     mapper = make_mapper(chunksize=7, total=1000)
     assert mapper._next_size() == 7
@@ -453,6 +450,27 @@ def test_map_raises_an_input_error_after_the_items_read_before_it():
         for value in pool.map(identity, items(), chunksize=3):
             got.append(value)
     assert got == [0, 1, 2, 3, 4]
+
+
+def test_map_iterator_close_ends_it_and_stops_reading_input():
+    read: list[int] = []
+
+    def endless():
+        for i in itertools.count():
+            read.append(i)
+            yield i
+
+    pool = FakePool(workers=1, cost=lambda item: 1000)
+    it = pool.map(identity, endless())
+    assert next(it) == 0
+    it.close()
+    with pytest.raises(StopIteration):
+        next(it)
+    feeders = [t for t in threading.enumerate() if t.name == "ferropool-map-feeder"]
+    for t in feeders:
+        t.join(10)
+    assert not any(t.is_alive() for t in feeders), "the feeder kept reading"
+    assert len(read) < 10_000, "it read on past its window"
 
 
 def test_map_of_several_iterables_stops_at_the_shortest():

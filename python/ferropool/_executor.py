@@ -30,7 +30,7 @@ import itertools
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 
 from ._asyncio import AsyncMixin
 
@@ -193,7 +193,7 @@ class PoolExecutor(AsyncMixin, cf.Executor):
         except BaseException:
             mapper.stop()  # closes the bar
             raise
-        results = mapper.results()
+        results = map_results(mapper.chunks())
         # An iterator dropped unfinished (or never started) stops its feeder thread.
         weakref.finalize(results, mapper.stop)
         return results
@@ -332,8 +332,13 @@ class _Mapper:
         if self.per_item_ns is not None and self.measured >= self.window:
             wanted = max(1, int(TARGET_CHUNK_S * 1e9 / max(self.per_item_ns, 1.0)))
             self.size = min(wanted, self.size * GROWTH, MAX_CHUNK)
-            if self.cap:
-                self.size = min(self.size, self.cap)
+        elif self.cap:
+            # Known length, nothing measured yet: grow anyway, bounded by the cap, so that tiny
+            # tasks do not wait for measurements in chunks of one (long ones get small chunks
+            # once measured; the big early chunks are far from the end, where balance counts).
+            self.size = min(self.size * 2, MAX_CHUNK)
+        if self.cap:
+            self.size = min(self.size, self.cap)
         if self.buffersize is not None:
             return max(1, min(self.size, self.buffersize - self._ahead()))
         return self.size
@@ -374,7 +379,10 @@ class _Mapper:
             raise cf.TimeoutError()
         return left
 
-    def results(self) -> Iterator[Any]:
+    def chunks(self) -> Generator[Iterator[Any], None, None]:
+        """Yields, for each chunk in order, an iterator over its results that forgets each one
+        it yields (``MapResults`` takes the items out); raises where the first failing item
+        was, after the items of its chunk before it."""
         try:
             while True:
                 with self.cond:
@@ -397,7 +405,7 @@ class _Mapper:
                             delattr(exc, _PARTIAL)
                         except Exception:
                             pass
-                        yield from _drain(partial)
+                        yield _forgetting(partial)
                     raise
                 finally:
                     del fut
@@ -405,20 +413,38 @@ class _Mapper:
                     self.inflight.popleft()
                     self.consumed += len(values)
                     self.cond.notify_all()
-                # _drain's loop, inline: one generator frame less per item.
-                values.reverse()
-                pop = values.pop
-                while values:
-                    yield pop()
+                yield _forgetting(values)
+                del values
         finally:
             self.stop()
 
 
-def _drain(values: list) -> Iterator[Any]:
-    """Yields and forgets each value, so a result the consumer dropped is freed at once."""
+def _forgetting(values: list) -> Iterator[Any]:
+    """Iterates over ``values`` in order, in C, removing each value from the list as it is
+    yielded, so that a result the consumer dropped is freed at once."""
     values.reverse()
-    while values:
-        yield values.pop()
+    return itertools.starmap(values.pop, itertools.repeat((), len(values)))
+
+
+class MapResults(itertools.chain):
+    """The iterator ``map`` returns. Its items come out of each finished chunk's list of
+    results in C (``itertools.chain`` over ``_forgetting``): a generator stepping through them
+    would cost more per item than a tiny task's whole round trip. ``close()`` stops the ``map`` as dropping the
+    iterator does: no more input is read, chunks not started are cancelled, and ``next()`` raises
+    ``StopIteration``, as after a generator's ``close()``."""
+
+    _chunks: Generator[Iterator[Any], None, None]
+
+    def close(self) -> None:
+        self._chunks.close()
+        collections.deque(self, maxlen=0)  # and the rest of the chunk at hand: next() then stops
+
+
+def map_results(chunks: Generator[Iterator[Any], None, None]) -> MapResults:
+    results = MapResults.from_iterable(chunks)
+    assert isinstance(results, MapResults)  # from_iterable builds its own class
+    results._chunks = chunks
+    return results
 
 
 class TaskOptions(PoolExecutor):

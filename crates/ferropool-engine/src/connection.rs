@@ -3,7 +3,9 @@
 //!
 //! Batching: writing each answer costs a system call, which dominates when tasks take a
 //! microsecond. So `answer` holds an answer back while another task is already buffered, and
-//! it leaves with the next ones. But the next task may be long: an answer held while it runs
+//! it leaves with the next ones; not the answer of a task that ran 20 µs or more, nor one of
+//! 16 KiB or more, whose write costs little beside it (and a `map` chunk's answer is often what
+//! the parent waits for before it sends more work). But the next task may be long: an answer held while it runs
 //! would wait for all of it (a 1 µs task queued before a one-hour task would answer after an
 //! hour and, with a timeout, be blamed for it). So a flusher thread writes out any answer that
 //! has been held for `MAX_HOLD`, whatever the main thread is doing — running Python code or
@@ -40,6 +42,10 @@ use crate::journal::{self, Journal};
 pub use crate::flush_schedule::MAX_HOLD;
 /// Most bytes of answers held back; past this they are written at once.
 const MAX_HELD_BYTES: usize = journal::CAPACITY;
+/// Answers of tasks that ran this long (microseconds) or more are never held back.
+const HOLD_BELOW_US: u32 = 20;
+/// Answers this large or larger are never held back.
+const HOLD_BELOW_BYTES: usize = 16 * 1024;
 /// How often a worker waiting for its next task gives spare memory back.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 /// How stale the worker's view of its socket may be when it starts a task.
@@ -116,8 +122,13 @@ impl Connection {
         payload: &[u8],
         fds: Vec<OwnedFd>,
     ) -> io::Result<()> {
-        // Descriptors die with the process, so an answer carrying some is never held back.
-        let more = self.has_frame() && fds.is_empty();
+        // Descriptors die with the process, so an answer carrying some is never held back. Nor
+        // is a long task's or a large answer: its write costs little beside the task, and its
+        // task (a `map` chunk) is often what the parent waits for before sending more work.
+        let more = self.has_frame()
+            && fds.is_empty()
+            && aux < HOLD_BELOW_US
+            && payload.len() < HOLD_BELOW_BYTES;
         let mut st = self.out.lock();
         st.writer
             .push_parts_flagged(kind, id, flags, aux, payload, fds);
@@ -427,6 +438,31 @@ mod tests {
             (answer.kind, answer.id, answer.payload.as_slice()),
             (Kind::Ok, 1, &b"done"[..])
         );
+        drop(conn);
+    }
+
+    #[test]
+    fn a_long_tasks_answer_and_a_large_answer_are_written_at_once() {
+        let (parent, child) = pair().unwrap();
+        let mut w = FrameWriter::new();
+        for id in 1..=4 {
+            w.push(Frame::new(Kind::Task, id, b"task".to_vec()));
+        }
+        w.flush(parent.as_fd()).unwrap();
+        let mut conn = Connection::new(child).unwrap();
+        let large = vec![7u8; HOLD_BELOW_BYTES];
+        // Each with another task buffered behind it, which alone would hold the answer back.
+        for (id, run_us, payload) in [(1, HOLD_BELOW_US, &b"r"[..]), (2, 0, &large[..])] {
+            assert_eq!(conn.recv().unwrap().unwrap().id, id);
+            conn.answer(Kind::Ok, id, 0, run_us, payload, Vec::new())
+                .unwrap();
+            assert_eq!(conn.out.lock().writer.pending(), 0, "answer {id} was held");
+        }
+        let mut reader = FrameReader::new();
+        for id in 1..=2 {
+            let f = read_frame_within(&mut reader, &parent, Duration::from_secs(5)).unwrap();
+            assert_eq!((f.kind, f.id), (Kind::Ok, id));
+        }
         drop(conn);
     }
 
