@@ -205,6 +205,24 @@ def test_shutdown_refuses_new_tasks(make_rpool):
 
 def test_shutdown_cancel_futures(make_rpool, gate_factory):
     pool = make_rpool()
+    if type(pool).__name__ == "DaskPool":
+        # Dask tells running tasks from queued ones: the standard library's meaning.
+        started, release = gate_factory(), gate_factory()
+        running = pool.submit(helpers.signal_and_wait, started, release, "finished")
+        assert started.wait(WAIT)
+        queued = [pool.submit(square, i) for i in range(5)]
+        stopper = threading.Thread(target=pool.shutdown, kwargs={"cancel_futures": True}, daemon=True)
+        stopper.start()
+        done, _ = cf.wait(queued, timeout=WAIT)
+        assert len(done) == len(queued), "the queued tasks were not cancelled while one ran"
+        assert not running.done(), "the running task was cancelled"
+        release.set()
+        stopper.join(WAIT)
+        assert not stopper.is_alive()
+        assert running.result(timeout=0) == "finished"
+        assert all(f.cancelled() or f.result(timeout=0) == i * i for i, f in enumerate(queued))
+        return
+    # Ray cannot tell them apart: every unfinished task is cancelled, running ones stopped.
     started = gate_factory()
     running = pool.submit(helpers.started_then_sleep, started, 60)
     assert started.wait(WAIT)

@@ -8,6 +8,8 @@ What Dask lacks and this adds (dask/distributed#391): stopping a running task. `
 timeouts call ``client.cancel(force=True)`` — which drops a queued task but lets a running one
 run on — and then ``remote.stop_task`` on the workers: it raises in the task's thread, and
 kills the worker process (its nanny starts a new one) if the task is blocked in C for a second.
+``shutdown(cancel_futures=True)`` asks the workers which ferropool tasks run
+(``remote.running_tokens``) and cancels the others only, as the standard library does.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
         "ferropool.DaskPool needs Dask distributed: pip install 'ferropool[dask]'", name=exc.name
     ) from exc
 
-from .remote import SHARE_THRESHOLD, RemoteFuture, RemotePool, died, run_task, stop_task
+from .remote import SHARE_THRESHOLD, RemoteFuture, RemotePool, died, run_task, running_tokens, stop_task
 
 __all__ = ["DaskPool"]
 
@@ -144,6 +146,13 @@ class DaskPool(RemotePool):
         # not make it run again elsewhere.
         self._client.cancel([handle], force=True)
         self._client.run(stop_task, fut._token, on_error="ignore")
+
+    def _engine_running(self) -> set[str] | None:
+        tokens = self._client.run(running_tokens, on_error="ignore")
+        return {token for listed in tokens.values() for token in listed}
+
+    def _engine_drop(self, fut: RemoteFuture, handle: Any) -> None:
+        self._client.cancel([handle], force=True)
 
     def _engine_close(self) -> None:
         self._done.put(None)

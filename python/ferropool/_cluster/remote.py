@@ -125,6 +125,12 @@ def running_tasks() -> int:
         return len(_running)
 
 
+def running_tokens() -> list[str]:
+    """Returns the tokens of the ferropool tasks running in this worker process."""
+    with _running_lock:
+        return list(_running)
+
+
 def _async_raise(ident: int, exc_type: type | None) -> None:
     import ctypes
 
@@ -193,6 +199,9 @@ class RemoteFuture(cf.Future):
 
     def cancel(self) -> bool:
         """Cancels the task, stopping it on its worker if it runs; False once it finished."""
+        return self._cancel(stop_running=True)
+
+    def _cancel(self, stop_running: bool) -> bool:
         if not cf.Future.cancel(self):
             return False
         with self._condition:
@@ -200,7 +209,7 @@ class RemoteFuture(cf.Future):
         self.set_running_or_notify_cancel()  # CANCELLED_AND_NOTIFIED: cf.wait counts it done
         self._pool._count("cancelled")
         if handle is not None:
-            self._pool._stop(self, handle)
+            self._pool._stop(self, handle, stop_running)
         return True
 
 
@@ -317,6 +326,15 @@ class RemotePool(PoolExecutor):
         """Stops the task: drops it from the queue, or stops it where it runs."""
         raise NotImplementedError
 
+    def _engine_running(self) -> set[str] | None:
+        """The tokens of the tasks that have begun on the cluster, or None if the engine cannot
+        tell them from queued ones."""
+        return None
+
+    def _engine_drop(self, fut: RemoteFuture, handle: Any) -> None:
+        """Drops the task from the engine's queue without stopping it if it has begun."""
+        self._engine_stop(fut, handle)
+
     def _engine_error(self, fut: RemoteFuture, exc: BaseException) -> BaseException:
         """Translates an engine's own failure (a lost worker...) into ferropool's exception."""
         return exc
@@ -428,9 +446,12 @@ class RemotePool(PoolExecutor):
             if handle is not None:
                 self._stop(fut, handle)
 
-    def _stop(self, fut: RemoteFuture, handle: Any) -> None:
+    def _stop(self, fut: RemoteFuture, handle: Any, stop_running: bool = True) -> None:
         try:
-            self._engine_stop(fut, handle)
+            if stop_running:
+                self._engine_stop(fut, handle)
+            else:
+                self._engine_drop(fut, handle)
         except Exception:
             pass  # the cluster is gone or the task ended meanwhile: nothing left to stop
         with self._futures_lock:
@@ -493,17 +514,27 @@ class RemotePool(PoolExecutor):
             return handle
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stops accepting tasks. ``cancel_futures`` cancels every unfinished future (stopping
-        running tasks where the engine can); ``wait`` returns once every task has ended. Then
-        releases what the pool created (its client or cluster connection). Safe to call twice."""
+        """Stops accepting tasks. ``cancel_futures`` cancels every task that has not begun, as
+        in the standard library, where the engine can tell (Dask); where it cannot (Ray), every
+        unfinished task, stopping running ones. ``wait`` returns once every task has ended.
+        Then releases what the pool created (its client or cluster connection). Safe to call
+        twice."""
         if self._shutdown and not wait:
             return
         self._shutdown = True
         if cancel_futures:
             with self._futures_lock:
                 pending = list(self._futures)
+            try:
+                running = self._engine_running()
+            except Exception:
+                running = None  # the cluster is going: cancel all, as an engine that cannot tell
             for fut in pending:
-                fut.cancel()
+                if running is None:
+                    fut.cancel()
+                elif fut._token not in running:
+                    # One that begins meanwhile runs on; its result is dropped.
+                    fut._cancel(stop_running=False)
         if wait:
             with self._all_done:
                 while self._futures:
