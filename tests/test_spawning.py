@@ -246,6 +246,33 @@ def test_an_rlock_and_a_condition_are_shared(tmp_path, context):
     assert output(done) == "[(True, True), (True, True)] False"
 
 
+def test_one_parent_thread_serves_each_worker_thread_whatever_the_objects(tmp_path):
+    # A queue, a lock and an event are seven semaphores: not seven threads in the parent.
+    done = run_main(
+        tmp_path,
+        """
+        import threading
+
+        def use(_):
+            queue, lock, event = KEPT
+            with lock:
+                queue.put(os.getpid())
+            event.set()
+            return os.getpid()
+
+        if __name__ == "__main__":
+            objects = ctx.Queue(), ctx.Lock(), ctx.Event()
+            with ProcessPool(1, initializer=keep, initargs=objects) as p:
+                pid = p.submit(use, 0).result(timeout=30)
+                serving = [t for t in threading.enumerate() if t.name.startswith(f"ferropool-semlock-{pid}")]
+                print(len(serving), objects[0].get(timeout=10) == pid, objects[2].is_set())
+        """,
+        "process",
+        "fork",
+    )
+    assert output(done) == "1 True True"
+
+
 def test_a_worker_killed_while_waiting_for_a_fork_context_lock_never_takes_it(tmp_path):
     # The parent waits on the lock for the worker; once the worker is gone it must not get it.
     done = run_main(

@@ -62,31 +62,21 @@ class SharedFd:
 class SharedSemLock:
     """Stands in, in a worker, for the ``_multiprocessing.SemLock`` of a lock or semaphore that
     the parent made with the ``fork`` context: every call is made by the parent on the real one
-    (see the module doc). Each thread of the worker has its own connection, served by its own
-    thread in the parent, whose identity is the owner a recursive lock records."""
+    (see the module doc). Each thread of the worker has one connection to the parent, for all
+    such semaphores, served by a thread of its own there, whose identity is the owner a
+    recursive lock records."""
 
     def __init__(self, address: str, key: int, kind: int, maxvalue: int, name: str | None) -> None:
         self._address, self._key = address, key
         self.kind, self.maxvalue, self.name = kind, maxvalue, name
         self.handle = None
-        self._local = threading.local()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return SharedSemLock, (self._address, self._key, self.kind, self.maxvalue, self.name)
 
     def _call(self, op: str, *args: Any) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            from multiprocessing.connection import Client
-            from multiprocessing.process import current_process
-
-            conn = Client(self._address, authkey=current_process().authkey)
-            conn.send(("semlock", self._key, os.getpid()))
-            if not conn.recv():
-                conn.close()
-                raise OSError(f"the parent no longer shares semaphore #{self._key}")
-            self._local.conn = conn
-        conn.send((op, args))
+        conn = _semlock_connection(self._address)
+        conn.send((self._key, op, args))
         ok, value = conn.recv()
         if not ok:
             raise value
@@ -117,7 +107,24 @@ class SharedSemLock:
         return bool(self._call("_is_zero"))
 
     def _after_fork(self) -> None:
-        self._local = threading.local()  # a forked child opens connections of its own
+        _connections.__dict__.clear()  # a forked child opens connections of its own
+
+
+#: This thread's connections to the parents' semaphore servers, by address.
+_connections = threading.local()
+
+
+def _semlock_connection(address: str) -> Any:
+    conns = _connections.__dict__
+    conn = conns.get(address)
+    if conn is None:
+        from multiprocessing.connection import Client
+        from multiprocessing.process import current_process
+
+        conn = Client(address, authkey=current_process().authkey)
+        conn.send(("semlocks", os.getpid()))
+        conns[address] = conn
+    return conn
 
 
 def _rebuild_semlock(cls: Any, semlock: SharedSemLock) -> Any:
@@ -182,15 +189,10 @@ class _Server:
                 return
             try:
                 request = conn.recv()
-                if request[0] == "semlock":
-                    with self._lock:
-                        semlock = self._semlocks.get(request[1])
-                    conn.send(semlock is not None)
-                    if semlock is not None:
-                        name = f"ferropool-semlock-{request[2]}"  # the worker's pid
-                        args = (conn, semlock)
-                        threading.Thread(target=_serve_semlock, args=args, name=name, daemon=True).start()
-                        continue  # the connection is that thread's now
+                if request[0] == "semlocks":
+                    name = f"ferropool-semlock-{request[1]}"  # the worker's pid
+                    threading.Thread(target=self._serve_semlocks, args=(conn,), name=name, daemon=True).start()
+                    continue  # the connection is that thread's now
                 else:
                     key, pid = request
                     with self._lock:
@@ -202,33 +204,36 @@ class _Server:
                 pass
             conn.close()
 
-
-def _serve_semlock(conn: Any, semlock: Any) -> None:
-    """Carries out one worker thread's calls on ``semlock`` until it hangs up."""
-    with conn:
-        while True:
-            try:
-                op, args = conn.recv()
-            except (OSError, EOFError):
-                return
-            try:
-                if op == "acquire":
-                    value: Any = _acquire_for(conn, semlock, *args)
-                    if value is None:
-                        return  # the worker went while waiting
-                elif op in ("release", "_count", "_is_mine", "_get_value", "_is_zero"):
-                    value = getattr(semlock, op)()
-                else:
-                    raise ValueError(f"no semaphore operation {op!r}")
-                reply = (True, value)
-            except Exception as exc:
-                reply = (False, exc)
-            try:
-                conn.send(reply)
-            except (OSError, EOFError):
-                if op == "acquire" and reply == (True, True):
-                    semlock.release()  # the worker went before it heard it had it
-                return
+    def _serve_semlocks(self, conn: Any) -> None:
+        """Carries out one worker thread's calls on shared semaphores until it hangs up."""
+        with conn:
+            while True:
+                try:
+                    key, op, args = conn.recv()
+                except (OSError, EOFError, ValueError, TypeError):
+                    return
+                with self._lock:
+                    semlock = self._semlocks.get(key)
+                try:
+                    if semlock is None:
+                        raise OSError(f"the parent no longer shares semaphore #{key}")
+                    if op == "acquire":
+                        value: Any = _acquire_for(conn, semlock, *args)
+                        if value is None:
+                            return  # the worker went while waiting
+                    elif op in ("release", "_count", "_is_mine", "_get_value", "_is_zero"):
+                        value = getattr(semlock, op)()
+                    else:
+                        raise ValueError(f"no semaphore operation {op!r}")
+                    reply = (True, value)
+                except Exception as exc:
+                    reply = (False, exc)
+                try:
+                    conn.send(reply)
+                except (OSError, EOFError):
+                    if op == "acquire" and reply == (True, True) and semlock is not None:
+                        semlock.release()  # the worker went before it heard it had it
+                    return
 
 
 def _acquire_for(conn: Any, semlock: Any, block: bool = True, timeout: float | None = None) -> bool | None:
