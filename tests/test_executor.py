@@ -21,6 +21,7 @@ from ferropool._executor import (
     COROUTINES_IN_FLIGHT_PER_WORKER,
     GROWTH,
     MAX_CHUNK,
+    MAX_CHUNKS_AHEAD_PER_WINDOW,
     TARGET_CHUNK_S,
     PoolExecutor,
     TaskOptions,
@@ -348,6 +349,40 @@ def test_known_length_grows_chunks_before_anything_is_measured_up_to_the_cap():
     assert [mapper._next_size() for _ in range(5)] == [2, 4, 8, 12, 12]
 
 
+def pending_chunks(mapper: _Mapper, count: int, items: int) -> None:
+    """Put ``count`` chunks of ``items`` items in flight, none finished."""
+    for _ in range(count):
+        mapper.inflight.append((cf.Future(), items))
+
+
+def test_a_window_of_chunks_in_flight_leaves_no_room_until_measured():
+    mapper = make_mapper(workers=1)
+    pending_chunks(mapper, mapper.window, 1)
+    assert not mapper._has_room()
+
+
+def test_chunks_measured_far_below_the_target_count_by_their_work():
+    mapper = make_mapper(workers=1)
+    measure(mapper, mapper.window, mapper.window * 100)  # 100 ns an item
+    pending_chunks(mapper, mapper.window, 100)  # 10 us each, against 5 ms asked
+    assert mapper._has_room(), "a window of tiny chunks is far from a window of work"
+    slow = make_mapper(workers=1)
+    measure(slow, slow.window, slow.window * int(TARGET_CHUNK_S * 1e9))  # an item is a whole chunk's work
+    pending_chunks(slow, slow.window, 1)
+    assert not slow._has_room()
+
+
+def test_tiny_chunks_in_flight_stay_bounded_in_number_and_items():
+    mapper = make_mapper(workers=1)
+    measure(mapper, mapper.window, mapper.window)  # 1 ns an item: the budget is huge
+    pending_chunks(mapper, MAX_CHUNKS_AHEAD_PER_WINDOW * mapper.window, 1)
+    assert not mapper._has_room(), "no bound on the number of chunks"
+    many = make_mapper(workers=1)
+    measure(many, many.window, many.window)
+    pending_chunks(many, many.window, 2 * MAX_CHUNK)
+    assert not many._has_room(), "no bound on the items read ahead"
+
+
 def test_fixed_chunksize_ignores_measurements():
     mapper = make_mapper(chunksize=7, total=1000)
     assert mapper._next_size() == 7
@@ -470,7 +505,7 @@ def test_map_iterator_close_ends_it_and_stops_reading_input():
     for t in feeders:
         t.join(10)
     assert not any(t.is_alive() for t in feeders), "the feeder kept reading"
-    assert len(read) < 10_000, "it read on past its window"
+    assert len(read) < 3 * window_for(1) * MAX_CHUNK, "it read on past its bound"
 
 
 def test_map_of_several_iterables_stops_at_the_shortest():

@@ -43,6 +43,9 @@ GROWTH = 4
 #: Largest chunk: past a few thousand items per-chunk overhead is already negligible, and
 #: this keeps the items read ahead of the consumer bounded (at most 2 x window x MAX_CHUNK).
 MAX_CHUNK = 8192
+#: Most chunks ``map`` keeps submitted and not consumed, per chunk of its window, however small
+#: their measured work (each costs a future and a round trip to a worker).
+MAX_CHUNKS_AHEAD_PER_WINDOW = 8
 _PARTIAL = "_ferropool_partial_results"
 #: Chunks of a coroutine function ``map`` keeps in flight per worker process.
 COROUTINES_IN_FLIGHT_PER_WORKER = 256
@@ -316,7 +319,22 @@ class _Mapper:
         if self.buffersize is not None and self._ahead() >= self.buffersize:
             return False
         running = sum(1 for f, _ in self.inflight if not f.done())
-        return running < self.window and len(self.inflight) < 2 * self.window
+        if running < self.window and len(self.inflight) < 2 * self.window:
+            return True
+        if self.fixed or self.per_item_ns is None:
+            return False
+        # Chunks measured to run far below the target (tiny tasks, cut by the length's cap) count
+        # by their work, not their number: a window of target-sized chunks' worth may run, and
+        # twice that wait for the consumer, within the same bound on items read ahead.
+        budget = self.window * TARGET_CHUNK_S * 1e9 / max(self.per_item_ns, 1.0)
+        running_items = sum(n for f, n in self.inflight if not f.done())
+        ahead = sum(n for _, n in self.inflight)
+        return (
+            running_items < budget
+            and ahead < 2 * budget
+            and ahead < 2 * self.window * MAX_CHUNK
+            and len(self.inflight) < MAX_CHUNKS_AHEAD_PER_WINDOW * self.window
+        )
 
     def _ahead(self) -> int:
         """What ``buffersize`` counts: chunks submitted and not taken by the consumer when
