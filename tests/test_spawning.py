@@ -273,6 +273,37 @@ def test_one_parent_thread_serves_each_worker_thread_whatever_the_objects(tmp_pa
     assert output(done) == "1 True True"
 
 
+def test_a_child_a_task_forks_uses_the_lock_on_its_own_connection(tmp_path):
+    done = run_main(
+        tmp_path,
+        """
+        def fork_and_use(_):
+            lock, value = KEPT
+            with lock:
+                value.value += 1
+            pid = os.fork()
+            if pid == 0:
+                for _ in range(50):
+                    with lock:
+                        value.value += 1
+                os._exit(0)
+            for _ in range(50):
+                with lock:
+                    value.value += 1
+            return os.waitpid(pid, 0)[1]
+
+        if __name__ == "__main__":
+            lock, value = ctx.Lock(), ctx.Value("i", 0, lock=False)
+            with ProcessPool(1, initializer=keep, initargs=(lock, value)) as p:
+                status = p.submit(fork_and_use, 0).result(timeout=30)
+            print(status, value.value)
+        """,
+        "process",
+        "fork",
+    )
+    assert output(done) == "0 101"
+
+
 def test_a_worker_killed_while_waiting_for_a_fork_context_lock_never_takes_it(tmp_path):
     # The parent waits on the lock for the worker; once the worker is gone it must not get it.
     done = run_main(

@@ -112,6 +112,9 @@ class SharedSemLock:
 
 #: This thread's connections to the parents' semaphore servers, by address.
 _connections = threading.local()
+# A child forked by a task opens connections of its own: sharing the socket would mix the two
+# processes' requests. Only the forking thread exists in the child, so its own are all there are.
+os.register_at_fork(after_in_child=lambda: _connections.__dict__.clear())
 
 
 def _semlock_connection(address: str) -> Any:
