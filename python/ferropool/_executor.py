@@ -332,7 +332,7 @@ class _Mapper:
         return (
             running_items < budget
             and ahead < 2 * budget
-            and ahead < 2 * self.window * MAX_CHUNK
+            and ahead <= (2 * self.window - 1) * MAX_CHUNK  # so that the next chunk fits too
             and len(self.inflight) < MAX_CHUNKS_AHEAD_PER_WINDOW * self.window
         )
 
