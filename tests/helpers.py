@@ -233,6 +233,29 @@ def never_announce_starts() -> None:
     _concurrent_worker.Runner.announce_start = lambda self, task_id: None  # type: ignore[method-assign]
 
 
+def open_gate_on_sigterm(gate: Gate) -> None:
+    """Initializer: SIGTERM no longer ends the worker; instead it opens ``gate`` (a thread
+    waits for it with ``sigwait``; every thread started later inherits the blocked signal)."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait() -> None:
+        signal.sigwait({signal.SIGTERM})
+        gate.set()
+
+    threading.Thread(target=wait, name="sigterm-gate", daemon=True).start()
+
+
+def count_run_then_exit_at(gate: Gate, folder: str, code: int) -> None:
+    """Leaves a file in ``folder`` for this run, then exits the process with ``code`` once
+    ``gate`` opens."""
+    with open(os.path.join(folder, f"run-{os.getpid()}-{time.monotonic_ns()}"), "w"):
+        pass
+    gate.wait()
+    os._exit(code)
+
+
 def init_fail() -> None:
     raise ValueError(INIT_ERROR_TEXT)
 

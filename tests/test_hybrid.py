@@ -279,6 +279,26 @@ def test_terminate_and_kill_workers_stop_every_thread_of_every_process(gate_fact
         helpers.shutdown_bounded(pool)
 
 
+def test_a_task_that_crashes_a_worker_being_stopped_is_blamed_not_run_again(gate_factory, tmp_path):
+    # A timed-out task beside it cannot be stopped (a thread), so after the grace the worker gets
+    # SIGTERM, which here only opens a gate; the crash then ends the worker before the SIGKILL.
+    terminated = gate_factory()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    pool = HybridPool(1, 2, initializer=helpers.open_gate_on_sigterm, initargs=(terminated,))
+    try:
+        crash = pool.submit(helpers.count_run_then_exit_at, terminated, str(runs), 7)
+        stuck = pool.options(task_timeout=0.3).submit(helpers.sleep_and_return, 60, None)
+        with pytest.raises(TaskTimeoutError):
+            stuck.result(timeout=RESULT_TIMEOUT)
+        with pytest.raises(WorkerDiedError) as info:
+            crash.result(timeout=RESULT_TIMEOUT)
+        assert info.value.exitcode == 7
+        assert len(list(runs.iterdir())) == 1, "the crashing task was run again"
+    finally:
+        helpers.shutdown_bounded(pool)
+
+
 def test_shutdown_with_cancel_futures_does_not_cancel_a_task_whose_start_is_on_its_way(gate_factory):
     # The parent cannot have seen these tasks begin; the worker's answer must decide.
     pool = HybridPool(1, 2, initializer=helpers.never_announce_starts)

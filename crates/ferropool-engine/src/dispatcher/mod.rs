@@ -660,7 +660,13 @@ impl Dispatcher {
         };
         let was_starting = w.phase == Phase::Starting;
         let reason = w.corrupt.take();
-        let was_stopped = w.stop.is_some();
+        // Ended by the SIGTERM or SIGKILL it was stopped with. A worker being stopped that ended
+        // otherwise (its own exit code, another signal) was ended by a task first: that task is
+        // blamed as usual, not run again elsewhere.
+        let was_stopped = w.stop.is_some()
+            && exit
+                .signal
+                .is_some_and(|s| s == libc::SIGTERM || s == libc::SIGKILL);
         let sent = w.writer_sent();
         let orphans = w.take_all();
         drop(w);
