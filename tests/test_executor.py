@@ -383,6 +383,15 @@ def test_tiny_chunks_in_flight_stay_bounded_in_number_and_items():
     assert not many._has_room(), "no bound on the items read ahead"
 
 
+def test_known_length_trusts_the_first_measurements_at_once():
+    mapper = make_mapper(workers=2, total=10**6)
+    measure(mapper, mapper.window, mapper.window * 1000)  # 1 us an item
+    assert mapper._next_size() == WANTED_AT_1US, "no GROWTH-fold ramp under a known length's cap"
+    capped = make_mapper(workers=2, total=1000)
+    measure(capped, capped.window, 0)
+    assert capped._next_size() == capped.cap
+
+
 def test_fixed_chunksize_ignores_measurements():
     mapper = make_mapper(chunksize=7, total=1000)
     assert mapper._next_size() == 7

@@ -349,7 +349,8 @@ class _Mapper:
             return self.fixed
         if self.per_item_ns is not None and self.measured >= self.window:
             wanted = max(1, int(TARGET_CHUNK_S * 1e9 / max(self.per_item_ns, 1.0)))
-            self.size = min(wanted, self.size * GROWTH, MAX_CHUNK)
+            # A known length caps the chunks already: trust the measurement at once.
+            self.size = min(wanted, MAX_CHUNK if self.cap else self.size * GROWTH, MAX_CHUNK)
         elif self.cap:
             # Known length, nothing measured yet: grow anyway, bounded by the cap, so that tiny
             # tasks do not wait for measurements in chunks of one (long ones get small chunks
