@@ -311,10 +311,20 @@ def test_a_worker_killed_while_waiting_for_a_fork_context_lock_never_takes_it(tm
     done = run_main(
         tmp_path,
         """
-        import threading, time
+        import threading
+        from ferropool import _spawning
 
-        def serving(suffix=""):
-            return [t for t in threading.enumerate() if t.name.startswith("ferropool-semlock") and t.name.endswith(suffix)]
+        waiting = threading.Event()  # the parent waits on the lock for the worker
+        wait_for = _spawning._wait_for
+
+        def wait_and_say(*args):
+            waiting.set()
+            return wait_for(*args)
+
+        _spawning._wait_for = wait_and_say
+
+        def serving():
+            return [t for t in threading.enumerate() if t.name.startswith("ferropool-semlock")]
 
         def take(_):
             lock, asking = KEPT
@@ -328,8 +338,7 @@ def test_a_worker_killed_while_waiting_for_a_fork_context_lock_never_takes_it(tm
             p = ProcessPool(1, initializer=keep, initargs=(lock, asking))
             future = p.submit(take, 0)
             assert asking.wait(20)
-            while not serving(" waiting"):  # the parent waits on the lock for the worker
-                time.sleep(0.01)
+            assert waiting.wait(20)
             p.kill_workers()
             for thread in serving():
                 thread.join(20)  # gives up waiting for the worker that went

@@ -46,7 +46,7 @@ from ._serialize import (
     loads_exception,
 )
 from ._spawning import dumps_for_start, parent_authkey
-from ._spawning import release as release_shared_fds
+from ._spawning import release as release_shared
 from ._util import check_seconds, usable_cpu_count
 from ._worker import bootstrap_command
 from .errors import SerializationError, TaskTimeoutError
@@ -199,9 +199,9 @@ class ProcessPool(PoolExecutor):
         # multiprocessing's objects among initargs travel as spawn sends them (_spawning.py).
         call = None
         if initializer is not None:
-            call, shared_fds = dumps_for_start((initializer, tuple(initargs)), "initializer")
-            if shared_fds:
-                weakref.finalize(self, release_shared_fds, shared_fds)
+            call, shared_keys = dumps_for_start((initializer, tuple(initargs)), "initializer")
+            if shared_keys:
+                weakref.finalize(self, release_shared, shared_keys)
         init = dumps(
             {
                 "sys_path": list(sys.path),

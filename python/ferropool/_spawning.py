@@ -33,9 +33,13 @@ import itertools
 import os
 import sys
 import threading
-from typing import Any, ClassVar
+import time
 
 from .errors import SerializationError
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs a pool's start-up
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 
 class SharedFd:
@@ -107,14 +111,21 @@ class SharedSemLock:
         return bool(self._call("_is_zero"))
 
     def _after_fork(self) -> None:
-        _connections.__dict__.clear()  # a forked child opens connections of its own
+        _forget_connections()
 
 
 #: This thread's connections to the parents' semaphore servers, by address.
 _connections = threading.local()
-# A child forked by a task opens connections of its own: sharing the socket would mix the two
-# processes' requests. Only the forking thread exists in the child, so its own are all there are.
-os.register_at_fork(after_in_child=lambda: _connections.__dict__.clear())
+
+
+def _forget_connections() -> None:
+    """In a forked child: opens connections of its own from now on, since sharing the socket
+    would mix the two processes' requests. Only the forking thread exists in the child, so its
+    connections are all there are."""
+    _connections.__dict__.clear()
+
+
+os.register_at_fork(after_in_child=_forget_connections)
 
 
 def _semlock_connection(address: str) -> Any:
@@ -196,13 +207,12 @@ class _Server:
                     name = f"ferropool-semlock-{request[1]}"  # the worker's pid
                     threading.Thread(target=self._serve_semlocks, args=(conn,), name=name, daemon=True).start()
                     continue  # the connection is that thread's now
-                else:
-                    key, pid = request
-                    with self._lock:
-                        fd = self._fds.get(key)
-                        conn.send(fd is not None)
-                        if fd is not None:
-                            reduction.send_handle(conn, fd, pid)
+                key, pid = request
+                with self._lock:
+                    fd = self._fds.get(key)
+                    conn.send(fd is not None)
+                    if fd is not None:
+                        reduction.send_handle(conn, fd, pid)
             except (OSError, EOFError, ValueError, TypeError, IndexError):
                 pass
             conn.close()
@@ -243,21 +253,16 @@ def _acquire_for(conn: Any, semlock: Any, block: bool = True, timeout: float | N
     """Acquires ``semlock`` for the worker at the other end of ``conn``, as
     ``SemLock.acquire(block, timeout)`` would; None if the worker hung up while it waited (then
     nothing is acquired for it)."""
-    if not block:
-        return bool(semlock.acquire(False))
     if semlock.acquire(False):
         return True
-    me = threading.current_thread()
-    me.name += " waiting"  # says what it does, in a debugger's thread list
-    try:
-        return _wait_for(conn, semlock, timeout)
-    finally:
-        me.name = me.name.removesuffix(" waiting")
+    if not block:
+        return False
+    return _wait_for(conn, semlock, timeout)
 
 
 def _wait_for(conn: Any, semlock: Any, timeout: float | None) -> bool | None:
-    import time
-
+    """``_acquire_for`` once the semaphore was not free: waits for it in slices, checking
+    between them that the worker is still there."""
     deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
     while True:
         left = _ACQUIRE_SLICE if deadline is None else min(_ACQUIRE_SLICE, deadline - time.monotonic())
@@ -310,7 +315,8 @@ class _Start:
 
 
 def release(keys: list[int]) -> None:
-    """Stops sharing the descriptors ``dumps_for_start`` shared (when their pool is gone)."""
+    """Stops sharing the descriptors and semaphores ``dumps_for_start`` shared (when their pool
+    is gone)."""
     if keys and _server is not None and _server_pid == os.getpid():
         _server.release(keys)
 
@@ -328,21 +334,17 @@ def parent_authkey() -> bytes:
     if module is not None:
         return bytes(module.current_process().authkey)
     if _chosen_authkey is None:
-        from ._worker import _after_import
+        from ._worker import _take_authkey
 
-        _chosen_authkey = key = os.urandom(32)
-
-        def adopt(module: Any) -> None:
-            module.current_process().authkey = key
-
-        _after_import("multiprocessing.process", adopt)
+        _chosen_authkey = os.urandom(32)
+        _take_authkey(_chosen_authkey)
     return _chosen_authkey
 
 
 def dumps_for_start(obj: tuple[Any, tuple[Any, ...]], what: str) -> tuple[bytes, list[int]]:
     """Pickles a pool's ``(initializer, initargs)`` as spawn pickles a new process's data (see
-    the module doc). Returns the pickle and the keys of the descriptors it shares (for
-    ``release``); raises ``SerializationError`` naming the argument that cannot be sent."""
+    the module doc). Returns the pickle and the keys of the descriptors and semaphores it shares
+    (for ``release``); raises ``SerializationError`` naming the argument that cannot be sent."""
     if "multiprocessing.context" not in sys.modules:  # then none of its objects exist here
         from ._serialize import dumps
 

@@ -153,9 +153,9 @@ def _ship_logs_once_imported(sender, level: int | None) -> None:
 
 
 def _take_authkey(authkey: bytes) -> None:
-    """Makes the parent's ``multiprocessing`` authkey ours, as a spawned process's is, now if
-    ``multiprocessing`` is loaded, else when it first is: a worker that never uses it does not
-    pay for importing it."""
+    """Makes ``authkey`` this process's ``multiprocessing`` authkey (in a worker, the parent's, as
+    a spawned process's is), now if ``multiprocessing`` is loaded, else when it first is: a
+    process that never uses it does not pay for importing it."""
 
     def take(module) -> None:
         module.current_process().authkey = authkey
