@@ -51,8 +51,9 @@ class Runner:
         self.max_loops = 1 if setup is not None else self.plain_threads
         self.cond = threading.Condition()
         self.unanswered = 0  # tasks handed to this runner and not answered
-        self.waiting: set[int] = set()  # plain tasks queued for a thread, not yet taken
-        self.skip: set[int] = set()  # of those, the ones cancelled (and answered) since
+        # Plain tasks queued for a thread, not yet taken; one cancelled meanwhile leaves it (and
+        # is answered then), so a thread skips a task it takes that is no longer here.
+        self.waiting: set[int] = set()
         self.loops: list[asyncio.AbstractEventLoop] = [setup.loop] if setup is not None else []
         self.next_loop = 0
         self.coroutines: dict[int, asyncio.Task] = {}  # running coroutine tasks, by id
@@ -116,9 +117,8 @@ class Runner:
         while True:
             task_id, payload, buffers = self.plain.get()
             with self.cond:
-                if task_id in self.skip:
-                    self.skip.discard(task_id)
-                    continue  # answered when cancelled
+                if task_id not in self.waiting:
+                    continue  # cancelled, and answered then
                 self.waiting.discard(task_id)
             start = _perf()
             try:
@@ -187,9 +187,7 @@ class Runner:
                 loop.call_soon_threadsafe(self._cancel_coroutine, task_id)
         with self.cond:
             skipped = task_id in self.waiting
-            if skipped:
-                self.waiting.discard(task_id)
-                self.skip.add(task_id)
+            self.waiting.discard(task_id)
         if skipped:  # answered now: the parent may be waiting on it to report the cancel
             self._answer(CANCEL, task_id, b"", 0, None)
 

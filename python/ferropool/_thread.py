@@ -251,7 +251,7 @@ class ThreadPool(PoolExecutor):
         self._thread_name_prefix = thread_name_prefix or f"ThreadPool-{self._counter()}"
         self._initializer = initializer
         self._initargs = initargs
-        self._owner_pid = os.getpid()
+        self._owner_pid = _pid
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         """Schedule ``fn(*args, **kwargs)`` and return its ``Future``. Blocks only with
@@ -300,7 +300,7 @@ class ThreadPool(PoolExecutor):
 
     def _submit_coroutine(self, fn, args, kwargs) -> Future:
         with self._shutdown_lock:
-            if self._shutdown or self._broken or self._owner_pid != os.getpid():
+            if self._shutdown or self._broken or self._owner_pid != _pid:
                 raise self._closed_error()
             if self._loop is None:
                 self._loop = EventLoopThread(f"{self._thread_name_prefix}_loop")
@@ -313,7 +313,7 @@ class ThreadPool(PoolExecutor):
             error = self._broken_error()
             error.__suppress_context__ = True
             return error
-        if self._owner_pid != os.getpid():
+        if self._owner_pid != _pid:
             error = RuntimeError(
                 f"this ThreadPool was created in process {self._owner_pid} and inherited through fork; "
                 "its threads did not survive the fork: create a new pool in this process"
@@ -382,7 +382,7 @@ class ThreadPool(PoolExecutor):
         cancelled. Calling it again is harmless. In a process that inherited the pool through
         ``fork`` it only marks the copy shut down: the threads and tasks are the parent's.
         """
-        if self._owner_pid != os.getpid():
+        if self._owner_pid != _pid:
             self._shutdown = True
             return
         with self._shutdown_lock:
