@@ -339,13 +339,13 @@ impl Worker {
     /// here had begun before the `Cancel` arrived: it is asked to stop, and past `stop_grace`
     /// its worker is stopped.
     pub fn announced_start(&mut self, id: u64) {
-        let Some(s) = self.inflight.iter_mut().find(|s| s.id == id) else {
+        let Some(pos) = self.inflight.iter().position(|s| s.id == id) else {
             return;
         };
+        let s = &mut self.inflight[pos];
         s.started.get_or_insert_with(Instant::now);
-        if s.cancelled && s.stop_asked.is_none() {
-            s.stop_asked = Some(Instant::now());
-            self.stop_asks += 1;
+        if s.cancelled {
+            self.ask_stop(pos);
         }
     }
 

@@ -548,11 +548,11 @@ impl Dispatcher {
                 let Some(s) = w.inflight.iter().find(|s| s.id == frame.id) else {
                     return;
                 };
-                let report = !s.cancelled && s.skip_asked;
-                if s.cancelled || report {
+                let (cancelled, skip_asked) = (s.cancelled, s.skip_asked);
+                if cancelled || skip_asked {
                     w.finish_task(frame.id, None);
                 }
-                if report {
+                if skip_asked && !cancelled {
                     self.done.push(Done::new(frame.id, Outcome::Cancelled));
                 }
             }
