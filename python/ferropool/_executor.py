@@ -17,9 +17,10 @@ also capped so that every worker gets several, which keeps the tail balanced.
 A chunk is one ordinary task running ``run_chunk(fn, items)``; with one input iterable on a pool
 that offers ``_submit_items`` (``ProcessPool``, ``ThreadPool``), ``run_items(fn, items)`` instead,
 whose items are the input's own values rather than 1-tuples of them: a process pool then pickles
-a plain list (no tuple per item, no memo entry per tuple), and the worker calls ``fn`` from C. If an item raises, the chunk stops
-there and the exception carries the results before it, so ``map`` yields exactly the items
-before the failing one and then raises, as with ``chunksize=1``.
+a plain list (no tuple per item, no memo entry per tuple), and the worker calls ``fn`` from C.
+If an item raises, the chunk stops there and the exception carries the results before it, so
+``map`` yields exactly the items before the failing one and then raises, as with
+``chunksize=1``.
 """
 
 from __future__ import annotations
@@ -318,7 +319,12 @@ class _Mapper:
     def _has_room(self) -> bool:
         if self.buffersize is not None and self._ahead() >= self.buffersize:
             return False
-        running = sum(1 for f, _ in self.inflight if not f.done())
+        running = running_items = ahead = 0
+        for f, n in self.inflight:
+            ahead += n
+            if not f.done():
+                running += 1
+                running_items += n
         if running < self.window and len(self.inflight) < 2 * self.window:
             return True
         if self.fixed or self.per_item_ns is None:
@@ -327,8 +333,6 @@ class _Mapper:
         # by their work, not their number: a window of target-sized chunks' worth may run, and
         # twice that wait for the consumer, within the same bound on items read ahead.
         budget = self.window * TARGET_CHUNK_S * 1e9 / max(self.per_item_ns, 1.0)
-        running_items = sum(n for f, n in self.inflight if not f.done())
-        ahead = sum(n for _, n in self.inflight)
         return (
             running_items < budget
             and ahead < 2 * budget
@@ -347,17 +351,17 @@ class _Mapper:
     def _next_size(self) -> int:
         if self.fixed:
             return self.fixed
+        size = self.size
         if self.per_item_ns is not None and self.measured >= self.window:
             wanted = max(1, int(TARGET_CHUNK_S * 1e9 / max(self.per_item_ns, 1.0)))
             # A known length caps the chunks already: trust the measurement at once.
-            self.size = min(wanted, MAX_CHUNK if self.cap else self.size * GROWTH, MAX_CHUNK)
+            size = wanted if self.cap else min(wanted, size * GROWTH)
         elif self.cap:
             # Known length, nothing measured yet: grow anyway, bounded by the cap, so that tiny
             # tasks do not wait for measurements in chunks of one (long ones get small chunks
             # once measured; the big early chunks are far from the end, where balance counts).
-            self.size = min(self.size * 2, MAX_CHUNK)
-        if self.cap:
-            self.size = min(self.size, self.cap)
+            size *= 2
+        self.size = min(size, MAX_CHUNK, self.cap or MAX_CHUNK)
         if self.buffersize is not None:
             return max(1, min(self.size, self.buffersize - self._ahead()))
         return self.size
@@ -448,9 +452,9 @@ def _forgetting(values: list) -> Iterator[Any]:
 class MapResults(itertools.chain):
     """The iterator ``map`` returns. Its items come out of each finished chunk's list of
     results in C (``itertools.chain`` over ``_forgetting``): a generator stepping through them
-    would cost more per item than a tiny task's whole round trip. ``close()`` stops the ``map`` as dropping the
-    iterator does: no more input is read, chunks not started are cancelled, and ``next()`` raises
-    ``StopIteration``, as after a generator's ``close()``."""
+    would cost more per item than a tiny task's whole round trip. ``close()`` stops the ``map``
+    as dropping the iterator does: no more input is read, chunks not started are cancelled, and
+    ``next()`` raises ``StopIteration``, as after a generator's ``close()``."""
 
     _chunks: Generator[Iterator[Any], None, None]
 
