@@ -299,28 +299,13 @@ def test_a_task_that_crashes_a_worker_being_stopped_is_blamed_not_run_again(gate
         helpers.shutdown_bounded(pool)
 
 
-def test_shutdown_with_cancel_futures_does_not_cancel_a_task_whose_start_is_on_its_way(gate_factory):
-    # The parent cannot have seen these tasks begin; the worker's answer must decide.
-    pool = HybridPool(1, 2, initializer=helpers.never_announce_starts)
-    try:
-        started, release = [gate_factory(), gate_factory()], gate_factory()
-        running = [pool.submit(helpers.signal_and_wait, started[i], release, i) for i in range(2)]
-        assert all(g.wait(RESULT_TIMEOUT) for g in started)
-        queued = [pool.submit(helpers.mul, i, 1) for i in range(5)]
-        stopper = threading.Thread(target=pool.shutdown, kwargs={"cancel_futures": True}, daemon=True)
-        stopper.start()
-        done, _ = cf.wait(queued, timeout=RESULT_TIMEOUT)
-        assert len(done) == len(queued) and all(f.cancelled() for f in queued)
-        assert not any(f.done() for f in running), "a running task was reported cancelled"
-        release.set()
-        stopper.join(RESULT_TIMEOUT)
-        assert [f.result(timeout=RESULT_TIMEOUT) for f in running] == [0, 1]
-    finally:
-        helpers.shutdown_bounded(pool)
-
-
-def test_shutdown_with_cancel_futures_lets_running_threads_finish(gate_factory):
-    pool = HybridPool(1, 2)
+@pytest.mark.parametrize(
+    "initializer",
+    [None, helpers.never_announce_starts],
+    ids=["starts seen", "starts on their way"],  # then the worker's answer must decide
+)
+def test_shutdown_with_cancel_futures_lets_running_threads_finish(gate_factory, initializer):
+    pool = HybridPool(1, 2, initializer=initializer)
     try:
         started, release = [gate_factory(), gate_factory()], gate_factory()
         running = [pool.submit(helpers.signal_and_wait, started[i], release, i) for i in range(2)]
@@ -331,7 +316,8 @@ def test_shutdown_with_cancel_futures_lets_running_threads_finish(gate_factory):
         done, _ = cf.wait(queued, timeout=RESULT_TIMEOUT)
         assert len(done) == len(queued), "the queued tasks were not cancelled while the others ran"
         assert all(f.cancelled() for f in queued)
-        assert stopper.is_alive() and not any(f.done() for f in running)
+        assert stopper.is_alive(), "shutdown did not wait for the running tasks"
+        assert not any(f.done() for f in running), "a running task was reported cancelled"
         release.set()
         stopper.join(RESULT_TIMEOUT)
         assert not stopper.is_alive()
