@@ -137,6 +137,15 @@ def sleep_and_return(seconds: float, value):
     return value
 
 
+def nap_and_note(item):
+    """Sleeps 10 ms (a ``map`` item that runs longer than a chunk should), then appends the
+    item to the file named by ``FERROPOOL_TEST_NOTES``, one line a call, and returns it."""
+    time.sleep(0.01)
+    with open(os.environ["FERROPOOL_TEST_NOTES"], "a") as f:
+        f.write(f"{item}\n")
+    return item
+
+
 def wait_for(gate: Gate, value=None):
     """Block until ``gate`` opens, then return ``value``."""
     if not gate.wait():

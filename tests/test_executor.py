@@ -16,15 +16,18 @@ import threading
 
 import pytest
 
+from ferropool import _executor
 from ferropool._executor import (
     _PARTIAL,
     COROUTINES_IN_FLIGHT_PER_WORKER,
+    CUT_AFTER_NS,
     GROWTH,
     MAX_CHUNK,
     MAX_CHUNKS_AHEAD_PER_WINDOW,
     TARGET_CHUNK_S,
     PoolExecutor,
     TaskOptions,
+    _Chunk,
     _Mapper,
     chunk_runner,
     is_coroutine_function,
@@ -221,6 +224,63 @@ def test_chunk_runner_awaits_chunks_of_coroutine_functions_only():
     assert chunk_runner(functools.partial(async_identity, 1)) is run_chunk
 
 
+class FakeClock:
+    """Stands in for ``_executor._perf``: time moves only when a task says it ran."""
+
+    def __init__(self):
+        self.now = 0
+        self.ran = 0  # items run so far
+        self.reads: list[int] = []  # ``ran`` at each read
+
+    def __call__(self) -> int:
+        self.reads.append(self.ran)
+        return self.now
+
+    def run(self, ns: int):
+        """A task function whose every call takes ``ns`` of this clock's time."""
+
+        def task(item):
+            self.now += ns
+            self.ran += 1
+            return item
+
+        return task
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(_executor, "_perf", fake)
+    return fake
+
+
+def test_run_items_with_a_cut_stops_after_the_run_during_which_the_time_passed(clock):
+    values, ns = run_items(clock.run(1000), list(range(100)), cut_after_ns=10_500)
+    assert values == list(range(len(values)))
+    assert 11 <= len(values) < 100, "it stops once 10.5 us have passed, not before"
+    assert ns == 1000 * len(values)
+
+
+def test_run_items_with_a_cut_checks_the_time_in_runs_that_grow_at_most_growth_fold(clock):
+    values, _ = run_items(clock.run(1), list(range(5000)), cut_after_ns=10**9)
+    assert values == list(range(5000)), "far from the cut: every item runs"
+    runs = [b - a for a, b in itertools.pairwise(clock.reads)]
+    assert runs[0] == 1, "the first item runs alone, to be timed"
+    assert all(b <= GROWTH * sum(runs[: i + 1]) for i, b in enumerate(runs[1:])), runs
+    assert len(runs) <= 8, "the time is read a few times a chunk, not once an item"
+
+
+def test_run_items_with_a_cut_runs_a_long_first_item_alone(clock):
+    values, ns = run_items(clock.run(10**9), [1, 2, 3], cut_after_ns=CUT_AFTER_NS)
+    assert (values, ns) == ([1], 10**9)
+
+
+def test_run_items_with_a_cut_attaches_the_results_before_a_failure():
+    with pytest.raises(ZeroDivisionError) as info:
+        run_items((10).__floordiv__, [5, 2, 0, 1], cut_after_ns=10**9)
+    assert getattr(info.value, _PARTIAL) == [2, 5]
+
+
 # ---------------------------------------------------------------- chunk sizing
 # ``_Mapper`` measures finished chunks in ``_on_done`` and sizes the next one in ``_next_size``;
 # these tests feed it finished futures that carry made-up run times.
@@ -352,7 +412,7 @@ def test_known_length_grows_chunks_before_anything_is_measured_up_to_the_cap():
 def pending_chunks(mapper: _Mapper, count: int, items: int) -> None:
     """Put ``count`` chunks of ``items`` items in flight, none finished."""
     for _ in range(count):
-        mapper.inflight.append((cf.Future(), items))
+        mapper.inflight.append(_Chunk(cf.Future(), items, None))
 
 
 def test_a_window_of_chunks_in_flight_leaves_no_room_until_measured():
@@ -515,6 +575,107 @@ def test_map_iterator_close_ends_it_and_stops_reading_input():
         t.join(10)
     assert not any(t.is_alive() for t in feeders), "the feeder kept reading"
     assert len(read) < 3 * window_for(1) * MAX_CHUNK, "it read on past its bound"
+
+
+class CuttingPool(FakePool):
+    """A ``FakePool`` that offers ``_submit_items``, as ``ProcessPool`` does: a chunk stops once
+    its made-up run time reaches ``cut_after_ns``, as ``run_items`` stops in a worker.
+    ``deferred``: chunks are not run at submit; the test finishes them with ``finish``."""
+
+    def __init__(self, workers=1, cost=lambda *args: 1000, deferred=False):
+        super().__init__(workers, cost)
+        self.deferred = deferred
+        self.pending: list[tuple[cf.Future, list, int | None]] = []
+        self.submitted = threading.Condition()
+
+    def _submit_items(self, fn, items, cut_after_ns=None):
+        self.chunk_sizes.append(len(items))
+        fut: cf.Future = cf.Future()
+        with self.submitted:
+            self.pending.append((fut, items, cut_after_ns))
+            self.submitted.notify_all()
+        if not self.deferred:
+            self.finish(len(self.pending) - 1)
+        return fut
+
+    def finish(self, index: int, ran: int | None = None) -> None:
+        """Runs chunk ``index``: ``ran`` items of it, else until its cut."""
+        fut, items, cut_after_ns = self.pending[index]
+        values, ns = [], 0
+        for item in items[:ran]:
+            values.append(item)
+            ns += self.cost(item)
+            if ran is None and cut_after_ns is not None and ns >= cut_after_ns:
+                break
+        fut.set_result((values, ns))
+
+    def wait_for_chunks(self, count: int) -> None:
+        with self.submitted:
+            assert self.submitted.wait_for(lambda: len(self.pending) >= count, timeout=10)
+
+
+def test_map_with_cuts_sends_full_chunks_of_a_known_length_at_once_from_the_caller():
+    pool = CuttingPool(workers=2, cost=lambda item: 100)
+    results = pool.map(identity, range(1000))
+    cap = 1000 // (4 * 2)
+    assert pool.chunk_sizes == [cap] * 8, "no ramp: a worker cuts a chunk that runs too long"
+    assert not feeder_threads(), "the whole input fitted the window: no feeder thread"
+    assert list(results) == list(range(1000))
+    assert {cut for _, _, cut in pool.pending} == {CUT_AFTER_NS}
+
+
+def test_map_sends_the_rest_of_a_chunk_cut_short_in_measured_parts_in_order():
+    item_ns = -(-CUT_AFTER_NS // 3)  # a chunk runs 3 items, then stops
+    pool = CuttingPool(workers=2, cost=lambda item: item_ns)
+    assert list(pool.map(identity, range(200))) == list(range(200))
+    cap = 200 // (4 * 2)
+    assert item_ns > TARGET_CHUNK_S * 1e9
+    measured = 1  # an item runs longer than a chunk should
+    # Two full chunks are cut short: a window's worth of items is then measured, and every
+    # later chunk, rests and new ones alike, is sized as measured.
+    assert pool.chunk_sizes[:2] == [cap, cap]
+    assert set(pool.chunk_sizes[2:]) == {measured}
+    assert sum(pool.chunk_sizes) == 200 + 2 * (cap - 3), "each item runs once; cut items are sent again"
+
+
+def test_map_with_a_fixed_chunksize_or_an_input_without_length_asks_for_no_cut():
+    pool = CuttingPool(workers=2)
+    assert list(pool.map(identity, range(100), chunksize=10)) == list(range(100))
+    fixed = len(pool.chunk_sizes)
+    assert list(pool.map(identity, iter(range(100)))) == list(range(100))
+    assert {cut for _, _, cut in pool.pending} == {None}
+    assert pool.chunk_sizes[fixed : fixed + 2] == [1, 1], "without a length, chunks grow from one item"
+    assert list(pool.map(pow, range(5), [2] * 5)) == [0, 1, 4, 9, 16]  # _submit_chunk: no cut
+
+
+def feeder_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ferropool-map-feeder" and t.is_alive()]
+
+
+def test_a_chunk_cut_short_after_the_input_ended_starts_a_feeder_for_its_rest():
+    pool = CuttingPool(workers=1, deferred=True)
+    results = pool.map(identity, range(8))
+    assert pool.chunk_sizes == [2, 2, 2, 2]
+    assert not feeder_threads()
+    pool.finish(0, ran=1)  # the first chunk ran 1 of its 2 items
+    pool.wait_for_chunks(5)
+    assert pool.pending[4][1] == [1], "the rest went again"
+    for index in range(1, 5):
+        pool.finish(index)
+    assert list(results) == list(range(8))
+    for t in feeder_threads():
+        t.join(10)
+    assert not feeder_threads(), "the feeder ends once no rest is left to send"
+
+
+def test_closing_map_with_a_rest_unsent_cancels_what_is_pending():
+    pool = CuttingPool(workers=1, deferred=True)
+    results = pool.map(identity, range(8))
+    pool.finish(0, ran=1)
+    pool.wait_for_chunks(5)
+    assert next(results) == 0
+    results.close()
+    assert all(fut.cancelled() for fut, _, _ in pool.pending[1:]), "chunks still pending are cancelled"
 
 
 def test_map_of_several_iterables_stops_at_the_shortest():

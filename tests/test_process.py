@@ -16,8 +16,16 @@ import threading
 import pytest
 
 import helpers
-from ferropool import BrokenPoolError, ProcessPool, RemoteError, SerializationError, WorkerDiedError, _serialize
-from ferropool._executor import MAX_CHUNK, window_for
+from ferropool import (
+    BrokenPoolError,
+    ProcessPool,
+    RemoteError,
+    SerializationError,
+    ThreadPool,
+    WorkerDiedError,
+    _serialize,
+)
+from ferropool._executor import CUT_AFTER_S, MAX_CHUNK, window_for
 from ferropool._util import usable_cpu_count
 
 RESULT_TIMEOUT = 30
@@ -289,6 +297,57 @@ def test_map_of_one_iterable_yields_items_before_a_failing_one_then_raises(pool)
     with pytest.raises(ValueError, match="5"):
         next(results)
     assert list(pool.map(helpers.echo, [(1,), "a", None, [2]])) == [(1,), "a", None, [2]]
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_map_cuts_chunks_of_long_items_short_and_runs_each_item_once(make_pool, kind, tmp_path, monkeypatch):
+    # 40 items of at least 10 ms on 2 workers: the first chunks hold 40 // 8 = 5 items, over
+    # CUT_AFTER_S, so workers stop them early and the rests are sent again.
+    notes = tmp_path / "notes"
+    monkeypatch.setenv("FERROPOOL_TEST_NOTES", str(notes))
+    assert 5 * 0.01 > CUT_AFTER_S
+    pool = make_pool(2) if kind == "process" else ThreadPool(2)
+    sent: list[int] = []
+    submit_items = pool._submit_items
+
+    def spy(fn, items, *args):
+        sent.extend(items)
+        return submit_items(fn, items, *args)
+
+    pool._submit_items = spy  # what map submits chunks with
+    try:
+        assert list(pool.map(helpers.nap_and_note, range(40), timeout=RESULT_TIMEOUT)) == list(range(40))
+    finally:
+        pool.shutdown()
+    assert sorted(int(line) for line in notes.read_text().split()) == list(range(40)), "an item ran twice"
+    assert len(sent) > 40, "no chunk was cut short and its rest sent again"
+
+
+def test_map_of_a_known_length_raises_an_unpicklable_item_in_order(pool):
+    # The first chunks go from the caller's thread; only the first one's failure is the call's.
+    results = pool.map(helpers.echo, [1, 2, threading.Lock(), 4])
+    assert [next(results), next(results)] == [1, 2]
+    with pytest.raises(SerializationError, match="lock"):
+        next(results)
+
+
+class BreaksAfterTwo:
+    """A sized input whose iteration raises after two items."""
+
+    def __len__(self):
+        return 100
+
+    def __iter__(self):
+        yield 1
+        yield 2
+        raise LookupError("input broke")
+
+
+def test_map_of_a_known_length_raises_an_input_error_after_the_items_before_it(pool):
+    results = pool.map(helpers.echo, BreaksAfterTwo())
+    assert [next(results), next(results)] == [1, 2]
+    with pytest.raises(LookupError, match="input broke"):
+        next(results)
 
 
 def test_map_rejects_bad_chunksize(pool):

@@ -21,6 +21,16 @@ a plain list (no tuple per item, no memo entry per tuple), and the worker calls 
 If an item raises, the chunk stops there and the exception carries the results before it, so
 ``map`` yields exactly the items before the failing one and then raises, as with
 ``chunksize=1``.
+
+Cut chunks. With ``run_items``, automatic sizes and an input of known length, a worker stops a
+chunk once it has run for ``CUT_AFTER_S`` and returns the results so far; the rest of the chunk
+(``_Chunk`` keeps its items until its outcome is known: the input, a container, holds them
+anyway) goes again, in parts sized as measured, right after it in the order. A chunk therefore
+holds its other items back for no longer than that, whatever its items turn out to cost, so
+nothing needs measuring before big chunks go: ``map`` submits the first window of full, capped
+chunks from the caller's thread at once (the standard library's ``Pool.map`` sends all its
+chunks up front), and a short input needs no feeder thread at all. A feeder ends when the input
+does; a chunk cut short later starts one to send its rest.
 """
 
 from __future__ import annotations
@@ -47,6 +57,11 @@ MAX_CHUNK = 8192
 #: Most chunks ``map`` keeps submitted and not consumed, per chunk of its window, however small
 #: their measured work (each costs a future and a round trip to a worker).
 MAX_CHUNKS_AHEAD_PER_WINDOW = 8
+#: A worker stops a chunk of ``map`` that has run this long, and the rest is sent again in
+#: measured parts: so big chunks can go before anything is measured, and a chunk of items
+#: that turn out long holds its other items back for no more than this.
+CUT_AFTER_S = 4 * TARGET_CHUNK_S
+CUT_AFTER_NS = int(CUT_AFTER_S * 1e9)
 _PARTIAL = "_ferropool_partial_results"
 #: Chunks of a coroutine function ``map`` keeps in flight per worker process.
 COROUTINES_IN_FLIGHT_PER_WORKER = 256
@@ -68,17 +83,41 @@ def run_chunk(fn: Callable[..., Any], items: list) -> tuple[list, int]:
     return out, _perf() - start
 
 
-def run_items(fn: Callable[..., Any], items: list) -> tuple[list, int]:
-    """``run_chunk`` for one input iterable: calls ``fn(item)`` for each item."""
+def run_items(fn: Callable[..., Any], items: list, cut_after_ns: int | None = None) -> tuple[list, int]:
+    """``run_chunk`` for one input iterable: calls ``fn(item)`` for each item. With
+    ``cut_after_ns``, stops early once the chunk has run that long (returning fewer results
+    than items: the caller sends the rest again), checking the time between runs of items
+    that grow at most ``GROWTH``-fold and are sized to end near that time."""
     start = _perf()
     out: list = []
     try:
         # list.extend keeps what it appended before ``fn`` raised (CPython 3.9 to 3.14).
-        out.extend(map(fn, items))
+        if cut_after_ns is None:
+            out.extend(map(fn, items))
+        else:
+            _run_until(fn, items, out, start, start + cut_after_ns)
     except BaseException as exc:
         _keep_partial(exc, out)
         raise
     return out, _perf() - start
+
+
+def _run_until(fn: Callable[..., Any], items: list, out: list, start: int, deadline: int) -> None:
+    """Appends ``fn(item)`` to ``out`` for the items in order, stopping after the run of items
+    during which ``deadline`` passed."""
+    it = iter(items)
+    left = len(items)
+    step = 1
+    while step < left:
+        out.extend(map(fn, itertools.islice(it, step)))
+        left -= step
+        now = _perf()
+        if now >= deadline:
+            return
+        done = len(out)
+        fits = (deadline - now) * done // max(now - start, 1)  # items left to the deadline
+        step = max(1, min(GROWTH * done, fits))
+    out.extend(map(fn, it))  # the rest, without islice's cost per item
 
 
 def _keep_partial(exc: BaseException, out: list) -> None:
@@ -217,6 +256,25 @@ def window_for(workers: int) -> int:
     return max(4, 3 * max(1, workers))
 
 
+class _Chunk:
+    """One chunk of a ``map`` in flight, in input order among the others.
+
+    ``fut`` is None while the chunk waits to be sent: the rest of a chunk that a worker cut
+    short, which the feeder sends on in parts. ``items`` holds the chunk's input while a worker
+    may still cut it short (from ``start``; only with ``cut_after_ns``), so that the rest can be
+    sent again; ``n`` counts the items from ``start``. ``settled``: its outcome was measured.
+    """
+
+    __slots__ = ("fut", "items", "n", "settled", "start")
+
+    def __init__(self, fut: cf.Future | None, n: int, items: list | None, start: int = 0):
+        self.fut = fut
+        self.n = n
+        self.items = items
+        self.start = start
+        self.settled = False
+
+
 class _Mapper:
     """State shared by one ``map`` call's feeder thread and its results iterator.
 
@@ -239,12 +297,17 @@ class _Mapper:
         self.pool = pool
         #: Submits a chunk of ``items``: ``pool._submit_chunk`` (each item a tuple of arguments),
         #: or ``pool._submit_items`` (each item the one argument).
-        self.submit_chunk = submit_items if submit_items is not None else pool._submit_chunk
+        self.submit_chunk: Callable[..., cf.Future] = submit_items if submit_items is not None else pool._submit_chunk
+        #: With ``_submit_items``, automatic sizes and an input of known length (a container,
+        #: which holds the items anyway while a chunk keeps them for its rest), a worker stops a
+        #: chunk that has run this long (``run_items``) and the rest is sent again.
+        cuts = submit_items is not None and chunksize is None and bool(total)
+        self.cut_after_ns = CUT_AFTER_NS if cuts else None
         self.fn = fn
         self.items = items
         self.deadline = deadline
         self.fixed = chunksize
-        workers = max(1, pool._max_workers)
+        self.workers = workers = max(1, pool._max_workers)
         self.window = window_for(workers)
         if getattr(pool, "_runs_coroutines", False) and chunk_runner(fn) is run_chunk_async:
             # Coroutines wait concurrently on each worker's event loop: keep many in flight.
@@ -255,8 +318,10 @@ class _Mapper:
         self.per_item_ns: float | None = None
         self.measured = 0  # items in finished chunks
         self.cond = threading.Condition()
-        self.inflight: collections.deque[tuple[cf.Future, int]] = collections.deque()
-        self.feeding = True
+        self.inflight: collections.deque[_Chunk] = collections.deque()
+        self.unsent = 0  # chunks in ``inflight`` cut short whose rest is not all sent yet
+        self.reading = True  # the input has more items, as far as the feeder knows
+        self.feeding = True  # a feeder thread runs, or is about to
         self.stopped = False
         self.error: BaseException | None = None
         self.bar = bar  # a ferropool._progress._Bar: counts items per finished chunk
@@ -265,23 +330,46 @@ class _Mapper:
         self.consumed = 0  # items in chunks the consumer has taken
 
     def start(self) -> None:
-        """Submits the first item in the caller's thread (with a ``buffersize``, the first
-        ``buffersize`` chunks, as the standard library does), then starts the feeder."""
-        first = list(itertools.islice(self.items, 1))
-        if not first:
-            self.feeding = False
-            return
-        self._submit(first)
-        while self.buffersize is not None:
+        """Submits the first chunks in the caller's thread, then starts the feeder if input is
+        left. The first item goes alone; with a ``buffersize``, the first ``buffersize`` chunks
+        go, as the standard library does. With a known length and chunks that workers cut
+        short, the first window's chunks go at once, full-sized: no worker waits for the
+        feeder thread to start, and a short input needs none. Failing to submit the first
+        chunk fails the call; later chunks, and the input's own errors, fail in order, where
+        the results iterator reaches them, as the feeder's do."""
+        eager = self.cut_after_ns is not None  # with a known length
+        if eager:
+            self._read(self._next_size())  # submit errors are the call's; input errors in order
+        else:
+            first = list(itertools.islice(self.items, 1))
+            if first:
+                self._submit(first)
+            else:
+                self.reading = False
+        while self.reading and (self.buffersize is not None or eager):
             with self.cond:
                 if not self._has_room():
                     break
                 size = self._next_size()
-            chunk = list(itertools.islice(self.items, size))
+            if self.buffersize is None:
+                try:
+                    self._read(size)
+                except Exception as exc:  # submit refused: raised in order, as by the feeder
+                    with self.cond:
+                        self.error = exc
+                        self.reading = False
+                continue
+            chunk = list(itertools.islice(self.items, size))  # errors at the call, as there
             if not chunk:
-                self.feeding = False
-                return
+                self.reading = False
+                break
             self._submit(chunk)
+        with self.cond:
+            self.feeding = self.reading or self.unsent > 0
+            if self.feeding:
+                self._start_feeder()
+
+    def _start_feeder(self) -> None:
         threading.Thread(target=self._feed, name="ferropool-map-feeder", daemon=True).start()
 
     def stop(self) -> None:
@@ -291,41 +379,91 @@ class _Mapper:
             pending = list(self.inflight)
             self.inflight.clear()
             self.cond.notify_all()
-        for fut, _ in pending:
-            fut.cancel()
+        for chunk in pending:
+            if chunk.fut is not None:
+                chunk.fut.cancel()
         if self.bar is not None:
             # A chunk's done callback may still be on its way when the consumer has its values.
             self.bar.close(at_least=self.consumed)
 
-    def _submit(self, chunk: list) -> None:
-        n = len(chunk)
-        fut = self.submit_chunk(self.fn, chunk)
+    def _submit(self, items: list) -> None:
+        chunk = _Chunk(None, len(items), items if self.cut_after_ns is not None else None)
         with self.cond:
-            self.inflight.append((fut, n))
+            self.inflight.append(chunk)
+        self._send(chunk, items)
+
+    def _send(self, chunk: _Chunk, items: list) -> None:
+        """Submits ``items``, the input of ``chunk``, which is already in ``inflight``."""
+        if self.cut_after_ns is None:
+            fut = self.submit_chunk(self.fn, items)
+        else:
+            fut = self.submit_chunk(self.fn, items, self.cut_after_ns)
+        with self.cond:
+            chunk.fut = fut
             self.cond.notify_all()
-        fut.add_done_callback(lambda f: self._on_done(f, n))
+        fut.add_done_callback(lambda _: self._chunk_done(chunk))
+
+    def _chunk_done(self, chunk: _Chunk) -> None:
+        fut = chunk.fut
+        assert fut is not None
+        added = 0
+        with self.cond:
+            if fut.cancelled() or fut.exception() is not None:
+                chunk.settled = True  # the consumer raises it, or has stopped
+            else:
+                added = self._settle(chunk, *fut.result())
+            self.cond.notify_all()
+        if added and self.bar is not None:
+            self.bar.add(added)
+
+    def _settle(self, chunk: _Chunk, values: list, ns: int) -> int:
+        """Measures a chunk that returned ``values`` in ``ns``, once, before the consumer takes
+        them; if a worker cut it short, queues its rest, to be sent right after it. Returns the
+        items it ran the first time, else 0. With ``cond`` held."""
+        if chunk.settled or self.stopped:
+            return 0
+        chunk.settled = True
+        done = len(values)
+        if done < chunk.n:
+            assert chunk.items is not None and done
+            rest = _Chunk(None, chunk.n - done, chunk.items, chunk.start + done)
+            self.inflight.insert(self.inflight.index(chunk) + 1, rest)
+            self.unsent += 1
+            chunk.n = done
+            if not self.feeding:  # it ended with the input: another sends the rest
+                self.feeding = True
+                self._start_feeder()
+        chunk.items = None
+        self._measure(done, ns)
+        return done
 
     def _on_done(self, fut: cf.Future, n: int) -> None:
+        """Measures a finished chunk of ``n`` items (the asyncio ``map`` sizes its chunks here)."""
         if not fut.cancelled() and fut.exception() is None:
-            ns = fut.result()[1] / n
             with self.cond:
-                self.per_item_ns = ns if self.per_item_ns is None else 0.5 * self.per_item_ns + 0.5 * ns
-                self.measured += n
-            if self.bar is not None:
-                self.bar.add(n)
-        with self.cond:
-            self.cond.notify_all()
+                self._measure(n, fut.result()[1])
+                self.cond.notify_all()
+
+    def _measure(self, n: int, ns: int) -> None:
+        per_item = ns / n
+        self.per_item_ns = per_item if self.per_item_ns is None else 0.5 * self.per_item_ns + 0.5 * per_item
+        self.measured += n
+
+    def _running(self) -> int:
+        return sum(1 for c in self.inflight if c.fut is not None and not c.fut.done())
 
     def _has_room(self) -> bool:
         if self.buffersize is not None and self._ahead() >= self.buffersize:
             return False
         running = running_items = ahead = 0
-        for f, n in self.inflight:
-            ahead += n
-            if not f.done():
+        for c in self.inflight:
+            ahead += c.n
+            if c.fut is not None and not c.fut.done():
                 running += 1
-                running_items += n
-        if running < self.window and len(self.inflight) < 2 * self.window:
+                running_items += c.n
+        # A window of chunks runs, and another waits for the consumer. Chunks that a worker
+        # cuts short hold at most ``CUT_AFTER_S`` of work each: both windows may run.
+        if len(self.inflight) < 2 * self.window and (running < self.window or self.cut_after_ns is not None):
             return True
         if self.fixed or self.per_item_ns is None:
             return False
@@ -346,53 +484,94 @@ class _Mapper:
         chunks stand in for the standard library's one task per item)."""
         if self.fixed:
             return len(self.inflight)
-        return sum(n for _, n in self.inflight)
+        return sum(c.n for c in self.inflight)
 
     def _next_size(self) -> int:
         if self.fixed:
             return self.fixed
         size = self.size
         if self.per_item_ns is not None and self.measured >= self.window:
-            wanted = max(1, int(TARGET_CHUNK_S * 1e9 / max(self.per_item_ns, 1.0)))
             # A known length caps the chunks already: trust the measurement at once.
-            size = wanted if self.cap else min(wanted, size * GROWTH)
+            size = self._measured_size() if self.cap else min(self._measured_size(), size * GROWTH)
         elif self.cap:
-            # Known length, nothing measured yet: grow anyway, bounded by the cap, so that tiny
-            # tasks do not wait for measurements in chunks of one (long ones get small chunks
-            # once measured; the big early chunks are far from the end, where balance counts).
-            size *= 2
+            # Known length, nothing measured yet: tiny tasks should not wait for measurements
+            # in small chunks. Where a worker cuts chunks short, send the cap at once (a long
+            # item holds its chunk's other items for no more than ``CUT_AFTER_S``); else grow,
+            # bounded by the cap (long items get small chunks once measured; the big early
+            # chunks are far from the end, where balance counts).
+            size = self.cap if self.cut_after_ns is not None else size * 2
         self.size = min(size, MAX_CHUNK, self.cap or MAX_CHUNK)
         if self.buffersize is not None:
             return max(1, min(self.size, self.buffersize - self._ahead()))
         return self.size
 
+    def _measured_size(self) -> int:
+        """Items that run for about ``TARGET_CHUNK_S``, as measured so far."""
+        assert self.per_item_ns is not None
+        return max(1, int(TARGET_CHUNK_S * 1e9 / max(self.per_item_ns, 1.0)))
+
+    def _next_part(self) -> tuple[_Chunk, list] | None:
+        """The next part of the first cut-short chunk's rest, sized as measured, placed before
+        what is left of that rest, unless both windows of chunks run. With ``cond`` held. Rests
+        come before new chunks, and only running chunks hold them back, not finished ones the
+        consumer has yet to take: it may be waiting for this rest."""
+        if not self.unsent or self._running() >= 2 * self.window:
+            return None
+        rest = next(c for c in self.inflight if c.fut is None)
+        assert rest.items is not None
+        size = min(self._measured_size(), MAX_CHUNK, self.cap or MAX_CHUNK)
+        items = rest.items[rest.start : rest.start + size]
+        if size >= rest.n:
+            self.unsent -= 1
+            return rest, items
+        part = _Chunk(None, size, rest.items, rest.start)
+        rest.start += size
+        rest.n -= size
+        self.inflight.insert(self.inflight.index(rest), part)
+        return part, items
+
     def _feed(self) -> None:
         try:
             while True:
                 with self.cond:
-                    while not self.stopped and not self._has_room():
+                    while True:
+                        part = None if self.stopped else self._next_part()
+                        if part is not None or (self.reading and not self.stopped and self._has_room()):
+                            break
+                        if self.stopped or not (self.reading or self.unsent):
+                            # Decided under the lock that a cut (``_settle``) takes: a chunk
+                            # cut short from now on starts another feeder.
+                            self.feeding = False
+                            self.cond.notify_all()
+                            return
                         self.cond.wait()
-                    if self.stopped:
-                        return
-                    size = self._next_size()
-                chunk: list = []
-                try:
-                    chunk.extend(itertools.islice(self.items, size))
-                except BaseException:
-                    # The input raised mid-chunk: the items read before it still run.
-                    if chunk and not self.stopped:
-                        self._submit(chunk)
-                    raise
-                if not chunk or self.stopped:
-                    return
-                self._submit(chunk)
-        except BaseException as exc:  # the input raised, or submit refused: the consumer re-raises it in order
+                    size = self._next_size() if part is None else 0
+                if part is not None:
+                    self._send(*part)
+                else:
+                    self._read(size)
+        except BaseException as exc:  # submit refused: the consumer re-raises it in order
             with self.cond:
                 self.error = exc
-        finally:
-            with self.cond:
-                self.feeding = False
+                self.reading = self.feeding = False
                 self.cond.notify_all()
+
+    def _read(self, size: int) -> None:
+        """Reads and submits the next chunk of the input. At its end, or when it raises (the
+        consumer re-raises that after the items before it), reading stops; rests of chunks cut
+        short are still sent."""
+        chunk: list = []
+        try:
+            chunk.extend(itertools.islice(self.items, size))
+        except BaseException as exc:
+            with self.cond:
+                self.error = exc
+                self.reading = False
+        if not chunk:
+            with self.cond:
+                self.reading = False
+        elif not self.stopped:  # items read before an error still run
+            self._submit(chunk)
 
     def _remaining(self) -> float | None:
         if self.deadline is None:
@@ -409,16 +588,20 @@ class _Mapper:
         try:
             while True:
                 with self.cond:
-                    while not self.inflight and self.feeding:
+                    while self.feeding and (not self.inflight or self.inflight[0].fut is None):
                         if not self.cond.wait(self._remaining()):
                             raise cf.TimeoutError()
-                    if not self.inflight:
+                    if not self.inflight or self.inflight[0].fut is None:
+                        # The end, or the feeder failed: the input raised, or this chunk (or a
+                        # rest of one) could not be submitted.
                         if self.error is not None:
                             raise self.error
                         return
-                    fut = self.inflight[0][0]
+                    chunk = self.inflight[0]
+                    fut = chunk.fut
+                    assert fut is not None
                 try:
-                    values, _ = fut.result(timeout=self._remaining())
+                    values, ns = fut.result(timeout=self._remaining())
                 except cf.TimeoutError:
                     raise
                 except BaseException as exc:
@@ -433,9 +616,12 @@ class _Mapper:
                 finally:
                     del fut
                 with self.cond:
+                    added = self._settle(chunk, values, ns)
                     self.inflight.popleft()
                     self.consumed += len(values)
                     self.cond.notify_all()
+                if added and self.bar is not None:
+                    self.bar.add(added)
                 yield _forgetting(values)
                 del values
         finally:

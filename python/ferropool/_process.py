@@ -261,8 +261,8 @@ class ProcessPool(PoolExecutor):
     def _submit_chunk(self, fn: Callable[..., Any], items: list) -> cf.Future:
         return self._submit(chunk_runner(fn), (fn, items), {}, self._task_timeout, fn)
 
-    def _submit_items(self, fn: Callable[..., Any], items: list) -> cf.Future:
-        return self._submit(run_items, (fn, items), {}, self._task_timeout, fn)
+    def _submit_items(self, fn: Callable[..., Any], items: list, cut_after_ns: int | None = None) -> cf.Future:
+        return self._submit(run_items, (fn, items, cut_after_ns), {}, self._task_timeout, fn)
 
     #: What runs a chunk of ``map`` in a worker (``TaskOptions`` asks for it).
     _chunk_runner = staticmethod(chunk_runner)

@@ -294,9 +294,9 @@ class ThreadPool(PoolExecutor):
                 self._start_thread()
         return future
 
-    def _submit_items(self, fn, items: list) -> Future:
+    def _submit_items(self, fn, items: list, cut_after_ns: int | None = None) -> Future:
         # ``map`` over one iterable: each item is the argument itself, not a 1-tuple.
-        return self.submit(run_items, fn, items)
+        return self.submit(run_items, fn, items, cut_after_ns)
 
     def _submit_coroutine(self, fn, args, kwargs) -> Future:
         with self._shutdown_lock:
