@@ -75,3 +75,18 @@ def test_missing_extra_names_it():
     code = "import sys; sys.modules['ray'] = None\nimport ferropool\ntry:\n    ferropool.RayPool\nexcept ImportError as e:\n    print(e)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "pip install 'ferropool[ray]'" in out.stdout, out.stderr
+
+
+def test_shutdown_with_cancel_futures_returns_once_ray_has_stopped_the_tasks(make_rpool, gate_factory):
+    # Ray kills a cancelled task's worker after ray.cancel returns: a shutdown that returned
+    # before that let the kill land on whatever that worker ran next, another pool's task.
+    pool = make_rpool()
+    started = gate_factory()
+    futures = [pool.submit(helpers.started_then_sleep, started, 60)]
+    assert started.wait(WAIT)
+    futures += [pool.submit(square, i) for i in range(5)]
+    pool.shutdown(wait=True, cancel_futures=True)
+    refs = [f._handle for f in futures]
+    _, unfinished = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+    assert not unfinished, "shutdown returned while Ray was still stopping tasks"
+    assert ray.get(ray.remote(square).remote(5), timeout=WAIT) == 25

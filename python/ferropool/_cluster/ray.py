@@ -97,6 +97,11 @@ class RayPool(RemotePool):
     def _engine_stop(self, fut: RemoteFuture, handle: Any) -> None:
         ray.cancel(handle, force=True)
 
+    def _engine_await_stopped(self, handles: list, timeout: float) -> None:
+        # A cancelled task's reference resolves once Ray has acted on the cancel: the task
+        # left its queue, or its worker was killed.
+        ray.wait(handles, num_returns=len(handles), timeout=timeout, fetch_local=False)
+
     def _engine_close(self) -> None:
         if self._owns_ray:
             ray.shutdown()

@@ -57,6 +57,9 @@ from ..errors import SerializationError, TaskTimeoutError, WorkerDiedError
 
 #: Arrays at least this large (bytes) go through the engine's own data path by default.
 SHARE_THRESHOLD = 1 << 20
+#: Longest ``shutdown(wait=True, cancel_futures=True)`` waits for the engine to carry out the
+#: stops of running tasks (seconds).
+STOP_WAIT_S = 30.0
 
 
 # ---------------------------------------------------------------- worker side
@@ -339,6 +342,11 @@ class RemotePool(PoolExecutor):
         """Translates an engine's own failure (a lost worker...) into ferropool's exception."""
         return exc
 
+    def _engine_await_stopped(self, handles: list, timeout: float) -> None:
+        """Waits, up to ``timeout`` seconds, until the engine has carried out the stops of
+        ``handles`` (their tasks ended), for ``shutdown(wait=True)``. By default a stop is
+        done when ``_engine_stop`` returns."""
+
     def _engine_close(self) -> None:
         """Releases what the pool created (a client, a cluster connection)."""
 
@@ -522,6 +530,7 @@ class RemotePool(PoolExecutor):
         if self._shutdown and not wait:
             return
         self._shutdown = True
+        stopped = []
         if cancel_futures:
             with self._futures_lock:
                 pending = list(self._futures)
@@ -531,7 +540,10 @@ class RemotePool(PoolExecutor):
                 running = None  # the cluster is going: cancel all, as an engine that cannot tell
             for fut in pending:
                 if running is None:
-                    fut.cancel()
+                    with fut._condition:
+                        handle = fut._handle
+                    if fut.cancel() and handle is not None:
+                        stopped.append(handle)
                 elif fut._token not in running:
                     # One that begins meanwhile runs on; its result is dropped.
                     fut._cancel(stop_running=False)
@@ -539,6 +551,13 @@ class RemotePool(PoolExecutor):
             with self._all_done:
                 while self._futures:
                     self._all_done.wait()
+            if stopped:
+                # A stop is carried out by the engine after ``cancel()`` returns (Ray kills the
+                # worker): once shutdown returns, none may still land on a later pool's task.
+                try:
+                    self._engine_await_stopped(stopped, STOP_WAIT_S)
+                except Exception:
+                    pass  # the cluster is gone: nothing is left to stop
         self._close_when_idle()
 
     def _close_when_idle(self) -> None:
