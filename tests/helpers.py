@@ -257,11 +257,13 @@ def open_gate_on_sigterm(gate: Gate) -> None:
 
 
 def count_run_then_exit_at(gate: Gate, folder: str, code: int) -> None:
-    """Leaves a file in ``folder`` for this run, then exits the process with ``code`` once
-    ``gate`` opens."""
+    """Leaves a file in ``folder`` for this run, then ends the process once ``gate`` opens:
+    with exit code ``code``, or by signal ``-code`` where ``code`` is negative."""
     with open(os.path.join(folder, f"run-{os.getpid()}-{time.monotonic_ns()}"), "w"):
         pass
     gate.wait()
+    if code < 0:
+        os.kill(os.getpid(), -code)
     os._exit(code)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import os
+import signal
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
@@ -279,21 +280,26 @@ def test_terminate_and_kill_workers_stop_every_thread_of_every_process(gate_fact
         helpers.shutdown_bounded(pool)
 
 
-def test_a_task_that_crashes_a_worker_being_stopped_is_blamed_not_run_again(gate_factory, tmp_path):
+@pytest.mark.parametrize("code", [7, -signal.SIGKILL], ids=["exit code", "SIGKILL of its own"])
+def test_a_task_that_crashes_a_worker_being_stopped_is_blamed_not_run_again(gate_factory, tmp_path, code):
     # A timed-out task beside it cannot be stopped (a thread), so after the grace the worker gets
-    # SIGTERM, which here only opens a gate; the crash then ends the worker before the SIGKILL.
+    # SIGTERM, which here only opens a gate; the crash then ends the worker before the parent's
+    # own SIGKILL (a SIGKILL the parent has not sent yet is the task's).
     terminated = gate_factory()
     runs = tmp_path / "runs"
     runs.mkdir()
     pool = HybridPool(1, 2, initializer=helpers.open_gate_on_sigterm, initargs=(terminated,))
     try:
-        crash = pool.submit(helpers.count_run_then_exit_at, terminated, str(runs), 7)
+        crash = pool.submit(helpers.count_run_then_exit_at, terminated, str(runs), code)
         stuck = pool.options(task_timeout=0.3).submit(helpers.sleep_and_return, 60, None)
         with pytest.raises(TaskTimeoutError):
             stuck.result(timeout=RESULT_TIMEOUT)
         with pytest.raises(WorkerDiedError) as info:
             crash.result(timeout=RESULT_TIMEOUT)
-        assert info.value.exitcode == 7
+        if code > 0:
+            assert info.value.exitcode == code
+        else:
+            assert info.value.signal == -code
         assert len(list(runs.iterdir())) == 1, "the crashing task was run again"
     finally:
         helpers.shutdown_bounded(pool)

@@ -661,12 +661,12 @@ impl Dispatcher {
         let was_starting = w.phase == Phase::Starting;
         let reason = w.corrupt.take();
         // Ended by the SIGTERM or SIGKILL it was stopped with. A worker being stopped that ended
-        // otherwise (its own exit code, another signal) was ended by a task first: that task is
-        // blamed as usual, not run again elsewhere.
-        let was_stopped = w.stop.is_some()
-            && exit
-                .signal
-                .is_some_and(|s| s == libc::SIGTERM || s == libc::SIGKILL);
+        // otherwise (its own exit code, another signal, a SIGKILL before ours was sent) was
+        // ended by a task first: that task is blamed as usual, not run again elsewhere.
+        let was_stopped = w.stop.as_ref().is_some_and(|stop| {
+            exit.signal
+                .is_some_and(|s| s == libc::SIGTERM || (s == libc::SIGKILL && stop.killed))
+        });
         let sent = w.writer_sent();
         let orphans = w.take_all();
         drop(w);
