@@ -17,6 +17,9 @@ and pebble's ``ProcessPool`` when installed. Each interpreter measures, with 2 w
    ``ThreadPoolExecutor``);
 5. ``rss``: peak RSS of the interpreter plus its live pool processes (``VmHWM``).
 
+Then a second table: each ferropool build's figure over each peer's, as the median of the
+per-round ratios.
+
 Run::
 
     python benchmarks/ab_fast_paths.py --before /path/to/old/tree --after . --rounds 7
@@ -183,7 +186,34 @@ def main(argv: list | None = None) -> int:
             digits = 3 if unit == "us/task" and statistics.median(vals) < 1 else 1
             cells.append(f"{statistics.median(vals):.{digits}f} ({min(vals):.{digits}f} - {max(vals):.{digits}f})")
         print(f"| {label}, {unit} | " + " | ".join(cells) + " |")
+    print_ratios(contestants, runs, metrics, a.rounds)
     return 0
+
+
+def print_ratios(contestants: list, runs: dict, metrics: tuple, rounds: int) -> None:
+    """Each ferropool build's figure over each peer's, as the median of the per-round ratios:
+    contestants of one round ran within seconds of each other, so their ratio cancels most of
+    the load that moves both."""
+    ours = [name for name, kind, _ in contestants if kind == "ferropool"]
+    peers = [name for name, kind, _ in contestants if kind != "ferropool"]
+    pairs = [(o, p) for o in ours for p in peers]
+    if not pairs:
+        return
+    print()
+    print(
+        f"ferropool / peer, median of the {rounds} per-round ratios (min - max); below 1: ferropool is faster or smaller"
+    )
+    print()
+    print("| figure | " + " | ".join(f"{o} / {p}" for o, p in pairs) + " |")
+    print("|---|" + "---:|" * len(pairs))
+    for key, label, *_ in metrics:
+        cells = []
+        for o, p in pairs:
+            ratios = [
+                x[key] / y[key] for x, y in zip(runs[o], runs[p], strict=True) if key in x and key in y and y[key]
+            ]
+            cells.append(f"{statistics.median(ratios):.2f} ({min(ratios):.2f} - {max(ratios):.2f})" if ratios else "-")
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
