@@ -261,7 +261,7 @@ class _Chunk:
 
     ``fut`` is None while the chunk waits to be sent: the rest of a chunk that a worker cut
     short, which the feeder sends on in parts. ``items`` holds the chunk's input while a worker
-    may still cut it short (from ``start``; only with ``cut_after_ns``), so that the rest can be
+    may still cut it short (from ``start``; only where ``cuts``), so that the rest can be
     sent again; ``n`` counts the items from ``start``. ``settled``: its outcome was measured.
     """
 
@@ -297,17 +297,20 @@ class _Mapper:
         self.pool = pool
         #: Submits a chunk of ``items``: ``pool._submit_chunk`` (each item a tuple of arguments),
         #: or ``pool._submit_items`` (each item the one argument).
-        self.submit_chunk: Callable[..., cf.Future] = submit_items if submit_items is not None else pool._submit_chunk
+        self.submit_chunk: Callable[[Callable[..., Any], list], cf.Future] = (
+            submit_items if submit_items is not None else pool._submit_chunk
+        )
         #: With ``_submit_items``, automatic sizes and an input of known length (a container,
         #: which holds the items anyway while a chunk keeps them for its rest), a worker stops a
         #: chunk that has run this long (``run_items``) and the rest is sent again.
-        cuts = submit_items is not None and chunksize is None and bool(total)
-        self.cut_after_ns = CUT_AFTER_NS if cuts else None
+        self.cuts = submit_items is not None and chunksize is None and bool(total)
+        if submit_items is not None and self.cuts:
+            self.submit_chunk = lambda fn, items: submit_items(fn, items, CUT_AFTER_NS)
         self.fn = fn
         self.items = items
         self.deadline = deadline
         self.fixed = chunksize
-        self.workers = workers = max(1, pool._max_workers)
+        workers = max(1, pool._max_workers)
         self.window = window_for(workers)
         if getattr(pool, "_runs_coroutines", False) and chunk_runner(fn) is run_chunk_async:
             # Coroutines wait concurrently on each worker's event loop: keep many in flight.
@@ -337,8 +340,7 @@ class _Mapper:
         feeder thread to start, and a short input needs none. Failing to submit the first
         chunk fails the call; later chunks, and the input's own errors, fail in order, where
         the results iterator reaches them, as the feeder's do."""
-        eager = self.cut_after_ns is not None  # with a known length
-        if eager:
+        if self.cuts:  # a known length
             self._read(self._next_size())  # submit errors are the call's; input errors in order
         else:
             first = list(itertools.islice(self.items, 1))
@@ -346,7 +348,7 @@ class _Mapper:
                 self._submit(first)
             else:
                 self.reading = False
-        while self.reading and (self.buffersize is not None or eager):
+        while self.reading and (self.buffersize is not None or self.cuts):
             with self.cond:
                 if not self._has_room():
                     break
@@ -387,17 +389,14 @@ class _Mapper:
             self.bar.close(at_least=self.consumed)
 
     def _submit(self, items: list) -> None:
-        chunk = _Chunk(None, len(items), items if self.cut_after_ns is not None else None)
+        chunk = _Chunk(None, len(items), items if self.cuts else None)
         with self.cond:
             self.inflight.append(chunk)
         self._send(chunk, items)
 
     def _send(self, chunk: _Chunk, items: list) -> None:
         """Submits ``items``, the input of ``chunk``, which is already in ``inflight``."""
-        if self.cut_after_ns is None:
-            fut = self.submit_chunk(self.fn, items)
-        else:
-            fut = self.submit_chunk(self.fn, items, self.cut_after_ns)
+        fut = self.submit_chunk(self.fn, items)
         with self.cond:
             chunk.fut = fut
             self.cond.notify_all()
@@ -463,7 +462,7 @@ class _Mapper:
                 running_items += c.n
         # A window of chunks runs, and another waits for the consumer. Chunks that a worker
         # cuts short hold at most ``CUT_AFTER_S`` of work each: both windows may run.
-        if len(self.inflight) < 2 * self.window and (running < self.window or self.cut_after_ns is not None):
+        if len(self.inflight) < 2 * self.window and (running < self.window or self.cuts):
             return True
         if self.fixed or self.per_item_ns is None:
             return False
@@ -499,7 +498,7 @@ class _Mapper:
             # item holds its chunk's other items for no more than ``CUT_AFTER_S``); else grow,
             # bounded by the cap (long items get small chunks once measured; the big early
             # chunks are far from the end, where balance counts).
-            size = self.cap if self.cut_after_ns is not None else size * 2
+            size = self.cap if self.cuts else size * 2
         self.size = min(size, MAX_CHUNK, self.cap or MAX_CHUNK)
         if self.buffersize is not None:
             return max(1, min(self.size, self.buffersize - self._ahead()))
@@ -545,7 +544,8 @@ class _Mapper:
                             self.cond.notify_all()
                             return
                         self.cond.wait()
-                    size = self._next_size() if part is None else 0
+                    if part is None:
+                        size = self._next_size()
                 if part is not None:
                     self._send(*part)
                 else:

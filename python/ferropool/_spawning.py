@@ -111,7 +111,8 @@ class SharedSemLock:
         return bool(self._call("_is_zero"))
 
     def _after_fork(self) -> None:
-        _forget_connections()
+        """What ``multiprocessing.synchronize`` calls in a forked child: nothing left to do, as
+        every fork already forgets this process's connections (``_forget_connections``)."""
 
 
 #: This thread's connections to the parents' semaphore servers, by address.

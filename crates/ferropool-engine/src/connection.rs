@@ -7,10 +7,10 @@
 //! 16 KiB or more, whose write costs little beside it (and a `map` chunk's answer is often what
 //! the parent waits for before it sends more work). But the next task may be long: an answer
 //! held while it runs would wait for all of it (a 1 µs task queued before a one-hour task would
-//! answer after an hour and, with a timeout, be blamed for it). So a flusher thread writes out any answer that
-//! has been held for `MAX_HOLD`, whatever the main thread is doing — running Python code or
-//! stuck in native code. The writer is shared with it under a mutex; the flusher is woken once
-//! per batch, when the first answer is held.
+//! answer after an hour and, with a timeout, be blamed for it). So a flusher thread writes out
+//! any answer that has been held for `MAX_HOLD`, whatever the main thread is doing — running
+//! Python code or stuck in native code. The writer is shared with it under a mutex; the flusher
+//! is woken once per batch, when the first answer is held.
 //!
 //! Log records (`Kind::Log`) may come from any thread of the worker, through a `Sender`: they
 //! are held like answers, so a burst of them costs one system call, and leave within
