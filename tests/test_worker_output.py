@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -159,3 +160,103 @@ def test_stdout_lines_of_two_workers_are_never_mixed(tmp_path):
         assert line[5] == ":" and body == tag * 3000, f"a mixed or cut line: {line[:60]!r}..."
         seen.add((tag, int(number)))
     assert seen == {(tag, i) for tag in "ab" for i in range(200)}
+
+
+HELD_UP = r"""
+import os, sys
+from ferropool import ProcessPool
+
+def chatter(tag, lines):
+    sys.stderr.write(f"{os.getpid()}\n")  # relayed to the parent's stderr, which is read
+    sys.stderr.flush()
+    for i in range(lines):
+        sys.stdout.write(f"{tag}{i:04d}:" + tag * 3000 + "\n")
+    return tag
+
+if __name__ == "__main__":
+    with ProcessPool(2) as pool:
+        futures = [pool.submit(chatter, tag, 800) for tag in "ab"]
+        assert sorted(f.result(timeout=60) for f in futures) == ["a", "b"]
+"""
+
+
+def blocked_writing_stdout(pid: int) -> bool:
+    """Process ``pid`` is in a ``write`` to its descriptor 1 (x86-64 and arm64 numbers)."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            fields = f.read().split()
+    except FileNotFoundError:
+        pytest.fail(f"worker {pid} ended without waiting for the reader")
+    return fields[:2] in (["1", "0x1"], ["64", "0x1"])
+
+
+def test_a_reader_that_pauses_holds_the_printing_workers_up_and_loses_nothing(tmp_path):
+    # 2 x 2.4 MB of lines, none read until both workers wait in `write`: the relay kept what it
+    # could and then stopped reading their pipes. Then every line arrives, in order.
+    script = tmp_path / "held_up.py"
+    script.write_text(HELD_UP)
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, **pipes)
+    try:
+        pids = [int(proc.stderr.readline()) for _ in range(2)]
+        deadline = time.monotonic() + WAIT
+        while not all(blocked_writing_stdout(pid) for pid in pids):
+            assert time.monotonic() < deadline, "the workers were never held up"
+            time.sleep(0.01)
+        lines = proc.stdout.read().splitlines()
+        assert proc.wait(timeout=WAIT) == 0, proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+    for tag in b"ab":
+        mine = [line for line in lines if line[0] == tag]
+        assert mine == [b"%c%04d:%s" % (tag, i, bytes([tag]) * 3000) for i in range(800)]
+    assert len(lines) == 1600, "no notice, nothing else"
+
+
+UNREAD_UNTIL_DONE = r"""
+import sys
+from ferropool import ProcessPool
+from chatter import chatter
+
+if __name__ == "__main__":
+    with ProcessPool(2) as pool:
+        futures = [pool.submit(chatter, tag, 1000, 3000) for tag in "ab"]
+        assert sorted(f.result(timeout=60) for f in futures) == ["a", "b"]
+        sys.stderr.write("done\n")
+        sys.stderr.flush()
+        sys.stdin.read()  # the pool stays up until the reader has had what it kept
+"""
+
+
+def test_a_reader_that_takes_nothing_loses_whole_lines_and_is_told_how_many_bytes(tmp_path):
+    # 6 MB of lines, none read until every task is done: tasks are held up for a while, then
+    # output is dropped so that they can finish; what is kept arrives whole, then a notice.
+    (tmp_path / "chatter.py").write_text(PRINT_LINES)
+    script = tmp_path / "unread.py"
+    script.write_text(UNREAD_UNTIL_DONE)
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, **pipes)
+    try:
+        assert proc.stderr.readline() == b"done\n", proc.stderr.read().decode()
+        kept = []
+        while not (line := proc.stdout.readline()).startswith(b"ferropool:"):
+            assert line, "the stream ended without a notice"
+            kept.append(line)
+        proc.stdin.close()
+        assert proc.wait(timeout=WAIT) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+    width = len("a0000:") + 3000 + 1
+    assert 0 < len(kept) < 2000
+    assert all(line == line[:1] + line[1:5] + b":" + line[:1] * 3000 + b"\n" for line in kept)
+    assert len({line[:5] for line in kept}) == len(kept), "no line twice"
+    dropped = 2000 * width - len(kept) * width
+    assert line.decode() == (
+        f"ferropool: {dropped} bytes of worker output were dropped: the reader of this stream took nothing for 1 s\n"
+    )

@@ -11,9 +11,12 @@
 //! Writing never stalls the dispatcher, which schedules every task: the parent's stdout may be a
 //! pipe nobody reads for a while (`| less`, a paused terminal, a supervisor). An `Outlet` writes
 //! only what the descriptor takes without blocking (it polls for room, then writes at most
-//! `PIPE_BUF` bytes, which a pipe with room takes whole), and keeps the rest, up to
-//! `MAX_PENDING` bytes, for the dispatcher to write when its poll says there is room. Past that,
-//! whole pieces of output are dropped and counted, and a line saying how much was dropped goes
+//! `PIPE_BUF` bytes, which a pipe with room takes whole), and keeps the rest for the dispatcher to
+//! write when its poll says there is room. Once `MAX_PENDING` bytes wait, the relays stop reading
+//! the workers' pipes, so a worker that prints waits for the reader as it would writing to the
+//! parent's descriptor itself, and a reader that keeps reading, however slowly, loses nothing.
+//! Only a reader that has taken nothing for `STALL` loses output: whole pieces of it are then
+//! dropped and counted, so that no worker waits longer, and a line saying how much was dropped goes
 //! out once the reader catches up. The parent's descriptor is never switched to non-blocking
 //! mode: it is the program's, and other writers share it.
 
@@ -27,8 +30,10 @@ use std::time::{Duration, Instant};
 pub const TAIL_BYTES: usize = 4096;
 /// Longest piece written at once; longer lines are forwarded in pieces.
 pub const MAX_LINE: usize = 64 * 1024;
-/// Most bytes of output waiting for a slow reader; past this, output is dropped and counted.
+/// Bytes of output waiting for a slow reader past which the relays stop reading workers' pipes.
 pub const MAX_PENDING: usize = 1 << 20;
+/// How long a reader may take nothing while `MAX_PENDING` bytes wait before output is dropped.
+pub const STALL: Duration = Duration::from_secs(1);
 /// Largest single write once the descriptor polls writable: `PIPE_BUF`, which a pipe with room
 /// takes whole without blocking.
 const WRITE_CHUNK: usize = 4096;
@@ -61,6 +66,8 @@ impl Target {
 pub struct Outlet {
     target: Target,
     pending: VecDeque<u8>,
+    /// When the reader last took a byte, or when output began to wait if that was later.
+    progress: Instant,
     /// Bytes dropped since the last notice went out.
     dropped: u64,
 }
@@ -70,6 +77,7 @@ impl Outlet {
         Outlet {
             target,
             pending: VecDeque::new(),
+            progress: Instant::now(),
             dropped: 0,
         }
     }
@@ -81,22 +89,42 @@ impl Outlet {
     }
 
     /// Forwards `bytes` (whole lines): now, as far as the descriptor takes them without
-    /// blocking; the rest later (`write_ready`), or dropped and counted if too much waits.
+    /// blocking; the rest later (`write_ready`), or dropped and counted if they do not fit in
+    /// `MAX_PENDING` and the reader has stalled. Otherwise what waits may pass `MAX_PENDING` by
+    /// what the relays read before they saw it reached (`has_room`).
     pub fn send(&mut self, mut bytes: &[u8]) {
         if self.wants_write() {
             self.write_ready(); // what waited goes first
         }
-        if self.pending.is_empty() && self.dropped == 0 {
+        if !self.wants_write() {
             bytes = &bytes[write_now(self.raw_fd(), bytes)..];
+            self.progress = Instant::now();
         }
         if bytes.is_empty() {
             return;
         }
-        if self.pending.len() + bytes.len() <= MAX_PENDING {
-            self.pending.extend(bytes);
-        } else {
+        if self.stalled() && self.pending.len() + bytes.len() > MAX_PENDING {
             self.dropped += bytes.len() as u64;
+        } else {
+            self.pending.extend(bytes);
         }
+    }
+
+    /// Whether relays may read more from workers' pipes: less than `MAX_PENDING` bytes wait, or
+    /// the reader has stalled and what they read is dropped.
+    pub fn has_room(&self) -> bool {
+        self.pending.len() < MAX_PENDING || self.stalled()
+    }
+
+    /// When the reader, if it takes nothing before, counts as stalled; `None` unless output
+    /// waits with no room for more (then the dispatcher must wake by this time).
+    pub fn stalls_at(&self) -> Option<Instant> {
+        (self.pending.len() >= MAX_PENDING && !self.stalled()).then(|| self.progress + STALL)
+    }
+
+    /// The reader has taken nothing for `STALL` while output waited.
+    fn stalled(&self) -> bool {
+        self.wants_write() && self.progress.elapsed() >= STALL
     }
 
     /// Whether output waits for room: poll the descriptor for `POLLOUT` and call `write_ready`.
@@ -110,11 +138,15 @@ impl Outlet {
         let fd = self.raw_fd();
         let n = write_now(fd, self.pending.make_contiguous());
         self.pending.drain(..n);
+        if n > 0 {
+            self.progress = Instant::now();
+        }
         if self.pending.is_empty() && self.dropped > 0 {
             let notice = format!(
                 "ferropool: {} bytes of worker output were dropped: the reader of this stream \
-                 did not keep up\n",
-                self.dropped
+                 took nothing for {} s\n",
+                self.dropped,
+                STALL.as_secs()
             );
             self.dropped = 0;
             self.pending.extend(notice.as_bytes());
@@ -194,6 +226,10 @@ impl Sink {
     fn send(&self, bytes: &[u8]) {
         self.outlet().send(bytes);
     }
+
+    fn has_room(&self) -> bool {
+        self.outlet().has_room()
+    }
 }
 
 /// The read end of one worker's output pipe and what has been read from it.
@@ -236,10 +272,29 @@ impl LineRelay {
         self.eof
     }
 
-    /// Reads everything available now, forwarding complete lines; never blocks.
+    /// Whether `pump` would read: the pipe is open and the sink has room (`Outlet::has_room`).
+    /// Poll the pipe only then: a pipe left unread holds its writer up once full.
+    pub fn wants_read(&self) -> bool {
+        !self.eof && self.sink.has_room()
+    }
+
+    /// Reads what is available now while the sink has room, forwarding complete lines; never
+    /// blocks.
     pub fn pump(&mut self) {
+        self.read(false);
+    }
+
+    /// Reads everything available now, whether or not the sink has room, and forwards the
+    /// unterminated last line too: the worker has gone, and this is the last of its output
+    /// (its pipe holds at most what the kernel buffers).
+    pub fn drain(&mut self) {
+        self.read(true);
+        self.flush_partial();
+    }
+
+    fn read(&mut self, all: bool) {
         let mut buf = [0u8; 16 * 1024];
-        while !self.eof {
+        while !self.eof && (all || self.sink.has_room()) {
             match nix::unistd::read(&self.pipe, &mut buf) {
                 Ok(0) => self.eof = true,
                 Ok(n) => self.accept(&buf[..n]),
@@ -472,50 +527,132 @@ mod tests {
         assert_eq!(lens, [MAX_LINE, MAX_LINE, 10, 5]);
     }
 
+    /// Writes what waits in `outlet` whenever its reader makes room, until nothing waits (at
+    /// most 10 s).
+    fn write_out(outlet: &mut Outlet) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while outlet.wants_write() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "the outlet never drained");
+            super::wait_for_room(outlet.raw_fd(), left);
+            outlet.write_ready();
+        }
+    }
+
     #[test]
-    fn a_reader_that_does_not_read_never_blocks_the_writer() {
+    fn a_reader_that_does_not_read_never_blocks_the_writer_and_loses_nothing_until_it_stalls() {
         let (sink_r, sink_w) = pipe();
         let mut outlet = Outlet::new(Target::Fd(Arc::new(sink_w)));
-        // 4 MiB of lines into a pipe that holds 64 KiB and that nobody reads yet: returns at
-        // once, keeping at most MAX_PENDING and counting the rest.
+        // 2 MiB of lines into a pipe that holds 64 KiB and that nobody reads yet: returns at
+        // once and keeps all of it, but asks the relays to stop reading.
         let line = format!("{}\n", "z".repeat(1023));
-        for _ in 0..4096 {
+        for _ in 0..2048 {
             outlet.send(line.as_bytes());
         }
         assert!(outlet.wants_write());
-        assert!(outlet.pending.len() <= MAX_PENDING);
-        assert!(outlet.dropped > 0);
+        assert_eq!(outlet.dropped, 0);
+        assert!(outlet.pending.len() >= MAX_PENDING);
+        assert!(!outlet.has_room());
+        let stalls_at = outlet.stalls_at().expect("a time to wake at");
+        assert!(stalls_at > std::time::Instant::now() + STALL / 2);
+        // The reader has now taken nothing for `STALL` (the clock is set back, not waited out):
+        // what does not fit is dropped and counted, in whole pieces.
+        outlet.progress = std::time::Instant::now()
+            .checked_sub(STALL)
+            .expect("the clock has run for longer than STALL");
+        assert!(outlet.has_room());
+        assert_eq!(outlet.stalls_at(), None);
+        let kept = outlet.pending.len();
+        for _ in 0..100 {
+            outlet.send(line.as_bytes());
+        }
+        assert_eq!(outlet.pending.len(), kept);
+        assert_eq!(outlet.dropped, 100 * 1024);
         // The reader catches up: everything kept goes out, then the notice.
         let reader = std::thread::spawn(move || read_to_end(sink_r));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while outlet.wants_write() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the outlet never drained"
-            );
-            let mut pfd = libc::pollfd {
-                fd: outlet.raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, 1000) };
-            outlet.write_ready();
-        }
+        write_out(&mut outlet);
+        assert!(outlet.has_room());
         drop(outlet);
         let out = reader.join().unwrap();
         let lines: Vec<&str> = out.lines().collect();
         let (notice, kept) = lines.split_last().unwrap();
+        assert_eq!(kept.len(), 2048, "every line sent before the stall");
         assert!(kept.iter().all(|l| l.len() == 1023), "only whole lines");
-        assert!(kept.len() * 1024 <= MAX_PENDING + 64 * 1024);
-        let dropped = 4096 * 1024 - kept.len() * 1024;
         assert_eq!(
             *notice,
             format!(
-                "ferropool: {dropped} bytes of worker output were dropped: the reader of this \
-                 stream did not keep up"
+                "ferropool: {} bytes of worker output were dropped: the reader of this stream \
+                 took nothing for {} s",
+                100 * 1024,
+                STALL.as_secs()
             )
         );
+    }
+
+    #[test]
+    fn a_relay_holds_its_writer_up_while_the_reader_is_paused_and_loses_nothing() {
+        let (sink_r, sink_w) = pipe();
+        let sink = Sink::new(Target::Fd(Arc::new(sink_w)));
+        let (r, w) = pipe();
+        let mut relay = LineRelay::new(r, sink.clone(), false).unwrap();
+        // A worker printing 3 MiB of lines: more than the parent's pipe, `MAX_PENDING` and its
+        // own pipe hold together.
+        let lines = 3 * 1024;
+        let writer = std::thread::spawn(move || {
+            let mut w = std::fs::File::from(w);
+            for i in 0..lines {
+                writeln!(w, "{i:05}{}", "w".repeat(1018)).unwrap();
+            }
+        });
+        // As the dispatcher does, with nobody reading the parent's stream: pump while the relay
+        // wants to read, until it no longer does.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while relay.wants_read() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relay never filled"
+            );
+            let mut pfd = libc::pollfd {
+                fd: relay.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, 1000) };
+            relay.pump();
+        }
+        assert!(!relay.at_eof(), "the writer is held up, not done");
+        assert!(!writer.is_finished());
+        {
+            let outlet = sink.outlet();
+            assert_eq!(outlet.dropped, 0);
+            assert!(outlet.pending.len() < MAX_PENDING + 16 * 1024 + 1024);
+        }
+        // The reader starts: the writer goes on, and every line arrives.
+        let reader = std::thread::spawn(move || read_to_end(sink_r));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !relay.at_eof() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relay never finished"
+            );
+            write_out(&mut sink.outlet());
+            let mut pfd = libc::pollfd {
+                fd: relay.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, 1000) };
+            relay.pump();
+        }
+        writer.join().unwrap();
+        write_out(&mut sink.outlet());
+        drop(relay);
+        drop(sink);
+        let out = reader.join().unwrap();
+        let numbers: Vec<usize> = out.lines().map(|l| l[..5].parse().unwrap()).collect();
+        assert_eq!(numbers, (0..lines).collect::<Vec<_>>());
     }
 
     #[test]

@@ -236,22 +236,24 @@ impl Worker {
         Ok(w)
     }
 
-    /// Relays what the worker has written to stdout and stderr so far, whole lines only;
-    /// with `gone`, also a last unterminated line.
+    /// Relays what the worker has written to stdout and stderr so far, whole lines only, as far
+    /// as the parent's streams have room (`relay.rs`); with `gone`, all of it, and a last
+    /// unterminated line too.
     pub fn pump_output(&mut self, gone: bool) {
         for relay in [&mut self.stdout, &mut self.stderr] {
-            relay.pump();
             if gone {
-                relay.flush_partial();
+                relay.drain();
+            } else {
+                relay.pump();
             }
         }
     }
 
-    /// The output pipes still open, for polling.
+    /// The output pipes to poll: open, and relayed to a stream with room.
     pub fn output_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
         [&self.stdout, &self.stderr]
             .into_iter()
-            .filter(|r| !r.at_eof())
+            .filter(|r| r.wants_read())
             .map(LineRelay::fd)
     }
 

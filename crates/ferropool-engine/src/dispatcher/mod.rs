@@ -420,6 +420,12 @@ impl Dispatcher {
             let fd = unsafe { BorrowedFd::borrow_raw(raw) };
             fds.push(PollFd::new(fd, PollFlags::POLLOUT));
         }
+        // A stream whose reader takes nothing starts dropping output at a time of its own.
+        let stalls_at = [&self.stdout, &self.stderr]
+            .into_iter()
+            .filter_map(|sink| sink.outlet().stalls_at())
+            .min();
+        let next_timer = next_timer.into_iter().chain(stalls_at).min();
         let until_timer = next_timer.map(|t| {
             // Rounded up: waking a millisecond early would only spin.
             let left = t.saturating_duration_since(Instant::now());
