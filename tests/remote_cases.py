@@ -153,6 +153,38 @@ def test_cancel_queued_task(make_rpool, gate_factory):
     assert queued.cancelled()
 
 
+def test_cancel_twice_or_from_many_threads_at_once_cancels_once(make_rpool, gate_factory):
+    # As concurrent.futures.Future.cancel: True again for a cancelled future, never an error,
+    # and the task is counted and stopped once however many threads cancel it together.
+    pool = make_rpool()
+    release = gate_factory()
+    blockers = [pool.submit(helpers.wait_for, release) for _ in range(pool.max_workers)]
+    queued = [pool.submit(square, i) for i in range(20)]
+    callbacks = []
+    for fut in queued:
+        fut.add_done_callback(callbacks.append)
+    start = threading.Barrier(4)
+    answers: list = []
+
+    def cancel_all() -> None:
+        start.wait(timeout=WAIT)
+        answers.extend(fut.cancel() for fut in queued)
+
+    threads = [threading.Thread(target=cancel_all) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=WAIT)
+    assert not any(t.is_alive() for t in threads)
+    assert answers == [True] * 80
+    assert all(fut.cancel() for fut in queued), "a second cancel() returns True"
+    assert sorted(callbacks, key=queued.index) == queued, "each callback ran once"
+    assert cf.wait(queued, timeout=0).not_done == set()
+    release.set()
+    assert [b.result(timeout=WAIT) for b in blockers] == [None] * pool.max_workers
+    assert pool.stats().as_dict()["cancelled"] == 20
+
+
 def test_worker_death_raises_worker_died_error(rpool):
     fut = rpool.submit(exit_worker, 3)
     with pytest.raises(WorkerDiedError) as info:

@@ -37,6 +37,7 @@ import time
 import types
 import uuid
 from collections.abc import Callable
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING
 from typing import Any
 
 from .._executor import PoolExecutor, TaskOptions, run_chunk
@@ -205,11 +206,20 @@ class RemoteFuture(cf.Future):
         return self._cancel(stop_running=True)
 
     def _cancel(self, stop_running: bool) -> bool:
-        if not cf.Future.cancel(self):
-            return False
         with self._condition:
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return True
+            if self._state != PENDING:
+                return False
+            # What cf.Future.cancel and then set_running_or_notify_cancel do (CANCELLED_AND_NOTIFIED:
+            # cf.wait counts it done), in one step under the lock: a concurrent cancel() finds it
+            # cancelled rather than taking the second step again, which raises.
+            self._state = CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
             handle = self._handle
-        self.set_running_or_notify_cancel()  # CANCELLED_AND_NOTIFIED: cf.wait counts it done
+        self._invoke_callbacks()  # type: ignore[attr-defined]  # private to cf.Future, untyped
         self._pool._count("cancelled")
         if handle is not None:
             self._pool._stop(self, handle, stop_running)
