@@ -4,6 +4,9 @@ clock, so every outcome is exact."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
+
 import pytest
 
 from ferropool._auto.decide import (
@@ -181,6 +184,31 @@ def test_waiting_calls_count_the_pair_by_their_solo_wall_time():
     assert action.decision.figures.pair_speedup == pytest.approx(2.0)  # two 10 ms calls in 10 ms
 
 
+def test_waiting_calls_whose_pair_waited_for_cpus_are_judged_by_each_calls_own_wall():
+    # 10 ms sleeps on a loaded machine: each wake-up waited for a CPU, so the pair's span grew
+    # to 14 ms a call and looked like calls holding the GIL in turns (speedup 1.43, hybrid). Each
+    # call's wall less its own waits is 10 ms, as alone: they run side by side.
+    p = probe(cores=2)
+    solo(p, 0.01, cpu=1e-5)
+    loaded = [PairRun(0.0, 0.028, 2e-5, 2, 0.008, (0.0101, 0.0099))] * 2
+    p.add_pair(loaded)
+    p.add_pair(loaded)  # other programs' load: measured once more, then believed
+    assert p.pair_done and p.pair_speedup == pytest.approx(2.0)
+    action = p.next_action(8)
+    assert isinstance(action, Decide) and action.decision.strategy == "threads"
+    # Calls that hold the GIL while they wait take twice as long beside each other, CPU waits
+    # or not: they are still told apart.
+    p = probe(cores=2)
+    solo(p, 0.01, cpu=1e-5)
+    p.add_pair([PairRun(0.0, 0.044, 2e-5, 2, 0.004, (0.02, 0.02))] * 2)
+    assert p.pair_speedup == pytest.approx(1.0)
+    # Without each call's wall (an older caller) the span decides, as before.
+    p = probe(cores=2)
+    solo(p, 0.01, cpu=1e-5)
+    p.add_pair([PairRun(0.0, 0.028, 2e-5, 2, 0.0)] * 2)
+    assert p.pair_speedup == pytest.approx(4 * 0.01 / 0.028)
+
+
 def test_a_pair_that_waited_for_cpus_is_measured_again():
     p = probe(cores=2)
     solo(p, 0.01)
@@ -253,6 +281,36 @@ def test_solo_calls_do_not_count_time_queued_for_a_cpu_as_their_own():
     assert p.solo == [(0.5, 0.5), (pytest.approx(0.010), 0.010), (pytest.approx(0.010), 0.010)]
     assert p.solo_queued == pytest.approx(0.020)
     assert p.figures().cpu_ratio == pytest.approx(1.0)
+
+
+def test_a_measured_call_does_not_count_its_own_waits_for_a_cpu(monkeypatch):
+    # run_measured reads the thread's CPU-wait counter around the call itself: waits between
+    # calls (a lock, a hand-off) are not taken out of any call's wall, unlike a step's total.
+    from ferropool._auto import measure
+
+    readings = iter([5.000, 5.003])
+    monkeypatch.setattr(measure, "runqueue_wait_s", lambda: next(readings))
+    call = measure.Call(concurrent.futures.Future(), time.sleep, (0.01,), {})
+    (wall, cpu), sizes, queued = measure.run_measured(call)
+    assert queued == pytest.approx(0.003) and sizes is None
+    assert 0.007 - 1e-4 <= wall and cpu <= wall
+    assert call.future.result(timeout=0) is None
+    # Never below the CPU time, whatever the counter says; an unreadable counter takes nothing.
+    readings = iter([0.0, 1.0])
+    call = measure.Call(concurrent.futures.Future(), time.sleep, (0.001,), {})
+    (wall, cpu), _, queued = measure.run_measured(call)
+    assert wall == pytest.approx(cpu) and queued > 0
+    monkeypatch.setattr(measure, "runqueue_wait_s", lambda: None)
+    call = measure.Call(concurrent.futures.Future(), time.sleep, (0.001,), {})
+    (wall, _), _, queued = measure.run_measured(call)
+    assert queued == 0.0 and wall >= 0.001
+
+
+def test_solo_waits_already_taken_out_are_counted_not_taken_again():
+    p = probe()
+    p.add_solo(0.010, 1e-5)
+    p.end_solo(1, None, taken_s=0.004)
+    assert p.solo == [(0.010, 1e-5)] and p.solo_queued == pytest.approx(0.004)
 
 
 def test_the_first_sizes_measured_stand():

@@ -53,14 +53,17 @@ def run_measured(
     call: Call,
     with_sizes: bool = False,
     record: Callable[[tuple[float, float], Sizes | None], None] | None = None,
-) -> tuple[tuple[float, float] | None, Sizes | None]:
+) -> tuple[tuple[float, float] | None, Sizes | None, float]:
     """Runs ``call`` unless it was cancelled, delivers its outcome to its future, and returns its
-    (wall, CPU) seconds (None if cancelled) and, ``with_sizes``, what its arguments and result
-    pickle to. Both are measured, and passed to ``record``, before the future is settled: whoever
+    (wall, CPU) seconds (None if cancelled), ``with_sizes`` what its arguments and result pickle
+    to, and the seconds its thread waited for a CPU during the call, which are already taken out
+    of the wall time (never below the CPU time): other programs' load is not the function's
+    waiting. Both are measured, and passed to ``record``, before the future is settled: whoever
     waits for it then finds the call counted."""
     if not call.future.set_running_or_notify_cancel():
-        return None, None
+        return None, None, 0.0
     failed = None
+    q0 = runqueue_wait_s()  # read outside the timed span: it costs a few microseconds
     t0 = time.perf_counter()
     c0 = time.thread_time()
     try:
@@ -69,6 +72,8 @@ def run_measured(
         failed = exc
         result = None
     wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    queued = max(0.0, min(queued_since(q0) or 0.0, wall - cpu))
+    wall -= queued
     sizes = measure_sizes(call, result) if with_sizes else None
     if record is not None:
         record((wall, cpu), sizes)
@@ -77,7 +82,7 @@ def run_measured(
         del failed
     else:
         call.future.set_result(result)
-    return (wall, cpu), sizes
+    return (wall, cpu), sizes, queued
 
 
 def measure_sizes(call: Call, result: Any) -> Sizes:

@@ -299,7 +299,7 @@ class Pool(PoolExecutor):
             samples: list[tuple[float, float]] = []
             queued: list[Call] = []
             sizes = None
-            q0, queued_s = runqueue_wait_s(), None
+            waited = 0.0  # for a CPU during the calls, taken out of their samples
             # No GIL, nothing to sample: the sampler's thread would only take a core.
             sampler = GilSampler() if probe.gil_enabled else None
             t0 = time.perf_counter()
@@ -312,12 +312,12 @@ class Pool(PoolExecutor):
                         exhausted = True
                         break
                     call = Call(cf.Future(), fn, args, {})
-                    sample, measured = run_measured(call, with_sizes=sizes is None)
+                    sample, measured, queued_s = run_measured(call, with_sizes=sizes is None)
                     sizes = sizes or measured
                     head.append(call.future)
                     if sample is not None:
                         samples.append(sample)
-                queued_s = queued_since(q0)
+                        waited += queued_s
                 if samples and not exhausted:
                     wall = statistics.median(w for w, _ in samples)
                     if probe.wants_pair(wall):  # queue the next calls for the pair step
@@ -332,7 +332,7 @@ class Pool(PoolExecutor):
                         probe.add_sizes(sizes)
                     for sample in samples:
                         probe.add_solo(*sample)
-                    probe.end_solo(len(samples), queued_s, gil_late)
+                    probe.end_solo(len(samples), None, gil_late, taken_s=waited)
                     plan.pending.extend(queued)
                     plan.stepping = False
                     self._advance(plan)
@@ -560,6 +560,8 @@ class Pool(PoolExecutor):
                     pass
             q0 = runqueue_wait_s() if step.measure else None
             t0, c0, ran, recorded = time.perf_counter(), time.thread_time(), 0, 0
+            walls: list[float] = []  # each call's, less its waits for a CPU
+            waited = 0.0  # those waits, in all
             calls = step.groups[index]
             solo = step.measure and not step.pair
             sampler = GilSampler() if solo and probe.gil_enabled else None
@@ -589,15 +591,18 @@ class Pool(PoolExecutor):
                     call = calls[ran]
                 else:
                     break
-                run_measured(call, with_sizes=step.measure and probe.sizes is None, record=record)
+                sample, _, queued_s = run_measured(call, with_sizes=step.measure and probe.sizes is None, record=record)
+                if sample is not None:
+                    walls.append(sample[0])
+                    waited += queued_s
                 ran += 1
             end, cpu = time.perf_counter(), time.thread_time() - c0
             gil_late = sampler.stop() if sampler is not None else None
             queued = queued_since(q0)
             if recorded:
                 with self._lock:  # this step is the only one adding solo samples
-                    probe.end_solo(recorded, queued, gil_late)
-            step.runs[index] = PairRun(t0, end, cpu, ran, queued)
+                    probe.end_solo(recorded, None, gil_late, taken_s=waited)
+            step.runs[index] = PairRun(t0, end, cpu, ran, queued, tuple(walls))
         finally:
             if sampler is not None:
                 sampler.stop()  # it samples until told to stop, whatever happened here

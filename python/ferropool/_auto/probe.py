@@ -94,6 +94,7 @@ class PairRun:
     cpu_s: float  # this thread's CPU time over the span
     calls: int  # calls it ran (cancelled ones included)
     queued_s: float | None = None  # runnable but not running (waiting for a CPU); None: unknown
+    walls: tuple[float, ...] = ()  # each call's wall time less its own waits for a CPU
 
 
 def without_cpu_waits(
@@ -156,16 +157,21 @@ class Probe:
         """Records one call run alone, as measured."""
         self.solo.append((wall_s, cpu_s))
 
-    def end_solo(self, count: int, queued_s: float | None, gil_late: float | None = None) -> None:
+    def end_solo(
+        self, count: int, queued_s: float | None, gil_late: float | None = None, *, taken_s: float = 0.0
+    ) -> None:
         """Ends a solo step whose last ``count`` calls were recorded by ``add_solo``: takes the
-        ``queued_s`` seconds its thread waited for a CPU (None: unknown) out of their wall time,
-        and records ``gil_late``, the GIL sampler's reading during the step (None: no verdict)."""
+        ``queued_s`` seconds its thread waited for a CPU (None: unknown or already taken out)
+        out of their wall time, and records ``gil_late``, the GIL sampler's reading during the
+        step (None: no verdict). ``taken_s``: the waits the caller already took out of each
+        call's own wall time (``run_measured`` does, exactly, where a step's total can only be
+        shared evenly and also counts waits between the calls)."""
         if count <= 0:
             return
         self.gil_late = gil_late
         corrected, taken = without_cpu_waits(self.solo[-count:], queued_s)
         self.solo[-count:] = corrected
-        self.solo_queued += taken
+        self.solo_queued += taken + taken_s
 
     def add_sizes(self, sizes: Sizes) -> None:
         """Records the pickled sizes of one call (the first measured: later ones are ignored)."""
@@ -192,6 +198,14 @@ class Probe:
         # (CPU time does not count waiting for the GIL, so this holds for code that holds it);
         # for waiting code, the solo wall time per call.
         alone = cpu / ratio if ratio >= WAITING else ran * solo_wall
+        speedup = alone / span if span > 0 else None
+        walls = [w for r in runs for w in r.walls]
+        if ratio < WAITING and len(walls) == ran and statistics.median(walls) > 0:
+            # Waiting code: the pair's span also holds every wake-up's wait for a CPU, which on
+            # a loaded machine made sleeps look like calls that hold the GIL. Each call's own
+            # wall less its waits for a CPU says it directly: as long as alone when the two run
+            # side by side, twice as long when each waits out the other's hold on the GIL.
+            speedup = 2 * solo_wall / statistics.median(walls)
         # Runnable but not running for much of the pair, and short of the cores by half a core or
         # more: other programs held cores, and parallel work gets only the cores the pair got.
         # Waits alone are not enough: two threads that start on one core wait there a few ms
@@ -205,7 +219,7 @@ class Probe:
             and got < self.cores - 0.5
         )
         self.pair_calls = ran
-        self.pair_speedup = alone / span if span > 0 else None
+        self.pair_speedup = speedup
         self.free_cores = got if busy else None
         if busy and not self.rechecked:
             # Often a moment's load (a few ms): measure once more rather than decide every later
