@@ -431,15 +431,20 @@ mod tests {
         while !r.at_eof() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             assert!(!left.is_zero(), "the relay never saw end of file");
-            let mut pfd = libc::pollfd {
-                fd: r.fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
+            wait_readable(r, left.as_millis() as libc::c_int);
             r.pump();
         }
+    }
+
+    /// Waits up to `ms` milliseconds until the relay's pipe is readable.
+    fn wait_readable(r: &LineRelay, ms: libc::c_int) {
+        let mut pfd = libc::pollfd {
+            fd: r.fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
     }
 
     /// Waits (at most 5 s) until the outlet's descriptor has room.
@@ -612,13 +617,7 @@ mod tests {
                 std::time::Instant::now() < deadline,
                 "the relay never filled"
             );
-            let mut pfd = libc::pollfd {
-                fd: relay.fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, 1000) };
+            wait_readable(&relay, 1000);
             relay.pump();
         }
         assert!(!relay.at_eof(), "the writer is held up, not done");
@@ -637,13 +636,7 @@ mod tests {
                 "the relay never finished"
             );
             write_out(&mut sink.outlet());
-            let mut pfd = libc::pollfd {
-                fd: relay.fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, 1000) };
+            wait_readable(&relay, 1000);
             relay.pump();
         }
         writer.join().unwrap();
