@@ -139,13 +139,32 @@ class TaskFuture(cf.Future):
 
 
 def cancel_removed(fut: cf.Future) -> bool:
-    """Cancels a future whose task was taken out of the queue and will never run.
+    """Cancels a future whose task was taken out of the queue and will never run; returns
+    whether this call cancelled it (False: it had finished, or was cancelled already).
 
     ``cf.wait`` and ``as_completed`` count a future as done only once it is
     CANCELLED_AND_NOTIFIED, a step executors take when their queue reaches the cancelled item;
     this task never will be reached, so the step is taken now.
     """
-    if not cf.Future.cancel(fut):
+    with fut._condition:
+        if not mark_cancelled(fut):
+            return False
+    fut._invoke_callbacks()  # type: ignore[attr-defined]  # private to cf.Future, untyped
+    return True
+
+
+def mark_cancelled(fut: cf.Future) -> bool:
+    """Moves a PENDING ``fut`` to CANCELLED_AND_NOTIFIED and wakes its waiters; returns whether it
+    was PENDING. The caller holds ``fut._condition`` and, on True, runs the done callbacks once
+    it has let go of it, as ``cf.Future.cancel`` does.
+
+    ``cf.Future.cancel`` followed by ``set_running_or_notify_cancel`` takes the same two steps
+    with the lock let go between them, so a second canceller in between (another thread, or the
+    same one again) finds the future cancelled and takes the second step again, which raises."""
+    if fut._state != PENDING:
         return False
-    fut.set_running_or_notify_cancel()
+    fut._state = CANCELLED_AND_NOTIFIED
+    for waiter in fut._waiters:
+        waiter.add_cancelled(fut)
+    fut._condition.notify_all()
     return True

@@ -37,10 +37,10 @@ import time
 import types
 import uuid
 from collections.abc import Callable
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING
 from typing import Any
 
 from .._executor import PoolExecutor, TaskOptions, run_chunk
+from .._future import mark_cancelled
 from .._serialize import (
     PROTOCOL,
     _cloud,
@@ -207,17 +207,9 @@ class RemoteFuture(cf.Future):
 
     def _cancel(self, stop_running: bool) -> bool:
         with self._condition:
-            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                return True
-            if self._state != PENDING:
-                return False
-            # What cf.Future.cancel and then set_running_or_notify_cancel do (CANCELLED_AND_NOTIFIED:
-            # cf.wait counts it done), in one step under the lock: a concurrent cancel() finds it
-            # cancelled rather than taking the second step again, which raises.
-            self._state = CANCELLED_AND_NOTIFIED
-            for waiter in self._waiters:
-                waiter.add_cancelled(self)
-            self._condition.notify_all()
+            if not mark_cancelled(self):  # CANCELLED_AND_NOTIFIED: cf.wait counts it done
+                return self.cancelled()
+            # Read with the state change: a task sent meanwhile is stopped by its sender.
             handle = self._handle
         self._invoke_callbacks()  # type: ignore[attr-defined]  # private to cf.Future, untyped
         self._pool._count("cancelled")
