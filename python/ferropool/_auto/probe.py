@@ -200,12 +200,13 @@ class Probe:
         alone = cpu / ratio if ratio >= WAITING else ran * solo_wall
         speedup = alone / span if span > 0 else None
         walls = [w for r in runs for w in r.walls]
-        if ratio < WAITING and len(walls) == ran and statistics.median(walls) > 0:
+        pair_wall = statistics.median(walls) if len(walls) == ran else 0.0
+        if ratio < WAITING and pair_wall > 0:
             # Waiting code: the pair's span also holds every wake-up's wait for a CPU, which on
             # a loaded machine made sleeps look like calls that hold the GIL. Each call's own
             # wall less its waits for a CPU says it directly: as long as alone when the two run
             # side by side, twice as long when each waits out the other's hold on the GIL.
-            speedup = 2 * solo_wall / statistics.median(walls)
+            speedup = 2 * solo_wall / pair_wall
         # Runnable but not running for much of the pair, and short of the cores by half a core or
         # more: other programs held cores, and parallel work gets only the cores the pair got.
         # Waits alone are not enough: two threads that start on one core wait there a few ms

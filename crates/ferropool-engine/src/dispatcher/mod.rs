@@ -409,22 +409,24 @@ impl Dispatcher {
             }
         }
         // The parent's stdout and stderr, where output waits for room (`relay.rs`): polled last,
-        // after every worker's descriptors.
-        let outlets: Vec<&Sink> = [&self.stdout, &self.stderr]
-            .into_iter()
-            .filter(|sink| sink.outlet().wants_write())
-            .collect();
-        let outlet_fds: Vec<_> = outlets.iter().map(|sink| sink.outlet().raw_fd()).collect();
+        // after every worker's descriptors. A stream whose reader takes nothing starts dropping
+        // output at a time of its own.
+        let mut outlets: Vec<&Sink> = Vec::new();
+        let mut outlet_fds = Vec::new();
+        let mut stalls_at = None;
+        for sink in [&self.stdout, &self.stderr] {
+            let outlet = sink.outlet();
+            if outlet.wants_write() {
+                outlets.push(sink);
+                outlet_fds.push(outlet.raw_fd());
+            }
+            stalls_at = stalls_at.into_iter().chain(outlet.stalls_at()).min();
+        }
         for &raw in &outlet_fds {
             // SAFETY: the outlet's descriptor (the program's 1 or 2) stays open while we poll.
             let fd = unsafe { BorrowedFd::borrow_raw(raw) };
             fds.push(PollFd::new(fd, PollFlags::POLLOUT));
         }
-        // A stream whose reader takes nothing starts dropping output at a time of its own.
-        let stalls_at = [&self.stdout, &self.stderr]
-            .into_iter()
-            .filter_map(|sink| sink.outlet().stalls_at())
-            .min();
         let next_timer = next_timer.into_iter().chain(stalls_at).min();
         let until_timer = next_timer.map(|t| {
             // Rounded up: waking a millisecond early would only spin.
