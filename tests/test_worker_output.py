@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -163,14 +162,27 @@ def test_stdout_lines_of_two_workers_are_never_mixed(tmp_path):
 
 
 HELD_UP = r"""
-import os, sys
+import os, select, sys
 from ferropool import ProcessPool
 
 def chatter(tag, lines):
-    sys.stderr.write(f"{os.getpid()}\n")  # relayed to the parent's stderr, which is read
-    sys.stderr.flush()
+    os.set_blocking(1, False)
+    told = False
     for i in range(lines):
-        sys.stdout.write(f"{tag}{i:04d}:" + tag * 3000 + "\n")
+        line = (f"{tag}{i:04d}:" + tag * 3000 + "\n").encode()
+        while True:
+            try:
+                os.write(1, line)  # under PIPE_BUF: all of it or nothing
+                break
+            except BlockingIOError:
+                # The pipe is full. No room for 0.2 s (the relay reads in microseconds): the
+                # parent has stopped reading it, which lasts until its reader has taken nothing
+                # for 1 s. Said once, on stderr (which is read); then wait on for room.
+                if not select.select([], [1], [], 0.2)[1] and not told:
+                    sys.stderr.write(f"held {tag}\n")
+                    sys.stderr.flush()
+                    told = True
+    os.set_blocking(1, True)
     return tag
 
 if __name__ == "__main__":
@@ -180,29 +192,18 @@ if __name__ == "__main__":
 """
 
 
-def blocked_writing_stdout(pid: int) -> bool:
-    """Process ``pid`` is in a ``write`` to its descriptor 1 (x86-64 and arm64 numbers)."""
-    try:
-        with open(f"/proc/{pid}/syscall") as f:
-            fields = f.read().split()
-    except FileNotFoundError:
-        pytest.fail(f"worker {pid} ended without waiting for the reader")
-    return fields[:2] in (["1", "0x1"], ["64", "0x1"])
-
-
 def test_a_reader_that_pauses_holds_the_printing_workers_up_and_loses_nothing(tmp_path):
-    # 2 x 2.4 MB of lines, none read until both workers wait in `write`: the relay kept what it
-    # could and then stopped reading their pipes. Then every line arrives, in order.
+    # 2 x 2.4 MB of lines, none read until both workers say their pipe had no room for a while:
+    # the relay kept what it could and then stopped reading them. Then every line arrives, in
+    # order. (A relay that dropped output instead would keep reading: the workers would finish
+    # without saying it, and stderr would end.)
     script = tmp_path / "held_up.py"
     script.write_text(HELD_UP)
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, **pipes)
     try:
-        pids = [int(proc.stderr.readline()) for _ in range(2)]
-        deadline = time.monotonic() + WAIT
-        while not all(blocked_writing_stdout(pid) for pid in pids):
-            assert time.monotonic() < deadline, "the workers were never held up"
-            time.sleep(0.01)
+        told = sorted(proc.stderr.readline() for _ in range(2))
+        assert told == [b"held a\n", b"held b\n"], told
         lines = proc.stdout.read().splitlines()
         assert proc.wait(timeout=WAIT) == 0, proc.stderr.read().decode()
     finally:
