@@ -110,6 +110,35 @@ def test_arrays_cross_both_ways_as_ordinary_writable_arrays(pool):
     assert buffer_maps(), "the result should be mapped from shared memory, not copied"
 
 
+def fill_threads() -> list[str]:
+    """This process's threads that fill fresh memory files beside the writing thread."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:
+            continue
+    return [n for n in names if n.startswith("ferropool-fill")]
+
+
+def checksum_and_echo_reversed(a):
+    return int(a.sum()), a[::-1].copy()
+
+
+def test_arrays_filled_by_two_threads_arrive_exact_both_ways(make_pool):
+    # 24 MiB and up go into a fresh memory file from both ends at once (a helper thread takes
+    # pieces from the end while the caller writes from the start): every byte must be in place,
+    # in the arguments and in a worker's result, and no helper thread may outlive the call.
+    pool = make_pool(1)
+    n = 24 * MIB // 8 + 5  # not a whole number of pages
+    a = np.arange(n, dtype=np.int64)
+    checksum, back = pool.submit(checksum_and_echo_reversed, a).result(timeout=RESULT_TIMEOUT)
+    assert checksum == n * (n - 1) // 2
+    assert np.array_equal(back, a[::-1])
+    assert fill_threads() == [], "a fill helper outlived the submit"
+
+
 def test_a_worker_writing_its_argument_leaves_the_callers_array_alone(pool):
     a = np.zeros(MIB // 8)
     out = pool.submit(add_inplace, a, 1.0).result(timeout=RESULT_TIMEOUT)

@@ -14,7 +14,8 @@
 //! or a killed process leaves nothing behind.
 //!
 //! Writing into a *fresh* memory file is slow (the kernel allocates and clears it 4 KiB page by
-//! page, about 2 GB/s here), so a sender does not close a file it is done with: the file goes to
+//! page, about 2-2.6 GB/s here; a large one is filled by two threads when a CPU is free, see
+//! [`fill_fresh`]), so a sender does not close a file it is done with: the file goes to
 //! this process's spare list ([`Spares`]) and the next buffer is copied into it with `memcpy`
 //! through the sender's own mapping, once no receiver maps it any more (`readers == 0`). A
 //! receiver that crashes never gives its count back; its file is then never reused and leaves
@@ -142,15 +143,14 @@ impl Drop for MemFile {
 }
 
 impl Backing {
-    /// A new memory file holding `data`, sealed against shrinking. `pwrite` fills it: the kernel
-    /// copies straight into newly allocated pages, without page faults in this process.
+    /// A new memory file holding `data`, sealed against shrinking, filled by [`fill_fresh`].
     fn new(data: &[u8]) -> io::Result<Backing> {
         let fd = memfd::create(c"ferropool-buffer")?;
         let head = header_len();
         memfd::resize(fd.as_fd(), head + data.len())?;
         memfd::seal(fd.as_fd(), memfd::SEAL_SHRINK | memfd::SEAL_SEAL)?;
-        memfd::write_at(fd.as_fd(), data, head)?;
         let view = Map::new(fd.as_fd(), head + data.len(), 0, Share::Shared)?;
+        fill_fresh(fd.as_fd(), &view, head, data)?;
         let backing = Backing {
             fd,
             view,
@@ -229,6 +229,138 @@ impl Backing {
     fn is_free(&self) -> bool {
         self.readers().load(Ordering::Acquire) == 0
     }
+}
+
+/// Below this many bytes a fresh file is filled by one thread (a helper costs tens of µs to start).
+pub const SPLIT_FILL_MIN: usize = 8 << 20;
+
+/// Copies `data` into the fresh memory file `fd` at offset `head`, where `view` maps the file
+/// shared (header and bytes). The kernel allocates and clears a fresh file's pages one by one
+/// (about 2-2.6 GB/s here, see `docs/shared-memory.md`), and `pwrite` does so under the file's
+/// lock, so a second thread writing the same file with `pwrite` only waits. Allocating pages by
+/// faulting them into a mapping takes no such lock: for `data` of [`SPLIT_FILL_MIN`] bytes or
+/// more, on a machine with more than one CPU, a helper thread fills the file from its end
+/// through `view` (`MADV_POPULATE_WRITE`, then `memcpy`, piece by piece) while this thread fills
+/// it from the start with `pwrite` (the faster way alone), until they meet ([`fill_split`]). The
+/// helper takes a piece only while a CPU is free for it ([`cpu_free_for_helper`]): where every CPU
+/// is busy (two workers returning large results at once on two CPUs) it would only take turns
+/// with the others, and faulting pages in costs more CPU than `pwrite`.
+fn fill_fresh(fd: BorrowedFd<'_>, view: &Map, head: usize, data: &[u8]) -> io::Result<()> {
+    if data.len() < SPLIT_FILL_MIN || cpus() < 2 {
+        return memfd::write_at(fd, data, head);
+    }
+    fill_split(fd, view, head, data, cpu_free_for_helper)
+}
+
+/// The pieces a split fill hands out, one at a time: a multiple of any page size.
+const FILL_PIECE: usize = 2 << 20;
+
+/// How long a fill helper that found no free CPU waits before it asks again (unless the fill is
+/// done first).
+const HELPER_BACK_OFF: Duration = Duration::from_millis(1);
+
+/// `fill_fresh` with the helper thread, whatever the size. The two threads take [`FILL_PIECE`]s
+/// from the two ends of the buffer until they meet, so that this thread never waits for the
+/// helper for more than the piece it is writing (about two thirds go to `pwrite` when both run
+/// freely). The helper asks `room` before each piece; told no, it waits [`HELPER_BACK_OFF`] and
+/// asks again, and leaves once every piece is taken. If the helper cannot be started, this
+/// thread writes everything; if it cannot populate (an old kernel, no memory), it writes its
+/// piece with `pwrite`, which reports the real error, and stops.
+fn fill_split(
+    fd: BorrowedFd<'_>,
+    view: &Map,
+    head: usize,
+    data: &[u8],
+    room: impl Fn() -> bool + Sync,
+) -> io::Result<()> {
+    // The pieces nobody has taken yet: this thread takes from the front, the helper from the back.
+    let left = Mutex::new(0..data.len().div_ceil(FILL_PIECE));
+    let lock = || left.lock().unwrap_or_else(|p| p.into_inner());
+    let take = |from_back: bool| {
+        let mut left = lock();
+        let piece = if from_back {
+            left.next_back()
+        } else {
+            left.next()
+        }?;
+        let at = piece * FILL_PIECE;
+        Some((at, &data[at..(at + FILL_PIECE).min(data.len())]))
+    };
+    std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new()
+            .name("ferropool-fill".into())
+            .spawn_scoped(scope, || {
+                loop {
+                    if !room() {
+                        if lock().is_empty() {
+                            return Ok(());
+                        }
+                        std::thread::park_timeout(HELPER_BACK_OFF); // unparked when all is taken
+                        continue;
+                    }
+                    let Some((at, piece)) = take(true) else {
+                        return Ok(());
+                    };
+                    if view.populate_write(head + at, piece.len()).is_err() {
+                        // `pwrite` reports the real error, if there is one; the rest is left to
+                        // the other thread.
+                        return memfd::write_at(fd, piece, head + at);
+                    }
+                    // SAFETY: `view` maps `head + data.len()` bytes of a file sealed against
+                    // shrinking, and the pages of `[head + at, head + at + piece.len())` are
+                    // allocated and mapped (populated just above), so the copy cannot fault. This
+                    // thread alone writes that range: the file is fresh (no other process has
+                    // its descriptor), and `take` hands each piece to one thread. `piece` is a
+                    // live slice of the caller's separate buffer, only read.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            piece.as_ptr(),
+                            view.as_ptr().add(head + at),
+                            piece.len(),
+                        )
+                    };
+                }
+            });
+        let Ok(helper) = helper else {
+            return memfd::write_at(fd, data, head);
+        };
+        let mut front_done = Ok(());
+        while let Some((at, piece)) = take(false) {
+            if let Err(err) = memfd::write_at(fd, piece, head + at) {
+                *lock() = 0..0; // the helper stops too
+                front_done = Err(err);
+                break;
+            }
+        }
+        helper.thread().unpark();
+        let back_done = helper
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the fill helper panicked")));
+        front_done.and(back_done)
+    })
+}
+
+/// How many CPUs this process may use (read once).
+fn cpus() -> usize {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Whether a fill helper would run on a CPU of its own: no more threads are runnable on the
+/// system right now than this process may use CPUs, the helper and the thread it helps included
+/// (the kernel's count of runnable tasks, the fourth field of `/proc/loadavg`: "2/345" is 2
+/// runnable of 345). False when it cannot be read.
+fn cpu_free_for_helper() -> bool {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| runnable_tasks(&text))
+        .is_some_and(|runnable| runnable <= cpus())
+}
+
+/// The number of runnable tasks in the text of `/proc/loadavg`.
+fn runnable_tasks(loadavg: &str) -> Option<usize> {
+    let field = loadavg.split_ascii_whitespace().nth(3)?;
+    field.split_once('/')?.0.parse().ok()
 }
 
 /// A value of which each process has its own: a child forked from a process that used it finds a
@@ -633,6 +765,93 @@ mod tests {
 
     fn receive(file: &MemFile, shared: bool) -> Mapping {
         Mapping::new(file.lend().unwrap().as_fd(), shared).unwrap()
+    }
+
+    /// A fresh memory file of `head + data.len()` bytes, as `Backing::new` makes it, and the
+    /// shared view of all of it.
+    fn fresh_file(head: usize, len: usize) -> (OwnedFd, Map) {
+        let fd = memfd::create(c"test-fill").unwrap();
+        memfd::resize(fd.as_fd(), head + len).unwrap();
+        let view = Map::new(fd.as_fd(), head + len, 0, Share::Shared).unwrap();
+        (fd, view)
+    }
+
+    fn read_back(fd: BorrowedFd<'_>, head: usize, len: usize) -> Vec<u8> {
+        let mut got = vec![0u8; len];
+        memfd::read_at(fd, &mut got, head).unwrap();
+        got
+    }
+
+    #[test]
+    fn a_fill_split_with_a_helper_thread_writes_every_byte_in_place() {
+        let head = header_len();
+        // Not a whole number of pages: the helper's first piece ends mid-page.
+        let data: Vec<u8> = (0..SPLIT_FILL_MIN + 12_345)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let (fd, view) = fresh_file(head, data.len());
+        fill_split(fd.as_fd(), &view, head, &data, || true).unwrap();
+        assert!(read_back(fd.as_fd(), head, data.len()) == data);
+        let mut header = vec![0u8; head];
+        memfd::read_at(fd.as_fd(), &mut header, 0).unwrap();
+        assert!(
+            header.iter().all(|&b| b == 0),
+            "the fill wrote into the header page"
+        );
+    }
+
+    #[test]
+    fn a_helper_that_cannot_populate_writes_its_part_with_pwrite() {
+        let head = header_len();
+        // Many pieces, so that the helper takes some while this thread writes the first ones.
+        let data: Vec<u8> = (0..16 * FILL_PIECE + 7).map(|i| (i % 241) as u8).collect();
+        let (fd, _) = fresh_file(head, data.len());
+        // A view of the header page alone: populating the helper's range fails (outside it).
+        let short = Map::new(fd.as_fd(), head, 0, Share::Shared).unwrap();
+        assert!(short.populate_write(head, 1).is_err());
+        fill_split(fd.as_fd(), &short, head, &data, || true).unwrap();
+        assert!(read_back(fd.as_fd(), head, data.len()) == data);
+    }
+
+    #[test]
+    fn a_helper_never_given_room_leaves_everything_to_the_caller() {
+        let head = header_len();
+        let data: Vec<u8> = (0..4 * FILL_PIECE + 99).map(|i| (i % 239) as u8).collect();
+        let (fd, view) = fresh_file(head, data.len());
+        let asked = AtomicU32::new(0);
+        fill_split(fd.as_fd(), &view, head, &data, || {
+            asked.fetch_add(1, Ordering::Relaxed);
+            false
+        })
+        .unwrap();
+        assert!(read_back(fd.as_fd(), head, data.len()) == data);
+        assert!(
+            asked.load(Ordering::Relaxed) >= 1,
+            "the helper never asked for room"
+        );
+    }
+
+    #[test]
+    fn a_large_buffer_round_trips_through_a_fresh_file_whatever_the_load() {
+        static HOME: Spares = Spares::new();
+        let data: Vec<u8> = (0..SPLIT_FILL_MIN * 2 + 1)
+            .map(|i| (i * 7 % 256) as u8)
+            .collect();
+        let file = MemFile::write_in(&HOME, &data).unwrap();
+        let seen = receive(&file, false);
+        // SAFETY: nothing writes the mapping during the read.
+        assert!(unsafe { seen.bytes() } == &data[..]);
+    }
+
+    #[test]
+    fn the_runnable_count_is_read_from_loadavg() {
+        assert_eq!(runnable_tasks("0.44 1.06 1.12 2/345 12345\n"), Some(2));
+        assert_eq!(runnable_tasks("0.00 0.00 0.00 17/1024 9"), Some(17));
+        assert_eq!(runnable_tasks("0.44 1.06 1.12"), None);
+        assert_eq!(runnable_tasks("0.44 1.06 1.12 x/345 1"), None);
+        let text = std::fs::read_to_string("/proc/loadavg").unwrap();
+        // This thread is running while it reads it.
+        assert!(runnable_tasks(&text).unwrap() >= 1, "{text}");
     }
 
     #[test]
