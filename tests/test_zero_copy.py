@@ -139,6 +139,34 @@ def test_arrays_filled_by_two_threads_arrive_exact_both_ways(make_pool):
     assert fill_threads() == [], "a fill helper outlived the submit"
 
 
+def sum_where_and_maybe_write(a, write):
+    """The argument's sum and address in the worker; then, if asked, writes every element."""
+    s = float(a.sum())
+    if write:
+        a[:] = -1.0
+    return s, a.__array_interface__["data"][0]
+
+
+def test_a_worker_reuses_an_argument_mapping_only_if_the_task_wrote_none_of_it(make_pool):
+    # Same-sized arguments on a pool of one land in the same memory file, one after another. A
+    # worker keeps its private mapping of one whose pages the task only read, and maps the next
+    # argument through it; one the task wrote holds private copies and must never come back.
+    pool = make_pool(1)
+    n = 2 * MIB // 8
+    plan = [False, False, True, False, True, True, False, False]  # whether the task writes
+    seen = []
+    for i, write in enumerate(plan):
+        a = np.full(n, float(i))
+        s, where = pool.submit(sum_where_and_maybe_write, a, write).result(timeout=RESULT_TIMEOUT)
+        assert s == float(i * n), f"call {i} read stale bytes"
+        assert (a == float(i)).all(), "the caller's array changed"
+        seen.append(where)
+    assert seen[1] == seen[0] and seen[7] == seen[6], "a read-only argument's mapping was not reused"
+    # The last argument was only read: its mapping is still there, kept (private: "p").
+    kept = pool.submit(received_maps).result(timeout=RESULT_TIMEOUT)
+    assert len(kept) == 1 and kept[0].split()[1].endswith("p"), kept
+
+
 def test_a_worker_writing_its_argument_leaves_the_callers_array_alone(pool):
     a = np.zeros(MIB // 8)
     out = pool.submit(add_inplace, a, 1.0).result(timeout=RESULT_TIMEOUT)

@@ -19,12 +19,13 @@
 //! this process's spare list ([`Spares`]) and the next buffer is copied into it with `memcpy`
 //! through the sender's own mapping, once no receiver maps it any more (`readers == 0`). A
 //! receiver that crashes never gives its count back; its file is then never reused and leaves
-//! the list by age. Likewise a receiver keeps its *shared* mappings (the parent's, of results)
-//! after their buffer is dropped, for the file's next buffer: mapping 16 MiB anew costs about as
-//! much as copying it. Both lists are bounded (entries, bytes, age), see [`Kept`]; an idle
-//! process trims them by age with [`trim_idle`]. Both, and the buffer cache, belong to one
-//! process: a child forked from it starts with empty ones (see [`ForkLocal`]), so it never writes
-//! into a file its parent still maps.
+//! the list by age. Likewise a receiver keeps its mappings after their buffer is dropped, for
+//! the file's next buffer: mapping 16 MiB anew costs about as much as copying it. Shared ones
+//! (the parent's, of results) always; private ones (a worker's, of arguments) only if no page
+//! of them was written ([`Map::shows_only_its_file`]). The lists are bounded (entries, bytes,
+//! age), see [`Kept`]; an idle process trims them by age with [`trim_idle`]. They, and the
+//! buffer cache, belong to one process: a child forked from it starts with empty ones (see
+//! [`ForkLocal`]), so it never writes into a file its parent still maps.
 //!
 //! Arguments may go to several workers from one memory file: `BufferCache` finds the file
 //! already written for the same memory (same address and length) while a task still holds it,
@@ -546,15 +547,15 @@ impl Spares {
 /// shuts down, so that idle memory is given back at once rather than after `MAX_KEPT_AGE`).
 /// Returns how many.
 pub fn drop_spares() -> usize {
-    SPARES.clear() + KEPT_MAPPINGS.clear()
+    SPARES.clear() + KEPT_MAPPINGS.clear() + KEPT_PRIVATE.clear()
 }
 
 /// Closes the spare memory files and kept mappings of this process that have been kept longer
 /// than [`MAX_KEPT_AGE`]; returns how many. Without it they would go only when the next buffer
 /// moves, so an idle process would keep up to [`MAX_KEPT_BYTES`] per list indefinitely. Meant
 /// for an idle tick (the dispatcher's, a worker's wait): cheap to call often, as it does nothing
-/// within [`TRIM_EVERY`] of the last trim. Never blocks for long (two uncontended locks, and the
-/// `munmap`/`close` of what it drops).
+/// within [`TRIM_EVERY`] of the last trim. Never blocks for long (three uncontended locks, and
+/// the `munmap`/`close` of what it drops).
 pub fn trim_idle() -> usize {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     static LAST_MS: AtomicU64 = AtomicU64::new(0);
@@ -569,7 +570,7 @@ pub fn trim_idle() -> usize {
     {
         return 0; // another thread trims now
     }
-    SPARES.trim() + KEPT_MAPPINGS.trim()
+    SPARES.trim() + KEPT_MAPPINGS.trim() + KEPT_PRIVATE.trim()
 }
 
 /// The least time between two trims by [`trim_idle`].
@@ -619,13 +620,15 @@ impl BufferCache {
 }
 
 /// A received buffer: the bytes of a memory file mapped into this process, read-write. On drop
-/// the file's reader count is given back and the bytes unmapped — or, for a shared mapping,
-/// kept for the file's next buffer (see [`Mapping::new`]).
+/// the file's reader count is given back and the bytes unmapped — or kept for the file's next
+/// buffer (see [`Mapping::new`]).
 pub struct Mapping {
     /// Always `Some` until dropped.
     maps: Option<Maps>,
-    /// A shared mapping's file, by device and inode.
-    file: Option<FileId>,
+    /// The file, by device and inode.
+    file: FileId,
+    /// Whether the bytes are mapped shared (else private, copy-on-write).
+    shared: bool,
 }
 
 /// The mappings of one received memory file: its header page (shared) and its bytes.
@@ -642,14 +645,22 @@ type FileId = (u64, u64);
 /// mapped already costs nothing to reuse, where mapping 16 MiB anew costs ~1.5 ms here.
 static KEPT_MAPPINGS: Kept<(FileId, Maps)> = Kept::new();
 
+/// Private mappings of received files nobody uses any more whose every page still shows the
+/// file (the task wrote none: see [`Map::shows_only_its_file`]), kept for the same reason: a
+/// worker that gets the next argument in the same file reads it through pages already mapped.
+/// A page of a private mapping that was never written is the file's own page, so it shows what
+/// the sender writes there next, as a shared mapping does.
+static KEPT_PRIVATE: Kept<(FileId, Maps)> = Kept::new();
+
 impl Mapping {
     /// Maps the bytes of the memory file `fd` (lent by its sender): `shared` writes go to the
     /// file (the caller is its only user), otherwise they are copy-on-write, private to this
     /// mapping. The descriptor may be closed afterwards.
     ///
-    /// A shared mapping of the same file (same inode, same length) kept from an earlier buffer
-    /// is reused: it shows the file's current bytes, as any shared mapping does. Private
-    /// mappings are never kept: pages the task wrote are private copies, stale for the next use.
+    /// A mapping of the same file (same inode, same length, same sharing) kept from an earlier
+    /// buffer is reused: it shows the file's current bytes, as any shared mapping does, and as
+    /// a private one does when none of its pages was written (only such are kept: a written
+    /// page is a private copy, stale for the next use).
     ///
     /// Fails with `InvalidData` for a file not sealed against shrinking (its mapping could be cut
     /// under this process), or whose header names more bytes than it holds; the header is read
@@ -669,17 +680,21 @@ impl Mapping {
             .ok()
             .filter(|&len| len <= room)
             .ok_or_else(|| bad("a buffer's header names more bytes than its memory file holds"))?;
-        let file = shared.then_some((st.st_dev, st.st_ino));
-        if let Some(id) = file {
-            let same = |(kept, maps): &(FileId, Maps)| {
-                *kept == id && maps.data.as_ref().map_or(0, Map::len) == len
-            };
-            if let Some((_, maps)) = KEPT_MAPPINGS.take(same, |_| false) {
-                return Ok(Mapping {
-                    maps: Some(maps),
-                    file,
-                });
-            }
+        let file = (st.st_dev, st.st_ino);
+        let kept = if shared {
+            &KEPT_MAPPINGS
+        } else {
+            &KEPT_PRIVATE
+        };
+        let same = |(id, maps): &(FileId, Maps)| {
+            *id == file && maps.data.as_ref().map_or(0, Map::len) == len
+        };
+        if let Some((_, maps)) = kept.take(same, |_| false) {
+            return Ok(Mapping {
+                maps: Some(maps),
+                file,
+                shared,
+            });
         }
         let header = Map::new(fd, head, 0, Share::Shared)?;
         // No prefaulting either way. Private: populating a writable private mapping would copy
@@ -700,6 +715,7 @@ impl Mapping {
         Ok(Mapping {
             maps: Some(Maps { data, header }),
             file,
+            shared,
         })
     }
 
@@ -740,17 +756,25 @@ impl Drop for Mapping {
         let Some(mut maps) = self.maps.take() else {
             return;
         };
-        if self.file.is_none() {
-            drop(maps.data.take()); // a private mapping goes before the sender may reuse the file
+        // A private mapping is kept only if no page of it was written; otherwise it goes before
+        // the sender may reuse the file. Nothing writes it now: its last user is gone.
+        let keep = self.shared || maps.data.as_ref().is_some_and(Map::shows_only_its_file);
+        if !keep {
+            drop(maps.data.take());
         }
         // SAFETY: the header page is mapped shared and writable while `maps.header` lives; its
         // first word is the reader count, page-aligned and only ever accessed atomically.
         let readers = unsafe { AtomicU32::from_ptr(maps.header.as_ptr().cast()) };
         // Saturating: a file mapped without being lent (a hand-made frame) stays at 0.
         let _ = readers.fetch_update(Ordering::Release, Ordering::Relaxed, |n| n.checked_sub(1));
-        if let Some(id) = self.file {
+        if keep {
             let bytes = maps.data.as_ref().map_or(0, Map::len);
-            KEPT_MAPPINGS.put((id, maps), bytes);
+            let kept = if self.shared {
+                &KEPT_MAPPINGS
+            } else {
+                &KEPT_PRIVATE
+            };
+            kept.put((self.file, maps), bytes);
         }
     }
 }
@@ -936,6 +960,56 @@ mod tests {
         assert!(
             seen.iter().all(|&b| b == 2),
             "a kept mapping shows stale bytes"
+        );
+    }
+
+    #[test]
+    fn a_private_mapping_none_of_whose_pages_was_written_is_kept_for_the_next_buffer() {
+        static HOME: Spares = Spares::new();
+        let len = 300_000;
+        let f = MemFile::write_in(&HOME, &vec![1u8; len]).unwrap();
+        let m = receive(&f, false);
+        // SAFETY: read-only use while no writer runs (every page read, none written).
+        assert!(unsafe { m.bytes() }.iter().all(|&b| b == 1));
+        let at = m.as_ptr();
+        drop(m);
+        assert_eq!(f.readers(), 0, "a kept mapping must not count as a reader");
+        drop(f);
+        let g = MemFile::write_in(&HOME, &vec![2u8; len]).unwrap(); // into the same file
+        let m = receive(&g, false);
+        assert_eq!(m.as_ptr(), at, "the kept mapping was not reused");
+        // SAFETY: read-only use while no writer runs.
+        let seen = unsafe { m.bytes() };
+        assert!(
+            seen.iter().all(|&b| b == 2),
+            "a kept private mapping shows stale bytes"
+        );
+        // Still private: a write stays in this mapping.
+        // SAFETY: index 5 is inside the mapping; no other reference into it is live.
+        unsafe { *m.as_ptr().add(5) = 9 };
+        let file_view = receive(&g, true);
+        // SAFETY: read-only use while no writer runs.
+        let in_file = unsafe { file_view.bytes() }[5];
+        assert_eq!(in_file, 2, "a private write reached the file");
+    }
+
+    #[test]
+    fn a_private_mapping_with_a_written_page_is_never_reused() {
+        static HOME: Spares = Spares::new();
+        let len = 300_000;
+        let f = MemFile::write_in(&HOME, &vec![1u8; len]).unwrap();
+        let m = receive(&f, false);
+        // SAFETY: the index is inside the private mapping, which nothing else accesses.
+        unsafe { *m.as_ptr().add(3 * 4096 + 1) = 0xEE };
+        drop(m);
+        drop(f);
+        let g = MemFile::write_in(&HOME, &vec![2u8; len]).unwrap(); // into the same file
+        let m = receive(&g, false);
+        // SAFETY: read-only use while no writer runs.
+        let seen = unsafe { m.bytes() };
+        assert!(
+            seen.iter().all(|&b| b == 2),
+            "a written page of an earlier private mapping came back"
         );
     }
 

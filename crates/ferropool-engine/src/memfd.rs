@@ -15,7 +15,7 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::OnceLock;
 
@@ -273,6 +273,42 @@ impl Map {
         };
     }
 
+    /// Whether every page of this (private) mapping still shows its file: none was written. A
+    /// page of a private file mapping that was written is an anonymous copy; `/proc/self/pagemap`
+    /// tells them apart (per page: bit 63 present, 62 swapped, 61 "file page or shared
+    /// anonymous"; readable without privileges, which only hides the frame numbers). A page
+    /// never touched is not present and shows the file when it is. False when pagemap cannot be
+    /// read.
+    pub fn shows_only_its_file(&self) -> bool {
+        const PRESENT: u64 = 1 << 63;
+        const SWAPPED: u64 = 1 << 62;
+        const FILE: u64 = 1 << 61;
+        let Ok(pagemap) = std::fs::File::open("/proc/self/pagemap") else {
+            return false;
+        };
+        let page = page_size();
+        let first = self.ptr.as_ptr() as usize / page;
+        let pages = self.len.div_ceil(page);
+        let mut entries = vec![0u8; 8 * pages.min(8192)];
+        let mut done = 0;
+        while done < pages {
+            let n = (pages - done).min(8192);
+            let buf = &mut entries[..8 * n];
+            if read_at(pagemap.as_fd(), buf, 8 * (first + done)).is_err() {
+                return false;
+            }
+            let written = buf.chunks_exact(8).any(|e| {
+                let e = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+                e & SWAPPED != 0 || (e & PRESENT != 0 && e & FILE == 0)
+            });
+            if written {
+                return false;
+            }
+            done += n;
+        }
+        true
+    }
+
     /// Allocates every page of the `len` bytes at `offset` (page-aligned) in the file and maps it
     /// writable now (`MADV_POPULATE_WRITE`), so that a later `memcpy` there takes no faults.
     /// Unlike touching the pages, a page the kernel cannot provide is an error here (`ENOMEM`,
@@ -324,7 +360,24 @@ impl std::fmt::Debug for Map {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
+
+    #[test]
+    fn pagemap_tells_a_written_page_of_a_private_mapping_from_the_files_own() {
+        let page = page_size();
+        let fd = create(c"test-pagemap").unwrap();
+        resize(fd.as_fd(), 5 * page).unwrap();
+        write_at(fd.as_fd(), &vec![3u8; 5 * page], 0).unwrap();
+        let m = Map::new(fd.as_fd(), 5 * page, 0, Share::Private).unwrap();
+        assert!(m.shows_only_its_file(), "untouched");
+        for i in (0..5 * page).step_by(page) {
+            // SAFETY: inside the mapping; nothing writes it meanwhile.
+            assert_eq!(unsafe { m.as_ptr().add(i).read_volatile() }, 3);
+        }
+        assert!(m.shows_only_its_file(), "every page read");
+        // SAFETY: inside the mapping, which nothing else accesses.
+        unsafe { m.as_ptr().add(2 * page + 7).write_volatile(4) };
+        assert!(!m.shows_only_its_file(), "a page was written");
+    }
 
     #[test]
     fn a_memory_file_maps_shared_and_private() {
