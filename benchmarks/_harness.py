@@ -30,6 +30,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -267,6 +268,19 @@ def machine_info() -> dict:
         "loadavg_at_start": load,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def run_json_child(code: str, args: Sequence[str], tree: str | None = None, timeout: float = 300) -> dict:
+    """Runs ``code`` with ``args`` in a fresh interpreter, with ``<tree>/python`` first on its
+    path when a source tree is given (a ferropool build to compare), and returns the JSON object
+    on the last line it prints. A failing child raises ``CalledProcessError``."""
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = os.path.join(os.path.abspath(tree), "python")
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=timeout, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def write_json(path: str, data: dict) -> None:

@@ -28,11 +28,12 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
+
+import _harness as h
 
 CHILD = r"""
 import time
@@ -126,13 +127,7 @@ if __name__ == "__main__":
 
 
 def run_child(kind: str, tree: str | None) -> dict:
-    env = dict(os.environ)
-    if tree is not None:
-        env["PYTHONPATH"] = os.path.join(os.path.abspath(tree), "python")
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, kind], env=env, capture_output=True, text=True, timeout=300, check=True
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return h.run_json_child(CHILD, [kind], tree)
 
 
 def main(argv: list | None = None) -> int:

@@ -26,11 +26,10 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
+
+import _harness as h
 
 CHILD = r"""
 import json, os, sys, time
@@ -84,17 +83,8 @@ CASES = (("send", 1, 64), ("send", 1, 256), ("send", 4, 64), ("return", 1, 64), 
 
 
 def run_child(kind: str, tree: str, case: tuple) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.abspath(tree), "python"))
     direction, count, mib = case
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, kind, direction, str(count), str(mib)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return h.run_json_child(CHILD, [kind, direction, str(count), str(mib)], tree)
 
 
 def main(argv: list | None = None) -> int:
