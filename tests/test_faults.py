@@ -386,6 +386,23 @@ def test_a_worker_over_max_memory_per_child_is_replaced_between_tasks():
         assert pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT) != big, "then its worker is replaced"
 
 
+def read_all(a) -> int:
+    """Reads every page of ``a`` (mapped from the caller's memory file), returns the pid."""
+    a.sum()
+    return os.getpid()
+
+
+def test_memory_files_a_worker_maps_do_not_count_toward_max_memory_per_child():
+    # A worker keeps its mapping of an argument it only read, for the next argument in the same
+    # file; those pages are the pool's shared memory, not the task's: the worker stays.
+    np = pytest.importorskip("numpy")
+    with ProcessPool(1, max_memory_per_child=100 << 20) as pool:
+        pid = pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT)
+        big = np.ones(150 << 20 >> 3)
+        assert pool.submit(read_all, big).result(timeout=RESULT_TIMEOUT) == pid
+        assert pool.submit(os.getpid).result(timeout=RESULT_TIMEOUT) == pid, "the worker was replaced"
+
+
 @pytest.mark.parametrize("bad, exc", [(0, ValueError), ("1GB", TypeError)])
 def test_max_memory_per_child_must_be_a_positive_integer(bad, exc):
     with pytest.raises(exc):

@@ -109,8 +109,10 @@ class ProcessPool(PoolExecutor):
     on the worker's event loop, the one its ``async def`` tasks then run on; an async generator's
     code after its ``yield`` runs there at the worker's shutdown (``docs/usage.md``, "Async
     initializers"). ``max_tasks_per_child`` replaces
-    a worker after that many tasks, ``max_memory_per_child`` (bytes) once its resident memory
-    exceeds that, checked as it answers: either way between tasks, failing none.
+    a worker after that many tasks, ``max_memory_per_child`` (bytes) once its private resident
+    memory (what its tasks allocated: resident pages less those shared with files, so the
+    memory files that carry large arguments and results do not count) exceeds that, checked
+    as it answers: either way between tasks, failing none.
     ``max_pending`` bounds the tasks submitted and not yet finished: ``submit`` blocks
     (interruptibly) while there are that many, so a fast producer cannot grow memory without
     bound. ``map`` is always bounded.

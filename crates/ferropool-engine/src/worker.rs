@@ -513,13 +513,21 @@ impl Worker {
         self.wait(false)
     }
 
-    /// Returns the process's resident set size in bytes, read from `/proc/<pid>/statm`.
-    pub fn rss_bytes(&self) -> io::Result<u64> {
+    /// Returns the process's private resident memory in bytes: its resident set less the pages
+    /// it shares with files (`/proc/<pid>/statm`: resident minus shared), i.e. what the tasks
+    /// allocated. The memory files of arguments and results, which a worker maps and keeps for
+    /// reuse (`buffer.rs`), are shared pages and do not count: they are the pool's, not a leak.
+    pub fn private_resident_bytes(&self) -> io::Result<u64> {
         let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid))?;
-        let pages: u64 = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|f| f.parse().ok())
+        let field = |i: usize| {
+            statm
+                .split_whitespace()
+                .nth(i)
+                .and_then(|f| f.parse::<u64>().ok())
+        };
+        let pages = field(1)
+            .zip(field(2))
+            .map(|(resident, shared)| resident.saturating_sub(shared))
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable statm"))?;
         // SAFETY: sysconf has no memory-safety preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

@@ -889,5 +889,5 @@ fn over_memory(w: &mut Worker, limit: Option<u64>) -> bool {
         return false;
     }
     w.memory_checked_at = Some(now);
-    w.rss_bytes().is_ok_and(|rss| rss > limit)
+    w.private_resident_bytes().is_ok_and(|rss| rss > limit)
 }
