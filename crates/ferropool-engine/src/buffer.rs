@@ -233,7 +233,7 @@ impl Backing {
 }
 
 /// Below this many bytes a fresh file is filled by one thread (a helper costs tens of µs to start).
-pub const SPLIT_FILL_MIN: usize = 8 << 20;
+const SPLIT_FILL_MIN: usize = 8 << 20;
 
 /// Copies `data` into the fresh memory file `fd` at offset `head`, where `view` maps the file
 /// shared (header and bytes). The kernel allocates and clears a fresh file's pages one by one
