@@ -652,6 +652,15 @@ static KEPT_MAPPINGS: Kept<(FileId, Maps)> = Kept::new();
 /// the sender writes there next, as a shared mapping does.
 static KEPT_PRIVATE: Kept<(FileId, Maps)> = Kept::new();
 
+/// Where mappings of this sharing are kept: [`KEPT_MAPPINGS`] or [`KEPT_PRIVATE`].
+fn kept_mappings(shared: bool) -> &'static Kept<(FileId, Maps)> {
+    if shared {
+        &KEPT_MAPPINGS
+    } else {
+        &KEPT_PRIVATE
+    }
+}
+
 impl Mapping {
     /// Maps the bytes of the memory file `fd` (lent by its sender): `shared` writes go to the
     /// file (the caller is its only user), otherwise they are copy-on-write, private to this
@@ -681,15 +690,10 @@ impl Mapping {
             .filter(|&len| len <= room)
             .ok_or_else(|| bad("a buffer's header names more bytes than its memory file holds"))?;
         let file = (st.st_dev, st.st_ino);
-        let kept = if shared {
-            &KEPT_MAPPINGS
-        } else {
-            &KEPT_PRIVATE
-        };
         let same = |(id, maps): &(FileId, Maps)| {
             *id == file && maps.data.as_ref().map_or(0, Map::len) == len
         };
-        if let Some((_, maps)) = kept.take(same, |_| false) {
+        if let Some((_, maps)) = kept_mappings(shared).take(same, |_| false) {
             return Ok(Mapping {
                 maps: Some(maps),
                 file,
@@ -769,12 +773,7 @@ impl Drop for Mapping {
         let _ = readers.fetch_update(Ordering::Release, Ordering::Relaxed, |n| n.checked_sub(1));
         if keep {
             let bytes = maps.data.as_ref().map_or(0, Map::len);
-            let kept = if self.shared {
-                &KEPT_MAPPINGS
-            } else {
-                &KEPT_PRIVATE
-            };
-            kept.put((self.file, maps), bytes);
+            kept_mappings(self.shared).put((self.file, maps), bytes);
         }
     }
 }
