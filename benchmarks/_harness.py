@@ -170,6 +170,14 @@ def _descendants(root: int) -> list:
     return out
 
 
+def tree_peak_kib() -> int:
+    """Return the peak RSS (``VmHWM``, KiB) of this process plus that of each live descendant
+    (a forkserver's workers included); 0 where ``/proc`` cannot be read."""
+    return (_status_kib("self", "VmHWM") or 0) + sum(
+        _status_kib(pid, "VmHWM") or 0 for pid in _descendants(os.getpid())
+    )
+
+
 def reset_peak_rss() -> bool:
     """Reset this process's ``VmHWM`` to its current RSS; return whether it worked.
 
@@ -272,11 +280,14 @@ def machine_info() -> dict:
 
 def run_json_child(code: str, args: Sequence[str], tree: str | None = None, timeout: float = 300) -> dict:
     """Runs ``code`` with ``args`` in a fresh interpreter, with ``<tree>/python`` first on its
-    path when a source tree is given (a ferropool build to compare), and returns the JSON object
-    on the last line it prints. A failing child raises ``CalledProcessError``."""
+    path when a source tree is given (a ferropool build to compare) and this folder after it
+    (so that the child can import this module), and returns the JSON object on the last line it
+    prints. A failing child raises ``CalledProcessError``."""
     env = dict(os.environ)
+    path = [os.path.dirname(os.path.abspath(__file__))]
     if tree is not None:
-        env["PYTHONPATH"] = os.path.join(os.path.abspath(tree), "python")
+        path.insert(0, os.path.join(os.path.abspath(tree), "python"))
+    env["PYTHONPATH"] = os.pathsep.join(path)
     out = subprocess.run(
         [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=timeout, check=True
     )

@@ -15,8 +15,9 @@ new) and the third (warm), in GB/s of array data moved:
 - ``return``: ``N`` tasks that each make and return such an array (``np.full``).
 
 Cases are ``N x MiB``: one array alone is what a program that moves one large array pays; four
-keep both workers busy while the caller still submits. Peak RSS of the interpreter and its
-workers is reported per contestant (``VmHWM``, the largest over its cases).
+keep both workers busy while the caller still submits. Peak RSS of the interpreter and every
+process it started (a forkserver and its workers too) is reported per contestant (``VmHWM``
+summed, the largest over its cases).
 
 Run::
 
@@ -32,24 +33,10 @@ import sys
 import _harness as h
 
 CHILD = r"""
-import json, os, sys, time
+import json, sys, time
 import numpy as np
+import _harness
 kind, direction, count, mib = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-
-def tree_hwm_kib():
-    def status(pid, key):
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith(key):
-                        return line.split()[1]
-        except OSError:
-            return None
-    mine, kids = os.getpid(), []
-    for e in os.listdir("/proc"):
-        if e.isdigit() and status(e, "PPid:") == str(mine):
-            kids.append(e)
-    return sum(int(status(p, "VmHWM:") or 0) for p in [mine, *kids])
 
 n = int(mib * (1 << 20)) // 8
 arrays = [np.full(n, float(i)) for i in range(count)] if direction == "send" else []
@@ -74,7 +61,7 @@ for _ in range(3):
     want = [float(i * n) for i in range(count)]
     assert [float(g if direction == "send" else g.sum()) for g in got] == want
     del got
-rss = tree_hwm_kib()
+rss = _harness.tree_peak_kib()
 pool.shutdown()
 print(json.dumps({"cold": calls[0], "warm": calls[2], "rss_kib": rss}))
 """
