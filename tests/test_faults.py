@@ -164,19 +164,29 @@ def test_workers_exit_within_a_second_of_their_parent_being_killed(tmp_path):
     assert os.listdir(tmp_path) == [], "no files left behind"
 
 
+def _exit_within(proc, timeout: float = RESULT_TIMEOUT) -> tuple[float, str]:
+    """Waits for a program started with ``python -X faulthandler``; returns the seconds it took
+    and its stderr. One that does not end is sent SIGABRT first, so that the failure shows
+    where each of its threads waited."""
+    start = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+        _, err = proc.communicate(timeout=RESULT_TIMEOUT)
+        raise AssertionError(f"the program did not end within {timeout} s; its stacks:\n{err}") from None
+    return time.monotonic() - start, err
+
+
 @pytest.mark.parametrize("where", ["map", "result"])
 def test_ctrl_c_stops_the_program_at_once(tmp_path, where):
-    import subprocess
-    import sys
-    import time
-
     wait = {
         "map": "list(pool.map(helpers.sleep_and_return, [30] * 8, range(8)))",
         "result": "pool.submit(helpers.sleep_and_return, 30, 0).result()",
     }[where]
     code = WORKER_PIDS.format(tests=os.path.dirname(__file__)) + f"with pool:\n    {wait}\n"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code],
+        [sys.executable, "-X", "faulthandler", "-c", code],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -187,9 +197,7 @@ def test_ctrl_c_stops_the_program_at_once(tmp_path, where):
         pids = _worker_pids(proc)
         # The workers sit in 30 s sleeps by now or very soon; Ctrl-C reaches the whole group.
         os.killpg(proc.pid, signal.SIGINT)
-        start = time.monotonic()
-        _, err = proc.communicate(timeout=RESULT_TIMEOUT)
-        elapsed = time.monotonic() - start
+        elapsed, err = _exit_within(proc)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -198,6 +206,111 @@ def test_ctrl_c_stops_the_program_at_once(tmp_path, where):
     assert proc.returncode != 0
     assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
     assert helpers.gone_within(pids, 1.0), "a worker survived Ctrl-C"
+
+
+# What a Ctrl-C handled at the worst moment of Condition.wait does: the wait has let go of the
+# condition's lock and has not yet entered the try that takes it back. Once armed, conditions
+# made from here on raise KeyboardInterrupt there, once, on the main thread.
+CTRL_C_AFTER_RELEASE = """
+import threading
+_init = threading.Condition.__init__
+_armed = [False]
+def _init_losing_the_lock(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    release_save = self._release_save
+    def _release_save():
+        state = release_save()
+        if _armed[0] and threading.current_thread() is threading.main_thread():
+            _armed[0] = False
+            raise KeyboardInterrupt
+        return state
+    self._release_save = _release_save
+threading.Condition.__init__ = _init_losing_the_lock
+"""
+
+
+def test_ctrl_c_while_result_waits_is_a_keyboard_interrupt(tmp_path):
+    # cf.Future.result waits in Condition.wait, where such a Ctrl-C turns into "RuntimeError:
+    # cannot release un-acquired lock" and the pool, not seeing a KeyboardInterrupt, waited 30 s
+    # for the running task. A ProcessPool future's result() must not pass through that window:
+    # it waits (a helper thread says so once the main thread is in a wait), and the real Ctrl-C
+    # that follows comes out as one KeyboardInterrupt.
+    code = (
+        WORKER_PIDS.format(tests=os.path.dirname(__file__))
+        + CTRL_C_AFTER_RELEASE
+        + (
+            "main = threading.main_thread().ident\n"
+            "def waits_in_result(frame):\n"
+            "    names = []\n"
+            "    while frame is not None:\n"
+            "        names.append(frame.f_code.co_name)\n"
+            "        frame = frame.f_back\n"
+            "    return names[0] in ('_wait', 'wait') and 'result' in names\n"
+            "def say_when_waiting():\n"
+            "    deadline = time.monotonic() + 30\n"
+            "    while not waits_in_result(sys._current_frames()[main]):\n"
+            "        assert time.monotonic() < deadline, 'the main thread never waited'\n"
+            "        time.sleep(0.001)\n"
+            "    print('waiting', flush=True)\n"
+            "threading.Thread(target=say_when_waiting, daemon=True).start()\n"
+            "_armed[0] = True\n"
+            "with pool:\n"
+            "    pool.submit(helpers.sleep_and_return, 30, 0).result()\n"
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        pids = _worker_pids(proc)
+        assert proc.stdout.readline() == "waiting\n", proc.stderr.read()
+        os.killpg(proc.pid, signal.SIGINT)
+        elapsed, err = _exit_within(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(RESULT_TIMEOUT)
+    assert elapsed < 2.0, f"the program took {elapsed:.1f} s to exit after Ctrl-C"
+    assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
+    assert helpers.gone_within(pids, 1.0), "a worker survived Ctrl-C"
+
+
+def test_ctrl_c_that_became_another_error_still_stops_the_pool_at_once(tmp_path):
+    # The same Ctrl-C inside the standard library's own cf.wait comes out of it as a
+    # RuntimeError whose context is the KeyboardInterrupt; leaving the pool's with block on it
+    # still stops the running task at once instead of waiting for it.
+    code = (
+        WORKER_PIDS.format(tests=os.path.dirname(__file__))
+        + CTRL_C_AFTER_RELEASE
+        + (
+            "import concurrent.futures as cf\n"
+            "_armed[0] = True\n"
+            "with pool:\n"
+            "    cf.wait([pool.submit(helpers.sleep_and_return, 30, 0)])\n"
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        pids = _worker_pids(proc)
+        elapsed, err = _exit_within(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(RESULT_TIMEOUT)
+    assert elapsed < 3.0, f"the program took {elapsed:.1f} s to stop its pool after Ctrl-C"
+    assert "KeyboardInterrupt" in err, err
+    assert helpers.gone_within(pids, 1.0), "a worker outlived the Ctrl-C"
 
 
 def test_ctrl_c_stops_at_once_when_it_left_a_future_lock_held(tmp_path):

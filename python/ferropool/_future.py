@@ -1,6 +1,6 @@
 """``TaskFuture``: the ``concurrent.futures.Future`` that ``ProcessPool.submit`` returns.
 
-Two things differ from the base class, both invisible to code that uses the public API:
+Three things differ from the base class, all invisible to code that uses the public API:
 
 **Cancellation stops the work.** ``cancel()`` succeeds on any unfinished task: a task no worker
 has yet is removed from the queue, one waiting at a worker is skipped there, and a running one
@@ -30,6 +30,10 @@ checked the state or started waiting, since it holds the lock until ``wait`` rel
 Callbacks and ``wait()`` waiters are only ever registered under the condition, so they are
 found the same way. "Sees the other's write" is what the GIL guarantees; a free-threaded build
 does not promise it, so there every future is finished by ``set_result`` (docs/free-threading.md).
+
+**``result()`` and ``exception()`` wait on a lock of their own**, which the finisher lets go of,
+instead of in ``Condition.wait``, where a Ctrl-C at the wrong instant comes out as a
+``RuntimeError`` rather than a ``KeyboardInterrupt`` (``TaskFuture._wait`` says how).
 """
 
 from __future__ import annotations
@@ -93,19 +97,48 @@ class TaskFuture(cf.Future):
     # Reads of a finished future need no lock: FINISHED is final and is written last.
 
     def result(self, timeout: float | None = None) -> Any:
-        if self._state == FINISHED:
-            if self._exception is not None:
-                try:
-                    raise self._exception
-                finally:
-                    self = None  # type: ignore[assignment]  # break the cycle, as cf.Future does
-            return self._result
-        return super().result(timeout)
+        if self._state != FINISHED:
+            self._wait(timeout)
+        if self._exception is not None:
+            try:
+                raise self._exception
+            finally:
+                self = None  # type: ignore[assignment]  # break the cycle, as cf.Future does
+        return self._result
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if self._state == FINISHED:
-            return self._exception
-        return super().exception(timeout)
+        if self._state != FINISHED:
+            self._wait(timeout)
+        return self._exception
+
+    def _wait(self, timeout: float | None) -> None:
+        """Returns once the future has finished; raises ``CancelledError`` if it was cancelled
+        and ``TimeoutError`` if ``timeout`` seconds passed first, as ``cf.Future.result`` does.
+
+        Why not ``Condition.wait``, as the base class: it lets go of the condition's lock and
+        then enters its ``try``, and a ``KeyboardInterrupt`` raised between the two (Ctrl-C
+        is handled when a call returns) leaves the lock released, so leaving
+        ``with self._condition`` raises ``RuntimeError: cannot release un-acquired lock`` in
+        place of the ``KeyboardInterrupt``. Here the waiter registers a ``_Wake`` under the
+        condition, as ``cf.wait`` does, lets go of the condition, and blocks on the wake's own
+        lock: a ``KeyboardInterrupt`` anywhere leaves the condition as it was, and at worst a
+        wake that nobody waits for in ``_waiters``, released when the future finishes (a wake
+        that was woken stays there too: the future is done, and nothing reads the list again
+        but ``cf.wait``, which looks only for its own waiters).
+        """
+        if self._state not in _DONE:
+            wake = _Wake()
+            with self._condition:
+                waiting = self._state not in _DONE
+                if waiting:
+                    self._waiters.append(wake)
+            if waiting and not wake.lock.acquire(True, -1 if timeout is None else max(timeout, 0)):
+                with self._condition:  # woken meanwhile or not, the wake is no longer wanted
+                    self._waiters.remove(wake)
+                if self._state not in _DONE:
+                    raise cf.TimeoutError()
+        if self._state != FINISHED:
+            raise cf.CancelledError()
 
     def done(self) -> bool:
         return self._state in _DONE
@@ -136,6 +169,23 @@ class TaskFuture(cf.Future):
                 return self._state == RUNNING
             assert self._engine is not None, "not a future of ProcessPool.submit"
             return not self._engine.is_queued(self._task_id)
+
+
+class _Wake:
+    """What ``TaskFuture._wait`` blocks on: a held lock that the future's finisher lets go of
+    (it calls one of the three methods, as for the waiters ``cf.wait`` registers)."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+
+    def wake(self, _future: cf.Future) -> None:
+        if self.lock.locked():  # finishing happens once, under the future's condition
+            self.lock.release()
+
+    add_result = add_exception = add_cancelled = wake
 
 
 def cancel_removed(fut: cf.Future) -> bool:

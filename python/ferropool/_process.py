@@ -466,7 +466,7 @@ class ProcessPool(PoolExecutor):
         return self._running.join(timeout)
 
     def __exit__(self, exc_type, exc_val, exc_tb):
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+        if _ctrl_c_behind(exc_val):
             # Ctrl-C: stop now rather than wait for running tasks; a second Ctrl-C is never needed.
             self._terminate()
         else:
@@ -655,10 +655,9 @@ def _broken(state: _State, detail: bytes) -> BrokenPoolError:
 
 
 def _shutdown_all_at_exit() -> None:
-    # A program ended by Ctrl-C (CPython records the exception it printed in sys.last_type
+    # A program ended by Ctrl-C (CPython records the exception it printed in sys.last_value
     # before finalising) stops its pools at once instead of waiting for their running tasks.
-    last_type = getattr(sys, "last_type", None)
-    interrupted = isinstance(last_type, type) and issubclass(last_type, KeyboardInterrupt)
+    interrupted = _ctrl_c_behind(getattr(sys, "last_value", None))
     with _live_pools_lock:
         pools = list(_live_pools)
     for pool in pools:
@@ -669,6 +668,22 @@ def _shutdown_all_at_exit() -> None:
             running.terminate()
         else:
             running.finish_at_exit()
+
+
+def _ctrl_c_behind(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a ``KeyboardInterrupt`` or was raised while one was being handled.
+
+    The second happens to a Ctrl-C that lands in the standard library's own waits: one caught
+    between ``Condition.wait`` letting go of its lock and entering its ``try`` (``cf.wait``,
+    ``as_completed``, ``Event.wait``) comes out as ``RuntimeError: cannot release un-acquired
+    lock``, with the ``KeyboardInterrupt`` as its context. The user pressed Ctrl-C either way."""
+    seen = 0
+    while exc is not None and seen < 100:  # a context chain can loop
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__context__
+        seen += 1
+    return False
 
 
 def _forget_pools_in_child() -> None:
