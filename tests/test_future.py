@@ -9,8 +9,11 @@ import concurrent.futures as cf
 import random
 import threading
 
+import pytest
+
 import helpers
 from ferropool import TaskFuture
+from ferropool._future import InterruptSafeCondition
 
 RESULT_TIMEOUT = 30
 N = 3000
@@ -128,3 +131,53 @@ def test_asyncio_awaits_task_futures(pool):
         return await asyncio.gather(*(asyncio.wrap_future(pool.submit(helpers.mul, i, 3)) for i in range(200)))
 
     assert asyncio.run(main()) == [3 * i for i in range(200)]
+
+
+def _lose_the_lock_once(cond: threading.Condition) -> None:
+    """Makes ``cond.wait`` raise KeyboardInterrupt where a Ctrl-C handled at its worst instant
+    does: after it let go of the lock, before the ``try`` that takes it back."""
+    release_save = cond._release_save  # type: ignore[attr-defined]
+    armed = [True]
+
+    def _release_save():
+        state = release_save()
+        if armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+        return state
+
+    cond._release_save = _release_save  # type: ignore[attr-defined]
+
+
+def test_interrupt_safe_condition_gives_back_a_ctrl_c_as_itself():
+    plain = threading.Condition()
+    _lose_the_lock_once(plain)
+    with pytest.raises(RuntimeError, match="un-acquired lock"):  # the standard library's wait
+        with plain:
+            plain.wait(RESULT_TIMEOUT)
+
+    cond = InterruptSafeCondition()
+    _lose_the_lock_once(cond)
+    with pytest.raises(KeyboardInterrupt):
+        with cond:
+            cond.wait(RESULT_TIMEOUT)
+    assert not cond._is_owned(), "the with block let go of the lock that wait took back"  # type: ignore[attr-defined]
+    # Usable as before: another thread takes it, waits, and is woken.
+    woken = threading.Event()
+
+    def waiter():
+        with cond:
+            ready.set()
+            assert cond.wait_for(lambda: flag, RESULT_TIMEOUT)
+        woken.set()
+
+    flag = False
+    ready = threading.Event()
+    t = threading.Thread(target=waiter)
+    t.start()
+    assert ready.wait(RESULT_TIMEOUT)
+    with cond:
+        flag = True
+        cond.notify_all()
+    assert woken.wait(RESULT_TIMEOUT)
+    t.join(RESULT_TIMEOUT)

@@ -44,6 +44,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 
 from ._asyncio import AsyncMixin
+from ._future import InterruptSafeCondition
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs a pool's start-up
 if TYPE_CHECKING:
@@ -320,7 +321,7 @@ class _Mapper:
         self.size = 1
         self.per_item_ns: float | None = None
         self.measured = 0  # items in finished chunks
-        self.cond = threading.Condition()
+        self.cond = InterruptSafeCondition()  # the consumer waits on it in the caller's thread
         self.inflight: collections.deque[_Chunk] = collections.deque()
         self.unsent = 0  # chunks in ``inflight`` cut short whose rest is not all sent yet
         self.reading = True  # the input has more items, as far as the feeder knows

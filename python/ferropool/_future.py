@@ -31,9 +31,9 @@ Callbacks and ``wait()`` waiters are only ever registered under the condition, s
 found the same way. "Sees the other's write" is what the GIL guarantees; a free-threaded build
 does not promise it, so there every future is finished by ``set_result`` (docs/free-threading.md).
 
-**``result()`` and ``exception()`` wait on a lock of their own**, which the finisher lets go of,
-instead of in ``Condition.wait``, where a Ctrl-C at the wrong instant comes out as a
-``RuntimeError`` rather than a ``KeyboardInterrupt`` (``TaskFuture._wait`` says how).
+**The condition survives Ctrl-C**: it is an ``InterruptSafeCondition``, whose ``wait`` a Ctrl-C
+at the wrong instant cannot leave unlocked, so that ``result()`` raises ``KeyboardInterrupt``
+rather than ``RuntimeError: cannot release un-acquired lock`` (see the class).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class TaskFuture(cf.Future):
         d = self.__dict__
         cond = d.get(_COND)
         if cond is None:
-            cond = d.setdefault(_COND, threading.Condition())
+            cond = d.setdefault(_COND, InterruptSafeCondition())
         return cond
 
     def _wake_after_fast_finish(self) -> None:
@@ -97,48 +97,19 @@ class TaskFuture(cf.Future):
     # Reads of a finished future need no lock: FINISHED is final and is written last.
 
     def result(self, timeout: float | None = None) -> Any:
-        if self._state != FINISHED:
-            self._wait(timeout)
-        if self._exception is not None:
-            try:
-                raise self._exception
-            finally:
-                self = None  # type: ignore[assignment]  # break the cycle, as cf.Future does
-        return self._result
+        if self._state == FINISHED:
+            if self._exception is not None:
+                try:
+                    raise self._exception
+                finally:
+                    self = None  # type: ignore[assignment]  # break the cycle, as cf.Future does
+            return self._result
+        return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if self._state != FINISHED:
-            self._wait(timeout)
-        return self._exception
-
-    def _wait(self, timeout: float | None) -> None:
-        """Returns once the future has finished; raises ``CancelledError`` if it was cancelled
-        and ``TimeoutError`` if ``timeout`` seconds passed first, as ``cf.Future.result`` does.
-
-        Why not ``Condition.wait``, as the base class: it lets go of the condition's lock and
-        then enters its ``try``, and a ``KeyboardInterrupt`` raised between the two (Ctrl-C
-        is handled when a call returns) leaves the lock released, so leaving
-        ``with self._condition`` raises ``RuntimeError: cannot release un-acquired lock`` in
-        place of the ``KeyboardInterrupt``. Here the waiter registers a ``_Wake`` under the
-        condition, as ``cf.wait`` does, lets go of the condition, and blocks on the wake's own
-        lock: a ``KeyboardInterrupt`` anywhere leaves the condition as it was, and at worst a
-        wake that nobody waits for in ``_waiters``, released when the future finishes (a wake
-        that was woken stays there too: the future is done, and nothing reads the list again
-        but ``cf.wait``, which looks only for its own waiters).
-        """
-        if self._state not in _DONE:
-            wake = _Wake()
-            with self._condition:
-                waiting = self._state not in _DONE
-                if waiting:
-                    self._waiters.append(wake)
-            if waiting and not wake.lock.acquire(True, -1 if timeout is None else max(timeout, 0)):
-                with self._condition:  # woken meanwhile or not, the wake is no longer wanted
-                    self._waiters.remove(wake)
-                if self._state not in _DONE:
-                    raise cf.TimeoutError()
-        if self._state != FINISHED:
-            raise cf.CancelledError()
+        if self._state == FINISHED:
+            return self._exception
+        return super().exception(timeout)
 
     def done(self) -> bool:
         return self._state in _DONE
@@ -171,21 +142,30 @@ class TaskFuture(cf.Future):
             return not self._engine.is_queued(self._task_id)
 
 
-class _Wake:
-    """What ``TaskFuture._wait`` blocks on: a held lock that the future's finisher lets go of
-    (it calls one of the three methods, as for the waiters ``cf.wait`` registers)."""
+class InterruptSafeCondition(threading.Condition):
+    """A ``threading.Condition`` (on an ``RLock``) that a Ctrl-C never leaves unlocked.
 
-    __slots__ = ("lock",)
+    ``Condition.wait`` lets go of the lock, then enters the ``try`` whose ``finally`` takes it
+    back. A ``KeyboardInterrupt`` raised between the two (a signal is handled when a call
+    returns) leaves the lock released, so the caller's ``with`` block then fails with
+    ``RuntimeError: cannot release un-acquired lock``, which replaces the interrupt. Here
+    ``wait`` takes the lock back on any exception that left it unowned, so the interrupt comes
+    out as itself. Two limits, which the conditions here respect: the lock is held once (not
+    recursively) when ``wait`` is called, as it was given back once; and such an interrupt
+    leaves the waiter's entry in the condition's list, which ``notify(n)`` would count, so
+    waiters are woken with ``notify_all``.
+    """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
+        super().__init__(threading.RLock())
 
-    def wake(self, _future: cf.Future) -> None:
-        if self.lock.locked():  # finishing happens once, under the future's condition
-            self.lock.release()
-
-    add_result = add_exception = add_cancelled = wake
+    def wait(self, timeout: float | None = None) -> bool:
+        try:
+            return super().wait(timeout)
+        except BaseException:
+            if not self._is_owned():  # type: ignore[attr-defined]  # Condition's, untyped
+                self._lock.acquire()  # type: ignore[attr-defined]
+            raise
 
 
 def cancel_removed(fut: cf.Future) -> bool:
