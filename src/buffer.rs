@@ -148,7 +148,7 @@ pub(crate) fn write_all(
                 MemFile::write(data).map(Arc::new)
             }
         });
-        files.push(file.map_err(errors::io_error)?);
+        files.push(file.map_err(|e| errors::shared_memory_error(e, data.len()))?);
         drop(buf);
     }
     Ok(files)

@@ -38,3 +38,34 @@ pub(crate) fn io_error(e: std::io::Error) -> PyErr {
     }
     PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
 }
+
+/// Turns the failure to put a buffer of `len` bytes into a memory file (no memory, a file size
+/// limit, no descriptor left: what a full disk is to shared memory) into `OSError` with its
+/// errno and a message that says which buffer failed and why.
+pub(crate) fn shared_memory_error(e: std::io::Error, len: usize) -> PyErr {
+    let Some(errno) = e.raw_os_error() else {
+        return io_error(e);
+    };
+    let size = if len >= 1 << 20 {
+        format!("{:.1} MiB", len as f64 / f64::from(1u32 << 20))
+    } else {
+        format!("{:.1} KiB", len as f64 / 1024.0)
+    };
+    PyOSError::new_err((
+        errno,
+        format!("could not put a buffer of {size} into shared memory: {e}"),
+    ))
+}
+
+/// For `map_err` where a shared object (`ferropool.shared`) makes its memory: the error as
+/// `OSError` with its errno and a message that names the object, for the same reasons as
+/// [`shared_memory_error`].
+pub(crate) fn creating(what: &'static str) -> impl Fn(std::io::Error) -> PyErr {
+    move |e| match e.raw_os_error() {
+        Some(errno) => PyOSError::new_err((
+            errno,
+            format!("could not make the shared memory of a {what}: {e}"),
+        )),
+        None => io_error(e),
+    }
+}

@@ -352,3 +352,13 @@ def gone_within(pids, seconds: float) -> bool:
         finally:
             os.close(fd)
     return True
+
+
+def flood_both_streams(lines: int, value):
+    """Print ``lines`` lines to stdout and to stderr, then return ``value``."""
+    import sys
+
+    for i in range(lines):
+        print("out", i, "x" * 100)
+        print("err", i, "y" * 100, file=sys.stderr)
+    return value

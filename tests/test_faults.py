@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -417,6 +418,93 @@ def test_a_worker_reaped_by_the_application_fails_its_task_clearly():
     assert out.returncode == 0, out.stderr
     assert "exited; its exit status was collected by someone else" in out.stdout, out.stdout
     assert "code None" not in out.stdout
+
+
+# -------------------------------------------------------------------- a full disk
+OUTPUT_TO_A_FULL_DISK = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import helpers
+from ferropool import ProcessPool
+
+with ProcessPool(2) as pool:
+    mapped = list(pool.map(helpers.flood_both_streams, [2000] * 6, range(6)))
+    one = pool.submit(helpers.flood_both_streams, 2000, "one").result(timeout=30)
+with open({out!r}, "w") as f:  # the program's own output goes nowhere: its streams are full
+    json.dump([mapped, one], f)
+"""
+
+
+def test_output_to_a_full_disk_loses_no_result(tmp_path):
+    # /dev/full fails every write with ENOSPC: the program's stdout and stderr on a full disk.
+    # The workers' floods of output go there through the parent; nothing may hang or fail.
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    out = tmp_path / "results.json"
+    code = OUTPUT_TO_A_FULL_DISK.format(tests=os.path.dirname(__file__), out=str(out))
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], stdout=full, stderr=full, cwd=tmp_path, timeout=RESULT_TIMEOUT
+        )
+    assert proc.returncode == 0
+    assert json.loads(out.read_text()) == [list(range(6)), "one"]
+
+
+# RLIMIT_FSIZE makes growing a memory file fail (EFBIG) as a full disk or exhausted memory would
+# (ENOSPC, ENOMEM), on the same paths; Python ignores SIGXFSZ, so the call returns the error.
+SHARED_MEMORY_THAT_CANNOT_GROW = """
+import errno, json, resource, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import helpers
+import ferropool.shared
+from ferropool import ProcessPool
+
+LIMIT = (resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+BIG = 1 << 20  # float64s: 8 MiB, in shared memory
+seen = {{}}
+
+def error(call):
+    try:
+        call()
+    except OSError as e:
+        return [e.errno == errno.EFBIG, str(e)]
+    return "no error"
+
+with ProcessPool(2) as pool:
+    earlier = pool.submit(helpers.sleep_and_return, 0.2, "earlier")
+    resource.setrlimit(*LIMIT)
+    seen["submit"] = error(lambda: pool.submit(np.sum, np.ones(BIG)))
+    seen["map"] = error(lambda: list(pool.map(np.sum, [np.ones(BIG)] * 3)))
+    seen["queue"] = error(ferropool.shared.Queue)
+    seen["earlier"] = earlier.result(timeout=30)
+    seen["small"] = float(pool.submit(np.sum, np.ones(10)).result(timeout=30))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    seen["lifted"] = float(pool.submit(np.sum, np.ones(BIG)).result(timeout=30))
+
+# In the workers: a large result cannot be handed over.
+with ProcessPool(1, initializer=resource.setrlimit, initargs=LIMIT) as pool:
+    seen["result"] = error(lambda: pool.submit(np.ones, BIG).result(timeout=30))
+    seen["next"] = float(pool.submit(np.sum, np.ones(10)).result(timeout=30))
+print(json.dumps(seen))
+"""
+
+
+def test_shared_memory_that_cannot_grow_fails_only_the_call_that_needed_it(tmp_path):
+    pytest.importorskip("numpy")
+    code = SHARED_MEMORY_THAT_CANNOT_GROW.format(tests=os.path.dirname(__file__))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=RESULT_TIMEOUT
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    for call in ("submit", "map"):  # at the call that sent the array, saying what failed
+        assert seen[call] == [True, seen[call][1]], seen
+        assert "could not put a buffer of 8.0 MiB into shared memory" in seen[call][1], seen
+    assert seen["queue"][0] is True and "shared memory of a Queue" in seen["queue"][1], seen
+    assert seen["result"][0] is True and "into shared memory" in seen["result"][1], seen
+    # Nothing else was lost, and the pools kept working.
+    assert (seen["earlier"], seen["small"], seen["lifted"], seen["next"]) == ("earlier", 10.0, 1 << 20, 10.0)
 
 
 # ------------------------------------------------------------------ backpressure

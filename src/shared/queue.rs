@@ -25,7 +25,7 @@ use ferropool_engine::shared::spill::{Spill, Written};
 
 use super::{adopt, block};
 use crate::buffer::SharedBuffer;
-use crate::errors::io_error;
+use crate::errors::{creating, io_error, shared_memory_error};
 
 /// Buffers of an item this large or larger travel out of the ring (the pools' default
 /// `zero_copy_threshold`).
@@ -118,7 +118,8 @@ impl SharedQueue {
                 let bytes = unsafe {
                     std::slice::from_raw_parts(view.buf_ptr() as *const u8, view.len_bytes())
                 };
-                py.detach(|| self.spill.write(bytes)).map_err(io_error)
+                py.detach(|| self.spill.write(bytes))
+                    .map_err(|e| shared_memory_error(e, bytes.len()))
             });
             match written {
                 Ok(range) => ranges.push(range),
@@ -180,7 +181,7 @@ impl SharedQueue {
                     "_attach needs _spill: a queue travels with its spill file",
                 ))
             }
-            None => Spill::create().map_err(io_error)?,
+            None => Spill::create().map_err(creating("Queue"))?,
         };
         let queue = match _attach {
             Some(a) => adopt(a).and_then(|(fd, id)| Queue::open(fd, id).map_err(io_error))?,
@@ -190,7 +191,7 @@ impl SharedQueue {
                 if capacity_bytes < 64 {
                     return Err(PyValueError::new_err("capacity_bytes must be at least 64"));
                 }
-                Queue::create(capacity_bytes, maxsize).map_err(io_error)?
+                Queue::create(capacity_bytes, maxsize).map_err(creating("Queue"))?
             }
         };
         Ok(SharedQueue {

@@ -22,7 +22,7 @@ use ferropool_engine::shared::semaphore::Semaphore;
 use ferropool_engine::shared::TimedOut;
 
 use super::{adopt, block, lock_timeout, wait_timeout, warn_owner_died};
-use crate::errors::io_error;
+use crate::errors::{creating, io_error};
 
 /// Records how a lock was acquired; warns (once per take-over) when from a dead owner. If the
 /// warning is turned into an error, releases the lock again with `release` and raises it.
@@ -60,7 +60,7 @@ impl SharedLock {
     fn new(_attach: Option<(i32, u64)>) -> PyResult<Self> {
         let lock = match _attach {
             Some(a) => adopt(a).and_then(|(fd, id)| Lock::open(fd, id).map_err(io_error))?,
-            None => Lock::create().map_err(io_error)?,
+            None => Lock::create().map_err(creating("Lock"))?,
         };
         Ok(SharedLock {
             lock,
@@ -143,7 +143,7 @@ impl SharedRLock {
     fn new(_attach: Option<(i32, u64)>) -> PyResult<Self> {
         let lock = match _attach {
             Some(a) => adopt(a).and_then(|(fd, id)| RLock::open(fd, id).map_err(io_error))?,
-            None => RLock::create().map_err(io_error)?,
+            None => RLock::create().map_err(creating("RLock"))?,
         };
         Ok(SharedRLock {
             lock,
@@ -223,7 +223,7 @@ impl SharedEvent {
     fn new(_attach: Option<(i32, u64)>) -> PyResult<Self> {
         let event = match _attach {
             Some(a) => adopt(a).and_then(|(fd, id)| Event::open(fd, id).map_err(io_error))?,
-            None => Event::create().map_err(io_error)?,
+            None => Event::create().map_err(creating("Event"))?,
         };
         Ok(SharedEvent { event })
     }
@@ -282,7 +282,7 @@ impl SharedSemaphore {
                 }
                 let value = u32::try_from(value)
                     .map_err(|_| PyValueError::new_err("semaphore initial value too large"))?;
-                Semaphore::create(value, bounded).map_err(io_error)?
+                Semaphore::create(value, bounded).map_err(creating("Semaphore"))?
             }
         };
         Ok(SharedSemaphore { sem, bounded })
@@ -414,7 +414,7 @@ impl SharedBarrier {
                     .ok()
                     .filter(|&p| p >= 1)
                     .ok_or_else(|| PyValueError::new_err("parties must be >= 1"))?;
-                Barrier::create(parties).map_err(io_error)?
+                Barrier::create(parties).map_err(creating("Barrier"))?
             }
         };
         Ok(SharedBarrier {

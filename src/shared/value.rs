@@ -11,7 +11,7 @@ use ferropool_engine::shared::segment::{Kind, Segment, PAYLOAD};
 use ferropool_engine::shared::value::{Type, Value};
 
 use super::adopt;
-use crate::errors::io_error;
+use crate::errors::{creating, io_error};
 
 /// The `array`/`ctypes` type codes a `SharedValue` accepts (`l` and `L` are 64-bit on Linux).
 fn type_of(code: &str) -> PyResult<Type> {
@@ -116,7 +116,7 @@ impl SharedValue {
             });
         }
         let v = SharedValue {
-            value: Value::create(type_of(typecode)?).map_err(io_error)?,
+            value: Value::create(type_of(typecode)?).map_err(creating("Value"))?,
         };
         if let Some(value) = value {
             v.set_value(value)?;
@@ -224,7 +224,9 @@ impl SharedMemory {
         let seg = match _attach {
             Some(a) => adopt(a)
                 .and_then(|(fd, id)| Segment::open(fd, Kind::Array, id, 0).map_err(io_error))?,
-            None => Segment::create(c"ferropool-array", Kind::Array, size).map_err(io_error)?,
+            None => {
+                Segment::create(c"ferropool-array", Kind::Array, size).map_err(creating("Array"))?
+            }
         };
         Ok(SharedMemory { seg })
     }
