@@ -184,17 +184,23 @@ impl Backing {
         }
         if self.populated < data.len() {
             // Map every page at once (one call instead of a fault per 4 KiB page); they stay
-            // mapped for every later reuse.
-            self.view.populate(head, data.len());
+            // mapped for every later reuse. Pages punched out or past the old end are allocated
+            // here, and one that cannot be had (no memory under strict overcommit) is an error,
+            // where the `memcpy` below would take a SIGBUS: `pwrite` then reports it, or does
+            // the work where the advice is unknown (kernels before 5.14).
+            if self.view.populate(head, data.len()).is_err() {
+                memfd::write_at(self.fd.as_fd(), data, head)?;
+                return Ok(self.holding(data.len()));
+            }
             self.populated = data.len();
         }
-        self.len = data.len();
-        self.len_word().store(data.len() as u64, Ordering::Release);
         if !data.is_empty() {
             // SAFETY: the file is free (no receiver maps it: `readers` was 0 when it was taken
             // from the spare list, and only this thread holds it now), the view covers
-            // `head + cap >= head + data.len()` bytes of a file that cannot shrink, and `data` is
-            // a separate, live slice.
+            // `head + cap >= head + data.len()` bytes of a file that cannot shrink, those pages
+            // exist and are mapped (`populated`: by the advice above, now or on an earlier
+            // reuse), so the copy allocates nothing and cannot take a SIGBUS, and `data` is a
+            // separate, live slice.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     data.as_ptr(),
@@ -203,7 +209,14 @@ impl Backing {
                 )
             };
         }
-        Ok(self)
+        Ok(self.holding(data.len()))
+    }
+
+    /// Records that the file now holds `len` bytes, for this process and its receivers.
+    fn holding(mut self, len: usize) -> Backing {
+        self.len = len;
+        self.len_word().store(len as u64, Ordering::Release);
+        self
     }
 
     fn len_word(&self) -> &AtomicU64 {
@@ -834,6 +847,24 @@ mod tests {
         assert!(short.populate_write(head, 1).is_err());
         fill_split(fd.as_fd(), &short, head, &data, || true).unwrap();
         assert!(read_back(fd.as_fd(), head, data.len()) == data);
+    }
+
+    #[test]
+    fn a_spare_whose_pages_cannot_be_populated_is_refilled_with_pwrite() {
+        let head = header_len();
+        let first: Vec<u8> = (0..3 * memfd::page_size() + 5)
+            .map(|i| (i % 7) as u8)
+            .collect();
+        let mut spare = Backing::new(&first).unwrap();
+        // A view of the header page alone: populating the bytes fails (outside it), as it does
+        // when a page cannot be had; a `memcpy` through this view would fault instead.
+        spare.view = Map::new(spare.fd.as_fd(), head, 0, Share::Shared).unwrap();
+        let data: Vec<u8> = (0..first.len() - 3).map(|i| (i % 11) as u8).collect();
+        let spare = spare.refill(&data).unwrap();
+        assert_eq!(spare.populated, 0, "nothing was populated");
+        assert_eq!(spare.len, data.len());
+        assert_eq!(spare.len_word().load(Ordering::Acquire), data.len() as u64);
+        assert!(read_back(spare.fd.as_fd(), head, data.len()) == data);
     }
 
     #[test]

@@ -247,6 +247,35 @@ impl Map {
     }
 
     /// The mapped length in bytes.
+    /// Maps every page of the `len` bytes at `offset` into the mapping now, in one call, instead
+    /// of by a fault per page (`MADV_POPULATE_READ`; read faults map pages in runs, so this
+    /// beats `MADV_POPULATE_WRITE` on pages that exist). A page of the file that does not exist
+    /// yet is allocated, and one that cannot be (no memory, no room) is an error, where touching
+    /// it would raise SIGBUS. Before Linux 5.14 it fails with `EINVAL`.
+    pub fn populate(&self, offset: usize, len: usize) -> io::Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range outside the mapping",
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the range is inside this mapping (checked above); the advice changes no data.
+        let rc = unsafe {
+            libc::madvise(
+                self.ptr.as_ptr().add(offset).cast(),
+                len,
+                libc::MADV_POPULATE_READ,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -254,23 +283,6 @@ impl Map {
     /// Always false: a mapping is at least one byte.
     pub fn is_empty(&self) -> bool {
         false
-    }
-
-    /// Maps every page of the `len` bytes at `offset` into the mapping now, in one call, instead
-    /// of by a fault per page (`MADV_POPULATE_READ`). Best effort: before Linux 5.14 it does
-    /// nothing, and the pages are faulted in as they are touched.
-    pub fn populate(&self, offset: usize, len: usize) {
-        if len == 0 || offset.checked_add(len).is_none_or(|end| end > self.len) {
-            return;
-        }
-        // SAFETY: the range is inside this mapping (checked above); the advice changes no data.
-        unsafe {
-            libc::madvise(
-                self.ptr.as_ptr().add(offset).cast(),
-                len,
-                libc::MADV_POPULATE_READ,
-            )
-        };
     }
 
     /// Whether every page of this (private) mapping still shows its file: none was written. A
@@ -388,7 +400,7 @@ mod tests {
         assert_eq!(fstat(fd.as_fd()).unwrap().st_size as usize, 2 * page);
         let shared = Map::new(fd.as_fd(), page, page, Share::Shared).unwrap();
         let private = Map::new(fd.as_fd(), page, page, Share::Private).unwrap();
-        shared.populate(0, page);
+        shared.populate(0, page).unwrap();
         // SAFETY: both mappings are `page` bytes long and only this thread touches them.
         unsafe {
             assert_eq!(std::slice::from_raw_parts(shared.as_ptr(), 5), b"hello");
