@@ -162,6 +162,7 @@ def test_interrupt_safe_condition_gives_back_a_ctrl_c_as_itself():
         with cond:
             cond.wait(RESULT_TIMEOUT)
     assert not cond._is_owned(), "the with block let go of the lock that wait took back"  # type: ignore[attr-defined]
+    assert not cond._waiters, "the interrupted wait left its entry, which would take a notify()"  # type: ignore[attr-defined]
     # Usable as before: another thread takes it, waits, and is woken.
     woken = threading.Event()
 
@@ -178,6 +179,6 @@ def test_interrupt_safe_condition_gives_back_a_ctrl_c_as_itself():
     assert ready.wait(RESULT_TIMEOUT)
     with cond:
         flag = True
-        cond.notify_all()
+        cond.notify()  # one: it must reach the real waiter
     assert woken.wait(RESULT_TIMEOUT)
     t.join(RESULT_TIMEOUT)

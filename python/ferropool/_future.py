@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
+from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 
@@ -148,24 +149,43 @@ class InterruptSafeCondition(threading.Condition):
     ``Condition.wait`` lets go of the lock, then enters the ``try`` whose ``finally`` takes it
     back. A ``KeyboardInterrupt`` raised between the two (a signal is handled when a call
     returns) leaves the lock released, so the caller's ``with`` block then fails with
-    ``RuntimeError: cannot release un-acquired lock``, which replaces the interrupt. Here
-    ``wait`` takes the lock back on any exception that left it unowned, so the interrupt comes
-    out as itself. Two limits, which the conditions here respect: the lock is held once (not
-    recursively) when ``wait`` is called, as it was given back once; and such an interrupt
-    leaves the waiter's entry in the condition's list, which ``notify(n)`` would count, so
-    waiters are woken with ``notify_all``.
+    ``RuntimeError: cannot release un-acquired lock``, which replaces the interrupt, and leaves
+    the waiter's entry in the condition's list, where it would take a ``notify()`` meant for a
+    real waiter. This ``wait`` is the standard library's with that window closed: whatever
+    exception leaves it, the lock is held again and the entry is gone. One limit: a lock held
+    recursively when ``wait`` was called and interrupted in that window is held once after
+    (the count went with the interrupted call); the conditions here are never held twice.
     """
 
     def __init__(self) -> None:
         super().__init__(threading.RLock())
 
     def wait(self, timeout: float | None = None) -> bool:
+        if not self._is_owned():  # type: ignore[attr-defined]  # Condition's, untyped
+            raise RuntimeError("cannot wait on un-acquired lock")
+        waiter = _allocate_lock()
+        waiter.acquire()
+        self._waiters.append(waiter)  # type: ignore[attr-defined]
+        gotit = False
         try:
-            return super().wait(timeout)
-        except BaseException:
-            if not self._is_owned():  # type: ignore[attr-defined]  # Condition's, untyped
+            saved = self._release_save()  # type: ignore[attr-defined]
+            try:
+                if timeout is None:
+                    waiter.acquire()
+                    gotit = True
+                else:
+                    gotit = waiter.acquire(True, timeout) if timeout > 0 else waiter.acquire(False)
+                return gotit
+            finally:
+                self._acquire_restore(saved)  # type: ignore[attr-defined]
+        finally:
+            if not self._is_owned():  # type: ignore[attr-defined]  # interrupted in the window
                 self._lock.acquire()  # type: ignore[attr-defined]
-            raise
+            if not gotit:
+                try:
+                    self._waiters.remove(waiter)  # type: ignore[attr-defined]
+                except ValueError:  # notified meanwhile: notify took it out
+                    pass
 
 
 def cancel_removed(fut: cf.Future) -> bool:

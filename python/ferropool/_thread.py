@@ -25,6 +25,7 @@ from concurrent.futures.thread import BrokenThreadPool
 
 from ferropool._core import ThreadWorkQueue
 from ferropool._executor import PoolExecutor, is_coroutine_function, run_items
+from ferropool._future import InterruptSafeCondition
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ class _Room:
         self.limit = limit
         self.unfinished = 0
         self.closed = False
-        self.cond = threading.Condition()
+        self.cond = InterruptSafeCondition()  # a submitter waits on it, in the caller's thread
 
     def take(self) -> bool:
         """Waits for room (interruptibly); returns False if the pool shut down meanwhile."""
