@@ -295,6 +295,56 @@ def test_ctrl_c_that_became_another_error_still_stops_the_pool_at_once(tmp_path)
     assert helpers.gone_within(pids, 1.0), "a worker outlived the Ctrl-C"
 
 
+# Prints "waiting" once the main thread waits for the pool to end (in ``_Running.join``).
+SAY_WHEN_JOINING = """
+import threading
+main = threading.main_thread().ident
+def say_when_joining():
+    deadline = time.monotonic() + 30
+    while True:
+        frame = sys._current_frames().get(main)
+        if frame is not None and frame.f_code.co_name == "join" and "ferropool" in frame.f_code.co_filename:
+            break
+        assert time.monotonic() < deadline, "the main thread never waited for the pool"
+        time.sleep(0.001)
+    print("waiting", flush=True)
+threading.Thread(target=say_when_joining, daemon=True).start()
+"""
+
+
+@pytest.mark.parametrize("where", ["end of with", "shutdown", "program exit"])
+def test_ctrl_c_while_waiting_for_running_tasks_stops_them_at_once(tmp_path, where):
+    # Leaving a with block, shutdown(wait=True) and the program's end (for up to exit_timeout,
+    # 5 s) wait for running tasks; the wait was not interruptible, so Ctrl-C did nothing until
+    # the task ended.
+    ending = {
+        "end of with": "with pool:\n    pool.submit(time.sleep, 30)\n",
+        "shutdown": "pool.submit(time.sleep, 30)\npool.shutdown(wait=True)\n",
+        "program exit": "pool.submit(time.sleep, 30)\n",
+    }[where]
+    code = WORKER_PIDS.format(tests=os.path.dirname(__file__)) + SAY_WHEN_JOINING + ending
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        pids = _worker_pids(proc)
+        assert proc.stdout.readline() == "waiting\n", proc.stderr.read()
+        os.killpg(proc.pid, signal.SIGINT)
+        elapsed, err = _exit_within(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(RESULT_TIMEOUT)
+    assert elapsed < 2.0, f"the program took {elapsed:.1f} s to exit after Ctrl-C"
+    assert err.count("Traceback") <= 1 and "Exception ignored" not in err, err
+    assert helpers.gone_within(pids, 1.0), "a worker survived Ctrl-C"
+
+
 def test_ctrl_c_stops_at_once_when_it_left_a_future_lock_held(tmp_path):
     # A KeyboardInterrupt raised inside Condition.__enter__, just after the lock was taken (the
     # signal is handled when the acquire call returns), leaves that future's lock held by the

@@ -148,7 +148,8 @@ class ProcessPoolEngine:
         kills the workers now and reports every unfinished task as cancelled. Returns
         immediately."""
     def join(self, timeout: float | None = None) -> bool:
-        """Waits for the dispatcher to end after ``close``; returns False on timeout."""
+        """Waits for the dispatcher to end after ``close``; returns False on timeout. Ctrl-C
+        interrupts the wait (``KeyboardInterrupt``; it waits in slices without the GIL)."""
     def stats(self, timeout: float = 1.0) -> list[dict[str, Any]]:
         """Returns one dict per worker slot: ``worker`` (slot number), ``pid`` (None between
         processes), ``tasks``, ``failed`` (of those, raised), ``alive_us`` (time ready),

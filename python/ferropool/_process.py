@@ -362,7 +362,13 @@ class ProcessPool(PoolExecutor):
                 self._cancel_queued_futures(self._engine.cancel_waiting())
             self._engine.close()
         if wait:
-            self._join()
+            try:
+                self._join()
+            except KeyboardInterrupt:
+                # Ctrl-C while waiting for running tasks: stop them now, as leaving a with
+                # block by Ctrl-C does, rather than leave them to the program's exit.
+                self._terminate()
+                raise
             _core.drop_spare_buffers()  # idle memory back now, not when the next pool sends
 
     def _cancel_queued_futures(self, ids: list[int]) -> None:
@@ -525,9 +531,16 @@ class _Running:
             self.collector.join(STOP_GRACE_S)
 
     def finish_at_exit(self) -> None:
-        """Lets unfinished tasks run for up to ``exit_timeout`` seconds, then stops them."""
+        """Lets unfinished tasks run for up to ``exit_timeout`` seconds, then stops them; Ctrl-C
+        meanwhile stops them at once."""
         self.engine.close()
-        if self.join(self.exit_timeout):
+        try:
+            if self.join(self.exit_timeout):
+                return
+        except KeyboardInterrupt:
+            # Raised out of this at-exit hook it would skip the other pools' hooks and print
+            # "Exception ignored": the program is ending anyway, so stop quietly.
+            self.terminate()
             return
         print(
             f"ferropool: stopping {len(self.futures)} task(s) of a ProcessPool still running {self.exit_timeout:g} s "
