@@ -123,7 +123,10 @@ def test_arguments_that_cannot_be_unpickled_in_the_worker_fail_only_their_future
 # ------------------------------------------------------------ stopping the parent
 
 WORKER_PIDS = """
-import os, sys, time
+import os, signal, sys, time
+# As a terminal starts a program, whatever this test's own SIGINT disposition: a job started in
+# the background by a non-interactive shell ignores SIGINT, and so would this program.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from ferropool import ProcessPool
 sys.path.insert(0, {tests!r})
 import helpers

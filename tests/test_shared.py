@@ -668,7 +668,8 @@ def test_ctrl_c_interrupts_a_blocked_acquire_and_get(tmp_path):
     proc = run_script(
         tmp_path,
         """
-        import sys
+        import signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever ours is (a background job's ignores it)
         from ferropool import shared
         lock, q = shared.Lock(), shared.Queue()
         lock.acquire()
