@@ -182,13 +182,14 @@ def _exit_within(proc, timeout: float = RESULT_TIMEOUT) -> tuple[float, str]:
     return time.monotonic() - start, err
 
 
-@pytest.mark.parametrize("where", ["map", "result"])
-def test_ctrl_c_stops_the_program_at_once(tmp_path, where):
-    wait = {
-        "map": "list(pool.map(helpers.sleep_and_return, [30] * 8, range(8)))",
-        "result": "pool.submit(helpers.sleep_and_return, 30, 0).result()",
-    }[where]
-    code = WORKER_PIDS.format(tests=os.path.dirname(__file__)) + f"with pool:\n    {wait}\n"
+def _stop_program(
+    tmp_path, code: str, *, ctrl_c: bool, after_line: str | None = None
+) -> tuple[list[int], float, str, int]:
+    """Runs ``code`` (``WORKER_PIDS`` and what follows) as a program in a session of its own,
+    reads its workers' pids, then its line ``after_line`` if given, then with ``ctrl_c`` sends
+    SIGINT to its whole group, as a terminal's Ctrl-C does. Returns the workers' pids, the
+    seconds the program took to end from then, its stderr and its exit status; kills it if it
+    is still there."""
     proc = subprocess.Popen(
         [sys.executable, "-X", "faulthandler", "-c", code],
         stdout=subprocess.PIPE,
@@ -199,16 +200,34 @@ def test_ctrl_c_stops_the_program_at_once(tmp_path, where):
     )
     try:
         pids = _worker_pids(proc)
-        # The workers sit in 30 s sleeps by now or very soon; Ctrl-C reaches the whole group.
-        os.killpg(proc.pid, signal.SIGINT)
+        if after_line is not None:
+            assert proc.stdout.readline() == after_line + "\n", proc.stderr.read()
+        if ctrl_c:
+            os.killpg(proc.pid, signal.SIGINT)
         elapsed, err = _exit_within(proc)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(RESULT_TIMEOUT)
+    return pids, elapsed, err, proc.returncode
+
+
+def _one_keyboard_interrupt(err: str) -> bool:
+    return err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt")
+
+
+@pytest.mark.parametrize("where", ["map", "result"])
+def test_ctrl_c_stops_the_program_at_once(tmp_path, where):
+    wait = {
+        "map": "list(pool.map(helpers.sleep_and_return, [30] * 8, range(8)))",
+        "result": "pool.submit(helpers.sleep_and_return, 30, 0).result()",
+    }[where]
+    code = WORKER_PIDS.format(tests=os.path.dirname(__file__)) + f"with pool:\n    {wait}\n"
+    # The workers sit in 30 s sleeps by now or very soon; Ctrl-C reaches the whole group.
+    pids, elapsed, err, status = _stop_program(tmp_path, code, ctrl_c=True)
     assert elapsed < 2.0, f"the program took {elapsed:.1f} s to exit after Ctrl-C"
-    assert proc.returncode != 0
-    assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
+    assert status != 0
+    assert _one_keyboard_interrupt(err), err
     assert helpers.gone_within(pids, 1.0), "a worker survived Ctrl-C"
 
 
@@ -246,22 +265,9 @@ def test_ctrl_c_as_a_future_starts_waiting_is_a_keyboard_interrupt(tmp_path, whe
         + CTRL_C_AFTER_RELEASE
         + f"_armed[0] = True\nwith pool:\n    {wait}\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-X", "faulthandler", "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
-        pids = _worker_pids(proc)
-        elapsed, err = _exit_within(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(RESULT_TIMEOUT)
+    pids, elapsed, err, _ = _stop_program(tmp_path, code, ctrl_c=False)
     assert elapsed < 2.0, f"the program took {elapsed:.1f} s to exit after Ctrl-C"
-    assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
+    assert _one_keyboard_interrupt(err), err
     assert helpers.gone_within(pids, 1.0), "a worker survived Ctrl-C"
 
 
@@ -279,20 +285,7 @@ def test_ctrl_c_that_became_another_error_still_stops_the_pool_at_once(tmp_path)
             "    cf.wait([pool.submit(helpers.sleep_and_return, 30, 0)])\n"
         )
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-X", "faulthandler", "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
-        pids = _worker_pids(proc)
-        elapsed, err = _exit_within(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(RESULT_TIMEOUT)
+    pids, elapsed, err, _ = _stop_program(tmp_path, code, ctrl_c=False)
     assert elapsed < 3.0, f"the program took {elapsed:.1f} s to stop its pool after Ctrl-C"
     assert "KeyboardInterrupt" in err, err
     assert helpers.gone_within(pids, 1.0), "a worker outlived the Ctrl-C"
@@ -323,26 +316,10 @@ def test_ctrl_c_while_waiting_for_running_tasks_stops_them_at_once(tmp_path, whe
     ending = {
         "end of with": "with pool:\n    pool.submit(time.sleep, 30)\n",
         "shutdown": "pool.submit(time.sleep, 30)\npool.shutdown(wait=True)\n",
-        "program exit": "pool.submit(time.sleep, 30)\n",
+        "program exit": "pool.submit(time.sleep, 30)\n",  # exit_timeout: 5 s
     }[where]
     code = WORKER_PIDS.format(tests=os.path.dirname(__file__)) + SAY_WHEN_JOINING + ending
-    proc = subprocess.Popen(
-        [sys.executable, "-X", "faulthandler", "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        start_new_session=True,
-    )
-    try:
-        pids = _worker_pids(proc)
-        assert proc.stdout.readline() == "waiting\n", proc.stderr.read()
-        os.killpg(proc.pid, signal.SIGINT)
-        elapsed, err = _exit_within(proc)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(RESULT_TIMEOUT)
+    pids, elapsed, err, _ = _stop_program(tmp_path, code, ctrl_c=True, after_line="waiting")
     assert elapsed < 2.0, f"the program took {elapsed:.1f} s to exit after Ctrl-C"
     assert err.count("Traceback") <= 1 and "Exception ignored" not in err, err
     assert helpers.gone_within(pids, 1.0), "a worker survived Ctrl-C"
@@ -352,30 +329,15 @@ def test_ctrl_c_stops_at_once_when_it_left_a_future_lock_held(tmp_path):
     # A KeyboardInterrupt raised inside Condition.__enter__, just after the lock was taken (the
     # signal is handled when the acquire call returns), leaves that future's lock held by the
     # main thread; handing out the cancellations must not wait for it.
-    import subprocess
-    import sys
-    import time
-
     code = WORKER_PIDS.format(tests=os.path.dirname(__file__)) + (
         "with pool:\n"
         "    fut = pool.submit(helpers.sleep_and_return, 30, 0)\n"
         "    fut._condition.acquire()  # what the interrupted __enter__ leaves behind\n"
         "    raise KeyboardInterrupt\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
-    )
-    try:
-        pids = _worker_pids(proc)
-        start = time.monotonic()
-        _, err = proc.communicate(timeout=RESULT_TIMEOUT)
-        elapsed = time.monotonic() - start
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(RESULT_TIMEOUT)
+    pids, elapsed, err, _ = _stop_program(tmp_path, code, ctrl_c=False)
     assert elapsed < 3.0, f"the program took {elapsed:.1f} s to exit after Ctrl-C"
-    assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
+    assert _one_keyboard_interrupt(err), err
     assert helpers.gone_within(pids, 1.0), "a worker survived Ctrl-C"
 
 

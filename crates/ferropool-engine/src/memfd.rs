@@ -247,35 +247,6 @@ impl Map {
     }
 
     /// The mapped length in bytes.
-    /// Maps every page of the `len` bytes at `offset` into the mapping now, in one call, instead
-    /// of by a fault per page (`MADV_POPULATE_READ`; read faults map pages in runs, so this
-    /// beats `MADV_POPULATE_WRITE` on pages that exist). A page of the file that does not exist
-    /// yet is allocated, and one that cannot be (no memory, no room) is an error, where touching
-    /// it would raise SIGBUS. Before Linux 5.14 it fails with `EINVAL`.
-    pub fn populate(&self, offset: usize, len: usize) -> io::Result<()> {
-        if offset.checked_add(len).is_none_or(|end| end > self.len) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "range outside the mapping",
-            ));
-        }
-        if len == 0 {
-            return Ok(());
-        }
-        // SAFETY: the range is inside this mapping (checked above); the advice changes no data.
-        let rc = unsafe {
-            libc::madvise(
-                self.ptr.as_ptr().add(offset).cast(),
-                len,
-                libc::MADV_POPULATE_READ,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
     pub fn len(&self) -> usize {
         self.len
     }
@@ -321,11 +292,23 @@ impl Map {
         true
     }
 
+    /// Maps every page of the `len` bytes at `offset` into the mapping now, in one call, instead
+    /// of by a fault per page (`MADV_POPULATE_READ`; read faults map pages in runs, so this
+    /// beats [`Map::populate_write`] on pages that exist). A page of the file that does not exist
+    /// yet is allocated; one that cannot be is an error (see [`Map::populate_write`]).
+    pub fn populate(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.populate_with(offset, len, libc::MADV_POPULATE_READ)
+    }
+
     /// Allocates every page of the `len` bytes at `offset` (page-aligned) in the file and maps it
     /// writable now (`MADV_POPULATE_WRITE`), so that a later `memcpy` there takes no faults.
     /// Unlike touching the pages, a page the kernel cannot provide is an error here (`ENOMEM`,
     /// `EFAULT`), not a `SIGBUS`; before Linux 5.14 it fails with `EINVAL`.
     pub fn populate_write(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.populate_with(offset, len, libc::MADV_POPULATE_WRITE)
+    }
+
+    fn populate_with(&self, offset: usize, len: usize, advice: libc::c_int) -> io::Result<()> {
         if offset.checked_add(len).is_none_or(|end| end > self.len) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -335,15 +318,10 @@ impl Map {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: the range is inside this mapping (checked above); the advice changes no data
-        // (it allocates the file's missing pages, zeroed, and maps them).
-        let rc = unsafe {
-            libc::madvise(
-                self.ptr.as_ptr().add(offset).cast(),
-                len,
-                libc::MADV_POPULATE_WRITE,
-            )
-        };
+        // SAFETY: the range is inside this mapping (checked above); the advice (one of the two
+        // populate advices) changes no data: it allocates the file's missing pages, zeroed, and
+        // maps them.
+        let rc = unsafe { libc::madvise(self.ptr.as_ptr().add(offset).cast(), len, advice) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
