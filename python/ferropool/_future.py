@@ -144,7 +144,8 @@ class TaskFuture(cf.Future):
 
 
 class InterruptSafeCondition(threading.Condition):
-    """A ``threading.Condition`` (on an ``RLock``) that a Ctrl-C never leaves unlocked.
+    """A ``threading.Condition`` that a Ctrl-C never leaves unlocked. Made without arguments, so
+    that its lock is the default ``RLock``, whose ``_is_owned`` says which thread holds it.
 
     ``Condition.wait`` lets go of the lock, then enters the ``try`` whose ``finally`` takes it
     back. A ``KeyboardInterrupt`` raised between the two (a signal is handled when a call
@@ -156,9 +157,6 @@ class InterruptSafeCondition(threading.Condition):
     recursively when ``wait`` was called and interrupted in that window is held once after
     (the count went with the interrupted call); the conditions here are never held twice.
     """
-
-    def __init__(self) -> None:
-        super().__init__(threading.RLock())
 
     def wait(self, timeout: float | None = None) -> bool:
         if not self._is_owned():  # type: ignore[attr-defined]  # Condition's, untyped
