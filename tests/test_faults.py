@@ -308,7 +308,7 @@ threading.Thread(target=say_when_joining, daemon=True).start()
 """
 
 
-@pytest.mark.parametrize("where", ["end of with", "shutdown", "program exit"])
+@pytest.mark.parametrize("where", ["end of with", "shutdown", "program exit", "program exit, two pools"])
 def test_ctrl_c_while_waiting_for_running_tasks_stops_them_at_once(tmp_path, where):
     # Leaving a with block, shutdown(wait=True) and the program's end (for up to exit_timeout,
     # 5 s) wait for running tasks; the wait was not interruptible, so Ctrl-C did nothing until
@@ -317,12 +317,69 @@ def test_ctrl_c_while_waiting_for_running_tasks_stops_them_at_once(tmp_path, whe
         "end of with": "with pool:\n    pool.submit(time.sleep, 30)\n",
         "shutdown": "pool.submit(time.sleep, 30)\npool.shutdown(wait=True)\n",
         "program exit": "pool.submit(time.sleep, 30)\n",  # exit_timeout: 5 s
+        # One Ctrl-C stops both, whichever the end waits for first.
+        "program exit, two pools": (
+            "pool.submit(time.sleep, 30)\n"
+            "other = ProcessPool(1)\n"
+            "other.submit(time.sleep, 0).result(timeout=30)\n"  # its worker is up
+            "other.submit(time.sleep, 30)\n"
+        ),
     }[where]
     code = WORKER_PIDS.format(tests=os.path.dirname(__file__)) + SAY_WHEN_JOINING + ending
     pids, elapsed, err, _ = _stop_program(tmp_path, code, ctrl_c=True, after_line="waiting")
     assert elapsed < 2.0, f"the program took {elapsed:.1f} s to exit after Ctrl-C"
     assert err.count("Traceback") <= 1 and "Exception ignored" not in err, err
     assert helpers.gone_within(pids, 1.0), "a worker survived Ctrl-C"
+
+
+# Holds the first worker (``python ... -c <code> <fd>``) at interpreter start, before
+# ferropool's code runs: writes its pid, then waits for a line on a FIFO that the test writes.
+HOLD_WORKER_AT_START = """
+import os, sys
+if len(sys.argv) == 2 and sys.argv[0] == "-c" and sys.argv[1].isdigit():
+    try:
+        os.close(os.open({pid_file!r} + ".claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        held = True
+    except FileExistsError:  # a later worker (one that replaced it) is not held
+        held = False
+    if held:
+        with open({pid_file!r} + ".part", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename({pid_file!r} + ".part", {pid_file!r})
+        with open({fifo!r}) as f:
+            f.readline()
+"""
+
+
+def test_ctrl_c_reaching_a_worker_that_is_still_starting_changes_nothing(tmp_path):
+    # Ctrl-C reaches every process of the group, a worker that has not yet run a line of
+    # ferropool too: it must neither die nor print a traceback (the worker used to ignore
+    # SIGINT only once its own code ran).
+    site, fifo, pid_file = tmp_path / "site", tmp_path / "go", tmp_path / "worker.pid"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HOLD_WORKER_AT_START.format(pid_file=str(pid_file), fifo=str(fifo)))
+    os.mkfifo(fifo)
+    code = "import os\nfrom ferropool import ProcessPool\nwith ProcessPool(1) as pool:\n    print(pool.submit(os.getpid).result(timeout=30))\n"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env
+    )
+    try:
+        deadline = time.monotonic() + RESULT_TIMEOUT
+        while not pid_file.exists():  # the worker is held at its start
+            assert proc.poll() is None and time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.001)
+        worker = int(pid_file.read_text())
+        os.kill(worker, signal.SIGINT)  # pending, or handled, before it reads the line below
+        with open(fifo, "w") as f:
+            f.write("go\n")
+        out, err = proc.communicate(timeout=RESULT_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(RESULT_TIMEOUT)
+    assert "KeyboardInterrupt" not in err and "Traceback" not in err, err
+    assert proc.returncode == 0 and out.split() == [str(worker)], (out, err)  # the same worker ran it
 
 
 def test_ctrl_c_stops_at_once_when_it_left_a_future_lock_held(tmp_path):

@@ -532,16 +532,14 @@ class _Running:
 
     def finish_at_exit(self) -> None:
         """Lets unfinished tasks run for up to ``exit_timeout`` seconds, then stops them; Ctrl-C
-        meanwhile stops them at once."""
+        meanwhile stops them at once and raises ``KeyboardInterrupt``."""
         self.engine.close()
         try:
             if self.join(self.exit_timeout):
                 return
         except KeyboardInterrupt:
-            # Raised out of this at-exit hook it would skip the other pools' hooks and print
-            # "Exception ignored": the program is ending anyway, so stop quietly.
             self.terminate()
-            return
+            raise
         print(
             f"ferropool: stopping {len(self.futures)} task(s) of a ProcessPool still running {self.exit_timeout:g} s "
             "after the program ended (ProcessPool(exit_timeout=...) sets this limit)",
@@ -679,8 +677,13 @@ def _shutdown_all_at_exit() -> None:
     for running in list(_unfinished):
         if interrupted:
             running.terminate()
-        else:
+            continue
+        try:
             running.finish_at_exit()
+        except KeyboardInterrupt:
+            # Ctrl-C while the end waits: every pool left stops at once too. Not raised out of
+            # this hook, where it would print "Exception ignored": the program is ending anyway.
+            interrupted = True
 
 
 def _ctrl_c_behind(exc: BaseException | None) -> bool:

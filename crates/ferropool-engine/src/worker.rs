@@ -162,12 +162,19 @@ impl Worker {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // SAFETY: the closure runs in the child between fork and exec, so it may only make
-        // async-signal-safe calls; fcntl, prctl, getppid and _exit are plain system calls that
-        // touch no locks or allocator state.
+        // async-signal-safe calls; fcntl, signal (sigaction), prctl, getppid and _exit are plain
+        // system calls that touch no locks or allocator state.
         unsafe {
             cmd.pre_exec(move || {
                 // Let the worker's end of the socket survive exec.
                 if libc::fcntl(child_fd, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Ctrl-C in a terminal reaches the whole process group, workers too; the parent
+                // decides what stops. Ignored from the start (an ignored signal stays ignored
+                // across exec, and Python then installs no handler for it), so that a worker
+                // still starting when it comes neither dies nor prints a traceback.
+                if libc::signal(libc::SIGINT, libc::SIG_IGN) == libc::SIG_ERR {
                     return Err(io::Error::last_os_error());
                 }
                 if libc::prctl(
