@@ -869,6 +869,38 @@ if {dropped!r}:
     assert helpers.gone_within(pids, 1.0)
 
 
+def test_exit_timeout_counts_from_the_programs_end_for_every_pool(tmp_path):
+    # Pools at the end are waited for one after the other; the second used to get its own
+    # exit_timeout after the first's, so its tasks ran 2 x 2 s past the end instead of 2 s.
+    code = f"""
+import os, sys, time
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+import helpers
+from ferropool import ProcessPool
+pools = [ProcessPool(1, exit_timeout=2.0) for _ in range(2)]
+pids = [p.submit(os.getpid).result(timeout=30) for p in pools]
+for p in pools:
+    p.submit(helpers.ignore_sigterm_then_sleep, None, 3600)
+print(" ".join(map(str, pids)), flush=True)
+"""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        pids = _worker_pids(proc)
+        start = time.monotonic()
+        _, err = proc.communicate(timeout=RESULT_TIMEOUT)
+        elapsed = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(RESULT_TIMEOUT)
+    assert proc.returncode == 0, err
+    assert err.count("still running 2 s after the program ended") == 2, err
+    assert elapsed < 3.5, f"the program ended {elapsed:.1f} s after its last line, not about 2 s"
+    assert helpers.gone_within(pids, 1.0)
+
+
 def write_to_own_socket(length: int, kind: int) -> str:
     # What native code writing to the wrong descriptor does: 24 bytes that read as a header.
     import struct

@@ -530,12 +530,14 @@ class _Running:
         if self.collector is not None and self.collector is not threading.current_thread():
             self.collector.join(STOP_GRACE_S)
 
-    def finish_at_exit(self) -> None:
-        """Lets unfinished tasks run for up to ``exit_timeout`` seconds, then stops them; Ctrl-C
-        meanwhile stops them at once and raises ``KeyboardInterrupt``."""
+    def finish_at_exit(self, ended: float) -> None:
+        """Lets unfinished tasks run until ``exit_timeout`` seconds after ``ended`` (the
+        program's end, ``time.monotonic()``), then stops them; Ctrl-C meanwhile stops them at
+        once and raises ``KeyboardInterrupt``."""
         self.engine.close()
+        left = None if self.exit_timeout is None else max(0.0, ended + self.exit_timeout - time.monotonic())
         try:
-            if self.join(self.exit_timeout):
+            if self.join(left):
                 return
         except KeyboardInterrupt:
             self.terminate()
@@ -669,6 +671,7 @@ def _shutdown_all_at_exit() -> None:
     # A program ended by Ctrl-C (CPython records the exception it printed in sys.last_value
     # before finalising) stops its pools at once instead of waiting for their running tasks.
     interrupted = _ctrl_c_behind(getattr(sys, "last_value", None))
+    ended = time.monotonic()  # every pool's exit_timeout counts from here, however many wait
     with _live_pools_lock:
         pools = list(_live_pools)
     for pool in pools:
@@ -679,7 +682,7 @@ def _shutdown_all_at_exit() -> None:
             running.terminate()
             continue
         try:
-            running.finish_at_exit()
+            running.finish_at_exit(ended)
         except KeyboardInterrupt:
             # Ctrl-C while the end waits: every pool left stops at once too. Not raised out of
             # this hook, where it would print "Exception ignored": the program is ending anyway.
