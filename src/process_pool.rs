@@ -13,6 +13,7 @@ use ferropool_engine::{Outcome, Payload, PoolConfig, ProcessPool, SubmitError, W
 use crate::buffer;
 use crate::errors;
 use crate::future::finish_task_future;
+use crate::shared;
 
 /// Outcome codes passed to `deliver`'s `settle` callback; `register_constants` exports them to
 /// Python as `OUTCOME_<NAME>`, so both sides read the same numbers.
@@ -43,7 +44,7 @@ pub(crate) fn register_constants(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SERIALIZE_SAMPLE_EVERY", SERIALIZE_SAMPLE_EVERY)
 }
 
-/// How long a submit blocked by `max_pending`, or a `join`, waits between checks for signals.
+/// How long a submit blocked by `max_pending` waits between checks for signals.
 const SUBMIT_WAIT_SLICE: Duration = Duration::from_millis(50);
 
 /// Runs opaque task payloads on worker processes; see `_core.pyi`.
@@ -162,26 +163,14 @@ impl ProcessPoolEngine {
     }
 
     /// Waits up to `timeout` seconds (None: no limit) for the pool to end; returns whether it
-    /// did. Waits without the GIL in slices, so that Ctrl-C (a signal handled by Python)
-    /// interrupts it with `KeyboardInterrupt` rather than waiting for the running tasks.
+    /// did. Waits without the GIL in slices ([`shared::block`]), so that Ctrl-C interrupts it
+    /// with `KeyboardInterrupt` rather than waiting for the running tasks.
     #[pyo3(signature = (timeout=None))]
     fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
-        let deadline = timeout.and_then(|t| {
-            Instant::now().checked_add(Duration::try_from_secs_f64(t.max(0.0)).ok()?)
-        });
-        loop {
-            let slice = deadline.map_or(SUBMIT_WAIT_SLICE, |d| {
-                d.saturating_duration_since(Instant::now())
-                    .min(SUBMIT_WAIT_SLICE)
-            });
-            if py.detach(|| self.pool.join(Some(slice))) {
-                return Ok(true);
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(false);
-            }
-            py.check_signals()?;
-        }
+        let ended = shared::block(py, timeout.and_then(shared::seconds), |slice| {
+            self.pool.join(slice).then_some(())
+        })?;
+        Ok(ended.is_some())
     }
 
     /// Returns one dict per worker slot (see `_core.pyi`), asking the dispatcher for a fresh

@@ -71,7 +71,7 @@ pub(crate) fn block<T: Send>(
 }
 
 /// Converts seconds to a `Duration`; a value too large is the same as no limit (`None`).
-fn seconds(t: f64) -> Option<Duration> {
+pub(crate) fn seconds(t: f64) -> Option<Duration> {
     Duration::try_from_secs_f64(t.max(0.0)).ok()
 }
 
