@@ -43,29 +43,28 @@ pub(crate) fn io_error(e: std::io::Error) -> PyErr {
 /// limit, no descriptor left: what a full disk is to shared memory) into `OSError` with its
 /// errno and a message that says which buffer failed and why.
 pub(crate) fn shared_memory_error(e: std::io::Error, len: usize) -> PyErr {
-    let Some(errno) = e.raw_os_error() else {
-        return io_error(e);
-    };
     let size = if len >= 1 << 20 {
         format!("{:.1} MiB", len as f64 / f64::from(1u32 << 20))
     } else {
         format!("{:.1} KiB", len as f64 / 1024.0)
     };
-    PyOSError::new_err((
-        errno,
-        format!("could not put a buffer of {size} into shared memory: {e}"),
-    ))
+    os_error_saying(
+        e,
+        &format!("could not put a buffer of {size} into shared memory"),
+    )
 }
 
 /// For `map_err` where a shared object (`ferropool.shared`) makes its memory: the error as
 /// `OSError` with its errno and a message that names the object, for the same reasons as
 /// [`shared_memory_error`].
 pub(crate) fn creating(what: &'static str) -> impl Fn(std::io::Error) -> PyErr {
-    move |e| match e.raw_os_error() {
-        Some(errno) => PyOSError::new_err((
-            errno,
-            format!("could not make the shared memory of a {what}: {e}"),
-        )),
+    move |e| os_error_saying(e, &format!("could not make the shared memory of a {what}"))
+}
+
+/// `OSError` with `e`'s errno and the message "`what`: `e`"; [`io_error`] when `e` has no errno.
+fn os_error_saying(e: std::io::Error, what: &str) -> PyErr {
+    match e.raw_os_error() {
+        Some(errno) => PyOSError::new_err((errno, format!("{what}: {e}"))),
         None => io_error(e),
     }
 }
