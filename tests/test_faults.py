@@ -291,20 +291,13 @@ def test_ctrl_c_that_became_another_error_still_stops_the_pool_at_once(tmp_path)
     assert helpers.gone_within(pids, 1.0), "a worker outlived the Ctrl-C"
 
 
-# Prints "waiting" once the main thread waits for the pool to end (in ``_Running.join``).
+# Prints "waiting" as the main thread calls the engine's join, the wait for the pool to end.
 SAY_WHEN_JOINING = """
-import threading
-main = threading.main_thread().ident
-def say_when_joining():
-    deadline = time.monotonic() + 30
-    while True:
-        frame = sys._current_frames().get(main)
-        if frame is not None and frame.f_code.co_name == "join" and "ferropool" in frame.f_code.co_filename:
-            break
-        assert time.monotonic() < deadline, "the main thread never waited for the pool"
-        time.sleep(0.001)
-    print("waiting", flush=True)
-threading.Thread(target=say_when_joining, daemon=True).start()
+def say_when_joining(frame, event, arg):
+    if event == "c_call" and arg.__name__ == "join" and type(arg.__self__).__name__ == "ProcessPoolEngine":
+        sys.setprofile(None)
+        print("waiting", flush=True)
+sys.setprofile(say_when_joining)
 """
 
 
@@ -333,20 +326,20 @@ def test_ctrl_c_while_waiting_for_running_tasks_stops_them_at_once(tmp_path, whe
 
 
 # Holds the first worker (``python ... -c <code> <fd>``) at interpreter start, before
-# ferropool's code runs: writes its pid, then waits for a line on a FIFO that the test writes.
+# ferropool's code runs: writes its pid to the FIFO ``ready``, then waits for a line on the
+# FIFO ``go``; the test writes it.
 HOLD_WORKER_AT_START = """
 import os, sys
 if len(sys.argv) == 2 and sys.argv[0] == "-c" and sys.argv[1].isdigit():
     try:
-        os.close(os.open({pid_file!r} + ".claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.close(os.open({claimed!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         held = True
     except FileExistsError:  # a later worker (one that replaced it) is not held
         held = False
     if held:
-        with open({pid_file!r} + ".part", "w") as f:
+        with open({ready!r}, "w") as f:
             f.write(str(os.getpid()))
-        os.rename({pid_file!r} + ".part", {pid_file!r})
-        with open({fifo!r}) as f:
+        with open({go!r}) as f:
             f.readline()
 """
 
@@ -355,26 +348,32 @@ def test_ctrl_c_reaching_a_worker_that_is_still_starting_changes_nothing(tmp_pat
     # Ctrl-C reaches every process of the group, a worker that has not yet run a line of
     # ferropool too: it must neither die nor print a traceback (the worker used to ignore
     # SIGINT only once its own code ran).
-    site, fifo, pid_file = tmp_path / "site", tmp_path / "go", tmp_path / "worker.pid"
+    import select
+
+    site, ready, go = tmp_path / "site", tmp_path / "ready", tmp_path / "go"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(HOLD_WORKER_AT_START.format(pid_file=str(pid_file), fifo=str(fifo)))
-    os.mkfifo(fifo)
+    (site / "sitecustomize.py").write_text(
+        HOLD_WORKER_AT_START.format(claimed=str(tmp_path / "claimed"), ready=str(ready), go=str(go))
+    )
+    os.mkfifo(ready)
+    os.mkfifo(go)
+    # Open before the program starts, so that the worker's open for writing does not block.
+    ready_fd = os.open(ready, os.O_RDONLY | os.O_NONBLOCK)
     code = "import os\nfrom ferropool import ProcessPool\nwith ProcessPool(1) as pool:\n    print(pool.submit(os.getpid).result(timeout=30))\n"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env
     )
     try:
-        deadline = time.monotonic() + RESULT_TIMEOUT
-        while not pid_file.exists():  # the worker is held at its start
-            assert proc.poll() is None and time.monotonic() < deadline, "the worker never started"
-            time.sleep(0.001)
-        worker = int(pid_file.read_text())
+        readable, _, _ = select.select([ready_fd], [], [], RESULT_TIMEOUT)
+        assert readable, "the worker never started"
+        worker = int(os.read(ready_fd, 64))  # it is held at its start now
         os.kill(worker, signal.SIGINT)  # pending, or handled, before it reads the line below
-        with open(fifo, "w") as f:
+        with open(go, "w") as f:
             f.write("go\n")
         out, err = proc.communicate(timeout=RESULT_TIMEOUT)
     finally:
+        os.close(ready_fd)
         if proc.poll() is None:
             proc.kill()
             proc.wait(RESULT_TIMEOUT)
